@@ -1,0 +1,164 @@
+/*
+ * optim.h — the one public C ABI of the Optim native core.
+ *
+ * Conventions (they hold for every function below unless its comment says otherwise):
+ *
+ *  - Only fixed-size types cross the boundary (int32_t, int64_t, uint8_t, double, pointers).
+ *    Structs are passed by pointer, never by value.
+ *  - Every fallible function returns an optim_status. OPTIM_STATUS_OK (0) is success; on any other
+ *    value nothing was modified (parameters, buffers and rates are exactly as before the call) and
+ *    optim_last_error() describes the problem.
+ *  - No C++ exception, abort() or exit() ever leaves the library.
+ *  - "Host memory" means ordinary CPU memory; "device memory" means CUDA global memory of the device
+ *    named by the call. The library never takes ownership of caller memory.
+ *  - Thread safety: functions may be called from any thread. Calls that update the same tensors must
+ *    not run concurrently (as with any optimizer). The CPU path uses an internal worker pool shared by
+ *    all callers; concurrent CPU calls are serialised on it.
+ */
+#ifndef OPTIM_H
+#define OPTIM_H
+
+#include <stdint.h>
+
+#if defined(_WIN32)
+#if defined(OPTIM_BUILDING_LIBRARY)
+#define OPTIM_API __declspec(dllexport)
+#else
+#define OPTIM_API __declspec(dllimport)
+#endif
+#else
+#define OPTIM_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bumped whenever a signature, struct layout or enum value below changes. The managed bindings refuse
+ * to run against a library whose optim_abi_version() differs from the one they were built for. */
+#define OPTIM_ABI_VERSION 1
+
+/* ---- Status codes ------------------------------------------------------------------------------ */
+typedef int32_t optim_status;
+enum {
+    OPTIM_STATUS_OK = 0,
+    OPTIM_STATUS_INVALID_ARGUMENT = 1, /* a null pointer, bad count, bad hyperparameter, ... */
+    OPTIM_STATUS_UNSUPPORTED = 2,      /* a dtype or device this build cannot handle */
+    OPTIM_STATUS_CUDA_UNAVAILABLE = 3, /* built without CUDA, or no CUDA device present */
+    OPTIM_STATUS_CUDA_ERROR = 4,       /* the CUDA runtime reported an error */
+    OPTIM_STATUS_OUT_OF_MEMORY = 5,
+    OPTIM_STATUS_INTERNAL = 6 /* a bug: please report the message */
+};
+
+/* ---- Element types and devices ---------------------------------------------------------------- */
+enum { OPTIM_DTYPE_FLOAT32 = 0, OPTIM_DTYPE_FLOAT64 = 1 };
+enum { OPTIM_DEVICE_CPU = 0, OPTIM_DEVICE_CUDA = 1 };
+
+/* ---- Library information (never fail) --------------------------------------------------------- */
+
+/* OPTIM_ABI_VERSION of the library that was loaded. */
+OPTIM_API int32_t optim_abi_version(void);
+
+/* A static, human-readable version and build description, e.g. "optim 0.1.0 (cuda: sm_70 sm_80 sm_90)". */
+OPTIM_API const char* optim_build_info(void);
+
+/* The message of the last failing call on the calling thread. Owned by the library; valid until the
+ * next failing call on the same thread. Empty string if no call has failed. Never NULL. */
+OPTIM_API const char* optim_last_error(void);
+
+/* A static name for a status code ("OPTIM_STATUS_INVALID_ARGUMENT", ...). Never NULL. */
+OPTIM_API const char* optim_status_name(optim_status status);
+
+/* 1 if this build contains the CUDA kernels, 0 otherwise. */
+OPTIM_API int32_t optim_cuda_compiled(void);
+
+/* Number of usable CUDA devices in *count (0 when built without CUDA or when no device is present;
+ * both are OK). Fails only for a NULL count. */
+OPTIM_API optim_status optim_cuda_device_count(int32_t* count);
+
+/* ---- CPU threading ----------------------------------------------------------------------------- */
+
+/* Sets the number of threads of the CPU path (the caller counts as one). 0 restores the default: the
+ * environment variable OPTIM_NUM_THREADS if set, else the CPUs this process may run on. Results never
+ * depend on this number. Fails for n < 0 or n > 1024. */
+OPTIM_API optim_status optim_set_num_threads(int32_t n);
+OPTIM_API int32_t optim_get_num_threads(void);
+
+/* ---- Tensor lists ------------------------------------------------------------------------------ */
+
+/* Many tensors, updated in one call. Every array has `count` entries. All tensors of one list share
+ * one dtype and one device, and are dense and contiguous; element i of params[k], grads[k] and
+ * momentum_buffers[k] belong together. A tensor with numel 0 is allowed (its pointers may be NULL).
+ *
+ * params:           parameter data, updated in place.
+ * grads:            gradient data, read only.
+ * momentum_buffers: momentum buffer data, updated in place; may be NULL (the array itself) when the
+ *                   step uses no momentum.
+ * numels:           element count of each tensor (host memory, always).
+ * buffer_fresh:     may be NULL (= all zero). Nonzero for tensor k means its momentum buffer has no
+ *                   history yet: this step writes the (decayed, possibly negated) gradient into it
+ *                   instead of blending, exactly as PyTorch does on a parameter's first step.
+ *
+ * The arrays themselves are host memory. The data they point to is host memory for OPTIM_DEVICE_CPU
+ * and device memory of the named device for OPTIM_DEVICE_CUDA. */
+typedef struct optim_tensor_list {
+    int64_t count;
+    void* const* params;
+    const void* const* grads;
+    void* const* momentum_buffers;
+    const int64_t* numels;
+    const uint8_t* buffer_fresh;
+} optim_tensor_list;
+
+/* ---- Fused SGD ---------------------------------------------------------------------------------- */
+
+/* Hyperparameters of one SGD step, with PyTorch's meaning and PyTorch's order of operations:
+ *   g = maximize ? -grad : grad
+ *   g = g + weight_decay * param                       (coupled L2)
+ *   if momentum != 0:
+ *       buf = fresh ? g : momentum * buf + (1 - dampening) * g
+ *       d   = nesterov ? g + momentum * buf : buf
+ *   else d = g
+ *   param = param - lr * d
+ * Arithmetic is done in the element type; hyperparameters are rounded to it once per call.
+ *
+ * lr_ptr: optional. When not NULL the rate is read from *lr_ptr (one double) instead of `lr`: host
+ *   memory for the CPU path, device memory for the CUDA path, where it is read by the kernels, so a
+ *   rate computed on the device (hypergradient descent, GreedyLR) never makes a step wait for the host.
+ *   The library does not validate a device-resident rate. */
+typedef struct optim_sgd_params {
+    double lr;
+    double momentum;
+    double dampening;
+    double weight_decay;
+    int32_t nesterov; /* 0 or 1: requires momentum > 0 and dampening == 0 */
+    int32_t maximize; /* 0 or 1 */
+    const double* lr_ptr;
+} optim_sgd_params;
+
+/* Fills *params with PyTorch's defaults (lr 0.01 — PyTorch requires one; everything else 0/NULL).
+ * Does nothing for NULL. */
+OPTIM_API void optim_sgd_params_default(optim_sgd_params* params);
+
+/* One fused SGD step over every tensor of `tensors`.
+ *   device:       OPTIM_DEVICE_CPU or OPTIM_DEVICE_CUDA.
+ *   device_index: CUDA device ordinal (ignored for the CPU). The calling thread's current CUDA device
+ *                 is restored before returning.
+ *   dtype:        OPTIM_DTYPE_FLOAT32 or OPTIM_DTYPE_FLOAT64.
+ * Validation (of every argument, before anything is written): counts, NULL pointers, finite and
+ * non-negative lr, momentum and weight_decay, finite dampening, Nesterov's requirements, momentum
+ * buffers present when momentum != 0.
+ * CPU: one pass over memory per tensor; large calls are split over the worker pool in fixed chunks.
+ * CUDA: launches on the legacy default stream (stream 0) and returns without waiting for the kernels;
+ *   kernel faults surface on a later synchronising call, as with any asynchronous CUDA work.
+ * Returns OPTIM_STATUS_CUDA_UNAVAILABLE for a CUDA request when the library was built without CUDA
+ * or no device is present. */
+OPTIM_API optim_status optim_sgd_step(int32_t device, int32_t device_index, int32_t dtype,
+                                      const optim_tensor_list* tensors,
+                                      const optim_sgd_params* params);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* OPTIM_H */

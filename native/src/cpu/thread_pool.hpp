@@ -1,0 +1,53 @@
+// A small persistent worker pool for the CPU path. We do not use OpenMP: LibTorch ships its own OpenMP
+// runtime, and linking the system's would put a second one in the process (docs/design.md).
+//
+// parallel_for(n, fn) runs fn(i) for every i in [0, n) exactly once, spread over the pool's threads
+// (the caller is one of them), and returns when all have finished. Which thread runs which index is not
+// fixed, so callers that need reproducible results make each index's work independent of the others
+// (elementwise updates) or write one partial result per index and combine them in index order.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+namespace optim::cpu {
+
+class ThreadPool {
+public:
+    // The process-wide pool (created on first use).
+    static ThreadPool& instance();
+
+    int num_threads() const noexcept;
+    // 0 = default (OPTIM_NUM_THREADS, else the CPUs this process may run on).
+    void set_num_threads(int n);
+
+    template <class Fn>
+    void parallel_for(int64_t n, Fn&& fn)
+    {
+        using F = std::remove_reference_t<Fn>;
+        run(n, &invoke<F>, const_cast<void*>(static_cast<const void*>(&fn)));
+    }
+
+    ThreadPool(const ThreadPool&) = delete;
+    ThreadPool& operator=(const ThreadPool&) = delete;
+    ~ThreadPool();
+
+private:
+    ThreadPool();
+    using Task = void (*)(void* context, int64_t index);
+    template <class Fn>
+    static void invoke(void* context, int64_t index)
+    {
+        (*static_cast<Fn*>(context))(index);
+    }
+    void run(int64_t n, Task task, void* context);
+
+    struct Impl;
+    Impl* impl_;
+};
+
+// The default thread count: OPTIM_NUM_THREADS if set to a positive number, else the CPUs in this
+// process's affinity mask.
+int default_num_threads();
+
+} // namespace optim::cpu

@@ -1,0 +1,70 @@
+// A fixed partition of the concatenation of many tensors into chunks of kChunk elements. Chunk c covers
+// elements [c*kChunk, (c+1)*kChunk) of the concatenation and may span several small tensors. The
+// partition depends only on the tensor sizes, never on the number of threads, which is what makes
+// chunked reductions reproducible.
+#pragma once
+
+#include "../error.hpp"
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace optim::cpu {
+
+// 64 Ki elements: 256 KiB of fp32 per stream, large enough to amortise scheduling, small enough to
+// balance two to a few dozen threads.
+constexpr int64_t kChunk = int64_t(1) << 16;
+// Below this many elements in one call the pool's wake-up costs more than it saves.
+constexpr int64_t kParallelThreshold = int64_t(1) << 17;
+
+class WorkPlan {
+public:
+    // One plan per calling thread, reused so a step allocates nothing once warm.
+    static WorkPlan& for_this_thread()
+    {
+        thread_local WorkPlan plan;
+        return plan;
+    }
+
+    void build(const int64_t* numels, int64_t count)
+    {
+        offsets_.resize(static_cast<size_t>(count) + 1);
+        int64_t total = 0;
+        for (int64_t k = 0; k < count; ++k) {
+            offsets_[static_cast<size_t>(k)] = total;
+            total += numels[k];
+        }
+        offsets_[static_cast<size_t>(count)] = total;
+        count_ = count;
+        total_ = total;
+    }
+
+    int64_t total() const { return total_; }
+    int64_t chunks() const { return (total_ + kChunk - 1) / kChunk; }
+
+    // Calls fn(tensor, begin, length) for each piece of a tensor inside chunk c, in tensor order.
+    template <class Fn>
+    void for_each_piece(int64_t c, Fn&& fn) const
+    {
+        const int64_t lo = c * kChunk;
+        const int64_t hi = std::min(lo + kChunk, total_);
+        // First tensor whose range ends after lo (skips empty tensors).
+        auto it = std::upper_bound(offsets_.begin(), offsets_.begin() + count_ + 1, lo);
+        int64_t k = static_cast<int64_t>(it - offsets_.begin()) - 1;
+        for (; k < count_ && offsets_[static_cast<size_t>(k)] < hi; ++k) {
+            const int64_t t0 = offsets_[static_cast<size_t>(k)];
+            const int64_t t1 = offsets_[static_cast<size_t>(k) + 1];
+            const int64_t b = std::max(lo, t0);
+            const int64_t e = std::min(hi, t1);
+            if (e > b) fn(k, b - t0, e - b);
+        }
+    }
+
+private:
+    std::vector<int64_t> offsets_;
+    int64_t count_ = 0;
+    int64_t total_ = 0;
+};
+
+} // namespace optim::cpu

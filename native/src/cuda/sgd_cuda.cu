@@ -1,0 +1,200 @@
+// The CUDA path of the fused SGD step: many tensors per launch (a table of tensor pointers and a
+// block -> (tensor, chunk) map passed as kernel arguments, as in NVIDIA apex's multi_tensor_apply),
+// the per-element math from sgd_math.hpp, the rate optionally read from device memory, launches on the
+// legacy default stream. Compiled in CI; see docs/design.md for what has run on a GPU.
+#include "../backend.hpp"
+#include "../error.hpp"
+#include "../sgd_math.hpp"
+
+#include <cuda_runtime.h>
+
+#include <mutex>
+#include <string>
+
+namespace optim::cuda {
+
+namespace {
+
+constexpr int kMaxTensors = 36;
+constexpr int kMaxBlocks = 320;
+constexpr int kThreads = 512;
+constexpr int64_t kChunk = 64 * 1024; // elements per block
+
+// Kernel-argument table (< 4 KiB): the tensors of one launch and which tensor/chunk each block updates.
+struct LaunchTable {
+    void* params[kMaxTensors];
+    const void* grads[kMaxTensors];
+    void* bufs[kMaxTensors];
+    int64_t numels[kMaxTensors];
+    unsigned char fresh[kMaxTensors];
+    unsigned char block_tensor[kMaxBlocks];
+    int32_t block_chunk[kMaxBlocks];
+};
+static_assert(sizeof(LaunchTable) < 4000, "kernel arguments are limited to 4 KiB");
+
+template <typename T, unsigned Flags>
+__global__ void __launch_bounds__(kThreads)
+    sgd_kernel(LaunchTable table, SgdCoeffs<T> c, T lr_value, const double* lr_ptr)
+{
+    const int t = table.block_tensor[blockIdx.x];
+    const int64_t begin = static_cast<int64_t>(table.block_chunk[blockIdx.x]) * kChunk;
+    const int64_t n = table.numels[t];
+    const int64_t end = begin + kChunk < n ? begin + kChunk : n;
+    const T lr = lr_ptr ? static_cast<T>(*lr_ptr) : lr_value;
+    T* __restrict p = static_cast<T*>(table.params[t]);
+    const T* __restrict g = static_cast<const T*>(table.grads[t]);
+    T* __restrict b = static_cast<T*>(table.bufs[t]);
+    const bool fresh = table.fresh[t] != 0;
+    T unused = T(0);
+    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
+        T pi = p[i];
+        if (Flags & kSgdMomentum) {
+            T bi = fresh ? T(0) : b[i];
+            sgd_element<T, Flags>(pi, g[i], bi, fresh, c, lr);
+            b[i] = bi;
+        } else {
+            sgd_element<T, Flags>(pi, g[i], unused, false, c, lr);
+        }
+        p[i] = pi;
+    }
+}
+
+void check(cudaError_t e, const char* what)
+{
+    if (e != cudaSuccess) {
+        cudaGetLastError(); // clear a sticky-free error so later calls are not blamed for it
+        fail(OPTIM_STATUS_CUDA_ERROR,
+             std::string("optim_sgd_step: ") + what + ": " + cudaGetErrorString(e));
+    }
+}
+
+template <typename T, unsigned Flags>
+void launch_all(const SgdCall& call, const SgdCoeffs<T>& c, T lr)
+{
+    const optim_tensor_list& t = *call.tensors;
+    LaunchTable table;
+    int tensors = 0;
+    int blocks = 0;
+    auto launch = [&] {
+        if (blocks == 0) return;
+        sgd_kernel<T, Flags><<<blocks, kThreads, 0, 0>>>(table, c, lr, call.lr_ptr);
+        check(cudaGetLastError(), "kernel launch");
+        tensors = 0;
+        blocks = 0;
+    };
+    for (int64_t k = 0; k < t.count; ++k) {
+        const int64_t n = t.numels[k];
+        if (n == 0) continue;
+        const int64_t chunks = (n + kChunk - 1) / kChunk;
+        for (int64_t ch = 0; ch < chunks; ++ch) {
+            // The tensor enters the table on its first chunk, and again after a launch emptied it.
+            if (ch == 0 || tensors == 0) {
+                if (tensors == kMaxTensors) launch();
+                table.params[tensors] = t.params[k];
+                table.grads[tensors] = t.grads[k];
+                table.bufs[tensors] = (Flags & kSgdMomentum) ? t.momentum_buffers[k] : nullptr;
+                table.numels[tensors] = n;
+                table.fresh[tensors] =
+                    ((Flags & kSgdMomentum) && t.buffer_fresh && t.buffer_fresh[k]) ? 1 : 0;
+                ++tensors;
+            }
+            table.block_tensor[blocks] = static_cast<unsigned char>(tensors - 1);
+            table.block_chunk[blocks] = static_cast<int32_t>(ch);
+            ++blocks;
+            if (blocks == kMaxBlocks) launch();
+        }
+    }
+    launch();
+}
+
+template <typename T>
+void sgd_typed(const SgdCall& call)
+{
+    SgdCoeffs<T> c;
+    c.momentum = static_cast<T>(call.momentum);
+    c.one_minus_dampening = static_cast<T>(1.0 - call.dampening);
+    c.weight_decay = static_cast<T>(call.weight_decay);
+    const T lr = static_cast<T>(call.lr);
+    const unsigned flags = (call.momentum != 0.0 ? kSgdMomentum : 0u) |
+                           (call.nesterov ? kSgdNesterov : 0u) |
+                           (call.weight_decay != 0.0 ? kSgdWeightDecay : 0u) |
+                           (call.maximize ? kSgdMaximize : 0u);
+    switch (flags) {
+#define OPTIM_CASE(F)                                                                              \
+    case (F):                                                                                      \
+        launch_all<T, (F)>(call, c, lr);                                                           \
+        break;
+        OPTIM_CASE(0)
+        OPTIM_CASE(kSgdMomentum)
+        OPTIM_CASE(kSgdMomentum | kSgdNesterov)
+        OPTIM_CASE(kSgdWeightDecay)
+        OPTIM_CASE(kSgdMomentum | kSgdWeightDecay)
+        OPTIM_CASE(kSgdMomentum | kSgdNesterov | kSgdWeightDecay)
+        OPTIM_CASE(kSgdMaximize)
+        OPTIM_CASE(kSgdMomentum | kSgdMaximize)
+        OPTIM_CASE(kSgdMomentum | kSgdNesterov | kSgdMaximize)
+        OPTIM_CASE(kSgdWeightDecay | kSgdMaximize)
+        OPTIM_CASE(kSgdMomentum | kSgdWeightDecay | kSgdMaximize)
+        OPTIM_CASE(kSgdMomentum | kSgdNesterov | kSgdWeightDecay | kSgdMaximize)
+#undef OPTIM_CASE
+    default:
+        fail(OPTIM_STATUS_INTERNAL, "optim_sgd_step: unexpected flag combination");
+    }
+}
+
+// Restores the caller's current device on every exit path.
+class DeviceGuard {
+public:
+    explicit DeviceGuard(int device)
+    {
+        check(cudaGetDevice(&previous_), "cudaGetDevice");
+        if (previous_ != device) check(cudaSetDevice(device), "cudaSetDevice");
+        changed_ = previous_ != device;
+    }
+    ~DeviceGuard()
+    {
+        if (changed_) cudaSetDevice(previous_);
+    }
+
+private:
+    int previous_ = 0;
+    bool changed_ = false;
+};
+
+} // namespace
+
+bool compiled() noexcept { return true; }
+
+int device_count() noexcept
+{
+    static int count = [] {
+        int n = 0;
+        if (cudaGetDeviceCount(&n) != cudaSuccess) {
+            cudaGetLastError();
+            n = 0;
+        }
+        return n;
+    }();
+    return count;
+}
+
+const char* architectures() noexcept { return OPTIM_CUDA_ARCHITECTURES; }
+
+void sgd_step(int device_index, int32_t dtype, const SgdCall& call)
+{
+    const int n = device_count();
+    if (n == 0)
+        fail(OPTIM_STATUS_CUDA_UNAVAILABLE,
+             "optim_sgd_step: CUDA tensors were given but no CUDA device is present");
+    if (device_index < 0 || device_index >= n)
+        fail(OPTIM_STATUS_INVALID_ARGUMENT, "optim_sgd_step: CUDA device index " +
+                                                std::to_string(device_index) + " is out of range (" +
+                                                std::to_string(n) + " devices)");
+    DeviceGuard guard(device_index);
+    if (dtype == OPTIM_DTYPE_FLOAT32)
+        sgd_typed<float>(call);
+    else
+        sgd_typed<double>(call);
+}
+
+} // namespace optim::cuda

@@ -1,0 +1,49 @@
+#include <optim.h>
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+TEST(Abi, VersionMatchesHeader) { EXPECT_EQ(optim_abi_version(), OPTIM_ABI_VERSION); }
+
+TEST(Abi, BuildInfoNamesTheCudaState)
+{
+    const std::string info = optim_build_info();
+    EXPECT_EQ(info.rfind("optim ", 0), 0u) << info;
+    EXPECT_NE(info.find(optim_cuda_compiled() ? "cuda: sm_" : "no cuda"), std::string::npos) << info;
+}
+
+TEST(Abi, StatusNames)
+{
+    EXPECT_STREQ(optim_status_name(OPTIM_STATUS_OK), "OPTIM_STATUS_OK");
+    EXPECT_STREQ(optim_status_name(OPTIM_STATUS_CUDA_UNAVAILABLE), "OPTIM_STATUS_CUDA_UNAVAILABLE");
+    EXPECT_STREQ(optim_status_name(12345), "OPTIM_STATUS_UNKNOWN");
+}
+
+TEST(Abi, LastErrorIsThreadLocalAndNeverNull)
+{
+    ASSERT_NE(optim_last_error(), nullptr);
+    EXPECT_EQ(optim_cuda_device_count(nullptr), OPTIM_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(optim_last_error()).find("count is NULL"), std::string::npos);
+}
+
+TEST(Abi, DefaultParams)
+{
+    optim_sgd_params p;
+    optim_sgd_params_default(&p);
+    EXPECT_DOUBLE_EQ(p.lr, 0.01);
+    EXPECT_DOUBLE_EQ(p.momentum, 0.0);
+    EXPECT_EQ(p.nesterov, 0);
+    EXPECT_EQ(p.lr_ptr, nullptr);
+    optim_sgd_params_default(nullptr); // a no-op
+}
+
+TEST(Abi, CudaDeviceCountIsZeroOrMoreAndConsistentWithBuild)
+{
+    int32_t n = -1;
+    ASSERT_EQ(optim_cuda_device_count(&n), OPTIM_STATUS_OK);
+    EXPECT_GE(n, 0);
+    if (!optim_cuda_compiled()) {
+        EXPECT_EQ(n, 0);
+    }
+}

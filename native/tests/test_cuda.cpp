@@ -1,0 +1,128 @@
+// The CUDA kernels against the CPU path (which the reference tests cover), over many steps, every flag
+// combination, many tensors per launch and a device-resident rate. Skips when no device is present.
+#include "reference.hpp"
+
+#include <optim.h>
+
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+using namespace optim_test;
+
+namespace {
+
+bool have_device()
+{
+    int32_t n = 0;
+    return optim_cuda_device_count(&n) == OPTIM_STATUS_OK && n > 0;
+}
+
+#define CUDA_OK(x) ASSERT_EQ((x), cudaSuccess) << #x << ": " << cudaGetErrorString(x)
+
+template <typename T>
+void compare_with_cpu(double momentum, double dampening, double wd, bool nesterov, bool maximize)
+{
+    // 40 tensors (more than one launch's table) of mixed sizes, one spanning many blocks.
+    std::vector<size_t> sizes;
+    for (int k = 0; k < 40; ++k) sizes.push_back(static_cast<size_t>(1 + k * 997));
+    sizes.push_back(3 * 1000 * 1000 + 17);
+    std::mt19937_64 rng(11);
+    const size_t K = sizes.size();
+    std::vector<std::vector<T>> hp(K), hg(K), hb(K, std::vector<T>());
+    std::vector<T*> dp(K), dg(K), db(K);
+    for (size_t k = 0; k < K; ++k) {
+        hp[k] = random_vector<T>(sizes[k], rng);
+        hb[k].assign(sizes[k], T(0));
+        CUDA_OK(cudaMalloc(&dp[k], sizes[k] * sizeof(T)));
+        CUDA_OK(cudaMalloc(&dg[k], sizes[k] * sizeof(T)));
+        CUDA_OK(cudaMalloc(&db[k], sizes[k] * sizeof(T)));
+        CUDA_OK(cudaMemcpy(dp[k], hp[k].data(), sizes[k] * sizeof(T), cudaMemcpyHostToDevice));
+    }
+    double* d_lr = nullptr;
+    CUDA_OK(cudaMalloc(&d_lr, sizeof(double)));
+    const double lr = 0.03;
+    CUDA_OK(cudaMemcpy(d_lr, &lr, sizeof(double), cudaMemcpyHostToDevice));
+
+    optim_sgd_params params;
+    optim_sgd_params_default(&params);
+    params.lr = lr;
+    params.momentum = momentum;
+    params.dampening = dampening;
+    params.weight_decay = wd;
+    params.nesterov = nesterov;
+    params.maximize = maximize;
+    const int32_t dtype = sizeof(T) == 4 ? OPTIM_DTYPE_FLOAT32 : OPTIM_DTYPE_FLOAT64;
+    std::vector<int64_t> numels(sizes.begin(), sizes.end());
+    for (int step = 0; step < 20; ++step) {
+        std::vector<uint8_t> fresh(K, step == 0 ? 1 : 0);
+        std::vector<void*> cp(K), cb(K), gp(K), gb(K);
+        std::vector<const void*> cg(K), gg(K);
+        for (size_t k = 0; k < K; ++k) {
+            hg[k] = random_vector<T>(sizes[k], rng, 0.5);
+            CUDA_OK(cudaMemcpy(dg[k], hg[k].data(), sizes[k] * sizeof(T), cudaMemcpyHostToDevice));
+            cp[k] = hp[k].data(); cg[k] = hg[k].data(); cb[k] = hb[k].data();
+            gp[k] = dp[k]; gg[k] = dg[k]; gb[k] = db[k];
+        }
+        optim_tensor_list host{static_cast<int64_t>(K), cp.data(), cg.data(), cb.data(), numels.data(), fresh.data()};
+        optim_tensor_list dev{static_cast<int64_t>(K), gp.data(), gg.data(), gb.data(), numels.data(), fresh.data()};
+        params.lr_ptr = nullptr;
+        ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, dtype, &host, &params), OPTIM_STATUS_OK) << optim_last_error();
+        params.lr_ptr = (step % 2) ? d_lr : nullptr; // alternate host-value and device-resident rate
+        ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CUDA, 0, dtype, &dev, &params), OPTIM_STATUS_OK) << optim_last_error();
+        CUDA_OK(cudaDeviceSynchronize());
+    }
+    const double rtol = sizeof(T) == 4 ? 1e-5 : 1e-12, atol = sizeof(T) == 4 ? 1e-6 : 1e-14;
+    for (size_t k = 0; k < K; ++k) {
+        std::vector<T> gpu_p(sizes[k]), gpu_b(sizes[k]);
+        CUDA_OK(cudaMemcpy(gpu_p.data(), dp[k], sizes[k] * sizeof(T), cudaMemcpyDeviceToHost));
+        CUDA_OK(cudaMemcpy(gpu_b.data(), db[k], sizes[k] * sizeof(T), cudaMemcpyDeviceToHost));
+        int bad = 0;
+        for (size_t i = 0; i < sizes[k] && bad < 5; ++i) {
+            if (!(std::fabs(gpu_p[i] - hp[k][i]) <= atol + rtol * std::fabs(hp[k][i]))) {
+                ADD_FAILURE() << "param tensor " << k << " element " << i << ": gpu " << gpu_p[i] << " cpu " << hp[k][i];
+                ++bad;
+            }
+            if (momentum != 0 && !(std::fabs(gpu_b[i] - hb[k][i]) <= atol + rtol * std::fabs(hb[k][i]))) {
+                ADD_FAILURE() << "buffer tensor " << k << " element " << i << ": gpu " << gpu_b[i] << " cpu " << hb[k][i];
+                ++bad;
+            }
+        }
+        cudaFree(dp[k]); cudaFree(dg[k]); cudaFree(db[k]);
+    }
+    cudaFree(d_lr);
+}
+
+} // namespace
+
+TEST(FusedSgdCuda, MatchesCpuFloat32)
+{
+    if (!have_device()) GTEST_SKIP() << "no CUDA device";
+    compare_with_cpu<float>(0, 0, 0, false, false);
+    compare_with_cpu<float>(0.9, 0, 0, false, false);
+    compare_with_cpu<float>(0.9, 0, 1e-2, true, false);
+    compare_with_cpu<float>(0.9, 0.3, 1e-2, false, true);
+    compare_with_cpu<float>(0, 0, 1e-2, false, true);
+}
+
+TEST(FusedSgdCuda, MatchesCpuFloat64)
+{
+    if (!have_device()) GTEST_SKIP() << "no CUDA device";
+    compare_with_cpu<double>(0.9, 0.1, 1e-3, false, false);
+    compare_with_cpu<double>(0.9, 0, 1e-3, true, true);
+}
+
+TEST(FusedSgdCuda, BadDeviceIndexIsRejected)
+{
+    if (!have_device()) GTEST_SKIP() << "no CUDA device";
+    float dummy = 0;
+    void* ps[] = {&dummy};
+    const void* gs[] = {&dummy};
+    int64_t ns[] = {1};
+    optim_tensor_list list{1, ps, gs, nullptr, ns, nullptr};
+    optim_sgd_params params;
+    optim_sgd_params_default(&params);
+    EXPECT_EQ(optim_sgd_step(OPTIM_DEVICE_CUDA, 999, OPTIM_DTYPE_FLOAT32, &list, &params), OPTIM_STATUS_INVALID_ARGUMENT);
+}
