@@ -1,0 +1,65 @@
+using System.Runtime.InteropServices;
+
+namespace Optim.Interop;
+
+/// <summary>
+/// The raw imports of <c>native/include/optim.h</c>. Private to the bindings: callers use
+/// <see cref="OptimNative"/>, which validates spans, checks the ABI once and turns statuses into
+/// exceptions. Signatures are blittable only (fixed-size integers, doubles, pointers).
+/// </summary>
+internal static unsafe partial class NativeMethods
+{
+    internal const string Library = "Optim.Native";
+
+    [LibraryImport(Library)]
+    internal static partial int optim_abi_version();
+
+    [LibraryImport(Library)]
+    internal static partial byte* optim_build_info();
+
+    [LibraryImport(Library)]
+    internal static partial byte* optim_last_error();
+
+    [LibraryImport(Library)]
+    internal static partial int optim_cuda_compiled();
+
+    [LibraryImport(Library)]
+    internal static partial int optim_cuda_device_count(int* count);
+
+    [LibraryImport(Library)]
+    internal static partial int optim_set_num_threads(int n);
+
+    [LibraryImport(Library)]
+    internal static partial int optim_get_num_threads();
+
+    [LibraryImport(Library)]
+    internal static partial int optim_sgd_step(int device, int deviceIndex, int dtype, TensorList* tensors, SgdParams* parameters);
+
+    // Runs before the first import is called: every import of this assembly goes through the resolver.
+    static NativeMethods() => NativeLibraryResolver.Register();
+}
+
+/// <summary>Mirror of <c>optim_tensor_list</c>.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct TensorList
+{
+    public long Count;
+    public nint* Params;
+    public nint* Grads;
+    public nint* MomentumBuffers;
+    public long* Numels;
+    public byte* BufferFresh;
+}
+
+/// <summary>Mirror of <c>optim_sgd_params</c>.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct SgdParams
+{
+    public double Lr;
+    public double Momentum;
+    public double Dampening;
+    public double WeightDecay;
+    public int Nesterov;
+    public int Maximize;
+    public double* LrPtr;
+}

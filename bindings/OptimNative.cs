@@ -1,0 +1,229 @@
+using System.Runtime.InteropServices;
+
+namespace Optim.Interop;
+
+/// <summary>Where the data of a tensor list lives.</summary>
+public enum NativeDevice
+{
+    /// <summary>Host memory, updated by the CPU path.</summary>
+    Cpu = 0,
+    /// <summary>CUDA device memory, updated by the CUDA kernels.</summary>
+    Cuda = 1,
+}
+
+/// <summary>Element types the native core computes in.</summary>
+public enum NativeDType
+{
+    /// <summary>IEEE float32.</summary>
+    Float32 = 0,
+    /// <summary>IEEE float64.</summary>
+    Float64 = 1,
+}
+
+/// <summary>Hyperparameters of one fused SGD step (PyTorch's meaning; see <c>optim_sgd_params</c>).</summary>
+public readonly record struct SgdHyperparameters(
+    double Lr, double Momentum = 0, double Dampening = 0, double WeightDecay = 0, bool Nesterov = false, bool Maximize = false);
+
+/// <summary>
+/// The managed face of the native core: loads the library, checks its ABI version once, and turns every
+/// failing status into an exception carrying the native message. Arguments are raw data pointers; the
+/// TorchSharp optimizers in the <c>Optim</c> assembly gather them from tensors.
+/// </summary>
+public static unsafe class OptimNative
+{
+    /// <summary>The <c>OPTIM_ABI_VERSION</c> these bindings were written for.</summary>
+    public const int ExpectedAbiVersion = 1;
+
+    private static volatile bool s_checked;
+    private static readonly object s_lock = new();
+
+    /// <summary>Loads the native library and checks its ABI version (once; later calls are free).</summary>
+    /// <exception cref="DllNotFoundException">The library could not be found; the message lists where it was looked for.</exception>
+    /// <exception cref="InvalidOperationException">The library's ABI version differs from <see cref="ExpectedAbiVersion"/>.</exception>
+    public static void EnsureLoaded()
+    {
+        if (!s_checked)
+        {
+            CheckOnce();
+        }
+    }
+
+    private static void CheckOnce()
+    {
+        lock (s_lock)
+        {
+            if (s_checked)
+            {
+                return;
+            }
+            int version;
+            try
+            {
+                version = NativeMethods.optim_abi_version();
+            }
+            catch (DllNotFoundException e)
+            {
+                throw new DllNotFoundException(
+                    "Optim: the native library libOptim.Native could not be loaded. Looked for: " +
+                    string.Join(", ", NativeLibraryResolver.CandidatePaths()) + ", then the system's default search. " +
+                    "Build the repository with `dotnet build` (it runs CMake), or set OPTIM_NATIVE_LIBRARY to the library's path. " +
+                    "Loader message: " + e.Message, e);
+            }
+            if (version != ExpectedAbiVersion)
+            {
+                throw new InvalidOperationException(
+                    $"Optim: the native library at '{NativeLibraryResolver.LoadedFrom ?? "(default search)"}' has ABI version {version}, " +
+                    $"but these bindings need version {ExpectedAbiVersion}. Rebuild the native library from the same sources as the bindings.");
+            }
+            s_checked = true;
+        }
+    }
+
+    /// <summary>The path the native library was loaded from (null if found by the system's default search).</summary>
+    public static string? LibraryPath
+    {
+        get
+        {
+            EnsureLoaded();
+            return NativeLibraryResolver.LoadedFrom;
+        }
+    }
+
+    /// <summary>Version and build description of the native library, e.g. "optim 0.1.0 (cpu, cuda: sm_70 sm_80 sm_90)".</summary>
+    public static string BuildInfo
+    {
+        get
+        {
+            EnsureLoaded();
+            return Marshal.PtrToStringUTF8((nint)NativeMethods.optim_build_info()) ?? "";
+        }
+    }
+
+    /// <summary>Whether the native library was built with its CUDA kernels.</summary>
+    public static bool CudaCompiled
+    {
+        get
+        {
+            EnsureLoaded();
+            return NativeMethods.optim_cuda_compiled() != 0;
+        }
+    }
+
+    /// <summary>Usable CUDA devices (0 without CUDA support or without a device).</summary>
+    public static int CudaDeviceCount
+    {
+        get
+        {
+            EnsureLoaded();
+            int n;
+            ThrowIfFailed(NativeMethods.optim_cuda_device_count(&n));
+            return n;
+        }
+    }
+
+    /// <summary>
+    /// Threads of the CPU path (the caller counts as one). Setting 0 restores the default
+    /// (<c>OPTIM_NUM_THREADS</c>, else the CPUs this process may use). Results never depend on it.
+    /// </summary>
+    public static int NumThreads
+    {
+        get
+        {
+            EnsureLoaded();
+            return NativeMethods.optim_get_num_threads();
+        }
+        set
+        {
+            EnsureLoaded();
+            ThrowIfFailed(NativeMethods.optim_set_num_threads(value));
+        }
+    }
+
+    /// <summary>
+    /// One fused SGD step over many tensors (see <c>optim_sgd_step</c> in <c>optim.h</c>). All spans have
+    /// one entry per tensor, except <paramref name="momentumBuffers"/>, which is empty when momentum is 0,
+    /// and <paramref name="bufferFresh"/>, which may be empty (no buffer is fresh). On failure nothing
+    /// was written.
+    /// </summary>
+    /// <param name="device">Where the data lives.</param>
+    /// <param name="deviceIndex">CUDA device ordinal; ignored for the CPU.</param>
+    /// <param name="dtype">Element type of every tensor.</param>
+    /// <param name="parameters">Parameter data pointers (updated in place).</param>
+    /// <param name="gradients">Gradient data pointers.</param>
+    /// <param name="momentumBuffers">Momentum buffer data pointers (updated in place).</param>
+    /// <param name="numels">Element count of each tensor.</param>
+    /// <param name="bufferFresh">Nonzero where a momentum buffer has no history yet.</param>
+    /// <param name="hyper">The hyperparameters.</param>
+    /// <param name="lrPointer">Optional: address of a double holding the rate, in the memory of the device
+    /// that runs the step; overrides <see cref="SgdHyperparameters.Lr"/>.</param>
+    public static void SgdStep(NativeDevice device, int deviceIndex, NativeDType dtype,
+        ReadOnlySpan<nint> parameters, ReadOnlySpan<nint> gradients, ReadOnlySpan<nint> momentumBuffers,
+        ReadOnlySpan<long> numels, ReadOnlySpan<byte> bufferFresh, in SgdHyperparameters hyper, nint lrPointer = 0)
+    {
+        EnsureLoaded();
+        int n = parameters.Length;
+        if (gradients.Length != n || numels.Length != n)
+        {
+            throw new ArgumentException($"SgdStep: {n} parameters but {gradients.Length} gradients and {numels.Length} element counts.");
+        }
+        if (momentumBuffers.Length != 0 && momentumBuffers.Length != n)
+        {
+            throw new ArgumentException($"SgdStep: {n} parameters but {momentumBuffers.Length} momentum buffers.", nameof(momentumBuffers));
+        }
+        if (bufferFresh.Length != 0 && bufferFresh.Length != n)
+        {
+            throw new ArgumentException($"SgdStep: {n} parameters but {bufferFresh.Length} fresh flags.", nameof(bufferFresh));
+        }
+        fixed (nint* p = parameters)
+        fixed (nint* g = gradients)
+        fixed (nint* b = momentumBuffers)
+        fixed (long* ne = numels)
+        fixed (byte* f = bufferFresh)
+        {
+            var list = new TensorList
+            {
+                Count = n,
+                Params = p,
+                Grads = g,
+                MomentumBuffers = momentumBuffers.Length == 0 ? null : b,
+                Numels = ne,
+                BufferFresh = bufferFresh.Length == 0 ? null : f,
+            };
+            var sp = new SgdParams
+            {
+                Lr = hyper.Lr,
+                Momentum = hyper.Momentum,
+                Dampening = hyper.Dampening,
+                WeightDecay = hyper.WeightDecay,
+                Nesterov = hyper.Nesterov ? 1 : 0,
+                Maximize = hyper.Maximize ? 1 : 0,
+                LrPtr = (double*)lrPointer,
+            };
+            ThrowIfFailed(NativeMethods.optim_sgd_step((int)device, deviceIndex, (int)dtype, &list, &sp));
+        }
+    }
+
+    /// <summary>
+    /// The single place that turns a native status into an exception: <see cref="ArgumentException"/> for
+    /// invalid arguments, <see cref="NotSupportedException"/> for unsupported dtypes and missing CUDA,
+    /// <see cref="OutOfMemoryException"/>, else <see cref="OptimNativeException"/>. The message is the
+    /// native library's own.
+    /// </summary>
+    internal static void ThrowIfFailed(int status)
+    {
+        if (status == 0)
+        {
+            return;
+        }
+        string message = Marshal.PtrToStringUTF8((nint)NativeMethods.optim_last_error()) ?? "";
+        throw (NativeStatus)status switch
+        {
+            NativeStatus.InvalidArgument => new ArgumentException(message),
+            NativeStatus.Unsupported => new NotSupportedException(message),
+            NativeStatus.CudaUnavailable => new NotSupportedException(message),
+            NativeStatus.OutOfMemory => new OutOfMemoryException(message),
+            NativeStatus.CudaError => new OptimNativeException(NativeStatus.CudaError, message),
+            _ => new OptimNativeException((NativeStatus)status, $"{message} (status {status})"),
+        };
+    }
+}

@@ -1,0 +1,511 @@
+using Optim.Interop;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.optim;
+
+namespace Optim;
+
+/// <summary>
+/// Stochastic gradient descent (optionally with momentum, Nesterov momentum, dampening, weight decay and
+/// maximization) with PyTorch's semantics, computed by one native call per param group that updates
+/// every tensor of the group in a single pass over memory.
+/// </summary>
+/// <remarks>
+/// <para>A drop-in replacement for <c>torch.optim.SGD</c>: replace <c>torch.optim.SGD(params, lr, ...)</c>
+/// with <c>new Optim.FusedSGD(params, lr, ...)</c>. Schedulers, <c>zero_grad</c>, param groups and
+/// <c>save_state_dict</c>/<c>load_state_dict</c> work as they do for TorchSharp's SGD.</para>
+/// <para>The update per element, for a parameter p with gradient g (PyTorch's order):
+/// <c>g = maximize ? -g : g; g += weight_decay * p; buf = first step ? g : momentum * buf + (1 - dampening) * g;
+/// d = nesterov ? g + momentum * buf : (momentum != 0 ? buf : g); p -= lr * d</c>.
+/// With <c>maximize</c> this follows PyTorch, which negates the gradient before weight decay; TorchSharp
+/// 0.107's SGD instead flips the sign of the final update, so its momentum buffers have the opposite
+/// sign and its weight decay grows the weights when maximizing (docs/design.md).</para>
+/// <para>Requirements, checked before anything is written: every parameter and gradient is dense,
+/// contiguous, float32 or float64; all parameters share one dtype and one device. CPU tensors use the
+/// native CPU path; CUDA tensors use the CUDA kernels when the native library was built with them and a
+/// device exists, otherwise <see cref="NotSupportedException"/> (never a silent fallback).</para>
+/// </remarks>
+public class FusedSGD : OptimizerHelper, IMomentum
+{
+    private readonly TensorBatch _batch = new();
+    private readonly List<Tensor> _created = new();
+
+    /// <summary>Creates the optimizer over one group of parameters.</summary>
+    /// <param name="parameters">The parameters to optimize (for example <c>model.parameters()</c>).</param>
+    /// <param name="lr">Learning rate (≥ 0).</param>
+    /// <param name="momentum">Momentum factor (≥ 0; default 0).</param>
+    /// <param name="dampening">Dampening for momentum (default 0).</param>
+    /// <param name="weight_decay">Weight decay, an L2 penalty (≥ 0; default 0).</param>
+    /// <param name="nesterov">Enables Nesterov momentum (needs momentum &gt; 0 and dampening 0).</param>
+    /// <param name="maximize">Maximize the objective instead of minimizing it.</param>
+    /// <exception cref="ArgumentException">An invalid hyperparameter or an unsupported tensor.</exception>
+    public FusedSGD(IEnumerable<Parameter> parameters, double lr, double momentum = 0, double dampening = 0,
+        double weight_decay = 0, bool nesterov = false, bool maximize = false)
+        : this(new[] { new ParamGroup(parameters ?? throw new ArgumentNullException(nameof(parameters))) },
+               lr, momentum, dampening, weight_decay, nesterov, maximize)
+    {
+    }
+
+    /// <summary>
+    /// Creates the optimizer over several param groups. Options a group leaves unset (null) take the
+    /// values given here.
+    /// </summary>
+    /// <param name="parameters">The param groups.</param>
+    /// <param name="lr">Default learning rate (≥ 0).</param>
+    /// <param name="momentum">Default momentum factor (≥ 0).</param>
+    /// <param name="dampening">Default dampening.</param>
+    /// <param name="weight_decay">Default weight decay (≥ 0).</param>
+    /// <param name="nesterov">Default for Nesterov momentum.</param>
+    /// <param name="maximize">Default for maximization.</param>
+    /// <exception cref="ArgumentException">An invalid hyperparameter or an unsupported tensor.</exception>
+    public FusedSGD(IEnumerable<ParamGroup> parameters, double lr, double momentum = 0, double dampening = 0,
+        double weight_decay = 0, bool nesterov = false, bool maximize = false)
+    {
+        ArgumentNullException.ThrowIfNull(parameters);
+        var defaults = new Options
+        {
+            LearningRate = lr,
+            InitialLearningRate = lr,
+            momentum = momentum,
+            dampening = dampening,
+            weight_decay = weight_decay,
+            nesterov = nesterov,
+            maximize = maximize,
+        };
+        ValidateOptions(defaults, null);
+        OptimNative.EnsureLoaded();
+        _defaults = defaults;
+        _parameter_groups = new List<TorchSharp.Modules.ParamGroup>();
+        foreach (var group in parameters)
+        {
+            add_param_group(group);
+        }
+    }
+
+    /// <summary>The default momentum; setting it also sets every param group's momentum (for momentum schedulers).</summary>
+    public double Momentum
+    {
+        get => ((Options)_defaults).momentum!.Value;
+        set
+        {
+            if (!(value >= 0) || double.IsInfinity(value))
+            {
+                throw new ArgumentException(FormattableString.Invariant($"Invalid momentum value: {value}"), nameof(value));
+            }
+            foreach (var g in _parameter_groups)
+            {
+                var o = (Options)g.Options;
+                if (o.nesterov == true && value <= 0)
+                {
+                    throw new ArgumentException("Nesterov momentum requires a momentum and zero dampening", nameof(value));
+                }
+            }
+            ((Options)_defaults).momentum = value;
+            foreach (var g in _parameter_groups)
+            {
+                ((Options)g.Options).momentum = value;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Adds a param group. Unset options are taken from the optimizer's defaults; the group's options and
+    /// tensors are validated before the group is added.
+    /// </summary>
+    /// <exception cref="ArgumentException">Invalid options, an unsupported tensor, or a parameter that is already optimized.</exception>
+    public override void add_param_group(TorchSharp.Modules.ParamGroup param_group)
+    {
+        ArgumentNullException.ThrowIfNull(param_group);
+        if (param_group.Parameters is null)
+        {
+            throw new ArgumentException("The param group has no Parameters.", nameof(param_group));
+        }
+        var def = (Options)_defaults;
+        var given = param_group.Options;
+        if (given is not null && given is not Options)
+        {
+            throw new ArgumentException($"A FusedSGD param group needs FusedSGD.Options, not {given.GetType().Name}.", nameof(param_group));
+        }
+        var opt = (Options?)given ?? new Options();
+        var filled = new Options
+        {
+            LearningRate = opt.LearningRate ?? def.LearningRate,
+            momentum = opt.momentum ?? def.momentum,
+            dampening = opt.dampening ?? def.dampening,
+            weight_decay = opt.weight_decay ?? def.weight_decay,
+            nesterov = opt.nesterov ?? def.nesterov,
+            maximize = opt.maximize ?? def.maximize,
+        };
+        int groupIndex = _parameter_groups.Count;
+        ValidateOptions(filled, groupIndex);
+
+        var parameters = param_group.Parameters.ToList();
+        var checks = new TensorChecks(nameof(FusedSGD));
+        for (int i = 0; i < parameters.Count; i++)
+        {
+            checks.CheckParameter(parameters[i], groupIndex, i);
+        }
+        var seen = new HashSet<IntPtr>();
+        for (int i = 0; i < parameters.Count; i++)
+        {
+            var p = parameters[i];
+            if (_state.ContainsKey(p.Handle) || !seen.Add(p.Handle))
+            {
+                throw new ArgumentException($"FusedSGD: parameter {i} of param group {groupIndex} appears in more than one param group.", nameof(param_group));
+            }
+        }
+        // Every check passed: now change the group and the optimizer.
+        opt.LearningRate = filled.LearningRate;
+        opt.momentum = filled.momentum;
+        opt.dampening = filled.dampening;
+        opt.weight_decay = filled.weight_decay;
+        opt.nesterov = filled.nesterov;
+        opt.maximize = filled.maximize;
+        opt.InitialLearningRate = filled.LearningRate!.Value;
+        param_group.Options = opt;
+        param_group.Parameters = parameters;
+        _parameter_groups.Add(param_group);
+        foreach (var p in parameters)
+        {
+            var state = new State(p);
+            state.Initialize(opt);
+            _state[p.Handle] = state;
+        }
+    }
+
+    private static void ValidateOptions(Options o, int? group)
+    {
+        string where = group is null ? "" : $" (param group {group})";
+        double lr = o.LearningRate!.Value, momentum = o.momentum!.Value, dampening = o.dampening!.Value, wd = o.weight_decay!.Value;
+        if (!(lr >= 0) || double.IsInfinity(lr))
+        {
+            throw new ArgumentException(FormattableString.Invariant($"Invalid learning rate: {lr}{where}"), "lr");
+        }
+        if (!(momentum >= 0) || double.IsInfinity(momentum))
+        {
+            throw new ArgumentException(FormattableString.Invariant($"Invalid momentum value: {momentum}{where}"), "momentum");
+        }
+        if (!double.IsFinite(dampening))
+        {
+            throw new ArgumentException(FormattableString.Invariant($"Invalid dampening value: {dampening}{where}"), "dampening");
+        }
+        if (!(wd >= 0) || double.IsInfinity(wd))
+        {
+            throw new ArgumentException(FormattableString.Invariant($"Invalid weight_decay value: {wd}{where}"), "weight_decay");
+        }
+        if (o.nesterov!.Value && (momentum <= 0 || dampening != 0))
+        {
+            throw new ArgumentException($"Nesterov momentum requires a momentum and zero dampening{where}", "nesterov");
+        }
+    }
+
+    /// <summary>
+    /// Performs one optimization step over every param group. All tensors and options are checked first;
+    /// if a check fails, an <see cref="ArgumentException"/> is thrown and no parameter or state has changed.
+    /// Parameters without a gradient are skipped, as in TorchSharp.
+    /// </summary>
+    /// <param name="closure">Optional: re-evaluates the model and returns the loss.</param>
+    /// <returns>The closure's loss, or null.</returns>
+    public override Tensor step(Func<Tensor>? closure = null)
+    {
+        Tensor? loss = null;
+        if (closure is not null)
+        {
+            using (torch.enable_grad())
+            {
+                loss = closure();
+            }
+        }
+        StepCore();
+        return loss!;
+    }
+
+    private void StepCore()
+    {
+        var batch = _batch;
+        batch.Reset(_parameter_groups.Count);
+        try
+        {
+            // 1. Check everything and gather pointers; nothing is written yet.
+            var checks = new TensorChecks(nameof(FusedSGD));
+            for (int gi = 0; gi < _parameter_groups.Count; gi++)
+            {
+                var group = _parameter_groups[gi];
+                var o = (Options)group.Options;
+                ValidateOptions(o, gi);
+                bool momentum = o.momentum!.Value != 0;
+                batch.BeginGroup(gi);
+                int pi = 0;
+                foreach (var p in group.Parameters)
+                {
+                    int index = pi++;
+                    var grad = p.grad;
+                    if (grad is null)
+                    {
+                        continue;
+                    }
+                    batch.AddGradient(grad);
+                    checks.CheckParameter(p, gi, index);
+                    checks.CheckGradient(grad, p, gi, index);
+                    var state = (State)_state[p.Handle];
+                    var buf = momentum ? state.momentum_buffer : null;
+                    if (buf is not null)
+                    {
+                        checks.CheckState(buf, p, gi, index, "momentum buffer");
+                    }
+                    batch.Add(p, grad, buf, state, fresh: momentum && buf is null);
+                }
+            }
+            if (checks.Empty)
+            {
+                return;
+            }
+
+            // 2. Create the momentum buffers of parameters on their first step (only then allocates).
+            _created.Clear();
+            for (int k = 0; k < batch.Count; k++)
+            {
+                if (batch.Fresh[k] != 0)
+                {
+                    var state = batch.States[k];
+                    var p = batch.ParamTensors[k];
+                    var buf = torch.empty_like(p).DetachFromDisposeScope();
+                    _created.Add(buf);
+                    state.momentum_buffer = buf;
+                    batch.Buffers[k] = TorchSharpNative.DataPointer(buf.Handle);
+                }
+            }
+
+            // 3. One native call per param group.
+            try
+            {
+                for (int gi = 0; gi < _parameter_groups.Count; gi++)
+                {
+                    var (start, count) = batch.Group(gi);
+                    if (count == 0)
+                    {
+                        continue;
+                    }
+                    var o = (Options)_parameter_groups[gi].Options;
+                    var hyper = new SgdHyperparameters(o.LearningRate!.Value, o.momentum!.Value, o.dampening!.Value,
+                        o.weight_decay!.Value, o.nesterov!.Value, o.maximize!.Value);
+                    bool momentum = hyper.Momentum != 0;
+                    OptimNative.SgdStep(checks.Device, checks.DeviceIndex, checks.DType,
+                        batch.Params.AsSpan(start, count), batch.Grads.AsSpan(start, count),
+                        momentum ? batch.Buffers.AsSpan(start, count) : default,
+                        batch.Numels.AsSpan(start, count), momentum ? batch.Fresh.AsSpan(start, count) : default,
+                        hyper);
+                }
+            }
+            catch when (_created.Count > 0)
+            {
+                // Undo the buffers this step created so that the next step starts them afresh.
+                for (int k = 0; k < batch.Count; k++)
+                {
+                    if (batch.Fresh[k] != 0)
+                    {
+                        batch.States[k].momentum_buffer = null;
+                    }
+                }
+                foreach (var t in _created)
+                {
+                    t.Dispose();
+                }
+                throw;
+            }
+            finally
+            {
+                _created.Clear();
+            }
+        }
+        finally
+        {
+            batch.ReleaseGradients();
+        }
+    }
+
+    /// <inheritdoc/>
+    protected override void Dispose(bool disposing)
+    {
+        base.Dispose(disposing);
+        if (disposing)
+        {
+            foreach (var (_, st) in _state)
+            {
+                (st as State)?.Dispose();
+            }
+            _state.Clear();
+        }
+    }
+
+    /// <summary>Per-parameter state: the momentum buffer (null until the parameter's first step with momentum).</summary>
+    public sealed class State : OptimizerState, IDisposable
+    {
+        /// <summary>The momentum buffer, shaped like the parameter; null before the first step.</summary>
+        public Tensor? momentum_buffer;
+
+        /// <summary>Creates the state of one parameter.</summary>
+        public State(Parameter parameter) : base(parameter)
+        {
+        }
+
+        /// <summary>Disposes the buffer.</summary>
+        public void Dispose()
+        {
+            momentum_buffer?.Dispose();
+            momentum_buffer = null;
+        }
+
+        /// <summary>Moves the buffer to <paramref name="device"/>.</summary>
+        public override void to(Device device)
+        {
+            if (momentum_buffer is not null)
+            {
+                var moved = momentum_buffer.to(device).DetachFromDisposeScope();
+                if (!ReferenceEquals(moved, momentum_buffer))
+                {
+                    momentum_buffer.Dispose();
+                }
+                momentum_buffer = moved;
+            }
+        }
+
+        /// <summary>Reads the buffer written by <see cref="SaveStateDict(BinaryWriter)"/> (TorchSharp's SGD format).</summary>
+        public override void LoadStateDict(BinaryReader reader)
+        {
+            Tensor? loaded = momentum_buffer;
+            LoadConditionalStateTensor(reader, ref loaded!, _parameter.device);
+            momentum_buffer = Adopt(loaded);
+        }
+
+        /// <summary>Writes the buffer (a flag, then the tensor), as TorchSharp's SGD does.</summary>
+        public override void SaveStateDict(BinaryWriter writer) => SaveConditionalStateTensor(writer, momentum_buffer!);
+
+        /// <summary>Copies the buffer of another <see cref="State"/>.</summary>
+        public override void LoadStateDict(OptimizerState source)
+        {
+            if (source is not State other)
+            {
+                throw new ArgumentException($"Expected a FusedSGD.State, got {source?.GetType().Name ?? "null"}.", nameof(source));
+            }
+            var copy = other.momentum_buffer?.to(_parameter.device, copy: true);
+            momentum_buffer?.Dispose();
+            momentum_buffer = Adopt(copy);
+        }
+
+        /// <summary>True when both buffers are absent or approximately equal.</summary>
+        public override bool ApproximatelyEquals(OptimizerState other) =>
+            other is State rhs && (momentum_buffer is null ? rhs.momentum_buffer is null
+                : rhs.momentum_buffer is not null && momentum_buffer.allclose(rhs.momentum_buffer));
+
+        /// <summary>Clears the buffer: the next step starts momentum afresh.</summary>
+        public override void Initialize(OptimizerOptions options)
+        {
+            momentum_buffer?.Dispose();
+            momentum_buffer = null;
+        }
+
+        // Loaded tensors must outlive the caller's dispose scope and be contiguous for the native path.
+        private static Tensor? Adopt(Tensor? t)
+        {
+            if (t is null)
+            {
+                return null;
+            }
+            t.DetachFromDisposeScope();
+            if (t.is_contiguous())
+            {
+                return t;
+            }
+            var c = t.contiguous().DetachFromDisposeScope();
+            t.Dispose();
+            return c;
+        }
+    }
+
+    /// <summary>Hyperparameters of a param group. Unset (null) values take the optimizer's defaults.</summary>
+    public class Options : OptimizerOptions
+    {
+        /// <summary>Momentum factor.</summary>
+        public double? momentum;
+        /// <summary>Dampening for momentum.</summary>
+        public double? dampening;
+        /// <summary>Weight decay (L2 penalty).</summary>
+        public double? weight_decay;
+        /// <summary>Nesterov momentum.</summary>
+        public bool? nesterov;
+        /// <summary>Maximize instead of minimize.</summary>
+        public bool? maximize;
+
+        /// <summary>Reads the options (TorchSharp's SGD format).</summary>
+        public override void LoadStateDict(BinaryReader reader)
+        {
+            base.LoadStateDict(reader);
+            momentum = reader.ReadDouble();
+            dampening = reader.ReadDouble();
+            weight_decay = reader.ReadDouble();
+            nesterov = reader.ReadBoolean();
+            maximize = reader.ReadBoolean();
+        }
+
+        /// <summary>Copies the options of another <see cref="Options"/>.</summary>
+        public override void LoadStateDict(OptimizerOptions source)
+        {
+            base.LoadStateDict(source);
+            var o = (Options)source;
+            momentum = o.momentum;
+            dampening = o.dampening;
+            weight_decay = o.weight_decay;
+            nesterov = o.nesterov;
+            maximize = o.maximize;
+        }
+
+        /// <summary>Writes the options (TorchSharp's SGD format).</summary>
+        public override void SaveStateDict(BinaryWriter writer)
+        {
+            base.SaveStateDict(writer);
+            writer.Write(momentum!.Value);
+            writer.Write(dampening!.Value);
+            writer.Write(weight_decay!.Value);
+            writer.Write(nesterov!.Value);
+            writer.Write(maximize!.Value);
+        }
+    }
+
+    /// <summary>A param group of <see cref="FusedSGD"/>, with optional per-group options.</summary>
+    public class ParamGroup : ParamGroup<Options>, IMomentum
+    {
+        /// <summary>An empty group (set <c>Parameters</c> and <c>Options</c>).</summary>
+        public ParamGroup()
+        {
+        }
+
+        /// <summary>A group with explicit options (null fields take the optimizer's defaults).</summary>
+        public ParamGroup(IEnumerable<Parameter> parameters, Options options) : base(parameters, options)
+        {
+        }
+
+        /// <summary>A group; each option left null takes the optimizer's default.</summary>
+        public ParamGroup(IEnumerable<Parameter> parameters, double? lr = null, double? momentum = null, double? dampening = null,
+            double? weight_decay = null, bool? nesterov = null, bool? maximize = null)
+            : base(parameters, new Options
+            {
+                LearningRate = lr,
+                momentum = momentum,
+                dampening = dampening,
+                weight_decay = weight_decay,
+                nesterov = nesterov,
+                maximize = maximize,
+            })
+        {
+        }
+
+        /// <summary>The group's momentum.</summary>
+        public double Momentum
+        {
+            get => Options.momentum ?? 0;
+            set => Options.momentum = value;
+        }
+    }
+}
