@@ -33,6 +33,9 @@ internal static unsafe partial class NativeMethods
     internal static partial int optim_get_num_threads();
 
     [LibraryImport(Library)]
+    internal static partial byte* optim_threading_info();
+
+    [LibraryImport(Library)]
     internal static partial int optim_sgd_step(int device, int deviceIndex, int dtype, TensorList* tensors, SgdParams* parameters);
 
     // Runs before the first import is called: every import of this assembly goes through the resolver.

@@ -140,6 +140,19 @@ public static unsafe class OptimNative
     }
 
     /// <summary>
+    /// Which threads run the CPU path: "openmp team of &lt;path&gt;" when LibTorch's OpenMP runtime was
+    /// loaded at the first parallel step (its team is shared), else "optim worker pool".
+    /// </summary>
+    public static string ThreadingInfo
+    {
+        get
+        {
+            EnsureLoaded();
+            return Marshal.PtrToStringUTF8((nint)NativeMethods.optim_threading_info()) ?? "";
+        }
+    }
+
+    /// <summary>
     /// One fused SGD step over many tensors (see <c>optim_sgd_step</c> in <c>optim.h</c>). All spans have
     /// one entry per tensor, except <paramref name="momentumBuffers"/>, which is empty when momentum is 0,
     /// and <paramref name="bufferFresh"/>, which may be empty (no buffer is fresh). On failure nothing

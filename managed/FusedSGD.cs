@@ -28,7 +28,7 @@ namespace Optim;
 /// </remarks>
 public class FusedSGD : OptimizerHelper, IMomentum
 {
-    private readonly TensorBatch _batch = new();
+    private readonly TensorBatch<State> _batch = new();
     private readonly List<Tensor> _created = new();
 
     /// <summary>Creates the optimizer over one group of parameters.</summary>
@@ -144,7 +144,11 @@ public class FusedSGD : OptimizerHelper, IMomentum
         var checks = new TensorChecks(nameof(FusedSGD));
         for (int i = 0; i < parameters.Count; i++)
         {
-            checks.CheckParameter(parameters[i], groupIndex, i);
+            if (parameters[i] is null || parameters[i].IsInvalid)
+            {
+                throw new ArgumentException($"FusedSGD: parameter {i} of param group {groupIndex} is null or disposed.", nameof(param_group));
+            }
+            checks.CheckParameter(TorchSharpNative.Describe(parameters[i].Handle), groupIndex, i);
         }
         var seen = new HashSet<IntPtr>();
         for (int i = 0; i < parameters.Count; i++)
@@ -236,25 +240,20 @@ public class FusedSGD : OptimizerHelper, IMomentum
                 ValidateOptions(o, gi);
                 bool momentum = o.momentum!.Value != 0;
                 batch.BeginGroup(gi);
-                int pi = 0;
-                foreach (var p in group.Parameters)
+                if (group.Parameters is List<Parameter> list)
                 {
-                    int index = pi++;
-                    var grad = p.grad;
-                    if (grad is null)
+                    for (int i = 0; i < list.Count; i++)
                     {
-                        continue;
+                        Gather(batch, ref checks, list[i], gi, i, momentum);
                     }
-                    batch.AddGradient(grad);
-                    checks.CheckParameter(p, gi, index);
-                    checks.CheckGradient(grad, p, gi, index);
-                    var state = (State)_state[p.Handle];
-                    var buf = momentum ? state.momentum_buffer : null;
-                    if (buf is not null)
+                }
+                else
+                {
+                    int i = 0;
+                    foreach (var p in group.Parameters)
                     {
-                        checks.CheckState(buf, p, gi, index, "momentum buffer");
+                        Gather(batch, ref checks, p, gi, i++, momentum);
                     }
-                    batch.Add(p, grad, buf, state, fresh: momentum && buf is null);
                 }
             }
             if (checks.Empty)
@@ -271,6 +270,11 @@ public class FusedSGD : OptimizerHelper, IMomentum
                     var state = batch.States[k];
                     var p = batch.ParamTensors[k];
                     var buf = torch.empty_like(p).DetachFromDisposeScope();
+                    // Created like the parameter, so dense and contiguous; re-checked for safety.
+                    if (!buf.is_contiguous())
+                    {
+                        throw new InvalidOperationException("FusedSGD: empty_like produced a non-contiguous momentum buffer.");
+                    }
                     _created.Add(buf);
                     state.momentum_buffer = buf;
                     batch.Buffers[k] = TorchSharpNative.DataPointer(buf.Handle);
@@ -321,8 +325,34 @@ public class FusedSGD : OptimizerHelper, IMomentum
         }
         finally
         {
-            batch.ReleaseGradients();
+            batch.Release();
         }
+    }
+
+    // Checks one parameter and, if it has a gradient, adds it to the batch.
+    private void Gather(TensorBatch<State> batch, ref TensorChecks checks, Parameter p, int group, int index, bool momentum)
+    {
+        nint handle = p.Handle;
+        nint gradHandle = TorchSharpNative.GradientHandle(handle);
+        if (gradHandle == 0)
+        {
+            return;
+        }
+        batch.OwnGradientHandle(gradHandle);
+        var pi = TorchSharpNative.Describe(handle);
+        var gi = TorchSharpNative.Describe(gradHandle);
+        checks.CheckParameter(pi, group, index);
+        checks.CheckGradient(gi, pi, group, index);
+        var state = (State)_state[handle];
+        nint buffer = 0;
+        var buf = momentum ? state.momentum_buffer : null;
+        if (buf is not null)
+        {
+            var bi = TorchSharpNative.Describe(buf.Handle);
+            checks.CheckState(bi, pi, group, index, "momentum buffer");
+            buffer = bi.Data;
+        }
+        batch.Add(p, pi, gi, buffer, state, fresh: momentum && buf is null);
     }
 
     /// <inheritdoc/>

@@ -1,25 +1,24 @@
 using Optim.Interop;
-using TorchSharp;
-using static TorchSharp.torch;
+using TorchSharp.Modules;
 
 namespace Optim;
 
 /// <summary>
 /// The per-step scratch of a fused optimizer: data pointers, element counts and fresh-buffer flags of
 /// every tensor that has a gradient, grouped by param group, in arrays reused from step to step (a warm
-/// step allocates no arrays). Holds the gradient wrappers until <see cref="ReleaseGradients"/>.
+/// step allocates nothing). Owns the gradient handles it was given until <see cref="Release"/>.
 /// </summary>
-internal sealed class TensorBatch
+internal sealed class TensorBatch<TState> where TState : class
 {
     public nint[] Params = new nint[16];
     public nint[] Grads = new nint[16];
     public nint[] Buffers = new nint[16];
     public long[] Numels = new long[16];
     public byte[] Fresh = new byte[16];
-    public Tensor[] ParamTensors = new Tensor[16];
-    public FusedSGD.State[] States = new FusedSGD.State[16];
-    private Tensor[] _gradients = new Tensor[16];
-    private int _gradientCount;
+    public Parameter[] ParamTensors = new Parameter[16];
+    public TState[] States = new TState[16];
+    private nint[] _gradHandles = new nint[16];
+    private int _gradCount;
     private int[] _groupStart = new int[4];
     private int _groups;
 
@@ -28,7 +27,7 @@ internal sealed class TensorBatch
     public void Reset(int groups)
     {
         Count = 0;
-        _gradientCount = 0;
+        _gradCount = 0;
         if (_groupStart.Length < groups + 1)
         {
             _groupStart = new int[groups + 1];
@@ -37,7 +36,7 @@ internal sealed class TensorBatch
         Array.Clear(_groupStart, 0, groups + 1);
     }
 
-    /// <summary>Starts a group; groups must be begun in order, each before its tensors are added.</summary>
+    /// <summary>Starts a group; groups are begun in order, each before its tensors are added.</summary>
     public void BeginGroup(int group)
     {
         for (int g = group; g <= _groups; g++)
@@ -48,27 +47,27 @@ internal sealed class TensorBatch
 
     public (int Start, int Count) Group(int group) => (_groupStart[group], _groupStart[group + 1] - _groupStart[group]);
 
-    /// <summary>Keeps a gradient wrapper to dispose after the step.</summary>
-    public void AddGradient(Tensor grad)
+    /// <summary>Takes ownership of a gradient handle (released by <see cref="Release"/>).</summary>
+    public void OwnGradientHandle(nint handle)
     {
-        if (_gradientCount == _gradients.Length)
+        if (_gradCount == _gradHandles.Length)
         {
-            Array.Resize(ref _gradients, _gradients.Length * 2);
+            Array.Resize(ref _gradHandles, _gradHandles.Length * 2);
         }
-        _gradients[_gradientCount++] = grad;
+        _gradHandles[_gradCount++] = handle;
     }
 
-    public void Add(Tensor param, Tensor grad, Tensor? buffer, FusedSGD.State state, bool fresh)
+    public void Add(Parameter param, in TensorInfo p, in TensorInfo grad, nint buffer, TState state, bool fresh)
     {
         if (Count == Params.Length)
         {
             Grow();
         }
         int k = Count++;
-        Params[k] = TorchSharpNative.DataPointer(param.Handle);
-        Grads[k] = TorchSharpNative.DataPointer(grad.Handle);
-        Buffers[k] = buffer is null ? 0 : TorchSharpNative.DataPointer(buffer.Handle);
-        Numels[k] = param.numel();
+        Params[k] = p.Data;
+        Grads[k] = grad.Data;
+        Buffers[k] = buffer;
+        Numels[k] = p.Numel;
         Fresh[k] = fresh ? (byte)1 : (byte)0;
         ParamTensors[k] = param;
         States[k] = state;
@@ -87,15 +86,15 @@ internal sealed class TensorBatch
         Array.Resize(ref States, n);
     }
 
-    /// <summary>Disposes the gradient wrappers (not the gradients) and drops references to tensors.</summary>
-    public void ReleaseGradients()
+    /// <summary>Releases the gradient handles (not the gradients) and drops references to tensors and states.</summary>
+    public void Release()
     {
-        for (int i = 0; i < _gradientCount; i++)
+        for (int i = 0; i < _gradCount; i++)
         {
-            _gradients[i].Dispose();
-            _gradients[i] = null!;
+            TorchSharpNative.ReleaseHandle(_gradHandles[i]);
+            _gradHandles[i] = 0;
         }
-        _gradientCount = 0;
+        _gradCount = 0;
         Array.Clear(ParamTensors, 0, Count);
         Array.Clear(States, 0, Count);
     }

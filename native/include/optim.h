@@ -9,11 +9,11 @@
  *    value nothing was modified (parameters, buffers and rates are exactly as before the call) and
  *    optim_last_error() describes the problem.
  *  - No C++ exception, abort() or exit() ever leaves the library.
- *  - "Host memory" means ordinary CPU memory; "device memory" means CUDA global memory of the device
- *    named by the call. The library never takes ownership of caller memory.
- *  - Thread safety: functions may be called from any thread. Calls that update the same tensors must
- *    not run concurrently (as with any optimizer). The CPU path uses an internal worker pool shared by
- *    all callers; concurrent CPU calls are serialised on it.
+ *  - "Host memory" means ordinary CPU memory; "device memory" means CUDA global memory of the
+ * device named by the call. The library never takes ownership of caller memory.
+ *  - Thread safety: functions may be called from any thread. Calls that update the same tensors
+ * must not run concurrently (as with any optimizer). The CPU path uses an internal worker pool
+ * shared by all callers; concurrent CPU calls are serialised on it.
  */
 #ifndef OPTIM_H
 #define OPTIM_H
@@ -34,11 +34,13 @@
 extern "C" {
 #endif
 
-/* Bumped whenever a signature, struct layout or enum value below changes. The managed bindings refuse
- * to run against a library whose optim_abi_version() differs from the one they were built for. */
+/* Bumped whenever a signature, struct layout or enum value below changes. The managed bindings
+ * refuse to run against a library whose optim_abi_version() differs from the one they were built
+ * for. */
 #define OPTIM_ABI_VERSION 1
 
-/* ---- Status codes ------------------------------------------------------------------------------ */
+/* ---- Status codes ------------------------------------------------------------------------------
+ */
 typedef int32_t optim_status;
 enum {
     OPTIM_STATUS_OK = 0,
@@ -50,16 +52,19 @@ enum {
     OPTIM_STATUS_INTERNAL = 6 /* a bug: please report the message */
 };
 
-/* ---- Element types and devices ---------------------------------------------------------------- */
+/* ---- Element types and devices ----------------------------------------------------------------
+ */
 enum { OPTIM_DTYPE_FLOAT32 = 0, OPTIM_DTYPE_FLOAT64 = 1 };
 enum { OPTIM_DEVICE_CPU = 0, OPTIM_DEVICE_CUDA = 1 };
 
-/* ---- Library information (never fail) --------------------------------------------------------- */
+/* ---- Library information (never fail) ---------------------------------------------------------
+ */
 
 /* OPTIM_ABI_VERSION of the library that was loaded. */
 OPTIM_API int32_t optim_abi_version(void);
 
-/* A static, human-readable version and build description, e.g. "optim 0.1.0 (cuda: sm_70 sm_80 sm_90)". */
+/* A static, human-readable version and build description, e.g. "optim 0.1.0 (cuda: sm_70 sm_80
+ * sm_90)". */
 OPTIM_API const char* optim_build_info(void);
 
 /* The message of the last failing call on the calling thread. Owned by the library; valid until the
@@ -76,15 +81,23 @@ OPTIM_API int32_t optim_cuda_compiled(void);
  * both are OK). Fails only for a NULL count. */
 OPTIM_API optim_status optim_cuda_device_count(int32_t* count);
 
-/* ---- CPU threading ----------------------------------------------------------------------------- */
+/* ---- CPU threading -----------------------------------------------------------------------------
+ */
 
-/* Sets the number of threads of the CPU path (the caller counts as one). 0 restores the default: the
- * environment variable OPTIM_NUM_THREADS if set, else the CPUs this process may run on. Results never
- * depend on this number. Fails for n < 0 or n > 1024. */
+/* Sets the number of threads of the CPU path (the caller counts as one). 0 restores the default:
+ * the environment variable OPTIM_NUM_THREADS if set, else the CPUs this process may run on. Results
+ * never depend on this number. Fails for n < 0 or n > 1024. */
 OPTIM_API optim_status optim_set_num_threads(int32_t n);
 OPTIM_API int32_t optim_get_num_threads(void);
 
-/* ---- Tensor lists ------------------------------------------------------------------------------ */
+/* Which threads run the CPU path: "openmp team of <path>" when an OpenMP runtime was already loaded
+ * in the process at the first parallel step (LibTorch brings its own; sharing its team avoids
+ * fighting its spinning threads for the cores), else "optim worker pool". OPTIM_THREADING=pool
+ * forces the pool. Valid until the next call on the same thread. Never NULL. */
+OPTIM_API const char* optim_threading_info(void);
+
+/* ---- Tensor lists ------------------------------------------------------------------------------
+ */
 
 /* Many tensors, updated in one call. Every array has `count` entries. All tensors of one list share
  * one dtype and one device, and are dense and contiguous; element i of params[k], grads[k] and
@@ -110,7 +123,8 @@ typedef struct optim_tensor_list {
     const uint8_t* buffer_fresh;
 } optim_tensor_list;
 
-/* ---- Fused SGD ---------------------------------------------------------------------------------- */
+/* ---- Fused SGD ----------------------------------------------------------------------------------
+ */
 
 /* Hyperparameters of one SGD step, with PyTorch's meaning and PyTorch's order of operations:
  *   g = maximize ? -grad : grad
@@ -124,8 +138,8 @@ typedef struct optim_tensor_list {
  *
  * lr_ptr: optional. When not NULL the rate is read from *lr_ptr (one double) instead of `lr`: host
  *   memory for the CPU path, device memory for the CUDA path, where it is read by the kernels, so a
- *   rate computed on the device (hypergradient descent, GreedyLR) never makes a step wait for the host.
- *   The library does not validate a device-resident rate. */
+ *   rate computed on the device (hypergradient descent, GreedyLR) never makes a step wait for the
+ * host. The library does not validate a device-resident rate. */
 typedef struct optim_sgd_params {
     double lr;
     double momentum;
@@ -142,15 +156,14 @@ OPTIM_API void optim_sgd_params_default(optim_sgd_params* params);
 
 /* One fused SGD step over every tensor of `tensors`.
  *   device:       OPTIM_DEVICE_CPU or OPTIM_DEVICE_CUDA.
- *   device_index: CUDA device ordinal (ignored for the CPU). The calling thread's current CUDA device
- *                 is restored before returning.
- *   dtype:        OPTIM_DTYPE_FLOAT32 or OPTIM_DTYPE_FLOAT64.
+ *   device_index: CUDA device ordinal (ignored for the CPU). The calling thread's current CUDA
+ * device is restored before returning. dtype:        OPTIM_DTYPE_FLOAT32 or OPTIM_DTYPE_FLOAT64.
  * Validation (of every argument, before anything is written): counts, NULL pointers, finite and
  * non-negative lr, momentum and weight_decay, finite dampening, Nesterov's requirements, momentum
  * buffers present when momentum != 0.
  * CPU: one pass over memory per tensor; large calls are split over the worker pool in fixed chunks.
- * CUDA: launches on the legacy default stream (stream 0) and returns without waiting for the kernels;
- *   kernel faults surface on a later synchronising call, as with any asynchronous CUDA work.
+ * CUDA: launches on the legacy default stream (stream 0) and returns without waiting for the
+ * kernels; kernel faults surface on a later synchronising call, as with any asynchronous CUDA work.
  * Returns OPTIM_STATUS_CUDA_UNAVAILABLE for a CUDA request when the library was built without CUDA
  * or no device is present. */
 OPTIM_API optim_status optim_sgd_step(int32_t device, int32_t device_index, int32_t dtype,

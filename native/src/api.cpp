@@ -1,5 +1,5 @@
-// The exported C entry points: argument validation and dispatch. Every body runs inside guard(), so no
-// exception crosses the ABI, and every check runs before any memory is written.
+// The exported C entry points: argument validation and dispatch. Every body runs inside guard(), so
+// no exception crosses the ABI, and every check runs before any memory is written.
 #include "backend.hpp"
 #include "cpu/thread_pool.hpp"
 #include "error.hpp"
@@ -26,25 +26,29 @@ std::string num(double v)
     return buf;
 }
 
-std::string at(int64_t k) { return "tensor " + std::to_string(k); }
+std::string at(int64_t k)
+{
+    return "tensor " + std::to_string(k);
+}
 
 void validate_tensor_list(const char* fn, const optim_tensor_list* t, bool needs_buffers)
 {
-    require(t != nullptr, fn, "tensors is NULL");
-    require(t->count >= 0, fn, "tensors->count is negative (" + std::to_string(t->count) + ")");
+    OPTIM_REQUIRE(t != nullptr, fn, "tensors is NULL");
+    OPTIM_REQUIRE(t->count >= 0, fn,
+                  "tensors->count is negative (" + std::to_string(t->count) + ")");
     if (t->count == 0) return;
-    require(t->params && t->grads && t->numels, fn,
-            "tensors->params, tensors->grads and tensors->numels must not be NULL");
-    require(!needs_buffers || t->momentum_buffers, fn,
-            "tensors->momentum_buffers is NULL but momentum is nonzero");
+    OPTIM_REQUIRE(t->params && t->grads && t->numels, fn,
+                  "tensors->params, tensors->grads and tensors->numels must not be NULL");
+    OPTIM_REQUIRE(!needs_buffers || t->momentum_buffers, fn,
+                  "tensors->momentum_buffers is NULL but momentum is nonzero");
     for (int64_t k = 0; k < t->count; ++k) {
         const int64_t n = t->numels[k];
-        require(n >= 0, fn, at(k) + ": numel is negative (" + std::to_string(n) + ")");
+        OPTIM_REQUIRE(n >= 0, fn, at(k) + ": numel is negative (" + std::to_string(n) + ")");
         if (n == 0) continue;
-        require(t->params[k] != nullptr, fn, at(k) + ": parameter pointer is NULL");
-        require(t->grads[k] != nullptr, fn, at(k) + ": gradient pointer is NULL");
-        require(!needs_buffers || t->momentum_buffers[k] != nullptr, fn,
-                at(k) + ": momentum buffer pointer is NULL but momentum is nonzero");
+        OPTIM_REQUIRE(t->params[k] != nullptr, fn, at(k) + ": parameter pointer is NULL");
+        OPTIM_REQUIRE(t->grads[k] != nullptr, fn, at(k) + ": gradient pointer is NULL");
+        OPTIM_REQUIRE(!needs_buffers || t->momentum_buffers[k] != nullptr, fn,
+                      at(k) + ": momentum buffer pointer is NULL but momentum is nonzero");
     }
 }
 } // namespace
@@ -64,41 +68,60 @@ using namespace optim;
 
 extern "C" {
 
-OPTIM_API int32_t optim_abi_version(void) { return OPTIM_ABI_VERSION; }
+OPTIM_API int32_t optim_abi_version(void)
+{
+    return OPTIM_ABI_VERSION;
+}
 
 OPTIM_API const char* optim_build_info(void)
 {
     static const std::string info = [] {
         std::string s = std::string("optim ") + OPTIM_VERSION + " (cpu";
-        if (cuda::compiled()) s += std::string(", cuda: ") + cuda::architectures();
-        else s += ", no cuda";
+        if (cuda::compiled())
+            s += std::string(", cuda: ") + cuda::architectures();
+        else
+            s += ", no cuda";
         return s + ")";
     }();
     return info.c_str();
 }
 
-OPTIM_API const char* optim_last_error(void) { return t_last_error.c_str(); }
+OPTIM_API const char* optim_last_error(void)
+{
+    return t_last_error.c_str();
+}
 
 OPTIM_API const char* optim_status_name(optim_status status)
 {
     switch (status) {
-    case OPTIM_STATUS_OK: return "OPTIM_STATUS_OK";
-    case OPTIM_STATUS_INVALID_ARGUMENT: return "OPTIM_STATUS_INVALID_ARGUMENT";
-    case OPTIM_STATUS_UNSUPPORTED: return "OPTIM_STATUS_UNSUPPORTED";
-    case OPTIM_STATUS_CUDA_UNAVAILABLE: return "OPTIM_STATUS_CUDA_UNAVAILABLE";
-    case OPTIM_STATUS_CUDA_ERROR: return "OPTIM_STATUS_CUDA_ERROR";
-    case OPTIM_STATUS_OUT_OF_MEMORY: return "OPTIM_STATUS_OUT_OF_MEMORY";
-    case OPTIM_STATUS_INTERNAL: return "OPTIM_STATUS_INTERNAL";
-    default: return "OPTIM_STATUS_UNKNOWN";
+    case OPTIM_STATUS_OK:
+        return "OPTIM_STATUS_OK";
+    case OPTIM_STATUS_INVALID_ARGUMENT:
+        return "OPTIM_STATUS_INVALID_ARGUMENT";
+    case OPTIM_STATUS_UNSUPPORTED:
+        return "OPTIM_STATUS_UNSUPPORTED";
+    case OPTIM_STATUS_CUDA_UNAVAILABLE:
+        return "OPTIM_STATUS_CUDA_UNAVAILABLE";
+    case OPTIM_STATUS_CUDA_ERROR:
+        return "OPTIM_STATUS_CUDA_ERROR";
+    case OPTIM_STATUS_OUT_OF_MEMORY:
+        return "OPTIM_STATUS_OUT_OF_MEMORY";
+    case OPTIM_STATUS_INTERNAL:
+        return "OPTIM_STATUS_INTERNAL";
+    default:
+        return "OPTIM_STATUS_UNKNOWN";
     }
 }
 
-OPTIM_API int32_t optim_cuda_compiled(void) { return cuda::compiled() ? 1 : 0; }
+OPTIM_API int32_t optim_cuda_compiled(void)
+{
+    return cuda::compiled() ? 1 : 0;
+}
 
 OPTIM_API optim_status optim_cuda_device_count(int32_t* count)
 {
     return guard("optim_cuda_device_count", [&] {
-        require(count != nullptr, "optim_cuda_device_count", "count is NULL");
+        OPTIM_REQUIRE(count != nullptr, "optim_cuda_device_count", "count is NULL");
         *count = cuda::device_count();
     });
 }
@@ -106,8 +129,8 @@ OPTIM_API optim_status optim_cuda_device_count(int32_t* count)
 OPTIM_API optim_status optim_set_num_threads(int32_t n)
 {
     return guard("optim_set_num_threads", [&] {
-        require(n >= 0 && n <= 1024, "optim_set_num_threads",
-                "n must be in [0, 1024] (0 = default), got " + std::to_string(n));
+        OPTIM_REQUIRE(n >= 0 && n <= 1024, "optim_set_num_threads",
+                      "n must be in [0, 1024] (0 = default), got " + std::to_string(n));
         cpu::ThreadPool::instance().set_num_threads(n);
     });
 }
@@ -117,6 +140,13 @@ OPTIM_API int32_t optim_get_num_threads(void)
     int32_t n = 1;
     guard("optim_get_num_threads", [&] { n = cpu::ThreadPool::instance().num_threads(); });
     return n;
+}
+
+OPTIM_API const char* optim_threading_info(void)
+{
+    const char* text = "unknown";
+    guard("optim_threading_info", [&] { text = cpu::ThreadPool::instance().backend(); });
+    return text;
 }
 
 OPTIM_API void optim_sgd_params_default(optim_sgd_params* params)
@@ -132,32 +162,33 @@ OPTIM_API optim_status optim_sgd_step(int32_t device, int32_t device_index, int3
 {
     static const char* fn = "optim_sgd_step";
     return guard(fn, [&] {
-        require(params != nullptr, fn, "params is NULL");
+        OPTIM_REQUIRE(params != nullptr, fn, "params is NULL");
         const optim_sgd_params& p = *params;
-        require(device == OPTIM_DEVICE_CPU || device == OPTIM_DEVICE_CUDA, fn,
-                "unknown device " + std::to_string(device));
+        OPTIM_REQUIRE(device == OPTIM_DEVICE_CPU || device == OPTIM_DEVICE_CUDA, fn,
+                      "unknown device " + std::to_string(device));
         if (dtype != OPTIM_DTYPE_FLOAT32 && dtype != OPTIM_DTYPE_FLOAT64)
-            fail(OPTIM_STATUS_UNSUPPORTED,
-                 std::string(fn) + ": unsupported dtype " + std::to_string(dtype) +
-                     " (only float32 and float64)");
-        require(p.lr_ptr != nullptr || (std::isfinite(p.lr) && p.lr >= 0.0), fn,
-                "invalid learning rate: " + num(p.lr));
+            fail(OPTIM_STATUS_UNSUPPORTED, std::string(fn) + ": unsupported dtype " +
+                                               std::to_string(dtype) +
+                                               " (only float32 and float64)");
+        OPTIM_REQUIRE(p.lr_ptr != nullptr || (std::isfinite(p.lr) && p.lr >= 0.0), fn,
+                      "invalid learning rate: " + num(p.lr));
         if (p.lr_ptr != nullptr && device == OPTIM_DEVICE_CPU)
-            require(std::isfinite(*p.lr_ptr) && *p.lr_ptr >= 0.0, fn,
-                    "invalid learning rate: " + num(*p.lr_ptr));
-        require(std::isfinite(p.momentum) && p.momentum >= 0.0, fn,
-                "invalid momentum value: " + num(p.momentum));
-        require(std::isfinite(p.dampening), fn, "invalid dampening value: " + num(p.dampening));
-        require(std::isfinite(p.weight_decay) && p.weight_decay >= 0.0, fn,
-                "invalid weight_decay value: " + num(p.weight_decay));
-        require(p.nesterov == 0 || p.nesterov == 1, fn, "nesterov must be 0 or 1");
-        require(p.maximize == 0 || p.maximize == 1, fn, "maximize must be 0 or 1");
-        require(!p.nesterov || (p.momentum > 0.0 && p.dampening == 0.0), fn,
-                "Nesterov momentum requires a momentum and zero dampening");
+            OPTIM_REQUIRE(std::isfinite(*p.lr_ptr) && *p.lr_ptr >= 0.0, fn,
+                          "invalid learning rate: " + num(*p.lr_ptr));
+        OPTIM_REQUIRE(std::isfinite(p.momentum) && p.momentum >= 0.0, fn,
+                      "invalid momentum value: " + num(p.momentum));
+        OPTIM_REQUIRE(std::isfinite(p.dampening), fn,
+                      "invalid dampening value: " + num(p.dampening));
+        OPTIM_REQUIRE(std::isfinite(p.weight_decay) && p.weight_decay >= 0.0, fn,
+                      "invalid weight_decay value: " + num(p.weight_decay));
+        OPTIM_REQUIRE(p.nesterov == 0 || p.nesterov == 1, fn, "nesterov must be 0 or 1");
+        OPTIM_REQUIRE(p.maximize == 0 || p.maximize == 1, fn, "maximize must be 0 or 1");
+        OPTIM_REQUIRE(!p.nesterov || (p.momentum > 0.0 && p.dampening == 0.0), fn,
+                      "Nesterov momentum requires a momentum and zero dampening");
         validate_tensor_list(fn, tensors, p.momentum != 0.0);
 
-        SgdCall call{tensors,        p.lr,           p.lr_ptr,        p.momentum,
-                     p.dampening,    p.weight_decay, p.nesterov != 0, p.maximize != 0};
+        SgdCall call{tensors,     p.lr,           p.lr_ptr,        p.momentum,
+                     p.dampening, p.weight_decay, p.nesterov != 0, p.maximize != 0};
         if (tensors->count == 0) return;
         if (device == OPTIM_DEVICE_CUDA) {
             cuda::sgd_step(device_index, dtype, call);

@@ -1,6 +1,6 @@
 // The error boundary of the C ABI: internal code throws optim::Error (or anything else), and every
-// exported function runs its body inside optim::guard(), which turns the exception into a status code
-// and a thread-local message. Nothing thrown inside the library can cross extern "C".
+// exported function runs its body inside optim::guard(), which turns the exception into a status
+// code and a thread-local message. Nothing thrown inside the library can cross extern "C".
 #pragma once
 
 #include <optim.h>
@@ -13,12 +13,14 @@
 namespace optim {
 
 class Error : public std::exception {
-public:
-    Error(optim_status status, std::string message) : status_(status), message_(std::move(message)) {}
+  public:
+    Error(optim_status status, std::string message) : status_(status), message_(std::move(message))
+    {
+    }
     optim_status status() const noexcept { return status_; }
     const char* what() const noexcept override { return message_.c_str(); }
 
-private:
+  private:
     optim_status status_;
     std::string message_;
 };
@@ -28,10 +30,14 @@ private:
     throw Error(status, std::move(message));
 }
 
-inline void require(bool condition, const char* function, const std::string& message)
-{
-    if (!condition) fail(OPTIM_STATUS_INVALID_ARGUMENT, std::string(function) + ": " + message);
-}
+// Fails with OPTIM_STATUS_INVALID_ARGUMENT unless `condition` holds. A macro so that the message is
+// built only on failure (validation runs per tensor on every step).
+#define OPTIM_REQUIRE(condition, function, message)                                                \
+    do {                                                                                           \
+        if (!(condition))                                                                          \
+            ::optim::fail(OPTIM_STATUS_INVALID_ARGUMENT,                                           \
+                          std::string(function) + ": " + (message));                               \
+    } while (0)
 
 void set_last_error(const char* message) noexcept;
 

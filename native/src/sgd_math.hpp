@@ -1,5 +1,5 @@
-// The per-element SGD update, written once and shared by the CPU loops (cpu/sgd_cpu.cpp) and the CUDA
-// kernels (cuda/sgd_cuda.cu). Any change to the update rule is made here and nowhere else.
+// The per-element SGD update, written once and shared by the CPU loops (cpu/sgd_cpu.cpp) and the
+// CUDA kernels (cuda/sgd_cuda.cu). Any change to the update rule is made here and nowhere else.
 #pragma once
 
 #if defined(__CUDACC__)
@@ -10,8 +10,8 @@
 
 namespace optim {
 
-// Which optional parts of the update are active. Compile-time so that the CPU loops vectorise without
-// branches; the CUDA kernels instantiate the same set.
+// Which optional parts of the update are active. Compile-time so that the CPU loops vectorise
+// without branches; the CUDA kernels instantiate the same set.
 enum SgdFlags : unsigned {
     kSgdMomentum = 1u << 0,
     kSgdNesterov = 1u << 1,

@@ -1,5 +1,5 @@
-// A naive reference of PyTorch's SGD, written as PyTorch's torch/optim/sgd.py spells it out (separate
-// passes over a gradient copy), deliberately not sharing code with the library.
+// A naive reference of PyTorch's SGD, written as PyTorch's torch/optim/sgd.py spells it out
+// (separate passes over a gradient copy), deliberately not sharing code with the library.
 #pragma once
 
 #include <cstdint>

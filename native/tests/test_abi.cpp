@@ -4,13 +4,17 @@
 
 #include <string>
 
-TEST(Abi, VersionMatchesHeader) { EXPECT_EQ(optim_abi_version(), OPTIM_ABI_VERSION); }
+TEST(Abi, VersionMatchesHeader)
+{
+    EXPECT_EQ(optim_abi_version(), OPTIM_ABI_VERSION);
+}
 
 TEST(Abi, BuildInfoNamesTheCudaState)
 {
     const std::string info = optim_build_info();
     EXPECT_EQ(info.rfind("optim ", 0), 0u) << info;
-    EXPECT_NE(info.find(optim_cuda_compiled() ? "cuda: sm_" : "no cuda"), std::string::npos) << info;
+    EXPECT_NE(info.find(optim_cuda_compiled() ? "cuda: sm_" : "no cuda"), std::string::npos)
+        << info;
 }
 
 TEST(Abi, StatusNames)
@@ -46,4 +50,11 @@ TEST(Abi, CudaDeviceCountIsZeroOrMoreAndConsistentWithBuild)
     if (!optim_cuda_compiled()) {
         EXPECT_EQ(n, 0);
     }
+}
+
+TEST(Abi, ThreadingInfoNamesOurPoolWithoutOpenMp)
+{
+    // This test binary loads no OpenMP runtime, so parallel steps use the library's own pool.
+    const std::string info = optim_threading_info();
+    EXPECT_EQ(info, "optim worker pool");
 }

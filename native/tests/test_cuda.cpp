@@ -1,5 +1,6 @@
-// The CUDA kernels against the CPU path (which the reference tests cover), over many steps, every flag
-// combination, many tensors per launch and a device-resident rate. Skips when no device is present.
+// The CUDA kernels against the CPU path (which the reference tests cover), over many steps, every
+// flag combination, many tensors per launch and a device-resident rate. Skips when no device is
+// present.
 #include "reference.hpp"
 
 #include <optim.h>
@@ -63,15 +64,24 @@ void compare_with_cpu(double momentum, double dampening, double wd, bool nestero
         for (size_t k = 0; k < K; ++k) {
             hg[k] = random_vector<T>(sizes[k], rng, 0.5);
             CUDA_OK(cudaMemcpy(dg[k], hg[k].data(), sizes[k] * sizeof(T), cudaMemcpyHostToDevice));
-            cp[k] = hp[k].data(); cg[k] = hg[k].data(); cb[k] = hb[k].data();
-            gp[k] = dp[k]; gg[k] = dg[k]; gb[k] = db[k];
+            cp[k] = hp[k].data();
+            cg[k] = hg[k].data();
+            cb[k] = hb[k].data();
+            gp[k] = dp[k];
+            gg[k] = dg[k];
+            gb[k] = db[k];
         }
-        optim_tensor_list host{static_cast<int64_t>(K), cp.data(), cg.data(), cb.data(), numels.data(), fresh.data()};
-        optim_tensor_list dev{static_cast<int64_t>(K), gp.data(), gg.data(), gb.data(), numels.data(), fresh.data()};
+        optim_tensor_list host{static_cast<int64_t>(K), cp.data(),   cg.data(), cb.data(),
+                               numels.data(),           fresh.data()};
+        optim_tensor_list dev{static_cast<int64_t>(K), gp.data(),   gg.data(), gb.data(),
+                              numels.data(),           fresh.data()};
         params.lr_ptr = nullptr;
-        ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, dtype, &host, &params), OPTIM_STATUS_OK) << optim_last_error();
-        params.lr_ptr = (step % 2) ? d_lr : nullptr; // alternate host-value and device-resident rate
-        ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CUDA, 0, dtype, &dev, &params), OPTIM_STATUS_OK) << optim_last_error();
+        ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, dtype, &host, &params), OPTIM_STATUS_OK)
+            << optim_last_error();
+        params.lr_ptr =
+            (step % 2) ? d_lr : nullptr; // alternate host-value and device-resident rate
+        ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CUDA, 0, dtype, &dev, &params), OPTIM_STATUS_OK)
+            << optim_last_error();
         CUDA_OK(cudaDeviceSynchronize());
     }
     const double rtol = sizeof(T) == 4 ? 1e-5 : 1e-12, atol = sizeof(T) == 4 ? 1e-6 : 1e-14;
@@ -82,15 +92,20 @@ void compare_with_cpu(double momentum, double dampening, double wd, bool nestero
         int bad = 0;
         for (size_t i = 0; i < sizes[k] && bad < 5; ++i) {
             if (!(std::fabs(gpu_p[i] - hp[k][i]) <= atol + rtol * std::fabs(hp[k][i]))) {
-                ADD_FAILURE() << "param tensor " << k << " element " << i << ": gpu " << gpu_p[i] << " cpu " << hp[k][i];
+                ADD_FAILURE() << "param tensor " << k << " element " << i << ": gpu " << gpu_p[i]
+                              << " cpu " << hp[k][i];
                 ++bad;
             }
-            if (momentum != 0 && !(std::fabs(gpu_b[i] - hb[k][i]) <= atol + rtol * std::fabs(hb[k][i]))) {
-                ADD_FAILURE() << "buffer tensor " << k << " element " << i << ": gpu " << gpu_b[i] << " cpu " << hb[k][i];
+            if (momentum != 0 &&
+                !(std::fabs(gpu_b[i] - hb[k][i]) <= atol + rtol * std::fabs(hb[k][i]))) {
+                ADD_FAILURE() << "buffer tensor " << k << " element " << i << ": gpu " << gpu_b[i]
+                              << " cpu " << hb[k][i];
                 ++bad;
             }
         }
-        cudaFree(dp[k]); cudaFree(dg[k]); cudaFree(db[k]);
+        cudaFree(dp[k]);
+        cudaFree(dg[k]);
+        cudaFree(db[k]);
     }
     cudaFree(d_lr);
 }
@@ -124,5 +139,6 @@ TEST(FusedSgdCuda, BadDeviceIndexIsRejected)
     optim_tensor_list list{1, ps, gs, nullptr, ns, nullptr};
     optim_sgd_params params;
     optim_sgd_params_default(&params);
-    EXPECT_EQ(optim_sgd_step(OPTIM_DEVICE_CUDA, 999, OPTIM_DTYPE_FLOAT32, &list, &params), OPTIM_STATUS_INVALID_ARGUMENT);
+    EXPECT_EQ(optim_sgd_step(OPTIM_DEVICE_CUDA, 999, OPTIM_DTYPE_FLOAT32, &list, &params),
+              OPTIM_STATUS_INVALID_ARGUMENT);
 }

@@ -52,7 +52,11 @@ struct Model {
 
     optim_tensor_list list(const std::vector<bool>& active)
     {
-        params.clear(); grads.clear(); bufs.clear(); numels.clear(); fresh.clear();
+        params.clear();
+        grads.clear();
+        bufs.clear();
+        numels.clear();
+        fresh.clear();
         for (size_t k = 0; k < tensors.size(); ++k) {
             if (!active[k]) continue;
             auto& s = tensors[k];
@@ -62,8 +66,12 @@ struct Model {
             numels.push_back(static_cast<int64_t>(s.param.size()));
             fresh.push_back(s.has_buf ? 0 : 1);
         }
-        return optim_tensor_list{static_cast<int64_t>(params.size()), params.data(), grads.data(),
-                                 bufs.data(), numels.data(), fresh.data()};
+        return optim_tensor_list{static_cast<int64_t>(params.size()),
+                                 params.data(),
+                                 grads.data(),
+                                 bufs.data(),
+                                 numels.data(),
+                                 fresh.data()};
     }
 };
 
@@ -130,8 +138,8 @@ template <typename T>
 void run_against_reference(const Combo& combo, int steps)
 {
     SCOPED_TRACE(combo_name(combo));
-    SgdConfig cfg{0.05, combo.momentum, combo.dampening, combo.weight_decay, combo.nesterov,
-                  combo.maximize};
+    SgdConfig cfg{0.05,           combo.momentum, combo.dampening, combo.weight_decay,
+                  combo.nesterov, combo.maximize};
     Model<T> fused(kSizes, 42);
     Model<T> ref(kSizes, 42);
     std::mt19937_64 rng_f(7), rng_r(7);
@@ -144,7 +152,8 @@ void run_against_reference(const Combo& combo, int steps)
         std::vector<bool> active(kSizes.size(), true);
         active[2] = step > 10;
         optim_tensor_list list = fused.list(active);
-        ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, dtype_of<T>(), &list, &params), OPTIM_STATUS_OK)
+        ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, dtype_of<T>(), &list, &params),
+                  OPTIM_STATUS_OK)
             << optim_last_error();
         for (size_t k = 0; k < kSizes.size(); ++k) {
             if (!active[k]) continue;
@@ -188,14 +197,16 @@ TEST(FusedSgdCpu, FirstStepCopiesTheGradientIntoTheBuffer)
     params.lr = 0.1;
     params.momentum = 0.9;
     params.dampening = 0.5;
-    ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, &params), OPTIM_STATUS_OK);
+    ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, &params),
+              OPTIM_STATUS_OK);
     EXPECT_FLOAT_EQ(b[0], 0.5f);
     EXPECT_FLOAT_EQ(b[1], 0.25f);
     EXPECT_FLOAT_EQ(p[0], 1.0f - 0.1f * 0.5f);
     EXPECT_FLOAT_EQ(p[1], -2.0f - 0.1f * 0.25f);
     // Second step blends: buf = 0.9 * buf + 0.5 * g.
     fresh[0] = 0;
-    ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, &params), OPTIM_STATUS_OK);
+    ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, &params),
+              OPTIM_STATUS_OK);
     EXPECT_FLOAT_EQ(b[0], 0.9f * 0.5f + 0.5f * 0.5f);
 }
 
@@ -211,12 +222,13 @@ TEST(FusedSgdCpu, LearningRateThroughPointer)
     params.lr = 1000.0; // ignored
     double rate = 0.25;
     params.lr_ptr = &rate;
-    ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT64, &list, &params), OPTIM_STATUS_OK);
+    ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT64, &list, &params),
+              OPTIM_STATUS_OK);
     EXPECT_DOUBLE_EQ(p[0], 0.5);
 }
 
 class ThreadCount : public ::testing::Test {
-protected:
+  protected:
     void TearDown() override { optim_set_num_threads(0); }
 };
 
@@ -246,7 +258,8 @@ TEST_F(ThreadCount, ResultsAreBitwiseIdenticalForAnyNumberOfThreads)
         for (size_t k = 0; k < sizes.size(); ++k) {
             const auto& a = runs[0].tensors[k];
             const auto& b = runs[r].tensors[k];
-            EXPECT_EQ(0, std::memcmp(a.param.data(), b.param.data(), a.param.size() * sizeof(float)))
+            EXPECT_EQ(0,
+                      std::memcmp(a.param.data(), b.param.data(), a.param.size() * sizeof(float)))
                 << "params of tensor " << k << " differ between thread counts";
             EXPECT_EQ(0, std::memcmp(a.buf.data(), b.buf.data(), a.buf.size() * sizeof(float)))
                 << "buffers of tensor " << k << " differ between thread counts";
@@ -260,7 +273,8 @@ TEST(ThreadCountSetting, RejectsOutOfRange)
     EXPECT_EQ(optim_set_num_threads(5000), OPTIM_STATUS_INVALID_ARGUMENT);
 }
 
-// ---- Validation: every bad argument is reported, and nothing is written ----------------------------
+// ---- Validation: every bad argument is reported, and nothing is written
+// ----------------------------
 
 namespace {
 struct Fixture {

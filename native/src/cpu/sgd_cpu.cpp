@@ -1,7 +1,7 @@
 // The CPU path of the fused SGD step: a fixed partition of all elements of all tensors into chunks,
 // spread over the worker pool. The per-element math is sgd_element() from sgd_math.hpp, shared with
-// the CUDA kernels. Each element is read and written once (12 bytes per fp32 element without momentum,
-// 20 with).
+// the CUDA kernels. Each element is read and written once (12 bytes per fp32 element without
+// momentum, 20 with).
 #include "../backend.hpp"
 #include "../sgd_math.hpp"
 #include "thread_pool.hpp"
@@ -33,7 +33,8 @@ void sgd_all(const SgdCall& call, const SgdCoeffs<T>& c, T lr)
         plan.for_each_piece(chunk, [&](int64_t k, int64_t begin, int64_t len) {
             T* p = static_cast<T*>(t.params[k]) + begin;
             const T* g = static_cast<const T*>(t.grads[k]) + begin;
-            T* b = (Flags & kSgdMomentum) ? static_cast<T*>(t.momentum_buffers[k]) + begin : nullptr;
+            T* b =
+                (Flags & kSgdMomentum) ? static_cast<T*>(t.momentum_buffers[k]) + begin : nullptr;
             const bool fresh = (Flags & kSgdMomentum) && t.buffer_fresh && t.buffer_fresh[k];
             if (fresh)
                 sgd_range<T, Flags, true>(p, g, b, len, c, lr);
@@ -41,11 +42,7 @@ void sgd_all(const SgdCall& call, const SgdCoeffs<T>& c, T lr)
                 sgd_range<T, Flags, false>(p, g, b, len, c, lr);
         });
     };
-    if (plan.chunks() <= 1 || plan.total() < kParallelThreshold) {
-        for (int64_t i = 0; i < plan.chunks(); ++i) body(i);
-    } else {
-        ThreadPool::instance().parallel_for(plan.chunks(), body);
-    }
+    plan.parallel_for_chunks(body);
 }
 
 template <typename T>
@@ -57,10 +54,9 @@ void sgd_step(const SgdCall& call)
     c.weight_decay = static_cast<T>(call.weight_decay);
     const T lr = static_cast<T>(call.lr_ptr ? *call.lr_ptr : call.lr);
 
-    const unsigned flags = (call.momentum != 0.0 ? kSgdMomentum : 0u) |
-                           (call.nesterov ? kSgdNesterov : 0u) |
-                           (call.weight_decay != 0.0 ? kSgdWeightDecay : 0u) |
-                           (call.maximize ? kSgdMaximize : 0u);
+    const unsigned flags =
+        (call.momentum != 0.0 ? kSgdMomentum : 0u) | (call.nesterov ? kSgdNesterov : 0u) |
+        (call.weight_decay != 0.0 ? kSgdWeightDecay : 0u) | (call.maximize ? kSgdMaximize : 0u);
     // Nesterov implies momentum (validated), so 12 reachable combinations.
     switch (flags) {
 #define OPTIM_CASE(F)                                                                              \
@@ -87,7 +83,13 @@ void sgd_step(const SgdCall& call)
 
 } // namespace
 
-void sgd_step_f32(const SgdCall& call) { sgd_step<float>(call); }
-void sgd_step_f64(const SgdCall& call) { sgd_step<double>(call); }
+void sgd_step_f32(const SgdCall& call)
+{
+    sgd_step<float>(call);
+}
+void sgd_step_f64(const SgdCall& call)
+{
+    sgd_step<double>(call);
+}
 
 } // namespace optim::cpu

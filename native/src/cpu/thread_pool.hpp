@@ -1,10 +1,11 @@
-// A small persistent worker pool for the CPU path. We do not use OpenMP: LibTorch ships its own OpenMP
-// runtime, and linking the system's would put a second one in the process (docs/design.md).
+// A small persistent worker pool for the CPU path. We do not use OpenMP: LibTorch ships its own
+// OpenMP runtime, and linking the system's would put a second one in the process (docs/design.md).
 //
 // parallel_for(n, fn) runs fn(i) for every i in [0, n) exactly once, spread over the pool's threads
-// (the caller is one of them), and returns when all have finished. Which thread runs which index is not
-// fixed, so callers that need reproducible results make each index's work independent of the others
-// (elementwise updates) or write one partial result per index and combine them in index order.
+// (the caller is one of them), and returns when all have finished. Which thread runs which index is
+// not fixed, so callers that need reproducible results make each index's work independent of the
+// others (elementwise updates) or write one partial result per index and combine them in index
+// order.
 #pragma once
 
 #include <cstdint>
@@ -13,13 +14,17 @@
 namespace optim::cpu {
 
 class ThreadPool {
-public:
+  public:
     // The process-wide pool (created on first use).
     static ThreadPool& instance();
 
+    // The requested count, else the OpenMP runtime's default (torch.set_num_threads), else
+    // OPTIM_NUM_THREADS or the CPUs this process may run on.
     int num_threads() const noexcept;
-    // 0 = default (OPTIM_NUM_THREADS, else the CPUs this process may run on).
+    // 0 = default.
     void set_num_threads(int n);
+    // "openmp team of <path>" or "optim worker pool" (valid until the next call on this thread).
+    const char* backend() const noexcept;
 
     template <class Fn>
     void parallel_for(int64_t n, Fn&& fn)
@@ -32,7 +37,7 @@ public:
     ThreadPool& operator=(const ThreadPool&) = delete;
     ~ThreadPool();
 
-private:
+  private:
     ThreadPool();
     using Task = void (*)(void* context, int64_t index);
     template <class Fn>
@@ -46,8 +51,8 @@ private:
     Impl* impl_;
 };
 
-// The default thread count: OPTIM_NUM_THREADS if set to a positive number, else the CPUs in this
-// process's affinity mask.
+// The default size of our own pool: OPTIM_NUM_THREADS if set to a positive number, else the CPUs in
+// this process's affinity mask.
 int default_num_threads();
 
 } // namespace optim::cpu

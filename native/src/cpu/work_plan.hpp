@@ -1,10 +1,11 @@
-// A fixed partition of the concatenation of many tensors into chunks of kChunk elements. Chunk c covers
-// elements [c*kChunk, (c+1)*kChunk) of the concatenation and may span several small tensors. The
-// partition depends only on the tensor sizes, never on the number of threads, which is what makes
-// chunked reductions reproducible.
+// A fixed partition of the concatenation of many tensors into chunks of kChunk elements. Chunk c
+// covers elements [c*kChunk, (c+1)*kChunk) of the concatenation and may span several small tensors.
+// The partition depends only on the tensor sizes, never on the number of threads, which is what
+// makes chunked reductions reproducible.
 #pragma once
 
 #include "../error.hpp"
+#include "thread_pool.hpp"
 
 #include <algorithm>
 #include <cstdint>
@@ -19,7 +20,7 @@ constexpr int64_t kChunk = int64_t(1) << 16;
 constexpr int64_t kParallelThreshold = int64_t(1) << 17;
 
 class WorkPlan {
-public:
+  public:
     // One plan per calling thread, reused so a step allocates nothing once warm.
     static WorkPlan& for_this_thread()
     {
@@ -61,7 +62,27 @@ public:
         }
     }
 
-private:
+    // Runs body(chunk) for every chunk. Each thread gets one contiguous run of chunks (sequential
+    // streams
+    // suit the hardware prefetchers better than interleaved chunks: measured 80 vs 100+ GB/s on two
+    // cores). Small work runs inline. The partition into chunks never depends on the thread count.
+    template <class Body>
+    void parallel_for_chunks(Body&& body) const
+    {
+        const int64_t n = chunks();
+        ThreadPool& pool = ThreadPool::instance();
+        const int64_t blocks =
+            total_ < kParallelThreshold ? 1 : std::min<int64_t>(n, pool.num_threads());
+        if (blocks <= 1) {
+            for (int64_t i = 0; i < n; ++i) body(i);
+            return;
+        }
+        pool.parallel_for(blocks, [&](int64_t b) {
+            for (int64_t i = n * b / blocks; i < n * (b + 1) / blocks; ++i) body(i);
+        });
+    }
+
+  private:
     std::vector<int64_t> offsets_;
     int64_t count_ = 0;
     int64_t total_ = 0;

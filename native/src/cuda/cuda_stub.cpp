@@ -1,13 +1,22 @@
-// Built instead of sgd_cuda.cu when no CUDA compiler was found: every entry point still exists and a
-// CUDA request fails with a clear status.
+// Built instead of sgd_cuda.cu when no CUDA compiler was found: every entry point still exists and
+// a CUDA request fails with a clear status.
 #include "../backend.hpp"
 #include "../error.hpp"
 
 namespace optim::cuda {
 
-bool compiled() noexcept { return false; }
-int device_count() noexcept { return 0; }
-const char* architectures() noexcept { return ""; }
+bool compiled() noexcept
+{
+    return false;
+}
+int device_count() noexcept
+{
+    return 0;
+}
+const char* architectures() noexcept
+{
+    return "";
+}
 
 void sgd_step(int, int32_t, const SgdCall&)
 {

@@ -1,7 +1,7 @@
 // The CUDA path of the fused SGD step: many tensors per launch (a table of tensor pointers and a
 // block -> (tensor, chunk) map passed as kernel arguments, as in NVIDIA apex's multi_tensor_apply),
-// the per-element math from sgd_math.hpp, the rate optionally read from device memory, launches on the
-// legacy default stream. Compiled in CI; see docs/design.md for what has run on a GPU.
+// the per-element math from sgd_math.hpp, the rate optionally read from device memory, launches on
+// the legacy default stream. Compiled in CI; see docs/design.md for what has run on a GPU.
 #include "../backend.hpp"
 #include "../error.hpp"
 #include "../sgd_math.hpp"
@@ -20,7 +20,8 @@ constexpr int kMaxBlocks = 320;
 constexpr int kThreads = 512;
 constexpr int64_t kChunk = 64 * 1024; // elements per block
 
-// Kernel-argument table (< 4 KiB): the tensors of one launch and which tensor/chunk each block updates.
+// Kernel-argument table (< 4 KiB): the tensors of one launch and which tensor/chunk each block
+// updates.
 struct LaunchTable {
     void* params[kMaxTensors];
     const void* grads[kMaxTensors];
@@ -115,10 +116,9 @@ void sgd_typed(const SgdCall& call)
     c.one_minus_dampening = static_cast<T>(1.0 - call.dampening);
     c.weight_decay = static_cast<T>(call.weight_decay);
     const T lr = static_cast<T>(call.lr);
-    const unsigned flags = (call.momentum != 0.0 ? kSgdMomentum : 0u) |
-                           (call.nesterov ? kSgdNesterov : 0u) |
-                           (call.weight_decay != 0.0 ? kSgdWeightDecay : 0u) |
-                           (call.maximize ? kSgdMaximize : 0u);
+    const unsigned flags =
+        (call.momentum != 0.0 ? kSgdMomentum : 0u) | (call.nesterov ? kSgdNesterov : 0u) |
+        (call.weight_decay != 0.0 ? kSgdWeightDecay : 0u) | (call.maximize ? kSgdMaximize : 0u);
     switch (flags) {
 #define OPTIM_CASE(F)                                                                              \
     case (F):                                                                                      \
@@ -144,7 +144,7 @@ void sgd_typed(const SgdCall& call)
 
 // Restores the caller's current device on every exit path.
 class DeviceGuard {
-public:
+  public:
     explicit DeviceGuard(int device)
     {
         check(cudaGetDevice(&previous_), "cudaGetDevice");
@@ -156,14 +156,17 @@ public:
         if (changed_) cudaSetDevice(previous_);
     }
 
-private:
+  private:
     int previous_ = 0;
     bool changed_ = false;
 };
 
 } // namespace
 
-bool compiled() noexcept { return true; }
+bool compiled() noexcept
+{
+    return true;
+}
 
 int device_count() noexcept
 {
@@ -178,7 +181,10 @@ int device_count() noexcept
     return count;
 }
 
-const char* architectures() noexcept { return OPTIM_CUDA_ARCHITECTURES; }
+const char* architectures() noexcept
+{
+    return OPTIM_CUDA_ARCHITECTURES;
+}
 
 void sgd_step(int device_index, int32_t dtype, const SgdCall& call)
 {
@@ -187,9 +193,9 @@ void sgd_step(int device_index, int32_t dtype, const SgdCall& call)
         fail(OPTIM_STATUS_CUDA_UNAVAILABLE,
              "optim_sgd_step: CUDA tensors were given but no CUDA device is present");
     if (device_index < 0 || device_index >= n)
-        fail(OPTIM_STATUS_INVALID_ARGUMENT, "optim_sgd_step: CUDA device index " +
-                                                std::to_string(device_index) + " is out of range (" +
-                                                std::to_string(n) + " devices)");
+        fail(OPTIM_STATUS_INVALID_ARGUMENT,
+             "optim_sgd_step: CUDA device index " + std::to_string(device_index) +
+                 " is out of range (" + std::to_string(n) + " devices)");
     DeviceGuard guard(device_index);
     if (dtype == OPTIM_DTYPE_FLOAT32)
         sgd_typed<float>(call);

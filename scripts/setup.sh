@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian 12 machine lacks to build and test Optim: CMake, a C++ compiler,
+# GoogleTest, clang 14 (nvcc's host compiler) and Debian's CUDA toolkit (to compile the CUDA kernels;
+# no GPU needed). Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
+# The .NET 10 SDK must already be installed (https://dotnet.microsoft.com/download).
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+need=()
+command -v cmake >/dev/null || need+=(cmake)
+command -v g++ >/dev/null || need+=(g++)
+command -v clang++-14 >/dev/null || need+=(clang-14)
+command -v clang-format >/dev/null || need+=(clang-format)
+[ -f /usr/include/gtest/gtest.h ] || need+=(libgtest-dev)
+[ "${OPTIM_SKIP_CUDA:-0}" = "1" ] || command -v nvcc >/dev/null || need+=(nvidia-cuda-toolkit)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  if printf '%s\n' "${need[@]}" | grep -q nvidia-cuda-toolkit; then
+    # Debian ships the CUDA toolkit in non-free: add that component for the same mirror and suites.
+    src=/etc/apt/sources.list.d/optim-nonfree.sources
+    if ! grep -rqs "non-free" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+      uri=$(grep -hm1 -E '^URIs: .*debian/?$' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}')
+      uri=${uri:-http://deb.debian.org/debian}
+      codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+      printf 'Types: deb\nURIs: %s\nSuites: %s %s-updates\nComponents: contrib non-free non-free-firmware\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        "$uri" "$codename" "$codename" | $SUDO tee "$src" >/dev/null
+    fi
+  fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! command -v dotnet >/dev/null; then
+  echo "setup: the .NET 10 SDK is required (dotnet not found on PATH)" >&2
+  exit 1
+fi
+echo "setup: ready ($(cmake --version | head -1); nvcc: $(command -v nvcc >/dev/null && nvcc --version | tail -2 | head -1 || echo none); dotnet $(dotnet --version))"

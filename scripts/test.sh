@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Builds everything and runs every test: format checks, the native GoogleTest suite (CTest) and the
+# NUnit suite (dotnet test). Ends with one line of totals: "N passed, N failed".
+#   OPTIM_CUDA=ON|AUTO|OFF   whether the CUDA kernels must be compiled (default AUTO; CI uses ON)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+build=artifacts/native
+log=artifacts/test-logs
+mkdir -p "$log"
+passed=0
+failed=0
+skipped=0
+status=0
+
+step() { echo; echo "== $*"; }
+
+step "format: clang-format and dotnet format"
+files=$(git ls-files 'native/*.cpp' 'native/*.hpp' 'native/*.h' 'native/*.cu' 2>/dev/null || find native -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.cu')
+if clang-format --dry-run -Werror $files; then passed=$((passed + 1)); else echo "format: run clang-format -i on the files above"; failed=$((failed + 1)); status=1; fi
+
+step "native: configure and build (OPTIM_CUDA=${OPTIM_CUDA:-AUTO})"
+if ! cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DOPTIM_CUDA="${OPTIM_CUDA:-AUTO}" >"$log/cmake.log" 2>&1; then
+  cat "$log/cmake.log"; echo "0 passed, 1 failed"; exit 1
+fi
+grep -E "optim: CUDA" "$log/cmake.log" || true
+if ! cmake --build "$build" --parallel 2>&1 | tail -n 5; then echo "0 passed, 1 failed"; exit 1; fi
+if [ "${PIPESTATUS[0]}" -ne 0 ]; then echo "0 passed, 1 failed"; exit 1; fi
+
+step "native: ctest"
+(cd "$build" && ctest --output-on-failure --timeout 300) >"$log/ctest.log" 2>&1
+ctest_rc=$?
+tail -n 15 "$log/ctest.log"
+summary=$(grep -E "tests passed, [0-9]+ tests failed out of [0-9]+" "$log/ctest.log" | tail -1)
+if [ -n "$summary" ]; then
+  total=$(echo "$summary" | sed -E 's/.*out of ([0-9]+).*/\1/')
+  nfail=$(echo "$summary" | sed -E 's/.* ([0-9]+) tests failed.*/\1/')
+  nskip=$(grep -cE "\(Skipped\)" "$log/ctest.log" || true)
+  passed=$((passed + total - nfail - nskip))
+  skipped=$((skipped + nskip))
+  failed=$((failed + nfail))
+else
+  failed=$((failed + 1))
+fi
+[ $ctest_rc -eq 0 ] || status=1
+
+step "managed: dotnet format"
+if dotnet format Optim.sln --verify-no-changes >"$log/dotnet-format.log" 2>&1; then passed=$((passed + 1)); else cat "$log/dotnet-format.log"; failed=$((failed + 1)); status=1; fi
+
+step "managed: dotnet test"
+dotnet test Optim.sln -c Release >"$log/dotnet-test.log" 2>&1
+dotnet_rc=$?
+grep -E "^\s+Failed |error |Error Message" -A3 "$log/dotnet-test.log" | head -80 || true
+line=$(grep -E "(Passed|Failed)! +- Failed: +[0-9]+, Passed: +[0-9]+" "$log/dotnet-test.log")
+echo "$line"
+if [ -n "$line" ]; then
+  while read -r l; do
+    f=$(echo "$l" | sed -E 's/.*Failed: +([0-9]+),.*/\1/')
+    p=$(echo "$l" | sed -E 's/.*Passed: +([0-9]+),.*/\1/')
+    s=$(echo "$l" | sed -E 's/.*Skipped: +([0-9]+),.*/\1/')
+    passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+  done <<< "$line"
+else
+  tail -n 40 "$log/dotnet-test.log"
+  failed=$((failed + 1))
+fi
+[ $dotnet_rc -eq 0 ] || status=1
+
+echo
+echo "$passed passed, $failed failed, $skipped skipped"
+exit $status
