@@ -6,13 +6,13 @@ var command = args.Length > 0 ? args[0] : "--help";
 switch (command)
 {
     case "steps":
-    {
-        long parameters = ArgLong("--params", 10_000_000);
-        int rounds = (int)ArgLong("--rounds", 15);
-        int steps = (int)ArgLong("--steps", 5);
-        StepTiming.Run(StepTiming.DefaultCases(parameters), rounds, steps, Console.Out);
-        return 0;
-    }
+        {
+            long parameters = ArgLong("--params", 10_000_000);
+            int rounds = (int)ArgLong("--rounds", 15);
+            int steps = (int)ArgLong("--steps", 5);
+            StepTiming.Run(StepTiming.DefaultCases(parameters), rounds, steps, Console.Out);
+            return 0;
+        }
     default:
         Console.WriteLine("""
             Optim.Bench — benchmarks for the Optim optimizers.

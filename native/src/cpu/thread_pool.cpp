@@ -115,8 +115,9 @@ struct ThreadPool::Impl {
     std::exception_ptr error;
     std::mutex error_mutex;
 
-    // Looked up until found (LibTorch may be loaded after our first call; a miss costs a walk over the
-    // loaded libraries, about a microsecond, and happens only on parallel-sized work), then cached.
+    // Looked up until found (LibTorch may be loaded after our first call; a miss costs a walk over
+    // the loaded libraries, about a microsecond, and happens only on parallel-sized work), then
+    // cached.
     const Gomp& openmp()
     {
         if (!gomp_found.load(std::memory_order_acquire)) {
