@@ -22,7 +22,7 @@ if [ ${#need[@]} -gt 0 ]; then
     # Debian ships the CUDA toolkit in non-free: add that component for the same mirror and suites.
     src=/etc/apt/sources.list.d/optim-nonfree.sources
     if ! grep -rqs "non-free" /etc/apt/sources.list /etc/apt/sources.list.d/; then
-      uri=$(grep -hm1 -E '^URIs: .*debian/?$' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}')
+      uri=$(grep -hE '^URIs: .*debian/?$' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | head -n 1)
       uri=${uri:-http://deb.debian.org/debian}
       codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
       printf 'Types: deb\nURIs: %s\nSuites: %s %s-updates\nComponents: contrib non-free non-free-firmware\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
