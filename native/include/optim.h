@@ -170,6 +170,75 @@ OPTIM_API optim_status optim_sgd_step(int32_t device, int32_t device_index, int3
                                       const optim_tensor_list* tensors,
                                       const optim_sgd_params* params);
 
+/* ---- GreedyLR
+ * ------------------------------------------------------------------------------------ */
+
+/* GreedyLR (shared/docs/greedylr.md): raises every group's rate while the monitored metric keeps
+ * improving and lowers it while it does not. Its whole state is plain data: the fixed-size
+ * optim_greedylr_state plus the arrays of optim_greedylr_buffers; one update function serves the
+ * CPU path and a one-thread CUDA kernel, so on a GPU the metric is read from, and the new rates
+ * written to, device memory, where the fused optimizer kernels read them (optim_sgd_params.lr_ptr).
+ */
+enum { OPTIM_GREEDY_MODE_MIN = 0, OPTIM_GREEDY_MODE_MAX = 1 };
+enum { OPTIM_GREEDY_THRESHOLD_ABS = 0, OPTIM_GREEDY_THRESHOLD_REL = 1 };
+
+/* Hyperparameters (always host memory). Meanings and the reference's defaults: greedylr.md. */
+typedef struct optim_greedylr_config {
+    double factor;          /* in (0, 1): decrease lr * factor, increase lr / factor */
+    double threshold;       /* >= 0: margin an evaluation must beat the best by */
+    double eps;             /* >= 0: a new rate is written only if it moves by more than eps */
+    int32_t mode;           /* OPTIM_GREEDY_MODE_MIN or _MAX */
+    int32_t threshold_mode; /* OPTIM_GREEDY_THRESHOLD_ABS or _REL */
+    int32_t patience;       /* >= 0 */
+    int32_t cooldown;       /* >= 0: evaluations ignored after a decrease */
+    int32_t warmup;         /* >= 0: evaluations ignored after an increase */
+    int32_t window_size;    /* >= 1: rolling-mean window when smooth */
+    int32_t reset_start;    /* >= 0: decreases at the floor before a full reset (0: never reset) */
+    int32_t smooth;         /* 0 or 1 */
+    int32_t trend;          /* 0 or 1: warmup/cooldown evaluations keep increasing/decreasing */
+    int32_t groups;         /* >= 1: number of rates */
+} optim_greedylr_config;
+
+/* The counters (host memory for the CPU path, device memory for the CUDA path). */
+typedef struct optim_greedylr_state {
+    double best;
+    int64_t num_good;
+    int64_t num_bad;
+    int64_t cooldown_counter;
+    int64_t warmup_counter;
+    int64_t reset_budget;
+    int64_t window_count; /* values in the window */
+    int64_t window_next;  /* ring-buffer slot the next value goes to */
+    int64_t steps;        /* evaluations seen */
+    int64_t resets;       /* full resets done */
+} optim_greedylr_state;
+
+/* The arrays (each `groups` doubles; window: `window_size` doubles). Host memory for the CPU path,
+ * device memory for the CUDA path. rates are read and written. */
+typedef struct optim_greedylr_buffers {
+    double* rates;
+    const double* initial_rates;
+    const double* min_lr;
+    const double* max_lr;
+    double* window;
+} optim_greedylr_buffers;
+
+/* Checks a configuration and fills *state with the initial state (best = +inf in min mode, -inf in
+ * max mode, counters 0, reset budget = reset_start). Both in host memory. */
+OPTIM_API optim_status optim_greedylr_init(const optim_greedylr_config* config,
+                                           optim_greedylr_state* state);
+
+/* One evaluation of `metric`. device OPTIM_DEVICE_CPU: state, buffers and metric in host memory.
+ * OPTIM_DEVICE_CUDA: they are in device memory of device_index; a one-thread kernel is launched on
+ * stream 0 and the call returns without waiting. metric_dtype: OPTIM_DTYPE_FLOAT32 or _FLOAT64.
+ * A NaN or infinite metric counts as "not better" and never enters the smoothing window.
+ * The CPU path also checks the bounds (0 <= min_lr <= max_lr, finite min_lr, positive rates). */
+OPTIM_API optim_status optim_greedylr_step(int32_t device, int32_t device_index,
+                                           const optim_greedylr_config* config,
+                                           optim_greedylr_state* state,
+                                           const optim_greedylr_buffers* buffers,
+                                           const void* metric, int32_t metric_dtype);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

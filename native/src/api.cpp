@@ -3,6 +3,7 @@
 #include "backend.hpp"
 #include "cpu/thread_pool.hpp"
 #include "error.hpp"
+#include "greedylr_math.hpp"
 
 #include <optim.h>
 
@@ -51,6 +52,34 @@ void validate_tensor_list(const char* fn, const optim_tensor_list* t, bool needs
                       at(k) + ": momentum buffer pointer is NULL but momentum is nonzero");
     }
 }
+void validate_greedy_config(const char* fn, const optim_greedylr_config* c)
+{
+    OPTIM_REQUIRE(c != nullptr, fn, "config is NULL");
+    OPTIM_REQUIRE(c->factor > 0.0 && c->factor < 1.0, fn,
+                  "factor must be in (0, 1), got " + num(c->factor));
+    OPTIM_REQUIRE(std::isfinite(c->threshold) && c->threshold >= 0.0, fn,
+                  "threshold must be finite and >= 0, got " + num(c->threshold));
+    OPTIM_REQUIRE(std::isfinite(c->eps) && c->eps >= 0.0, fn,
+                  "eps must be finite and >= 0, got " + num(c->eps));
+    OPTIM_REQUIRE(c->mode == OPTIM_GREEDY_MODE_MIN || c->mode == OPTIM_GREEDY_MODE_MAX, fn,
+                  "unknown mode " + std::to_string(c->mode));
+    OPTIM_REQUIRE(c->threshold_mode == OPTIM_GREEDY_THRESHOLD_ABS ||
+                      c->threshold_mode == OPTIM_GREEDY_THRESHOLD_REL,
+                  fn, "unknown threshold_mode " + std::to_string(c->threshold_mode));
+    OPTIM_REQUIRE(c->patience >= 0, fn,
+                  "patience must be >= 0, got " + std::to_string(c->patience));
+    OPTIM_REQUIRE(c->cooldown >= 0, fn,
+                  "cooldown must be >= 0, got " + std::to_string(c->cooldown));
+    OPTIM_REQUIRE(c->warmup >= 0, fn, "warmup must be >= 0, got " + std::to_string(c->warmup));
+    OPTIM_REQUIRE(c->window_size >= 1, fn,
+                  "window_size must be >= 1, got " + std::to_string(c->window_size));
+    OPTIM_REQUIRE(c->reset_start >= 0, fn,
+                  "reset_start must be >= 0, got " + std::to_string(c->reset_start));
+    OPTIM_REQUIRE(c->smooth == 0 || c->smooth == 1, fn, "smooth must be 0 or 1");
+    OPTIM_REQUIRE(c->trend == 0 || c->trend == 1, fn, "trend must be 0 or 1");
+    OPTIM_REQUIRE(c->groups >= 1, fn, "groups must be >= 1, got " + std::to_string(c->groups));
+}
+
 } // namespace
 
 void set_last_error(const char* message) noexcept
@@ -197,6 +226,68 @@ OPTIM_API optim_status optim_sgd_step(int32_t device, int32_t device_index, int3
         } else {
             cpu::sgd_step_f64(call);
         }
+    });
+}
+
+OPTIM_API optim_status optim_greedylr_init(const optim_greedylr_config* config,
+                                           optim_greedylr_state* state)
+{
+    static const char* fn = "optim_greedylr_init";
+    return guard(fn, [&] {
+        validate_greedy_config(fn, config);
+        OPTIM_REQUIRE(state != nullptr, fn, "state is NULL");
+        greedy_init(*config, *state);
+    });
+}
+
+OPTIM_API optim_status optim_greedylr_step(int32_t device, int32_t device_index,
+                                           const optim_greedylr_config* config,
+                                           optim_greedylr_state* state,
+                                           const optim_greedylr_buffers* buffers,
+                                           const void* metric, int32_t metric_dtype)
+{
+    static const char* fn = "optim_greedylr_step";
+    return guard(fn, [&] {
+        validate_greedy_config(fn, config);
+        OPTIM_REQUIRE(device == OPTIM_DEVICE_CPU || device == OPTIM_DEVICE_CUDA, fn,
+                      "unknown device " + std::to_string(device));
+        OPTIM_REQUIRE(state != nullptr && buffers != nullptr && metric != nullptr, fn,
+                      "state, buffers and metric must not be NULL");
+        const optim_greedylr_buffers& b = *buffers;
+        OPTIM_REQUIRE(b.rates && b.initial_rates && b.min_lr && b.max_lr, fn,
+                      "buffers->rates, initial_rates, min_lr and max_lr must not be NULL");
+        OPTIM_REQUIRE(!config->smooth || b.window, fn, "buffers->window is NULL but smooth is on");
+        OPTIM_REQUIRE(metric_dtype == OPTIM_DTYPE_FLOAT32 || metric_dtype == OPTIM_DTYPE_FLOAT64,
+                      fn, "metric_dtype must be OPTIM_DTYPE_FLOAT32 or OPTIM_DTYPE_FLOAT64");
+        if (device == OPTIM_DEVICE_CUDA) {
+            cuda::greedylr_step(device_index, *config, state, b, metric, metric_dtype);
+            return;
+        }
+        // Host memory: check everything the update will read, so that a corrupt state (a bad file)
+        // is reported instead of indexing out of the window.
+        const optim_greedylr_state& s = *state;
+        OPTIM_REQUIRE(s.window_count >= 0 && s.window_count <= config->window_size &&
+                          s.window_next >= 0 && s.window_next < config->window_size,
+                      fn, "state's window position is outside the window (corrupt state?)");
+        for (int32_t g = 0; g < config->groups; ++g) {
+            OPTIM_REQUIRE(std::isfinite(b.min_lr[g]) && b.min_lr[g] >= 0.0, fn,
+                          "min_lr[" + std::to_string(g) + "] must be finite and >= 0, got " +
+                              num(b.min_lr[g]));
+            OPTIM_REQUIRE(b.max_lr[g] >= b.min_lr[g], fn,
+                          "min_lr[" + std::to_string(g) + "] = " + num(b.min_lr[g]) +
+                              " is greater than max_lr[" + std::to_string(g) +
+                              "] = " + num(b.max_lr[g]));
+            OPTIM_REQUIRE(std::isfinite(b.rates[g]) && b.rates[g] >= 0.0, fn,
+                          "rate " + std::to_string(g) + " must be finite and >= 0, got " +
+                              num(b.rates[g]));
+            OPTIM_REQUIRE(std::isfinite(b.initial_rates[g]) && b.initial_rates[g] >= 0.0, fn,
+                          "initial rate " + std::to_string(g) + " must be finite and >= 0, got " +
+                              num(b.initial_rates[g]));
+        }
+        const double m = metric_dtype == OPTIM_DTYPE_FLOAT32
+                             ? static_cast<double>(*static_cast<const float*>(metric))
+                             : *static_cast<const double*>(metric);
+        greedy_step(*config, *state, b, m);
     });
 }
 

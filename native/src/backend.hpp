@@ -32,6 +32,10 @@ int device_count() noexcept;
 // Throws optim::Error with OPTIM_STATUS_CUDA_UNAVAILABLE when not compiled or no device.
 void sgd_step(int device_index, int32_t dtype, const SgdCall& call);
 const char* architectures() noexcept;
+// One GreedyLR evaluation on the device (one thread, stream 0).
+void greedylr_step(int device_index, const optim_greedylr_config& config,
+                   optim_greedylr_state* state, const optim_greedylr_buffers& buffers,
+                   const void* metric, int32_t metric_dtype);
 } // namespace cuda
 
 } // namespace optim

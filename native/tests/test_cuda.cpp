@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <utility>
 #include <vector>
 
 using namespace optim_test;
@@ -141,4 +142,68 @@ TEST(FusedSgdCuda, BadDeviceIndexIsRejected)
     optim_sgd_params_default(&params);
     EXPECT_EQ(optim_sgd_step(OPTIM_DEVICE_CUDA, 999, OPTIM_DTYPE_FLOAT32, &list, &params),
               OPTIM_STATUS_INVALID_ARGUMENT);
+}
+
+TEST(GreedyLrCuda, DeviceStepsMatchTheCpuPath)
+{
+    if (!have_device()) GTEST_SKIP() << "no CUDA device";
+    optim_greedylr_config c{};
+    c.factor = 0.7;
+    c.threshold = 1e-4;
+    c.eps = 1e-12;
+    c.mode = OPTIM_GREEDY_MODE_MIN;
+    c.threshold_mode = OPTIM_GREEDY_THRESHOLD_REL;
+    c.patience = 2;
+    c.cooldown = 1;
+    c.warmup = 1;
+    c.window_size = 4;
+    c.reset_start = 3;
+    c.smooth = 1;
+    c.trend = 1;
+    c.groups = 2;
+    optim_greedylr_state host{};
+    ASSERT_EQ(optim_greedylr_init(&c, &host), OPTIM_STATUS_OK);
+    std::vector<double> rates = {0.1, 0.02}, initial = rates, lo = {1e-3, 1e-4}, hi = {1.0, 0.5},
+                        window(4, 0.0);
+    optim_greedylr_state* d_state = nullptr;
+    double *d_rates, *d_initial, *d_lo, *d_hi, *d_window;
+    float* d_metric;
+    CUDA_OK(cudaMalloc(&d_state, sizeof(host)));
+    CUDA_OK(cudaMemcpy(d_state, &host, sizeof(host), cudaMemcpyHostToDevice));
+    for (auto [dst, src] :
+         {std::pair{&d_rates, &rates}, std::pair{&d_initial, &initial}, std::pair{&d_lo, &lo},
+          std::pair{&d_hi, &hi}, std::pair{&d_window, &window}}) {
+        CUDA_OK(cudaMalloc(dst, src->size() * sizeof(double)));
+        CUDA_OK(
+            cudaMemcpy(*dst, src->data(), src->size() * sizeof(double), cudaMemcpyHostToDevice));
+    }
+    CUDA_OK(cudaMalloc(&d_metric, sizeof(float)));
+    optim_greedylr_buffers hb{rates.data(), initial.data(), lo.data(), hi.data(), window.data()};
+    optim_greedylr_buffers db{d_rates, d_initial, d_lo, d_hi, d_window};
+    std::mt19937_64 rng(3);
+    std::uniform_real_distribution<float> u(0.5f, 1.5f);
+    for (int i = 0; i < 200; ++i) {
+        const float m = u(rng) / static_cast<float>(1 + i % 17);
+        CUDA_OK(cudaMemcpy(d_metric, &m, sizeof(float), cudaMemcpyHostToDevice));
+        ASSERT_EQ(optim_greedylr_step(OPTIM_DEVICE_CPU, 0, &c, &host, &hb, &m, OPTIM_DTYPE_FLOAT32),
+                  OPTIM_STATUS_OK);
+        ASSERT_EQ(optim_greedylr_step(OPTIM_DEVICE_CUDA, 0, &c, d_state, &db, d_metric,
+                                      OPTIM_DTYPE_FLOAT32),
+                  OPTIM_STATUS_OK)
+            << optim_last_error();
+    }
+    optim_greedylr_state dev{};
+    std::vector<double> dev_rates(2);
+    CUDA_OK(cudaMemcpy(&dev, d_state, sizeof(dev), cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(dev_rates.data(), d_rates, 2 * sizeof(double), cudaMemcpyDeviceToHost));
+    EXPECT_EQ(dev_rates, rates);
+    EXPECT_EQ(dev.best, host.best);
+    EXPECT_EQ(dev.steps, host.steps);
+    EXPECT_EQ(dev.resets, host.resets);
+    EXPECT_EQ(dev.num_bad, host.num_bad);
+    for (void* p :
+         {static_cast<void*>(d_state), static_cast<void*>(d_rates), static_cast<void*>(d_initial),
+          static_cast<void*>(d_lo), static_cast<void*>(d_hi), static_cast<void*>(d_window),
+          static_cast<void*>(d_metric)})
+        cudaFree(p);
 }

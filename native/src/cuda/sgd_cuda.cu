@@ -2,14 +2,8 @@
 // block -> (tensor, chunk) map passed as kernel arguments, as in NVIDIA apex's multi_tensor_apply),
 // the per-element math from sgd_math.hpp, the rate optionally read from device memory, launches on
 // the legacy default stream. Compiled in CI; see docs/design.md for what has run on a GPU.
-#include "../backend.hpp"
-#include "../error.hpp"
 #include "../sgd_math.hpp"
-
-#include <cuda_runtime.h>
-
-#include <mutex>
-#include <string>
+#include "cuda_util.cuh"
 
 namespace optim::cuda {
 
@@ -60,15 +54,6 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
-void check(cudaError_t e, const char* what)
-{
-    if (e != cudaSuccess) {
-        cudaGetLastError(); // clear a sticky-free error so later calls are not blamed for it
-        fail(OPTIM_STATUS_CUDA_ERROR,
-             std::string("optim_sgd_step: ") + what + ": " + cudaGetErrorString(e));
-    }
-}
-
 template <typename T, unsigned Flags>
 void launch_all(const SgdCall& call, const SgdCoeffs<T>& c, T lr)
 {
@@ -79,7 +64,7 @@ void launch_all(const SgdCall& call, const SgdCoeffs<T>& c, T lr)
     auto launch = [&] {
         if (blocks == 0) return;
         sgd_kernel<T, Flags><<<blocks, kThreads, 0, 0>>>(table, c, lr, call.lr_ptr);
-        check(cudaGetLastError(), "kernel launch");
+        check(cudaGetLastError(), "optim_sgd_step", "kernel launch");
         tensors = 0;
         blocks = 0;
     };
@@ -142,25 +127,6 @@ void sgd_typed(const SgdCall& call)
     }
 }
 
-// Restores the caller's current device on every exit path.
-class DeviceGuard {
-  public:
-    explicit DeviceGuard(int device)
-    {
-        check(cudaGetDevice(&previous_), "cudaGetDevice");
-        if (previous_ != device) check(cudaSetDevice(device), "cudaSetDevice");
-        changed_ = previous_ != device;
-    }
-    ~DeviceGuard()
-    {
-        if (changed_) cudaSetDevice(previous_);
-    }
-
-  private:
-    int previous_ = 0;
-    bool changed_ = false;
-};
-
 } // namespace
 
 bool compiled() noexcept
@@ -188,15 +154,8 @@ const char* architectures() noexcept
 
 void sgd_step(int device_index, int32_t dtype, const SgdCall& call)
 {
-    const int n = device_count();
-    if (n == 0)
-        fail(OPTIM_STATUS_CUDA_UNAVAILABLE,
-             "optim_sgd_step: CUDA tensors were given but no CUDA device is present");
-    if (device_index < 0 || device_index >= n)
-        fail(OPTIM_STATUS_INVALID_ARGUMENT,
-             "optim_sgd_step: CUDA device index " + std::to_string(device_index) +
-                 " is out of range (" + std::to_string(n) + " devices)");
-    DeviceGuard guard(device_index);
+    require_device(device_index, "optim_sgd_step");
+    DeviceGuard guard(device_index, "optim_sgd_step");
     if (dtype == OPTIM_DTYPE_FLOAT32)
         sgd_typed<float>(call);
     else
