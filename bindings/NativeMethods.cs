@@ -38,6 +38,13 @@ internal static unsafe partial class NativeMethods
     [LibraryImport(Library)]
     internal static partial int optim_sgd_step(int device, int deviceIndex, int dtype, TensorList* tensors, SgdParams* parameters);
 
+    [LibraryImport(Library)]
+    internal static partial int optim_greedylr_init(GreedyLRConfig* config, GreedyLRCounters* state);
+
+    [LibraryImport(Library)]
+    internal static partial int optim_greedylr_step(int device, int deviceIndex, GreedyLRConfig* config, GreedyLRCounters* state,
+        GreedyLRBuffers* buffers, void* metric, int metricDtype);
+
     // Runs before the first import is called: every import of this assembly goes through the resolver.
     static NativeMethods() => NativeLibraryResolver.Register();
 }
@@ -65,4 +72,15 @@ internal unsafe struct SgdParams
     public int Nesterov;
     public int Maximize;
     public double* LrPtr;
+}
+
+/// <summary>Mirror of <c>optim_greedylr_buffers</c>.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct GreedyLRBuffers
+{
+    public double* Rates;
+    public double* InitialRates;
+    public double* MinLr;
+    public double* MaxLr;
+    public double* Window;
 }

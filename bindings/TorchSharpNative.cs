@@ -17,8 +17,9 @@ public readonly record struct TensorInfo(nint Data, long Numel, int ScalarType, 
 /// optimizers: a tensor's data pointer, which TorchSharp does not make public, its metadata, and its
 /// gradient handle, without the managed wrapper and error check TorchSharp's properties add to each
 /// read (about 0.13 µs for <c>Tensor.grad</c> alone; at 1000 tensors that is most of a step's
-/// overhead). Each export read here is a field read that cannot fail for a live tensor handle, so the
-/// calls skip the GC transition. Handles are TorchSharp's <c>Tensor.Handle</c>.
+/// overhead). The metadata exports are field reads that neither fail nor allocate for a live tensor
+/// handle, so they skip the GC transition; the gradient handle's create and release allocate, so they
+/// do not. Handles are TorchSharp's <c>Tensor.Handle</c>.
 /// </summary>
 public static partial class TorchSharpNative
 {
@@ -46,10 +47,12 @@ public static partial class TorchSharpNative
     [LibraryImport(Lib), SuppressGCTransition]
     private static partial byte THSTensor_is_sparse(nint tensor);
 
-    [LibraryImport(Lib), SuppressGCTransition]
+    // These two allocate and free on the native heap, so they keep the GC transition: a thread in
+    // cooperative mode that the runtime interrupts inside malloc deadlocks on the heap lock (seen).
+    [LibraryImport(Lib)]
     private static partial nint THSTensor_grad(nint tensor);
 
-    [LibraryImport(Lib), SuppressGCTransition]
+    [LibraryImport(Lib)]
     private static partial void THSTensor_dispose(nint tensor);
 
     /// <summary>Address of the first element of the tensor behind <paramref name="tensorHandle"/>.</summary>
