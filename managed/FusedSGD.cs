@@ -30,6 +30,23 @@ public class FusedSGD : OptimizerHelper, IMomentum
 {
     private readonly TensorBatch<State> _batch = new();
     private readonly List<Tensor> _created = new();
+    private Tensor? _deviceRates;
+
+    /// <summary>
+    /// Makes CUDA steps read each param group's rate from <paramref name="rates"/> (float64, one element
+    /// per group, contiguous, on the parameters' CUDA device) instead of <c>LearningRate</c>, so a rate
+    /// computed on the device (GreedyLR's sync-free path) never makes a step wait for the host. Null
+    /// unbinds. CPU steps always use <c>LearningRate</c>. The caller keeps the tensor alive.
+    /// </summary>
+    internal void BindDeviceLearningRates(Tensor? rates)
+    {
+        if (rates is not null && (rates.dtype != ScalarType.Float64 || rates.device_type != DeviceType.CUDA || !rates.is_contiguous() ||
+            rates.numel() != _parameter_groups.Count))
+        {
+            throw new ArgumentException($"FusedSGD: device rates must be a contiguous CUDA float64 tensor of {_parameter_groups.Count} elements.", nameof(rates));
+        }
+        _deviceRates = rates;
+    }
 
     /// <summary>Creates the optimizer over one group of parameters.</summary>
     /// <param name="parameters">The parameters to optimize (for example <c>model.parameters()</c>).</param>
@@ -295,11 +312,14 @@ public class FusedSGD : OptimizerHelper, IMomentum
                     var hyper = new SgdHyperparameters(o.LearningRate!.Value, o.momentum!.Value, o.dampening!.Value,
                         o.weight_decay!.Value, o.nesterov!.Value, o.maximize!.Value);
                     bool momentum = hyper.Momentum != 0;
+                    nint lrPointer = checks.Device == NativeDevice.Cuda && _deviceRates is not null
+                        ? TorchSharpNative.DataPointer(_deviceRates.Handle) + gi * sizeof(double)
+                        : 0;
                     OptimNative.SgdStep(checks.Device, checks.DeviceIndex, checks.DType,
                         batch.Params.AsSpan(start, count), batch.Grads.AsSpan(start, count),
                         momentum ? batch.Buffers.AsSpan(start, count) : default,
                         batch.Numels.AsSpan(start, count), momentum ? batch.Fresh.AsSpan(start, count) : default,
-                        hyper);
+                        hyper, lrPointer);
                 }
             }
             catch when (_created.Count > 0)

@@ -194,6 +194,7 @@ public sealed class GreedyLR : lr_scheduler.LRScheduler
 
     private void StepCore(double current)
     {
+        PullFromDevice();
         var groups = _optimizer.ParamGroups as IList<ILearningRateController> ?? _optimizer.ParamGroups.ToList();
         if (groups.Count != _config.Groups)
         {
@@ -222,10 +223,16 @@ public sealed class GreedyLR : lr_scheduler.LRScheduler
 
     /// <summary>
     /// One evaluation of a one-element metric tensor (for example a 0-d loss). On the CPU this is
-    /// <see cref="step(double)"/> with the tensor's value.
+    /// <see cref="step(double)"/> with the tensor's value. For a CUDA metric driving an Optim fused
+    /// optimizer whose parameters are on that device, the sync-free path: the state lives in device
+    /// memory, a one-thread kernel updates it from the metric in place, and the fused kernels read the new
+    /// rates there, so no step waits for the host; the param groups' <c>LearningRate</c> are refreshed
+    /// only when <see cref="LearningRates"/> or <see cref="State"/> is read (which copies back). With
+    /// any other optimizer a CUDA metric is read back to the host first (one synchronization).
     /// </summary>
-    /// <exception cref="ArgumentException">The tensor does not hold exactly one element.</exception>
-    /// <exception cref="NotSupportedException">A CUDA metric: the device path is not wired into the managed optimizers yet.</exception>
+    /// <remarks>The CUDA path is compiled and its kernel is tested against the CPU path natively, but
+    /// this managed wiring has not yet run on a GPU (TorchSharp-cpu cannot create CUDA tensors).</remarks>
+    /// <exception cref="ArgumentException">The tensor does not hold exactly one float32 or float64 element.</exception>
     public void step(Tensor metric)
     {
         ArgumentNullException.ThrowIfNull(metric);
@@ -233,23 +240,125 @@ public sealed class GreedyLR : lr_scheduler.LRScheduler
         {
             throw new ArgumentException($"GreedyLR: the metric tensor must hold exactly one element, but it has {metric.numel()}.", nameof(metric));
         }
-        if (metric.device_type != DeviceType.CPU)
+        if (metric.device_type == DeviceType.CUDA && _optimizer is FusedSGD fused)
         {
-            throw new NotSupportedException(
-                $"GreedyLR: a metric on {metric.device_type} is not supported by the managed scheduler yet (the native one-thread CUDA kernel exists, " +
-                "but the fused optimizers do not read device-resident rates yet). Pass metric.item<float>() to step(double) instead.");
+            StepOnDevice(metric, fused);
+            return;
         }
         StepCore(metric.ToDouble());
     }
 
-    /// <summary>The rates of the param groups after the last step (the initial rates before the first).</summary>
-    public IReadOnlyList<double> LearningRates => Array.AsReadOnly((double[])_rates.Clone());
+    // ---- The device-resident state (CUDA) ----------------------------------------------------------
+
+    private Tensor? _dState;   // the GreedyLRCounters bytes
+    private Tensor? _dArrays;  // rates | initial | min_lr | max_lr | window, float64
+    private Tensor? _dRates;   // a view of the rates, read by the fused optimizer's kernels
+    private FusedSGD? _boundOptimizer;
+
+    private bool OnDevice => _dState is not null;
+
+    private void StepOnDevice(Tensor metric, FusedSGD fused)
+    {
+        if (metric.dtype != ScalarType.Float32 && metric.dtype != ScalarType.Float64)
+        {
+            throw new ArgumentException($"GreedyLR: a CUDA metric must be float32 or float64, not {metric.dtype}.", nameof(metric));
+        }
+        if (!OnDevice)
+        {
+            PushToDevice(metric.device, fused);
+        }
+        var device = _dState!.device;
+        if (metric.device_index != device.index)
+        {
+            throw new ArgumentException($"GreedyLR: the metric is on cuda:{metric.device_index} but the scheduler's state is on cuda:{device.index}.", nameof(metric));
+        }
+        using var m = metric.contiguous();
+        int g = _config.Groups;
+        nint arrays = TorchSharpNative.DataPointer(_dArrays!.Handle);
+        GreedyLRNative.StepOnDevice(device.index, _config, TorchSharpNative.DataPointer(_dState.Handle),
+            arrays, arrays + g * sizeof(double), arrays + 2 * g * sizeof(double), arrays + 3 * g * sizeof(double), arrays + 4 * g * sizeof(double),
+            TorchSharpNative.DataPointer(m.Handle), m.dtype == ScalarType.Float64 ? NativeDType.Float64 : NativeDType.Float32);
+        _step_count++;
+    }
+
+    private unsafe void PushToDevice(Device device, FusedSGD fused)
+    {
+        var groups = _optimizer.ParamGroups.ToList();
+        for (int i = 0; i < groups.Count; i++)
+        {
+            _rates[i] = groups[i].LearningRate;
+        }
+        var counters = _counters;
+        var bytes = new byte[sizeof(GreedyLRCounters)];
+        fixed (byte* b = bytes)
+        {
+            *(GreedyLRCounters*)b = counters;
+        }
+        var host = _rates.Concat(_initial).Concat(_minLr).Concat(_maxLr).Concat(_window).ToArray();
+        _dState = torch.tensor(bytes).to(device).DetachFromDisposeScope();
+        _dArrays = torch.tensor(host, ScalarType.Float64).to(device).DetachFromDisposeScope();
+        _dRates = _dArrays.narrow(0, 0, _config.Groups).DetachFromDisposeScope();
+        fused.BindDeviceLearningRates(_dRates);
+        _boundOptimizer = fused;
+    }
+
+    // Copies the device state back (a synchronization), refreshes the param groups, and leaves the
+    // device path: the next CUDA step pushes the state again.
+    private unsafe void PullFromDevice()
+    {
+        if (!OnDevice)
+        {
+            return;
+        }
+        using var state = _dState!.cpu();
+        using var arrays = _dArrays!.cpu();
+        var bytes = state.data<byte>().ToArray();
+        fixed (byte* b = bytes)
+        {
+            _counters = *(GreedyLRCounters*)b;
+        }
+        var all = arrays.data<double>().ToArray();
+        int g = _config.Groups;
+        _rates = all[..g];
+        _window = all[(4 * g)..];
+        var groups = _optimizer.ParamGroups.ToList();
+        for (int i = 0; i < g; i++)
+        {
+            groups[i].LearningRate = _rates[i];
+            if (_baseLastLrs is not null && i < _baseLastLrs.Count)
+            {
+                _baseLastLrs[i] = _rates[i];
+            }
+        }
+        _boundOptimizer?.BindDeviceLearningRates(null);
+        _boundOptimizer = null;
+        _dRates?.Dispose();
+        _dState.Dispose();
+        _dArrays.Dispose();
+        _dRates = null;
+        _dState = null;
+        _dArrays = null;
+    }
+
+    /// <summary>
+    /// The rates of the param groups after the last step (the initial rates before the first). On the
+    /// CUDA path this copies the state back from the device and refreshes the param groups.
+    /// </summary>
+    public IReadOnlyList<double> LearningRates
+    {
+        get
+        {
+            PullFromDevice();
+            return Array.AsReadOnly((double[])_rates.Clone());
+        }
+    }
 
     /// <summary>A snapshot of the whole state (counters, window, rates and bounds).</summary>
     public GreedyLRState State
     {
         get
         {
+            PullFromDevice();
             var window = new double[_counters.WindowCount];
             long start = ((_counters.WindowNext - _counters.WindowCount) % _config.WindowSize + _config.WindowSize) % _config.WindowSize;
             for (int i = 0; i < window.Length; i++)
@@ -269,6 +378,7 @@ public sealed class GreedyLR : lr_scheduler.LRScheduler
     public void save_state_dict(BinaryWriter writer)
     {
         ArgumentNullException.ThrowIfNull(writer);
+        PullFromDevice();
         writer.Write(FormatTag);
         writer.Write(FormatVersion);
         var c = _config;
@@ -320,6 +430,7 @@ public sealed class GreedyLR : lr_scheduler.LRScheduler
         {
             throw new InvalidDataException($"GreedyLR: state format version {version} is not supported (expected {FormatVersion}).");
         }
+        PullFromDevice();
         var c = new GreedyLRConfig
         {
             Factor = reader.ReadDouble(),
