@@ -45,6 +45,10 @@ internal static unsafe partial class NativeMethods
     internal static partial int optim_greedylr_step(int device, int deviceIndex, GreedyLRConfig* config, GreedyLRCounters* state,
         GreedyLRBuffers* buffers, void* metric, int metricDtype);
 
+    [LibraryImport(Library)]
+    internal static partial int optim_hd_step(int device, int deviceIndex, int dtype, HdTensors* tensors, int nGroups,
+        HdGroupOptions* groups, HdStepOptions* options, double* rates, long* skipped);
+
     // Runs before the first import is called: every import of this assembly goes through the resolver.
     static NativeMethods() => NativeLibraryResolver.Register();
 }
@@ -83,4 +87,55 @@ internal unsafe struct GreedyLRBuffers
     public double* MinLr;
     public double* MaxLr;
     public double* Window;
+}
+
+/// <summary>Mirror of <c>optim_hd_group</c>.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct HdGroupOptions
+{
+    /// <summary>Momentum factor.</summary>
+    public double Momentum;
+    /// <summary>Dampening for momentum.</summary>
+    public double Dampening;
+    /// <summary>Weight decay (coupled L2).</summary>
+    public double WeightDecay;
+    /// <summary>1 for Nesterov momentum.</summary>
+    public int Nesterov;
+    /// <summary>1 to maximize.</summary>
+    public int Maximize;
+}
+
+/// <summary>Mirror of <c>optim_hd_params</c>.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct HdStepOptions
+{
+    /// <summary>The hypergradient learning rate β (≥ 0).</summary>
+    public double HypergradLr;
+    /// <summary>Lower bound of every rate.</summary>
+    public double LrMin;
+    /// <summary>Upper bound of every rate.</summary>
+    public double LrMax;
+    /// <summary>Guard of the normalized rule (&gt; 0).</summary>
+    public double Eps;
+    /// <summary>0 global, 1 per group, 2 per tensor, 3 per parameter.</summary>
+    public int Scope;
+    /// <summary>0 additive, 1 normalized.</summary>
+    public int Rule;
+    /// <summary>Nonzero on the optimizer's first step (rates are not updated).</summary>
+    public int FirstStep;
+}
+
+/// <summary>Mirror of <c>optim_hd_tensors</c>.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct HdTensors
+{
+    public long Count;
+    public nint* Params;
+    public nint* Grads;
+    public nint* MomentumBuffers;
+    public nint* PrevUpdates;
+    public nint* ParamRates;
+    public long* Numels;
+    public int* GroupIndex;
+    public byte* BufferFresh;
 }

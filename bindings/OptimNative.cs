@@ -217,6 +217,53 @@ public static unsafe class OptimNative
     }
 
     /// <summary>
+    /// One hypergradient SGD step over many tensors (see <c>optim_hd_step</c> in <c>optim.h</c>). Every
+    /// per-tensor span has one entry per tensor (entries a tensor does not need may be 0); groups are
+    /// indexed by <paramref name="groupIndex"/>. <paramref name="rates"/> (scalar scopes) and
+    /// <paramref name="skipped"/> are addresses in the memory of the device that runs the step: a host
+    /// array of doubles and a host long for the CPU (skipped is set to 1 or 0), device memory for CUDA
+    /// (skipped is a counter there). On failure nothing was written.
+    /// </summary>
+    public static void HdStep(NativeDevice device, int deviceIndex, NativeDType dtype,
+        ReadOnlySpan<nint> parameters, ReadOnlySpan<nint> gradients, ReadOnlySpan<nint> momentumBuffers, ReadOnlySpan<nint> prevUpdates,
+        ReadOnlySpan<nint> parameterRates, ReadOnlySpan<long> numels, ReadOnlySpan<int> groupIndex, ReadOnlySpan<byte> bufferFresh,
+        ReadOnlySpan<HdGroupOptions> groups, in HdStepOptions options, nint rates, nint skipped)
+    {
+        EnsureLoaded();
+        int n = parameters.Length;
+        if (gradients.Length != n || momentumBuffers.Length != n || prevUpdates.Length != n || parameterRates.Length != n ||
+            numels.Length != n || groupIndex.Length != n || bufferFresh.Length != n)
+        {
+            throw new ArgumentException($"HdStep: every per-tensor span must have {n} entries.");
+        }
+        fixed (nint* p = parameters)
+        fixed (nint* g = gradients)
+        fixed (nint* b = momentumBuffers)
+        fixed (nint* u = prevUpdates)
+        fixed (nint* r = parameterRates)
+        fixed (long* ne = numels)
+        fixed (int* gi = groupIndex)
+        fixed (byte* f = bufferFresh)
+        fixed (HdGroupOptions* go = groups)
+        fixed (HdStepOptions* o = &options)
+        {
+            var list = new HdTensors
+            {
+                Count = n,
+                Params = p,
+                Grads = g,
+                MomentumBuffers = b,
+                PrevUpdates = u,
+                ParamRates = r,
+                Numels = ne,
+                GroupIndex = gi,
+                BufferFresh = f,
+            };
+            ThrowIfFailed(NativeMethods.optim_hd_step((int)device, deviceIndex, (int)dtype, &list, groups.Length, go, o, (double*)rates, (long*)skipped));
+        }
+    }
+
+    /// <summary>
     /// The single place that turns a native status into an exception: <see cref="ArgumentException"/> for
     /// invalid arguments, <see cref="NotSupportedException"/> for unsupported dtypes and missing CUDA,
     /// <see cref="OutOfMemoryException"/>, else <see cref="OptimNativeException"/>. The message is the

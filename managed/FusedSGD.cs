@@ -195,10 +195,13 @@ public class FusedSGD : OptimizerHelper, IMomentum
         }
     }
 
-    private static void ValidateOptions(Options o, int? group)
+    private static void ValidateOptions(Options o, int? group) =>
+        ValidateOptions(o.momentum!.Value, o.dampening!.Value, o.weight_decay!.Value, o.nesterov!.Value, o.LearningRate!.Value, group);
+
+    // PyTorch's checks and messages, with the param group named when there is one.
+    internal static void ValidateOptions(double momentum, double dampening, double wd, bool nesterov, double lr, int? group)
     {
         string where = group is null ? "" : $" (param group {group})";
-        double lr = o.LearningRate!.Value, momentum = o.momentum!.Value, dampening = o.dampening!.Value, wd = o.weight_decay!.Value;
         if (!(lr >= 0) || double.IsInfinity(lr))
         {
             throw new ArgumentException(FormattableString.Invariant($"Invalid learning rate: {lr}{where}"), "lr");
@@ -215,7 +218,7 @@ public class FusedSGD : OptimizerHelper, IMomentum
         {
             throw new ArgumentException(FormattableString.Invariant($"Invalid weight_decay value: {wd}{where}"), "weight_decay");
         }
-        if (o.nesterov!.Value && (momentum <= 0 || dampening != 0))
+        if (nesterov && (momentum <= 0 || dampening != 0))
         {
             throw new ArgumentException($"Nesterov momentum requires a momentum and zero dampening{where}", "nesterov");
         }

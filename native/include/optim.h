@@ -170,6 +170,80 @@ OPTIM_API optim_status optim_sgd_step(int32_t device, int32_t device_index, int3
                                       const optim_tensor_list* tensors,
                                       const optim_sgd_params* params);
 
+/* ---- Hypergradient descent --------------------------------------------------------------------
+ */
+
+/* SGD whose learning rate adapts online by hypergradient descent (Baydin et al., ICLR 2018;
+ * shared/docs/hypergradient.md). One step, in this order:
+ *   g~ = (maximize ? -g : g) + weight_decay * theta
+ *   h  = sum of g~ * u_prev over the scope of each rate   (u_prev: the previous update direction)
+ *   alpha = clamp(alpha + hypergrad_lr * h, lr_min, lr_max)                             (additive)
+ *        or clamp(alpha * (1 + hypergrad_lr * h / (|g~| |u_prev| + eps)), lr_min, lr_max)
+ *                                                                                   (normalized)
+ *     (not on the first step, nor when h is not finite)
+ *   buf = fresh ? g~ : momentum * buf + (1 - dampening) * g~
+ *   u = nesterov ? g~ + momentum * buf : (momentum ? buf : g~)
+ *   u_prev = u;  theta = theta - alpha * u
+ * With heavy-ball momentum u_prev is the momentum buffer itself; without momentum or with Nesterov
+ * it is a separate buffer (prev_updates), zero before the first step. If any gradient element is
+ * not finite the whole step is skipped: nothing is written except the skip report. */
+enum {
+    OPTIM_HD_SCOPE_GLOBAL = 0,     /* one rate for all tensors */
+    OPTIM_HD_SCOPE_PER_GROUP = 1,  /* one rate per param group */
+    OPTIM_HD_SCOPE_PER_TENSOR = 2, /* one rate per tensor */
+    OPTIM_HD_SCOPE_PER_PARAMETER =
+        3 /* a rate per element: param_rates, shaped like the parameter */
+};
+enum { OPTIM_HD_RULE_ADDITIVE = 0, OPTIM_HD_RULE_NORMALIZED = 1 };
+
+/* Options of one param group (host memory). */
+typedef struct optim_hd_group {
+    double momentum;
+    double dampening;
+    double weight_decay;
+    int32_t nesterov;
+    int32_t maximize;
+} optim_hd_group;
+
+/* Options of the step (host memory). */
+typedef struct optim_hd_params {
+    double hypergrad_lr; /* beta >= 0 */
+    double lr_min;       /* >= 0 */
+    double lr_max;       /* >= lr_min; may be +inf */
+    double eps;          /* > 0: the normalized rule's guard */
+    int32_t scope;       /* OPTIM_HD_SCOPE_* */
+    int32_t rule;        /* OPTIM_HD_RULE_* */
+    int32_t first_step;  /* nonzero: the optimizer's first step (rates are not updated) */
+} optim_hd_params;
+
+/* The tensors of one step, in param-group order (host arrays; data on the step's device). */
+typedef struct optim_hd_tensors {
+    int64_t count;
+    void* const* params;
+    const void* const* grads;
+    void* const* momentum_buffers; /* entry k used when its group's momentum != 0 */
+    void* const* prev_updates;     /* entry k used when its group has no momentum, or Nesterov */
+    void* const* param_rates;      /* per-parameter scope: the rates of tensor k (element type) */
+    const int64_t* numels;
+    const int32_t* group_index;  /* group of tensor k, non-decreasing */
+    const uint8_t* buffer_fresh; /* may be NULL: momentum buffer k has no history yet */
+} optim_hd_tensors;
+
+/* One hypergradient SGD step.
+ *   groups/n_groups: the options of each param group.
+ *   rates: the scalar rates (global: 1, per group: n_groups, per tensor: count entries), doubles in
+ *     host memory for the CPU path and device memory for the CUDA path; read and written. Unused
+ * (may be NULL) for the per-parameter scope. skipped: host memory for the CPU path (set to 1 when
+ * the step was skipped for a non-finite gradient, else 0); device memory for the CUDA path, where
+ * it is a counter incremented on each skipped step. May be NULL. Reductions are deterministic:
+ * fixed chunks, partial sums in double, combined in chunk order; results never depend on the number
+ * of threads. CUDA: block partial sums and a finishing kernel (no atomics), launches on stream 0,
+ * no host round trip. */
+OPTIM_API optim_status optim_hd_step(int32_t device, int32_t device_index, int32_t dtype,
+                                     const optim_hd_tensors* tensors, int32_t n_groups,
+                                     const optim_hd_group* groups, const optim_hd_params* params,
+                                     double* rates, int64_t* skipped);
+
 /* ---- GreedyLR
  * ------------------------------------------------------------------------------------ */
 

@@ -229,6 +229,102 @@ OPTIM_API optim_status optim_sgd_step(int32_t device, int32_t device_index, int3
     });
 }
 
+OPTIM_API optim_status optim_hd_step(int32_t device, int32_t device_index, int32_t dtype,
+                                     const optim_hd_tensors* tensors, int32_t n_groups,
+                                     const optim_hd_group* groups, const optim_hd_params* params,
+                                     double* rates, int64_t* skipped)
+{
+    static const char* fn = "optim_hd_step";
+    return guard(fn, [&] {
+        OPTIM_REQUIRE(device == OPTIM_DEVICE_CPU || device == OPTIM_DEVICE_CUDA, fn,
+                      "unknown device " + std::to_string(device));
+        if (dtype != OPTIM_DTYPE_FLOAT32 && dtype != OPTIM_DTYPE_FLOAT64)
+            fail(OPTIM_STATUS_UNSUPPORTED, std::string(fn) + ": unsupported dtype " +
+                                               std::to_string(dtype) +
+                                               " (only float32 and float64)");
+        OPTIM_REQUIRE(params != nullptr && tensors != nullptr && groups != nullptr, fn,
+                      "tensors, groups and params must not be NULL");
+        const optim_hd_params& hp = *params;
+        OPTIM_REQUIRE(hp.scope >= OPTIM_HD_SCOPE_GLOBAL && hp.scope <= OPTIM_HD_SCOPE_PER_PARAMETER,
+                      fn, "unknown scope " + std::to_string(hp.scope));
+        OPTIM_REQUIRE(hp.rule == OPTIM_HD_RULE_ADDITIVE || hp.rule == OPTIM_HD_RULE_NORMALIZED, fn,
+                      "unknown rule " + std::to_string(hp.rule));
+        OPTIM_REQUIRE(std::isfinite(hp.hypergrad_lr) && hp.hypergrad_lr >= 0.0, fn,
+                      "invalid hypergrad_lr: " + num(hp.hypergrad_lr));
+        OPTIM_REQUIRE(std::isfinite(hp.lr_min) && hp.lr_min >= 0.0, fn,
+                      "invalid lr_min: " + num(hp.lr_min));
+        OPTIM_REQUIRE(hp.lr_max >= hp.lr_min, fn,
+                      "lr_min (" + num(hp.lr_min) + ") is greater than lr_max (" + num(hp.lr_max) +
+                          ")");
+        OPTIM_REQUIRE(std::isfinite(hp.eps) && hp.eps > 0.0, fn, "invalid eps: " + num(hp.eps));
+        OPTIM_REQUIRE(n_groups >= 1, fn, "n_groups must be >= 1");
+        for (int32_t g = 0; g < n_groups; ++g) {
+            const optim_hd_group& o = groups[g];
+            const std::string where = " (group " + std::to_string(g) + ")";
+            OPTIM_REQUIRE(std::isfinite(o.momentum) && o.momentum >= 0.0, fn,
+                          "invalid momentum value: " + num(o.momentum) + where);
+            OPTIM_REQUIRE(std::isfinite(o.dampening), fn,
+                          "invalid dampening value: " + num(o.dampening) + where);
+            OPTIM_REQUIRE(std::isfinite(o.weight_decay) && o.weight_decay >= 0.0, fn,
+                          "invalid weight_decay value: " + num(o.weight_decay) + where);
+            OPTIM_REQUIRE((o.nesterov == 0 || o.nesterov == 1) &&
+                              (o.maximize == 0 || o.maximize == 1),
+                          fn, "nesterov and maximize must be 0 or 1" + where);
+            OPTIM_REQUIRE(!o.nesterov || (o.momentum > 0.0 && o.dampening == 0.0), fn,
+                          "Nesterov momentum requires a momentum and zero dampening" + where);
+        }
+        const optim_hd_tensors& t = *tensors;
+        OPTIM_REQUIRE(t.count >= 0, fn, "tensors->count is negative");
+        const bool per_parameter = hp.scope == OPTIM_HD_SCOPE_PER_PARAMETER;
+        if (t.count > 0)
+            OPTIM_REQUIRE(t.params && t.grads && t.numels && t.group_index, fn,
+                          "tensors->params, grads, numels and group_index must not be NULL");
+        for (int64_t k = 0; k < t.count; ++k) {
+            const int32_t gi = t.group_index[k];
+            OPTIM_REQUIRE(gi >= 0 && gi < n_groups, fn, at(k) + ": group index out of range");
+            OPTIM_REQUIRE(k == 0 || gi >= t.group_index[k - 1], fn,
+                          at(k) + ": tensors must be in param-group order");
+            OPTIM_REQUIRE(t.numels[k] >= 0, fn, at(k) + ": numel is negative");
+            if (t.numels[k] == 0) continue;
+            const optim_hd_group& o = groups[gi];
+            OPTIM_REQUIRE(t.params[k] && t.grads[k], fn,
+                          at(k) + ": parameter or gradient pointer is NULL");
+            if (o.momentum != 0.0)
+                OPTIM_REQUIRE(t.momentum_buffers && t.momentum_buffers[k], fn,
+                              at(k) + ": momentum buffer pointer is NULL but momentum is nonzero");
+            if (o.momentum == 0.0 || o.nesterov)
+                OPTIM_REQUIRE(
+                    t.prev_updates && t.prev_updates[k], fn,
+                    at(k) + ": prev_updates pointer is NULL (needed without heavy-ball momentum)");
+            if (per_parameter)
+                OPTIM_REQUIRE(t.param_rates && t.param_rates[k], fn,
+                              at(k) + ": param_rates pointer is NULL (per-parameter scope)");
+        }
+        if (!per_parameter) {
+            OPTIM_REQUIRE(rates != nullptr, fn, "rates is NULL");
+            if (device == OPTIM_DEVICE_CPU) {
+                const int64_t slots = hp.scope == OPTIM_HD_SCOPE_GLOBAL      ? 1
+                                      : hp.scope == OPTIM_HD_SCOPE_PER_GROUP ? n_groups
+                                                                             : t.count;
+                for (int64_t s = 0; s < slots; ++s)
+                    OPTIM_REQUIRE(std::isfinite(rates[s]) && rates[s] >= 0.0, fn,
+                                  "rate " + std::to_string(s) + " is invalid: " + num(rates[s]));
+            }
+        }
+        if (t.count == 0) {
+            if (skipped && device == OPTIM_DEVICE_CPU) *skipped = 0;
+            return;
+        }
+        HdCall call{tensors, n_groups, groups, params, rates, skipped};
+        if (device == OPTIM_DEVICE_CUDA)
+            cuda::hd_step(device_index, dtype, call);
+        else if (dtype == OPTIM_DTYPE_FLOAT32)
+            cpu::hd_step_f32(call);
+        else
+            cpu::hd_step_f64(call);
+    });
+}
+
 OPTIM_API optim_status optim_greedylr_init(const optim_greedylr_config* config,
                                            optim_greedylr_state* state)
 {

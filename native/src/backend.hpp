@@ -20,9 +20,29 @@ struct SgdCall {
     bool maximize;
 };
 
+// A validated hypergradient step.
+struct HdCall {
+    const optim_hd_tensors* tensors;
+    int32_t n_groups;
+    const optim_hd_group* groups;
+    const optim_hd_params* params;
+    double* rates;
+    int64_t* skipped;
+};
+
+// The rate slot of tensor k for a scalar scope.
+inline int64_t hd_rate_slot(int32_t scope, const optim_hd_tensors& t, int64_t k)
+{
+    return scope == OPTIM_HD_SCOPE_GLOBAL      ? 0
+           : scope == OPTIM_HD_SCOPE_PER_GROUP ? t.group_index[k]
+                                               : k;
+}
+
 namespace cpu {
 void sgd_step_f32(const SgdCall& call);
 void sgd_step_f64(const SgdCall& call);
+void hd_step_f32(const HdCall& call);
+void hd_step_f64(const HdCall& call);
 } // namespace cpu
 
 namespace cuda {
@@ -32,6 +52,8 @@ int device_count() noexcept;
 // Throws optim::Error with OPTIM_STATUS_CUDA_UNAVAILABLE when not compiled or no device.
 void sgd_step(int device_index, int32_t dtype, const SgdCall& call);
 const char* architectures() noexcept;
+// One hypergradient step on the device (stream 0, no host round trip).
+void hd_step(int device_index, int32_t dtype, const HdCall& call);
 // One GreedyLR evaluation on the device (one thread, stream 0).
 void greedylr_step(int device_index, const optim_greedylr_config& config,
                    optim_greedylr_state* state, const optim_greedylr_buffers& buffers,

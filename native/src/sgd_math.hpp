@@ -8,6 +8,8 @@
 #define OPTIM_HOST_DEVICE inline __attribute__((always_inline))
 #endif
 
+#include <type_traits>
+
 namespace optim {
 
 // Which optional parts of the update are active. Compile-time so that the CPU loops vectorise
@@ -27,6 +29,26 @@ struct SgdCoeffs {
     T weight_decay;
 };
 
+// The gradient as the update sees it: negated for maximize, plus coupled L2 weight decay.
+template <typename T, unsigned Flags>
+OPTIM_HOST_DEVICE T sgd_effective_grad(T p, T grad, const SgdCoeffs<T>& c)
+{
+    T g = (Flags & kSgdMaximize) ? -grad : grad;
+    if (Flags & kSgdWeightDecay) g = g + c.weight_decay * p;
+    return g;
+}
+
+// Updates the momentum buffer (fresh: PyTorch's first step, the buffer becomes g) and returns the
+// update direction u: nesterov ? g + momentum * buf : (momentum ? buf : g).
+template <typename T, unsigned Flags>
+OPTIM_HOST_DEVICE T sgd_direction(T g, T& buf, bool fresh, const SgdCoeffs<T>& c)
+{
+    if (!(Flags & kSgdMomentum)) return g;
+    const T b = fresh ? g : c.momentum * buf + c.one_minus_dampening * g;
+    buf = b;
+    return (Flags & kSgdNesterov) ? g + c.momentum * b : b;
+}
+
 // PyTorch's SGD for one element:
 //   g = maximize ? -grad : grad;  g += weight_decay * p
 //   buf = fresh ? g : momentum * buf + (1 - dampening) * g
@@ -36,15 +58,43 @@ struct SgdCoeffs {
 template <typename T, unsigned Flags>
 OPTIM_HOST_DEVICE void sgd_element(T& p, T grad, T& buf, bool fresh, const SgdCoeffs<T>& c, T lr)
 {
-    T g = (Flags & kSgdMaximize) ? -grad : grad;
-    if (Flags & kSgdWeightDecay) g = g + c.weight_decay * p;
-    T d = g;
-    if (Flags & kSgdMomentum) {
-        const T b = fresh ? g : c.momentum * buf + c.one_minus_dampening * g;
-        buf = b;
-        d = (Flags & kSgdNesterov) ? g + c.momentum * b : b;
+    const T g = sgd_effective_grad<T, Flags>(p, grad, c);
+    p = p - lr * sgd_direction<T, Flags>(g, buf, fresh, c);
+}
+
+// The flags of one group's options.
+inline unsigned sgd_flags(double momentum, double weight_decay, bool nesterov, bool maximize)
+{
+    return (momentum != 0.0 ? kSgdMomentum : 0u) | (nesterov ? kSgdNesterov : 0u) |
+           (weight_decay != 0.0 ? kSgdWeightDecay : 0u) | (maximize ? kSgdMaximize : 0u);
+}
+
+// Calls fn(std::integral_constant<unsigned, F>{}) with the compile-time flags equal to `flags`, for
+// the 12 reachable combinations (Nesterov implies momentum). Returns false for any other value.
+template <class Fn>
+bool dispatch_sgd_flags(unsigned flags, Fn&& fn)
+{
+    switch (flags) {
+#define OPTIM_FLAG_CASE(F)                                                                         \
+    case (F):                                                                                      \
+        fn(std::integral_constant<unsigned, (F)>{});                                               \
+        return true;
+        OPTIM_FLAG_CASE(0)
+        OPTIM_FLAG_CASE(kSgdMomentum)
+        OPTIM_FLAG_CASE(kSgdMomentum | kSgdNesterov)
+        OPTIM_FLAG_CASE(kSgdWeightDecay)
+        OPTIM_FLAG_CASE(kSgdMomentum | kSgdWeightDecay)
+        OPTIM_FLAG_CASE(kSgdMomentum | kSgdNesterov | kSgdWeightDecay)
+        OPTIM_FLAG_CASE(kSgdMaximize)
+        OPTIM_FLAG_CASE(kSgdMomentum | kSgdMaximize)
+        OPTIM_FLAG_CASE(kSgdMomentum | kSgdNesterov | kSgdMaximize)
+        OPTIM_FLAG_CASE(kSgdWeightDecay | kSgdMaximize)
+        OPTIM_FLAG_CASE(kSgdMomentum | kSgdWeightDecay | kSgdMaximize)
+        OPTIM_FLAG_CASE(kSgdMomentum | kSgdNesterov | kSgdWeightDecay | kSgdMaximize)
+#undef OPTIM_FLAG_CASE
+    default:
+        return false;
     }
-    p = p - lr * d;
 }
 
 } // namespace optim

@@ -42,6 +42,24 @@ class WorkPlan {
     }
 
     int64_t total() const { return total_; }
+    int64_t count() const { return count_; }
+
+    // Numbers every piece (a tensor's part of a chunk) in chunk order, then tensor order, so that
+    // per-piece partial results can be combined in a fixed order. Call after build().
+    void index_pieces()
+    {
+        const int64_t n = chunks();
+        piece_start_.assign(static_cast<size_t>(n) + 1, 0);
+        piece_tensor_.clear();
+        for (int64_t c = 0; c < n; ++c) {
+            piece_start_[static_cast<size_t>(c)] = static_cast<int64_t>(piece_tensor_.size());
+            for_each_piece(c, [&](int64_t k, int64_t, int64_t) { piece_tensor_.push_back(k); });
+        }
+        piece_start_[static_cast<size_t>(n)] = static_cast<int64_t>(piece_tensor_.size());
+    }
+    int64_t pieces() const { return static_cast<int64_t>(piece_tensor_.size()); }
+    int64_t piece_start(int64_t chunk) const { return piece_start_[static_cast<size_t>(chunk)]; }
+    int64_t piece_tensor(int64_t piece) const { return piece_tensor_[static_cast<size_t>(piece)]; }
     int64_t chunks() const { return (total_ + kChunk - 1) / kChunk; }
 
     // Calls fn(tensor, begin, length) for each piece of a tensor inside chunk c, in tensor order.
@@ -84,6 +102,8 @@ class WorkPlan {
 
   private:
     std::vector<int64_t> offsets_;
+    std::vector<int64_t> piece_start_;
+    std::vector<int64_t> piece_tensor_;
     int64_t count_ = 0;
     int64_t total_ = 0;
 };

@@ -25,6 +25,13 @@ void sgd_step(int, int32_t, const SgdCall&)
          "support (no CUDA compiler was found when it was built)");
 }
 
+void hd_step(int, int32_t, const HdCall&)
+{
+    fail(OPTIM_STATUS_CUDA_UNAVAILABLE,
+         "optim_hd_step: CUDA tensors were given but this build of the optim library has no CUDA "
+         "support (no CUDA compiler was found when it was built)");
+}
+
 void greedylr_step(int, const optim_greedylr_config&, optim_greedylr_state*,
                    const optim_greedylr_buffers&, const void*, int32_t)
 {

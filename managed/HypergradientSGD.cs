@@ -1,0 +1,903 @@
+using System.Globalization;
+using Optim.Interop;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.optim;
+
+namespace Optim;
+
+/// <summary>The granularity of the learning rates that <see cref="HypergradientSGD"/> adapts.</summary>
+public enum HypergradientScope
+{
+    /// <summary>One rate for the whole optimizer.</summary>
+    Global,
+    /// <summary>One rate per param group.</summary>
+    PerGroup,
+    /// <summary>One rate per parameter tensor ("per layer").</summary>
+    PerTensor,
+    /// <summary>One rate per scalar weight: a tensor shaped like each parameter.</summary>
+    PerParameter,
+}
+
+/// <summary>How a rate moves with its hypergradient h.</summary>
+public enum HypergradientRule
+{
+    /// <summary>α ← α + β·h (Baydin et al.).</summary>
+    Additive,
+    /// <summary>α ← α·(1 + β·h / (‖g‖·‖u_prev‖ + ε)): scale free, easier to tune.</summary>
+    Normalized,
+}
+
+/// <summary>
+/// SGD (with PyTorch's momentum, Nesterov, dampening, weight decay and maximize) whose learning rate
+/// adapts online by hypergradient descent (Baydin et al., ICLR 2018; shared/docs/hypergradient.md):
+/// one rate for the whole model, per param group, per tensor or per scalar weight, fused into the step.
+/// </summary>
+/// <remarks>
+/// <para>Each step: g̃ = (maximize ? −g : g) + weight_decay·θ; h = Σ g̃·u_prev over each rate's scope;
+/// α ← clamp(α + β·h, lr_min, lr_max) (or the normalized rule), except on the first step or when h is not
+/// finite; then the SGD update with the new α, and u_prev ← u. The global, per-group and per-tensor scopes
+/// make two passes over memory (an exact, deterministic reduction, then the update); the per-parameter
+/// scope makes a finiteness pass over the gradients and one elementwise pass.</para>
+/// <para>A step with any non-finite gradient is skipped whole (parameters, buffers and rates untouched)
+/// and counted in <see cref="SkippedSteps"/>.</para>
+/// <para>Where the rates are: after each CPU step, every param group's <c>LearningRate</c> holds its
+/// current rate for the <see cref="HypergradientScope.Global"/> and <see cref="HypergradientScope.PerGroup"/>
+/// scopes (so loggers and schedulers see it, and a scheduler's change is adopted on the next step);
+/// <see cref="TensorLearningRates"/> and <see cref="ParameterLearningRates"/> read the per-tensor and
+/// per-parameter rates. On CUDA the rates stay in device memory and a step never waits for the device;
+/// <see cref="SyncLearningRates"/> (and the rate readers) copy them back when asked. The CUDA path is
+/// compiled, not yet run on a GPU.</para>
+/// <para><c>hypergrad_lr</c>, <c>scope</c>, <c>rule</c>, <c>lr_min</c> and <c>lr_max</c> apply to the
+/// whole optimizer; momentum, dampening, weight decay, Nesterov, maximize and the initial rate may differ
+/// per param group. With the global scope the initial rate is <c>lr</c>.</para>
+/// </remarks>
+public class HypergradientSGD : OptimizerHelper, IMomentum
+{
+    /// <summary>The normalized rule's guard ε.</summary>
+    public const double NormalizedEpsilon = 1e-12;
+
+    private readonly HypergradientScope _scope;
+    private readonly HypergradientRule _rule;
+    private readonly double _hypergradLr;
+    private readonly double _lrMin;
+    private readonly double _lrMax;
+    private long _steps;
+    private long _skipped;
+
+    // Reused per-step arrays.
+    private nint[] _p = Array.Empty<nint>(), _g = Array.Empty<nint>(), _b = Array.Empty<nint>(), _u = Array.Empty<nint>(), _r = Array.Empty<nint>();
+    private long[] _n = Array.Empty<long>();
+    private int[] _gi = Array.Empty<int>();
+    private byte[] _fresh = Array.Empty<byte>();
+    private byte[] _has = Array.Empty<byte>();
+    private nint[] _gradHandles = Array.Empty<nint>();
+    private double[] _rates = Array.Empty<double>();
+    private readonly List<(State State, Tensor Buffer)> _created = new();
+
+    // CUDA: the scalar rates and the skip counter in device memory.
+    private Tensor? _deviceRates;
+    private Tensor? _deviceSkipped;
+
+    /// <summary>Creates the optimizer over one group of parameters.</summary>
+    /// <param name="parameters">The parameters to optimize.</param>
+    /// <param name="lr">Initial learning rate (≥ 0).</param>
+    /// <param name="hypergrad_lr">The hypergradient learning rate β (≥ 0; 0 gives plain SGD).</param>
+    /// <param name="scope">Granularity of the rates.</param>
+    /// <param name="momentum">Momentum factor (≥ 0).</param>
+    /// <param name="dampening">Dampening for momentum.</param>
+    /// <param name="weight_decay">Weight decay, coupled L2 (≥ 0).</param>
+    /// <param name="nesterov">Nesterov momentum (needs momentum &gt; 0 and dampening 0).</param>
+    /// <param name="maximize">Maximize the objective.</param>
+    /// <param name="rule">Additive or normalized rate update.</param>
+    /// <param name="lr_min">Lower bound of every rate (≥ 0: a rate never goes negative).</param>
+    /// <param name="lr_max">Upper bound of every rate (≥ lr_min).</param>
+    /// <exception cref="ArgumentException">An invalid hyperparameter or an unsupported tensor.</exception>
+    public HypergradientSGD(IEnumerable<Parameter> parameters, double lr, double hypergrad_lr,
+        HypergradientScope scope = HypergradientScope.Global,
+        double momentum = 0, double dampening = 0, double weight_decay = 0,
+        bool nesterov = false, bool maximize = false,
+        HypergradientRule rule = HypergradientRule.Additive,
+        double lr_min = 0, double lr_max = double.PositiveInfinity)
+        : this(new[] { new ParamGroup(parameters ?? throw new ArgumentNullException(nameof(parameters))) }, lr, hypergrad_lr, scope,
+               momentum, dampening, weight_decay, nesterov, maximize, rule, lr_min, lr_max)
+    {
+    }
+
+    /// <summary>Creates the optimizer over several param groups; options a group leaves null take the values given here.</summary>
+    /// <inheritdoc cref="HypergradientSGD(IEnumerable{Parameter}, double, double, HypergradientScope, double, double, double, bool, bool, HypergradientRule, double, double)"/>
+    public HypergradientSGD(IEnumerable<ParamGroup> parameters, double lr, double hypergrad_lr,
+        HypergradientScope scope = HypergradientScope.Global,
+        double momentum = 0, double dampening = 0, double weight_decay = 0,
+        bool nesterov = false, bool maximize = false,
+        HypergradientRule rule = HypergradientRule.Additive,
+        double lr_min = 0, double lr_max = double.PositiveInfinity)
+    {
+        ArgumentNullException.ThrowIfNull(parameters);
+        static string F(double v) => v.ToString("R", CultureInfo.InvariantCulture);
+        if (!(hypergrad_lr >= 0) || double.IsInfinity(hypergrad_lr))
+        {
+            throw new ArgumentException($"Invalid hypergrad_lr value: {F(hypergrad_lr)}", nameof(hypergrad_lr));
+        }
+        if (!(lr_min >= 0) || double.IsInfinity(lr_min))
+        {
+            throw new ArgumentException($"Invalid lr_min value: {F(lr_min)}", nameof(lr_min));
+        }
+        if (!(lr_max >= lr_min))
+        {
+            throw new ArgumentException($"lr_min ({F(lr_min)}) must not be greater than lr_max ({F(lr_max)})", nameof(lr_min));
+        }
+        if (!Enum.IsDefined(scope))
+        {
+            throw new ArgumentException($"Unknown scope {scope}", nameof(scope));
+        }
+        if (!Enum.IsDefined(rule))
+        {
+            throw new ArgumentException($"Unknown rule {rule}", nameof(rule));
+        }
+        var defaults = new Options
+        {
+            LearningRate = lr,
+            InitialLearningRate = lr,
+            momentum = momentum,
+            dampening = dampening,
+            weight_decay = weight_decay,
+            nesterov = nesterov,
+            maximize = maximize,
+        };
+        FusedSGD.ValidateOptions(defaults.momentum!.Value, defaults.dampening!.Value, defaults.weight_decay!.Value,
+            defaults.nesterov!.Value, lr, null);
+        OptimNative.EnsureLoaded();
+        _scope = scope;
+        _rule = rule;
+        _hypergradLr = hypergrad_lr;
+        _lrMin = lr_min;
+        _lrMax = lr_max;
+        _defaults = defaults;
+        _parameter_groups = new List<TorchSharp.Modules.ParamGroup>();
+        foreach (var group in parameters)
+        {
+            add_param_group(group);
+        }
+    }
+
+    /// <summary>The granularity of the rates.</summary>
+    public HypergradientScope Scope => _scope;
+
+    /// <summary>The rate update rule.</summary>
+    public HypergradientRule Rule => _rule;
+
+    /// <summary>Steps taken (skipped steps not counted).</summary>
+    public long Steps => _steps;
+
+    /// <summary>Steps skipped because a gradient had a NaN or infinite element (reads the device counter on CUDA).</summary>
+    public long SkippedSteps
+    {
+        get
+        {
+            if (_deviceSkipped is not null)
+            {
+                using var host = _deviceSkipped.cpu();
+                return _skipped + host.item<long>();
+            }
+            return _skipped;
+        }
+    }
+
+    /// <summary>The default momentum; setting it also sets every param group's momentum.</summary>
+    public double Momentum
+    {
+        get => ((Options)_defaults).momentum!.Value;
+        set
+        {
+            foreach (var g in _parameter_groups)
+            {
+                var o = (Options)g.Options;
+                FusedSGD.ValidateOptions(value, o.dampening!.Value, o.weight_decay!.Value, o.nesterov!.Value, o.LearningRate!.Value, null);
+            }
+            ((Options)_defaults).momentum = value;
+            foreach (var g in _parameter_groups)
+            {
+                ((Options)g.Options).momentum = value;
+            }
+        }
+    }
+
+    /// <summary>Adds a param group (options left null take the optimizer's defaults); validated before it is added.</summary>
+    public override void add_param_group(TorchSharp.Modules.ParamGroup param_group)
+    {
+        ArgumentNullException.ThrowIfNull(param_group);
+        if (param_group.Parameters is null)
+        {
+            throw new ArgumentException("The param group has no Parameters.", nameof(param_group));
+        }
+        if (_steps > 0 && _scope == HypergradientScope.PerTensor && _deviceRates is not null)
+        {
+            throw new InvalidOperationException("HypergradientSGD: param groups cannot be added after CUDA steps with the per-tensor scope.");
+        }
+        var def = (Options)_defaults;
+        if (param_group.Options is not null and not Options)
+        {
+            throw new ArgumentException($"A HypergradientSGD param group needs HypergradientSGD.Options, not {param_group.Options.GetType().Name}.", nameof(param_group));
+        }
+        var opt = (Options?)param_group.Options ?? new Options();
+        int groupIndex = _parameter_groups.Count;
+        double lr = _scope == HypergradientScope.Global ? def.LearningRate!.Value : opt.LearningRate ?? def.LearningRate!.Value;
+        double momentum = opt.momentum ?? def.momentum!.Value, dampening = opt.dampening ?? def.dampening!.Value,
+            wd = opt.weight_decay ?? def.weight_decay!.Value;
+        bool nesterov = opt.nesterov ?? def.nesterov!.Value, maximize = opt.maximize ?? def.maximize!.Value;
+        FusedSGD.ValidateOptions(momentum, dampening, wd, nesterov, lr, groupIndex);
+        var parameters = param_group.Parameters.ToList();
+        var checks = new TensorChecks(nameof(HypergradientSGD));
+        var seen = new HashSet<IntPtr>();
+        for (int i = 0; i < parameters.Count; i++)
+        {
+            var p = parameters[i];
+            if (p is null || p.IsInvalid)
+            {
+                throw new ArgumentException($"HypergradientSGD: parameter {i} of param group {groupIndex} is null or disposed.", nameof(param_group));
+            }
+            checks.CheckParameter(TorchSharpNative.Describe(p.Handle), groupIndex, i);
+            if (_state.ContainsKey(p.Handle) || !seen.Add(p.Handle))
+            {
+                throw new ArgumentException($"HypergradientSGD: parameter {i} of param group {groupIndex} appears in more than one param group.", nameof(param_group));
+            }
+        }
+        opt.LearningRate = lr;
+        opt.InitialLearningRate = lr;
+        opt.momentum = momentum;
+        opt.dampening = dampening;
+        opt.weight_decay = wd;
+        opt.nesterov = nesterov;
+        opt.maximize = maximize;
+        param_group.Options = opt;
+        param_group.Parameters = parameters;
+        _parameter_groups.Add(param_group);
+        foreach (var p in parameters)
+        {
+            var state = new State(p) { tensor_rate = lr };
+            if (_scope == HypergradientScope.PerParameter)
+            {
+                state.parameter_rates = torch.full_like(p, lr).DetachFromDisposeScope();
+            }
+            _state[p.Handle] = state;
+        }
+    }
+
+    /// <summary>
+    /// Performs one step over every param group. Everything is checked first; on an invalid option or
+    /// tensor an <see cref="ArgumentException"/> is thrown and nothing has changed.
+    /// </summary>
+    public override Tensor step(Func<Tensor>? closure = null)
+    {
+        Tensor? loss = null;
+        if (closure is not null)
+        {
+            using (torch.enable_grad())
+            {
+                loss = closure();
+            }
+        }
+        StepCore();
+        return loss!;
+    }
+
+    private void Ensure(int n)
+    {
+        if (_p.Length >= n)
+        {
+            return;
+        }
+        int m = Math.Max(n, _p.Length * 2);
+        Array.Resize(ref _p, m);
+        Array.Resize(ref _g, m);
+        Array.Resize(ref _b, m);
+        Array.Resize(ref _u, m);
+        Array.Resize(ref _r, m);
+        Array.Resize(ref _n, m);
+        Array.Resize(ref _gi, m);
+        Array.Resize(ref _fresh, m);
+        Array.Resize(ref _has, m);
+        Array.Resize(ref _gradHandles, m);
+    }
+
+    private void StepCore()
+    {
+        AdoptLoadedCounters();
+        int total = 0;
+        foreach (var g in _parameter_groups)
+        {
+            total += ((List<Parameter>)g.Parameters).Count;
+        }
+        Ensure(total);
+        var groups = new HdGroupOptions[_parameter_groups.Count];
+        int handles = 0;
+        try
+        {
+            // 1. Check and gather every parameter (those without a gradient take part with 0 elements, so
+            //    that per-tensor rate slots stay fixed). Nothing is written yet.
+            var checks = new TensorChecks(nameof(HypergradientSGD));
+            int k = 0;
+            for (int gi = 0; gi < _parameter_groups.Count; gi++)
+            {
+                var o = (Options)_parameter_groups[gi].Options;
+                FusedSGD.ValidateOptions(o.momentum!.Value, o.dampening!.Value, o.weight_decay!.Value, o.nesterov!.Value, o.LearningRate!.Value, gi);
+                groups[gi] = new HdGroupOptions
+                {
+                    Momentum = o.momentum.Value,
+                    Dampening = o.dampening.Value,
+                    WeightDecay = o.weight_decay.Value,
+                    Nesterov = o.nesterov.Value ? 1 : 0,
+                    Maximize = o.maximize!.Value ? 1 : 0,
+                };
+                bool momentum = o.momentum.Value != 0;
+                bool heavyBall = momentum && !o.nesterov.Value;
+                var list = (List<Parameter>)_parameter_groups[gi].Parameters;
+                for (int i = 0; i < list.Count; i++, k++)
+                {
+                    var p = list[i];
+                    var state = (State)_state[p.Handle];
+                    _gi[k] = gi;
+                    _p[k] = _g[k] = _b[k] = _u[k] = _r[k] = 0;
+                    _n[k] = 0;
+                    _fresh[k] = 0;
+                    _has[k] = 0;
+                    nint gh = TorchSharpNative.GradientHandle(p.Handle);
+                    if (gh == 0)
+                    {
+                        continue;
+                    }
+                    _gradHandles[handles++] = gh;
+                    _has[k] = 1;
+                    var pi = TorchSharpNative.Describe(p.Handle);
+                    var gInfo = TorchSharpNative.Describe(gh);
+                    checks.CheckParameter(pi, gi, i);
+                    checks.CheckGradient(gInfo, pi, gi, i);
+                    if (momentum && state.momentum_buffer is not null)
+                    {
+                        var bi = TorchSharpNative.Describe(state.momentum_buffer.Handle);
+                        checks.CheckState(bi, pi, gi, i, "momentum buffer");
+                        _b[k] = bi.Data;
+                    }
+                    if (!heavyBall && state.prev_update is not null)
+                    {
+                        var ui = TorchSharpNative.Describe(state.prev_update.Handle);
+                        checks.CheckState(ui, pi, gi, i, "previous update");
+                        _u[k] = ui.Data;
+                    }
+                    if (_scope == HypergradientScope.PerParameter)
+                    {
+                        if (state.parameter_rates is null)
+                        {
+                            throw new InvalidOperationException($"HypergradientSGD: parameter {i} of param group {gi} has no rates.");
+                        }
+                        var ri = TorchSharpNative.Describe(state.parameter_rates.Handle);
+                        checks.CheckState(ri, pi, gi, i, "rate tensor");
+                        _r[k] = ri.Data;
+                    }
+                    _p[k] = pi.Data;
+                    _g[k] = gInfo.Data;
+                    _n[k] = pi.Numel;
+                    _fresh[k] = momentum && state.momentum_buffer is null ? (byte)1 : (byte)0;
+                }
+            }
+            if (checks.Empty)
+            {
+                return;
+            }
+            bool cuda = checks.Device == NativeDevice.Cuda;
+
+            // 2. Create missing buffers (first steps only).
+            _created.Clear();
+            k = 0;
+            for (int gi = 0; gi < _parameter_groups.Count; gi++)
+            {
+                var o = (Options)_parameter_groups[gi].Options;
+                bool heavyBall = o.momentum!.Value != 0 && !o.nesterov!.Value;
+                foreach (var p in (List<Parameter>)_parameter_groups[gi].Parameters)
+                {
+                    if (_has[k] != 0)
+                    {
+                        var state = (State)_state[p.Handle];
+                        if (_fresh[k] != 0)
+                        {
+                            var buf = torch.empty_like(p).DetachFromDisposeScope();
+                            state.momentum_buffer = buf;
+                            _created.Add((state, buf));
+                            _b[k] = TorchSharpNative.DataPointer(buf.Handle);
+                        }
+                        if (!heavyBall && state.prev_update is null)
+                        {
+                            state.prev_update = torch.zeros_like(p).DetachFromDisposeScope();
+                            _u[k] = TorchSharpNative.DataPointer(state.prev_update.Handle);
+                        }
+                    }
+                    k++;
+                }
+            }
+
+            // 3. The native step.
+            var options = new HdStepOptions
+            {
+                HypergradLr = _hypergradLr,
+                LrMin = _lrMin,
+                LrMax = _lrMax,
+                Eps = NormalizedEpsilon,
+                Scope = (int)_scope,
+                Rule = (int)_rule,
+                FirstStep = _steps == 0 ? 1 : 0,
+            };
+            try
+            {
+                if (cuda)
+                {
+                    StepOnDevice(checks, total, groups, options);
+                }
+                else
+                {
+                    StepOnHost(checks, total, groups, options);
+                }
+            }
+            catch
+            {
+                RollBackCreatedBuffers();
+                throw;
+            }
+        }
+        finally
+        {
+            for (int i = 0; i < handles; i++)
+            {
+                TorchSharpNative.ReleaseHandle(_gradHandles[i]);
+                _gradHandles[i] = 0;
+            }
+            _created.Clear();
+        }
+    }
+
+    private void RollBackCreatedBuffers()
+    {
+        // A buffer created for this step was never written: the next step must start it afresh.
+        foreach (var (state, buf) in _created)
+        {
+            state.momentum_buffer = null;
+            buf.Dispose();
+        }
+    }
+
+    private int Slots(int total) => _scope switch
+    {
+        HypergradientScope.Global => 1,
+        HypergradientScope.PerGroup => _parameter_groups.Count,
+        HypergradientScope.PerTensor => total,
+        _ => 0,
+    };
+
+    private unsafe void StepOnHost(TensorChecks checks, int total, HdGroupOptions[] groups, in HdStepOptions options)
+    {
+        int slots = Slots(total);
+        if (_rates.Length < Math.Max(slots, 1))
+        {
+            _rates = new double[Math.Max(slots, 1)];
+        }
+        // The rates' home on the CPU: the groups' LearningRate (global, per group; a scheduler's change
+        // is adopted) and each State's tensor_rate (per tensor).
+        if (_scope == HypergradientScope.Global)
+        {
+            _rates[0] = _parameter_groups[0].LearningRate;
+        }
+        else if (_scope == HypergradientScope.PerGroup)
+        {
+            for (int gi = 0; gi < slots; gi++)
+            {
+                _rates[gi] = _parameter_groups[gi].LearningRate;
+            }
+        }
+        else if (_scope == HypergradientScope.PerTensor)
+        {
+            int k = 0;
+            foreach (var p in AllParameters())
+            {
+                _rates[k++] = ((State)_state[p.Handle]).tensor_rate;
+            }
+        }
+        long skipped = 0;
+        fixed (double* rates = _rates)
+        {
+            OptimNative.HdStep(NativeDevice.Cpu, 0, checks.DType, _p.AsSpan(0, total), _g.AsSpan(0, total), _b.AsSpan(0, total), _u.AsSpan(0, total),
+                _r.AsSpan(0, total), _n.AsSpan(0, total), _gi.AsSpan(0, total), _fresh.AsSpan(0, total), groups, options, (nint)rates, (nint)(&skipped));
+        }
+        if (skipped != 0)
+        {
+            _skipped++;
+            RollBackCreatedBuffers();
+            return;
+        }
+        _steps++;
+        if (_scope == HypergradientScope.Global)
+        {
+            foreach (var g in _parameter_groups)
+            {
+                g.LearningRate = _rates[0];
+            }
+        }
+        else if (_scope == HypergradientScope.PerGroup)
+        {
+            for (int gi = 0; gi < slots; gi++)
+            {
+                _parameter_groups[gi].LearningRate = _rates[gi];
+            }
+        }
+        else if (_scope == HypergradientScope.PerTensor)
+        {
+            int k = 0;
+            foreach (var p in AllParameters())
+            {
+                ((State)_state[p.Handle]).tensor_rate = _rates[k++];
+            }
+        }
+    }
+
+    private void StepOnDevice(TensorChecks checks, int total, HdGroupOptions[] groups, in HdStepOptions options)
+    {
+        var device = new Device(DeviceType.CUDA, checks.DeviceIndex);
+        int slots = Slots(total);
+        if (slots > 0 && (_deviceRates is null || _deviceRates.numel() != slots))
+        {
+            // First CUDA step (or the layout changed): the rates move to the device once.
+            _deviceRates?.Dispose();
+            _deviceRates = torch.tensor(HostRates(total), ScalarType.Float64).to(device).DetachFromDisposeScope();
+        }
+        _deviceSkipped ??= torch.zeros(1, ScalarType.Int64, device).DetachFromDisposeScope();
+        OptimNative.HdStep(NativeDevice.Cuda, checks.DeviceIndex, checks.DType, _p.AsSpan(0, total), _g.AsSpan(0, total), _b.AsSpan(0, total),
+            _u.AsSpan(0, total), _r.AsSpan(0, total), _n.AsSpan(0, total), _gi.AsSpan(0, total), _fresh.AsSpan(0, total), groups, options,
+            _deviceRates is null ? 0 : TorchSharpNative.DataPointer(_deviceRates.Handle), TorchSharpNative.DataPointer(_deviceSkipped.Handle));
+        // Whether the step was skipped is known only on the device: the step count advances either way
+        // (it only decides whether rates may move, and a skipped first step leaves u_prev zero).
+        _steps++;
+    }
+
+    private double[] HostRates(int total) => _scope switch
+    {
+        HypergradientScope.Global => new[] { _parameter_groups[0].LearningRate },
+        HypergradientScope.PerGroup => _parameter_groups.Select(g => g.LearningRate).ToArray(),
+        _ => AllParameters().Select(p => ((State)_state[p.Handle]).tensor_rate).ToArray(),
+    };
+
+    private IEnumerable<Parameter> AllParameters() => _parameter_groups.SelectMany(g => (List<Parameter>)g.Parameters);
+
+    /// <summary>
+    /// Copies CUDA-resident rates back to the param groups' <c>LearningRate</c> (global and per-group
+    /// scopes) and to the per-tensor state (a device synchronization). A no-op on the CPU.
+    /// </summary>
+    public void SyncLearningRates()
+    {
+        if (_deviceRates is null)
+        {
+            return;
+        }
+        using var host = _deviceRates.cpu();
+        var rates = host.data<double>().ToArray();
+        switch (_scope)
+        {
+            case HypergradientScope.Global:
+                foreach (var g in _parameter_groups)
+                {
+                    g.LearningRate = rates[0];
+                }
+                break;
+            case HypergradientScope.PerGroup:
+                for (int gi = 0; gi < rates.Length; gi++)
+                {
+                    _parameter_groups[gi].LearningRate = rates[gi];
+                }
+                break;
+            default:
+                int k = 0;
+                foreach (var p in AllParameters())
+                {
+                    ((State)_state[p.Handle]).tensor_rate = rates[k++];
+                }
+                break;
+        }
+    }
+
+    /// <summary>
+    /// The current rate of every parameter tensor, in parameter order across groups: its own rate for
+    /// the per-tensor scope, its group's (or the global) rate for the scalar scopes, and the mean of its
+    /// rates for the per-parameter scope. Copies from the device on CUDA.
+    /// </summary>
+    public IReadOnlyList<double> TensorLearningRates()
+    {
+        SyncLearningRates();
+        var result = new List<double>();
+        foreach (var g in _parameter_groups)
+        {
+            foreach (var p in (List<Parameter>)g.Parameters)
+            {
+                var s = (State)_state[p.Handle];
+                result.Add(_scope switch
+                {
+                    HypergradientScope.PerTensor => s.tensor_rate,
+                    HypergradientScope.PerParameter => s.parameter_rates!.mean().ToDouble(),
+                    _ => g.LearningRate,
+                });
+            }
+        }
+        return result;
+    }
+
+    /// <summary>A copy of the per-parameter rates of <paramref name="parameter"/> (per-parameter scope only).</summary>
+    /// <exception cref="InvalidOperationException">Another scope.</exception>
+    /// <exception cref="ArgumentException">The parameter is not optimized by this optimizer.</exception>
+    public Tensor ParameterLearningRates(Parameter parameter)
+    {
+        ArgumentNullException.ThrowIfNull(parameter);
+        if (_scope != HypergradientScope.PerParameter)
+        {
+            throw new InvalidOperationException($"HypergradientSGD: per-parameter rates exist only for the PerParameter scope, not {_scope}.");
+        }
+        if (!_state.ContainsKey(parameter.Handle))
+        {
+            throw new ArgumentException("HypergradientSGD: the parameter is not optimized by this optimizer.", nameof(parameter));
+        }
+        return ((State)_state[parameter.Handle]).parameter_rates!.clone();
+    }
+
+    /// <summary>The state, with CUDA-resident rates copied back first so that saving captures them.</summary>
+    public override StateDictionary state_dict()
+    {
+        SyncLearningRates();
+        foreach (var g in _parameter_groups)
+        {
+            var o = (Options)g.Options;
+            o.steps = _steps;
+            o.skipped = SkippedSteps;
+        }
+        return base.state_dict();
+    }
+
+    /// <summary>
+    /// Adopts counters restored by <c>load_state_dict</c> (TorchSharp's loader is not virtual: call this
+    /// after loading, or rely on the next step, which does it).
+    /// </summary>
+    private void AdoptLoadedCounters()
+    {
+        var o = (Options)_parameter_groups[0].Options;
+        if (o.loaded)
+        {
+            _steps = o.steps;
+            _skipped = o.skipped;
+            foreach (var g in _parameter_groups)
+            {
+                ((Options)g.Options).loaded = false;
+            }
+            // Rates changed on the host: the device copy must be rebuilt.
+            _deviceRates?.Dispose();
+            _deviceRates = null;
+            _deviceSkipped?.Dispose();
+            _deviceSkipped = null;
+        }
+    }
+
+    /// <inheritdoc/>
+    protected override void Dispose(bool disposing)
+    {
+        base.Dispose(disposing);
+        if (disposing)
+        {
+            foreach (var (_, st) in _state)
+            {
+                (st as State)?.Dispose();
+            }
+            _state.Clear();
+            _deviceRates?.Dispose();
+            _deviceSkipped?.Dispose();
+        }
+    }
+
+    /// <summary>Per-parameter state.</summary>
+    public sealed class State : OptimizerState, IDisposable
+    {
+        /// <summary>The momentum buffer (heavy-ball momentum: also the previous update direction).</summary>
+        public Tensor? momentum_buffer;
+        /// <summary>The previous update direction, kept when there is no momentum or with Nesterov.</summary>
+        public Tensor? prev_update;
+        /// <summary>The per-parameter scope's rates, shaped like the parameter.</summary>
+        public Tensor? parameter_rates;
+        /// <summary>The per-tensor scope's rate of this tensor.</summary>
+        public double tensor_rate;
+
+        /// <summary>Creates the state of one parameter.</summary>
+        public State(Parameter parameter) : base(parameter)
+        {
+        }
+
+        /// <summary>Disposes the tensors.</summary>
+        public void Dispose()
+        {
+            momentum_buffer?.Dispose();
+            prev_update?.Dispose();
+            parameter_rates?.Dispose();
+            momentum_buffer = prev_update = parameter_rates = null;
+        }
+
+        /// <summary>Moves the tensors to <paramref name="device"/>.</summary>
+        public override void to(Device device)
+        {
+            momentum_buffer = Move(momentum_buffer, device);
+            prev_update = Move(prev_update, device);
+            parameter_rates = Move(parameter_rates, device);
+        }
+
+        private static Tensor? Move(Tensor? t, Device device)
+        {
+            if (t is null)
+            {
+                return null;
+            }
+            var moved = t.to(device).DetachFromDisposeScope();
+            if (!ReferenceEquals(moved, t))
+            {
+                t.Dispose();
+            }
+            return moved;
+        }
+
+        /// <summary>Reads the state written by <see cref="SaveStateDict(BinaryWriter)"/>.</summary>
+        public override void LoadStateDict(BinaryReader reader)
+        {
+            momentum_buffer = LoadTensor(reader, momentum_buffer);
+            prev_update = LoadTensor(reader, prev_update);
+            parameter_rates = LoadTensor(reader, parameter_rates);
+            tensor_rate = reader.ReadDouble();
+        }
+
+        private Tensor? LoadTensor(BinaryReader reader, Tensor? current)
+        {
+            Tensor? t = current;
+            LoadConditionalStateTensor(reader, ref t!, _parameter.device);
+            if (t is null)
+            {
+                return null;
+            }
+            t.DetachFromDisposeScope();
+            if (t.is_contiguous())
+            {
+                return t;
+            }
+            var c = t.contiguous().DetachFromDisposeScope();
+            t.Dispose();
+            return c;
+        }
+
+        /// <summary>Writes the buffers, the rates and the per-tensor rate.</summary>
+        public override void SaveStateDict(BinaryWriter writer)
+        {
+            SaveConditionalStateTensor(writer, momentum_buffer!);
+            SaveConditionalStateTensor(writer, prev_update!);
+            SaveConditionalStateTensor(writer, parameter_rates!);
+            writer.Write(tensor_rate);
+        }
+
+        /// <summary>Copies another <see cref="State"/>.</summary>
+        public override void LoadStateDict(OptimizerState source)
+        {
+            if (source is not State other)
+            {
+                throw new ArgumentException($"Expected a HypergradientSGD.State, got {source?.GetType().Name ?? "null"}.", nameof(source));
+            }
+            Tensor? Copy(Tensor? t) => t?.to(_parameter.device, copy: true).DetachFromDisposeScope();
+            var (b, u, r) = (Copy(other.momentum_buffer), Copy(other.prev_update), Copy(other.parameter_rates));
+            Dispose();
+            (momentum_buffer, prev_update, parameter_rates, tensor_rate) = (b, u, r, other.tensor_rate);
+        }
+
+        /// <summary>Approximate equality of every tensor and the per-tensor rate.</summary>
+        public override bool ApproximatelyEquals(OptimizerState other)
+        {
+            static bool Eq(Tensor? a, Tensor? b) => a is null ? b is null : b is not null && a.allclose(b);
+            return other is State o && Eq(momentum_buffer, o.momentum_buffer) && Eq(prev_update, o.prev_update) &&
+                Eq(parameter_rates, o.parameter_rates) && tensor_rate == o.tensor_rate;
+        }
+
+        /// <summary>Clears the buffers (the rates are kept).</summary>
+        public override void Initialize(OptimizerOptions options)
+        {
+            momentum_buffer?.Dispose();
+            prev_update?.Dispose();
+            momentum_buffer = prev_update = null;
+        }
+    }
+
+    /// <summary>Options of a param group; null values take the optimizer's defaults.</summary>
+    public class Options : OptimizerOptions
+    {
+        /// <summary>Momentum factor.</summary>
+        public double? momentum;
+        /// <summary>Dampening for momentum.</summary>
+        public double? dampening;
+        /// <summary>Weight decay (L2 penalty).</summary>
+        public double? weight_decay;
+        /// <summary>Nesterov momentum.</summary>
+        public bool? nesterov;
+        /// <summary>Maximize instead of minimize.</summary>
+        public bool? maximize;
+        internal long steps;
+        internal long skipped;
+        internal bool loaded;
+
+        /// <summary>Reads the options, the step count and the skipped count.</summary>
+        public override void LoadStateDict(BinaryReader reader)
+        {
+            base.LoadStateDict(reader);
+            momentum = reader.ReadDouble();
+            dampening = reader.ReadDouble();
+            weight_decay = reader.ReadDouble();
+            nesterov = reader.ReadBoolean();
+            maximize = reader.ReadBoolean();
+            steps = reader.ReadInt64();
+            skipped = reader.ReadInt64();
+            loaded = true;
+        }
+
+        /// <summary>Copies another <see cref="Options"/>.</summary>
+        public override void LoadStateDict(OptimizerOptions source)
+        {
+            base.LoadStateDict(source);
+            var o = (Options)source;
+            (momentum, dampening, weight_decay, nesterov, maximize) = (o.momentum, o.dampening, o.weight_decay, o.nesterov, o.maximize);
+            (steps, skipped, loaded) = (o.steps, o.skipped, true);
+        }
+
+        /// <summary>Writes the options, the step count and the skipped count.</summary>
+        public override void SaveStateDict(BinaryWriter writer)
+        {
+            base.SaveStateDict(writer);
+            writer.Write(momentum!.Value);
+            writer.Write(dampening!.Value);
+            writer.Write(weight_decay!.Value);
+            writer.Write(nesterov!.Value);
+            writer.Write(maximize!.Value);
+            writer.Write(steps);
+            writer.Write(skipped);
+        }
+    }
+
+    /// <summary>A param group of <see cref="HypergradientSGD"/>.</summary>
+    public class ParamGroup : ParamGroup<Options>, IMomentum
+    {
+        /// <summary>An empty group.</summary>
+        public ParamGroup()
+        {
+        }
+
+        /// <summary>A group with explicit options.</summary>
+        public ParamGroup(IEnumerable<Parameter> parameters, Options options) : base(parameters, options)
+        {
+        }
+
+        /// <summary>A group; each option left null takes the optimizer's default.</summary>
+        public ParamGroup(IEnumerable<Parameter> parameters, double? lr = null, double? momentum = null, double? dampening = null,
+            double? weight_decay = null, bool? nesterov = null, bool? maximize = null)
+            : base(parameters, new Options
+            {
+                LearningRate = lr,
+                momentum = momentum,
+                dampening = dampening,
+                weight_decay = weight_decay,
+                nesterov = nesterov,
+                maximize = maximize,
+            })
+        {
+        }
+
+        /// <summary>The group's momentum.</summary>
+        public double Momentum
+        {
+            get => Options.momentum ?? 0;
+            set => Options.momentum = value;
+        }
+    }
+}

@@ -1,0 +1,217 @@
+// The CPU path of hypergradient descent. Global, per-group and per-tensor scopes: a reduction pass
+// (per-piece partial sums in double), a serial finish that combines them in piece order and updates
+// the rates, then the update pass with the new rates. Per-parameter scope: a finiteness pass over
+// the gradients, then one elementwise pass. Every per-element operation is hd_math.hpp's.
+#include "../backend.hpp"
+#include "../hd_math.hpp"
+#include "work_plan.hpp"
+
+#include <cmath>
+#include <vector>
+
+namespace optim::cpu {
+
+namespace {
+
+template <typename T>
+struct Groups {
+    std::vector<SgdCoeffs<T>> coeffs;
+    std::vector<unsigned> flags;
+
+    explicit Groups(const HdCall& call)
+    {
+        for (int32_t i = 0; i < call.n_groups; ++i) {
+            const optim_hd_group& g = call.groups[i];
+            coeffs.push_back(SgdCoeffs<T>{static_cast<T>(g.momentum),
+                                          static_cast<T>(1.0 - g.dampening),
+                                          static_cast<T>(g.weight_decay)});
+            flags.push_back(
+                sgd_flags(g.momentum, g.weight_decay, g.nesterov != 0, g.maximize != 0));
+        }
+    }
+};
+
+// Partial sums of one piece. u_prev is the momentum buffer (heavy ball; zero when fresh) or the
+// separate buffer.
+template <typename T, unsigned Flags>
+HdPartial reduce_piece(const T* __restrict p, const T* __restrict g, const T* __restrict up,
+                       int64_t n, const SgdCoeffs<T>& c, bool norms, bool only_finiteness)
+{
+    HdPartial r;
+    double h = 0, gg = 0, uu = 0, bad = 0;
+    if (only_finiteness || up == nullptr) {
+        for (int64_t i = 0; i < n; ++i) bad += (g[i] - g[i] == T(0)) ? 0.0 : 1.0;
+    } else if (norms) {
+        for (int64_t i = 0; i < n; ++i) {
+            bad += (g[i] - g[i] == T(0)) ? 0.0 : 1.0;
+            const double gt = sgd_effective_grad<T, Flags>(p[i], g[i], c);
+            const double u = up[i];
+            h += gt * u;
+            gg += gt * gt;
+            uu += u * u;
+        }
+    } else {
+        for (int64_t i = 0; i < n; ++i) {
+            bad += (g[i] - g[i] == T(0)) ? 0.0 : 1.0;
+            h += static_cast<double>(sgd_effective_grad<T, Flags>(p[i], g[i], c)) * up[i];
+        }
+    }
+    if (up == nullptr && norms && !only_finiteness) {
+        // Heavy ball on a buffer's first step: u_prev is zero, only |g~|^2 contributes.
+        for (int64_t i = 0; i < n; ++i) {
+            const double gt = sgd_effective_grad<T, Flags>(p[i], g[i], c);
+            gg += gt * gt;
+        }
+    }
+    r.h = h;
+    r.gg = gg;
+    r.uu = uu;
+    r.nonfinite = bad;
+    return r;
+}
+
+template <typename T, unsigned Flags, bool Fresh>
+void update_piece(T* __restrict p, const T* __restrict g, T* __restrict buf, T* __restrict up,
+                  int64_t n, const SgdCoeffs<T>& c, T lr)
+{
+    T unused_b = T(0), unused_u = T(0);
+    for (int64_t i = 0; i < n; ++i) {
+        T& b = (Flags & kSgdMomentum) ? buf[i] : unused_b;
+        T& u = hd_heavy_ball<Flags>() ? unused_u : up[i];
+        hd_update_element<T, Flags>(p[i], g[i], b, u, Fresh, c, lr);
+    }
+}
+
+template <typename T, unsigned Flags, bool Fresh>
+void per_parameter_piece(T* __restrict p, const T* __restrict g, T* __restrict buf,
+                         T* __restrict up, T* __restrict alpha, int64_t n, const SgdCoeffs<T>& c,
+                         const HdCoeffs<T>& hc)
+{
+    T unused_b = T(0), unused_u = T(0);
+    for (int64_t i = 0; i < n; ++i) {
+        T& b = (Flags & kSgdMomentum) ? buf[i] : unused_b;
+        T& u = hd_heavy_ball<Flags>() ? unused_u : up[i];
+        hd_per_parameter_element<T, Flags>(p[i], g[i], b, u, alpha[i], Fresh, c, hc);
+    }
+}
+
+template <typename T>
+void hd_step(const HdCall& call)
+{
+    const optim_hd_tensors& t = *call.tensors;
+    const optim_hd_params& hp = *call.params;
+    const Groups<T> groups(call);
+    const bool per_parameter = hp.scope == OPTIM_HD_SCOPE_PER_PARAMETER;
+    const bool norms = hp.rule == OPTIM_HD_RULE_NORMALIZED;
+
+    WorkPlan& plan = WorkPlan::for_this_thread();
+    plan.build(t.numels, t.count);
+    plan.index_pieces();
+    // A reference: worker threads must see the caller's vector, not their own thread_local copy.
+    thread_local std::vector<HdPartial> partials_storage;
+    std::vector<HdPartial>& partials = partials_storage;
+    partials.assign(static_cast<size_t>(plan.pieces()), HdPartial{});
+
+    auto fresh = [&](int64_t k) { return t.buffer_fresh != nullptr && t.buffer_fresh[k] != 0; };
+
+    // Pass 1: partial sums (or only finiteness, for the per-parameter scope).
+    plan.parallel_for_chunks([&](int64_t chunk) {
+        int64_t piece = plan.piece_start(chunk);
+        plan.for_each_piece(chunk, [&](int64_t k, int64_t begin, int64_t len) {
+            const int32_t gi = t.group_index[k];
+            dispatch_sgd_flags(groups.flags[static_cast<size_t>(gi)], [&](auto F) {
+                constexpr unsigned Flags = decltype(F)::value;
+                const T* p = static_cast<const T*>(t.params[k]) + begin;
+                const T* g = static_cast<const T*>(t.grads[k]) + begin;
+                const T* up = nullptr;
+                if (hd_heavy_ball<Flags>()) {
+                    if (!fresh(k)) up = static_cast<const T*>(t.momentum_buffers[k]) + begin;
+                } else {
+                    up = static_cast<const T*>(t.prev_updates[k]) + begin;
+                }
+                partials[static_cast<size_t>(piece)] = reduce_piece<T, Flags>(
+                    p, g, up, len, groups.coeffs[static_cast<size_t>(gi)], norms, per_parameter);
+            });
+            ++piece;
+        });
+    });
+
+    // Finish: a non-finite gradient skips the whole step; else combine in piece order.
+    double nonfinite = 0;
+    for (const HdPartial& part : partials) nonfinite += part.nonfinite;
+    if (call.skipped) *call.skipped = nonfinite > 0 ? 1 : 0;
+    if (nonfinite > 0) return;
+
+    if (!per_parameter) {
+        const int64_t slots = hp.scope == OPTIM_HD_SCOPE_GLOBAL      ? 1
+                              : hp.scope == OPTIM_HD_SCOPE_PER_GROUP ? call.n_groups
+                                                                     : t.count;
+        thread_local std::vector<HdPartial> sums;
+        sums.assign(static_cast<size_t>(slots), HdPartial{});
+        for (int64_t i = 0; i < plan.pieces(); ++i) {
+            const int64_t slot = hd_rate_slot(hp.scope, t, plan.piece_tensor(i));
+            HdPartial& s = sums[static_cast<size_t>(slot)];
+            const HdPartial& part = partials[static_cast<size_t>(i)];
+            s.h += part.h;
+            s.gg += part.gg;
+            s.uu += part.uu;
+        }
+        const HdCoeffs<double> hc{hp.hypergrad_lr, hp.lr_min, hp.lr_max,
+                                  hp.eps,          norms,     hp.first_step == 0};
+        for (int64_t s = 0; s < slots; ++s) {
+            const HdPartial& sum = sums[static_cast<size_t>(s)];
+            call.rates[s] =
+                hd_rate<double>(call.rates[s], sum.h, std::sqrt(sum.gg) * std::sqrt(sum.uu), hc);
+        }
+    }
+
+    // Pass 2: the update with the new rates.
+    const HdCoeffs<T> hc_t{static_cast<T>(hp.hypergrad_lr),
+                           static_cast<T>(hp.lr_min),
+                           static_cast<T>(hp.lr_max),
+                           static_cast<T>(hp.eps),
+                           norms,
+                           hp.first_step == 0};
+    plan.parallel_for_chunks([&](int64_t chunk) {
+        plan.for_each_piece(chunk, [&](int64_t k, int64_t begin, int64_t len) {
+            const int32_t gi = t.group_index[k];
+            const SgdCoeffs<T>& c = groups.coeffs[static_cast<size_t>(gi)];
+            dispatch_sgd_flags(groups.flags[static_cast<size_t>(gi)], [&](auto F) {
+                constexpr unsigned Flags = decltype(F)::value;
+                T* p = static_cast<T*>(t.params[k]) + begin;
+                const T* g = static_cast<const T*>(t.grads[k]) + begin;
+                T* b = (Flags & kSgdMomentum) ? static_cast<T*>(t.momentum_buffers[k]) + begin
+                                              : nullptr;
+                T* up =
+                    hd_heavy_ball<Flags>() ? nullptr : static_cast<T*>(t.prev_updates[k]) + begin;
+                const bool f = (Flags & kSgdMomentum) && fresh(k);
+                if (per_parameter) {
+                    T* a = static_cast<T*>(t.param_rates[k]) + begin;
+                    if (f)
+                        per_parameter_piece<T, Flags, true>(p, g, b, up, a, len, c, hc_t);
+                    else
+                        per_parameter_piece<T, Flags, false>(p, g, b, up, a, len, c, hc_t);
+                } else {
+                    const T lr = static_cast<T>(call.rates[hd_rate_slot(hp.scope, t, k)]);
+                    if (f)
+                        update_piece<T, Flags, true>(p, g, b, up, len, c, lr);
+                    else
+                        update_piece<T, Flags, false>(p, g, b, up, len, c, lr);
+                }
+            });
+        });
+    });
+}
+
+} // namespace
+
+void hd_step_f32(const HdCall& call)
+{
+    hd_step<float>(call);
+}
+void hd_step_f64(const HdCall& call)
+{
+    hd_step<double>(call);
+}
+
+} // namespace optim::cpu

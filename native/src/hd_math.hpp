@@ -1,0 +1,83 @@
+// The per-element pieces of hypergradient descent (shared/docs/hypergradient.md), written once for
+// the CPU loops (cpu/hd_cpu.cpp) and the CUDA kernels (cuda/hd_cuda.cu). The SGD part is
+// sgd_math.hpp's.
+#pragma once
+
+#include "sgd_math.hpp"
+
+namespace optim {
+
+// Hyperparameters of the rate update, rounded to the type the rates live in.
+template <typename R>
+struct HdCoeffs {
+    R beta; // hypergrad_lr
+    R lr_min;
+    R lr_max;
+    R eps; // normalized rule
+    bool normalized;
+    bool update; // false on the first step
+};
+
+OPTIM_HOST_DEVICE bool hd_finite(double v)
+{
+    return v - v == 0.0;
+}
+
+// New rate from hypergradient h (and, for the normalized rule, |g||u_prev| as `scale`), clamped to
+// [lr_min, lr_max]. The rate stays unchanged on the first step and for a non-finite h.
+template <typename R>
+OPTIM_HOST_DEVICE R hd_rate(R alpha, R h, R scale, const HdCoeffs<R>& c)
+{
+    if (!c.update || !(h - h == R(0))) return alpha;
+    R next = c.normalized ? alpha * (R(1) + c.beta * h / (scale + c.eps)) : alpha + c.beta * h;
+    if (next < c.lr_min) next = c.lr_min;
+    if (next > c.lr_max) next = c.lr_max;
+    return next;
+}
+
+// Whether u_prev is the momentum buffer itself (heavy-ball momentum) or a separate buffer.
+template <unsigned Flags>
+constexpr bool hd_heavy_ball()
+{
+    return (Flags & kSgdMomentum) && !(Flags & kSgdNesterov);
+}
+
+// One element of the update pass with a given rate: momentum, direction, u_prev, parameter.
+template <typename T, unsigned Flags>
+OPTIM_HOST_DEVICE void hd_update_element(T& p, T grad, T& buf, T& u_prev, bool fresh,
+                                         const SgdCoeffs<T>& c, T lr)
+{
+    const T g = sgd_effective_grad<T, Flags>(p, grad, c);
+    const T u = sgd_direction<T, Flags>(g, buf, fresh, c);
+    if (!hd_heavy_ball<Flags>()) u_prev = u;
+    p = p - lr * u;
+}
+
+// One element of the per-parameter scope: its own rate, updated from its own hypergradient, then
+// the update with the new rate. u_prev is read before it is overwritten.
+template <typename T, unsigned Flags>
+OPTIM_HOST_DEVICE void hd_per_parameter_element(T& p, T grad, T& buf, T& u_prev, T& alpha,
+                                                bool fresh, const SgdCoeffs<T>& c,
+                                                const HdCoeffs<T>& hc)
+{
+    const T g = sgd_effective_grad<T, Flags>(p, grad, c);
+    const T up = hd_heavy_ball<Flags>() ? (fresh ? T(0) : buf) : u_prev;
+    const T h = g * up;
+    const T ag = g < T(0) ? -g : g;
+    const T au = up < T(0) ? -up : up;
+    alpha = hd_rate<T>(alpha, h, ag * au, hc);
+    const T u = sgd_direction<T, Flags>(g, buf, fresh, c);
+    if (!hd_heavy_ball<Flags>()) u_prev = u;
+    p = p - alpha * u;
+}
+
+// The reduction pass's contribution of one element: h += g~ * u_prev, |g~|^2, |u_prev|^2, and
+// whether the raw gradient is finite. Sums are in double.
+struct HdPartial {
+    double h = 0;
+    double gg = 0;
+    double uu = 0;
+    double nonfinite = 0;
+};
+
+} // namespace optim

@@ -1,0 +1,213 @@
+// Hypergradient descent on the CPU: a naive reference for the global scope, thread-count
+// independence for every scope and rule, the non-finite skip, validation.
+#include "reference.hpp"
+
+#include <optim.h>
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+using namespace optim_test;
+
+namespace {
+
+struct HdModel {
+    std::vector<std::vector<float>> p, g, b, u, r;
+    std::vector<void*> pp, bp, up, rp;
+    std::vector<const void*> gp;
+    std::vector<int64_t> n;
+    std::vector<int32_t> group;
+    std::vector<uint8_t> fresh;
+    std::vector<double> rates;
+
+    HdModel(const std::vector<size_t>& sizes, uint64_t seed, double lr)
+    {
+        std::mt19937_64 rng(seed);
+        for (size_t k = 0; k < sizes.size(); ++k) {
+            p.push_back(random_vector<float>(sizes[k], rng));
+            g.emplace_back(sizes[k]);
+            b.emplace_back(sizes[k], 0.0f);
+            u.emplace_back(sizes[k], 0.0f);
+            r.emplace_back(sizes[k], static_cast<float>(lr));
+            n.push_back(static_cast<int64_t>(sizes[k]));
+            group.push_back(k < sizes.size() / 2 ? 0 : 1);
+            fresh.push_back(1);
+        }
+        rates.assign(sizes.size(), lr);
+    }
+    void grads(std::mt19937_64& rng)
+    {
+        for (auto& v : g) v = random_vector<float>(v.size(), rng, 0.5);
+    }
+    optim_hd_tensors list()
+    {
+        pp.clear();
+        gp.clear();
+        bp.clear();
+        up.clear();
+        rp.clear();
+        for (size_t k = 0; k < p.size(); ++k) {
+            pp.push_back(p[k].data());
+            gp.push_back(g[k].data());
+            bp.push_back(b[k].data());
+            up.push_back(u[k].data());
+            rp.push_back(r[k].data());
+        }
+        return optim_hd_tensors{static_cast<int64_t>(p.size()),
+                                pp.data(),
+                                gp.data(),
+                                bp.data(),
+                                up.data(),
+                                rp.data(),
+                                n.data(),
+                                group.data(),
+                                fresh.data()};
+    }
+};
+
+optim_hd_params hd_params(int scope, int rule, bool first)
+{
+    return optim_hd_params{1e-3, 0.0, 1.0, 1e-12, scope, rule, first ? 1 : 0};
+}
+
+} // namespace
+
+TEST(HdCpu, GlobalAdditiveMatchesANaiveReferenceWithoutMomentum)
+{
+    // Plain SGD with one global rate: alpha += beta * sum(g_t * g_{t-1}).
+    const std::vector<size_t> sizes = {7, 300000, 65536 + 1};
+    HdModel m(sizes, 1, 0.05);
+    std::vector<std::vector<float>> rp = m.p, prev(sizes.size());
+    for (size_t k = 0; k < sizes.size(); ++k) prev[k].assign(sizes[k], 0.0f);
+    double alpha = 0.05;
+    const optim_hd_group groups[2] = {{0, 0, 0, 0, 0}, {0, 0, 0, 0, 0}};
+    std::mt19937_64 rng(2);
+    for (int step = 0; step < 20; ++step) {
+        m.grads(rng);
+        double h = 0;
+        for (size_t k = 0; k < sizes.size(); ++k)
+            for (size_t i = 0; i < sizes[k]; ++i) h += static_cast<double>(m.g[k][i]) * prev[k][i];
+        if (step > 0) alpha = std::max(0.0, alpha + 1e-3 * h);
+        for (size_t k = 0; k < sizes.size(); ++k)
+            for (size_t i = 0; i < sizes[k]; ++i) {
+                prev[k][i] = m.g[k][i];
+                rp[k][i] = rp[k][i] - static_cast<float>(alpha) * m.g[k][i];
+            }
+        auto list = m.list();
+        auto params = hd_params(OPTIM_HD_SCOPE_GLOBAL, OPTIM_HD_RULE_ADDITIVE, step == 0);
+        int64_t skipped = -1;
+        ASSERT_EQ(optim_hd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, 2, groups, &params,
+                                m.rates.data(), &skipped),
+                  OPTIM_STATUS_OK)
+            << optim_last_error();
+        EXPECT_EQ(skipped, 0);
+        ASSERT_NEAR(m.rates[0], alpha, 1e-9 * alpha) << "step " << step;
+    }
+    for (size_t k = 0; k < sizes.size(); ++k)
+        for (size_t i = 0; i < sizes[k]; i += 997) ASSERT_NEAR(m.p[k][i], rp[k][i], 1e-5);
+}
+
+class HdThreads : public ::testing::TestWithParam<std::tuple<int, int>> {
+  protected:
+    void TearDown() override { optim_set_num_threads(0); }
+};
+
+TEST_P(HdThreads, BitwiseIdenticalForAnyThreadCount)
+{
+    const auto [scope, rule] = GetParam();
+    const std::vector<size_t> sizes = {400000, 3, 65536 * 3 + 7, 0, 250000, 1000};
+    const optim_hd_group groups[2] = {{0.9, 0.0, 1e-3, 0, 0}, {0.9, 0.0, 0.0, 1, 1}};
+    std::vector<HdModel> runs;
+    for (int threads : {1, 2, 3}) {
+        ASSERT_EQ(optim_set_num_threads(threads), OPTIM_STATUS_OK);
+        HdModel m(sizes, 3, 0.01);
+        std::mt19937_64 rng(4);
+        for (int step = 0; step < 4; ++step) {
+            m.grads(rng);
+            auto list = m.list();
+            auto params = hd_params(scope, rule, step == 0);
+            ASSERT_EQ(optim_hd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, 2, groups,
+                                    &params, m.rates.data(), nullptr),
+                      OPTIM_STATUS_OK)
+                << optim_last_error();
+            std::fill(m.fresh.begin(), m.fresh.end(), 0);
+        }
+        runs.push_back(std::move(m));
+    }
+    for (size_t r = 1; r < runs.size(); ++r) {
+        EXPECT_EQ(runs[r].rates, runs[0].rates);
+        for (size_t k = 0; k < sizes.size(); ++k) {
+            EXPECT_EQ(runs[r].p[k], runs[0].p[k]) << "params of tensor " << k;
+            EXPECT_EQ(runs[r].b[k], runs[0].b[k]) << "buffers of tensor " << k;
+            EXPECT_EQ(runs[r].u[k], runs[0].u[k]) << "previous updates of tensor " << k;
+            EXPECT_EQ(runs[r].r[k], runs[0].r[k]) << "per-parameter rates of tensor " << k;
+        }
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllScopesAndRules, HdThreads,
+    ::testing::Combine(::testing::Values(OPTIM_HD_SCOPE_GLOBAL, OPTIM_HD_SCOPE_PER_GROUP,
+                                         OPTIM_HD_SCOPE_PER_TENSOR, OPTIM_HD_SCOPE_PER_PARAMETER),
+                       ::testing::Values(OPTIM_HD_RULE_ADDITIVE, OPTIM_HD_RULE_NORMALIZED)));
+
+TEST(HdCpu, NonFiniteGradientSkipsTheWholeStep)
+{
+    for (int scope : {OPTIM_HD_SCOPE_GLOBAL, OPTIM_HD_SCOPE_PER_PARAMETER}) {
+        HdModel m({1000, 200000}, 5, 0.02);
+        const optim_hd_group groups[2] = {{0.9, 0, 0, 0, 0}, {0, 0, 0, 0, 0}};
+        std::mt19937_64 rng(6);
+        m.grads(rng);
+        auto list = m.list();
+        auto params = hd_params(scope, OPTIM_HD_RULE_ADDITIVE, true);
+        ASSERT_EQ(optim_hd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, 2, groups, &params,
+                                m.rates.data(), nullptr),
+                  OPTIM_STATUS_OK);
+        m.grads(rng);
+        m.g[1][123456] = std::nanf("");
+        const HdModel before = m;
+        int64_t skipped = 0;
+        params.first_step = 0;
+        list = m.list();
+        ASSERT_EQ(optim_hd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, 2, groups, &params,
+                                m.rates.data(), &skipped),
+                  OPTIM_STATUS_OK);
+        EXPECT_EQ(skipped, 1);
+        EXPECT_EQ(m.p, before.p);
+        EXPECT_EQ(m.b, before.b);
+        EXPECT_EQ(m.u, before.u);
+        EXPECT_EQ(m.r, before.r);
+        EXPECT_EQ(m.rates, before.rates);
+    }
+}
+
+TEST(HdCpu, ValidationNamesTheProblem)
+{
+    HdModel m({10}, 7, 0.1);
+    auto list = m.list();
+    m.group[0] = 0;
+    const optim_hd_group good[1] = {{0, 0, 0, 0, 0}};
+    auto expect = [&](optim_hd_params params, const optim_hd_group* groups,
+                      const std::string& what) {
+        EXPECT_EQ(optim_hd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, 1, groups, &params,
+                                m.rates.data(), nullptr),
+                  OPTIM_STATUS_INVALID_ARGUMENT);
+        EXPECT_NE(std::string(optim_last_error()).find(what), std::string::npos)
+            << optim_last_error();
+    };
+    auto p = hd_params(OPTIM_HD_SCOPE_GLOBAL, OPTIM_HD_RULE_ADDITIVE, false);
+    p.hypergrad_lr = -1;
+    expect(p, good, "invalid hypergrad_lr");
+    p = hd_params(OPTIM_HD_SCOPE_GLOBAL, OPTIM_HD_RULE_ADDITIVE, false);
+    p.lr_min = 2;
+    expect(p, good, "is greater than lr_max");
+    const optim_hd_group nesterov[1] = {{0, 0, 0, 1, 0}};
+    expect(hd_params(OPTIM_HD_SCOPE_GLOBAL, OPTIM_HD_RULE_ADDITIVE, false), nesterov,
+           "Nesterov momentum requires");
+    expect(hd_params(9, OPTIM_HD_RULE_ADDITIVE, false), good, "unknown scope");
+    EXPECT_EQ(m.p[0][0], HdModel({10}, 7, 0.1).p[0][0]) << "nothing may change";
+}
