@@ -13,6 +13,14 @@ switch (command)
             StepTiming.Run(StepTiming.DefaultCases(parameters), rounds, steps, Console.Out);
             return 0;
         }
+    case "hd-steps":
+    {
+        long parameters = ArgLong("--params", 10_000_000);
+        int rounds = (int)ArgLong("--rounds", 11);
+        int steps = (int)ArgLong("--steps", 5);
+        HdTiming.Run(parameters, new[] { 4, 1000 }, rounds, steps, Console.Out);
+        return 0;
+    }
     default:
         Console.WriteLine("""
             Optim.Bench — benchmarks for the Optim optimizers.
@@ -24,6 +32,11 @@ switch (command)
                          (plain and momentum; the parameters split into 4 and into 1000 tensors).
                 --params N   parameters in total (default 10000000)
                 --rounds N   interleaved timing rounds; the median is reported (default 15)
+                --steps N    steps per round (default 5)
+              hd-steps   Times HypergradientSGD at each scope against FusedSGD and torch.optim.SGD
+                         (momentum 0.9; 4 and 1000 tensors), with the bytes each update must move.
+                --params N   parameters in total (default 10000000)
+                --rounds N   interleaved timing rounds; the median is reported (default 11)
                 --steps N    steps per round (default 5)
             """);
         return command is "--help" or "-h" ? 0 : 1;
