@@ -25,19 +25,19 @@ OPTIM_HOST_DEVICE bool hd_finite(double v)
 
 // New rate from hypergradient h (and, for the normalized rule, |g||u_prev| as `scale`), clamped to
 // [lr_min, lr_max]. The rate stays unchanged on the first step and for a non-finite h.
+// Written as selects, not early returns, so the per-parameter loops vectorize.
 template <typename R>
 OPTIM_HOST_DEVICE R hd_rate(R alpha, R h, R scale, const HdCoeffs<R>& c)
 {
-    if (!c.update || !(h - h == R(0))) return alpha;
     R next = c.normalized ? alpha * (R(1) + c.beta * h / (scale + c.eps)) : alpha + c.beta * h;
-    if (next < c.lr_min) next = c.lr_min;
-    if (next > c.lr_max) next = c.lr_max;
-    return next;
+    next = next < c.lr_min ? c.lr_min : next;
+    next = next > c.lr_max ? c.lr_max : next;
+    return (c.update && h - h == R(0)) ? next : alpha;
 }
 
 // Whether u_prev is the momentum buffer itself (heavy-ball momentum) or a separate buffer.
 template <unsigned Flags>
-constexpr bool hd_heavy_ball()
+OPTIM_HOST_DEVICE constexpr bool hd_heavy_ball()
 {
     return (Flags & kSgdMomentum) && !(Flags & kSgdNesterov);
 }

@@ -31,43 +31,67 @@ struct Groups {
     }
 };
 
-// Partial sums of one piece. u_prev is the momentum buffer (heavy ball; zero when fresh) or the
-// separate buffer.
-template <typename T, unsigned Flags>
-HdPartial reduce_piece(const T* __restrict p, const T* __restrict g, const T* __restrict up,
-                       int64_t n, const SgdCoeffs<T>& c, bool norms, bool only_finiteness)
+// Partial sums of one piece. u_prev is the momentum buffer (heavy ball; null when the buffer is
+// fresh, meaning zero) or the separate buffer. Sums use kLanes independent accumulators, element i
+// going to lane i % kLanes, combined in lane order at the end: a fixed order (so results do not
+// depend on the thread count) that the compiler can vectorize without reassociating floating-point
+// sums.
+constexpr int kLanes = 8;
+
+template <typename T, unsigned Flags, bool HasUp, bool Norms>
+HdPartial reduce_lanes(const T* __restrict p, const T* __restrict g, const T* __restrict up,
+                       int64_t n, const SgdCoeffs<T>& c)
 {
+    double h[kLanes] = {}, gg[kLanes] = {}, uu[kLanes] = {}, bad[kLanes] = {};
+    const int64_t whole = n - n % kLanes;
+    auto one = [&](int lane, int64_t i) {
+        bad[lane] += (g[i] - g[i] == T(0)) ? 0.0 : 1.0;
+        const double gt = sgd_effective_grad<T, Flags>(p[i], g[i], c);
+        const double u = HasUp ? static_cast<double>(up[i]) : 0.0;
+        h[lane] += gt * u;
+        if (Norms) {
+            gg[lane] += gt * gt;
+            uu[lane] += u * u;
+        }
+    };
+    for (int64_t i = 0; i < whole; i += kLanes)
+        for (int lane = 0; lane < kLanes; ++lane) one(lane, i + lane);
+    for (int64_t i = whole; i < n; ++i) one(static_cast<int>(i - whole), i);
     HdPartial r;
-    double h = 0, gg = 0, uu = 0, bad = 0;
-    if (only_finiteness || up == nullptr) {
-        for (int64_t i = 0; i < n; ++i) bad += (g[i] - g[i] == T(0)) ? 0.0 : 1.0;
-    } else if (norms) {
-        for (int64_t i = 0; i < n; ++i) {
-            bad += (g[i] - g[i] == T(0)) ? 0.0 : 1.0;
-            const double gt = sgd_effective_grad<T, Flags>(p[i], g[i], c);
-            const double u = up[i];
-            h += gt * u;
-            gg += gt * gt;
-            uu += u * u;
-        }
-    } else {
-        for (int64_t i = 0; i < n; ++i) {
-            bad += (g[i] - g[i] == T(0)) ? 0.0 : 1.0;
-            h += static_cast<double>(sgd_effective_grad<T, Flags>(p[i], g[i], c)) * up[i];
-        }
+    for (int lane = 0; lane < kLanes; ++lane) {
+        r.h += h[lane];
+        r.gg += gg[lane];
+        r.uu += uu[lane];
+        r.nonfinite += bad[lane];
     }
-    if (up == nullptr && norms && !only_finiteness) {
-        // Heavy ball on a buffer's first step: u_prev is zero, only |g~|^2 contributes.
-        for (int64_t i = 0; i < n; ++i) {
-            const double gt = sgd_effective_grad<T, Flags>(p[i], g[i], c);
-            gg += gt * gt;
-        }
-    }
-    r.h = h;
-    r.gg = gg;
-    r.uu = uu;
-    r.nonfinite = bad;
     return r;
+}
+
+// Only the count of non-finite gradient elements (the per-parameter scope's first pass).
+template <typename T>
+HdPartial count_nonfinite(const T* __restrict g, int64_t n)
+{
+    double bad[kLanes] = {};
+    const int64_t whole = n - n % kLanes;
+    for (int64_t i = 0; i < whole; i += kLanes)
+        for (int lane = 0; lane < kLanes; ++lane)
+            bad[lane] += (g[i + lane] - g[i + lane] == T(0)) ? 0.0 : 1.0;
+    for (int64_t i = whole; i < n; ++i) bad[0] += (g[i] - g[i] == T(0)) ? 0.0 : 1.0;
+    HdPartial r;
+    for (int lane = 0; lane < kLanes; ++lane) r.nonfinite += bad[lane];
+    return r;
+}
+
+template <typename T, unsigned Flags>
+HdPartial reduce_piece(const T* p, const T* g, const T* up, int64_t n, const SgdCoeffs<T>& c,
+                       bool norms, bool only_finiteness)
+{
+    if (only_finiteness) return count_nonfinite<T>(g, n);
+    if (up != nullptr)
+        return norms ? reduce_lanes<T, Flags, true, true>(p, g, up, n, c)
+                     : reduce_lanes<T, Flags, true, false>(p, g, up, n, c);
+    return norms ? reduce_lanes<T, Flags, false, true>(p, g, up, n, c)
+                 : reduce_lanes<T, Flags, false, false>(p, g, up, n, c);
 }
 
 template <typename T, unsigned Flags, bool Fresh>
