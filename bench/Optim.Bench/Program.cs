@@ -14,13 +14,13 @@ switch (command)
             return 0;
         }
     case "hd-steps":
-    {
-        long parameters = ArgLong("--params", 10_000_000);
-        int rounds = (int)ArgLong("--rounds", 11);
-        int steps = (int)ArgLong("--steps", 5);
-        HdTiming.Run(parameters, new[] { 4, 1000 }, rounds, steps, Console.Out);
-        return 0;
-    }
+        {
+            long parameters = ArgLong("--params", 10_000_000);
+            int rounds = (int)ArgLong("--rounds", 11);
+            int steps = (int)ArgLong("--steps", 5);
+            HdTiming.Run(parameters, new[] { 4, 1000 }, rounds, steps, Console.Out);
+            return 0;
+        }
     default:
         Console.WriteLine("""
             Optim.Bench — benchmarks for the Optim optimizers.

@@ -207,3 +207,235 @@ TEST(GreedyLrCuda, DeviceStepsMatchTheCpuPath)
           static_cast<void*>(d_metric)})
         cudaFree(p);
 }
+
+// ---- Hypergradient descent ------------------------------------------------------------------
+
+namespace {
+
+template <typename T>
+T* hd_upload(const std::vector<T>& v)
+{
+    T* d = nullptr;
+    if (v.empty()) return d;
+    EXPECT_EQ(cudaMalloc(&d, v.size() * sizeof(T)), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+    return d;
+}
+
+template <typename T>
+std::vector<T> hd_download(const T* d, size_t n)
+{
+    std::vector<T> v(n);
+    if (n > 0) {
+        EXPECT_EQ(cudaMemcpy(v.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+    }
+    return v;
+}
+
+// The four per-element arrays of every tensor: [array][tensor][element].
+constexpr int kHdArrays = 4;
+const char* const kHdArrayNames[kHdArrays] = {"param", "momentum buffer", "prev update",
+                                              "param rate"};
+template <typename T>
+using HdState = std::vector<std::vector<std::vector<T>>>;
+
+template <typename T>
+HdState<T> hd_download_state(const std::vector<std::vector<T*>>& dev,
+                             const std::vector<size_t>& sizes)
+{
+    HdState<T> state(kHdArrays);
+    for (int a = 0; a < kHdArrays; ++a)
+        for (size_t k = 0; k < sizes.size(); ++k)
+            state[a].push_back(hd_download(dev[a][k], sizes[k]));
+    return state;
+}
+
+template <typename T>
+void hd_expect_close(const std::vector<T>& cpu, const std::vector<T>& gpu, const char* what,
+                     size_t k, double rtol, double atol)
+{
+    ASSERT_EQ(cpu.size(), gpu.size());
+    int bad = 0;
+    for (size_t i = 0; i < cpu.size() && bad < 5; ++i) {
+        const double c = cpu[i], g = gpu[i];
+        if (!(std::fabs(g - c) <= atol + rtol * std::fabs(c))) {
+            ADD_FAILURE() << what << " " << k << " element " << i << ": gpu " << g << " cpu " << c;
+            ++bad;
+        }
+    }
+}
+
+// The CPU path and the CUDA path side by side: two param groups (heavy-ball momentum with weight
+// decay, and plain SGD), 40 tensors of mixed sizes (one spanning many blocks, one empty, more than
+// one launch's table), 10 steps from the first; then a step with a NaN gradient, which both paths
+// must skip without writing anything.
+template <typename T>
+void hd_compare_with_cpu(int32_t scope, int32_t rule)
+{
+    SCOPED_TRACE(testing::Message() << (sizeof(T) == 4 ? "float32" : "float64") << " scope "
+                                    << scope << " rule " << rule);
+    const size_t K = 40;
+    std::vector<size_t> sizes(K);
+    for (size_t k = 0; k < K; ++k) sizes[k] = 1 + (k * 7919) % 70000;
+    sizes[13] = 1200000 + 7;
+    sizes[27] = 0;
+    const std::vector<int64_t> numels(sizes.begin(), sizes.end());
+    std::vector<int32_t> group(K);
+    for (size_t k = 0; k < K; ++k) group[k] = k < K / 2 ? 0 : 1;
+    const optim_hd_group groups[2] = {
+        {0.9, 0.1, 1e-2, 0, 0}, // heavy ball: u_prev is the momentum buffer
+        {0.0, 0.0, 0.0, 0, 0},  // plain SGD: u_prev is prev_updates
+    };
+    const bool per_parameter = scope == OPTIM_HD_SCOPE_PER_PARAMETER;
+    optim_hd_params hp{};
+    // Rates that move without all reaching a bound (h grows with the elements a rate covers).
+    hp.hypergrad_lr = rule == OPTIM_HD_RULE_NORMALIZED     ? 0.05
+                      : per_parameter                      ? 1e-2
+                      : scope == OPTIM_HD_SCOPE_PER_TENSOR ? 1e-7
+                      : scope == OPTIM_HD_SCOPE_PER_GROUP  ? 1e-8
+                                                           : 1e-9;
+    hp.lr_min = 1e-4;
+    hp.lr_max = 0.1;
+    hp.eps = 1e-8;
+    hp.scope = scope;
+    hp.rule = rule;
+    const size_t slots = per_parameter                       ? 0
+                         : scope == OPTIM_HD_SCOPE_GLOBAL    ? 1
+                         : scope == OPTIM_HD_SCOPE_PER_GROUP ? 2
+                                                             : K;
+    std::vector<double> rates(slots);
+    for (size_t s = 0; s < slots; ++s) rates[s] = 0.01 + 0.001 * static_cast<double>(s);
+
+    std::mt19937_64 rng(29);
+    HdState<T> host(kHdArrays, std::vector<std::vector<T>>(K));
+    for (size_t k = 0; k < K; ++k) {
+        host[0][k] = random_vector<T>(sizes[k], rng);
+        host[1][k].assign(sizes[k], T(0));
+        host[2][k].assign(sizes[k], T(0));
+        host[3][k].assign(sizes[k], T(0.01));
+    }
+    std::vector<std::vector<T*>> dev(kHdArrays);
+    std::vector<std::vector<void*>> host_ptrs(kHdArrays), dev_ptrs(kHdArrays);
+    for (int a = 0; a < kHdArrays; ++a) {
+        for (size_t k = 0; k < K; ++k) {
+            dev[a].push_back(hd_upload(host[a][k]));
+            host_ptrs[a].push_back(host[a][k].data());
+            dev_ptrs[a].push_back(dev[a][k]);
+        }
+    }
+    std::vector<std::vector<T>> grads(K);
+    std::vector<T*> dgrads(K);
+    std::vector<const void*> host_grads(K), dev_grads(K);
+    for (size_t k = 0; k < K; ++k) {
+        grads[k].assign(sizes[k], T(0));
+        dgrads[k] = hd_upload(grads[k]);
+        host_grads[k] = grads[k].data();
+        dev_grads[k] = dgrads[k];
+    }
+    double* d_rates = per_parameter ? nullptr : hd_upload(rates);
+    int64_t* d_skipped = nullptr;
+    CUDA_OK(cudaMalloc(&d_skipped, sizeof(int64_t)));
+    CUDA_OK(cudaMemset(d_skipped, 0, sizeof(int64_t)));
+
+    std::vector<uint8_t> fresh(K, 1);
+    const optim_hd_tensors host_t{static_cast<int64_t>(K), host_ptrs[0].data(), host_grads.data(),
+                                  host_ptrs[1].data(),     host_ptrs[2].data(), host_ptrs[3].data(),
+                                  numels.data(),           group.data(),        fresh.data()};
+    const optim_hd_tensors dev_t{static_cast<int64_t>(K), dev_ptrs[0].data(), dev_grads.data(),
+                                 dev_ptrs[1].data(),      dev_ptrs[2].data(), dev_ptrs[3].data(),
+                                 numels.data(),           group.data(),       fresh.data()};
+    const int32_t dtype = sizeof(T) == 4 ? OPTIM_DTYPE_FLOAT32 : OPTIM_DTYPE_FLOAT64;
+    std::uniform_real_distribution<double> noise(-0.1, 0.1);
+    // Gradients of a quadratic plus noise, from the CPU side's parameters, given to both paths.
+    auto make_grads = [&] {
+        for (size_t k = 0; k < K; ++k)
+            for (size_t i = 0; i < sizes[k]; ++i)
+                grads[k][i] = static_cast<T>(0.5 * static_cast<double>(host[0][k][i]) + noise(rng));
+    };
+    auto upload_grads = [&] {
+        for (size_t k = 0; k < K; ++k) {
+            if (sizes[k] == 0) continue;
+            CUDA_OK(cudaMemcpy(dgrads[k], grads[k].data(), sizes[k] * sizeof(T),
+                               cudaMemcpyHostToDevice));
+        }
+    };
+    double* host_rates = per_parameter ? nullptr : rates.data();
+
+    for (int step = 0; step < 10; ++step) {
+        make_grads();
+        upload_grads();
+        if (testing::Test::HasFatalFailure()) return;
+        for (size_t k = 0; k < K; ++k) fresh[k] = step == 0 ? 1 : 0;
+        hp.first_step = step == 0 ? 1 : 0;
+        int64_t skipped = -1;
+        ASSERT_EQ(optim_hd_step(OPTIM_DEVICE_CPU, 0, dtype, &host_t, 2, groups, &hp, host_rates,
+                                &skipped),
+                  OPTIM_STATUS_OK)
+            << optim_last_error();
+        EXPECT_EQ(skipped, 0);
+        ASSERT_EQ(
+            optim_hd_step(OPTIM_DEVICE_CUDA, 0, dtype, &dev_t, 2, groups, &hp, d_rates, d_skipped),
+            OPTIM_STATUS_OK)
+            << optim_last_error();
+    }
+    CUDA_OK(cudaDeviceSynchronize());
+
+    const double rtol = sizeof(T) == 4 ? 1e-4 : 1e-9, atol = sizeof(T) == 4 ? 1e-5 : 1e-11;
+    HdState<T> gpu = hd_download_state(dev, sizes);
+    for (int a = 0; a < kHdArrays; ++a)
+        for (size_t k = 0; k < K; ++k)
+            hd_expect_close(host[a][k], gpu[a][k], kHdArrayNames[a], k, rtol, atol);
+    std::vector<double> gpu_rates = hd_download(d_rates, slots);
+    hd_expect_close(rates, gpu_rates, "rate", 0, rtol, atol);
+    int64_t gpu_skipped = -1;
+    CUDA_OK(cudaMemcpy(&gpu_skipped, d_skipped, sizeof(int64_t), cudaMemcpyDeviceToHost));
+    EXPECT_EQ(gpu_skipped, 0);
+
+    // A NaN gradient: both paths skip the whole step and write nothing but the skip report.
+    const HdState<T> host_before = host;
+    const std::vector<double> rates_before = rates;
+    make_grads();
+    grads[5][3] = static_cast<T>(std::nan(""));
+    upload_grads();
+    if (testing::Test::HasFatalFailure()) return;
+    for (size_t k = 0; k < K; ++k) fresh[k] = 0;
+    hp.first_step = 0;
+    int64_t skipped = -1;
+    ASSERT_EQ(
+        optim_hd_step(OPTIM_DEVICE_CPU, 0, dtype, &host_t, 2, groups, &hp, host_rates, &skipped),
+        OPTIM_STATUS_OK)
+        << optim_last_error();
+    EXPECT_EQ(skipped, 1);
+    EXPECT_TRUE(host == host_before);
+    EXPECT_EQ(rates, rates_before);
+    ASSERT_EQ(
+        optim_hd_step(OPTIM_DEVICE_CUDA, 0, dtype, &dev_t, 2, groups, &hp, d_rates, d_skipped),
+        OPTIM_STATUS_OK)
+        << optim_last_error();
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_TRUE(hd_download_state(dev, sizes) == gpu);
+    EXPECT_EQ(hd_download(d_rates, slots), gpu_rates);
+    CUDA_OK(cudaMemcpy(&gpu_skipped, d_skipped, sizeof(int64_t), cudaMemcpyDeviceToHost));
+    EXPECT_EQ(gpu_skipped, 1);
+
+    for (int a = 0; a < kHdArrays; ++a)
+        for (T* d : dev[a]) cudaFree(d);
+    for (T* d : dgrads) cudaFree(d);
+    cudaFree(d_rates);
+    cudaFree(d_skipped);
+}
+
+} // namespace
+
+TEST(HdCuda, MatchesCpuForEveryScope)
+{
+    if (!have_device()) GTEST_SKIP() << "no CUDA device";
+    for (int32_t scope = OPTIM_HD_SCOPE_GLOBAL; scope <= OPTIM_HD_SCOPE_PER_PARAMETER; ++scope) {
+        for (int32_t rule = OPTIM_HD_RULE_ADDITIVE; rule <= OPTIM_HD_RULE_NORMALIZED; ++rule) {
+            hd_compare_with_cpu<float>(scope, rule);
+            if (testing::Test::HasFatalFailure()) return;
+            hd_compare_with_cpu<double>(scope, rule);
+            if (testing::Test::HasFatalFailure()) return;
+        }
+    }
+}

@@ -101,11 +101,11 @@ internal sealed class ReferenceHd : IDisposable
         switch (_scope)
         {
             case HypergradientScope.Global:
-            {
-                var (h, gn, un) = Sums(items);
-                _grate[0] = NewRate(_grate[0], h, gn, un);
-                break;
-            }
+                {
+                    var (h, gn, un) = Sums(items);
+                    _grate[0] = NewRate(_grate[0], h, gn, un);
+                    break;
+                }
             case HypergradientScope.PerGroup:
                 for (int gi = 0; gi < _groups.Count; gi++)
                 {

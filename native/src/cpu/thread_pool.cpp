@@ -164,10 +164,12 @@ struct ThreadPool::Impl {
         t_inside_pool = was_inside;
     }
 
-    void worker_loop()
+    // `seen` starts at the generation current when the worker was started: a worker started after a
+    // set_num_threads must not take the last job's generation for a new job (it would run it twice
+    // and break the busy count).
+    void worker_loop(uint64_t seen)
     {
         t_inside_pool = true;
-        uint64_t seen = 0;
         for (;;) {
             {
                 std::unique_lock<std::mutex> lock(mutex);
@@ -186,7 +188,8 @@ struct ThreadPool::Impl {
     void start(int n)
     {
         stopping = false;
-        for (int i = 1; i < n; ++i) workers.emplace_back([this] { worker_loop(); });
+        const uint64_t current = generation;
+        for (int i = 1; i < n; ++i) workers.emplace_back([this, current] { worker_loop(current); });
         started = true;
     }
 
