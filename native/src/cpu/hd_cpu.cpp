@@ -39,13 +39,15 @@ struct Groups {
 constexpr int kLanes = 8;
 
 template <typename T, unsigned Flags, bool HasUp, bool Norms>
-HdPartial reduce_lanes(const T* __restrict p, const T* __restrict g, const T* __restrict up,
-                       int64_t n, const SgdCoeffs<T>& c)
+OPTIM_CPU_CLONES HdPartial reduce_lanes(const T* __restrict p, const T* __restrict g,
+                                        const T* __restrict up, int64_t n, const SgdCoeffs<T>& c)
 {
     double h[kLanes] = {}, gg[kLanes] = {}, uu[kLanes] = {}, bad[kLanes] = {};
     const int64_t whole = n - n % kLanes;
+    // g - g is 0 for a finite g and NaN otherwise: summing it flags a non-finite element without a
+    // branch (a compare-and-branch per element kept this loop scalar).
     auto one = [&](int lane, int64_t i) {
-        bad[lane] += (g[i] - g[i] == T(0)) ? 0.0 : 1.0;
+        bad[lane] += static_cast<double>(g[i] - g[i]);
         const double gt = sgd_effective_grad<T, Flags>(p[i], g[i], c);
         const double u = HasUp ? static_cast<double>(up[i]) : 0.0;
         h[lane] += gt * u;
@@ -58,27 +60,31 @@ HdPartial reduce_lanes(const T* __restrict p, const T* __restrict g, const T* __
         for (int lane = 0; lane < kLanes; ++lane) one(lane, i + lane);
     for (int64_t i = whole; i < n; ++i) one(static_cast<int>(i - whole), i);
     HdPartial r;
+    double flag = 0;
     for (int lane = 0; lane < kLanes; ++lane) {
         r.h += h[lane];
         r.gg += gg[lane];
         r.uu += uu[lane];
-        r.nonfinite += bad[lane];
+        flag += bad[lane];
     }
+    r.nonfinite = flag == 0.0 ? 0.0 : 1.0; // NaN != 0: some element was not finite
     return r;
 }
 
-// Only the count of non-finite gradient elements (the per-parameter scope's first pass).
+// Only whether some gradient element is not finite (the per-parameter scope's first pass).
 template <typename T>
-HdPartial count_nonfinite(const T* __restrict g, int64_t n)
+OPTIM_CPU_CLONES HdPartial count_nonfinite(const T* __restrict g, int64_t n)
 {
     double bad[kLanes] = {};
     const int64_t whole = n - n % kLanes;
     for (int64_t i = 0; i < whole; i += kLanes)
         for (int lane = 0; lane < kLanes; ++lane)
-            bad[lane] += (g[i + lane] - g[i + lane] == T(0)) ? 0.0 : 1.0;
-    for (int64_t i = whole; i < n; ++i) bad[0] += (g[i] - g[i] == T(0)) ? 0.0 : 1.0;
+            bad[lane] += static_cast<double>(g[i + lane] - g[i + lane]);
+    for (int64_t i = whole; i < n; ++i) bad[0] += static_cast<double>(g[i] - g[i]);
+    double flag = 0;
+    for (int lane = 0; lane < kLanes; ++lane) flag += bad[lane];
     HdPartial r;
-    for (int lane = 0; lane < kLanes; ++lane) r.nonfinite += bad[lane];
+    r.nonfinite = flag == 0.0 ? 0.0 : 1.0;
     return r;
 }
 
@@ -95,8 +101,8 @@ HdPartial reduce_piece(const T* p, const T* g, const T* up, int64_t n, const Sgd
 }
 
 template <typename T, unsigned Flags, bool Fresh>
-void update_piece(T* __restrict p, const T* __restrict g, T* __restrict buf, T* __restrict up,
-                  int64_t n, const SgdCoeffs<T>& c, T lr)
+OPTIM_CPU_CLONES void update_piece(T* __restrict p, const T* __restrict g, T* __restrict buf,
+                                   T* __restrict up, int64_t n, const SgdCoeffs<T>& c, T lr)
 {
     T unused_b = T(0), unused_u = T(0);
     for (int64_t i = 0; i < n; ++i) {
@@ -107,9 +113,9 @@ void update_piece(T* __restrict p, const T* __restrict g, T* __restrict buf, T* 
 }
 
 template <typename T, unsigned Flags, bool Fresh>
-void per_parameter_piece(T* __restrict p, const T* __restrict g, T* __restrict buf,
-                         T* __restrict up, T* __restrict alpha, int64_t n, const SgdCoeffs<T>& c,
-                         const HdCoeffs<T>& hc)
+OPTIM_CPU_CLONES void per_parameter_piece(T* __restrict p, const T* __restrict g, T* __restrict buf,
+                                          T* __restrict up, T* __restrict alpha, int64_t n,
+                                          const SgdCoeffs<T>& c, const HdCoeffs<T>& hc)
 {
     T unused_b = T(0), unused_u = T(0);
     for (int64_t i = 0; i < n; ++i) {

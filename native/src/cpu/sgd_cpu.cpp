@@ -12,8 +12,8 @@ namespace optim::cpu {
 namespace {
 
 template <typename T, unsigned Flags, bool Fresh>
-void sgd_range(T* __restrict p, const T* __restrict g, T* __restrict buf, int64_t n,
-               const SgdCoeffs<T>& c, T lr)
+OPTIM_CPU_CLONES void sgd_range(T* __restrict p, const T* __restrict g, T* __restrict buf,
+                                int64_t n, const SgdCoeffs<T>& c, T lr)
 {
     if constexpr ((Flags & kSgdMomentum) != 0) {
         for (int64_t i = 0; i < n; ++i) sgd_element<T, Flags>(p[i], g[i], buf[i], Fresh, c, lr);
