@@ -402,7 +402,10 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
                         var state = (State)_state[p.Handle];
                         if (_fresh[k] != 0)
                         {
-                            var buf = torch.empty_like(p).DetachFromDisposeScope();
+                            // On CUDA whether the step is skipped is known only on the device, so a new
+                            // buffer starts at zero: if this first step is skipped, the next one blends
+                            // into zeros (exact for dampening 0; (1 - dampening)·g̃ otherwise).
+                            var buf = (cuda ? torch.zeros_like(p) : torch.empty_like(p)).DetachFromDisposeScope();
                             state.momentum_buffer = buf;
                             _created.Add((state, buf));
                             _b[k] = TorchSharpNative.DataPointer(buf.Handle);

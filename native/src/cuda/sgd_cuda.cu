@@ -102,29 +102,12 @@ void sgd_typed(const SgdCall& call)
     c.weight_decay = static_cast<T>(call.weight_decay);
     const T lr = static_cast<T>(call.lr);
     const unsigned flags =
-        (call.momentum != 0.0 ? kSgdMomentum : 0u) | (call.nesterov ? kSgdNesterov : 0u) |
-        (call.weight_decay != 0.0 ? kSgdWeightDecay : 0u) | (call.maximize ? kSgdMaximize : 0u);
-    switch (flags) {
-#define OPTIM_CASE(F)                                                                              \
-    case (F):                                                                                      \
-        launch_all<T, (F)>(call, c, lr);                                                           \
-        break;
-        OPTIM_CASE(0)
-        OPTIM_CASE(kSgdMomentum)
-        OPTIM_CASE(kSgdMomentum | kSgdNesterov)
-        OPTIM_CASE(kSgdWeightDecay)
-        OPTIM_CASE(kSgdMomentum | kSgdWeightDecay)
-        OPTIM_CASE(kSgdMomentum | kSgdNesterov | kSgdWeightDecay)
-        OPTIM_CASE(kSgdMaximize)
-        OPTIM_CASE(kSgdMomentum | kSgdMaximize)
-        OPTIM_CASE(kSgdMomentum | kSgdNesterov | kSgdMaximize)
-        OPTIM_CASE(kSgdWeightDecay | kSgdMaximize)
-        OPTIM_CASE(kSgdMomentum | kSgdWeightDecay | kSgdMaximize)
-        OPTIM_CASE(kSgdMomentum | kSgdNesterov | kSgdWeightDecay | kSgdMaximize)
-#undef OPTIM_CASE
-    default:
-        fail(OPTIM_STATUS_INTERNAL, "optim_sgd_step: unexpected flag combination");
-    }
+        sgd_flags(call.momentum, call.weight_decay, call.nesterov, call.maximize);
+    const bool known = dispatch_sgd_flags(flags, [&](auto F) {
+        constexpr unsigned Flags = decltype(F)::value;
+        launch_all<T, Flags>(call, c, lr);
+    });
+    if (!known) fail(OPTIM_STATUS_INTERNAL, "optim_sgd_step: unexpected flag combination");
 }
 
 } // namespace
