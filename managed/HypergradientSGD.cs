@@ -308,7 +308,7 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
         int total = 0;
         foreach (var g in _parameter_groups)
         {
-            total += ((List<Parameter>)g.Parameters).Count;
+            total += (ParametersOf(g)).Count;
         }
         Ensure(total);
         var groups = new HdGroupOptions[_parameter_groups.Count];
@@ -333,7 +333,7 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
                 };
                 bool momentum = o.momentum.Value != 0;
                 bool heavyBall = momentum && !o.nesterov.Value;
-                var list = (List<Parameter>)_parameter_groups[gi].Parameters;
+                var list = ParametersOf(_parameter_groups[gi]);
                 for (int i = 0; i < list.Count; i++, k++)
                 {
                     var p = list[i];
@@ -395,7 +395,7 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
             {
                 var o = (Options)_parameter_groups[gi].Options;
                 bool heavyBall = o.momentum!.Value != 0 && !o.nesterov!.Value;
-                foreach (var p in (List<Parameter>)_parameter_groups[gi].Parameters)
+                foreach (var p in ParametersOf(_parameter_groups[gi]))
                 {
                     if (_has[k] != 0)
                     {
@@ -568,7 +568,18 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
         _ => AllParameters().Select(p => ((State)_state[p.Handle]).tensor_rate).ToArray(),
     };
 
-    private IEnumerable<Parameter> AllParameters() => _parameter_groups.SelectMany(g => (List<Parameter>)g.Parameters);
+    // A group's parameters as the list add_param_group stored (re-listed if the caller replaced them).
+    private static List<Parameter> ParametersOf(TorchSharp.Modules.ParamGroup group)
+    {
+        if (group.Parameters is not List<Parameter> list)
+        {
+            list = group.Parameters.ToList();
+            group.Parameters = list;
+        }
+        return list;
+    }
+
+    private IEnumerable<Parameter> AllParameters() => _parameter_groups.SelectMany(g => ParametersOf(g));
 
     /// <summary>
     /// Copies CUDA-resident rates back to the param groups' <c>LearningRate</c> (global and per-group
@@ -617,7 +628,7 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
         var result = new List<double>();
         foreach (var g in _parameter_groups)
         {
-            foreach (var p in (List<Parameter>)g.Parameters)
+            foreach (var p in ParametersOf(g))
             {
                 var s = (State)_state[p.Handle];
                 result.Add(_scope switch
