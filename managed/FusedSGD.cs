@@ -478,56 +478,12 @@ public class FusedSGD : OptimizerHelper, IMomentum
     }
 
     /// <summary>Hyperparameters of a param group. Unset (null) values take the optimizer's defaults.</summary>
-    public class Options : OptimizerOptions
+    public class Options : SgdOptionsBase
     {
-        /// <summary>Momentum factor.</summary>
-        public double? momentum;
-        /// <summary>Dampening for momentum.</summary>
-        public double? dampening;
-        /// <summary>Weight decay (L2 penalty).</summary>
-        public double? weight_decay;
-        /// <summary>Nesterov momentum.</summary>
-        public bool? nesterov;
-        /// <summary>Maximize instead of minimize.</summary>
-        public bool? maximize;
-
-        /// <summary>Reads the options (TorchSharp's SGD format).</summary>
-        public override void LoadStateDict(BinaryReader reader)
-        {
-            base.LoadStateDict(reader);
-            momentum = reader.ReadDouble();
-            dampening = reader.ReadDouble();
-            weight_decay = reader.ReadDouble();
-            nesterov = reader.ReadBoolean();
-            maximize = reader.ReadBoolean();
-        }
-
-        /// <summary>Copies the options of another <see cref="Options"/>.</summary>
-        public override void LoadStateDict(OptimizerOptions source)
-        {
-            base.LoadStateDict(source);
-            var o = (Options)source;
-            momentum = o.momentum;
-            dampening = o.dampening;
-            weight_decay = o.weight_decay;
-            nesterov = o.nesterov;
-            maximize = o.maximize;
-        }
-
-        /// <summary>Writes the options (TorchSharp's SGD format).</summary>
-        public override void SaveStateDict(BinaryWriter writer)
-        {
-            base.SaveStateDict(writer);
-            writer.Write(momentum!.Value);
-            writer.Write(dampening!.Value);
-            writer.Write(weight_decay!.Value);
-            writer.Write(nesterov!.Value);
-            writer.Write(maximize!.Value);
-        }
     }
 
     /// <summary>A param group of <see cref="FusedSGD"/>, with optional per-group options.</summary>
-    public class ParamGroup : ParamGroup<Options>, IMomentum
+    public class ParamGroup : SgdParamGroupBase<Options>
     {
         /// <summary>An empty group (set <c>Parameters</c> and <c>Options</c>).</summary>
         public ParamGroup()
@@ -542,23 +498,8 @@ public class FusedSGD : OptimizerHelper, IMomentum
         /// <summary>A group; each option left null takes the optimizer's default.</summary>
         public ParamGroup(IEnumerable<Parameter> parameters, double? lr = null, double? momentum = null, double? dampening = null,
             double? weight_decay = null, bool? nesterov = null, bool? maximize = null)
-            : base(parameters, new Options
-            {
-                LearningRate = lr,
-                momentum = momentum,
-                dampening = dampening,
-                weight_decay = weight_decay,
-                nesterov = nesterov,
-                maximize = maximize,
-            })
+            : base(parameters, lr, momentum, dampening, weight_decay, nesterov, maximize)
         {
-        }
-
-        /// <summary>The group's momentum.</summary>
-        public double Momentum
-        {
-            get => Options.momentum ?? 0;
-            set => Options.momentum = value;
         }
     }
 }

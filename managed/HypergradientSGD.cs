@@ -825,19 +825,10 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
         }
     }
 
-    /// <summary>Options of a param group; null values take the optimizer's defaults.</summary>
-    public class Options : OptimizerOptions
+    /// <summary>Options of a param group; null values take the optimizer's defaults. Also carries the
+    /// optimizer's step and skipped counts through <c>state_dict</c>.</summary>
+    public class Options : SgdOptionsBase
     {
-        /// <summary>Momentum factor.</summary>
-        public double? momentum;
-        /// <summary>Dampening for momentum.</summary>
-        public double? dampening;
-        /// <summary>Weight decay (L2 penalty).</summary>
-        public double? weight_decay;
-        /// <summary>Nesterov momentum.</summary>
-        public bool? nesterov;
-        /// <summary>Maximize instead of minimize.</summary>
-        public bool? maximize;
         internal long steps;
         internal long skipped;
         internal bool loaded;
@@ -846,11 +837,6 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
         public override void LoadStateDict(BinaryReader reader)
         {
             base.LoadStateDict(reader);
-            momentum = reader.ReadDouble();
-            dampening = reader.ReadDouble();
-            weight_decay = reader.ReadDouble();
-            nesterov = reader.ReadBoolean();
-            maximize = reader.ReadBoolean();
             steps = reader.ReadInt64();
             skipped = reader.ReadInt64();
             loaded = true;
@@ -861,7 +847,6 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
         {
             base.LoadStateDict(source);
             var o = (Options)source;
-            (momentum, dampening, weight_decay, nesterov, maximize) = (o.momentum, o.dampening, o.weight_decay, o.nesterov, o.maximize);
             (steps, skipped, loaded) = (o.steps, o.skipped, true);
         }
 
@@ -869,25 +854,20 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
         public override void SaveStateDict(BinaryWriter writer)
         {
             base.SaveStateDict(writer);
-            writer.Write(momentum!.Value);
-            writer.Write(dampening!.Value);
-            writer.Write(weight_decay!.Value);
-            writer.Write(nesterov!.Value);
-            writer.Write(maximize!.Value);
             writer.Write(steps);
             writer.Write(skipped);
         }
     }
 
-    /// <summary>A param group of <see cref="HypergradientSGD"/>.</summary>
-    public class ParamGroup : ParamGroup<Options>, IMomentum
+    /// <summary>A param group of <see cref="HypergradientSGD"/>, with optional per-group options.</summary>
+    public class ParamGroup : SgdParamGroupBase<Options>
     {
-        /// <summary>An empty group.</summary>
+        /// <summary>An empty group (set <c>Parameters</c> and <c>Options</c>).</summary>
         public ParamGroup()
         {
         }
 
-        /// <summary>A group with explicit options.</summary>
+        /// <summary>A group with explicit options (null fields take the optimizer's defaults).</summary>
         public ParamGroup(IEnumerable<Parameter> parameters, Options options) : base(parameters, options)
         {
         }
@@ -895,23 +875,8 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
         /// <summary>A group; each option left null takes the optimizer's default.</summary>
         public ParamGroup(IEnumerable<Parameter> parameters, double? lr = null, double? momentum = null, double? dampening = null,
             double? weight_decay = null, bool? nesterov = null, bool? maximize = null)
-            : base(parameters, new Options
-            {
-                LearningRate = lr,
-                momentum = momentum,
-                dampening = dampening,
-                weight_decay = weight_decay,
-                nesterov = nesterov,
-                maximize = maximize,
-            })
+            : base(parameters, lr, momentum, dampening, weight_decay, nesterov, maximize)
         {
-        }
-
-        /// <summary>The group's momentum.</summary>
-        public double Momentum
-        {
-            get => Options.momentum ?? 0;
-            set => Options.momentum = value;
         }
     }
 }

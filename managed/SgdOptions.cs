@@ -1,0 +1,89 @@
+using TorchSharp.Modules;
+using static TorchSharp.torch.optim;
+
+namespace Optim;
+
+/// <summary>
+/// The options every SGD-family optimizer of Optim has per param group (PyTorch's names). Null values
+/// take the optimizer's defaults when the group is added. Saved in TorchSharp's SGD layout.
+/// </summary>
+public abstract class SgdOptionsBase : OptimizerOptions
+{
+    /// <summary>Momentum factor.</summary>
+    public double? momentum;
+    /// <summary>Dampening for momentum.</summary>
+    public double? dampening;
+    /// <summary>Weight decay (L2 penalty).</summary>
+    public double? weight_decay;
+    /// <summary>Nesterov momentum.</summary>
+    public bool? nesterov;
+    /// <summary>Maximize instead of minimize.</summary>
+    public bool? maximize;
+
+    /// <summary>Reads the options (TorchSharp's SGD format).</summary>
+    public override void LoadStateDict(BinaryReader reader)
+    {
+        base.LoadStateDict(reader);
+        momentum = reader.ReadDouble();
+        dampening = reader.ReadDouble();
+        weight_decay = reader.ReadDouble();
+        nesterov = reader.ReadBoolean();
+        maximize = reader.ReadBoolean();
+    }
+
+    /// <summary>Copies the options of another instance.</summary>
+    public override void LoadStateDict(OptimizerOptions source)
+    {
+        base.LoadStateDict(source);
+        var o = (SgdOptionsBase)source;
+        (momentum, dampening, weight_decay, nesterov, maximize) = (o.momentum, o.dampening, o.weight_decay, o.nesterov, o.maximize);
+    }
+
+    /// <summary>Writes the options (TorchSharp's SGD format).</summary>
+    public override void SaveStateDict(BinaryWriter writer)
+    {
+        base.SaveStateDict(writer);
+        writer.Write(momentum!.Value);
+        writer.Write(dampening!.Value);
+        writer.Write(weight_decay!.Value);
+        writer.Write(nesterov!.Value);
+        writer.Write(maximize!.Value);
+    }
+}
+
+/// <summary>A param group of an SGD-family optimizer, with optional per-group options.</summary>
+/// <typeparam name="TOptions">The optimizer's options type.</typeparam>
+public abstract class SgdParamGroupBase<TOptions> : ParamGroup<TOptions>, IMomentum where TOptions : SgdOptionsBase, new()
+{
+    /// <summary>An empty group (set <c>Parameters</c> and <c>Options</c>).</summary>
+    protected SgdParamGroupBase()
+    {
+    }
+
+    /// <summary>A group with explicit options (null fields take the optimizer's defaults).</summary>
+    protected SgdParamGroupBase(IEnumerable<Parameter> parameters, TOptions options) : base(parameters, options)
+    {
+    }
+
+    /// <summary>A group; each option left null takes the optimizer's default.</summary>
+    protected SgdParamGroupBase(IEnumerable<Parameter> parameters, double? lr, double? momentum, double? dampening,
+        double? weight_decay, bool? nesterov, bool? maximize)
+        : base(parameters, new TOptions
+        {
+            LearningRate = lr,
+            momentum = momentum,
+            dampening = dampening,
+            weight_decay = weight_decay,
+            nesterov = nesterov,
+            maximize = maximize,
+        })
+    {
+    }
+
+    /// <summary>The group's momentum.</summary>
+    public double Momentum
+    {
+        get => Options.momentum ?? 0;
+        set => Options.momentum = value;
+    }
+}
