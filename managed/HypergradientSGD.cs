@@ -259,7 +259,10 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
             var state = new State(p) { tensor_rate = lr };
             if (_scope == HypergradientScope.PerParameter)
             {
-                state.parameter_rates = torch.full_like(p, lr).DetachFromDisposeScope();
+                // An explicit Scalar kept alive by `using`: TorchSharp 0.107's implicit double-to-Scalar
+                // temporaries can be finalized by the GC while the native call still reads them.
+                using var rate = lr.ToScalar();
+                state.parameter_rates = torch.full_like(p, rate).DetachFromDisposeScope();
             }
             _state[p.Handle] = state;
         }

@@ -66,7 +66,7 @@ public class FusedSgdParityTests
             Harness.Backward(ours, x, y, Loss(c));
             Harness.Backward(theirs, x, y, Loss(c));
             fused.step();
-            sgd.step();
+            Harness.StepTorchSharp(sgd);
             for (int i = 0; i < op.Count; i++)
             {
                 Harness.AssertClose(op[i], tp[i], $"step {step}, parameter {i}", 1e-5, 1e-6);
@@ -126,7 +126,7 @@ public class FusedSgdParityTests
             Harness.Backward(ours, x, y);
             Harness.Backward(theirs, x, y);
             fused.step();
-            sgd.step();
+            Harness.StepTorchSharp(sgd);
         }
         var a = ours.parameters().First();
         var b = theirs.parameters().First();
@@ -164,7 +164,7 @@ public class FusedSgdParityTests
             Harness.Backward(ours, x, y);
             Harness.Backward(theirs, x, y);
             fused.step();
-            sgd.step();
+            Harness.StepTorchSharp(sgd);
             for (int i = 0; i < op.Count; i++)
             {
                 Harness.AssertClose(op[i], tp[i], $"step {step}, parameter {i}", 1e-5, 1e-6);
@@ -190,7 +190,7 @@ public class FusedSgdParityTests
             Harness.Backward(ours, x, y);
             Harness.Backward(theirs, x, y);
             fused.step();
-            sgd.step();
+            Harness.StepTorchSharp(sgd);
         }
         for (int i = 0; i < op.Count; i++)
         {
@@ -215,7 +215,7 @@ public class FusedSgdParityTests
             Harness.Backward(ours, x, y);
             Harness.Backward(theirs, x, y);
             fused.step();
-            sgd.step();
+            Harness.StepTorchSharp(sgd);
             for (int i = 0; i < op.Count; i++)
             {
                 Assert.That(op[i].dtype, Is.EqualTo(ScalarType.Float64));
@@ -240,7 +240,7 @@ public class FusedSgdParityTests
             Harness.Backward(ours, x, y);
             Harness.Backward(theirs, x, y);
             fused.step();
-            sgd.step();
+            Harness.StepTorchSharp(sgd);
             s1.step();
             s2.step();
         }

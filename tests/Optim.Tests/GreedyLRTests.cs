@@ -313,7 +313,14 @@ public class GreedyLRTests
             for (int i = 0; i < 5; i++)
             {
                 Harness.Backward(model, x, y);
-                opt.step();
+                if (opt is FusedSGD)
+                {
+                    opt.step();
+                }
+                else
+                {
+                    Harness.StepTorchSharp(opt);
+                }
             }
             double val;
             using (torch.no_grad())

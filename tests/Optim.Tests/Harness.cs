@@ -89,6 +89,28 @@ internal static class Harness
         return a.shape.SequenceEqual(b.shape) && a.eq(b).all().item<bool>();
     }
 
+    /// <summary>
+    /// Steps one of TorchSharp's own optimizers with the GC held off. TorchSharp 0.107 passes the Handle
+    /// of an implicit double-to-Scalar temporary (alpha in add_) to native code without keeping the
+    /// temporary alive, so a GC during that call can finalize it and LibTorch reads a freed Scalar
+    /// (seen once in CI: "Expected false to be true ... toFloat" from SGD.step). No GC, no finalizer.
+    /// </summary>
+    public static void StepTorchSharp(torch.optim.Optimizer optimizer)
+    {
+        bool region = GC.TryStartNoGCRegion(64L * 1024 * 1024);
+        try
+        {
+            optimizer.step();
+        }
+        finally
+        {
+            if (region && System.Runtime.GCSettings.LatencyMode == System.Runtime.GCLatencyMode.NoGCRegion)
+            {
+                GC.EndNoGCRegion();
+            }
+        }
+    }
+
     /// <summary>Negated MSE: the objective for maximize runs, so that ascending it converges.</summary>
     public static Tensor NegatedMse(Tensor output, Tensor target) => -nn.functional.mse_loss(output, target);
 

@@ -36,7 +36,7 @@ public class HypergradientSgdTests
             Harness.Backward(ours, x, y, loss);
             Harness.Backward(theirs, x, y, loss);
             hd.step();
-            sgd.step();
+            Harness.StepTorchSharp(sgd);
             for (int i = 0; i < op.Count; i++)
             {
                 Harness.AssertClose(op[i], tp[i], $"step {step}, parameter {i}", 1e-5, 1e-6);
