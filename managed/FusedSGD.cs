@@ -104,26 +104,7 @@ public class FusedSGD : OptimizerHelper, IMomentum
     public double Momentum
     {
         get => ((Options)_defaults).momentum!.Value;
-        set
-        {
-            if (!(value >= 0) || double.IsInfinity(value))
-            {
-                throw new ArgumentException(FormattableString.Invariant($"Invalid momentum value: {value}"), nameof(value));
-            }
-            foreach (var g in _parameter_groups)
-            {
-                var o = (Options)g.Options;
-                if (o.nesterov == true && value <= 0)
-                {
-                    throw new ArgumentException("Nesterov momentum requires a momentum and zero dampening", nameof(value));
-                }
-            }
-            ((Options)_defaults).momentum = value;
-            foreach (var g in _parameter_groups)
-            {
-                ((Options)g.Options).momentum = value;
-            }
-        }
+        set => SgdOptionsBase.SetMomentum(_defaults, _parameter_groups, value);
     }
 
     /// <summary>
@@ -158,24 +139,7 @@ public class FusedSGD : OptimizerHelper, IMomentum
         ValidateOptions(filled, groupIndex);
 
         var parameters = param_group.Parameters.ToList();
-        var checks = new TensorChecks(nameof(FusedSGD));
-        for (int i = 0; i < parameters.Count; i++)
-        {
-            if (parameters[i] is null || parameters[i].IsInvalid)
-            {
-                throw new ArgumentException($"FusedSGD: parameter {i} of param group {groupIndex} is null or disposed.", nameof(param_group));
-            }
-            checks.CheckParameter(TorchSharpNative.Describe(parameters[i].Handle), groupIndex, i);
-        }
-        var seen = new HashSet<IntPtr>();
-        for (int i = 0; i < parameters.Count; i++)
-        {
-            var p = parameters[i];
-            if (_state.ContainsKey(p.Handle) || !seen.Add(p.Handle))
-            {
-                throw new ArgumentException($"FusedSGD: parameter {i} of param group {groupIndex} appears in more than one param group.", nameof(param_group));
-            }
-        }
+        TensorChecks.CheckNewGroup(nameof(FusedSGD), parameters, groupIndex, _state.ContainsKey);
         // Every check passed: now change the group and the optimizer.
         opt.LearningRate = filled.LearningRate;
         opt.momentum = filled.momentum;

@@ -189,19 +189,7 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
     public double Momentum
     {
         get => ((Options)_defaults).momentum!.Value;
-        set
-        {
-            foreach (var g in _parameter_groups)
-            {
-                var o = (Options)g.Options;
-                FusedSGD.ValidateOptions(value, o.dampening!.Value, o.weight_decay!.Value, o.nesterov!.Value, o.LearningRate!.Value, null);
-            }
-            ((Options)_defaults).momentum = value;
-            foreach (var g in _parameter_groups)
-            {
-                ((Options)g.Options).momentum = value;
-            }
-        }
+        set => SgdOptionsBase.SetMomentum(_defaults, _parameter_groups, value);
     }
 
     /// <summary>Adds a param group (options left null take the optimizer's defaults); validated before it is added.</summary>
@@ -229,21 +217,7 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
         bool nesterov = opt.nesterov ?? def.nesterov!.Value, maximize = opt.maximize ?? def.maximize!.Value;
         FusedSGD.ValidateOptions(momentum, dampening, wd, nesterov, lr, groupIndex);
         var parameters = param_group.Parameters.ToList();
-        var checks = new TensorChecks(nameof(HypergradientSGD));
-        var seen = new HashSet<IntPtr>();
-        for (int i = 0; i < parameters.Count; i++)
-        {
-            var p = parameters[i];
-            if (p is null || p.IsInvalid)
-            {
-                throw new ArgumentException($"HypergradientSGD: parameter {i} of param group {groupIndex} is null or disposed.", nameof(param_group));
-            }
-            checks.CheckParameter(TorchSharpNative.Describe(p.Handle), groupIndex, i);
-            if (_state.ContainsKey(p.Handle) || !seen.Add(p.Handle))
-            {
-                throw new ArgumentException($"HypergradientSGD: parameter {i} of param group {groupIndex} appears in more than one param group.", nameof(param_group));
-            }
-        }
+        TensorChecks.CheckNewGroup(nameof(HypergradientSGD), parameters, groupIndex, _state.ContainsKey);
         opt.LearningRate = lr;
         opt.InitialLearningRate = lr;
         opt.momentum = momentum;

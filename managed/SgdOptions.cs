@@ -20,6 +20,22 @@ public abstract class SgdOptionsBase : OptimizerOptions
     /// <summary>Maximize instead of minimize.</summary>
     public bool? maximize;
 
+    // IMomentum for the optimizers: validates the new momentum against every group's other options
+    // (nothing changes on failure), then sets it on the defaults and on every group.
+    internal static void SetMomentum(OptimizerOptions defaults, IList<TorchSharp.Modules.ParamGroup> groups, double value)
+    {
+        foreach (var g in groups)
+        {
+            var o = (SgdOptionsBase)g.Options;
+            FusedSGD.ValidateOptions(value, o.dampening!.Value, o.weight_decay!.Value, o.nesterov!.Value, o.LearningRate!.Value, null);
+        }
+        ((SgdOptionsBase)defaults).momentum = value;
+        foreach (var g in groups)
+        {
+            ((SgdOptionsBase)g.Options).momentum = value;
+        }
+    }
+
     /// <summary>Reads the options (TorchSharp's SGD format).</summary>
     public override void LoadStateDict(BinaryReader reader)
     {

@@ -81,6 +81,29 @@ internal struct TensorChecks
         }
     }
 
+    /// <summary>
+    /// Checks the parameters of a param group being added: not null or disposed, supported tensors of one
+    /// dtype and device, and none already optimized (by an earlier group or twice in this one).
+    /// </summary>
+    public static void CheckNewGroup(string optimizer, IList<TorchSharp.Modules.Parameter> parameters, int group, Func<IntPtr, bool> alreadyOptimized)
+    {
+        var checks = new TensorChecks(optimizer);
+        var seen = new HashSet<IntPtr>();
+        for (int i = 0; i < parameters.Count; i++)
+        {
+            var p = parameters[i];
+            if (p is null || p.IsInvalid)
+            {
+                throw new ArgumentException($"{optimizer}: parameter {i} of param group {group} is null or disposed.", "param_group");
+            }
+            checks.CheckParameter(TorchSharpNative.Describe(p.Handle), group, i);
+            if (alreadyOptimized(p.Handle) || !seen.Add(p.Handle))
+            {
+                throw new ArgumentException($"{optimizer}: parameter {i} of param group {group} appears in more than one param group.", "param_group");
+            }
+        }
+    }
+
     /// <summary>Checks a gradient against its (already checked) parameter.</summary>
     public readonly void CheckGradient(in TensorInfo grad, in TensorInfo p, int group, int index)
     {

@@ -25,6 +25,19 @@ public class FusedSgdValidationTests
     }
 
     [Test]
+    public void MomentumSetterValidatesEveryGroupAndChangesNothingOnFailure()
+    {
+        using var model = Harness.Mlp(36);
+        using var fused = new FusedSGD(model.parameters(), 0.1, momentum: 0.9, nesterov: true);
+        Assert.That(() => fused.Momentum = -1, Throws.ArgumentException.With.Message.Contains("Invalid momentum value: -1"));
+        Assert.That(() => fused.Momentum = 0, Throws.ArgumentException.With.Message.Contains("Nesterov momentum requires"));
+        Assert.That(fused.Momentum, Is.EqualTo(0.9));
+        Assert.That(((FusedSGD.ParamGroup)fused.ParamGroups.First()).Momentum, Is.EqualTo(0.9));
+        fused.Momentum = 0.5;
+        Assert.That(((FusedSGD.ParamGroup)fused.ParamGroups.First()).Momentum, Is.EqualTo(0.5));
+    }
+
+    [Test]
     public void IntegerParameterIsRejected()
     {
         var p = new Parameter(torch.ones(3, ScalarType.Int32), requires_grad: false);
