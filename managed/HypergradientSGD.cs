@@ -74,6 +74,7 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
     private byte[] _has = Array.Empty<byte>();
     private nint[] _gradHandles = Array.Empty<nint>();
     private double[] _rates = Array.Empty<double>();
+    private HdGroupOptions[] _groupOptions = Array.Empty<HdGroupOptions>();
     private readonly List<(State State, Tensor Buffer)> _created = new();
 
     // CUDA: the scalar rates and the skip counter in device memory.
@@ -288,7 +289,11 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
             total += (ParametersOf(g)).Count;
         }
         Ensure(total);
-        var groups = new HdGroupOptions[_parameter_groups.Count];
+        if (_groupOptions.Length != _parameter_groups.Count)
+        {
+            _groupOptions = new HdGroupOptions[_parameter_groups.Count];
+        }
+        var groups = _groupOptions;
         int handles = 0;
         try
         {
@@ -477,9 +482,12 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
         else if (_scope == HypergradientScope.PerTensor)
         {
             int k = 0;
-            foreach (var p in AllParameters())
+            foreach (var g in _parameter_groups)
             {
-                _rates[k++] = ((State)_state[p.Handle]).tensor_rate;
+                foreach (var p in ParametersOf(g))
+                {
+                    _rates[k++] = ((State)_state[p.Handle]).tensor_rate;
+                }
             }
         }
         long skipped = 0;
@@ -512,9 +520,12 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
         else if (_scope == HypergradientScope.PerTensor)
         {
             int k = 0;
-            foreach (var p in AllParameters())
+            foreach (var g in _parameter_groups)
             {
-                ((State)_state[p.Handle]).tensor_rate = _rates[k++];
+                foreach (var p in ParametersOf(g))
+                {
+                    ((State)_state[p.Handle]).tensor_rate = _rates[k++];
+                }
             }
         }
     }

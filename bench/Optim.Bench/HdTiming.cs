@@ -65,7 +65,7 @@ internal static class HdTiming
                     times[i].Add(sw.Elapsed.TotalMilliseconds / stepsPerRound);
                 }
             }
-            var medians = times.Select(Median).ToList();
+            var medians = times.Select(StepTiming.Median).ToList();
             for (int i = 0; i < optimizers.Count; i++)
             {
                 var k = optimizers[i].Item1;
@@ -75,11 +75,5 @@ internal static class HdTiming
                 optimizers[i].Item2.Dispose();
             }
         }
-    }
-
-    private static double Median(List<double> xs)
-    {
-        xs.Sort();
-        return xs.Count % 2 == 1 ? xs[xs.Count / 2] : 0.5 * (xs[xs.Count / 2 - 1] + xs[xs.Count / 2]);
     }
 }

@@ -80,7 +80,7 @@ internal static class StepTiming
         return sw.Elapsed.TotalMilliseconds / steps;
     }
 
-    private static double Median(List<double> xs)
+    internal static double Median(List<double> xs)
     {
         xs.Sort();
         return xs.Count % 2 == 1 ? xs[xs.Count / 2] : 0.5 * (xs[xs.Count / 2 - 1] + xs[xs.Count / 2]);
