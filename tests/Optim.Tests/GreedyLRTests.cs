@@ -238,7 +238,7 @@ public class GreedyLRTests
         Assert.That(sc.State.Best, Is.EqualTo(sa.State.Best));
         Assert.That(sc.State.Steps, Is.EqualTo(sa.State.Steps));
         Assert.That(sc.State.Resets, Is.EqualTo(sa.State.Resets));
-        Assert.That(sa.State.Resets + sa.State.Steps, Is.GreaterThan(80), "the trace should exercise at least one reset");
+        Assert.That(sa.State.Resets, Is.GreaterThanOrEqualTo(1), "the trace should exercise at least one reset");
     }
 
     [Test]
