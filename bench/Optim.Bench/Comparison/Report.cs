@@ -147,6 +147,11 @@ internal sealed class Report
     private void GreedyTable(StringBuilder sb)
     {
         double tol = _o.Tolerance;
+        if (!_results.Any(r => r.Method.Schedule is "greedylr" or "greedylr-trend"))
+        {
+            sb.AppendLine("No GreedyLR method was run (see --methods).");
+            return;
+        }
         var greedyNames = new[] { "greedylr", "greedylr-trend" };
         var others = _results.Select(r => r.Method).Distinct().ToList();
         sb.AppendLine($"Per task and seed, GreedyLR counts as equal or better when its final evaluation loss ≤ the other method's × {1 + tol:0.###} " +

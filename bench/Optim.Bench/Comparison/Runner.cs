@@ -34,7 +34,7 @@ internal sealed class Runner
 
     public static readonly double[] SgdGrid = { 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0 };
 
-    public static readonly double[] AdamGrid = { 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2 };
+    public static readonly double[] AdamGrid = { 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1 };
 
     private readonly CompareSettings _o;
     private readonly LiveProgress _progress;
