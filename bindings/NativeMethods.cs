@@ -49,6 +49,9 @@ internal static unsafe partial class NativeMethods
     internal static partial int optim_hd_step(int device, int deviceIndex, int dtype, HdTensors* tensors, int nGroups,
         HdGroupOptions* groups, HdStepOptions* options, double* rates, long* skipped);
 
+    [LibraryImport(Library)]
+    internal static partial int optim_stream_reference(int dtype, StreamTensors* tensors, double scale, double* sum);
+
     // Runs before the first import is called: every import of this assembly goes through the resolver.
     static NativeMethods() => NativeLibraryResolver.Register();
 }
@@ -138,4 +141,16 @@ internal unsafe struct HdTensors
     public long* Numels;
     public int* GroupIndex;
     public byte* BufferFresh;
+}
+
+/// <summary>Mirror of <c>optim_stream_tensors</c>.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct StreamTensors
+{
+    public long Count;
+    public int NRead;
+    public int NUpdate;
+    public nint* Read;
+    public nint* Update;
+    public long* Numels;
 }

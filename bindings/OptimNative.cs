@@ -32,7 +32,7 @@ public readonly record struct SgdHyperparameters(
 public static unsafe class OptimNative
 {
     /// <summary>The <c>OPTIM_ABI_VERSION</c> these bindings were written for.</summary>
-    public const int ExpectedAbiVersion = 1;
+    public const int ExpectedAbiVersion = 2;
 
     private static volatile bool s_checked;
     private static readonly object s_lock = new();
@@ -261,6 +261,54 @@ public static unsafe class OptimNative
             };
             ThrowIfFailed(NativeMethods.optim_hd_step((int)device, deviceIndex, (int)dtype, &list, groups.Length, go, o, (double*)rates, (long*)skipped));
         }
+    }
+
+    /// <summary>The most read arrays, and the most update arrays, per tensor of <see cref="StreamReference"/>.</summary>
+    public const int StreamMaxArrays = 4;
+
+    /// <summary>
+    /// The memory-bandwidth reference of the benchmarks (see <c>optim_stream_reference</c> in <c>optim.h</c>):
+    /// one pass over host arrays that moves <c>(readArrays + 2 * updateArrays)</c> element sizes per element
+    /// with the least arithmetic, on the same threads and fixed chunks as the SGD step. Per element,
+    /// <c>r</c> is the sum of the read arrays (left to right); each update array gets <c>u += scale * r</c>.
+    /// A pass with no update arrays returns the sum of <c>r</c> over every element instead.
+    /// </summary>
+    /// <param name="dtype">Element type of every array.</param>
+    /// <param name="read">Read arrays, tensor-major: entry <c>k * readArrays + j</c> is the j-th of tensor k.</param>
+    /// <param name="readArrays">Read arrays per tensor (0 to <see cref="StreamMaxArrays"/>).</param>
+    /// <param name="update">Update arrays (read and written in place), laid out like <paramref name="read"/>.</param>
+    /// <param name="updateArrays">Update arrays per tensor (0 to <see cref="StreamMaxArrays"/>).</param>
+    /// <param name="numels">Element count of each tensor.</param>
+    /// <param name="scale">The factor of the update (finite).</param>
+    /// <returns>The sum of <c>r</c> when <paramref name="updateArrays"/> is 0, else 0.</returns>
+    public static double StreamReference(NativeDType dtype, ReadOnlySpan<nint> read, int readArrays,
+        ReadOnlySpan<nint> update, int updateArrays, ReadOnlySpan<long> numels, double scale)
+    {
+        EnsureLoaded();
+        int n = numels.Length;
+        if (readArrays < 0 || updateArrays < 0 || read.Length != (long)n * readArrays || update.Length != (long)n * updateArrays)
+        {
+            throw new ArgumentException(
+                $"StreamReference: {n} tensors with {readArrays} read and {updateArrays} update arrays need {(long)n * readArrays} " +
+                $"and {(long)n * updateArrays} pointers, got {read.Length} and {update.Length}.");
+        }
+        double sum = 0;
+        fixed (nint* r = read)
+        fixed (nint* u = update)
+        fixed (long* ne = numels)
+        {
+            var list = new StreamTensors
+            {
+                Count = n,
+                NRead = readArrays,
+                NUpdate = updateArrays,
+                Read = r,
+                Update = u,
+                Numels = ne,
+            };
+            ThrowIfFailed(NativeMethods.optim_stream_reference((int)dtype, &list, scale, &sum));
+        }
+        return sum;
     }
 
     /// <summary>

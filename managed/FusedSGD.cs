@@ -162,31 +162,33 @@ public class FusedSGD : OptimizerHelper, IMomentum
     private static void ValidateOptions(Options o, int? group) =>
         ValidateOptions(o.momentum!.Value, o.dampening!.Value, o.weight_decay!.Value, o.nesterov!.Value, o.LearningRate!.Value, group);
 
-    // PyTorch's checks and messages, with the param group named when there is one.
+    // PyTorch's checks and messages, with the param group named when there is one. Runs on every step:
+    // the messages are built only when a check fails (nothing is allocated otherwise).
     internal static void ValidateOptions(double momentum, double dampening, double wd, bool nesterov, double lr, int? group)
     {
-        string where = group is null ? "" : $" (param group {group})";
         if (!(lr >= 0) || double.IsInfinity(lr))
         {
-            throw new ArgumentException(FormattableString.Invariant($"Invalid learning rate: {lr}{where}"), "lr");
+            throw new ArgumentException(FormattableString.Invariant($"Invalid learning rate: {lr}{Where(group)}"), "lr");
         }
         if (!(momentum >= 0) || double.IsInfinity(momentum))
         {
-            throw new ArgumentException(FormattableString.Invariant($"Invalid momentum value: {momentum}{where}"), "momentum");
+            throw new ArgumentException(FormattableString.Invariant($"Invalid momentum value: {momentum}{Where(group)}"), "momentum");
         }
         if (!double.IsFinite(dampening))
         {
-            throw new ArgumentException(FormattableString.Invariant($"Invalid dampening value: {dampening}{where}"), "dampening");
+            throw new ArgumentException(FormattableString.Invariant($"Invalid dampening value: {dampening}{Where(group)}"), "dampening");
         }
         if (!(wd >= 0) || double.IsInfinity(wd))
         {
-            throw new ArgumentException(FormattableString.Invariant($"Invalid weight_decay value: {wd}{where}"), "weight_decay");
+            throw new ArgumentException(FormattableString.Invariant($"Invalid weight_decay value: {wd}{Where(group)}"), "weight_decay");
         }
         if (nesterov && (momentum <= 0 || dampening != 0))
         {
-            throw new ArgumentException($"Nesterov momentum requires a momentum and zero dampening{where}", "nesterov");
+            throw new ArgumentException($"Nesterov momentum requires a momentum and zero dampening{Where(group)}", "nesterov");
         }
     }
+
+    private static string Where(int? group) => group is null ? "" : FormattableString.Invariant($" (param group {group})");
 
     /// <summary>
     /// Performs one optimization step over every param group. All tensors and options are checked first;

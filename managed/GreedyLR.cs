@@ -44,6 +44,7 @@ public sealed class GreedyLR : lr_scheduler.LRScheduler
     private GreedyLRConfig _config;
     private GreedyLRCounters _counters;
     private double[] _rates;
+    private double[] _spareRates = Array.Empty<double>();
     private double[] _initial;
     private double[] _minLr;
     private double[] _maxLr;
@@ -195,12 +196,19 @@ public sealed class GreedyLR : lr_scheduler.LRScheduler
     private void StepCore(double current)
     {
         PullFromDevice();
-        var groups = _optimizer.ParamGroups as IList<ILearningRateController> ?? _optimizer.ParamGroups.ToList();
+        // TorchSharp's optimizers keep their groups in a List<ParamGroup>: read through the covariant
+        // IReadOnlyList, it is used as is (no copy per step).
+        var groups = _optimizer.ParamGroups as IReadOnlyList<ILearningRateController> ?? _optimizer.ParamGroups.ToList();
         if (groups.Count != _config.Groups)
         {
             throw new InvalidOperationException($"GreedyLR: the optimizer now has {groups.Count} param groups, but the scheduler was created for {_config.Groups}.");
         }
-        var rates = new double[_rates.Length];
+        // The step works on a second array, swapped in once the native step has succeeded.
+        if (_spareRates.Length != _rates.Length)
+        {
+            _spareRates = new double[_rates.Length];
+        }
+        var rates = _spareRates;
         for (int g = 0; g < rates.Length; g++)
         {
             rates[g] = groups[g].LearningRate;
@@ -209,6 +217,7 @@ public sealed class GreedyLR : lr_scheduler.LRScheduler
         GreedyLRNative.Step(_config, ref counters, rates, _initial, _minLr, _maxLr, _window, current);
         // The native step validated everything before changing anything: commit.
         _counters = counters;
+        _spareRates = _rates;
         _rates = rates;
         for (int g = 0; g < rates.Length; g++)
         {

@@ -283,10 +283,12 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
     private void StepCore()
     {
         AdoptLoadedCounters();
+        // Index loops over the groups on the step path: _parameter_groups is an IList, and foreach over
+        // it would allocate an enumerator on every step.
         int total = 0;
-        foreach (var g in _parameter_groups)
+        for (int gi = 0; gi < _parameter_groups.Count; gi++)
         {
-            total += (ParametersOf(g)).Count;
+            total += ParametersOf(_parameter_groups[gi]).Count;
         }
         Ensure(total);
         if (_groupOptions.Length != _parameter_groups.Count)
@@ -482,9 +484,9 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
         else if (_scope == HypergradientScope.PerTensor)
         {
             int k = 0;
-            foreach (var g in _parameter_groups)
+            for (int gi = 0; gi < _parameter_groups.Count; gi++)
             {
-                foreach (var p in ParametersOf(g))
+                foreach (var p in ParametersOf(_parameter_groups[gi]))
                 {
                     _rates[k++] = ((State)_state[p.Handle]).tensor_rate;
                 }
@@ -505,9 +507,9 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
         _steps++;
         if (_scope == HypergradientScope.Global)
         {
-            foreach (var g in _parameter_groups)
+            for (int gi = 0; gi < _parameter_groups.Count; gi++)
             {
-                g.LearningRate = _rates[0];
+                _parameter_groups[gi].LearningRate = _rates[0];
             }
         }
         else if (_scope == HypergradientScope.PerGroup)
@@ -520,9 +522,9 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
         else if (_scope == HypergradientScope.PerTensor)
         {
             int k = 0;
-            foreach (var g in _parameter_groups)
+            for (int gi = 0; gi < _parameter_groups.Count; gi++)
             {
-                foreach (var p in ParametersOf(g))
+                foreach (var p in ParametersOf(_parameter_groups[gi]))
                 {
                     ((State)_state[p.Handle]).tensor_rate = _rates[k++];
                 }

@@ -387,4 +387,52 @@ OPTIM_API optim_status optim_greedylr_step(int32_t device, int32_t device_index,
     });
 }
 
+OPTIM_API optim_status optim_stream_reference(int32_t dtype, const optim_stream_tensors* tensors,
+                                              double scale, double* sum)
+{
+    static const char* fn = "optim_stream_reference";
+    return guard(fn, [&] {
+        if (dtype != OPTIM_DTYPE_FLOAT32 && dtype != OPTIM_DTYPE_FLOAT64)
+            fail(OPTIM_STATUS_UNSUPPORTED, std::string(fn) + ": unsupported dtype " +
+                                               std::to_string(dtype) +
+                                               " (only float32 and float64)");
+        OPTIM_REQUIRE(tensors != nullptr, fn, "tensors is NULL");
+        const optim_stream_tensors& t = *tensors;
+        OPTIM_REQUIRE(t.n_read >= 0 && t.n_read <= OPTIM_STREAM_MAX_ARRAYS, fn,
+                      "n_read must be in [0, " + std::to_string(OPTIM_STREAM_MAX_ARRAYS) +
+                          "], got " + std::to_string(t.n_read));
+        OPTIM_REQUIRE(t.n_update >= 0 && t.n_update <= OPTIM_STREAM_MAX_ARRAYS, fn,
+                      "n_update must be in [0, " + std::to_string(OPTIM_STREAM_MAX_ARRAYS) +
+                          "], got " + std::to_string(t.n_update));
+        OPTIM_REQUIRE(t.n_read + t.n_update >= 1, fn, "n_read and n_update are both 0");
+        OPTIM_REQUIRE(std::isfinite(scale), fn, "scale must be finite, got " + num(scale));
+        OPTIM_REQUIRE(t.n_update > 0 || sum != nullptr, fn,
+                      "sum is NULL but n_update is 0 (a pass that only reads returns its sum)");
+        OPTIM_REQUIRE(t.count >= 0, fn,
+                      "tensors->count is negative (" + std::to_string(t.count) + ")");
+        if (t.count > 0) {
+            OPTIM_REQUIRE(t.numels != nullptr, fn, "tensors->numels is NULL");
+            OPTIM_REQUIRE(t.n_read == 0 || t.read != nullptr, fn,
+                          "tensors->read is NULL but n_read is " + std::to_string(t.n_read));
+            OPTIM_REQUIRE(t.n_update == 0 || t.update != nullptr, fn,
+                          "tensors->update is NULL but n_update is " + std::to_string(t.n_update));
+        }
+        for (int64_t k = 0; k < t.count; ++k) {
+            const int64_t n = t.numels[k];
+            OPTIM_REQUIRE(n >= 0, fn, at(k) + ": numel is negative (" + std::to_string(n) + ")");
+            if (n == 0) continue;
+            for (int32_t j = 0; j < t.n_read; ++j)
+                OPTIM_REQUIRE(t.read[k * t.n_read + j] != nullptr, fn,
+                              at(k) + ": read array " + std::to_string(j) + " is NULL");
+            for (int32_t j = 0; j < t.n_update; ++j)
+                OPTIM_REQUIRE(t.update[k * t.n_update + j] != nullptr, fn,
+                              at(k) + ": update array " + std::to_string(j) + " is NULL");
+        }
+        if (dtype == OPTIM_DTYPE_FLOAT32)
+            cpu::stream_reference_f32(t, scale, sum);
+        else
+            cpu::stream_reference_f64(t, scale, sum);
+    });
+}
+
 } // extern "C"

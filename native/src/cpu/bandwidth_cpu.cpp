@@ -1,0 +1,147 @@
+// The memory-bandwidth reference of the benchmarks (optim_stream_reference): one streaming pass
+// with the least arithmetic, on the same work plan (fixed 64 Ki-element chunks, one contiguous run
+// of chunks per thread) and the same threads as the SGD and HD steps, so that a step's time can be
+// put next to the time the machine needs to move the same bytes the same way (docs/design.md).
+#include "../backend.hpp"
+#include "work_plan.hpp"
+
+#include <type_traits>
+#include <vector>
+
+namespace optim::cpu {
+
+namespace {
+
+// Up to four read and four update arrays, each its own __restrict parameter so that the loops
+// vectorize without runtime alias checks; the counts are compile-time, unused pointers are null.
+template <typename T>
+struct Arrays {
+    const T* r[OPTIM_STREAM_MAX_ARRAYS];
+    T* u[OPTIM_STREAM_MAX_ARRAYS];
+};
+
+template <typename T, int NR>
+inline __attribute__((always_inline)) T read_sum(const T* __restrict r0, const T* __restrict r1,
+                                                 const T* __restrict r2, const T* __restrict r3,
+                                                 int64_t i)
+{
+    if constexpr (NR == 0) {
+        return T(0);
+    } else {
+        T r = r0[i];
+        if constexpr (NR >= 2) r = r + r1[i];
+        if constexpr (NR >= 3) r = r + r2[i];
+        if constexpr (NR >= 4) r = r + r3[i];
+        return r;
+    }
+}
+
+template <typename T, int NR, int NU>
+OPTIM_CPU_CLONES void update_range(const T* __restrict r0, const T* __restrict r1,
+                                   const T* __restrict r2, const T* __restrict r3, T* __restrict u0,
+                                   T* __restrict u1, T* __restrict u2, T* __restrict u3, int64_t n,
+                                   T scale)
+{
+    for (int64_t i = 0; i < n; ++i) {
+        const T d = scale * read_sum<T, NR>(r0, r1, r2, r3, i);
+        if constexpr (NU >= 1) u0[i] = u0[i] + d;
+        if constexpr (NU >= 2) u1[i] = u1[i] + d;
+        if constexpr (NU >= 3) u2[i] = u2[i] + d;
+        if constexpr (NU >= 4) u3[i] = u3[i] + d;
+    }
+}
+
+// Eight double accumulators, element i to lane i % 8, combined in lane order: a fixed order the
+// compiler can vectorize (as in the hypergradient reductions).
+constexpr int kLanes = 8;
+
+template <typename T, int NR>
+OPTIM_CPU_CLONES double sum_range(const T* __restrict r0, const T* __restrict r1,
+                                  const T* __restrict r2, const T* __restrict r3, int64_t n)
+{
+    double acc[kLanes] = {};
+    const int64_t whole = n - n % kLanes;
+    for (int64_t i = 0; i < whole; i += kLanes)
+        for (int lane = 0; lane < kLanes; ++lane)
+            acc[lane] += static_cast<double>(read_sum<T, NR>(r0, r1, r2, r3, i + lane));
+    for (int64_t i = whole; i < n; ++i)
+        acc[i - whole] += static_cast<double>(read_sum<T, NR>(r0, r1, r2, r3, i));
+    double s = 0;
+    for (int lane = 0; lane < kLanes; ++lane) s += acc[lane];
+    return s;
+}
+
+// Calls fn(std::integral_constant<int, n>{}) for n in [0, Max].
+template <int Max, class Fn>
+void with_count(int n, Fn&& fn)
+{
+    if (n == Max) {
+        fn(std::integral_constant<int, Max>{});
+    } else if constexpr (Max > 0) {
+        with_count<Max - 1>(n, fn);
+    }
+}
+
+template <typename T, int NR, int NU>
+void run(const optim_stream_tensors& t, T scale, double* sum)
+{
+    WorkPlan& plan = WorkPlan::for_this_thread();
+    plan.build(t.numels, t.count);
+    auto arrays = [&](int64_t k, int64_t begin) {
+        Arrays<T> a{};
+        for (int j = 0; j < NR; ++j) a.r[j] = static_cast<const T*>(t.read[k * NR + j]) + begin;
+        for (int j = 0; j < NU; ++j) a.u[j] = static_cast<T*>(t.update[k * NU + j]) + begin;
+        return a;
+    };
+    if constexpr (NU > 0) {
+        plan.parallel_for_chunks([&](int64_t chunk) {
+            plan.for_each_piece(chunk, [&](int64_t k, int64_t begin, int64_t len) {
+                const Arrays<T> a = arrays(k, begin);
+                update_range<T, NR, NU>(a.r[0], a.r[1], a.r[2], a.r[3], a.u[0], a.u[1], a.u[2],
+                                        a.u[3], len, scale);
+            });
+        });
+    } else {
+        // One partial sum per chunk, combined in chunk order. A reference: the worker threads must
+        // see the caller's vector, not their own thread_local one.
+        thread_local std::vector<double> partials_storage;
+        std::vector<double>& partials = partials_storage;
+        partials.assign(static_cast<size_t>(plan.chunks()), 0.0);
+        plan.parallel_for_chunks([&](int64_t chunk) {
+            double s = 0;
+            plan.for_each_piece(chunk, [&](int64_t k, int64_t begin, int64_t len) {
+                const Arrays<T> a = arrays(k, begin);
+                s += sum_range<T, NR>(a.r[0], a.r[1], a.r[2], a.r[3], len);
+            });
+            partials[static_cast<size_t>(chunk)] = s;
+        });
+        double total = 0;
+        for (double s : partials) total += s;
+        *sum = total;
+    }
+}
+
+template <typename T>
+void stream_reference(const optim_stream_tensors& t, double scale, double* sum)
+{
+    with_count<OPTIM_STREAM_MAX_ARRAYS>(t.n_read, [&](auto R) {
+        with_count<OPTIM_STREAM_MAX_ARRAYS>(t.n_update, [&](auto U) {
+            constexpr int NR = decltype(R)::value;
+            constexpr int NU = decltype(U)::value;
+            if constexpr (NR + NU > 0) run<T, NR, NU>(t, static_cast<T>(scale), sum);
+        });
+    });
+}
+
+} // namespace
+
+void stream_reference_f32(const optim_stream_tensors& tensors, double scale, double* sum)
+{
+    stream_reference<float>(tensors, scale, sum);
+}
+void stream_reference_f64(const optim_stream_tensors& tensors, double scale, double* sum)
+{
+    stream_reference<double>(tensors, scale, sum);
+}
+
+} // namespace optim::cpu
