@@ -125,6 +125,19 @@ public class HypergradientSgdTests
                         break;
                 }
             }
+            if (scope == HypergradientScope.PerParameter && rule == HypergradientRule.Normalized)
+            {
+                // This rule moves each rate by a factor 1 + β·h/(|h| + ε) with h = g̃·u_prev: where
+                // g̃ = g + λθ cancels to within rounding, one ulp of drift in θ between two correct
+                // implementations (LibTorch's kernels may fuse multiply-adds, ours do not) flips the sign
+                // of h and the rates part by up to 2β. So each step starts the reference from our state:
+                // every one of the steps is still compared, one transition at a time, on a real trajectory.
+                for (int i = 0; i < op.Count; i++)
+                {
+                    var s = (HypergradientSGD.State)hd.state_dict().State[i];
+                    reference.StartFrom(rp[i], op[i], s.momentum_buffer, s.prev_update, s.parameter_rates);
+                }
+            }
             if (scope is HypergradientScope.Global or HypergradientScope.PerGroup)
             {
                 var groups = hd.ParamGroups.ToList();

@@ -48,6 +48,35 @@ internal sealed class ReferenceHd : IDisposable
 
     private static bool HeavyBall(Group g) => g.Momentum != 0 && !g.Nesterov;
 
+    /// <summary>
+    /// Overwrites the state of reference parameter <paramref name="p"/> (its values, momentum buffer,
+    /// previous update and per-parameter rates) with copies of another implementation's, so that the
+    /// next <see cref="Step"/> starts from exactly that state. Null arguments leave that piece as it is.
+    /// </summary>
+    public void StartFrom(Tensor p, Tensor values, Tensor? buffer, Tensor? prevUpdate, Tensor? rates)
+    {
+        using var noGrad = torch.no_grad();
+        p.copy_(values);
+        void Put(Dictionary<IntPtr, Tensor> d, Tensor? t)
+        {
+            if (t is null)
+            {
+                return;
+            }
+            if (d.TryGetValue(p.Handle, out var mine))
+            {
+                mine.copy_(t);
+            }
+            else
+            {
+                d[p.Handle] = t.clone().DetachFromDisposeScope();
+            }
+        }
+        Put(_buf, buffer);
+        Put(_uprev, prevUpdate);
+        Put(_prate, rates);
+    }
+
     public void Step()
     {
         using var noGrad = torch.no_grad();
