@@ -344,9 +344,10 @@ typedef struct optim_stream_tensors {
  *   r = read_0[i] + read_1[i] + ... + read_{n_read-1}[i]   (left to right; r = 0 when n_read == 0)
  *   n_update > 0:  u[i] = u[i] + scale * r   for every update array u of tensor k
  *   n_update == 0: *sum = the sum of r over every element of every tensor
- * Arithmetic is done in the element type, except the sum, which is accumulated in double in a fixed
- * order (per 64 Ki-element chunk, chunks combined in order): results never depend on the number of
- * threads.
+ * Arithmetic is done in the element type; the sum is accumulated in 32 lanes of the element type
+ * (element i to lane i % 32 within each piece of a 64 Ki-element chunk), then lanes, pieces and
+ * chunks are combined in double, in order: results never depend on the number of threads. (The sum
+ * only keeps the reads from being optimized away; it is not an accurate sum of large arrays.)
  *   dtype: OPTIM_DTYPE_FLOAT32 or OPTIM_DTYPE_FLOAT64.
  *   scale: finite.
  *   sum:   host memory; required when n_update == 0 (a pass that only reads returns its sum, so the

@@ -23,13 +23,18 @@ OPTIM_HOST_DEVICE bool hd_finite(double v)
     return v - v == 0.0;
 }
 
+// Which rule a loop uses: kHdRuntime reads c.normalized; the other two fix it at compile time, so
+// that a vectorized loop does not compute both rules and select (the normalized one divides).
+enum { kHdRuntime = -1, kHdAdditive = 0, kHdNormalized = 1 };
+
 // New rate from hypergradient h (and, for the normalized rule, |g||u_prev| as `scale`), clamped to
 // [lr_min, lr_max]. The rate stays unchanged on the first step and for a non-finite h.
 // Written as selects, not early returns, so the per-parameter loops vectorize.
-template <typename R>
+template <typename R, int Rule = kHdRuntime>
 OPTIM_HOST_DEVICE R hd_rate(R alpha, R h, R scale, const HdCoeffs<R>& c)
 {
-    R next = c.normalized ? alpha * (R(1) + c.beta * h / (scale + c.eps)) : alpha + c.beta * h;
+    const bool normalized = Rule == kHdRuntime ? c.normalized : Rule == kHdNormalized;
+    R next = normalized ? alpha * (R(1) + c.beta * h / (scale + c.eps)) : alpha + c.beta * h;
     next = next < c.lr_min ? c.lr_min : next;
     next = next > c.lr_max ? c.lr_max : next;
     return (c.update && h - h == R(0)) ? next : alpha;
@@ -55,7 +60,7 @@ OPTIM_HOST_DEVICE void hd_update_element(T& p, T grad, T& buf, T& u_prev, bool f
 
 // One element of the per-parameter scope: its own rate, updated from its own hypergradient, then
 // the update with the new rate. u_prev is read before it is overwritten.
-template <typename T, unsigned Flags>
+template <typename T, unsigned Flags, int Rule = kHdRuntime>
 OPTIM_HOST_DEVICE void hd_per_parameter_element(T& p, T grad, T& buf, T& u_prev, T& alpha,
                                                 bool fresh, const SgdCoeffs<T>& c,
                                                 const HdCoeffs<T>& hc)
@@ -65,7 +70,7 @@ OPTIM_HOST_DEVICE void hd_per_parameter_element(T& p, T grad, T& buf, T& u_prev,
     const T h = g * up;
     const T ag = g < T(0) ? -g : g;
     const T au = up < T(0) ? -up : up;
-    alpha = hd_rate<T>(alpha, h, ag * au, hc);
+    alpha = hd_rate<T, Rule>(alpha, h, ag * au, hc);
     const T u = sgd_direction<T, Flags>(g, buf, fresh, c);
     if (!hd_heavy_ball<Flags>()) u_prev = u;
     p = p - alpha * u;

@@ -42,12 +42,13 @@ template <typename T, unsigned Flags, bool HasUp, bool Norms>
 OPTIM_CPU_CLONES HdPartial reduce_lanes(const T* __restrict p, const T* __restrict g,
                                         const T* __restrict up, int64_t n, const SgdCoeffs<T>& c)
 {
-    double h[kLanes] = {}, gg[kLanes] = {}, uu[kLanes] = {}, bad[kLanes] = {};
+    double h[kLanes] = {}, gg[kLanes] = {}, uu[kLanes] = {};
+    T bad[kLanes] = {}; // sums of exact zeros or NaN: exact in T, no conversion needed
     const int64_t whole = n - n % kLanes;
     // g - g is 0 for a finite g and NaN otherwise: summing it flags a non-finite element without a
     // branch (a compare-and-branch per element kept this loop scalar).
     auto one = [&](int lane, int64_t i) {
-        bad[lane] += static_cast<double>(g[i] - g[i]);
+        bad[lane] += g[i] - g[i];
         const double gt = sgd_effective_grad<T, Flags>(p[i], g[i], c);
         const double u = HasUp ? static_cast<double>(up[i]) : 0.0;
         h[lane] += gt * u;
@@ -60,31 +61,35 @@ OPTIM_CPU_CLONES HdPartial reduce_lanes(const T* __restrict p, const T* __restri
         for (int lane = 0; lane < kLanes; ++lane) one(lane, i + lane);
     for (int64_t i = whole; i < n; ++i) one(static_cast<int>(i - whole), i);
     HdPartial r;
-    double flag = 0;
+    T flag = 0;
     for (int lane = 0; lane < kLanes; ++lane) {
         r.h += h[lane];
         r.gg += gg[lane];
         r.uu += uu[lane];
         flag += bad[lane];
     }
-    r.nonfinite = flag == 0.0 ? 0.0 : 1.0; // NaN != 0: some element was not finite
+    r.nonfinite = flag == T(0) ? 0.0 : 1.0; // NaN != 0: some element was not finite
     return r;
 }
 
-// Only whether some gradient element is not finite (the per-parameter scope's first pass).
+// Only whether some gradient element is not finite (the per-parameter scope's first pass). g - g is
+// exactly 0 or NaN, so the sum is exact in the element type: accumulating in T (not double) with
+// kFlagLanes lanes keeps this pass at memory speed (in double it was bound by the conversions and
+// the adds' latency, at about half the bandwidth).
+constexpr int kFlagLanes = 32;
+
 template <typename T>
 OPTIM_CPU_CLONES HdPartial count_nonfinite(const T* __restrict g, int64_t n)
 {
-    double bad[kLanes] = {};
-    const int64_t whole = n - n % kLanes;
-    for (int64_t i = 0; i < whole; i += kLanes)
-        for (int lane = 0; lane < kLanes; ++lane)
-            bad[lane] += static_cast<double>(g[i + lane] - g[i + lane]);
-    for (int64_t i = whole; i < n; ++i) bad[0] += static_cast<double>(g[i] - g[i]);
-    double flag = 0;
-    for (int lane = 0; lane < kLanes; ++lane) flag += bad[lane];
+    T bad[kFlagLanes] = {};
+    const int64_t whole = n - n % kFlagLanes;
+    for (int64_t i = 0; i < whole; i += kFlagLanes)
+        for (int lane = 0; lane < kFlagLanes; ++lane) bad[lane] += g[i + lane] - g[i + lane];
+    for (int64_t i = whole; i < n; ++i) bad[0] += g[i] - g[i];
+    T flag = 0;
+    for (int lane = 0; lane < kFlagLanes; ++lane) flag += bad[lane];
     HdPartial r;
-    r.nonfinite = flag == 0.0 ? 0.0 : 1.0;
+    r.nonfinite = flag == T(0) ? 0.0 : 1.0;
     return r;
 }
 
@@ -112,17 +117,29 @@ OPTIM_CPU_CLONES void update_piece(T* __restrict p, const T* __restrict g, T* __
     }
 }
 
-template <typename T, unsigned Flags, bool Fresh>
-OPTIM_CPU_CLONES void per_parameter_piece(T* __restrict p, const T* __restrict g, T* __restrict buf,
-                                          T* __restrict up, T* __restrict alpha, int64_t n,
-                                          const SgdCoeffs<T>& c, const HdCoeffs<T>& hc)
+// The rule is a template argument here: as a runtime select, the loop computed the normalized
+// rule's division for every element even under the additive rule.
+template <typename T, unsigned Flags, bool Fresh, int Rule>
+OPTIM_CPU_CLONES void per_parameter_loop(T* __restrict p, const T* __restrict g, T* __restrict buf,
+                                         T* __restrict up, T* __restrict alpha, int64_t n,
+                                         const SgdCoeffs<T>& c, const HdCoeffs<T>& hc)
 {
     T unused_b = T(0), unused_u = T(0);
     for (int64_t i = 0; i < n; ++i) {
         T& b = (Flags & kSgdMomentum) ? buf[i] : unused_b;
         T& u = hd_heavy_ball<Flags>() ? unused_u : up[i];
-        hd_per_parameter_element<T, Flags>(p[i], g[i], b, u, alpha[i], Fresh, c, hc);
+        hd_per_parameter_element<T, Flags, Rule>(p[i], g[i], b, u, alpha[i], Fresh, c, hc);
     }
+}
+
+template <typename T, unsigned Flags, bool Fresh>
+void per_parameter_piece(T* p, const T* g, T* buf, T* up, T* alpha, int64_t n,
+                         const SgdCoeffs<T>& c, const HdCoeffs<T>& hc)
+{
+    if (hc.normalized)
+        per_parameter_loop<T, Flags, Fresh, kHdNormalized>(p, g, buf, up, alpha, n, c, hc);
+    else
+        per_parameter_loop<T, Flags, Fresh, kHdAdditive>(p, g, buf, up, alpha, n, c, hc);
 }
 
 template <typename T>
