@@ -126,6 +126,8 @@ public struct HdStepOptions
     public int Rule;
     /// <summary>Nonzero on the optimizer's first step (rates are not updated).</summary>
     public int FirstStep;
+    /// <summary>1: the caller has checked the gradients; no step is skipped and no finiteness pass is made.</summary>
+    public int AssumeFinite;
 }
 
 /// <summary>Mirror of <c>optim_hd_tensors</c>.</summary>

@@ -32,7 +32,7 @@ public readonly record struct SgdHyperparameters(
 public static unsafe class OptimNative
 {
     /// <summary>The <c>OPTIM_ABI_VERSION</c> these bindings were written for.</summary>
-    public const int ExpectedAbiVersion = 2;
+    public const int ExpectedAbiVersion = 3;
 
     private static volatile bool s_checked;
     private static readonly object s_lock = new();

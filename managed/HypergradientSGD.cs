@@ -41,7 +41,11 @@ public enum HypergradientRule
 /// make two passes over memory (an exact, deterministic reduction, then the update); the per-parameter
 /// scope makes a finiteness pass over the gradients and one elementwise pass.</para>
 /// <para>A step with any non-finite gradient is skipped whole (parameters, buffers and rates untouched)
-/// and counted in <see cref="SkippedSteps"/>.</para>
+/// and counted in <see cref="SkippedSteps"/>. With <c>skip_nonfinite: false</c> the caller vouches for
+/// the gradients instead (as when a gradient scaler has already checked them): no step is skipped, the
+/// per-parameter scope saves its finiteness pass (28 instead of 32 bytes per fp32 element with heavy-ball
+/// momentum), and a non-finite gradient element reaches its parameter as in <c>torch.optim.SGD</c>
+/// (a non-finite hypergradient still leaves its rate unchanged).</para>
 /// <para>Where the rates are: after each CPU step, every param group's <c>LearningRate</c> holds its
 /// current rate for the <see cref="HypergradientScope.Global"/> and <see cref="HypergradientScope.PerGroup"/>
 /// scopes (so loggers and schedulers see it, and a scheduler's change is adopted on the next step);
@@ -63,6 +67,7 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
     private readonly double _hypergradLr;
     private readonly double _lrMin;
     private readonly double _lrMax;
+    private readonly bool _skipNonFinite;
     private long _steps;
     private long _skipped;
 
@@ -94,26 +99,29 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
     /// <param name="rule">Additive or normalized rate update.</param>
     /// <param name="lr_min">Lower bound of every rate (≥ 0: a rate never goes negative).</param>
     /// <param name="lr_max">Upper bound of every rate (≥ lr_min).</param>
+    /// <param name="skip_nonfinite">True (the default): a step with a NaN or infinite gradient element is
+    /// skipped whole and counted in <see cref="SkippedSteps"/>. False: the gradients are taken as checked
+    /// by the caller; nothing is skipped, and the per-parameter scope makes one pass over memory instead of two.</param>
     /// <exception cref="ArgumentException">An invalid hyperparameter or an unsupported tensor.</exception>
     public HypergradientSGD(IEnumerable<Parameter> parameters, double lr, double hypergrad_lr,
         HypergradientScope scope = HypergradientScope.Global,
         double momentum = 0, double dampening = 0, double weight_decay = 0,
         bool nesterov = false, bool maximize = false,
         HypergradientRule rule = HypergradientRule.Additive,
-        double lr_min = 0, double lr_max = double.PositiveInfinity)
+        double lr_min = 0, double lr_max = double.PositiveInfinity, bool skip_nonfinite = true)
         : this(new[] { new ParamGroup(parameters ?? throw new ArgumentNullException(nameof(parameters))) }, lr, hypergrad_lr, scope,
-               momentum, dampening, weight_decay, nesterov, maximize, rule, lr_min, lr_max)
+               momentum, dampening, weight_decay, nesterov, maximize, rule, lr_min, lr_max, skip_nonfinite)
     {
     }
 
     /// <summary>Creates the optimizer over several param groups; options a group leaves null take the values given here.</summary>
-    /// <inheritdoc cref="HypergradientSGD(IEnumerable{Parameter}, double, double, HypergradientScope, double, double, double, bool, bool, HypergradientRule, double, double)"/>
+    /// <inheritdoc cref="HypergradientSGD(IEnumerable{Parameter}, double, double, HypergradientScope, double, double, double, bool, bool, HypergradientRule, double, double, bool)"/>
     public HypergradientSGD(IEnumerable<ParamGroup> parameters, double lr, double hypergrad_lr,
         HypergradientScope scope = HypergradientScope.Global,
         double momentum = 0, double dampening = 0, double weight_decay = 0,
         bool nesterov = false, bool maximize = false,
         HypergradientRule rule = HypergradientRule.Additive,
-        double lr_min = 0, double lr_max = double.PositiveInfinity)
+        double lr_min = 0, double lr_max = double.PositiveInfinity, bool skip_nonfinite = true)
     {
         ArgumentNullException.ThrowIfNull(parameters);
         static string F(double v) => v.ToString("R", CultureInfo.InvariantCulture);
@@ -155,6 +163,7 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
         _hypergradLr = hypergrad_lr;
         _lrMin = lr_min;
         _lrMax = lr_max;
+        _skipNonFinite = skip_nonfinite;
         _defaults = defaults;
         _parameter_groups = new List<TorchSharp.Modules.ParamGroup>();
         foreach (var group in parameters)
@@ -168,6 +177,9 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
 
     /// <summary>The rate update rule.</summary>
     public HypergradientRule Rule => _rule;
+
+    /// <summary>Whether a step with a non-finite gradient is skipped (the <c>skip_nonfinite</c> argument).</summary>
+    public bool SkipsNonFinite => _skipNonFinite;
 
     /// <summary>Steps taken (skipped steps not counted).</summary>
     public long Steps => _steps;
@@ -414,6 +426,7 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
                 Scope = (int)_scope,
                 Rule = (int)_rule,
                 FirstStep = _steps == 0 ? 1 : 0,
+                AssumeFinite = _skipNonFinite ? 0 : 1,
             };
             try
             {

@@ -47,6 +47,10 @@ internal static class Catalog
             "r g; then r p, g, buf, rate; w p, buf, rate"),
         new(nameof(StepBenchmarks.ReferenceHdPerParameter), "bandwidth reference (HD per parameter)", Momentum, 32,
             nameof(StepBenchmarks.ReferenceHdPerParameter), "1 read; then 1 read + 3 updates"),
+        new(nameof(StepBenchmarks.HdPerParameterUnchecked), "HypergradientSGD per parameter, skip_nonfinite: false", Momentum, 28,
+            nameof(StepBenchmarks.ReferenceHdPerParameterUnchecked), "one pass: r p, g, buf, rate; w p, buf, rate"),
+        new(nameof(StepBenchmarks.ReferenceHdPerParameterUnchecked), "bandwidth reference (HD per parameter, one pass)", Momentum, 28,
+            nameof(StepBenchmarks.ReferenceHdPerParameterUnchecked), "one pass: 1 read + 3 updates"),
 
         new(nameof(StepBenchmarks.TorchSgdNesterovWd), "torch.optim.SGD", NesterovWd, 56, nameof(StepBenchmarks.ReferenceNesterovWd),
             "g1 = g.add(p) (r g, p; w g1, new); buf.mul_ (r+w buf); buf.add_(g1) (r buf, g1; w buf); " +

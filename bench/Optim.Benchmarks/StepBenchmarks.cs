@@ -98,8 +98,11 @@ public class StepBenchmarks
     [GlobalSetup(Target = nameof(HdPerParameter))]
     public void SetupHdPerParameter() => UseOptimizer(w => Hd(w, HypergradientScope.PerParameter));
 
-    private static HypergradientSGD Hd(Workload w, HypergradientScope scope) =>
-        new(w.Parameters(), Lr, HypergradLr, scope, momentum: Momentum);
+    [GlobalSetup(Target = nameof(HdPerParameterUnchecked))]
+    public void SetupHdPerParameterUnchecked() => UseOptimizer(w => Hd(w, HypergradientScope.PerParameter, skipNonFinite: false));
+
+    private static HypergradientSGD Hd(Workload w, HypergradientScope scope, bool skipNonFinite = true) =>
+        new(w.Parameters(), Lr, HypergradLr, scope, momentum: Momentum, skip_nonfinite: skipNonFinite);
 
     // HD at a scalar scope (heavy ball, no weight decay): a reduction pass reading g and the buffer
     // (u_prev), then the update pass of momentum SGD.
@@ -118,6 +121,14 @@ public class StepBenchmarks
         Tensor[] p = w.Arrays(), g = w.Arrays(), buf = w.Arrays(), rates = w.Arrays(Lr);
         return new StreamPlan(w.Numels).Then(read: new[] { g }, update: Array.Empty<Tensor[]>())
             .Then(read: new[] { g }, update: new[] { p, buf, rates });
+    });
+
+    // HD per parameter when the caller vouches for the gradients: the update pass alone.
+    [GlobalSetup(Target = nameof(ReferenceHdPerParameterUnchecked))]
+    public void SetupReferenceHdPerParameterUnchecked() => UseReference(nameof(ReferenceHdPerParameterUnchecked), w =>
+    {
+        Tensor[] p = w.Arrays(), g = w.Arrays(), buf = w.Arrays(), rates = w.Arrays(Lr);
+        return new StreamPlan(w.Numels).Then(read: new[] { g }, update: new[] { p, buf, rates });
     });
 
     [GlobalSetup(Target = nameof(TorchSgdNesterovWd))]
@@ -176,6 +187,12 @@ public class StepBenchmarks
 
     [Benchmark, BenchmarkCategory(Catalog.Momentum)]
     public double ReferenceHdPerParameter() => _reference!.Run();
+
+    [Benchmark, BenchmarkCategory(Catalog.Momentum)]
+    public void HdPerParameterUnchecked() => _optimizer!.step();
+
+    [Benchmark, BenchmarkCategory(Catalog.Momentum)]
+    public double ReferenceHdPerParameterUnchecked() => _reference!.Run();
 
     // ---- Nesterov momentum 0.9 with weight decay ------------------------------------------------------
 

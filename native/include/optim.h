@@ -37,7 +37,7 @@ extern "C" {
 /* Bumped whenever a signature, struct layout or enum value below changes. The managed bindings
  * refuse to run against a library whose optim_abi_version() differs from the one they were built
  * for. */
-#define OPTIM_ABI_VERSION 2
+#define OPTIM_ABI_VERSION 3
 
 /* ---- Status codes ------------------------------------------------------------------------------
  */
@@ -186,7 +186,8 @@ OPTIM_API optim_status optim_sgd_step(int32_t device, int32_t device_index, int3
  *   u_prev = u;  theta = theta - alpha * u
  * With heavy-ball momentum u_prev is the momentum buffer itself; without momentum or with Nesterov
  * it is a separate buffer (prev_updates), zero before the first step. If any gradient element is
- * not finite the whole step is skipped: nothing is written except the skip report. */
+ * not finite the whole step is skipped: nothing is written except the skip report (unless
+ * assume_finite is set, below). */
 enum {
     OPTIM_HD_SCOPE_GLOBAL = 0,     /* one rate for all tensors */
     OPTIM_HD_SCOPE_PER_GROUP = 1,  /* one rate per param group */
@@ -214,6 +215,12 @@ typedef struct optim_hd_params {
     int32_t scope;       /* OPTIM_HD_SCOPE_* */
     int32_t rule;        /* OPTIM_HD_RULE_* */
     int32_t first_step;  /* nonzero: the optimizer's first step (rates are not updated) */
+    /* 0 (the default): a step with a non-finite gradient element is skipped whole and reported.
+     * 1: the caller has checked the gradients (a gradient scaler's unscale pass does): no step is
+     * skipped, and the per-parameter scope saves its pass over the gradients before the update (4
+     * of its 32 bytes per fp32 element). A non-finite gradient element then reaches its parameter
+     * as in plain SGD; a non-finite hypergradient still leaves its rate unchanged. */
+    int32_t assume_finite;
 } optim_hd_params;
 
 /* The tensors of one step, in param-group order (host arrays; data on the step's device). */

@@ -257,6 +257,8 @@ OPTIM_API optim_status optim_hd_step(int32_t device, int32_t device_index, int32
                       "lr_min (" + num(hp.lr_min) + ") is greater than lr_max (" + num(hp.lr_max) +
                           ")");
         OPTIM_REQUIRE(std::isfinite(hp.eps) && hp.eps > 0.0, fn, "invalid eps: " + num(hp.eps));
+        OPTIM_REQUIRE(hp.assume_finite == 0 || hp.assume_finite == 1, fn,
+                      "assume_finite must be 0 or 1, not " + std::to_string(hp.assume_finite));
         OPTIM_REQUIRE(n_groups >= 1, fn, "n_groups must be >= 1");
         for (int32_t g = 0; g < n_groups; ++g) {
             const optim_hd_group& o = groups[g];

@@ -71,7 +71,7 @@ struct HdModel {
 
 optim_hd_params hd_params(int scope, int rule, bool first)
 {
-    return optim_hd_params{1e-3, 0.0, 1.0, 1e-12, scope, rule, first ? 1 : 0};
+    return optim_hd_params{1e-3, 0.0, 1.0, 1e-12, scope, rule, first ? 1 : 0, 0};
 }
 
 } // namespace
@@ -185,6 +185,93 @@ TEST(HdCpu, NonFiniteGradientSkipsTheWholeStep)
     }
 }
 
+TEST(HdCpu, AssumeFiniteGivesTheSameStepsOnFiniteGradients)
+{
+    const std::vector<size_t> sizes = {70000, 5, 200000};
+    const optim_hd_group groups[2] = {{0.9, 0.0, 1e-3, 0, 0}, {0.9, 0.0, 0.0, 1, 0}};
+    for (int scope : {OPTIM_HD_SCOPE_GLOBAL, OPTIM_HD_SCOPE_PER_GROUP, OPTIM_HD_SCOPE_PER_TENSOR,
+                      OPTIM_HD_SCOPE_PER_PARAMETER})
+        for (int rule : {OPTIM_HD_RULE_ADDITIVE, OPTIM_HD_RULE_NORMALIZED}) {
+            std::vector<HdModel> runs;
+            for (int assume : {0, 1}) {
+                HdModel m(sizes, 11, 0.01);
+                std::mt19937_64 rng(12);
+                for (int step = 0; step < 4; ++step) {
+                    m.grads(rng);
+                    auto list = m.list();
+                    auto params = hd_params(scope, rule, step == 0);
+                    params.assume_finite = assume;
+                    int64_t skipped = -1;
+                    ASSERT_EQ(optim_hd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, 2,
+                                            groups, &params, m.rates.data(), &skipped),
+                              OPTIM_STATUS_OK)
+                        << optim_last_error();
+                    EXPECT_EQ(skipped, 0);
+                    std::fill(m.fresh.begin(), m.fresh.end(), 0);
+                }
+                runs.push_back(std::move(m));
+            }
+            const std::string what =
+                "scope " + std::to_string(scope) + " rule " + std::to_string(rule);
+            EXPECT_EQ(runs[1].rates, runs[0].rates) << what;
+            EXPECT_EQ(runs[1].p, runs[0].p) << what;
+            EXPECT_EQ(runs[1].b, runs[0].b) << what;
+            EXPECT_EQ(runs[1].u, runs[0].u) << what;
+            EXPECT_EQ(runs[1].r, runs[0].r) << what;
+        }
+}
+
+TEST(HdCpu, AssumeFiniteNeverSkipsAndANonFiniteElementStaysLocal)
+{
+    const optim_hd_group groups[2] = {{0.9, 0, 0, 0, 0}, {0, 0, 0, 0, 0}};
+    const size_t bad = 123456;
+    // Per parameter: the step with a NaN gradient element equals the step with a zero there, except
+    // that element's parameter and buffer (NaN); its rate is left unchanged (its h is NaN).
+    for (int scope : {OPTIM_HD_SCOPE_PER_PARAMETER, OPTIM_HD_SCOPE_GLOBAL}) {
+        std::vector<HdModel> runs;
+        std::vector<double> rates_before;
+        for (float value : {std::nanf(""), 0.0f}) {
+            HdModel m({1000, 200000}, 5, 0.02);
+            std::mt19937_64 rng(6);
+            for (int step = 0; step < 2; ++step) {
+                m.grads(rng);
+                if (step == 1) {
+                    m.g[1][bad] = value;
+                    rates_before = m.rates;
+                }
+                auto list = m.list();
+                auto params = hd_params(scope, OPTIM_HD_RULE_ADDITIVE, step == 0);
+                params.assume_finite = 1;
+                int64_t skipped = -1;
+                ASSERT_EQ(optim_hd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, 2, groups,
+                                        &params, m.rates.data(), &skipped),
+                          OPTIM_STATUS_OK)
+                    << optim_last_error();
+                EXPECT_EQ(skipped, 0);
+                std::fill(m.fresh.begin(), m.fresh.end(), 0);
+            }
+            runs.push_back(std::move(m));
+        }
+        HdModel& nan_run = runs[0];
+        HdModel& zero_run = runs[1];
+        EXPECT_TRUE(std::isnan(nan_run.p[1][bad])) << "scope " << scope;
+        if (scope == OPTIM_HD_SCOPE_PER_PARAMETER) {
+            EXPECT_EQ(nan_run.r[1][bad], 0.02f) << "its rate is left unchanged";
+            nan_run.p[1][bad] = zero_run.p[1][bad];
+            nan_run.u[1][bad] = zero_run.u[1][bad];
+            nan_run.r[1][bad] = zero_run.r[1][bad];
+            EXPECT_EQ(nan_run.p, zero_run.p);
+            EXPECT_EQ(nan_run.b, zero_run.b);
+            EXPECT_EQ(nan_run.u, zero_run.u);
+            EXPECT_EQ(nan_run.r, zero_run.r);
+        } else {
+            EXPECT_EQ(nan_run.rates, rates_before)
+                << "a NaN hypergradient leaves the rate unchanged";
+            EXPECT_NE(zero_run.rates, rates_before);
+        }
+    }
+}
+
 TEST(HdCpu, ValidationNamesTheProblem)
 {
     HdModel m({10}, 7, 0.1);
@@ -209,5 +296,8 @@ TEST(HdCpu, ValidationNamesTheProblem)
     expect(hd_params(OPTIM_HD_SCOPE_GLOBAL, OPTIM_HD_RULE_ADDITIVE, false), nesterov,
            "Nesterov momentum requires");
     expect(hd_params(9, OPTIM_HD_RULE_ADDITIVE, false), good, "unknown scope");
+    p = hd_params(OPTIM_HD_SCOPE_PER_PARAMETER, OPTIM_HD_RULE_ADDITIVE, false);
+    p.assume_finite = 2;
+    expect(p, good, "assume_finite must be 0 or 1");
     EXPECT_EQ(m.p[0][0], HdModel({10}, 7, 0.1).p[0][0]) << "nothing may change";
 }

@@ -248,6 +248,63 @@ public class HypergradientSgdTests
         Assert.That(opt.Steps, Is.EqualTo(4));
     }
 
+    [TestCase(HypergradientScope.Global)]
+    [TestCase(HypergradientScope.PerParameter)]
+    public void WithoutSkipNonFiniteANaNGradientIsAppliedAndOtherwiseNothingChanges(HypergradientScope scope)
+    {
+        // Two optimizers on identical models: the default one and one told the gradients are checked.
+        using var checkedModel = Harness.Mlp(74);
+        using var trusting = Harness.Mlp(74);
+        var (x, y) = Harness.Data(75);
+        using var a = new HypergradientSGD(checkedModel.parameters(), 0.05, 1e-3, scope, momentum: 0.9, rule: HypergradientRule.Normalized);
+        using var b = new HypergradientSGD(trusting.parameters(), 0.05, 1e-3, scope, momentum: 0.9, rule: HypergradientRule.Normalized, skip_nonfinite: false);
+        Assert.That(a.SkipsNonFinite, Is.True);
+        Assert.That(b.SkipsNonFinite, Is.False);
+        var ap = checkedModel.parameters().ToList();
+        var bp = trusting.parameters().ToList();
+        for (int i = 0; i < 6; i++)
+        {
+            Harness.Backward(checkedModel, x, y);
+            Harness.Backward(trusting, x, y);
+            a.step();
+            b.step();
+            for (int k = 0; k < ap.Count; k++)
+            {
+                Assert.That(Harness.Same(bp[k], ap[k]), Is.True, $"step {i}: parameter {k} differs with finite gradients");
+            }
+            Assert.That(b.TensorLearningRates(), Is.EqualTo(a.TensorLearningRates()), $"step {i}: rates differ");
+        }
+        // A NaN gradient element: not skipped, and it reaches its own parameter element.
+        Harness.Backward(trusting, x, y);
+        var last = bp[^1];
+        using (var g = last.grad!)
+        {
+            g[0] = torch.tensor(float.NaN);
+        }
+        var rates = b.TensorLearningRates().ToArray();
+        double rate0 = double.NaN;
+        if (scope == HypergradientScope.PerParameter)
+        {
+            using var r = b.ParameterLearningRates(last);
+            rate0 = r[0].ToDouble();
+        }
+        b.step();
+        Assert.That(b.SkippedSteps, Is.EqualTo(0));
+        Assert.That(b.Steps, Is.EqualTo(7));
+        Assert.That(float.IsNaN(last[0].ToSingle()), Is.True, "the NaN gradient element reaches its parameter");
+        Assert.That(float.IsNaN(last[1].ToSingle()), Is.False, "and no other element");
+        if (scope == HypergradientScope.PerParameter)
+        {
+            using var r = b.ParameterLearningRates(last);
+            Assert.That(r[0].ToDouble(), Is.EqualTo(rate0), "a NaN hypergradient leaves its rate unchanged");
+            Assert.That(r.isnan().any().ToBoolean(), Is.False, "no rate becomes NaN");
+        }
+        else
+        {
+            Assert.That(b.TensorLearningRates(), Is.EqualTo(rates), "a NaN hypergradient leaves the rate unchanged");
+        }
+    }
+
     [Test]
     public void BadInputIsRejectedAndChangesNothing()
     {

@@ -161,31 +161,37 @@ void hd_step(const HdCall& call)
 
     auto fresh = [&](int64_t k) { return t.buffer_fresh != nullptr && t.buffer_fresh[k] != 0; };
 
-    // Pass 1: partial sums (or only finiteness, for the per-parameter scope).
-    plan.parallel_for_chunks([&](int64_t chunk) {
-        int64_t piece = plan.piece_start(chunk);
-        plan.for_each_piece(chunk, [&](int64_t k, int64_t begin, int64_t len) {
-            const int32_t gi = t.group_index[k];
-            dispatch_sgd_flags(groups.flags[static_cast<size_t>(gi)], [&](auto F) {
-                constexpr unsigned Flags = decltype(F)::value;
-                const T* p = static_cast<const T*>(t.params[k]) + begin;
-                const T* g = static_cast<const T*>(t.grads[k]) + begin;
-                const T* up = nullptr;
-                if (hd_heavy_ball<Flags>()) {
-                    if (!fresh(k)) up = static_cast<const T*>(t.momentum_buffers[k]) + begin;
-                } else {
-                    up = static_cast<const T*>(t.prev_updates[k]) + begin;
-                }
-                partials[static_cast<size_t>(piece)] = reduce_piece<T, Flags>(
-                    p, g, up, len, groups.coeffs[static_cast<size_t>(gi)], norms, per_parameter);
+    // Pass 1: partial sums (or only finiteness, for the per-parameter scope, which makes no pass
+    // at all when the caller vouches for the gradients).
+    const bool check = hp.assume_finite == 0;
+    if (check || !per_parameter)
+        plan.parallel_for_chunks([&](int64_t chunk) {
+            int64_t piece = plan.piece_start(chunk);
+            plan.for_each_piece(chunk, [&](int64_t k, int64_t begin, int64_t len) {
+                const int32_t gi = t.group_index[k];
+                dispatch_sgd_flags(groups.flags[static_cast<size_t>(gi)], [&](auto F) {
+                    constexpr unsigned Flags = decltype(F)::value;
+                    const T* p = static_cast<const T*>(t.params[k]) + begin;
+                    const T* g = static_cast<const T*>(t.grads[k]) + begin;
+                    const T* up = nullptr;
+                    if (hd_heavy_ball<Flags>()) {
+                        if (!fresh(k)) up = static_cast<const T*>(t.momentum_buffers[k]) + begin;
+                    } else {
+                        up = static_cast<const T*>(t.prev_updates[k]) + begin;
+                    }
+                    partials[static_cast<size_t>(piece)] = reduce_piece<T, Flags>(
+                        p, g, up, len, groups.coeffs[static_cast<size_t>(gi)], norms,
+                        per_parameter);
+                });
+                ++piece;
             });
-            ++piece;
         });
-    });
 
-    // Finish: a non-finite gradient skips the whole step; else combine in piece order.
+    // Finish: a non-finite gradient skips the whole step (unless the caller vouched for the
+    // gradients); else combine in piece order.
     double nonfinite = 0;
-    for (const HdPartial& part : partials) nonfinite += part.nonfinite;
+    if (check)
+        for (const HdPartial& part : partials) nonfinite += part.nonfinite;
     if (call.skipped) *call.skipped = nonfinite > 0 ? 1 : 0;
     if (nonfinite > 0) return;
 

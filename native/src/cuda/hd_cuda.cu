@@ -225,7 +225,7 @@ __global__ void __launch_bounds__(kThreads) hd_reduce_kernel(HdTable<T> table, H
 // slot without records (only empty tensors) gets zero sums, as on the CPU.
 __global__ void __launch_bounds__(kFinishThreads)
     hd_finish_kernel(const HdRecord* records, int64_t n_records, int64_t slots, double* rates,
-                     int64_t* skipped, int* skip_flag, HdCoeffs<double> hc)
+                     int64_t* skipped, int* skip_flag, HdCoeffs<double> hc, int check)
 {
     __shared__ double bad[kFinishThreads];
     double b = 0;
@@ -236,7 +236,7 @@ __global__ void __launch_bounds__(kFinishThreads)
         if (static_cast<int>(threadIdx.x) < width) bad[threadIdx.x] += bad[threadIdx.x + width];
         __syncthreads();
     }
-    if (bad[0] > 0) {
+    if (check && bad[0] > 0) {
         if (threadIdx.x == 0) {
             *skip_flag = 1;
             if (skipped != nullptr) *skipped += 1;
@@ -443,7 +443,12 @@ void hd_typed(int device_index, const HdCall& call, const char* fn)
     int* skip_flag = static_cast<int*>(s.data);
     HdRecord* recs = reinterpret_cast<HdRecord*>(static_cast<char*>(s.data) + kRecordsOffset);
 
+    // The caller vouches for the gradients (assume_finite): the per-parameter scope then needs no
+    // reduction at all, and the finishing kernel, given no records, only clears the skip flag.
+    const bool check_finite = hp.assume_finite == 0;
+    const bool reduce = check_finite || !per_parameter;
     for (const HdTable<T>& tb : tables) {
+        if (!reduce) break;
         if (per_parameter)
             hd_reduce_kernel<T, kOnlyFiniteness><<<tb.blocks, kThreads, 0, 0>>>(tb, recs);
         else if (norms)
@@ -452,8 +457,9 @@ void hd_typed(int device_index, const HdCall& call, const char* fn)
             hd_reduce_kernel<T, kDotOnly><<<tb.blocks, kThreads, 0, 0>>>(tb, recs);
         check(cudaGetLastError(), fn, "reduction kernel launch");
     }
-    hd_finish_kernel<<<1, kFinishThreads, 0, 0>>>(recs, records, slots, call.rates, call.skipped,
-                                                  skip_flag, hc);
+    hd_finish_kernel<<<1, kFinishThreads, 0, 0>>>(recs, reduce ? records : 0, slots, call.rates,
+                                                  call.skipped, skip_flag, hc,
+                                                  check_finite ? 1 : 0);
     check(cudaGetLastError(), fn, "finishing kernel launch");
     for (const HdTable<T>& tb : tables) {
         if (per_parameter)
