@@ -65,7 +65,7 @@ compare.SetAction(r =>
     }
     var o = new CompareSettings(r.GetValue(data)!, r.GetValue(outDir)!, taskNames.ToArray(), Split(r.GetValue(methods)!), r.GetValue(seeds), r.GetValue(epochs),
         r.GetValue(batch), r.GetValue(evalEvery), r.GetValue(lr), r.GetValue(adamLr), r.GetValue(hypergradLr), r.GetValue(metricStepping),
-        r.GetValue(sweepFraction), r.GetValue(tolerance), !r.GetValue(noPlots), "Optim.Bench " + string.Join(' ', args));
+        r.GetValue(sweepFraction), r.GetValue(tolerance), !r.GetValue(noPlots), "dotnet run -c Release --project bench/Optim.Bench -- " + string.Join(' ', args));
     string? problem = Validate(o);
     if (problem is not null)
     {
