@@ -90,7 +90,7 @@ steps.SetAction(r =>
     return 0;
 });
 root.Add(steps);
-var hdSteps = new Command("hd-steps", "Times HypergradientSGD at each scope against FusedSGD and torch.optim.SGD (momentum 0.9; 4 and 1000 tensors), with the bytes each update must move.")
+var hdSteps = new Command("hd-steps", "Times HypergradientSGD at each scope (and per parameter with skip_nonfinite: false) against FusedSGD and torch.optim.SGD, next to the bandwidth references of their passes, in interleaved rounds (momentum 0.9; 4 and 1000 tensors), with the bytes each update must move.")
 {
     parameters, rounds, stepsPerRound,
 };
