@@ -36,7 +36,7 @@ internal static unsafe partial class NativeMethods
     internal static partial byte* optim_threading_info();
 
     [LibraryImport(Library)]
-    internal static partial int optim_sgd_step(int device, int deviceIndex, int dtype, TensorList* tensors, SgdParams* parameters);
+    internal static partial int optim_sgd_step(int device, int deviceIndex, int dtype, TensorList* tensors, int nGroups, SgdGroupParams* groups);
 
     [LibraryImport(Library)]
     internal static partial int optim_greedylr_init(GreedyLRConfig* config, GreedyLRCounters* state);
@@ -48,6 +48,9 @@ internal static unsafe partial class NativeMethods
     [LibraryImport(Library)]
     internal static partial int optim_hd_step(int device, int deviceIndex, int dtype, HdTensors* tensors, int nGroups,
         HdGroupOptions* groups, HdStepOptions* options, double* rates, long* skipped);
+
+    [LibraryImport(Library)]
+    internal static partial int optim_torch_bump_versions(nint* tensors, long count);
 
     [LibraryImport(Library)]
     internal static partial int optim_stream_reference(int dtype, StreamTensors* tensors, double scale, double* sum);
@@ -66,19 +69,7 @@ internal unsafe struct TensorList
     public nint* MomentumBuffers;
     public long* Numels;
     public byte* BufferFresh;
-}
-
-/// <summary>Mirror of <c>optim_sgd_params</c>.</summary>
-[StructLayout(LayoutKind.Sequential)]
-internal unsafe struct SgdParams
-{
-    public double Lr;
-    public double Momentum;
-    public double Dampening;
-    public double WeightDecay;
-    public int Nesterov;
-    public int Maximize;
-    public double* LrPtr;
+    public int* GroupIndex;
 }
 
 /// <summary>Mirror of <c>optim_greedylr_buffers</c>.</summary>

@@ -24,6 +24,38 @@ public enum NativeDType
 public readonly record struct SgdHyperparameters(
     double Lr, double Momentum = 0, double Dampening = 0, double WeightDecay = 0, bool Nesterov = false, bool Maximize = false);
 
+/// <summary>The hyperparameters of one param group of a fused SGD step: the mirror of <c>optim_sgd_params</c>.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct SgdGroupParams
+{
+    /// <summary>Learning rate (used when <see cref="LrPointer"/> is 0).</summary>
+    public double Lr;
+    /// <summary>Momentum factor.</summary>
+    public double Momentum;
+    /// <summary>Dampening for momentum.</summary>
+    public double Dampening;
+    /// <summary>Weight decay (coupled L2).</summary>
+    public double WeightDecay;
+    /// <summary>1 for Nesterov momentum.</summary>
+    public int Nesterov;
+    /// <summary>1 to maximize.</summary>
+    public int Maximize;
+    /// <summary>Optional address of a double holding the rate, in the memory of the device that runs the step.</summary>
+    public nint LrPointer;
+
+    /// <summary>The native form of <paramref name="hyper"/>, reading the rate from <paramref name="lrPointer"/> when it is not 0.</summary>
+    public static SgdGroupParams From(in SgdHyperparameters hyper, nint lrPointer = 0) => new()
+    {
+        Lr = hyper.Lr,
+        Momentum = hyper.Momentum,
+        Dampening = hyper.Dampening,
+        WeightDecay = hyper.WeightDecay,
+        Nesterov = hyper.Nesterov ? 1 : 0,
+        Maximize = hyper.Maximize ? 1 : 0,
+        LrPointer = lrPointer,
+    };
+}
+
 /// <summary>
 /// The managed face of the native core: loads the library, checks its ABI version once, and turns every
 /// failing status into an exception carrying the native message. Arguments are raw data pointers; the
@@ -32,7 +64,7 @@ public readonly record struct SgdHyperparameters(
 public static unsafe class OptimNative
 {
     /// <summary>The <c>OPTIM_ABI_VERSION</c> these bindings were written for.</summary>
-    public const int ExpectedAbiVersion = 3;
+    public const int ExpectedAbiVersion = 4;
 
     private static volatile bool s_checked;
     private static readonly object s_lock = new();
@@ -153,10 +185,10 @@ public static unsafe class OptimNative
     }
 
     /// <summary>
-    /// One fused SGD step over many tensors (see <c>optim_sgd_step</c> in <c>optim.h</c>). All spans have
-    /// one entry per tensor, except <paramref name="momentumBuffers"/>, which is empty when momentum is 0,
-    /// and <paramref name="bufferFresh"/>, which may be empty (no buffer is fresh). On failure nothing
-    /// was written.
+    /// One fused SGD step over many tensors of one param group (see <c>optim_sgd_step</c> in <c>optim.h</c>).
+    /// All spans have one entry per tensor, except <paramref name="momentumBuffers"/>, which is empty when
+    /// momentum is 0, and <paramref name="bufferFresh"/>, which may be empty (no buffer is fresh). On a
+    /// failed check nothing was written.
     /// </summary>
     /// <param name="device">Where the data lives.</param>
     /// <param name="deviceIndex">CUDA device ordinal; ignored for the CPU.</param>
@@ -173,6 +205,20 @@ public static unsafe class OptimNative
         ReadOnlySpan<nint> parameters, ReadOnlySpan<nint> gradients, ReadOnlySpan<nint> momentumBuffers,
         ReadOnlySpan<long> numels, ReadOnlySpan<byte> bufferFresh, in SgdHyperparameters hyper, nint lrPointer = 0)
     {
+        var group = SgdGroupParams.From(hyper, lrPointer);
+        SgdStep(device, deviceIndex, dtype, parameters, gradients, momentumBuffers, numels, bufferFresh, default,
+            new ReadOnlySpan<SgdGroupParams>(in group));
+    }
+
+    /// <summary>
+    /// One fused SGD step over the tensors of several param groups in one call: every group and every
+    /// tensor is checked before anything is written. Spans as in the one-group overload, plus
+    /// <paramref name="groupIndex"/> (each tensor's group, non-decreasing; empty when there is one group).
+    /// </summary>
+    public static void SgdStep(NativeDevice device, int deviceIndex, NativeDType dtype,
+        ReadOnlySpan<nint> parameters, ReadOnlySpan<nint> gradients, ReadOnlySpan<nint> momentumBuffers,
+        ReadOnlySpan<long> numels, ReadOnlySpan<byte> bufferFresh, ReadOnlySpan<int> groupIndex, ReadOnlySpan<SgdGroupParams> groups)
+    {
         EnsureLoaded();
         int n = parameters.Length;
         if (gradients.Length != n || numels.Length != n)
@@ -187,11 +233,17 @@ public static unsafe class OptimNative
         {
             throw new ArgumentException($"SgdStep: {n} parameters but {bufferFresh.Length} fresh flags.", nameof(bufferFresh));
         }
+        if (groupIndex.Length != 0 && groupIndex.Length != n)
+        {
+            throw new ArgumentException($"SgdStep: {n} parameters but {groupIndex.Length} group indices.", nameof(groupIndex));
+        }
         fixed (nint* p = parameters)
         fixed (nint* g = gradients)
         fixed (nint* b = momentumBuffers)
         fixed (long* ne = numels)
         fixed (byte* f = bufferFresh)
+        fixed (int* gi = groupIndex)
+        fixed (SgdGroupParams* sp = groups)
         {
             var list = new TensorList
             {
@@ -201,18 +253,9 @@ public static unsafe class OptimNative
                 MomentumBuffers = momentumBuffers.Length == 0 ? null : b,
                 Numels = ne,
                 BufferFresh = bufferFresh.Length == 0 ? null : f,
+                GroupIndex = groupIndex.Length == 0 ? null : gi,
             };
-            var sp = new SgdParams
-            {
-                Lr = hyper.Lr,
-                Momentum = hyper.Momentum,
-                Dampening = hyper.Dampening,
-                WeightDecay = hyper.WeightDecay,
-                Nesterov = hyper.Nesterov ? 1 : 0,
-                Maximize = hyper.Maximize ? 1 : 0,
-                LrPtr = (double*)lrPointer,
-            };
-            ThrowIfFailed(NativeMethods.optim_sgd_step((int)device, deviceIndex, (int)dtype, &list, &sp));
+            ThrowIfFailed(NativeMethods.optim_sgd_step((int)device, deviceIndex, (int)dtype, &list, groups.Length, sp));
         }
     }
 
@@ -260,6 +303,21 @@ public static unsafe class OptimNative
                 BufferFresh = f,
             };
             ThrowIfFailed(NativeMethods.optim_hd_step((int)device, deviceIndex, (int)dtype, &list, groups.Length, go, o, (double*)rates, (long*)skipped));
+        }
+    }
+
+    /// <summary>
+    /// Bumps the autograd version counter of each tensor (LibTorch handles, as <c>Tensor.Handle</c>; 0
+    /// entries are skipped), as LibTorch's in-place operations do, so that a graph that saved one of
+    /// them before a native step refuses to run backward instead of silently using the new values.
+    /// One atomic increment per tensor; no kernel (see <c>optim_torch_bump_versions</c>).
+    /// </summary>
+    public static void BumpTorchVersions(ReadOnlySpan<nint> tensorHandles)
+    {
+        EnsureLoaded();
+        fixed (nint* t = tensorHandles)
+        {
+            ThrowIfFailed(NativeMethods.optim_torch_bump_versions(t, tensorHandles.Length));
         }
     }
 

@@ -30,6 +30,7 @@ public class FusedSGD : OptimizerHelper, IMomentum
 {
     private readonly TensorBatch<State> _batch = new();
     private readonly List<Tensor> _created = new();
+    private SgdGroupParams[] _groupParams = Array.Empty<SgdGroupParams>();
     private Tensor? _deviceRates;
 
     /// <summary>
@@ -247,7 +248,29 @@ public class FusedSGD : OptimizerHelper, IMomentum
                 return;
             }
 
-            // 2. Create the momentum buffers of parameters on their first step (only then allocates).
+            // 2. The hyperparameters of every group, for one native call that checks every group before it writes.
+            if (_groupParams.Length < _parameter_groups.Count)
+            {
+                _groupParams = new SgdGroupParams[_parameter_groups.Count];
+            }
+            nint deviceRates = 0;
+            if (checks.Device == NativeDevice.Cuda && _deviceRates is not null)
+            {
+                if (_deviceRates.numel() != _parameter_groups.Count)
+                {
+                    throw new InvalidOperationException($"FusedSGD: the bound device rates hold {_deviceRates.numel()} values but the optimizer now has " +
+                        $"{_parameter_groups.Count} param groups (a group was added after GreedyLR moved to the device).");
+                }
+                deviceRates = TorchSharpNative.DataPointer(_deviceRates.Handle);
+            }
+            for (int gi = 0; gi < _parameter_groups.Count; gi++)
+            {
+                var o = (Options)_parameter_groups[gi].Options;
+                var hyper = new SgdHyperparameters(o.LearningRate!.Value, o.momentum!.Value, o.dampening!.Value,
+                    o.weight_decay!.Value, o.nesterov!.Value, o.maximize!.Value);
+                _groupParams[gi] = SgdGroupParams.From(hyper, deviceRates == 0 ? 0 : deviceRates + gi * sizeof(double));
+            }
+            // 3. Create the momentum buffers of parameters on their first step (only then allocates).
             _created.Clear();
             for (int k = 0; k < batch.Count; k++)
             {
@@ -267,29 +290,15 @@ public class FusedSGD : OptimizerHelper, IMomentum
                 }
             }
 
-            // 3. One native call per param group.
+            // 4. The step.
             try
             {
-                for (int gi = 0; gi < _parameter_groups.Count; gi++)
-                {
-                    var (start, count) = batch.Group(gi);
-                    if (count == 0)
-                    {
-                        continue;
-                    }
-                    var o = (Options)_parameter_groups[gi].Options;
-                    var hyper = new SgdHyperparameters(o.LearningRate!.Value, o.momentum!.Value, o.dampening!.Value,
-                        o.weight_decay!.Value, o.nesterov!.Value, o.maximize!.Value);
-                    bool momentum = hyper.Momentum != 0;
-                    nint lrPointer = checks.Device == NativeDevice.Cuda && _deviceRates is not null
-                        ? TorchSharpNative.DataPointer(_deviceRates.Handle) + gi * sizeof(double)
-                        : 0;
-                    OptimNative.SgdStep(checks.Device, checks.DeviceIndex, checks.DType,
-                        batch.Params.AsSpan(start, count), batch.Grads.AsSpan(start, count),
-                        momentum ? batch.Buffers.AsSpan(start, count) : default,
-                        batch.Numels.AsSpan(start, count), momentum ? batch.Fresh.AsSpan(start, count) : default,
-                        hyper, lrPointer);
-                }
+                batch.Written.BumpVersions();
+                int n = batch.Count;
+                OptimNative.SgdStep(checks.Device, checks.DeviceIndex, checks.DType,
+                    batch.Params.AsSpan(0, n), batch.Grads.AsSpan(0, n), batch.Buffers.AsSpan(0, n),
+                    batch.Numels.AsSpan(0, n), batch.Fresh.AsSpan(0, n), batch.GroupIndex.AsSpan(0, n),
+                    _groupParams.AsSpan(0, _parameter_groups.Count));
             }
             catch when (_created.Count > 0)
             {
@@ -340,7 +349,9 @@ public class FusedSGD : OptimizerHelper, IMomentum
             var bi = TorchSharpNative.Describe(buf.Handle);
             checks.CheckState(bi, pi, group, index, "momentum buffer");
             buffer = bi.Data;
+            batch.Written.Add(buf.Handle);
         }
+        batch.Written.Add(handle);
         batch.Add(p, pi, gi, buffer, state, fresh: momentum && buf is null);
     }
 

@@ -81,6 +81,7 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
     private double[] _rates = Array.Empty<double>();
     private HdGroupOptions[] _groupOptions = Array.Empty<HdGroupOptions>();
     private readonly List<(State State, Tensor Buffer)> _created = new();
+    private readonly WrittenTensors _written = new();
 
     // CUDA: the scalar rates and the skip counter in device memory.
     private Tensor? _deviceRates;
@@ -309,6 +310,7 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
         }
         var groups = _groupOptions;
         int handles = 0;
+        _written.Clear();
         try
         {
             // 1. Check and gather every parameter (those without a gradient take part with 0 elements, so
@@ -346,6 +348,7 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
                     }
                     _gradHandles[handles++] = gh;
                     _has[k] = 1;
+                    _written.Add(p.Handle);
                     var pi = TorchSharpNative.Describe(p.Handle);
                     var gInfo = TorchSharpNative.Describe(gh);
                     checks.CheckParameter(pi, gi, i);
@@ -355,12 +358,14 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
                         var bi = TorchSharpNative.Describe(state.momentum_buffer.Handle);
                         checks.CheckState(bi, pi, gi, i, "momentum buffer");
                         _b[k] = bi.Data;
+                        _written.Add(state.momentum_buffer.Handle);
                     }
                     if (!heavyBall && state.prev_update is not null)
                     {
                         var ui = TorchSharpNative.Describe(state.prev_update.Handle);
                         checks.CheckState(ui, pi, gi, i, "previous update");
                         _u[k] = ui.Data;
+                        _written.Add(state.prev_update.Handle);
                     }
                     if (_scope == HypergradientScope.PerParameter)
                     {
@@ -371,6 +376,7 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
                         var ri = TorchSharpNative.Describe(state.parameter_rates.Handle);
                         checks.CheckState(ri, pi, gi, i, "rate tensor");
                         _r[k] = ri.Data;
+                        _written.Add(state.parameter_rates.Handle);
                     }
                     _p[k] = pi.Data;
                     _g[k] = gInfo.Data;
@@ -430,6 +436,7 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
             };
             try
             {
+                _written.BumpVersions();
                 if (cuda)
                 {
                     StepOnDevice(checks, total, groups, options);

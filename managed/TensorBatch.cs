@@ -15,19 +15,25 @@ internal sealed class TensorBatch<TState> where TState : class
     public nint[] Buffers = new nint[16];
     public long[] Numels = new long[16];
     public byte[] Fresh = new byte[16];
+    public int[] GroupIndex = new int[16];
     public Parameter[] ParamTensors = new Parameter[16];
     public TState[] States = new TState[16];
     private nint[] _gradHandles = new nint[16];
     private int _gradCount;
+    private int _currentGroup;
     private int[] _groupStart = new int[4];
     private int _groups;
 
     public int Count { get; private set; }
 
+    /// <summary>The tensors the step writes in place (parameters and existing state), for their version bumps.</summary>
+    public WrittenTensors Written { get; } = new();
+
     public void Reset(int groups)
     {
         Count = 0;
         _gradCount = 0;
+        Written.Clear();
         if (_groupStart.Length < groups + 1)
         {
             _groupStart = new int[groups + 1];
@@ -39,6 +45,7 @@ internal sealed class TensorBatch<TState> where TState : class
     /// <summary>Starts a group; groups are begun in order, each before its tensors are added.</summary>
     public void BeginGroup(int group)
     {
+        _currentGroup = group;
         for (int g = group; g <= _groups; g++)
         {
             _groupStart[g] = Count;
@@ -69,6 +76,7 @@ internal sealed class TensorBatch<TState> where TState : class
         Buffers[k] = buffer;
         Numels[k] = p.Numel;
         Fresh[k] = fresh ? (byte)1 : (byte)0;
+        GroupIndex[k] = _currentGroup;
         ParamTensors[k] = param;
         States[k] = state;
         _groupStart[_groups] = Count; // the end of the last group
@@ -82,6 +90,7 @@ internal sealed class TensorBatch<TState> where TState : class
         Array.Resize(ref Buffers, n);
         Array.Resize(ref Numels, n);
         Array.Resize(ref Fresh, n);
+        Array.Resize(ref GroupIndex, n);
         Array.Resize(ref ParamTensors, n);
         Array.Resize(ref States, n);
     }

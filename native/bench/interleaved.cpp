@@ -59,7 +59,8 @@ int main(int argc, char** argv)
     std::vector<int64_t> numels(static_cast<size_t>(tensors), n);
     std::vector<int32_t> group(static_cast<size_t>(tensors), 0);
 
-    const optim_tensor_list list{tensors, pp.data(), gp.data(), bp.data(), numels.data(), nullptr};
+    const optim_tensor_list list{tensors,       pp.data(), gp.data(), bp.data(),
+                                 numels.data(), nullptr,   nullptr};
     optim_sgd_params sgd;
     optim_sgd_params_default(&sgd);
     sgd.lr = 1e-9;
@@ -96,7 +97,7 @@ int main(int argc, char** argv)
 
     std::vector<Case> cases = {
         {"FusedSGD momentum", 20, 1,
-         [&] { return optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, &sgd); }},
+         [&] { return optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, 1, &sgd); }},
         {"reference: 1 read + 2 updates", 20, 1, ref_20},
         {"HD global", 28, 3,
          [&] {

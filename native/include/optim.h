@@ -6,8 +6,13 @@
  *  - Only fixed-size types cross the boundary (int32_t, int64_t, uint8_t, double, pointers).
  *    Structs are passed by pointer, never by value.
  *  - Every fallible function returns an optim_status. OPTIM_STATUS_OK (0) is success; on any other
- *    value nothing was modified (parameters, buffers and rates are exactly as before the call) and
- *    optim_last_error() describes the problem.
+ *    value optim_last_error() describes the problem. Every argument of a call (every tensor and
+ *    every param group) is checked before anything is written, so a failed check
+ *    (OPTIM_STATUS_INVALID_ARGUMENT, _UNSUPPORTED, _CUDA_UNAVAILABLE) and a failed host allocation
+ *    leave parameters, buffers and rates exactly as they were. A CPU step that passed its checks
+ *    cannot fail part-way. A CUDA step may take several kernel launches: OPTIM_STATUS_CUDA_ERROR
+ *    from a later launch means the earlier launches' writes have happened (the device is then
+ *    usually unusable anyway), and faults inside a kernel surface on a later synchronising call.
  *  - No C++ exception, abort() or exit() ever leaves the library.
  *  - "Host memory" means ordinary CPU memory; "device memory" means CUDA global memory of the
  * device named by the call. The library never takes ownership of caller memory.
@@ -37,7 +42,7 @@ extern "C" {
 /* Bumped whenever a signature, struct layout or enum value below changes. The managed bindings
  * refuse to run against a library whose optim_abi_version() differs from the one they were built
  * for. */
-#define OPTIM_ABI_VERSION 3
+#define OPTIM_ABI_VERSION 4
 
 /* ---- Status codes ------------------------------------------------------------------------------
  */
@@ -102,6 +107,7 @@ OPTIM_API const char* optim_threading_info(void);
 /* Many tensors, updated in one call. Every array has `count` entries. All tensors of one list share
  * one dtype and one device, and are dense and contiguous; element i of params[k], grads[k] and
  * momentum_buffers[k] belong together. A tensor with numel 0 is allowed (its pointers may be NULL).
+ * The tensors may belong to several param groups, each with its own hyperparameters.
  *
  * params:           parameter data, updated in place.
  * grads:            gradient data, read only.
@@ -111,6 +117,8 @@ OPTIM_API const char* optim_threading_info(void);
  * buffer_fresh:     may be NULL (= all zero). Nonzero for tensor k means its momentum buffer has no
  *                   history yet: this step writes the (decayed, possibly negated) gradient into it
  *                   instead of blending, exactly as PyTorch does on a parameter's first step.
+ * group_index:      may be NULL (= every tensor is in group 0). Otherwise the param group of each
+ *                   tensor, in [0, n_groups) and non-decreasing (tensors in param-group order).
  *
  * The arrays themselves are host memory. The data they point to is host memory for OPTIM_DEVICE_CPU
  * and device memory of the named device for OPTIM_DEVICE_CUDA. */
@@ -121,6 +129,7 @@ typedef struct optim_tensor_list {
     void* const* momentum_buffers;
     const int64_t* numels;
     const uint8_t* buffer_fresh;
+    const int32_t* group_index;
 } optim_tensor_list;
 
 /* ---- Fused SGD ----------------------------------------------------------------------------------
@@ -154,21 +163,24 @@ typedef struct optim_sgd_params {
  * Does nothing for NULL. */
 OPTIM_API void optim_sgd_params_default(optim_sgd_params* params);
 
-/* One fused SGD step over every tensor of `tensors`.
+/* One fused SGD step over every tensor of `tensors`, each with the hyperparameters of its param
+ * group: groups[group_index[k]] for tensor k (n_groups >= 1 entries, host memory).
  *   device:       OPTIM_DEVICE_CPU or OPTIM_DEVICE_CUDA.
  *   device_index: CUDA device ordinal (ignored for the CPU). The calling thread's current CUDA
- * device is restored before returning. dtype:        OPTIM_DTYPE_FLOAT32 or OPTIM_DTYPE_FLOAT64.
- * Validation (of every argument, before anything is written): counts, NULL pointers, finite and
- * non-negative lr, momentum and weight_decay, finite dampening, Nesterov's requirements, momentum
- * buffers present when momentum != 0.
- * CPU: one pass over memory per tensor; large calls are split over the worker pool in fixed chunks.
+ *                 device is restored before returning.
+ *   dtype:        OPTIM_DTYPE_FLOAT32 or OPTIM_DTYPE_FLOAT64.
+ * Validation (of every group and every tensor, before anything is written): counts, group indices,
+ * NULL pointers, finite and non-negative lr, momentum and weight_decay, finite dampening,
+ * Nesterov's requirements, momentum buffers present where a group's momentum != 0.
+ * CPU: one pass over memory per tensor; large calls are split over the worker pool in fixed chunks
+ * spanning every group.
  * CUDA: launches on the legacy default stream (stream 0) and returns without waiting for the
  * kernels; kernel faults surface on a later synchronising call, as with any asynchronous CUDA work.
  * Returns OPTIM_STATUS_CUDA_UNAVAILABLE for a CUDA request when the library was built without CUDA
  * or no device is present. */
 OPTIM_API optim_status optim_sgd_step(int32_t device, int32_t device_index, int32_t dtype,
-                                      const optim_tensor_list* tensors,
-                                      const optim_sgd_params* params);
+                                      const optim_tensor_list* tensors, int32_t n_groups,
+                                      const optim_sgd_params* groups);
 
 /* ---- Hypergradient descent --------------------------------------------------------------------
  */
@@ -319,6 +331,20 @@ OPTIM_API optim_status optim_greedylr_step(int32_t device, int32_t device_index,
                                            optim_greedylr_state* state,
                                            const optim_greedylr_buffers* buffers,
                                            const void* metric, int32_t metric_dtype);
+
+/* ---- LibTorch integration --------------------------------------------------------------------
+ */
+
+/* Bumps the autograd version counter of each tensor, as LibTorch's own in-place operations do, so
+ * that a backward pass through a graph that saved one of these tensors before it was updated fails
+ * with LibTorch's "modified by an inplace operation" error instead of silently using the new
+ * values. tensors: `count` LibTorch tensor handles (the address of an at::Tensor, which is what a
+ * TorchSharp Tensor.Handle is); NULL entries are skipped. No kernel is launched and no data is
+ * touched: one atomic increment per tensor. The library does not link LibTorch; it finds
+ * libtorch_cpu in the process at the first call. Returns OPTIM_STATUS_UNSUPPORTED when LibTorch is
+ * not loaded, and OPTIM_STATUS_INVALID_ARGUMENT (naming the tensor) when LibTorch refuses, e.g. for
+ * an inference tensor outside inference mode; the tensors before it were bumped. */
+OPTIM_API optim_status optim_torch_bump_versions(void* const* tensors, int64_t count);
 
 /* ---- Memory-bandwidth reference ---------------------------------------------------------------
  */

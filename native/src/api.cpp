@@ -32,26 +32,56 @@ std::string at(int64_t k)
     return "tensor " + std::to_string(k);
 }
 
-void validate_tensor_list(const char* fn, const optim_tensor_list* t, bool needs_buffers)
+// Every group's hyperparameters, then every tensor (with its group's momentum) and the group order.
+void validate_sgd(const char* fn, int32_t device, const optim_tensor_list* t, int32_t n_groups,
+                  const optim_sgd_params* groups)
 {
+    OPTIM_REQUIRE(groups != nullptr, fn, "groups is NULL");
+    OPTIM_REQUIRE(n_groups >= 1, fn, "n_groups must be >= 1, got " + std::to_string(n_groups));
+    for (int32_t g = 0; g < n_groups; ++g) {
+        const optim_sgd_params& p = groups[g];
+        const auto where = [&] { return " (group " + std::to_string(g) + ")"; };
+        OPTIM_REQUIRE(p.lr_ptr != nullptr || (std::isfinite(p.lr) && p.lr >= 0.0), fn,
+                      "invalid learning rate: " + num(p.lr) + where());
+        if (p.lr_ptr != nullptr && device == OPTIM_DEVICE_CPU)
+            OPTIM_REQUIRE(std::isfinite(*p.lr_ptr) && *p.lr_ptr >= 0.0, fn,
+                          "invalid learning rate: " + num(*p.lr_ptr) + where());
+        OPTIM_REQUIRE(std::isfinite(p.momentum) && p.momentum >= 0.0, fn,
+                      "invalid momentum value: " + num(p.momentum) + where());
+        OPTIM_REQUIRE(std::isfinite(p.dampening), fn,
+                      "invalid dampening value: " + num(p.dampening) + where());
+        OPTIM_REQUIRE(std::isfinite(p.weight_decay) && p.weight_decay >= 0.0, fn,
+                      "invalid weight_decay value: " + num(p.weight_decay) + where());
+        OPTIM_REQUIRE(p.nesterov == 0 || p.nesterov == 1, fn, "nesterov must be 0 or 1" + where());
+        OPTIM_REQUIRE(p.maximize == 0 || p.maximize == 1, fn, "maximize must be 0 or 1" + where());
+        OPTIM_REQUIRE(!p.nesterov || (p.momentum > 0.0 && p.dampening == 0.0), fn,
+                      "Nesterov momentum requires a momentum and zero dampening" + where());
+    }
     OPTIM_REQUIRE(t != nullptr, fn, "tensors is NULL");
     OPTIM_REQUIRE(t->count >= 0, fn,
                   "tensors->count is negative (" + std::to_string(t->count) + ")");
     if (t->count == 0) return;
     OPTIM_REQUIRE(t->params && t->grads && t->numels, fn,
                   "tensors->params, tensors->grads and tensors->numels must not be NULL");
-    OPTIM_REQUIRE(!needs_buffers || t->momentum_buffers, fn,
-                  "tensors->momentum_buffers is NULL but momentum is nonzero");
+    OPTIM_REQUIRE(t->group_index != nullptr || n_groups == 1, fn,
+                  "tensors->group_index is NULL but n_groups is " + std::to_string(n_groups));
     for (int64_t k = 0; k < t->count; ++k) {
+        const int32_t g = t->group_index ? t->group_index[k] : 0;
+        OPTIM_REQUIRE(g >= 0 && g < n_groups, fn,
+                      at(k) + ": group index " + std::to_string(g) + " is out of range");
+        OPTIM_REQUIRE(k == 0 || t->group_index == nullptr || g >= t->group_index[k - 1], fn,
+                      at(k) + ": tensors must be in param-group order");
         const int64_t n = t->numels[k];
         OPTIM_REQUIRE(n >= 0, fn, at(k) + ": numel is negative (" + std::to_string(n) + ")");
         if (n == 0) continue;
         OPTIM_REQUIRE(t->params[k] != nullptr, fn, at(k) + ": parameter pointer is NULL");
         OPTIM_REQUIRE(t->grads[k] != nullptr, fn, at(k) + ": gradient pointer is NULL");
-        OPTIM_REQUIRE(!needs_buffers || t->momentum_buffers[k] != nullptr, fn,
-                      at(k) + ": momentum buffer pointer is NULL but momentum is nonzero");
+        if (groups[g].momentum != 0.0)
+            OPTIM_REQUIRE(t->momentum_buffers && t->momentum_buffers[k], fn,
+                          at(k) + ": momentum buffer pointer is NULL but momentum is nonzero");
     }
 }
+
 void validate_greedy_config(const char* fn, const optim_greedylr_config* c)
 {
     OPTIM_REQUIRE(c != nullptr, fn, "config is NULL");
@@ -186,39 +216,20 @@ OPTIM_API void optim_sgd_params_default(optim_sgd_params* params)
 }
 
 OPTIM_API optim_status optim_sgd_step(int32_t device, int32_t device_index, int32_t dtype,
-                                      const optim_tensor_list* tensors,
-                                      const optim_sgd_params* params)
+                                      const optim_tensor_list* tensors, int32_t n_groups,
+                                      const optim_sgd_params* groups)
 {
     static const char* fn = "optim_sgd_step";
     return guard(fn, [&] {
-        OPTIM_REQUIRE(params != nullptr, fn, "params is NULL");
-        const optim_sgd_params& p = *params;
         OPTIM_REQUIRE(device == OPTIM_DEVICE_CPU || device == OPTIM_DEVICE_CUDA, fn,
                       "unknown device " + std::to_string(device));
         if (dtype != OPTIM_DTYPE_FLOAT32 && dtype != OPTIM_DTYPE_FLOAT64)
             fail(OPTIM_STATUS_UNSUPPORTED, std::string(fn) + ": unsupported dtype " +
                                                std::to_string(dtype) +
                                                " (only float32 and float64)");
-        OPTIM_REQUIRE(p.lr_ptr != nullptr || (std::isfinite(p.lr) && p.lr >= 0.0), fn,
-                      "invalid learning rate: " + num(p.lr));
-        if (p.lr_ptr != nullptr && device == OPTIM_DEVICE_CPU)
-            OPTIM_REQUIRE(std::isfinite(*p.lr_ptr) && *p.lr_ptr >= 0.0, fn,
-                          "invalid learning rate: " + num(*p.lr_ptr));
-        OPTIM_REQUIRE(std::isfinite(p.momentum) && p.momentum >= 0.0, fn,
-                      "invalid momentum value: " + num(p.momentum));
-        OPTIM_REQUIRE(std::isfinite(p.dampening), fn,
-                      "invalid dampening value: " + num(p.dampening));
-        OPTIM_REQUIRE(std::isfinite(p.weight_decay) && p.weight_decay >= 0.0, fn,
-                      "invalid weight_decay value: " + num(p.weight_decay));
-        OPTIM_REQUIRE(p.nesterov == 0 || p.nesterov == 1, fn, "nesterov must be 0 or 1");
-        OPTIM_REQUIRE(p.maximize == 0 || p.maximize == 1, fn, "maximize must be 0 or 1");
-        OPTIM_REQUIRE(!p.nesterov || (p.momentum > 0.0 && p.dampening == 0.0), fn,
-                      "Nesterov momentum requires a momentum and zero dampening");
-        validate_tensor_list(fn, tensors, p.momentum != 0.0);
-
-        SgdCall call{tensors,     p.lr,           p.lr_ptr,        p.momentum,
-                     p.dampening, p.weight_decay, p.nesterov != 0, p.maximize != 0};
+        validate_sgd(fn, device, tensors, n_groups, groups);
         if (tensors->count == 0) return;
+        const SgdCall call{tensors, n_groups, groups};
         if (device == OPTIM_DEVICE_CUDA) {
             cuda::sgd_step(device_index, dtype, call);
         } else if (dtype == OPTIM_DTYPE_FLOAT32) {

@@ -7,17 +7,13 @@
 
 namespace optim {
 
-// A validated tensor list with typed hyperparameters; the back ends may assume every check of
-// optim_sgd_step has passed.
+// A validated SGD step: the back ends may assume every check of optim_sgd_step has passed.
 struct SgdCall {
     const optim_tensor_list* tensors;
-    double lr; // used when lr_ptr is null
-    const double* lr_ptr;
-    double momentum;
-    double dampening;
-    double weight_decay;
-    bool nesterov;
-    bool maximize;
+    int32_t n_groups;
+    const optim_sgd_params* groups;
+    // The param group of tensor k (group_index may be NULL: one group).
+    int32_t group_of(int64_t k) const { return tensors->group_index ? tensors->group_index[k] : 0; }
 };
 
 // A validated hypergradient step.

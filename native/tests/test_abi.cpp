@@ -58,3 +58,16 @@ TEST(Abi, ThreadingInfoNamesOurPoolWithoutOpenMp)
     const std::string info = optim_threading_info();
     EXPECT_EQ(info, "optim worker pool");
 }
+
+TEST(Abi, VersionBumpsNeedLibTorchInTheProcess)
+{
+    // This test binary loads no LibTorch: a clear status, never a crash. (The managed tests cover
+    // the bump itself, against LibTorch's own version counters.)
+    EXPECT_EQ(optim_torch_bump_versions(nullptr, 0), OPTIM_STATUS_OK);
+    EXPECT_EQ(optim_torch_bump_versions(nullptr, -1), OPTIM_STATUS_INVALID_ARGUMENT);
+    EXPECT_EQ(optim_torch_bump_versions(nullptr, 1), OPTIM_STATUS_INVALID_ARGUMENT);
+    int dummy = 0;
+    void* handles[] = {&dummy};
+    EXPECT_EQ(optim_torch_bump_versions(handles, 1), OPTIM_STATUS_UNSUPPORTED);
+    EXPECT_NE(std::string(optim_last_error()).find("LibTorch"), std::string::npos);
+}

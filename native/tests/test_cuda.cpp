@@ -72,16 +72,16 @@ void compare_with_cpu(double momentum, double dampening, double wd, bool nestero
             gg[k] = dg[k];
             gb[k] = db[k];
         }
-        optim_tensor_list host{static_cast<int64_t>(K), cp.data(),   cg.data(), cb.data(),
-                               numels.data(),           fresh.data()};
-        optim_tensor_list dev{static_cast<int64_t>(K), gp.data(),   gg.data(), gb.data(),
-                              numels.data(),           fresh.data()};
+        optim_tensor_list host{static_cast<int64_t>(K), cp.data(),    cg.data(), cb.data(),
+                               numels.data(),           fresh.data(), nullptr};
+        optim_tensor_list dev{static_cast<int64_t>(K), gp.data(),    gg.data(), gb.data(),
+                              numels.data(),           fresh.data(), nullptr};
         params.lr_ptr = nullptr;
-        ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, dtype, &host, &params), OPTIM_STATUS_OK)
+        ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, dtype, &host, 1, &params), OPTIM_STATUS_OK)
             << optim_last_error();
         params.lr_ptr =
             (step % 2) ? d_lr : nullptr; // alternate host-value and device-resident rate
-        ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CUDA, 0, dtype, &dev, &params), OPTIM_STATUS_OK)
+        ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CUDA, 0, dtype, &dev, 1, &params), OPTIM_STATUS_OK)
             << optim_last_error();
         CUDA_OK(cudaDeviceSynchronize());
     }
@@ -137,10 +137,10 @@ TEST(FusedSgdCuda, BadDeviceIndexIsRejected)
     void* ps[] = {&dummy};
     const void* gs[] = {&dummy};
     int64_t ns[] = {1};
-    optim_tensor_list list{1, ps, gs, nullptr, ns, nullptr};
+    optim_tensor_list list{1, ps, gs, nullptr, ns, nullptr, nullptr};
     optim_sgd_params params;
     optim_sgd_params_default(&params);
-    EXPECT_EQ(optim_sgd_step(OPTIM_DEVICE_CUDA, 999, OPTIM_DTYPE_FLOAT32, &list, &params),
+    EXPECT_EQ(optim_sgd_step(OPTIM_DEVICE_CUDA, 999, OPTIM_DTYPE_FLOAT32, &list, 1, &params),
               OPTIM_STATUS_INVALID_ARGUMENT);
 }
 

@@ -71,7 +71,8 @@ struct Model {
                                  grads.data(),
                                  bufs.data(),
                                  numels.data(),
-                                 fresh.data()};
+                                 fresh.data(),
+                                 nullptr};
     }
 };
 
@@ -152,7 +153,7 @@ void run_against_reference(const Combo& combo, int steps)
         std::vector<bool> active(kSizes.size(), true);
         active[2] = step > 10;
         optim_tensor_list list = fused.list(active);
-        ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, dtype_of<T>(), &list, &params),
+        ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, dtype_of<T>(), &list, 1, &params),
                   OPTIM_STATUS_OK)
             << optim_last_error();
         for (size_t k = 0; k < kSizes.size(); ++k) {
@@ -191,13 +192,13 @@ TEST(FusedSgdCpu, FirstStepCopiesTheGradientIntoTheBuffer)
     void* bs[] = {b.data()};
     int64_t ns[] = {2};
     uint8_t fresh[] = {1};
-    optim_tensor_list list{1, ps, gs, bs, ns, fresh};
+    optim_tensor_list list{1, ps, gs, bs, ns, fresh, nullptr};
     optim_sgd_params params;
     optim_sgd_params_default(&params);
     params.lr = 0.1;
     params.momentum = 0.9;
     params.dampening = 0.5;
-    ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, &params),
+    ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, 1, &params),
               OPTIM_STATUS_OK);
     EXPECT_FLOAT_EQ(b[0], 0.5f);
     EXPECT_FLOAT_EQ(b[1], 0.25f);
@@ -205,7 +206,7 @@ TEST(FusedSgdCpu, FirstStepCopiesTheGradientIntoTheBuffer)
     EXPECT_FLOAT_EQ(p[1], -2.0f - 0.1f * 0.25f);
     // Second step blends: buf = 0.9 * buf + 0.5 * g.
     fresh[0] = 0;
-    ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, &params),
+    ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, 1, &params),
               OPTIM_STATUS_OK);
     EXPECT_FLOAT_EQ(b[0], 0.9f * 0.5f + 0.5f * 0.5f);
 }
@@ -216,13 +217,13 @@ TEST(FusedSgdCpu, LearningRateThroughPointer)
     void* ps[] = {p.data()};
     const void* gs[] = {g.data()};
     int64_t ns[] = {1};
-    optim_tensor_list list{1, ps, gs, nullptr, ns, nullptr};
+    optim_tensor_list list{1, ps, gs, nullptr, ns, nullptr, nullptr};
     optim_sgd_params params;
     optim_sgd_params_default(&params);
     params.lr = 1000.0; // ignored
     double rate = 0.25;
     params.lr_ptr = &rate;
-    ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT64, &list, &params),
+    ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT64, &list, 1, &params),
               OPTIM_STATUS_OK);
     EXPECT_DOUBLE_EQ(p[0], 0.5);
 }
@@ -248,7 +249,7 @@ TEST_F(ThreadCount, ResultsAreBitwiseIdenticalForAnyNumberOfThreads)
         for (int step = 0; step < 5; ++step) {
             m.new_gradients(rng);
             optim_tensor_list list = m.list(active);
-            ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, &params),
+            ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, 1, &params),
                       OPTIM_STATUS_OK);
             for (auto& t : m.tensors) t.has_buf = true;
         }
@@ -283,7 +284,7 @@ struct Fixture {
     const void* gs[1] = {g.data()};
     void* bs[1] = {b.data()};
     int64_t ns[1] = {3};
-    optim_tensor_list list{1, ps, gs, bs, ns, nullptr};
+    optim_tensor_list list{1, ps, gs, bs, ns, nullptr, nullptr};
     optim_sgd_params params;
     Fixture()
     {
@@ -293,7 +294,7 @@ struct Fixture {
     void expect_failure(optim_status expected, const std::string& fragment,
                         int32_t device = OPTIM_DEVICE_CPU, int32_t dtype = OPTIM_DTYPE_FLOAT32)
     {
-        EXPECT_EQ(optim_sgd_step(device, 0, dtype, &list, &params), expected);
+        EXPECT_EQ(optim_sgd_step(device, 0, dtype, &list, 1, &params), expected);
         const std::string message = optim_last_error();
         EXPECT_NE(message.find(fragment), std::string::npos)
             << "message '" << message << "' lacks '" << fragment << "'";
@@ -359,7 +360,7 @@ TEST(FusedSgdValidation, MissingMomentumBuffers)
 {
     Fixture f;
     f.list.momentum_buffers = nullptr;
-    f.expect_failure(OPTIM_STATUS_INVALID_ARGUMENT, "momentum_buffers is NULL");
+    f.expect_failure(OPTIM_STATUS_INVALID_ARGUMENT, "tensor 0: momentum buffer pointer is NULL");
 }
 
 TEST(FusedSgdValidation, NullGradientPointer)
@@ -386,9 +387,9 @@ TEST(FusedSgdValidation, NegativeCount)
 TEST(FusedSgdValidation, NullListAndParams)
 {
     Fixture f;
-    EXPECT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, nullptr, &f.params),
+    EXPECT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, nullptr, 1, &f.params),
               OPTIM_STATUS_INVALID_ARGUMENT);
-    EXPECT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &f.list, nullptr),
+    EXPECT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &f.list, 1, nullptr),
               OPTIM_STATUS_INVALID_ARGUMENT);
 }
 
@@ -413,4 +414,137 @@ TEST(FusedSgdValidation, CudaRequestWithoutCudaIsAClearError)
     f.expect_failure(OPTIM_STATUS_CUDA_UNAVAILABLE,
                      optim_cuda_compiled() ? "no CUDA device is present" : "no CUDA support",
                      OPTIM_DEVICE_CUDA);
+}
+
+// ---- Several param groups in one call
+// ---------------------------------------------------------
+
+namespace {
+
+// Every flag combination as its own param group, in float32 and float64, with tensors that cross
+// chunk boundaries (so chunks span groups), on 1, 2 and 3 threads, against the reference.
+template <typename T>
+void run_groups_against_reference(int threads)
+{
+    SCOPED_TRACE("threads " + std::to_string(threads));
+    ASSERT_EQ(optim_set_num_threads(threads), OPTIM_STATUS_OK);
+    const std::vector<Combo> combos = all_combos();
+    std::vector<size_t> sizes;
+    std::vector<int32_t> group;
+    std::vector<SgdConfig> configs;
+    std::vector<optim_sgd_params> params;
+    for (size_t g = 0; g < combos.size(); ++g) {
+        const Combo& c = combos[g];
+        configs.push_back({0.01 * static_cast<double>(g + 1), c.momentum, c.dampening,
+                           c.weight_decay, c.nesterov, c.maximize});
+        params.push_back(to_params(configs.back()));
+        for (size_t n : {size_t(40000), size_t(0), size_t(70001), size_t(5)}) {
+            sizes.push_back(n);
+            group.push_back(static_cast<int32_t>(g));
+        }
+    }
+    Model<T> fused(sizes, 3), ref(sizes, 3);
+    std::mt19937_64 rng_f(8), rng_r(8);
+    const std::vector<bool> active(sizes.size(), true);
+    for (int step = 1; step <= 6; ++step) {
+        fused.new_gradients(rng_f);
+        ref.new_gradients(rng_r);
+        optim_tensor_list list = fused.list(active);
+        list.group_index = group.data();
+        ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, dtype_of<T>(), &list,
+                                 static_cast<int32_t>(params.size()), params.data()),
+                  OPTIM_STATUS_OK)
+            << optim_last_error();
+        for (size_t k = 0; k < sizes.size(); ++k) {
+            const SgdConfig& cfg = configs[static_cast<size_t>(group[k])];
+            if (cfg.momentum != 0) fused.tensors[k].has_buf = true;
+            reference_sgd_step(ref.tensors[k], cfg);
+            expect_close(fused.tensors[k].param, ref.tensors[k].param, "param", step, k);
+            if (cfg.momentum != 0)
+                expect_close(fused.tensors[k].buf, ref.tensors[k].buf, "momentum buffer", step, k);
+        }
+        if (::testing::Test::HasFailure()) return;
+    }
+}
+
+} // namespace
+
+TEST_F(ThreadCount, EveryGroupMatchesTheReferenceInOneCall)
+{
+    for (int threads : {1, 2, 3}) {
+        run_groups_against_reference<float>(threads);
+        run_groups_against_reference<double>(threads);
+    }
+}
+
+// A bad later group must leave the earlier groups untouched: every group is checked first.
+TEST(FusedSgdValidation, AFailingLaterGroupChangesNoGroup)
+{
+    std::vector<float> p0 = {1, 2}, g0 = {0.5f, 0.5f}, b0 = {3, 4};
+    std::vector<float> p1 = {5, 6}, g1 = {0.5f, 0.5f};
+    void* ps[] = {p0.data(), p1.data()};
+    const void* gs[] = {g0.data(), g1.data()};
+    void* bs[] = {b0.data(), nullptr};
+    int64_t ns[] = {2, 2};
+    int32_t group[] = {0, 1};
+    optim_tensor_list list{2, ps, gs, bs, ns, nullptr, group};
+    optim_sgd_params params[2];
+    optim_sgd_params_default(&params[0]);
+    optim_sgd_params_default(&params[1]);
+    params[0].momentum = 0.9;
+
+    params[1].lr = -1; // an invalid option of the second group
+    EXPECT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, 2, params),
+              OPTIM_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(optim_last_error()).find("(group 1)"), std::string::npos)
+        << optim_last_error();
+    params[1].lr = 0.1;
+    params[1].momentum = 0.9; // the second group's tensor has no momentum buffer
+    EXPECT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, 2, params),
+              OPTIM_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(optim_last_error()).find("tensor 1: momentum buffer"), std::string::npos)
+        << optim_last_error();
+    EXPECT_EQ(p0, (std::vector<float>{1, 2}));
+    EXPECT_EQ(b0, (std::vector<float>{3, 4}));
+    EXPECT_EQ(p1, (std::vector<float>{5, 6}));
+
+    params[1].momentum = 0;
+    ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, 2, params),
+              OPTIM_STATUS_OK)
+        << optim_last_error();
+    EXPECT_NE(p0, (std::vector<float>{1, 2}));
+    EXPECT_NE(p1, (std::vector<float>{5, 6}));
+}
+
+TEST(FusedSgdValidation, GroupIndicesAreChecked)
+{
+    Fixture f;
+    int32_t group[] = {1};
+    f.list.group_index = group;
+    f.expect_failure(OPTIM_STATUS_INVALID_ARGUMENT, "group index 1 is out of range");
+    f.list.group_index = nullptr;
+    optim_sgd_params two[2] = {f.params, f.params};
+    EXPECT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &f.list, 2, two),
+              OPTIM_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(optim_last_error()).find("group_index is NULL"), std::string::npos);
+    EXPECT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &f.list, 0, two),
+              OPTIM_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(optim_last_error()).find("n_groups must be >= 1"), std::string::npos);
+}
+
+TEST(FusedSgdValidation, TensorsOutOfGroupOrderAreRejected)
+{
+    std::vector<float> p = {1, 2}, g = {1, 1};
+    void* ps[] = {p.data(), p.data() + 1};
+    const void* gs[] = {g.data(), g.data() + 1};
+    int64_t ns[] = {1, 1};
+    int32_t group[] = {1, 0};
+    optim_tensor_list list{2, ps, gs, nullptr, ns, nullptr, group};
+    optim_sgd_params params[2];
+    optim_sgd_params_default(&params[0]);
+    optim_sgd_params_default(&params[1]);
+    EXPECT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, 2, params),
+              OPTIM_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(optim_last_error()).find("param-group order"), std::string::npos);
+    EXPECT_EQ(p, (std::vector<float>{1, 2}));
 }

@@ -54,21 +54,22 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+// Launches the update of tensors [first, last) (one param group) with its hyperparameters.
 template <typename T, unsigned Flags>
-void launch_all(const SgdCall& call, const SgdCoeffs<T>& c, T lr)
+void launch_group(const optim_tensor_list& t, int64_t first, int64_t last, const SgdCoeffs<T>& c,
+                  T lr, const double* lr_ptr)
 {
-    const optim_tensor_list& t = *call.tensors;
     LaunchTable table;
     int tensors = 0;
     int blocks = 0;
     auto launch = [&] {
         if (blocks == 0) return;
-        sgd_kernel<T, Flags><<<blocks, kThreads, 0, 0>>>(table, c, lr, call.lr_ptr);
+        sgd_kernel<T, Flags><<<blocks, kThreads, 0, 0>>>(table, c, lr, lr_ptr);
         check(cudaGetLastError(), "optim_sgd_step", "kernel launch");
         tensors = 0;
         blocks = 0;
     };
-    for (int64_t k = 0; k < t.count; ++k) {
+    for (int64_t k = first; k < last; ++k) {
         const int64_t n = t.numels[k];
         if (n == 0) continue;
         const int64_t chunks = (n + kChunk - 1) / kChunk;
@@ -93,21 +94,31 @@ void launch_all(const SgdCall& call, const SgdCoeffs<T>& c, T lr)
     launch();
 }
 
+// One group's launches per param group, in group order (the tensors are in group order).
 template <typename T>
 void sgd_typed(const SgdCall& call)
 {
-    SgdCoeffs<T> c;
-    c.momentum = static_cast<T>(call.momentum);
-    c.one_minus_dampening = static_cast<T>(1.0 - call.dampening);
-    c.weight_decay = static_cast<T>(call.weight_decay);
-    const T lr = static_cast<T>(call.lr);
-    const unsigned flags =
-        sgd_flags(call.momentum, call.weight_decay, call.nesterov, call.maximize);
-    const bool known = dispatch_sgd_flags(flags, [&](auto F) {
-        constexpr unsigned Flags = decltype(F)::value;
-        launch_all<T, Flags>(call, c, lr);
-    });
-    if (!known) fail(OPTIM_STATUS_INTERNAL, "optim_sgd_step: unexpected flag combination");
+    const optim_tensor_list& t = *call.tensors;
+    int64_t first = 0;
+    while (first < t.count) {
+        const int32_t g = call.group_of(first);
+        int64_t last = first + 1;
+        while (last < t.count && call.group_of(last) == g) ++last;
+        const optim_sgd_params& p = call.groups[g];
+        SgdCoeffs<T> c;
+        c.momentum = static_cast<T>(p.momentum);
+        c.one_minus_dampening = static_cast<T>(1.0 - p.dampening);
+        c.weight_decay = static_cast<T>(p.weight_decay);
+        const T lr = static_cast<T>(p.lr);
+        const unsigned flags =
+            sgd_flags(p.momentum, p.weight_decay, p.nesterov != 0, p.maximize != 0);
+        const bool known = dispatch_sgd_flags(flags, [&](auto F) {
+            constexpr unsigned Flags = decltype(F)::value;
+            launch_group<T, Flags>(t, first, last, c, lr, p.lr_ptr);
+        });
+        if (!known) fail(OPTIM_STATUS_INTERNAL, "optim_sgd_step: unexpected flag combination");
+        first = last;
+    }
 }
 
 } // namespace
