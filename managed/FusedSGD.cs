@@ -355,6 +355,29 @@ public class FusedSGD : OptimizerHelper, IMomentum
         batch.Add(p, pi, gi, buffer, state, fresh: momentum && buf is null);
     }
 
+    /// <summary>
+    /// Restores the state written by <c>save_state_dict</c>, all or nothing: every param group's options
+    /// and every parameter's state are read and checked before anything changes.
+    /// </summary>
+    /// <exception cref="InvalidDataException">Not a valid FusedSGD state for these param groups (truncated,
+    /// corrupt, another optimizer's, or other shapes); the optimizer is unchanged.</exception>
+    /// <remarks>Load through this type: TorchSharp's <c>OptimizerHelper.load_state_dict</c>, which is not
+    /// virtual, applies the groups and parameters one at a time.</remarks>
+    public new void load_state_dict(BinaryReader reader) => StateLoad.Load(this, reader, _parameter_groups, _state);
+
+    /// <summary>Restores the state from a file written by <c>save_state_dict</c>, all or nothing.</summary>
+    /// <exception cref="InvalidDataException">Not a valid FusedSGD state; the optimizer is unchanged.</exception>
+    public new void load_state_dict(string location)
+    {
+        using var stream = File.OpenRead(location);
+        using var reader = new BinaryReader(stream);
+        load_state_dict(reader);
+    }
+
+    /// <summary>Copies the state of another FusedSGD over the same parameters, all or nothing.</summary>
+    /// <exception cref="ArgumentException">The dictionary does not fit; the optimizer is unchanged.</exception>
+    public override void load_state_dict(StateDictionary state_dict) => StateLoad.Copy(this, state_dict, this.state_dict());
+
     /// <inheritdoc/>
     protected override void Dispose(bool disposing)
     {
@@ -370,7 +393,7 @@ public class FusedSGD : OptimizerHelper, IMomentum
     }
 
     /// <summary>Per-parameter state: the momentum buffer (null until the parameter's first step with momentum).</summary>
-    public sealed class State : OptimizerState, IDisposable
+    public sealed class State : OptimizerState, IDisposable, IStagedLoad
     {
         /// <summary>The momentum buffer, shaped like the parameter; null before the first step.</summary>
         public Tensor? momentum_buffer;
@@ -401,27 +424,52 @@ public class FusedSGD : OptimizerHelper, IMomentum
             }
         }
 
-        /// <summary>Reads the buffer written by <see cref="SaveStateDict(BinaryWriter)"/> (TorchSharp's SGD format).</summary>
+        /// <summary>Reads the buffer written by <see cref="SaveStateDict(BinaryWriter)"/> (TorchSharp's SGD format); nothing changes if it is invalid.</summary>
+        /// <exception cref="InvalidDataException">The buffer does not fit the parameter, or the data ends early.</exception>
         public override void LoadStateDict(BinaryReader reader)
         {
-            Tensor? loaded = momentum_buffer;
-            LoadConditionalStateTensor(reader, ref loaded!, _parameter.device);
-            momentum_buffer = Adopt(loaded);
+            using var r = new StateReader(reader, nameof(FusedSGD)) { Part = "parameter state" };
+            var apply = ReadStaged(r);
+            r.Staged.Commit();
+            apply();
         }
 
         /// <summary>Writes the buffer (a flag, then the tensor), as TorchSharp's SGD does.</summary>
         public override void SaveStateDict(BinaryWriter writer) => SaveConditionalStateTensor(writer, momentum_buffer!);
 
-        /// <summary>Copies the buffer of another <see cref="State"/>.</summary>
+        /// <summary>Copies the buffer of another <see cref="State"/>; nothing changes if it does not fit the parameter.</summary>
         public override void LoadStateDict(OptimizerState source)
+        {
+            using var staging = new Staging();
+            var apply = CopyStaged(source, staging);
+            staging.Commit();
+            apply();
+        }
+
+        Action IStagedLoad.ReadStaged(StateReader reader) => ReadStaged(reader);
+
+        Action IStagedLoad.CopyStaged(object source, Staging staging) => CopyStaged(source, staging);
+
+        private Action ReadStaged(StateReader r)
+        {
+            var buf = r.ReadOptionalTensor("momentum buffer", _parameter);
+            return () => Replace(buf);
+        }
+
+        private Action CopyStaged(object source, Staging staging)
         {
             if (source is not State other)
             {
                 throw new ArgumentException($"Expected a FusedSGD.State, got {source?.GetType().Name ?? "null"}.", nameof(source));
             }
-            var copy = other.momentum_buffer?.to(_parameter.device, copy: true);
+            var buf = StateLoad.CopyTensor(other.momentum_buffer, _parameter, staging, nameof(FusedSGD), "momentum buffer");
+            return () => Replace(buf);
+        }
+
+        private void Replace(Tensor? buf)
+        {
             momentum_buffer?.Dispose();
-            momentum_buffer = Adopt(copy);
+            momentum_buffer = buf;
         }
 
         /// <summary>True when both buffers are absent or approximately equal.</summary>
@@ -434,23 +482,6 @@ public class FusedSGD : OptimizerHelper, IMomentum
         {
             momentum_buffer?.Dispose();
             momentum_buffer = null;
-        }
-
-        // Loaded tensors must outlive the caller's dispose scope and be contiguous for the native path.
-        private static Tensor? Adopt(Tensor? t)
-        {
-            if (t is null)
-            {
-                return null;
-            }
-            t.DetachFromDisposeScope();
-            if (t.is_contiguous())
-            {
-                return t;
-            }
-            var c = t.contiguous().DetachFromDisposeScope();
-            t.Dispose();
-            return c;
         }
     }
 

@@ -199,10 +199,7 @@ public sealed class GreedyLR : lr_scheduler.LRScheduler
         // TorchSharp's optimizers keep their groups in a List<ParamGroup>: read through the covariant
         // IReadOnlyList, it is used as is (no copy per step).
         var groups = _optimizer.ParamGroups as IReadOnlyList<ILearningRateController> ?? _optimizer.ParamGroups.ToList();
-        if (groups.Count != _config.Groups)
-        {
-            throw new InvalidOperationException($"GreedyLR: the optimizer now has {groups.Count} param groups, but the scheduler was created for {_config.Groups}.");
-        }
+        CheckGroupCount(groups.Count);
         // The step works on a second array, swapped in once the native step has succeeded.
         if (_spareRates.Length != _rates.Length)
         {
@@ -266,8 +263,18 @@ public sealed class GreedyLR : lr_scheduler.LRScheduler
 
     private bool OnDevice => _dState is not null;
 
+    // Param groups added after the scheduler was created have no state here: refused on both paths.
+    private void CheckGroupCount(int groups)
+    {
+        if (groups != _config.Groups)
+        {
+            throw new InvalidOperationException($"GreedyLR: the optimizer now has {groups} param groups, but the scheduler was created for {_config.Groups}.");
+        }
+    }
+
     private void StepOnDevice(Tensor metric, FusedSGD fused)
     {
+        CheckGroupCount(fused.ParamGroups.Count());
         if (metric.dtype != ScalarType.Float32 && metric.dtype != ScalarType.Float64)
         {
             throw new ArgumentException($"GreedyLR: a CUDA metric must be float32 or float64, not {metric.dtype}.", nameof(metric));
@@ -429,6 +436,19 @@ public sealed class GreedyLR : lr_scheduler.LRScheduler
     public void load_state_dict(BinaryReader reader)
     {
         ArgumentNullException.ThrowIfNull(reader);
+        try
+        {
+            LoadCore(reader);
+        }
+        catch (EndOfStreamException e)
+        {
+            throw new InvalidDataException("GreedyLR: invalid saved state: the data ends early.", e);
+        }
+    }
+
+    // Reads and checks everything into locals; the scheduler changes only at the end.
+    private void LoadCore(BinaryReader reader)
+    {
         var tag = reader.ReadString();
         if (tag != FormatTag)
         {
@@ -489,6 +509,14 @@ public sealed class GreedyLR : lr_scheduler.LRScheduler
         {
             throw new InvalidDataException("GreedyLR: the state's window position is outside its window.");
         }
+        if (s.NumGood < 0 || s.NumBad < 0 || s.CooldownCounter < 0 || s.WarmupCounter < 0 || s.ResetBudget < 0 || s.Steps < 0 || s.Resets < 0)
+        {
+            throw new InvalidDataException("GreedyLR: the state has a negative counter.");
+        }
+        if (double.IsNaN(s.Best))
+        {
+            throw new InvalidDataException("GreedyLR: the state's best metric is NaN.");
+        }
         double[] Read(int count) => Enumerable.Range(0, count).Select(_ => reader.ReadDouble()).ToArray();
         var rates = Read(c.Groups);
         var initial = Read(c.Groups);
@@ -500,6 +528,10 @@ public sealed class GreedyLR : lr_scheduler.LRScheduler
             if (!(double.IsFinite(minLr[g]) && minLr[g] >= 0 && maxLr[g] >= minLr[g] && double.IsFinite(initial[g]) && initial[g] >= 0))
             {
                 throw new InvalidDataException($"GreedyLR: invalid bounds or initial rate for param group {g} in the state.");
+            }
+            if (!(double.IsFinite(rates[g]) && rates[g] >= 0))
+            {
+                throw new InvalidDataException($"GreedyLR: invalid learning rate {rates[g]} for param group {g} in the state.");
             }
         }
         _config = c;

@@ -68,8 +68,8 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
     private readonly double _lrMin;
     private readonly double _lrMax;
     private readonly bool _skipNonFinite;
-    private long _steps;
-    private long _skipped;
+    private long _steps;   // steps taken on the host path, and before the device counters were created
+    private long _skipped; // steps skipped on the host path
 
     // Reused per-step arrays.
     private nint[] _p = Array.Empty<nint>(), _g = Array.Empty<nint>(), _b = Array.Empty<nint>(), _u = Array.Empty<nint>(), _r = Array.Empty<nint>();
@@ -83,9 +83,9 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
     private readonly List<(State State, Tensor Buffer)> _created = new();
     private readonly WrittenTensors _written = new();
 
-    // CUDA: the scalar rates and the skip counter in device memory.
-    private Tensor? _deviceRates;
-    private Tensor? _deviceSkipped;
+    // CUDA: the scalar rates and the skip counter in device memory, and the owners of this step's slots.
+    private readonly HypergradientDeviceRates _device;
+    private readonly List<object> _slotOwners = new();
 
     /// <summary>Creates the optimizer over one group of parameters.</summary>
     /// <param name="parameters">The parameters to optimize.</param>
@@ -165,6 +165,7 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
         _lrMin = lr_min;
         _lrMax = lr_max;
         _skipNonFinite = skip_nonfinite;
+        _device = new HypergradientDeviceRates(ReadSlotRate, WriteSlotRate);
         _defaults = defaults;
         _parameter_groups = new List<TorchSharp.Modules.ParamGroup>();
         foreach (var group in parameters)
@@ -182,22 +183,15 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
     /// <summary>Whether a step with a non-finite gradient is skipped (the <c>skip_nonfinite</c> argument).</summary>
     public bool SkipsNonFinite => _skipNonFinite;
 
-    /// <summary>Steps taken (skipped steps not counted).</summary>
-    public long Steps => _steps;
+    /// <summary>Steps taken (skipped steps not counted; reads the device's skip counter on CUDA).</summary>
+    public long Steps => _steps + _device.Attempts - _device.Skipped();
 
     /// <summary>Steps skipped because a gradient had a NaN or infinite element (reads the device counter on CUDA).</summary>
-    public long SkippedSteps
-    {
-        get
-        {
-            if (_deviceSkipped is not null)
-            {
-                using var host = _deviceSkipped.cpu();
-                return _skipped + host.item<long>();
-            }
-            return _skipped;
-        }
-    }
+    public long SkippedSteps => _skipped + _device.Skipped();
+
+    // Steps taken on the host plus steps attempted on CUDA, where whether a step was skipped is known
+    // only on the device: "the first step" (whose rates do not move) is the first attempt there.
+    private long Attempts => _steps + _device.Attempts;
 
     /// <summary>The default momentum; setting it also sets every param group's momentum.</summary>
     public double Momentum
@@ -213,10 +207,6 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
         if (param_group.Parameters is null)
         {
             throw new ArgumentException("The param group has no Parameters.", nameof(param_group));
-        }
-        if (_steps > 0 && _scope == HypergradientScope.PerTensor && _deviceRates is not null)
-        {
-            throw new InvalidOperationException("HypergradientSGD: param groups cannot be added after CUDA steps with the per-tensor scope.");
         }
         var def = (Options)_defaults;
         if (param_group.Options is not null and not Options)
@@ -244,7 +234,7 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
         _parameter_groups.Add(param_group);
         foreach (var p in parameters)
         {
-            var state = new State(p) { tensor_rate = lr };
+            var state = new State(p) { tensor_rate = lr, Scope = _scope };
             if (_scope == HypergradientScope.PerParameter)
             {
                 // An explicit Scalar kept alive by `using`: TorchSharp 0.107's implicit double-to-Scalar
@@ -431,7 +421,7 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
                 Eps = NormalizedEpsilon,
                 Scope = (int)_scope,
                 Rule = (int)_rule,
-                FirstStep = _steps == 0 ? 1 : 0,
+                FirstStep = Attempts == 0 ? 1 : 0,
                 AssumeFinite = _skipNonFinite ? 0 : 1,
             };
             try
@@ -554,29 +544,56 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
 
     private void StepOnDevice(TensorChecks checks, int total, HdGroupOptions[] groups, in HdStepOptions options)
     {
-        var device = new Device(DeviceType.CUDA, checks.DeviceIndex);
-        int slots = Slots(total);
-        if (slots > 0 && (_deviceRates is null || _deviceRates.numel() != slots))
+        _slotOwners.Clear();
+        switch (_scope)
         {
-            // First CUDA step (or the layout changed): the rates move to the device once.
-            _deviceRates?.Dispose();
-            _deviceRates = torch.tensor(HostRates(total), ScalarType.Float64).to(device).DetachFromDisposeScope();
+            case HypergradientScope.Global:
+                _slotOwners.Add(_parameter_groups[0]);
+                break;
+            case HypergradientScope.PerGroup:
+                for (int gi = 0; gi < _parameter_groups.Count; gi++)
+                {
+                    _slotOwners.Add(_parameter_groups[gi]);
+                }
+                break;
+            case HypergradientScope.PerTensor:
+                for (int gi = 0; gi < _parameter_groups.Count; gi++)
+                {
+                    foreach (var p in ParametersOf(_parameter_groups[gi]))
+                    {
+                        _slotOwners.Add(_state[p.Handle]);
+                    }
+                }
+                break;
         }
-        _deviceSkipped ??= torch.zeros(1, ScalarType.Int64, device).DetachFromDisposeScope();
+        var (rates, skipped) = _device.Prepare(_slotOwners, new Device(DeviceType.CUDA, checks.DeviceIndex));
         OptimNative.HdStep(NativeDevice.Cuda, checks.DeviceIndex, checks.DType, _p.AsSpan(0, total), _g.AsSpan(0, total), _b.AsSpan(0, total),
             _u.AsSpan(0, total), _r.AsSpan(0, total), _n.AsSpan(0, total), _gi.AsSpan(0, total), _fresh.AsSpan(0, total), groups, options,
-            _deviceRates is null ? 0 : TorchSharpNative.DataPointer(_deviceRates.Handle), TorchSharpNative.DataPointer(_deviceSkipped.Handle));
-        // Whether the step was skipped is known only on the device: the step count advances either way
-        // (it only decides whether rates may move, and a skipped first step leaves u_prev zero).
-        _steps++;
+            rates, skipped);
+        _device.Launched();
     }
 
-    private double[] HostRates(int total) => _scope switch
+    // The host value of a device rate slot's owner: a param group (global, per group) or a tensor's state.
+    private double ReadSlotRate(object owner) => owner is State s ? s.tensor_rate : ((TorchSharp.Modules.ParamGroup)owner).LearningRate;
+
+    private void WriteSlotRate(object owner, double rate)
     {
-        HypergradientScope.Global => new[] { _parameter_groups[0].LearningRate },
-        HypergradientScope.PerGroup => _parameter_groups.Select(g => g.LearningRate).ToArray(),
-        _ => AllParameters().Select(p => ((State)_state[p.Handle]).tensor_rate).ToArray(),
-    };
+        if (owner is State s)
+        {
+            s.tensor_rate = rate;
+        }
+        else if (_scope == HypergradientScope.Global)
+        {
+            for (int gi = 0; gi < _parameter_groups.Count; gi++)
+            {
+                _parameter_groups[gi].LearningRate = rate;
+            }
+        }
+        else
+        {
+            ((TorchSharp.Modules.ParamGroup)owner).LearningRate = rate;
+        }
+    }
 
     // A group's parameters as the list add_param_group stored (re-listed if the caller replaced them).
     private static List<Parameter> ParametersOf(TorchSharp.Modules.ParamGroup group)
@@ -597,34 +614,8 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
     /// </summary>
     public void SyncLearningRates()
     {
-        if (_deviceRates is null)
-        {
-            return;
-        }
-        using var host = _deviceRates.cpu();
-        var rates = host.data<double>().ToArray();
-        switch (_scope)
-        {
-            case HypergradientScope.Global:
-                foreach (var g in _parameter_groups)
-                {
-                    g.LearningRate = rates[0];
-                }
-                break;
-            case HypergradientScope.PerGroup:
-                for (int gi = 0; gi < rates.Length; gi++)
-                {
-                    _parameter_groups[gi].LearningRate = rates[gi];
-                }
-                break;
-            default:
-                int k = 0;
-                foreach (var p in AllParameters())
-                {
-                    ((State)_state[p.Handle]).tensor_rate = rates[k++];
-                }
-                break;
-        }
+        AdoptLoadedCounters();
+        _device.CopyBack();
     }
 
     /// <summary>
@@ -676,7 +667,7 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
         foreach (var g in _parameter_groups)
         {
             var o = (Options)g.Options;
-            o.steps = _steps;
+            o.steps = Steps;
             o.skipped = SkippedSteps;
         }
         return base.state_dict();
@@ -697,12 +688,40 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
             {
                 ((Options)g.Options).loaded = false;
             }
-            // Rates changed on the host: the device copy must be rebuilt.
-            _deviceRates?.Dispose();
-            _deviceRates = null;
-            _deviceSkipped?.Dispose();
-            _deviceSkipped = null;
+            // The loaded host values are the truth now: the device copies are rebuilt from them.
+            _device.Reset();
         }
+    }
+
+    /// <summary>
+    /// Restores the state written by <c>save_state_dict</c>, all or nothing: every param group's options
+    /// and counters and every parameter's buffers and rates are read and checked before anything changes.
+    /// </summary>
+    /// <exception cref="InvalidDataException">Not a valid HypergradientSGD state for these param groups and
+    /// this scope (truncated, corrupt, another optimizer's, other shapes); the optimizer is unchanged.</exception>
+    /// <remarks>Load through this type: TorchSharp's <c>OptimizerHelper.load_state_dict</c>, which is not
+    /// virtual, applies the groups and parameters one at a time.</remarks>
+    public new void load_state_dict(BinaryReader reader)
+    {
+        StateLoad.Load(this, reader, _parameter_groups, _state);
+        AdoptLoadedCounters();
+    }
+
+    /// <summary>Restores the state from a file written by <c>save_state_dict</c>, all or nothing.</summary>
+    /// <exception cref="InvalidDataException">Not a valid HypergradientSGD state; the optimizer is unchanged.</exception>
+    public new void load_state_dict(string location)
+    {
+        using var stream = File.OpenRead(location);
+        using var reader = new BinaryReader(stream);
+        load_state_dict(reader);
+    }
+
+    /// <summary>Copies the state of another HypergradientSGD over the same parameters, all or nothing.</summary>
+    /// <exception cref="ArgumentException">The dictionary does not fit; the optimizer is unchanged.</exception>
+    public override void load_state_dict(StateDictionary state_dict)
+    {
+        StateLoad.Copy(this, state_dict, this.state_dict());
+        AdoptLoadedCounters();
     }
 
     /// <inheritdoc/>
@@ -716,14 +735,16 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
                 (st as State)?.Dispose();
             }
             _state.Clear();
-            _deviceRates?.Dispose();
-            _deviceSkipped?.Dispose();
+            _device.Dispose();
         }
     }
 
     /// <summary>Per-parameter state.</summary>
-    public sealed class State : OptimizerState, IDisposable
+    public sealed class State : OptimizerState, IDisposable, IStagedLoad
     {
+        /// <summary>The scope of the optimizer this state belongs to (what a loaded state must hold).</summary>
+        internal HypergradientScope Scope { get; init; }
+
         /// <summary>The momentum buffer (heavy-ball momentum: also the previous update direction).</summary>
         public Tensor? momentum_buffer;
         /// <summary>The previous update direction, kept when there is no momentum or with Nesterov.</summary>
@@ -769,31 +790,70 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
             return moved;
         }
 
-        /// <summary>Reads the state written by <see cref="SaveStateDict(BinaryWriter)"/>.</summary>
+        /// <summary>Reads the state written by <see cref="SaveStateDict(BinaryWriter)"/>; nothing changes if it is invalid.</summary>
+        /// <exception cref="InvalidDataException">A tensor does not fit the parameter, a rate is invalid, or the data ends early.</exception>
         public override void LoadStateDict(BinaryReader reader)
         {
-            momentum_buffer = LoadTensor(reader, momentum_buffer);
-            prev_update = LoadTensor(reader, prev_update);
-            parameter_rates = LoadTensor(reader, parameter_rates);
-            tensor_rate = reader.ReadDouble();
+            using var r = new StateReader(reader, nameof(HypergradientSGD)) { Part = "parameter state" };
+            var apply = ReadStaged(r);
+            r.Staged.Commit();
+            apply();
         }
 
-        private Tensor? LoadTensor(BinaryReader reader, Tensor? current)
+        Action IStagedLoad.ReadStaged(StateReader reader) => ReadStaged(reader);
+
+        Action IStagedLoad.CopyStaged(object source, Staging staging) => CopyStaged(source, staging);
+
+        private Action ReadStaged(StateReader r)
         {
-            Tensor? t = current;
-            LoadConditionalStateTensor(reader, ref t!, _parameter.device);
-            if (t is null)
+            var b = r.ReadOptionalTensor("momentum buffer", _parameter);
+            var u = r.ReadOptionalTensor("previous update", _parameter);
+            var rates = r.ReadOptionalTensor("per-parameter rates", _parameter);
+            double rate = r.ReadNonNegative("per-tensor rate");
+            CheckRates(rates, r.Invalid);
+            if (rates is not null)
             {
-                return null;
+                r.RequireNonNegative(rates, "per-parameter rates");
             }
-            t.DetachFromDisposeScope();
-            if (t.is_contiguous())
+            return () => Replace(b, u, rates, rate);
+        }
+
+        private Action CopyStaged(object source, Staging staging)
+        {
+            if (source is not State o)
             {
-                return t;
+                throw new ArgumentException($"Expected a HypergradientSGD.State, got {source?.GetType().Name ?? "null"}.", nameof(source));
             }
-            var c = t.contiguous().DetachFromDisposeScope();
-            t.Dispose();
-            return c;
+            const string owner = nameof(HypergradientSGD);
+            var b = StateLoad.CopyTensor(o.momentum_buffer, _parameter, staging, owner, "momentum buffer");
+            var u = StateLoad.CopyTensor(o.prev_update, _parameter, staging, owner, "previous update");
+            var rates = StateLoad.CopyTensor(o.parameter_rates, _parameter, staging, owner, "per-parameter rates");
+            if (!double.IsFinite(o.tensor_rate) || o.tensor_rate < 0)
+            {
+                throw new ArgumentException($"{owner}: the source's per-tensor rate {o.tensor_rate} is invalid.", nameof(source));
+            }
+            CheckRates(rates, m => new ArgumentException($"{owner}: {m}", nameof(source)));
+            double rate = o.tensor_rate;
+            return () => Replace(b, u, rates, rate);
+        }
+
+        // The per-parameter scope needs a rate tensor; the other scopes have none.
+        private void CheckRates<TException>(Tensor? rates, Func<string, TException> fail) where TException : Exception
+        {
+            if (Scope == HypergradientScope.PerParameter && rates is null)
+            {
+                throw fail("the per-parameter scope needs per-parameter rates, and the state has none.");
+            }
+            if (Scope != HypergradientScope.PerParameter && rates is not null)
+            {
+                throw fail($"the state has per-parameter rates, but this optimizer's scope is {Scope}.");
+            }
+        }
+
+        private void Replace(Tensor? b, Tensor? u, Tensor? rates, double rate)
+        {
+            Dispose();
+            (momentum_buffer, prev_update, parameter_rates, tensor_rate) = (b, u, rates, rate);
         }
 
         /// <summary>Writes the buffers, the rates and the per-tensor rate.</summary>
@@ -805,17 +865,13 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
             writer.Write(tensor_rate);
         }
 
-        /// <summary>Copies another <see cref="State"/>.</summary>
+        /// <summary>Copies another <see cref="State"/>; nothing changes if it does not fit the parameter.</summary>
         public override void LoadStateDict(OptimizerState source)
         {
-            if (source is not State other)
-            {
-                throw new ArgumentException($"Expected a HypergradientSGD.State, got {source?.GetType().Name ?? "null"}.", nameof(source));
-            }
-            Tensor? Copy(Tensor? t) => t?.to(_parameter.device, copy: true).DetachFromDisposeScope();
-            var (b, u, r) = (Copy(other.momentum_buffer), Copy(other.prev_update), Copy(other.parameter_rates));
-            Dispose();
-            (momentum_buffer, prev_update, parameter_rates, tensor_rate) = (b, u, r, other.tensor_rate);
+            using var staging = new Staging();
+            var apply = CopyStaged(source, staging);
+            staging.Commit();
+            apply();
         }
 
         /// <summary>Approximate equality of every tensor and the per-tensor rate.</summary>
@@ -843,21 +899,32 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
         internal long skipped;
         internal bool loaded;
 
-        /// <summary>Reads the options, the step count and the skipped count.</summary>
-        public override void LoadStateDict(BinaryReader reader)
+        private protected override Action ReadStaged(StateReader r)
         {
-            base.LoadStateDict(reader);
-            steps = reader.ReadInt64();
-            skipped = reader.ReadInt64();
-            loaded = true;
+            var options = base.ReadStaged(r);
+            long s = r.ReadCount("the step count");
+            long k = r.ReadCount("the skipped step count");
+            return () =>
+            {
+                options();
+                (steps, skipped, loaded) = (s, k, true);
+            };
         }
 
-        /// <summary>Copies another <see cref="Options"/>.</summary>
-        public override void LoadStateDict(OptimizerOptions source)
+        private protected override Action CopyStaged(object source)
         {
-            base.LoadStateDict(source);
+            var options = base.CopyStaged(source);
             var o = (Options)source;
-            (steps, skipped, loaded) = (o.steps, o.skipped, true);
+            if (o.steps < 0 || o.skipped < 0)
+            {
+                throw new ArgumentException("The source options have negative step counts.", nameof(source));
+            }
+            var (s, k) = (o.steps, o.skipped);
+            return () =>
+            {
+                options();
+                (steps, skipped, loaded) = (s, k, true);
+            };
         }
 
         /// <summary>Writes the options, the step count and the skipped count.</summary>

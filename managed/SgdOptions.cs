@@ -7,7 +7,7 @@ namespace Optim;
 /// The options every SGD-family optimizer of Optim has per param group (PyTorch's names). Null values
 /// take the optimizer's defaults when the group is added. Saved in TorchSharp's SGD layout.
 /// </summary>
-public abstract class SgdOptionsBase : OptimizerOptions
+public abstract class SgdOptionsBase : OptimizerOptions, IStagedLoad
 {
     /// <summary>Momentum factor.</summary>
     public double? momentum;
@@ -36,23 +36,53 @@ public abstract class SgdOptionsBase : OptimizerOptions
         }
     }
 
-    /// <summary>Reads the options (TorchSharp's SGD format).</summary>
+    /// <summary>Reads the options (TorchSharp's SGD format); nothing changes unless every value is valid.</summary>
+    /// <exception cref="InvalidDataException">A value is invalid or the data ends early.</exception>
     public override void LoadStateDict(BinaryReader reader)
     {
-        base.LoadStateDict(reader);
-        momentum = reader.ReadDouble();
-        dampening = reader.ReadDouble();
-        weight_decay = reader.ReadDouble();
-        nesterov = reader.ReadBoolean();
-        maximize = reader.ReadBoolean();
+        using var r = new StateReader(reader, GetType().DeclaringType?.Name ?? GetType().Name) { Part = "param group options" };
+        ReadStaged(r)();
     }
 
-    /// <summary>Copies the options of another instance.</summary>
-    public override void LoadStateDict(OptimizerOptions source)
+    /// <summary>Copies the options of another instance of the same type; nothing changes if they are invalid.</summary>
+    /// <exception cref="ArgumentException">Another options type, or an invalid value.</exception>
+    public override void LoadStateDict(OptimizerOptions source) => CopyStaged(source)();
+
+    Action IStagedLoad.ReadStaged(StateReader reader) => ReadStaged(reader);
+
+    Action IStagedLoad.CopyStaged(object source, Staging staging) => CopyStaged(source);
+
+    // Reads and checks every value (PyTorch's rules, as on construction) before anything is set.
+    private protected virtual Action ReadStaged(StateReader r)
     {
-        base.LoadStateDict(source);
-        var o = (SgdOptionsBase)source;
-        (momentum, dampening, weight_decay, nesterov, maximize) = (o.momentum, o.dampening, o.weight_decay, o.nesterov, o.maximize);
+        double initial = r.ReadNonNegative("the initial learning rate");
+        double lr = r.ReadNonNegative("the learning rate");
+        double m = r.ReadNonNegative("momentum");
+        double d = r.ReadFinite("dampening");
+        double wd = r.ReadNonNegative("weight_decay");
+        bool nest = r.ReadBool("nesterov");
+        bool max = r.ReadBool("maximize");
+        if (nest && (m <= 0 || d != 0))
+        {
+            throw r.Invalid("Nesterov momentum requires a momentum and zero dampening.");
+        }
+        return () => (InitialLearningRate, LearningRate, momentum, dampening, weight_decay, nesterov, maximize) = (initial, lr, m, d, wd, nest, max);
+    }
+
+    private protected virtual Action CopyStaged(object source)
+    {
+        if (source is not SgdOptionsBase o || source.GetType() != GetType())
+        {
+            throw new ArgumentException($"Expected {GetType().Name} options, got {source?.GetType().Name ?? "null"}.", nameof(source));
+        }
+        if (o.LearningRate is not double lr || o.momentum is not double m || o.dampening is not double d || o.weight_decay is not double wd ||
+            o.nesterov is not bool nest || o.maximize is not bool max)
+        {
+            throw new ArgumentException("The source options have unset values.", nameof(source));
+        }
+        FusedSGD.ValidateOptions(m, d, wd, nest, lr, null);
+        double initial = o.InitialLearningRate;
+        return () => (InitialLearningRate, LearningRate, momentum, dampening, weight_decay, nesterov, maximize) = (initial, lr, m, d, wd, nest, max);
     }
 
     /// <summary>Writes the options (TorchSharp's SGD format).</summary>
