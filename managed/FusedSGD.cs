@@ -140,7 +140,8 @@ public class FusedSGD : OptimizerHelper, IMomentum
         ValidateOptions(filled, groupIndex);
 
         var parameters = param_group.Parameters.ToList();
-        TensorChecks.CheckNewGroup(nameof(FusedSGD), parameters, groupIndex, _state.ContainsKey);
+        TensorChecks.CheckNewGroup(nameof(FusedSGD), parameters, groupIndex, _state.ContainsKey,
+            _parameter_groups.SelectMany(g => g.Parameters).FirstOrDefault());
         // Every check passed: now change the group and the optimizer.
         opt.LearningRate = filled.LearningRate;
         opt.momentum = filled.momentum;
@@ -330,6 +331,7 @@ public class FusedSGD : OptimizerHelper, IMomentum
     // Checks one parameter and, if it has a gradient, adds it to the batch.
     private void Gather(TensorBatch<State> batch, ref TensorChecks checks, Parameter p, int group, int index, bool momentum)
     {
+        checks.CheckAlive(p, group, index);
         nint handle = p.Handle;
         nint gradHandle = TorchSharpNative.GradientHandle(handle);
         if (gradHandle == 0)

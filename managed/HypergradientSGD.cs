@@ -221,7 +221,8 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
         bool nesterov = opt.nesterov ?? def.nesterov!.Value, maximize = opt.maximize ?? def.maximize!.Value;
         FusedSGD.ValidateOptions(momentum, dampening, wd, nesterov, lr, groupIndex);
         var parameters = param_group.Parameters.ToList();
-        TensorChecks.CheckNewGroup(nameof(HypergradientSGD), parameters, groupIndex, _state.ContainsKey);
+        TensorChecks.CheckNewGroup(nameof(HypergradientSGD), parameters, groupIndex, _state.ContainsKey,
+            _parameter_groups.SelectMany(g => g.Parameters).FirstOrDefault());
         opt.LearningRate = lr;
         opt.InitialLearningRate = lr;
         opt.momentum = momentum;
@@ -325,6 +326,7 @@ public class HypergradientSGD : OptimizerHelper, IMomentum
                 for (int i = 0; i < list.Count; i++, k++)
                 {
                     var p = list[i];
+                    checks.CheckAlive(p, gi, i);
                     var state = (State)_state[p.Handle];
                     _gi[k] = gi;
                     _p[k] = _g[k] = _b[k] = _u[k] = _r[k] = 0;

@@ -81,13 +81,30 @@ internal struct TensorChecks
         }
     }
 
+    /// <summary>Fails for a parameter disposed since it was given to the optimizer (its handle is gone).</summary>
+    public readonly void CheckAlive(TorchSharp.Modules.Parameter p, int group, int index)
+    {
+        if (p.IsInvalid)
+        {
+            throw new ObjectDisposedException(nameof(TorchSharp.Modules.Parameter),
+                $"{_optimizer}: parameter {index} of param group {group} has been disposed; remove it from the optimizer or keep it alive.");
+        }
+    }
+
     /// <summary>
     /// Checks the parameters of a param group being added: not null or disposed, supported tensors of one
-    /// dtype and device, and none already optimized (by an earlier group or twice in this one).
+    /// dtype and device (the optimizer's other parameters' when it has any: <paramref name="existing"/>),
+    /// and none already optimized (by an earlier group or twice in this one).
     /// </summary>
-    public static void CheckNewGroup(string optimizer, IList<TorchSharp.Modules.Parameter> parameters, int group, Func<IntPtr, bool> alreadyOptimized)
+    public static void CheckNewGroup(string optimizer, IList<TorchSharp.Modules.Parameter> parameters, int group, Func<IntPtr, bool> alreadyOptimized,
+        TorchSharp.Modules.Parameter? existing)
     {
         var checks = new TensorChecks(optimizer);
+        if (existing is not null && !existing.IsInvalid)
+        {
+            checks._first = TorchSharpNative.Describe(existing.Handle);
+            checks._any = true;
+        }
         var seen = new HashSet<IntPtr>();
         for (int i = 0; i < parameters.Count; i++)
         {
