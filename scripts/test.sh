@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds everything and runs every test: format checks, the native suites through CTest (GoogleTest,
 # the GPU check's dry run, the CMake rules), the C ABI against torch.optim.SGD on the CPU (when a
-# Python can import torch), and the NUnit suite (dotnet test). Ends with one line of totals:
-# "N passed, N failed, N skipped".
+# Python can import torch), scripts/gpu-check.sh's build and loud failure without a GPU, and the
+# NUnit suite (dotnet test). Ends with one line of totals: "N passed, N failed, N skipped".
 #   OPTIM_CUDA=ON|AUTO|OFF   whether the CUDA kernels must be compiled (default AUTO; CI uses ON)
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -66,6 +66,32 @@ if py=$(scripts/find-torch-python); then
 else
   echo "skipped: no Python can import torch (Debian: apt-get install python3-torch, as scripts/setup.sh does)"
   skipped=$((skipped + 1))
+fi
+
+step "gpu-check: without a GPU, scripts/gpu-check.sh builds for sm_90, then fails loudly"
+checker=$build/bin/optim_gpu_check
+if [ ! -x "$checker" ]; then
+  echo "skipped: this build has no CUDA kernels (OPTIM_CUDA=${OPTIM_CUDA:-AUTO})"
+  skipped=$((skipped + 1))
+elif "$checker" info >/dev/null 2>&1; then
+  echo "skipped: a GPU is present; run scripts/gpu-check.sh itself"
+  skipped=$((skipped + 1))
+else
+  gpu_out=$log/gpu-check
+  rm -rf "$gpu_out"
+  OUT=$gpu_out scripts/gpu-check.sh >"$log/gpu-check.out" 2>&1
+  gpu_rc=$?
+  tail -n 3 "$log/gpu-check.out"
+  if [ $gpu_rc -ne 0 ] && grep -q "^| build | ok |" "$gpu_out/summary.md" &&
+    grep -q "^## Result: FAILED: no usable CUDA device" "$gpu_out/summary.md" &&
+    ! grep -q "PASSED" "$gpu_out/gpu-check.log"; then
+    echo "ok: built, then exit status $gpu_rc and a summary that says why"
+    passed=$((passed + 1))
+  else
+    echo "FAILED: expected a build, a non-zero exit and 'FAILED: no usable CUDA device' (exit status $gpu_rc); see $log/gpu-check.out"
+    failed=$((failed + 1))
+    status=1
+  fi
 fi
 
 step "managed: dotnet format"
