@@ -365,12 +365,13 @@ void hd_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, int32
             for (size_t i = 0; i < g.host[k].size(); ++i)
                 g.host[k][i] =
                     static_cast<T>(0.5 * static_cast<double>(p.host[k][i]) + 0.1 * rng.uniform());
+        // at(): a set whose bad element is out of range fails its case instead of writing past it.
         if (bad == Bad::kNan)
-            g.host[static_cast<size_t>(set.nan_tensor)][static_cast<size_t>(set.nan_element)] =
-                std::numeric_limits<T>::quiet_NaN();
+            g.host.at(static_cast<size_t>(set.nan_tensor))
+                .at(static_cast<size_t>(set.nan_element)) = std::numeric_limits<T>::quiet_NaN();
         if (bad == Bad::kInf)
-            g.host[static_cast<size_t>(set.inf_tensor)][static_cast<size_t>(set.inf_element)] =
-                std::numeric_limits<T>::infinity();
+            g.host.at(static_cast<size_t>(set.inf_tensor))
+                .at(static_cast<size_t>(set.inf_element)) = std::numeric_limits<T>::infinity();
         g.upload();
         hp.first_step = index == 0;
 
