@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine lacks to build and test Optim: CMake, a C++ compiler,
-# GoogleTest, clang 14 (nvcc's host compiler) and Debian's CUDA toolkit (to compile the CUDA kernels;
-# no GPU needed). Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
+# GoogleTest, clang 14 (nvcc's host compiler), Debian's CUDA toolkit (to compile the CUDA kernels;
+# no GPU needed; OPTIM_SKIP_CUDA=1 skips it) and Debian's CPU build of PyTorch (python3-torch, for the
+# test of the C ABI against torch.optim.SGD; OPTIM_SKIP_TORCH=1 skips it, and that test is then
+# reported as skipped). Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
 # The .NET 10 SDK must already be installed (https://dotnet.microsoft.com/download).
 set -euo pipefail
 
@@ -15,6 +17,7 @@ command -v clang++-14 >/dev/null || need+=(clang-14)
 command -v clang-format >/dev/null || need+=(clang-format)
 [ -f /usr/include/gtest/gtest.h ] || need+=(libgtest-dev)
 [ "${OPTIM_SKIP_CUDA:-0}" = "1" ] || command -v nvcc >/dev/null || need+=(nvidia-cuda-toolkit)
+[ "${OPTIM_SKIP_TORCH:-0}" = "1" ] || "$(dirname "$0")/find-torch-python" >/dev/null || need+=(python3-torch)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
@@ -24,6 +27,7 @@ if [ ${#need[@]} -gt 0 ]; then
     if ! grep -rqs "non-free" /etc/apt/sources.list /etc/apt/sources.list.d/; then
       uri=$(grep -hE '^URIs: .*debian/?$' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | head -n 1)
       uri=${uri:-http://deb.debian.org/debian}
+      # shellcheck source=/dev/null
       codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
       printf 'Types: deb\nURIs: %s\nSuites: %s %s-updates\nComponents: contrib non-free non-free-firmware\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
         "$uri" "$codename" "$codename" | $SUDO tee "$src" >/dev/null

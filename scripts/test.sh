@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Builds everything and runs every test: format checks, the native GoogleTest suite (CTest) and the
-# NUnit suite (dotnet test). Ends with one line of totals: "N passed, N failed".
+# Builds everything and runs every test: format checks, the native suites through CTest (GoogleTest,
+# the GPU check's dry run, the CMake rules), the C ABI against torch.optim.SGD on the CPU (when a
+# Python can import torch), scripts/gpu-check.sh's build and loud failure without a GPU, and the
+# NUnit suite (dotnet test). Ends with one line of totals: "N passed, N failed, N skipped".
 #   OPTIM_CUDA=ON|AUTO|OFF   whether the CUDA kernels must be compiled (default AUTO; CI uses ON)
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 build=artifacts/native
 log=artifacts/test-logs
@@ -16,8 +18,8 @@ status=0
 step() { echo; echo "== $*"; }
 
 step "format: clang-format and dotnet format"
-files=$(git ls-files 'native/*.cpp' 'native/*.hpp' 'native/*.h' 'native/*.cu' 2>/dev/null || find native -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.cu')
-if clang-format --dry-run -Werror $files; then passed=$((passed + 1)); else echo "format: run clang-format -i on the files above"; failed=$((failed + 1)); status=1; fi
+mapfile -t files < <(git ls-files 'native/*.cpp' 'native/*.hpp' 'native/*.h' 'native/*.cu' 2>/dev/null || find native -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.cu')
+if clang-format --dry-run -Werror "${files[@]}"; then passed=$((passed + 1)); else echo "format: run clang-format -i on the files above"; failed=$((failed + 1)); status=1; fi
 
 step "native: configure and build (OPTIM_CUDA=${OPTIM_CUDA:-AUTO})"
 if ! cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DOPTIM_CUDA="${OPTIM_CUDA:-AUTO}" >"$log/cmake.log" 2>&1; then
@@ -43,6 +45,54 @@ else
   failed=$((failed + 1))
 fi
 [ $ctest_rc -eq 0 ] || status=1
+
+step "python: the C ABI against torch.optim.SGD on the CPU (native/gpu/torch_harness.py)"
+if py=$(scripts/find-torch-python); then
+  "$py" native/gpu/torch_harness.py parity --device cpu --lib "$build/lib/libOptim.Native.so" \
+    >"$log/torch-parity.log" 2>&1
+  parity_rc=$?
+  head -n 1 "$log/torch-parity.log"
+  grep -E "^(FAIL|     )" "$log/torch-parity.log" | head -n 40
+  line=$(grep -E "^parity: [0-9]+ passed, [0-9]+ failed" "$log/torch-parity.log")
+  if [ -n "$line" ]; then
+    echo "$line"
+    passed=$((passed + $(echo "$line" | sed -E 's/.* ([0-9]+) passed.*/\1/')))
+    failed=$((failed + $(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')))
+  else
+    tail -n 20 "$log/torch-parity.log"
+    failed=$((failed + 1))
+  fi
+  [ $parity_rc -eq 0 ] || status=1
+else
+  echo "skipped: no Python can import torch (Debian: apt-get install python3-torch, as scripts/setup.sh does)"
+  skipped=$((skipped + 1))
+fi
+
+step "gpu-check: without a GPU, scripts/gpu-check.sh builds for sm_90, then fails loudly"
+checker=$build/bin/optim_gpu_check
+if [ ! -x "$checker" ]; then
+  echo "skipped: this build has no CUDA kernels (OPTIM_CUDA=${OPTIM_CUDA:-AUTO})"
+  skipped=$((skipped + 1))
+elif "$checker" info >/dev/null 2>&1; then
+  echo "skipped: a GPU is present; run scripts/gpu-check.sh itself"
+  skipped=$((skipped + 1))
+else
+  gpu_out=$log/gpu-check
+  rm -rf "$gpu_out"
+  OUT=$gpu_out scripts/gpu-check.sh >"$log/gpu-check.out" 2>&1
+  gpu_rc=$?
+  tail -n 3 "$log/gpu-check.out"
+  if [ $gpu_rc -ne 0 ] && grep -q "^| build | ok |" "$gpu_out/summary.md" &&
+    grep -q "^## Result: FAILED: no usable CUDA device" "$gpu_out/summary.md" &&
+    ! grep -q "PASSED" "$gpu_out/gpu-check.log"; then
+    echo "ok: built, then exit status $gpu_rc and a summary that says why"
+    passed=$((passed + 1))
+  else
+    echo "FAILED: expected a build, a non-zero exit and 'FAILED: no usable CUDA device' (exit status $gpu_rc); see $log/gpu-check.out"
+    failed=$((failed + 1))
+    status=1
+  fi
+fi
 
 step "managed: dotnet format"
 if dotnet format Optim.sln --verify-no-changes >"$log/dotnet-format.log" 2>&1; then passed=$((passed + 1)); else cat "$log/dotnet-format.log"; failed=$((failed + 1)); status=1; fi

@@ -409,7 +409,7 @@ TEST(FusedSgdValidation, CudaRequestWithoutCudaIsAClearError)
 {
     int32_t devices = -1;
     ASSERT_EQ(optim_cuda_device_count(&devices), OPTIM_STATUS_OK);
-    if (devices > 0) GTEST_SKIP() << "a CUDA device is present; covered by optim_native_cuda_tests";
+    if (devices > 0) GTEST_SKIP() << "a CUDA device is present; covered by optim_gpu_check";
     Fixture f;
     f.expect_failure(OPTIM_STATUS_CUDA_UNAVAILABLE,
                      optim_cuda_compiled() ? "no CUDA device is present" : "no CUDA support",

@@ -1,0 +1,776 @@
+// The CUDA kernels against the CPU path of the same library (which native/tests checks against
+// naive references): fused SGD for every flag combination, hypergradient descent at every scope
+// and rule, GreedyLR's device step over long traces, and the device-index checks.
+//
+// After every step the device's state is compared with the CPU path's and then becomes the CPU
+// path's state, so each step is checked from identical inputs. nvcc contracts a*b+c into FMAs
+// where the CPU build rounds twice; over many steps such one-ulp differences would grow, and HD's
+// per-parameter normalized rule turns a flipped sign of g*u_prev into a rate 2*beta apart.
+#include "checks.hpp"
+
+#include "device.hpp"
+#include "report.hpp"
+#include "steps.hpp"
+
+#include <optim.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace optim_gpu {
+
+namespace {
+
+// splitmix64: fast, deterministic test data.
+class Rng {
+  public:
+    explicit Rng(uint64_t seed) : state_(seed) {}
+    uint64_t next()
+    {
+        uint64_t z = (state_ += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        return z ^ (z >> 31);
+    }
+    double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-52 - 1.0; } // [-1, 1)
+    int64_t below(int64_t n) { return static_cast<int64_t>(next() % static_cast<uint64_t>(n)); }
+
+  private:
+    uint64_t state_;
+};
+
+template <typename T>
+constexpr int32_t dtype_of()
+{
+    return sizeof(T) == 4 ? OPTIM_DTYPE_FLOAT32 : OPTIM_DTYPE_FLOAT64;
+}
+template <typename T>
+const char* dtype_name()
+{
+    return sizeof(T) == 4 ? "float32" : "float64";
+}
+
+// One step's rounding differences on values of order one (the state is resynchronized each step).
+template <typename T>
+Tolerance state_tolerance()
+{
+    return sizeof(T) == 4 ? Tolerance{1e-5, 1e-6} : Tolerance{1e-12, 1e-14};
+}
+// Scalar rates are doubles summed in another order, from element-type terms.
+template <typename T>
+Tolerance rate_tolerance()
+{
+    return sizeof(T) == 4 ? Tolerance{1e-7, 1e-15} : Tolerance{1e-11, 1e-15};
+}
+
+// The tensors of a check, in param-group order: sizes, the group of each, one tensor that joins
+// late (empty until the middle step, then with a fresh momentum buffer, as a parameter whose first
+// gradient comes late), and where HD's skip checks put a NaN and an infinity.
+struct TensorSet {
+    std::string name;
+    std::vector<int64_t> sizes;
+    std::vector<int32_t> group;
+    int64_t late = -1;
+    int64_t nan_tensor = 0, nan_element = 0;
+    int64_t inf_tensor = 0, inf_element = 0;
+
+    std::vector<int64_t> numels_at(int step, int late_step) const
+    {
+        std::vector<int64_t> n = sizes;
+        if (late >= 0 && step < late_step) n[static_cast<size_t>(late)] = 0;
+        return n;
+    }
+    int64_t total() const
+    {
+        int64_t t = 0;
+        for (int64_t s : sizes) t += s;
+        return t;
+    }
+};
+
+// 64 tensors (more than one launch's table of SGD, 36, and of HD, 24): empty ones, sizes around
+// a warp, a block and a 64 Ki-element chunk, tensors of several chunks, small random ones; in HD's
+// four groups (the last has only empty tensors). Quick mode caps the sizes for the sanitizers.
+TensorSet mixed_set(bool quick)
+{
+    const std::vector<int64_t> special = {0,   1,    2,     31,    32,    33,    511,    512,
+                                          513, 4097, 65535, 65536, 65537, 70001, 131073, 200003};
+    TensorSet s;
+    s.name = quick ? "64 tensors, quick" : "64 tensors";
+    Rng rng(7);
+    size_t next_special = 0;
+    for (int k = 0; k < 64; ++k) {
+        int64_t n = 1 + rng.below(3000);
+        if (k % 4 == 0 && next_special < special.size()) n = special[next_special++];
+        if (quick && n > 70001) n = 70001;
+        if (k >= 62) n = 0;
+        s.sizes.push_back(n);
+        s.group.push_back(k < 24 ? 0 : k < 44 ? 1 : k < 62 ? 2 : 3);
+    }
+    s.late = 5;
+    s.sizes[5] = quick ? 5000 : 70001;
+    s.nan_tensor = 48; // 65537 elements: the NaN is the only element of its second chunk
+    s.nan_element = s.sizes[48] - 1;
+    s.inf_tensor = 30;
+    s.inf_element = 7;
+    return s;
+}
+
+// One tensor of more chunks than a launch has blocks (320 of 64 Ki elements), between small ones.
+TensorSet big_set()
+{
+    TensorSet s;
+    s.name = "3 tensors, one of 22M";
+    s.sizes = {5, 22000007, 70001};
+    s.group = {0, 0, 2};
+    s.nan_tensor = 1;
+    s.nan_element = 22000000;
+    s.inf_tensor = 2;
+    s.inf_element = 70000;
+    return s;
+}
+
+// One per-element array of every tensor, on the host (the CPU path's state) and on the side under
+// check.
+template <typename T>
+struct Mirror {
+    std::vector<std::vector<T>> host;
+    std::vector<DeviceBuffer<T>> dev;
+
+    Mirror(const std::vector<int64_t>& sizes, T value)
+    {
+        for (int64_t n : sizes) {
+            host.emplace_back(static_cast<size_t>(n), value);
+            dev.emplace_back(static_cast<size_t>(n));
+        }
+    }
+    void upload()
+    {
+        for (size_t k = 0; k < host.size(); ++k) dev[k].upload(host[k].data());
+    }
+    std::vector<void*> host_ptrs()
+    {
+        std::vector<void*> p;
+        for (auto& v : host) p.push_back(v.data());
+        return p;
+    }
+    std::vector<void*> dev_ptrs()
+    {
+        std::vector<void*> p;
+        for (auto& d : dev) p.push_back(d.get());
+        return p;
+    }
+    // Compares the side under check with the CPU path, then makes its state the CPU path's.
+    void compare_and_adopt(Report& r, const std::string& what, Tolerance tol)
+    {
+        for (size_t k = 0; k < host.size(); ++k) {
+            std::vector<T> got = dev[k].download();
+            r.close(what + " tensor " + std::to_string(k), host[k].data(), got.data(), got.size(),
+                    tol);
+            host[k] = std::move(got);
+        }
+    }
+};
+
+std::vector<const void*> const_ptrs(const std::vector<void*>& p)
+{
+    return std::vector<const void*>(p.begin(), p.end());
+}
+
+// Runs one case: an exception (a failed CUDA or library call) ends it as failed.
+template <typename Fn>
+void run_case(Report& r, const std::string& name, Fn&& fn)
+{
+    r.begin_case(name);
+    try {
+        fn();
+    } catch (const std::exception& e) {
+        r.error(e.what());
+    }
+    r.end_case();
+}
+
+// ---- Fused SGD ---------------------------------------------------------------------------------
+
+struct SgdConfig {
+    std::string name;
+    optim_sgd_params params;
+};
+
+// The 12 reachable flag combinations (Nesterov needs momentum); heavy-ball momentum without
+// maximize uses a nonzero dampening.
+std::vector<SgdConfig> sgd_configs()
+{
+    std::vector<SgdConfig> out;
+    for (int maximize : {0, 1}) {
+        for (int wd : {0, 1}) {
+            for (int kind : {0, 1, 2}) { // none, heavy ball, Nesterov
+                optim_sgd_params p;
+                optim_sgd_params_default(&p);
+                p.lr = 0.05;
+                p.momentum = kind == 0 ? 0.0 : 0.9;
+                p.nesterov = kind == 2;
+                p.dampening = (kind == 1 && !maximize) ? 0.25 : 0.0;
+                p.weight_decay = wd ? 1e-2 : 0.0;
+                p.maximize = maximize;
+                std::string name = kind == 0 ? "plain" : kind == 1 ? "momentum" : "nesterov";
+                if (p.dampening != 0) name += "+dampening";
+                if (wd) name += "+weight_decay";
+                if (maximize) name += "+maximize";
+                out.push_back({name, p});
+            }
+        }
+    }
+    return out;
+}
+
+// One call over every tensor of the set; with several configurations, each is a param group of a
+// contiguous run of the tensors (group_index), so groups of every flag combination share a call.
+template <typename T>
+void sgd_case(Report& r, const TensorSet& set, const std::vector<optim_sgd_params>& groups,
+              int steps, uint64_t seed)
+{
+    const size_t K = set.sizes.size();
+    const size_t G = groups.size();
+    std::vector<int32_t> group_index(K);
+    for (size_t k = 0; k < K; ++k) group_index[k] = static_cast<int32_t>(k * G / K);
+    bool momentum = false;
+    for (const optim_sgd_params& g : groups) momentum = momentum || g.momentum != 0;
+    const optim_sgd_params& config = groups[0];
+    const Tolerance tol = state_tolerance<T>();
+    Rng rng(seed);
+    Mirror<T> p(set.sizes, T(0)), g(set.sizes, T(0));
+    // A fresh buffer must never be read: start from NaN on both sides.
+    Mirror<T> b(set.sizes, std::numeric_limits<T>::quiet_NaN());
+    for (auto& v : p.host)
+        for (T& x : v) x = static_cast<T>(rng.uniform());
+    p.upload();
+    b.upload();
+    DeviceBuffer<double> lr_on_target(1);
+    lr_on_target.upload(&config.lr);
+
+    const int late_step = steps / 2;
+    for (int step = 0; step < steps; ++step) {
+        const std::vector<int64_t> numels = set.numels_at(step, late_step);
+        std::vector<uint8_t> fresh(K, 0);
+        for (size_t k = 0; k < K; ++k)
+            fresh[k] = step == 0 || (static_cast<int64_t>(k) == set.late && step == late_step);
+        for (auto& v : g.host)
+            for (T& x : v) x = static_cast<T>(0.5 * rng.uniform());
+        g.upload();
+
+        std::vector<void*> hp = p.host_ptrs(), hb = b.host_ptrs(), dp = p.dev_ptrs(),
+                           db = b.dev_ptrs();
+        const std::vector<const void*> hg = const_ptrs(g.host_ptrs()),
+                                       dg = const_ptrs(g.dev_ptrs());
+        const int32_t* gi = G > 1 ? group_index.data() : nullptr;
+        const optim_tensor_list host{static_cast<int64_t>(K),
+                                     hp.data(),
+                                     hg.data(),
+                                     momentum ? hb.data() : nullptr,
+                                     numels.data(),
+                                     fresh.data(),
+                                     gi};
+        const optim_tensor_list dev{static_cast<int64_t>(K),
+                                    dp.data(),
+                                    dg.data(),
+                                    momentum ? db.data() : nullptr,
+                                    numels.data(),
+                                    fresh.data(),
+                                    gi};
+        std::vector<optim_sgd_params> on_host = groups, on_target = groups;
+        for (optim_sgd_params& g : on_host) g.lr_ptr = nullptr;
+        // The first group's rate from target memory on odd steps.
+        on_target[0].lr_ptr = step % 2 ? lr_on_target.get() : nullptr;
+        optim_ok(sgd_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, on_host), "optim_sgd_step (cpu)");
+        optim_ok(sgd_step(Target::device(), dtype_of<T>(), dev, on_target),
+                 "optim_sgd_step (checked)");
+        Target::sync();
+
+        const std::string at = "step " + std::to_string(step) + ": ";
+        p.compare_and_adopt(r, at + "param", tol);
+        if (momentum) b.compare_and_adopt(r, at + "momentum buffer", tol);
+        if (r.case_failed()) return;
+    }
+}
+
+// ---- Hypergradient descent ---------------------------------------------------------------------
+
+const char* scope_name(int32_t scope)
+{
+    switch (scope) {
+    case OPTIM_HD_SCOPE_GLOBAL:
+        return "global";
+    case OPTIM_HD_SCOPE_PER_GROUP:
+        return "per-group";
+    case OPTIM_HD_SCOPE_PER_TENSOR:
+        return "per-tensor";
+    default:
+        return "per-parameter";
+    }
+}
+
+// The steps of an HD case: ordinary ones, then (with the finiteness check) a NaN step and an
+// infinity step, each skipped and counted, each followed by an ordinary step; or (assume_finite)
+// a NaN step that is not skipped, whose NaN reaches the same elements on both sides.
+enum class Bad { kNone, kNan, kInf };
+
+template <typename T>
+void hd_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, int32_t assume_finite,
+             int steps, uint64_t seed)
+{
+    const std::vector<optim_hd_group> groups = {
+        {0.9, 0.1, 1e-2, 0, 0}, // heavy ball, dampening, weight decay: u_prev is the buffer
+        {0.8, 0.0, 1e-3, 1, 1}, // Nesterov, maximize: u_prev is prev_updates
+        {0.0, 0.0, 0.0, 0, 0},  // plain SGD: u_prev is prev_updates
+        {0.9, 0.0, 0.0, 0, 0},  // only empty tensors: a per-group rate slot without elements
+    };
+    const size_t K = set.sizes.size();
+    const bool per_parameter = scope == OPTIM_HD_SCOPE_PER_PARAMETER;
+    optim_hd_params hp{};
+    // Rates that move without all reaching a bound (h grows with the elements a rate covers).
+    hp.hypergrad_lr = rule == OPTIM_HD_RULE_NORMALIZED     ? 0.05
+                      : per_parameter                      ? 1e-2
+                      : scope == OPTIM_HD_SCOPE_PER_TENSOR ? 1e-7
+                      : scope == OPTIM_HD_SCOPE_PER_GROUP  ? 1e-8
+                                                           : 1e-9;
+    hp.lr_min = 1e-4;
+    hp.lr_max = 0.1;
+    hp.eps = 1e-8;
+    hp.scope = scope;
+    hp.rule = rule;
+    hp.assume_finite = assume_finite;
+    const size_t slots = per_parameter                       ? 0
+                         : scope == OPTIM_HD_SCOPE_GLOBAL    ? 1
+                         : scope == OPTIM_HD_SCOPE_PER_GROUP ? groups.size()
+                                                             : K;
+    std::vector<double> rates(slots);
+    for (size_t s = 0; s < slots; ++s) rates[s] = 0.01 + 0.001 * static_cast<double>(s);
+    const std::vector<double> initial_rates = rates;
+    const T initial_param_rate = T(0.01);
+
+    Rng rng(seed);
+    Mirror<T> p(set.sizes, T(0)), u(set.sizes, T(0)), a(set.sizes, initial_param_rate),
+        g(set.sizes, T(0));
+    Mirror<T> b(set.sizes, std::numeric_limits<T>::quiet_NaN()); // a fresh buffer is never read
+    for (auto& v : p.host)
+        for (T& x : v) x = static_cast<T>(rng.uniform());
+    p.upload();
+    u.upload();
+    a.upload();
+    b.upload();
+    DeviceBuffer<double> target_rates(slots);
+    target_rates.upload(rates.data());
+    DeviceBuffer<int64_t> target_skipped(1);
+    const int64_t zero = 0;
+    target_skipped.upload(&zero);
+    int64_t skips = 0; // steps skipped so far (the device's counter)
+
+    const Tolerance tol = state_tolerance<T>();
+    const int late_step = steps / 2;
+    auto step = [&](int index, Bad bad) {
+        const std::vector<int64_t> numels = set.numels_at(index, late_step);
+        std::vector<uint8_t> fresh(K, 0);
+        for (size_t k = 0; k < K; ++k)
+            fresh[k] = index == 0 || (static_cast<int64_t>(k) == set.late && index == late_step);
+        // Gradients of a quadratic plus noise: g = theta / 2 + noise.
+        for (size_t k = 0; k < K; ++k)
+            for (size_t i = 0; i < g.host[k].size(); ++i)
+                g.host[k][i] =
+                    static_cast<T>(0.5 * static_cast<double>(p.host[k][i]) + 0.1 * rng.uniform());
+        // at(): a set whose bad element is out of range fails its case instead of writing past it.
+        if (bad == Bad::kNan)
+            g.host.at(static_cast<size_t>(set.nan_tensor))
+                .at(static_cast<size_t>(set.nan_element)) = std::numeric_limits<T>::quiet_NaN();
+        if (bad == Bad::kInf)
+            g.host.at(static_cast<size_t>(set.inf_tensor))
+                .at(static_cast<size_t>(set.inf_element)) = std::numeric_limits<T>::infinity();
+        g.upload();
+        hp.first_step = index == 0;
+
+        std::vector<void*> hpp = p.host_ptrs(), hb = b.host_ptrs(), hu = u.host_ptrs(),
+                           ha = a.host_ptrs();
+        std::vector<void*> dpp = p.dev_ptrs(), db = b.dev_ptrs(), du = u.dev_ptrs(),
+                           da = a.dev_ptrs();
+        const std::vector<const void*> hg = const_ptrs(g.host_ptrs()),
+                                       dg = const_ptrs(g.dev_ptrs());
+        const optim_hd_tensors host{
+            static_cast<int64_t>(K), hpp.data(),       hg.data(),   hb.data(), hu.data(), ha.data(),
+            numels.data(),           set.group.data(), fresh.data()};
+        const optim_hd_tensors dev{
+            static_cast<int64_t>(K), dpp.data(),       dg.data(),   db.data(), du.data(), da.data(),
+            numels.data(),           set.group.data(), fresh.data()};
+        int64_t skipped = -1;
+        optim_ok(hd_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, groups, hp,
+                         per_parameter ? nullptr : rates.data(), &skipped),
+                 "optim_hd_step (cpu)");
+        optim_ok(hd_step(Target::device(), dtype_of<T>(), dev, groups, hp,
+                         per_parameter ? nullptr : target_rates.get(), target_skipped.get()),
+                 "optim_hd_step (checked)");
+        Target::sync();
+
+        const bool skip = bad != Bad::kNone && !assume_finite;
+        const std::string at = "step " + std::to_string(index) +
+                               (bad == Bad::kNan   ? " (NaN gradient)"
+                                : bad == Bad::kInf ? " (infinite gradient)"
+                                                   : "") +
+                               ": ";
+        r.same(at + "CPU skip report", int64_t(skip ? 1 : 0), skipped);
+        skips += skip ? 1 : 0;
+        // The CUDA path counts skipped steps; the CPU path (a dry run) reports this step's.
+        int64_t reported = -1;
+        target_skipped.download(&reported);
+        r.same(at + "skip counter", Target::dry_run() ? int64_t(skip ? 1 : 0) : skips, reported);
+        // A skipped step writes nothing at all.
+        const Tolerance t = skip ? kExact : tol;
+        p.compare_and_adopt(r, at + "param", t);
+        b.compare_and_adopt(r, at + "momentum buffer", t);
+        u.compare_and_adopt(r, at + "prev update", t);
+        a.compare_and_adopt(r, at + "param rate", t);
+        if (slots > 0) {
+            const std::vector<double> got = target_rates.download();
+            r.close(at + "rates", rates.data(), got.data(), slots,
+                    skip ? kExact : rate_tolerance<T>());
+            rates = got;
+        }
+    };
+
+    for (int i = 0; i < steps && !r.case_failed(); ++i) step(i, Bad::kNone);
+    if (r.case_failed()) return;
+    // The case must exercise the rate update: some rate moved.
+    bool moved = false;
+    for (size_t s = 0; s < slots; ++s) moved = moved || rates[s] != initial_rates[s];
+    for (const auto& v : a.host)
+        for (T x : v) moved = moved || (per_parameter && x != initial_param_rate);
+    r.expect(moved, "some rate moved during the ordinary steps");
+
+    int index = steps;
+    if (!assume_finite) {
+        for (Bad bad : {Bad::kNan, Bad::kNone, Bad::kInf, Bad::kNone})
+            if (!r.case_failed()) step(index++, bad);
+    } else {
+        for (Bad bad : {Bad::kNan, Bad::kNone})
+            if (!r.case_failed()) step(index++, bad);
+    }
+}
+
+// ---- GreedyLR ----------------------------------------------------------------------------------
+
+struct GreedyConfig {
+    std::string name;
+    optim_greedylr_config config;
+    std::vector<double> rates, min_lr, max_lr;
+};
+
+std::vector<GreedyConfig> greedy_configs()
+{
+    std::vector<GreedyConfig> out;
+    optim_greedylr_config c{};
+    c.factor = 0.7;
+    c.threshold = 1e-4;
+    c.eps = 1e-12;
+    c.mode = OPTIM_GREEDY_MODE_MIN;
+    c.threshold_mode = OPTIM_GREEDY_THRESHOLD_REL;
+    c.patience = 2;
+    c.cooldown = 1;
+    c.warmup = 1;
+    c.window_size = 4;
+    c.reset_start = 3;
+    c.smooth = 1;
+    c.trend = 1;
+    c.groups = 2;
+    out.push_back({"min, relative threshold, smoothing, trend, resets",
+                   c,
+                   {0.1, 0.02},
+                   {1e-3, 1e-4},
+                   {1.0, 0.5}});
+    c = optim_greedylr_config{};
+    c.factor = 0.5;
+    c.threshold = 1e-3;
+    c.eps = 0;
+    c.mode = OPTIM_GREEDY_MODE_MAX;
+    c.threshold_mode = OPTIM_GREEDY_THRESHOLD_ABS;
+    c.patience = 0;
+    c.window_size = 1;
+    c.reset_start = 1;
+    c.groups = 3;
+    out.push_back({"max, absolute threshold, patience 0, resets",
+                   c,
+                   {0.05, 0.5, 1e-3},
+                   {1e-4, 1e-3, 1e-5},
+                   {0.5, 4.0, 0.1}});
+    c = optim_greedylr_config{};
+    c.factor = 0.9;
+    c.threshold = 0;
+    c.eps = 1e-8;
+    c.mode = OPTIM_GREEDY_MODE_MIN;
+    c.threshold_mode = OPTIM_GREEDY_THRESHOLD_ABS;
+    c.patience = 5;
+    c.cooldown = 3;
+    c.warmup = 2;
+    c.window_size = 7;
+    c.reset_start = 0;
+    c.smooth = 1;
+    c.groups = 1;
+    out.push_back({"min, window 7, cooldown 3, warmup 2, no reset", c, {0.01}, {1e-5}, {0.1}});
+    return out;
+}
+
+// A metric trace in cycles of phases of random lengths: improving, a long plateau (every rate down
+// to its floor, then full resets), worsening, noisy, one NaN or infinite value, a fast improvement.
+std::vector<double> greedy_trace(size_t n, uint64_t seed)
+{
+    struct Phase {
+        int64_t min_length, max_length;
+        double trend, noise;
+    };
+    const Phase cycle[] = {{30, 60, 0.98, 0.002}, {120, 200, 1.0, 0.002}, {20, 40, 1.02, 0.002},
+                           {20, 40, 1.0, 0.2},    {1, 1, 1.0, 0.0},       {5, 15, 0.9, 0.002}};
+    Rng rng(seed);
+    std::vector<double> out;
+    double level = 1.0;
+    for (size_t phase = 0; out.size() < n; phase = (phase + 1) % 6) {
+        const Phase& p = cycle[phase];
+        if (p.noise == 0.0) {
+            const int64_t which = rng.below(3);
+            out.push_back(which == 0   ? std::numeric_limits<double>::quiet_NaN()
+                          : which == 1 ? std::numeric_limits<double>::infinity()
+                                       : -std::numeric_limits<double>::infinity());
+            continue;
+        }
+        const int64_t length = p.min_length + rng.below(p.max_length - p.min_length + 1);
+        for (int64_t j = 0; j < length && out.size() < n; ++j) {
+            level *= p.trend;
+            if (level < 1e-3 || level > 1e3) level = 1.0;
+            out.push_back(level * (1.0 + p.noise * rng.uniform()));
+        }
+    }
+    return out;
+}
+
+template <typename M>
+void greedy_case(Report& r, const GreedyConfig& gc, const std::vector<double>& trace,
+                 bool expect_resets)
+{
+    const optim_greedylr_config& c = gc.config;
+    optim_greedylr_state host{};
+    optim_ok(optim_greedylr_init(&c, &host), "optim_greedylr_init");
+    std::vector<double> rates = gc.rates, initial = gc.rates, lo = gc.min_lr, hi = gc.max_lr;
+    std::vector<double> window(static_cast<size_t>(c.window_size), 0.0);
+    DeviceBuffer<optim_greedylr_state> t_state(1);
+    DeviceBuffer<double> t_rates(rates.size()), t_initial(rates.size()), t_lo(rates.size()),
+        t_hi(rates.size()), t_window(window.size());
+    DeviceBuffer<M> t_metric(1);
+    t_state.upload(&host);
+    t_rates.upload(rates.data());
+    t_initial.upload(initial.data());
+    t_lo.upload(lo.data());
+    t_hi.upload(hi.data());
+    t_window.upload(window.data());
+    const optim_greedylr_buffers hb{rates.data(), initial.data(), lo.data(), hi.data(),
+                                    window.data()};
+    const optim_greedylr_buffers tb{t_rates.get(), t_initial.get(), t_lo.get(), t_hi.get(),
+                                    t_window.get()};
+    const int32_t metric_dtype = dtype_of<M>();
+    int ups = 0, downs = 0;
+    for (size_t i = 0; i < trace.size() && !r.case_failed(); ++i) {
+        const M m = static_cast<M>(trace[i]);
+        t_metric.upload(&m);
+        const std::vector<double> before = rates;
+        optim_ok(optim_greedylr_step(OPTIM_DEVICE_CPU, 0, &c, &host, &hb, &m, metric_dtype),
+                 "optim_greedylr_step (cpu)");
+        optim_ok(optim_greedylr_step(Target::device(), 0, &c, t_state.get(), &tb, t_metric.get(),
+                                     metric_dtype),
+                 "optim_greedylr_step (checked)");
+        for (size_t g = 0; g < rates.size(); ++g) {
+            ups += rates[g] > before[g];
+            downs += rates[g] < before[g];
+        }
+        optim_greedylr_state got{};
+        t_state.download(&got);
+        const std::string at = "evaluation " + std::to_string(i) + ": ";
+        r.same(at + "best", host.best, got.best);
+        r.same(at + "num_good", host.num_good, got.num_good);
+        r.same(at + "num_bad", host.num_bad, got.num_bad);
+        r.same(at + "cooldown_counter", host.cooldown_counter, got.cooldown_counter);
+        r.same(at + "warmup_counter", host.warmup_counter, got.warmup_counter);
+        r.same(at + "reset_budget", host.reset_budget, got.reset_budget);
+        r.same(at + "window_count", host.window_count, got.window_count);
+        r.same(at + "window_next", host.window_next, got.window_next);
+        r.same(at + "steps", host.steps, got.steps);
+        r.same(at + "resets", host.resets, got.resets);
+        const std::vector<double> t_r = t_rates.download(), t_w = t_window.download();
+        r.close(at + "rates", rates.data(), t_r.data(), rates.size(), kExact);
+        r.close(at + "window", window.data(), t_w.data(), window.size(), kExact);
+    }
+    // The trace must exercise the state machine.
+    r.expect(ups > 0 && downs > 0, "the trace raised and lowered the rates (" +
+                                       std::to_string(ups) + " raises, " + std::to_string(downs) +
+                                       " cuts)");
+    if (expect_resets)
+        r.expect(host.resets > 0,
+                 "the trace led to a full reset (" + std::to_string(host.resets) + " resets)");
+}
+
+// ---- The C ABI on CUDA: device indices, empty calls --------------------------------------------
+
+void abi_checks(Report& r)
+{
+    run_case(r, "device count agrees with the CUDA runtime", [&] {
+        int32_t ours = -1;
+        optim_ok(optim_cuda_device_count(&ours), "optim_cuda_device_count");
+        int theirs = -1;
+        cuda_ok(cudaGetDeviceCount(&theirs), "cudaGetDeviceCount");
+        r.same("device count", static_cast<int64_t>(theirs), static_cast<int64_t>(ours));
+        r.same("optim_cuda_compiled", int32_t(1), optim_cuda_compiled());
+    });
+    run_case(r, "a device index out of range is refused by every step", [&] {
+        float x = 0;
+        double lr = 0.1;
+        void* ps[] = {&x};
+        const void* gs[] = {&x};
+        int64_t ns[] = {1};
+        int32_t gi[] = {0};
+        const optim_tensor_list list{1, ps, gs, nullptr, ns, nullptr, nullptr};
+        optim_sgd_params sp;
+        optim_sgd_params_default(&sp);
+        r.same("optim_sgd_step", int32_t(OPTIM_STATUS_INVALID_ARGUMENT),
+               optim_sgd_step(OPTIM_DEVICE_CUDA, 999, OPTIM_DTYPE_FLOAT32, &list, 1, &sp));
+        const optim_hd_tensors ht{1, ps, gs, nullptr, ps, nullptr, ns, gi, nullptr};
+        const optim_hd_group hg{0, 0, 0, 0, 0};
+        optim_hd_params hp{};
+        hp.lr_max = 1;
+        hp.eps = 1e-8;
+        r.same("optim_hd_step", int32_t(OPTIM_STATUS_INVALID_ARGUMENT),
+               optim_hd_step(OPTIM_DEVICE_CUDA, 999, OPTIM_DTYPE_FLOAT32, &ht, 1, &hg, &hp, &lr,
+                             nullptr));
+        optim_greedylr_config c{};
+        c.factor = 0.5;
+        c.window_size = 1;
+        c.groups = 1;
+        optim_greedylr_state s{};
+        optim_ok(optim_greedylr_init(&c, &s), "optim_greedylr_init");
+        const optim_greedylr_buffers b{&lr, &lr, &lr, &lr, nullptr};
+        r.same("optim_greedylr_step", int32_t(OPTIM_STATUS_INVALID_ARGUMENT),
+               optim_greedylr_step(OPTIM_DEVICE_CUDA, 999, &c, &s, &b, &lr, OPTIM_DTYPE_FLOAT64));
+    });
+    run_case(r, "calls with no elements succeed on CUDA and change nothing", [&] {
+        optim_sgd_params sp;
+        optim_sgd_params_default(&sp);
+        const optim_tensor_list list{0, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+        optim_ok(sgd_step(OPTIM_DEVICE_CUDA, OPTIM_DTYPE_FLOAT32, list, sp), "optim_sgd_step");
+        int64_t zero_sizes[] = {0, 0};
+        int32_t gi[] = {0, 0};
+        void* none[] = {nullptr, nullptr};
+        const void* cnone[] = {nullptr, nullptr};
+        const optim_hd_tensors ht{2, none, cnone, none, none, none, zero_sizes, gi, nullptr};
+        const std::vector<optim_hd_group> hg = {{0.9, 0, 0, 0, 0}};
+        optim_hd_params hp{};
+        hp.lr_max = 1;
+        hp.eps = 1e-8;
+        DeviceBuffer<double> rate(1);
+        const double lr = 0.1;
+        rate.upload(&lr);
+        optim_ok(hd_step(OPTIM_DEVICE_CUDA, OPTIM_DTYPE_FLOAT64, ht, hg, hp, rate.get(), nullptr),
+                 "optim_hd_step");
+        cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+        double after = 0;
+        rate.download(&after);
+        r.same("the rate", lr, after);
+    });
+}
+
+} // namespace
+
+int run_checks(const CheckOptions& options, Report& r)
+{
+    const bool quick = options.quick;
+    const int sgd_steps = quick ? 3 : 6;
+    const int hd_steps = quick ? 3 : 8;
+    std::vector<TensorSet> sets = {mixed_set(quick)};
+    if (!quick) sets.push_back(big_set());
+    uint64_t seed = 100;
+
+    r.suite("fused SGD: CUDA vs CPU, every flag combination");
+    for (const TensorSet& set : sets) {
+        const bool big = set.sizes.size() < 10;
+        for (const SgdConfig& c : sgd_configs()) {
+            // The big set runs the fullest and the plainest combination.
+            if (big && c.name != "nesterov+weight_decay+maximize" && c.name != "plain") continue;
+            const int steps = big ? 3 : sgd_steps;
+            run_case(r, "float32 " + c.name + ", " + set.name,
+                     [&] { sgd_case<float>(r, set, {c.params}, steps, ++seed); });
+            run_case(r, "float64 " + c.name + ", " + set.name,
+                     [&] { sgd_case<double>(r, set, {c.params}, steps, ++seed); });
+        }
+        if (big) continue;
+        // Every combination as its own param group, all in one call (each group's own launches).
+        std::vector<optim_sgd_params> all;
+        for (const SgdConfig& c : sgd_configs()) all.push_back(c.params);
+        for (size_t g = 0; g < all.size(); ++g) all[g].lr *= 1.0 + 0.1 * static_cast<double>(g);
+        run_case(r, "float32 every combination as a param group, " + set.name,
+                 [&] { sgd_case<float>(r, set, all, sgd_steps, ++seed); });
+        run_case(r, "float64 every combination as a param group, " + set.name,
+                 [&] { sgd_case<double>(r, set, all, sgd_steps, ++seed); });
+    }
+
+    r.suite("hypergradient SGD: CUDA vs CPU, every scope and rule");
+    for (int32_t scope = OPTIM_HD_SCOPE_GLOBAL; scope <= OPTIM_HD_SCOPE_PER_PARAMETER; ++scope) {
+        for (int32_t rule : {OPTIM_HD_RULE_ADDITIVE, OPTIM_HD_RULE_NORMALIZED}) {
+            for (int32_t assume_finite : {0, 1}) {
+                const std::string name = std::string(scope_name(scope)) + " " +
+                                         (rule ? "normalized" : "additive") +
+                                         (assume_finite ? ", assume_finite" : "") + ", ";
+                const TensorSet& set = sets[0];
+                run_case(r, "float32 " + name + set.name, [&] {
+                    hd_case<float>(r, set, scope, rule, assume_finite, hd_steps, ++seed);
+                });
+                run_case(r, "float64 " + name + set.name, [&] {
+                    hd_case<double>(r, set, scope, rule, assume_finite, hd_steps, ++seed);
+                });
+            }
+        }
+    }
+    if (!quick) {
+        const TensorSet& big = sets[1];
+        run_case(r, "float32 global additive, " + big.name, [&] {
+            hd_case<float>(r, big, OPTIM_HD_SCOPE_GLOBAL, OPTIM_HD_RULE_ADDITIVE, 0, 3, ++seed);
+        });
+        run_case(r, "float32 per-tensor normalized, " + big.name, [&] {
+            hd_case<float>(r, big, OPTIM_HD_SCOPE_PER_TENSOR, OPTIM_HD_RULE_NORMALIZED, 0, 3,
+                           ++seed);
+        });
+        run_case(r, "float32 per-parameter normalized, " + big.name, [&] {
+            hd_case<float>(r, big, OPTIM_HD_SCOPE_PER_PARAMETER, OPTIM_HD_RULE_NORMALIZED, 0, 3,
+                           ++seed);
+        });
+        run_case(r, "float64 per-group additive, " + big.name, [&] {
+            hd_case<double>(r, big, OPTIM_HD_SCOPE_PER_GROUP, OPTIM_HD_RULE_ADDITIVE, 0, 3, ++seed);
+        });
+    }
+
+    r.suite("GreedyLR: device step vs CPU state machine");
+    // A quick run's trace is the start of a full run's, so the expectations hold in both.
+    const size_t evaluations = quick ? 400 : 3000;
+    uint64_t trace_seed = 1000;
+    for (const GreedyConfig& gc : greedy_configs()) {
+        const std::vector<double> trace = greedy_trace(evaluations, ++trace_seed);
+        const bool resets = gc.config.reset_start > 0;
+        const std::string name = gc.name + ", " + std::to_string(evaluations) + " evaluations";
+        run_case(r, "float32 metric, " + name, [&] { greedy_case<float>(r, gc, trace, resets); });
+        run_case(r, "float64 metric, " + name, [&] { greedy_case<double>(r, gc, trace, resets); });
+    }
+
+    if (!Target::dry_run()) {
+        r.suite("C ABI on CUDA");
+        abi_checks(r);
+    }
+    return r.failed() == 0 ? 0 : 1;
+}
+
+} // namespace optim_gpu

@@ -1,0 +1,34 @@
+// The one place optim_gpu_check calls each optimizer step of the C ABI, so that a change of a
+// step's signature is one edit here.
+#pragma once
+
+#include <optim.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace optim_gpu {
+
+inline optim_status sgd_step(int32_t device, int32_t dtype, const optim_tensor_list& tensors,
+                             const optim_sgd_params& params)
+{
+    return optim_sgd_step(device, 0, dtype, &tensors, 1, &params);
+}
+
+// Several param groups in one call (tensors.group_index set).
+inline optim_status sgd_step(int32_t device, int32_t dtype, const optim_tensor_list& tensors,
+                             const std::vector<optim_sgd_params>& groups)
+{
+    return optim_sgd_step(device, 0, dtype, &tensors, static_cast<int32_t>(groups.size()),
+                          groups.data());
+}
+
+inline optim_status hd_step(int32_t device, int32_t dtype, const optim_hd_tensors& tensors,
+                            const std::vector<optim_hd_group>& groups,
+                            const optim_hd_params& params, double* rates, int64_t* skipped)
+{
+    return optim_hd_step(device, 0, dtype, &tensors, static_cast<int32_t>(groups.size()),
+                         groups.data(), &params, rates, skipped);
+}
+
+} // namespace optim_gpu
