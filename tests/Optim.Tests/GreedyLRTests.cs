@@ -226,8 +226,11 @@ public class GreedyLRTests
         // A fresh optimizer at the saved rates, and a scheduler built with other settings: the state brings its own.
         using var c = Optimizer(rates);
         var sc = new GreedyLR(c);
+        Assert.That(sc.Config, Is.EqualTo(new GreedyLRSettings("min", 0.95, 10, 1e-6, "abs", 0, 0, 1e-8, false, 50, 500, false)));
         stream.Position = 0;
         sc.load_state_dict(new BinaryReader(stream));
+        Assert.That(sc.Config, Is.EqualTo(new GreedyLRSettings("min", 0.7, 2, 1e-3, "rel", 1, 1, 1e-8, true, 5, 3, true)));
+        Assert.That(sc.Config, Is.EqualTo(sb.Config));
         var resumed = Trace(sc, c, metrics.Skip(40).ToArray());
 
         for (int i = 0; i < 40; i++)
