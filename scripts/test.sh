@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds everything and runs every test: format checks, the native GoogleTest suite (CTest) and the
-# NUnit suite (dotnet test). Ends with one line of totals: "N passed, N failed".
+# Builds everything and runs every test: format checks, the native GoogleTest suite (CTest), the
+# NUnit suite (dotnet test), and the consumer test (scripts/consumer-test.sh: the package, packed and
+# used from a fresh project outside the repository, and the examples built against it). Ends with one
+# line of totals: "N passed, N failed".
 #   OPTIM_CUDA=ON|AUTO|OFF   whether the CUDA kernels must be compiled (default AUTO; CI uses ON)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -65,6 +67,21 @@ else
   failed=$((failed + 1))
 fi
 [ $dotnet_rc -eq 0 ] || status=1
+
+step "package: consumer test (scripts/consumer-test.sh)"
+# Its own totals line is read from the log, not echoed: the totals below stay the only such line.
+scripts/consumer-test.sh 2>&1 | tee "$log/consumer-test.log" | grep -vE '^  |^[0-9]+ passed, [0-9]+ failed'
+consumer_rc=${PIPESTATUS[0]}
+line=$(tail -n 1 "$log/consumer-test.log")
+if echo "$line" | grep -qE '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$'; then
+  echo "consumer test: $(echo "$line" | sed -E 's/ passed,/ checks passed,/')"
+  passed=$((passed + $(echo "$line" | sed -E 's/^([0-9]+) passed.*/\1/')))
+  failed=$((failed + $(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')))
+  skipped=$((skipped + $(echo "$line" | sed -E 's/.* ([0-9]+) skipped$/\1/')))
+else
+  failed=$((failed + 1))
+fi
+[ $consumer_rc -eq 0 ] || status=1
 
 echo
 echo "$passed passed, $failed failed, $skipped skipped"
