@@ -9,7 +9,7 @@ namespace Optim;
 /// <summary>
 /// GreedyLR: raises every param group's learning rate while the monitored metric keeps improving and
 /// lowers it while it does not, with patience, thresholds, cooldown, warmup, bounds, smoothing and a
-/// full reset after a long stay at the floor (shared/docs/greedylr.md). Stepped like
+/// full reset after a long stay at the floor (Subramanian et al., arXiv:2512.14527, 2025). Stepped like
 /// <c>ReduceLROnPlateau</c>: <c>scheduler.step(metric)</c>, usually once per evaluation on the
 /// validation loss. Drives any TorchSharp optimizer through its param groups' <c>LearningRate</c>,
 /// which holds the new rate right after <see cref="step(double)"/>.
