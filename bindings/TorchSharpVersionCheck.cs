@@ -13,8 +13,13 @@ internal static class TorchSharpVersionCheck
 
     /// <summary>Checks the TorchSharp assembly loaded in this process.</summary>
     /// <exception cref="InvalidOperationException">It is another version.</exception>
-    internal static void CheckLoaded() =>
-        Check(typeof(TorchSharp.torch).Assembly.GetName().Version, Expected, typeof(TorchSharp.torch).Assembly.Location);
+    internal static void CheckLoaded()
+    {
+        var torchSharp = typeof(TorchSharp.torch).Assembly;
+#pragma warning disable IL3000 // Location is empty in single-file apps; the message then names no path.
+        Check(torchSharp.GetName().Version, Expected, torchSharp.Location);
+#pragma warning restore IL3000
+    }
 
     /// <summary>
     /// Throws unless <paramref name="loaded"/> has the major, minor and patch numbers of

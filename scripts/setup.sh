@@ -14,6 +14,9 @@ command -v g++ >/dev/null || need+=(g++)
 command -v clang++-14 >/dev/null || need+=(clang-14)
 command -v clang-format >/dev/null || need+=(clang-format)
 [ -f /usr/include/gtest/gtest.h ] || need+=(libgtest-dev)
+# The consumer test reads the package with unzip and checks its hash with openssl.
+command -v unzip >/dev/null || need+=(unzip)
+command -v openssl >/dev/null || need+=(openssl)
 [ "${OPTIM_SKIP_CUDA:-0}" = "1" ] || command -v nvcc >/dev/null || need+=(nvidia-cuda-toolkit)
 
 if [ ${#need[@]} -gt 0 ]; then
