@@ -15,7 +15,7 @@ failed=0
 skipped=0
 status=0
 
-step() { echo; echo "== $*"; }
+step() { echo; echo "== $* (at ${SECONDS} s)"; }
 
 step "format: clang-format and dotnet format"
 files=$(git ls-files 'native/*.cpp' 'native/*.hpp' 'native/*.h' 'native/*.cu' 2>/dev/null || find native -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.cu')
@@ -84,5 +84,6 @@ fi
 [ $consumer_rc -eq 0 ] || status=1
 
 echo
+echo "(done in ${SECONDS} s)"
 echo "$passed passed, $failed failed, $skipped skipped"
 exit $status
