@@ -13,9 +13,8 @@
 #   5. examples/ build against the same package; each runs
 # Ends with "N passed, N failed, N skipped".
 #   scripts/consumer-test.sh [mnist-dir]     (default: artifacts/data/mnist, fetched by scripts/setup.sh)
-set -uo pipefail
+set -uo pipefail   # so: no `producer | grep -q` (grep's early exit fails the producer with SIGPIPE)
 cd "$(dirname "$0")/.."
-repo=$(pwd)
 version=$(tr -d '[:space:]' < VERSION)
 torchsharp=$(sed -n 's:.*<TorchSharpVersion>\(.*\)</TorchSharpVersion>.*:\1:p' Directory.Build.props)
 mnist=$(realpath "${1:-artifacts/data/mnist}")
@@ -76,18 +75,19 @@ if cmp -s "$work/unpacked/buildTransitive/Optim.targets" eng/TorchSharpGlibcxxFi
 else
   fail "buildTransitive/Optim.targets differs from eng/TorchSharpGlibcxxFix.targets"
 fi
-if unzip -Z1 "$packages/Optim.$version.snupkg" | grep -qx 'lib/net10.0/Optim.pdb'; then pass "symbols: Optim.pdb in the .snupkg"; else fail "symbols: no Optim.pdb in the .snupkg"; fi
+if unzip -Z1 "$packages/Optim.$version.snupkg" | grep -x 'lib/net10.0/Optim.pdb' >/dev/null; then pass "symbols: Optim.pdb in the .snupkg"; else fail "symbols: no Optim.pdb in the .snupkg"; fi
 
 so=$work/unpacked/runtimes/linux-x64/native/libOptim.Native.so
 needed=$(readelf -d "$so" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | paste -sd ' ')
-if echo "$needed" | grep -qiE 'cuda|cudart|nvrtc'; then fail "native: needs CUDA libraries at load: $needed"; else pass "native: loads without CUDA (needs only: $needed)"; fi
+if echo "$needed" | grep -iE 'cuda|cudart|nvrtc' >/dev/null; then fail "native: needs CUDA libraries at load: $needed"; else pass "native: loads without CUDA (needs only: $needed)"; fi
 if [ "${OPTIM_CUDA:-AUTO}" = "ON" ]; then
-  archs=$(readelf -S "$so" | grep -q '\.nv_fatbin' && command -v cuobjdump >/dev/null && cuobjdump --list-elf "$so" | grep -oE 'sm_[0-9]+' | sort -u | paste -sd ' ')
+  archs=$(readelf -S "$so" | grep '\.nv_fatbin' >/dev/null && command -v cuobjdump >/dev/null && cuobjdump --list-elf "$so" | grep -oE 'sm_[0-9]+' | sort -u | paste -sd ' ')
   if [ "$archs" = "sm_70 sm_80 sm_90" ]; then pass "native: CUDA kernels for $archs"; else fail "native: CUDA kernels expected for sm_70 sm_80 sm_90, found '${archs:-none}'"; fi
 fi
 
 # A fresh project in the temporary folder: NuGet.config adds the local folder feed to the machine's
-# usual sources (nothing else); the cached copy of this version is dropped so the one just packed is used.
+# usual sources (nothing else); the cached copy of this version is dropped so the one just packed is used
+# (two runs at once on one machine would race for it: the hash check below then fails, not passes).
 mkdir -p "$work/feed" && cp "$nupkg" "$work/feed/"
 cat >"$work/NuGet.config" <<EOF
 <?xml version="1.0" encoding="utf-8"?>

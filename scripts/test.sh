@@ -73,7 +73,7 @@ step "package: consumer test (scripts/consumer-test.sh)"
 scripts/consumer-test.sh 2>&1 | tee "$log/consumer-test.log" | grep -vE '^  |^[0-9]+ passed, [0-9]+ failed'
 consumer_rc=${PIPESTATUS[0]}
 line=$(tail -n 1 "$log/consumer-test.log")
-if echo "$line" | grep -qE '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$'; then
+if [[ $line =~ ^[0-9]+\ passed,\ [0-9]+\ failed,\ [0-9]+\ skipped$ ]]; then
   echo "consumer test: $(echo "$line" | sed -E 's/ passed,/ checks passed,/')"
   passed=$((passed + $(echo "$line" | sed -E 's/^([0-9]+) passed.*/\1/')))
   failed=$((failed + $(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')))
