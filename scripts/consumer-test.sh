@@ -17,7 +17,7 @@ set -uo pipefail   # so: no `producer | grep -q` (grep's early exit fails the pr
 cd "$(dirname "$0")/.."
 version=$(tr -d '[:space:]' < VERSION)
 torchsharp=$(sed -n 's:.*<TorchSharpVersion>\(.*\)</TorchSharpVersion>.*:\1:p' Directory.Build.props)
-mnist=$(realpath "${1:-artifacts/data/mnist}")
+mnist=$(realpath -m "${1:-artifacts/data/mnist}")
 packages=artifacts/packages
 log=artifacts/test-logs/consumer
 mkdir -p "$log"
