@@ -4,7 +4,7 @@ namespace Optim.Interop;
 
 /// <summary>GreedyLR's hyperparameters, the mirror of <c>optim_greedylr_config</c>.</summary>
 [StructLayout(LayoutKind.Sequential)]
-public struct GreedyLRConfig
+internal struct GreedyLRConfig
 {
     /// <summary>In (0, 1): decrease multiplies by it, increase divides by it.</summary>
     public double Factor;
@@ -36,7 +36,7 @@ public struct GreedyLRConfig
 
 /// <summary>GreedyLR's counters, the mirror of <c>optim_greedylr_state</c>.</summary>
 [StructLayout(LayoutKind.Sequential)]
-public struct GreedyLRCounters
+internal struct GreedyLRCounters
 {
     /// <summary>Best (possibly smoothed) metric so far; ±∞ before the first.</summary>
     public double Best;
@@ -61,7 +61,7 @@ public struct GreedyLRCounters
 }
 
 /// <summary>The native GreedyLR update (see <c>optim_greedylr_step</c>).</summary>
-public static unsafe class GreedyLRNative
+internal static unsafe class GreedyLRNative
 {
     /// <summary>Checks <paramref name="config"/> and returns the initial counters.</summary>
     public static GreedyLRCounters Init(in GreedyLRConfig config)

@@ -85,7 +85,7 @@ internal unsafe struct GreedyLRBuffers
 
 /// <summary>Mirror of <c>optim_hd_group</c>.</summary>
 [StructLayout(LayoutKind.Sequential)]
-public struct HdGroupOptions
+internal struct HdGroupOptions
 {
     /// <summary>Momentum factor.</summary>
     public double Momentum;
@@ -101,7 +101,7 @@ public struct HdGroupOptions
 
 /// <summary>Mirror of <c>optim_hd_params</c>.</summary>
 [StructLayout(LayoutKind.Sequential)]
-public struct HdStepOptions
+internal struct HdStepOptions
 {
     /// <summary>The hypergradient learning rate β (≥ 0).</summary>
     public double HypergradLr;

@@ -3,7 +3,7 @@ using System.Runtime.InteropServices;
 namespace Optim.Interop;
 
 /// <summary>Where the data of a tensor list lives.</summary>
-public enum NativeDevice
+internal enum NativeDevice
 {
     /// <summary>Host memory, updated by the CPU path.</summary>
     Cpu = 0,
@@ -12,7 +12,7 @@ public enum NativeDevice
 }
 
 /// <summary>Element types the native core computes in.</summary>
-public enum NativeDType
+internal enum NativeDType
 {
     /// <summary>IEEE float32.</summary>
     Float32 = 0,
@@ -21,12 +21,12 @@ public enum NativeDType
 }
 
 /// <summary>Hyperparameters of one fused SGD step (PyTorch's meaning; see <c>optim_sgd_params</c>).</summary>
-public readonly record struct SgdHyperparameters(
+internal readonly record struct SgdHyperparameters(
     double Lr, double Momentum = 0, double Dampening = 0, double WeightDecay = 0, bool Nesterov = false, bool Maximize = false);
 
 /// <summary>The hyperparameters of one param group of a fused SGD step: the mirror of <c>optim_sgd_params</c>.</summary>
 [StructLayout(LayoutKind.Sequential)]
-public struct SgdGroupParams
+internal struct SgdGroupParams
 {
     /// <summary>Learning rate (used when <see cref="LrPointer"/> is 0).</summary>
     public double Lr;
@@ -61,7 +61,7 @@ public struct SgdGroupParams
 /// failing status into an exception carrying the native message. Arguments are raw data pointers; the
 /// TorchSharp optimizers in the <c>Optim</c> assembly gather them from tensors.
 /// </summary>
-public static unsafe class OptimNative
+internal static unsafe class OptimNative
 {
     /// <summary>The <c>OPTIM_ABI_VERSION</c> these bindings were written for.</summary>
     public const int ExpectedAbiVersion = 4;
@@ -69,9 +69,14 @@ public static unsafe class OptimNative
     private static volatile bool s_checked;
     private static readonly object s_lock = new();
 
-    /// <summary>Loads the native library and checks its ABI version (once; later calls are free).</summary>
+    /// <summary>
+    /// Checks the loaded TorchSharp's version (<see cref="TorchSharpVersionCheck"/>), loads the native library
+    /// and checks its ABI version (once; later calls are free). Every optimizer and scheduler calls it on
+    /// construction, before any LibTorchSharp export is called.
+    /// </summary>
     /// <exception cref="DllNotFoundException">The library could not be found; the message lists where it was looked for.</exception>
-    /// <exception cref="InvalidOperationException">The library's ABI version differs from <see cref="ExpectedAbiVersion"/>.</exception>
+    /// <exception cref="InvalidOperationException">TorchSharp is not the version the bindings were written for, or
+    /// the library's ABI version differs from <see cref="ExpectedAbiVersion"/>.</exception>
     public static void EnsureLoaded()
     {
         if (!s_checked)
@@ -88,6 +93,7 @@ public static unsafe class OptimNative
             {
                 return;
             }
+            TorchSharpVersionCheck.CheckLoaded();
             int version;
             try
             {
@@ -121,7 +127,7 @@ public static unsafe class OptimNative
         }
     }
 
-    /// <summary>Version and build description of the native library, e.g. "optim 0.1.0 (cpu, cuda: sm_70 sm_80 sm_90)".</summary>
+    /// <summary>Version and build description of the native library, e.g. "optim 0.2.0 (cpu, cuda: sm_70 sm_80 sm_90)".</summary>
     public static string BuildInfo
     {
         get

@@ -10,7 +10,7 @@ namespace Optim.Interop;
 /// <param name="DeviceIndex">Device ordinal (-1 for the CPU).</param>
 /// <param name="Contiguous">Dense row-major layout.</param>
 /// <param name="Sparse">A sparse layout.</param>
-public readonly record struct TensorInfo(nint Data, long Numel, int ScalarType, int DeviceType, int DeviceIndex, bool Contiguous, bool Sparse);
+internal readonly record struct TensorInfo(nint Data, long Numel, int ScalarType, int DeviceType, int DeviceIndex, bool Contiguous, bool Sparse);
 
 /// <summary>
 /// Direct calls into LibTorchSharp (already loaded by TorchSharp) for the per-step hot path of the fused
@@ -21,7 +21,7 @@ public readonly record struct TensorInfo(nint Data, long Numel, int ScalarType, 
 /// handle, so they skip the GC transition; the gradient handle's create and release allocate, so they
 /// do not. Handles are TorchSharp's <c>Tensor.Handle</c>.
 /// </summary>
-public static partial class TorchSharpNative
+internal static partial class TorchSharpNative
 {
     private const string Lib = "LibTorchSharp";
 

@@ -9,7 +9,7 @@ namespace Optim;
 /// <summary>
 /// GreedyLR: raises every param group's learning rate while the monitored metric keeps improving and
 /// lowers it while it does not, with patience, thresholds, cooldown, warmup, bounds, smoothing and a
-/// full reset after a long stay at the floor (shared/docs/greedylr.md). Stepped like
+/// full reset after a long stay at the floor (Subramanian et al., arXiv:2512.14527, 2025). Stepped like
 /// <c>ReduceLROnPlateau</c>: <c>scheduler.step(metric)</c>, usually once per evaluation on the
 /// validation loss. Drives any TorchSharp optimizer through its param groups' <c>LearningRate</c>,
 /// which holds the new rate right after <see cref="step(double)"/>.
@@ -387,8 +387,10 @@ public sealed class GreedyLR : lr_scheduler.LRScheduler
         }
     }
 
-    /// <summary>The hyperparameters in native form (mode 0 = min, threshold mode 0 = abs).</summary>
-    public GreedyLRConfig Config => _config;
+    /// <summary>The hyperparameters in force (the constructor's, or those restored by <see cref="load_state_dict(BinaryReader)"/>).</summary>
+    public GreedyLRSettings Config => new(
+        _config.Mode == 0 ? "min" : "max", _config.Factor, _config.Patience, _config.Threshold, _config.ThresholdMode == 0 ? "abs" : "rel",
+        _config.Cooldown, _config.Warmup, _config.Eps, _config.Smooth != 0, _config.WindowSize, _config.ResetStart, _config.Trend != 0);
 
     /// <summary>Writes the full state (hyperparameters, counters, window, rates, bounds) to <paramref name="writer"/>.</summary>
     public void save_state_dict(BinaryWriter writer)
@@ -569,3 +571,19 @@ public sealed class GreedyLR : lr_scheduler.LRScheduler
 public sealed record GreedyLRState(double Best, long NumGood, long NumBad, long CooldownCounter, long WarmupCounter, long ResetBudget,
     long Steps, long Resets, IReadOnlyList<double> Window, IReadOnlyList<double> LearningRates, IReadOnlyList<double> InitialLearningRates,
     IReadOnlyList<double> MinLr, IReadOnlyList<double> MaxLr);
+
+/// <summary>The hyperparameters of a <see cref="GreedyLR"/>, named as its constructor's arguments.</summary>
+/// <param name="Mode">"min": lower is better; "max": higher is better.</param>
+/// <param name="Factor">In (0, 1): a decrease multiplies the rate by it, an increase divides by it.</param>
+/// <param name="Patience">A change fires on the (patience+1)-th consecutive good or bad evaluation.</param>
+/// <param name="Threshold">Margin an evaluation must beat the best by.</param>
+/// <param name="ThresholdMode">"abs" or "rel".</param>
+/// <param name="Cooldown">Evaluations ignored after a decrease.</param>
+/// <param name="Warmup">Evaluations ignored after an increase.</param>
+/// <param name="Eps">A new rate is written only if it moves by more than this.</param>
+/// <param name="Smooth">Whether the rolling mean of the metric is compared.</param>
+/// <param name="WindowSize">Rolling-mean window.</param>
+/// <param name="ResetStart">Decreases at the floor before a full reset (0: never).</param>
+/// <param name="Trend">Whether warmup and cooldown evaluations keep increasing and decreasing.</param>
+public sealed record GreedyLRSettings(string Mode, double Factor, int Patience, double Threshold, string ThresholdMode, int Cooldown,
+    int Warmup, double Eps, bool Smooth, int WindowSize, int ResetStart, bool Trend);

@@ -31,8 +31,9 @@ public enum HypergradientRule
 
 /// <summary>
 /// SGD (with PyTorch's momentum, Nesterov, dampening, weight decay and maximize) whose learning rate
-/// adapts online by hypergradient descent (Baydin et al., ICLR 2018; shared/docs/hypergradient.md):
-/// one rate for the whole model, per param group, per tensor or per scalar weight, fused into the step.
+/// adapts online by hypergradient descent (Baydin et al., "Online Learning Rate Adaptation with
+/// Hypergradient Descent", ICLR 2018): one rate for the whole model, per param group, per tensor or per
+/// scalar weight, fused into the step.
 /// </summary>
 /// <remarks>
 /// <para>Each step: g̃ = (maximize ? −g : g) + weight_decay·θ; h = Σ g̃·u_prev over each rate's scope;

@@ -16,6 +16,9 @@ command -v g++ >/dev/null || need+=(g++)
 command -v clang++-14 >/dev/null || need+=(clang-14)
 command -v clang-format >/dev/null || need+=(clang-format)
 [ -f /usr/include/gtest/gtest.h ] || need+=(libgtest-dev)
+# The consumer test reads the package with unzip and checks its hash with openssl.
+command -v unzip >/dev/null || need+=(unzip)
+command -v openssl >/dev/null || need+=(openssl)
 [ "${OPTIM_SKIP_CUDA:-0}" = "1" ] || command -v nvcc >/dev/null || need+=(nvidia-cuda-toolkit)
 [ "${OPTIM_SKIP_TORCH:-0}" = "1" ] || "$(dirname "$0")/find-torch-python" >/dev/null || need+=(python3-torch)
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds everything and runs every test: format checks, the native suites through CTest (GoogleTest,
 # the GPU check's dry run, the CMake rules), the C ABI against torch.optim.SGD on the CPU (when a
-# Python can import torch), scripts/gpu-check.sh's build and loud failure without a GPU, and the
-# NUnit suite (dotnet test). Ends with one line of totals: "N passed, N failed, N skipped".
+# Python can import torch), scripts/gpu-check.sh's build and loud failure without a GPU, the NUnit
+# suite (dotnet test), and the consumer test (scripts/consumer-test.sh: the package, packed and used
+# from a fresh project outside the repository, and the examples built against it). Ends with one
+# line of totals: "N passed, N failed, N skipped".
 #   OPTIM_CUDA=ON|AUTO|OFF   whether the CUDA kernels must be compiled (default AUTO; CI uses ON)
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -15,7 +17,7 @@ failed=0
 skipped=0
 status=0
 
-step() { echo; echo "== $*"; }
+step() { echo; echo "== $* (at ${SECONDS} s)"; }
 
 step "format: clang-format and dotnet format"
 mapfile -t files < <(git ls-files 'native/*.cpp' 'native/*.hpp' 'native/*.h' 'native/*.cu' 2>/dev/null || find native -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.cu')
@@ -116,6 +118,22 @@ else
 fi
 [ $dotnet_rc -eq 0 ] || status=1
 
+step "package: consumer test (scripts/consumer-test.sh)"
+# Its own totals line is read from the log, not echoed: the totals below stay the only such line.
+scripts/consumer-test.sh 2>&1 | tee "$log/consumer-test.log" | grep -vE '^  |^[0-9]+ passed, [0-9]+ failed'
+consumer_rc=${PIPESTATUS[0]}
+line=$(tail -n 1 "$log/consumer-test.log")
+if [[ $line =~ ^[0-9]+\ passed,\ [0-9]+\ failed,\ [0-9]+\ skipped$ ]]; then
+  echo "consumer test: $(echo "$line" | sed -E 's/ passed,/ checks passed,/')"
+  passed=$((passed + $(echo "$line" | sed -E 's/^([0-9]+) passed.*/\1/')))
+  failed=$((failed + $(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')))
+  skipped=$((skipped + $(echo "$line" | sed -E 's/.* ([0-9]+) skipped$/\1/')))
+else
+  failed=$((failed + 1))
+fi
+[ $consumer_rc -eq 0 ] || status=1
+
 echo
+echo "(done in ${SECONDS} s)"
 echo "$passed passed, $failed failed, $skipped skipped"
 exit $status

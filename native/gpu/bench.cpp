@@ -82,8 +82,8 @@ void bench_size(int64_t params, int64_t tensors, int rounds, std::vector<Row>& r
     const std::vector<int32_t> group(count, 0);
     const optim_tensor_list plain{tensors, pp.data(), gc.data(), nullptr, layout.sizes.data(),
                                   nullptr, nullptr};
-    const optim_tensor_list with_buffers{tensors, pp.data(), gc.data(), bp.data(),
-                                         layout.sizes.data(), nullptr, nullptr};
+    const optim_tensor_list with_buffers{
+        tensors, pp.data(), gc.data(), bp.data(), layout.sizes.data(), nullptr, nullptr};
     optim_sgd_params sgd;
     optim_sgd_params_default(&sgd);
     sgd.lr = 1e-9;

@@ -269,20 +269,12 @@ void sgd_case(Report& r, const TensorSet& set, const std::vector<optim_sgd_param
         const std::vector<const void*> hg = const_ptrs(g.host_ptrs()),
                                        dg = const_ptrs(g.dev_ptrs());
         const int32_t* gi = G > 1 ? group_index.data() : nullptr;
-        const optim_tensor_list host{static_cast<int64_t>(K),
-                                     hp.data(),
-                                     hg.data(),
-                                     momentum ? hb.data() : nullptr,
-                                     numels.data(),
-                                     fresh.data(),
-                                     gi};
-        const optim_tensor_list dev{static_cast<int64_t>(K),
-                                    dp.data(),
-                                    dg.data(),
-                                    momentum ? db.data() : nullptr,
-                                    numels.data(),
-                                    fresh.data(),
-                                    gi};
+        const optim_tensor_list host{
+            static_cast<int64_t>(K), hp.data(),    hg.data(), momentum ? hb.data() : nullptr,
+            numels.data(),           fresh.data(), gi};
+        const optim_tensor_list dev{
+            static_cast<int64_t>(K), dp.data(),    dg.data(), momentum ? db.data() : nullptr,
+            numels.data(),           fresh.data(), gi};
         std::vector<optim_sgd_params> on_host = groups, on_target = groups;
         for (optim_sgd_params& g : on_host) g.lr_ptr = nullptr;
         // The first group's rate from target memory on odd steps.

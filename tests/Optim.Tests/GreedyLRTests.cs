@@ -6,8 +6,8 @@ using static TorchSharp.torch.optim;
 namespace Optim.Tests;
 
 /// <summary>
-/// GreedyLR against the spec's worked example and traces derived by hand from the spec
-/// (shared/docs/greedylr.md), one per feature; state round trip; driving real optimizers; bad input.
+/// GreedyLR against the spec's worked example and traces derived by hand from the behaviour of the
+/// authors' reference (the remarks of <see cref="GreedyLR"/> list where ours differs), one per feature; state round trip; driving real optimizers; bad input.
 /// Factor 0.5 keeps every expected rate exact in binary.
 /// </summary>
 [TestFixture]
@@ -226,8 +226,11 @@ public class GreedyLRTests
         // A fresh optimizer at the saved rates, and a scheduler built with other settings: the state brings its own.
         using var c = Optimizer(rates);
         var sc = new GreedyLR(c);
+        Assert.That(sc.Config, Is.EqualTo(new GreedyLRSettings("min", 0.95, 10, 1e-6, "abs", 0, 0, 1e-8, false, 50, 500, false)));
         stream.Position = 0;
         sc.load_state_dict(new BinaryReader(stream));
+        Assert.That(sc.Config, Is.EqualTo(new GreedyLRSettings("min", 0.7, 2, 1e-3, "rel", 1, 1, 1e-8, true, 5, 3, true)));
+        Assert.That(sc.Config, Is.EqualTo(sb.Config));
         var resumed = Trace(sc, c, metrics.Skip(40).ToArray());
 
         for (int i = 0; i < 40; i++)

@@ -4,8 +4,8 @@ using static TorchSharp.torch;
 namespace Optim.Tests;
 
 /// <summary>
-/// A naive hypergradient-descent SGD written with TorchSharp tensor operations, step by step as
-/// shared/docs/hypergradient.md describes it; independent of the native code. Sums for the scalar
+/// A naive hypergradient-descent SGD written with TorchSharp tensor operations, step by step as the
+/// remarks of <see cref="HypergradientSGD"/> describe it; independent of the native code. Sums for the scalar
 /// scopes are taken in float64.
 /// </summary>
 internal sealed class ReferenceHd : IDisposable
