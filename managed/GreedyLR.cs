@@ -28,9 +28,9 @@ namespace Optim;
 /// would poison the mean for <c>window_size</c> evaluations).</item>
 /// </list>
 /// <para><c>eps</c> keeps the reference's 1e-8: rates below about 2e-7 (at factor 0.95) then no longer
-/// move; pass a smaller eps for such rates. <c>trend: true</c> is the spec's "Beyond the reference"
-/// mode: each warmup evaluation applies one more increase and each cooldown evaluation one more decrease,
-/// within the bounds (these extra moves do not count against the reset budget).</para>
+/// move; pass a smaller eps for such rates. <c>trend: true</c> is our addition to the reference
+/// (docs/greedylr.md, "Trend mode"): each warmup evaluation applies one more increase and each cooldown
+/// evaluation one more decrease, within the bounds (these extra moves do not count against the reset budget).</para>
 /// <para>The state machine runs in the native library (the same function serves a one-thread CUDA
 /// kernel for <see cref="step(Tensor)"/> on a GPU). Save and load the full state with
 /// <see cref="save_state_dict(BinaryWriter)"/> and <see cref="load_state_dict(BinaryReader)"/>.</para>

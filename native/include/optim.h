@@ -186,7 +186,7 @@ OPTIM_API optim_status optim_sgd_step(int32_t device, int32_t device_index, int3
  */
 
 /* SGD whose learning rate adapts online by hypergradient descent (Baydin et al., ICLR 2018;
- * shared/docs/hypergradient.md). One step, in this order:
+ * docs/hypergradient.md). One step, in this order:
  *   g~ = (maximize ? -g : g) + weight_decay * theta
  *   h  = sum of g~ * u_prev over the scope of each rate   (u_prev: the previous update direction)
  *   alpha = clamp(alpha + hypergrad_lr * h, lr_min, lr_max)                             (additive)
@@ -266,7 +266,7 @@ OPTIM_API optim_status optim_hd_step(int32_t device, int32_t device_index, int32
 /* ---- GreedyLR
  * ------------------------------------------------------------------------------------ */
 
-/* GreedyLR (shared/docs/greedylr.md): raises every group's rate while the monitored metric keeps
+/* GreedyLR (docs/greedylr.md): raises every group's rate while the monitored metric keeps
  * improving and lowers it while it does not. Its whole state is plain data: the fixed-size
  * optim_greedylr_state plus the arrays of optim_greedylr_buffers; one update function serves the
  * CPU path and a one-thread CUDA kernel, so on a GPU the metric is read from, and the new rates
@@ -275,7 +275,7 @@ OPTIM_API optim_status optim_hd_step(int32_t device, int32_t device_index, int32
 enum { OPTIM_GREEDY_MODE_MIN = 0, OPTIM_GREEDY_MODE_MAX = 1 };
 enum { OPTIM_GREEDY_THRESHOLD_ABS = 0, OPTIM_GREEDY_THRESHOLD_REL = 1 };
 
-/* Hyperparameters (always host memory). Meanings and the reference's defaults: greedylr.md. */
+/* Hyperparameters (always host memory). Meanings and defaults: docs/greedylr.md. */
 typedef struct optim_greedylr_config {
     double factor;          /* in (0, 1): decrease lr * factor, increase lr / factor */
     double threshold;       /* >= 0: margin an evaluation must beat the best by */
@@ -325,7 +325,7 @@ OPTIM_API optim_status optim_greedylr_init(const optim_greedylr_config* config,
  * OPTIM_DEVICE_CUDA: they are in device memory of device_index; a one-thread kernel is launched on
  * stream 0 and the call returns without waiting. metric_dtype: OPTIM_DTYPE_FLOAT32 or _FLOAT64.
  * A NaN or infinite metric counts as "not better" and never enters the smoothing window.
- * The CPU path also checks the bounds (0 <= min_lr <= max_lr, finite min_lr, positive rates). */
+ * The CPU path also checks 0 <= min_lr <= max_lr, a finite min_lr and finite rates >= 0. */
 OPTIM_API optim_status optim_greedylr_step(int32_t device, int32_t device_index,
                                            const optim_greedylr_config* config,
                                            optim_greedylr_state* state,

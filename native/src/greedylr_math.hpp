@@ -1,5 +1,5 @@
-// GreedyLR's state machine (shared/docs/greedylr.md), one step, written once for the CPU path
-// (api.cpp) and the one-thread CUDA kernel (cuda/greedylr_cuda.cu). Plain data only, no allocation.
+// GreedyLR's state machine (docs/greedylr.md), one step, written once for the CPU path (api.cpp)
+// and the one-thread CUDA kernel (cuda/greedylr_cuda.cu). Plain data only, no allocation.
 #pragma once
 
 #include <optim.h>
@@ -68,7 +68,7 @@ OPTIM_HOST_DEVICE void greedy_init(const optim_greedylr_config& c, optim_greedyl
     s.resets = 0;
 }
 
-// One evaluation. The order of the spec's step(metric), plus: a non-finite metric is never better
+// One evaluation, as docs/greedylr.md describes it, including: a non-finite metric is never better
 // and never enters the smoothing window; trend mode applies one more increase (decrease) per warmup
 // (cooldown) evaluation, within the bounds.
 OPTIM_HOST_DEVICE void greedy_step(const optim_greedylr_config& c, optim_greedylr_state& s,

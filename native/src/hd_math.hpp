@@ -1,5 +1,5 @@
-// The per-element pieces of hypergradient descent (shared/docs/hypergradient.md), written once for
-// the CPU loops (cpu/hd_cpu.cpp) and the CUDA kernels (cuda/hd_cuda.cu). The SGD part is
+// The per-element pieces of hypergradient descent (docs/hypergradient.md), written once for the
+// CPU loops (cpu/hd_cpu.cpp) and the CUDA kernels (cuda/hd_cuda.cu). The SGD part is
 // sgd_math.hpp's.
 #pragma once
 

@@ -1,4 +1,5 @@
-// GreedyLR's native state machine: the spec's worked example, non-finite metrics, validation.
+// GreedyLR's native state machine: the worked example of docs/greedylr.md, non-finite metrics,
+// validation.
 #include <optim.h>
 
 #include <gtest/gtest.h>

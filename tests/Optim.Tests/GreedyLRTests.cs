@@ -6,8 +6,8 @@ using static TorchSharp.torch.optim;
 namespace Optim.Tests;
 
 /// <summary>
-/// GreedyLR against the spec's worked example and traces derived by hand from the behaviour of the
-/// authors' reference (the remarks of <see cref="GreedyLR"/> list where ours differs), one per feature; state round trip; driving real optimizers; bad input.
+/// GreedyLR against the worked example and the traces written out in docs/greedylr.md, derived by hand from the
+/// behaviour of the authors' reference (the remarks of <see cref="GreedyLR"/> list where ours differs), one per feature; state round trip; driving real optimizers; bad input.
 /// Factor 0.5 keeps every expected rate exact in binary.
 /// </summary>
 [TestFixture]
