@@ -511,7 +511,9 @@ public sealed class GreedyLR : lr_scheduler.LRScheduler
         {
             throw new InvalidDataException("GreedyLR: the state's window position is outside its window.");
         }
-        if (s.NumGood < 0 || s.NumBad < 0 || s.CooldownCounter < 0 || s.WarmupCounter < 0 || s.ResetBudget < 0 || s.Steps < 0 || s.Resets < 0)
+        // The reset budget counts down past 0 when resets are off (reset_start 0); no other counter goes negative.
+        if (s.NumGood < 0 || s.NumBad < 0 || s.CooldownCounter < 0 || s.WarmupCounter < 0 || s.Steps < 0 || s.Resets < 0 ||
+            (c.ResetStart > 0 && s.ResetBudget < 0))
         {
             throw new InvalidDataException("GreedyLR: the state has a negative counter.");
         }

@@ -245,6 +245,28 @@ public class GreedyLRTests
     }
 
     [Test]
+    public void AStateWithoutResetsLoadsAfterManyDecreasesAtTheFloor()
+    {
+        // reset_start 0: the reset budget counts down past 0 at every decrease at the floor.
+        using var a = Optimizer(0.1);
+        var sa = new GreedyLR(a, patience: 0, reset_start: 0, min_lr: new[] { 0.05 });
+        Trace(sa, a, Enumerable.Range(0, 30).Select(i => 1.0 + i).ToArray());
+        Assert.That(sa.State.ResetBudget, Is.LessThan(0));
+        var stream = new MemoryStream();
+        sa.save_state_dict(new BinaryWriter(stream));
+
+        using var b = Optimizer(a.ParamGroups.First().LearningRate);
+        var sb = new GreedyLR(b);
+        stream.Position = 0;
+        sb.load_state_dict(new BinaryReader(stream));
+        Assert.That(sb.State.ResetBudget, Is.EqualTo(sa.State.ResetBudget));
+        sa.step(100.0);
+        sb.step(100.0);
+        Assert.That(sb.State, Is.EqualTo(sa.State).Using<GreedyLRState>((x, y) => x.ResetBudget == y.ResetBudget && x.Steps == y.Steps &&
+            x.LearningRates.SequenceEqual(y.LearningRates) && x.NumBad == y.NumBad));
+    }
+
+    [Test]
     public void LoadingGarbageChangesNothing()
     {
         using var opt = Optimizer(0.1);
