@@ -77,8 +77,8 @@ public class FusedSgdStateTests
         for (int i = 0; i < pa.Count; i++)
         {
             Assert.That(Harness.Same(pc[i], pa[i]), Is.True, $"parameter {i} differs from the uninterrupted run");
-            var ba = FusedSgdParityTests.FusedBuffer(optA, i);
-            var bc = FusedSgdParityTests.FusedBuffer(optC, i);
+            var ba = Harness.FusedBuffer(optA, i);
+            var bc = Harness.FusedBuffer(optC, i);
             Assert.That(Harness.Same(bc, ba), Is.True, $"momentum buffer {i} differs from the uninterrupted run");
         }
     }
@@ -99,8 +99,8 @@ public class FusedSgdStateTests
         optB.load_state_dict(optA.state_dict());
         for (int i = 0; i < a.parameters().Count(); i++)
         {
-            var ba = FusedSgdParityTests.FusedBuffer(optA, i);
-            var bb = FusedSgdParityTests.FusedBuffer(optB, i);
+            var ba = Harness.FusedBuffer(optA, i);
+            var bb = Harness.FusedBuffer(optB, i);
             Assert.That(Harness.Same(bb, ba), Is.True);
             Assert.That(bb.Handle, Is.Not.EqualTo(ba.Handle), "the loaded buffer must be a copy");
         }

@@ -1,10 +1,12 @@
+using System.Runtime.InteropServices;
+using Optim.Interop;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace Optim.Tests;
 
-/// <summary>Small real models and data, built identically for each optimizer under comparison.</summary>
+/// <summary>Models, data, gradients and comparisons shared by the tests, built identically for each optimizer under comparison.</summary>
 internal static class Harness
 {
     /// <summary>A small MLP (8 → 16 → 4, tanh), its weights fixed by <paramref name="seed"/>.</summary>
@@ -64,6 +66,10 @@ internal static class Harness
     {
         Assert.That(actual.shape, Is.EqualTo(expected.shape), $"{what}: shapes differ");
         using var scope = torch.NewDisposeScope();
+        if (AllClose(actual, expected, rtol, atol))
+        {
+            return;
+        }
         var a = actual.detach().to(ScalarType.Float64).flatten();
         var e = expected.detach().to(ScalarType.Float64).flatten();
         var bad = (a - e).abs() > (atol + rtol * e.abs());
@@ -82,11 +88,117 @@ internal static class Harness
         }
     }
 
-    /// <summary>True when both tensors have the same shape and the same values.</summary>
+    // The common case of AssertClose in one managed pass over the data (no LibTorch op, whose threads
+    // are slow to meet on a busy machine): the same criterion, a NaN matching a NaN.
+    private static bool AllClose(Tensor actual, Tensor expected, double rtol, double atol)
+    {
+        if (actual.dtype != expected.dtype || actual.device_type != DeviceType.CPU || expected.device_type != DeviceType.CPU)
+        {
+            return false;
+        }
+        using var a = actual.detach().contiguous();
+        using var e = expected.detach().contiguous();
+        static bool Close(double x, double y, double rtol, double atol) =>
+            x == y || (double.IsNaN(x) && double.IsNaN(y)) || Math.Abs(x - y) <= atol + rtol * Math.Abs(y);
+        if (actual.dtype == ScalarType.Float32)
+        {
+            var x = MemoryMarshal.Cast<byte, float>(a.bytes);
+            var y = MemoryMarshal.Cast<byte, float>(e.bytes);
+            for (int i = 0; i < x.Length; i++)
+            {
+                if (!Close(x[i], y[i], rtol, atol))
+                {
+                    return false;
+                }
+            }
+            return true;
+        }
+        if (actual.dtype == ScalarType.Float64)
+        {
+            var x = MemoryMarshal.Cast<byte, double>(a.bytes);
+            var y = MemoryMarshal.Cast<byte, double>(e.bytes);
+            for (int i = 0; i < x.Length; i++)
+            {
+                if (!Close(x[i], y[i], rtol, atol))
+                {
+                    return false;
+                }
+            }
+            return true;
+        }
+        return false;
+    }
+
+    /// <summary>
+    /// True when both tensors have the same dtype, the same shape and the same bytes (bitwise: -0 and +0
+    /// differ, a NaN equals the same NaN).
+    /// </summary>
     public static bool Same(Tensor a, Tensor b)
     {
+        if (a.dtype != b.dtype || !a.shape.SequenceEqual(b.shape))
+        {
+            return false;
+        }
         using var scope = torch.NewDisposeScope();
-        return a.shape.SequenceEqual(b.shape) && a.eq(b).all().item<bool>();
+        var ca = a.detach().cpu().contiguous();
+        var cb = b.detach().cpu().contiguous();
+        return ca.bytes.SequenceEqual(cb.bytes);
+    }
+
+    /// <summary>Asserts that two tensors (either may be null) are both absent or bitwise equal.</summary>
+    public static void AssertSame(Tensor? actual, Tensor? expected, string what)
+    {
+        Assert.That(actual is null, Is.EqualTo(expected is null), $"{what}: present in one run only");
+        if (actual is not null && expected is not null)
+        {
+            Assert.That(Same(actual, expected), Is.True, $"{what} differs");
+        }
+    }
+
+    /// <summary>The state of parameter <paramref name="index"/> (in parameter order across groups) of a FusedSGD.</summary>
+    public static FusedSGD.State FusedState(FusedSGD opt, int index) => (FusedSGD.State)opt.state_dict().State[index];
+
+    /// <summary>The momentum buffer of parameter <paramref name="index"/>; fails the test if there is none.</summary>
+    public static Tensor FusedBuffer(FusedSGD opt, int index) =>
+        FusedState(opt, index).momentum_buffer ?? throw new AssertionException($"FusedSGD has no momentum buffer for parameter {index}");
+
+    /// <summary>The state of parameter <paramref name="index"/> (in parameter order across groups) of a HypergradientSGD.</summary>
+    public static HypergradientSGD.State HdState(HypergradientSGD opt, int index) => (HypergradientSGD.State)opt.state_dict().State[index];
+
+    /// <summary>Gives the parameters of each model in <paramref name="to"/> copies of the gradients of <paramref name="from"/> (same order).</summary>
+    public static void CopyGradients(IReadOnlyList<Parameter> from, params IReadOnlyList<Parameter>[] to)
+    {
+        using var scope = torch.NewDisposeScope();
+        SetGradients(from.Select(p => p.grad).ToList(), to);
+    }
+
+    /// <summary>
+    /// Gives every parameter of each list a copy of <paramref name="grads"/> (null: no gradient). The
+    /// same gradients reach every implementation under comparison, so each step compares one transition
+    /// on the same input.
+    /// </summary>
+    public static void SetGradients(IReadOnlyList<Tensor?> grads, params IReadOnlyList<Parameter>[] models)
+    {
+        foreach (var ps in models)
+        {
+            for (int i = 0; i < ps.Count; i++)
+            {
+                using var g = ps[i].grad;
+                if (grads[i] is null)
+                {
+                    ps[i].grad = null;
+                }
+                else if (g is null)
+                {
+                    using var copy = grads[i]!.clone();
+                    ps[i].grad = copy;
+                }
+                else
+                {
+                    g.copy_(grads[i]!);
+                }
+            }
+        }
     }
 
     /// <summary>
