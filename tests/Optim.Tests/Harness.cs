@@ -155,6 +155,20 @@ internal static class Harness
         }
     }
 
+    /// <summary>Runs <paramref name="body"/> with the native CPU path on <paramref name="threads"/> threads, then restores the default (0).</summary>
+    public static void WithNativeThreads(int threads, Action body)
+    {
+        OptimNative.NumThreads = threads;
+        try
+        {
+            body();
+        }
+        finally
+        {
+            OptimNative.NumThreads = 0;
+        }
+    }
+
     /// <summary>The state of parameter <paramref name="index"/> (in parameter order across groups) of a FusedSGD.</summary>
     public static FusedSGD.State FusedState(FusedSGD opt, int index) => (FusedSGD.State)opt.state_dict().State[index];
 
@@ -165,11 +179,149 @@ internal static class Harness
     /// <summary>The state of parameter <paramref name="index"/> (in parameter order across groups) of a HypergradientSGD.</summary>
     public static HypergradientSGD.State HdState(HypergradientSGD opt, int index) => (HypergradientSGD.State)opt.state_dict().State[index];
 
+    /// <summary>
+    /// Parameter shapes for the many-chunk references (1,156,707 elements; the native CPU path cuts the
+    /// concatenation of a call's tensors into chunks of 65,536 elements): tensors smaller than a chunk,
+    /// one just over a chunk, two spanning several, an empty one, and one (<see cref="LargeNoGradient"/>)
+    /// that never gets a gradient.
+    /// </summary>
+    public static readonly long[][] LargeShapes =
+    {
+        new long[] { 1000 }, new long[] { 65_536 + 7 }, new long[] { 0 }, new long[] { 12_345 },
+        new long[] { 3, 100_003 }, new long[] { 777, 1001 }, new long[] { 33 },
+    };
+
+    /// <summary>The index in <see cref="LargeShapes"/> of the parameter without a gradient.</summary>
+    public const int LargeNoGradient = 3;
+
+    /// <summary>
+    /// Asserts that two optimizers of one kind, each over its own parameters, are bitwise in the same
+    /// state: parameters, every param group's rate, every state tensor, the per-tensor rates and (HD) the
+    /// step counters.
+    /// </summary>
+    public static void AssertSameState(torch.optim.Optimizer actual, IReadOnlyList<Parameter> actualParams,
+        torch.optim.Optimizer expected, IReadOnlyList<Parameter> expectedParams, string what)
+    {
+        Assert.That(actualParams, Has.Count.EqualTo(expectedParams.Count), $"{what}: parameter count");
+        for (int i = 0; i < actualParams.Count; i++)
+        {
+            AssertSame(actualParams[i], expectedParams[i], $"{what}: parameter {i}");
+        }
+        Assert.That(actual.ParamGroups.Select(g => g.LearningRate), Is.EqualTo(expected.ParamGroups.Select(g => g.LearningRate)), $"{what}: param group rates");
+        switch (actual, expected)
+        {
+            case (FusedSGD a, FusedSGD e):
+                for (int i = 0; i < actualParams.Count; i++)
+                {
+                    AssertSame(FusedState(a, i).momentum_buffer, FusedState(e, i).momentum_buffer, $"{what}: momentum buffer {i}");
+                }
+                break;
+            case (HypergradientSGD a, HypergradientSGD e):
+                Assert.That((a.Steps, a.SkippedSteps), Is.EqualTo((e.Steps, e.SkippedSteps)), $"{what}: Steps and SkippedSteps");
+                for (int i = 0; i < actualParams.Count; i++)
+                {
+                    HypergradientSGD.State sa = HdState(a, i), se = HdState(e, i);
+                    AssertSame(sa.momentum_buffer, se.momentum_buffer, $"{what}: momentum buffer {i}");
+                    AssertSame(sa.prev_update, se.prev_update, $"{what}: previous update {i}");
+                    AssertSame(sa.parameter_rates, se.parameter_rates, $"{what}: rates of parameter {i}");
+                    Assert.That(sa.tensor_rate, Is.EqualTo(se.tensor_rate), $"{what}: rate of tensor {i}");
+                }
+                Assert.That(a.TensorLearningRates(), Is.EqualTo(e.TensorLearningRates()), $"{what}: TensorLearningRates");
+                break;
+            default:
+                Assert.Fail($"{what}: no state comparison for {actual.GetType().Name} and {expected.GetType().Name}");
+                break;
+        }
+    }
+
     /// <summary>Gives the parameters of each model in <paramref name="to"/> copies of the gradients of <paramref name="from"/> (same order).</summary>
     public static void CopyGradients(IReadOnlyList<Parameter> from, params IReadOnlyList<Parameter>[] to)
     {
         using var scope = torch.NewDisposeScope();
         SetGradients(from.Select(p => p.grad).ToList(), to);
+    }
+
+    /// <summary>Parameters shaped like <see cref="LargeShapes"/>, values drawn from <paramref name="seed"/> (equal seeds give equal copies).</summary>
+    public static List<Parameter> LargeParameters(long seed, ScalarType dtype)
+    {
+        var gen = new torch.Generator((ulong)seed);
+        return LargeShapes.Select(shape =>
+        {
+            using var values = torch.randn(shape, dtype: dtype, generator: gen);
+            return new Parameter(values);
+        }).ToList();
+    }
+
+    /// <summary>
+    /// Synthetic gradients, written straight into the gradient tensors of every model under comparison
+    /// (no LibTorch op, so cheap at any size and on any thread): per element a fixed direction in [-1, 1]
+    /// plus 0.3 times a noise pattern shifted at every step (so successive gradients agree on average and
+    /// hypergradient rates move steadily), times <c>scale</c>; none for the parameter at index
+    /// <see cref="LargeNoGradient"/>.
+    /// </summary>
+    public sealed class DriftingGradients
+    {
+        private readonly double[][] _base, _noise;
+        private readonly double _scale;
+        private int _step;
+
+        public DriftingGradients(IReadOnlyList<Tensor> like, int seed, double scale = 1)
+        {
+            var random = new Random(seed);
+            double[] Draw(long n) => Enumerable.Range(0, (int)n).Select(_ => 2 * random.NextDouble() - 1).ToArray();
+            _base = like.Select(p => Draw(p.numel())).ToArray();
+            _noise = like.Select(p => Draw(p.numel())).ToArray();
+            _scale = scale;
+        }
+
+        /// <summary>Gives every parameter of each model (all shaped like the constructor's) the next step's gradient.</summary>
+        public void Next(params IReadOnlyList<Parameter>[] models)
+        {
+            _step++;
+            foreach (var ps in models)
+            {
+                for (int i = 0; i < ps.Count; i++)
+                {
+                    if (i == LargeNoGradient)
+                    {
+                        ps[i].grad = null;
+                        continue;
+                    }
+                    var grad = ps[i].grad;
+                    if (grad is null)
+                    {
+                        using var zeros = torch.zeros_like(ps[i]);
+                        ps[i].grad = zeros;
+                        grad = ps[i].grad!;
+                    }
+                    using (grad)
+                    {
+                        Fill(grad, _base[i], _noise[i], 7919 * _step);
+                    }
+                }
+            }
+        }
+
+        private void Fill(Tensor grad, double[] b, double[] noise, int shift)
+        {
+            int n = b.Length;
+            if (grad.dtype == ScalarType.Float32)
+            {
+                var g = MemoryMarshal.Cast<byte, float>(grad.bytes);
+                for (int j = 0; j < n; j++)
+                {
+                    g[j] = (float)(_scale * (b[j] + 0.3 * noise[(j + shift) % n]));
+                }
+            }
+            else
+            {
+                var g = MemoryMarshal.Cast<byte, double>(grad.bytes);
+                for (int j = 0; j < n; j++)
+                {
+                    g[j] = _scale * (b[j] + 0.3 * noise[(j + shift) % n]);
+                }
+            }
+        }
     }
 
     /// <summary>

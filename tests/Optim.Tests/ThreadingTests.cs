@@ -4,7 +4,7 @@ using static TorchSharp.torch;
 
 namespace Optim.Tests;
 
-/// <summary>The CPU path gives bitwise-identical results for any thread count, on whichever threads run it.</summary>
+/// <summary>In a TorchSharp process the CPU path runs on LibTorch's OpenMP team. (Independence of the native thread count, at every configuration: LargeReferenceTests.)</summary>
 [TestFixture]
 [NonParallelizable]
 public class ThreadingTests
@@ -27,19 +27,6 @@ public class ThreadingTests
         }
         Assert.That(OptimNative.NumThreads, Is.EqualTo(threads));
         return model.parameters().Select(p => p.detach().clone()).ToList();
-    }
-
-    [Test]
-    public void OneTwoAndThreeThreadsGiveIdenticalParameters()
-    {
-        var one = Train(1);
-        var two = Train(2);
-        var three = Train(3);
-        for (int i = 0; i < one.Count; i++)
-        {
-            Assert.That(Harness.Same(two[i], one[i]), Is.True, $"parameter {i}: 2 threads differ from 1");
-            Assert.That(Harness.Same(three[i], one[i]), Is.True, $"parameter {i}: 3 threads differ from 1");
-        }
     }
 
     [Test]
