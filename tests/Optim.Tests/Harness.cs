@@ -234,6 +234,18 @@ internal static class Harness
         }
     }
 
+    /// <summary>Asserts that two GreedyLR states are equal field by field (exactly).</summary>
+    public static void AssertSameState(GreedyLRState actual, GreedyLRState expected, string what)
+    {
+        Assert.That((actual.Best, actual.NumGood, actual.NumBad, actual.CooldownCounter, actual.WarmupCounter, actual.ResetBudget, actual.Steps, actual.Resets),
+            Is.EqualTo((expected.Best, expected.NumGood, expected.NumBad, expected.CooldownCounter, expected.WarmupCounter, expected.ResetBudget, expected.Steps, expected.Resets)),
+            $"{what}: GreedyLR counters");
+        Assert.That(actual.Window, Is.EqualTo(expected.Window), $"{what}: GreedyLR window");
+        Assert.That(actual.LearningRates, Is.EqualTo(expected.LearningRates), $"{what}: GreedyLR rates");
+        Assert.That(actual.InitialLearningRates, Is.EqualTo(expected.InitialLearningRates), $"{what}: GreedyLR initial rates");
+        Assert.That((actual.MinLr, actual.MaxLr), Is.EqualTo((expected.MinLr, expected.MaxLr)), $"{what}: GreedyLR bounds");
+    }
+
     /// <summary>Gives the parameters of each model in <paramref name="to"/> copies of the gradients of <paramref name="from"/> (same order).</summary>
     public static void CopyGradients(IReadOnlyList<Parameter> from, params IReadOnlyList<Parameter>[] to)
     {

@@ -9,8 +9,8 @@ namespace Optim.Tests;
 /// <summary>
 /// HypergradientSGD: with hypergrad_lr = 0 every scope is TorchSharp's SGD; with hypergrad_lr &gt; 0 every
 /// scope and rule equals a naive TorchSharp-ops reference over 50 steps (parameters, buffers, previous
-/// updates, rates); the sign test; non-finite skips; bad input; save/load/continue. Many chunks and
-/// thread counts: LargeReferenceTests.
+/// updates, rates); the sign test; non-finite skips; bad input. Many chunks and thread counts:
+/// LargeReferenceTests; resuming: ResumeTests.
 /// </summary>
 [TestFixture]
 public class HypergradientSgdTests
@@ -261,59 +261,6 @@ public class HypergradientSgdTests
         Harness.AssertUnchanged(before, model.parameters().ToList(), "parameter");
         Assert.That(opt.TensorLearningRates(), Is.EqualTo(rates));
         Assert.That(opt.Steps, Is.EqualTo(1));
-    }
-
-    [TestCase(HypergradientScope.Global)]
-    [TestCase(HypergradientScope.PerGroup)]
-    [TestCase(HypergradientScope.PerTensor)]
-    [TestCase(HypergradientScope.PerParameter)]
-    public void SaveLoadContinueEqualsAnUninterruptedRun(HypergradientScope scope)
-    {
-        var (x, y) = Harness.Data(77);
-        HypergradientSGD Make(Sequential m) => new(m.parameters(), 0.05, 1e-3, scope, momentum: 0.9, nesterov: true, rule: HypergradientRule.Normalized);
-        using var a = Harness.Mlp(76);
-        using var optA = Make(a);
-        for (int i = 0; i < 30; i++)
-        {
-            Harness.Backward(a, x, y);
-            optA.step();
-        }
-        using var b = Harness.Mlp(76);
-        using var optB = Make(b);
-        for (int i = 0; i < 12; i++)
-        {
-            Harness.Backward(b, x, y);
-            optB.step();
-        }
-        var stream = new MemoryStream();
-        optB.save_state_dict(new BinaryWriter(stream));
-        using var c = Harness.Mlp(999);
-        using (torch.no_grad())
-        {
-            foreach (var (p, q) in c.parameters().Zip(b.parameters()))
-            {
-                p.copy_(q);
-            }
-        }
-        using var optC = Make(c);
-        stream.Position = 0;
-        using (var scopeD = torch.NewDisposeScope())
-        {
-            optC.load_state_dict(new BinaryReader(stream));
-        }
-        for (int i = 12; i < 30; i++)
-        {
-            Harness.Backward(c, x, y);
-            optC.step();
-        }
-        Assert.That(optC.Steps, Is.EqualTo(30));
-        var pa = a.parameters().ToList();
-        var pc = c.parameters().ToList();
-        for (int i = 0; i < pa.Count; i++)
-        {
-            Assert.That(Harness.Same(pc[i], pa[i]), Is.True, $"parameter {i} differs from the uninterrupted run");
-        }
-        Assert.That(optC.TensorLearningRates(), Is.EqualTo(optA.TensorLearningRates()));
     }
 
     [Test]
