@@ -25,6 +25,12 @@ namespace Optim;
 /// contiguous, float32 or float64; all parameters share one dtype and one device. CPU tensors use the
 /// native CPU path; CUDA tensors use the CUDA kernels when the native library was built with them and a
 /// device exists, otherwise <see cref="NotSupportedException"/> (never a silent fallback).</para>
+/// <para>Threads: one instance is used from one thread at a time (as TorchSharp's optimizers): its
+/// <c>step</c>, <c>zero_grad</c>, <c>add_param_group</c>, <c>state_dict</c> and <c>load_state_dict</c>, and a
+/// scheduler's <c>step</c> (which writes the rates a step reads), must not overlap, and nothing else may
+/// use its parameters, gradients or state during a step. Separate optimizers over separate parameters
+/// may step on separate threads at once, with the results they give alone; the native CPU path runs the
+/// large ones (131,072 elements or more) one at a time on its shared team of threads.</para>
 /// </remarks>
 public class FusedSGD : OptimizerHelper, IMomentum
 {

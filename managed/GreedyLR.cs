@@ -34,6 +34,9 @@ namespace Optim;
 /// <para>The state machine runs in the native library (the same function serves a one-thread CUDA
 /// kernel for <see cref="step(Tensor)"/> on a GPU). Save and load the full state with
 /// <see cref="save_state_dict(BinaryWriter)"/> and <see cref="load_state_dict(BinaryReader)"/>.</para>
+/// <para>Threads: a scheduler is stepped on the thread that uses its optimizer, never during the
+/// optimizer's step (it writes the rates the step reads) nor from two threads at once. Separate
+/// schedulers of separate optimizers may run on separate threads.</para>
 /// </remarks>
 public sealed class GreedyLR : lr_scheduler.LRScheduler
 {

@@ -57,6 +57,12 @@ public enum HypergradientRule
 /// <para><c>hypergrad_lr</c>, <c>scope</c>, <c>rule</c>, <c>lr_min</c> and <c>lr_max</c> apply to the
 /// whole optimizer; momentum, dampening, weight decay, Nesterov, maximize and the initial rate may differ
 /// per param group. With the global scope the initial rate is <c>lr</c>.</para>
+/// <para>Threads: one instance is used from one thread at a time (as TorchSharp's optimizers): its
+/// <c>step</c>, <c>zero_grad</c>, <c>add_param_group</c>, <c>state_dict</c> and <c>load_state_dict</c>, and a
+/// scheduler's <c>step</c> (which writes the rates a step reads), must not overlap, and nothing else may
+/// use its parameters, gradients or state during a step. Separate optimizers over separate parameters
+/// may step on separate threads at once, with the results they give alone; the native CPU path runs the
+/// large ones (131,072 elements or more) one at a time on its shared team of threads.</para>
 /// </remarks>
 public class HypergradientSGD : OptimizerHelper, IMomentum
 {

@@ -72,7 +72,7 @@ public class FusedSgdParityTests
                 Harness.AssertClose(op[i], tp[i], $"step {step}, parameter {i}", 1e-5, 1e-6);
                 if (c.Momentum != 0)
                 {
-                    var ourBuf = FusedBuffer(fused, i);
+                    var ourBuf = Harness.FusedBuffer(fused, i);
                     var theirBuf = ((SGD.State)sgd.state_dict().State[i]).momentum_buffer;
                     // TorchSharp accumulates +g and adds lr * buf when maximizing; PyTorch (and we)
                     // accumulate -g and subtract: the buffers differ by sign only.
@@ -105,7 +105,7 @@ public class FusedSgdParityTests
                 Harness.AssertClose(op[i], rp[i], $"step {step}, parameter {i}", 1e-5, 1e-6);
                 if (c.Momentum != 0)
                 {
-                    Harness.AssertClose(FusedBuffer(fused, i), reference.Buffer(rp[i])!, $"step {step}, momentum buffer {i}", 1e-5, 1e-6);
+                    Harness.AssertClose(Harness.FusedBuffer(fused, i), reference.Buffer(rp[i])!, $"step {step}, momentum buffer {i}", 1e-5, 1e-6);
                 }
             }
         }
@@ -169,7 +169,7 @@ public class FusedSgdParityTests
             {
                 Harness.AssertClose(op[i], tp[i], $"step {step}, parameter {i}", 1e-5, 1e-6);
                 var theirBuf = ((SGD.State)sgd.state_dict().State[i]).momentum_buffer;
-                Harness.AssertClose(FusedBuffer(fused, i), theirBuf, $"step {step}, momentum buffer {i}", 1e-5, 1e-6);
+                Harness.AssertClose(Harness.FusedBuffer(fused, i), theirBuf, $"step {step}, momentum buffer {i}", 1e-5, 1e-6);
             }
         }
     }
@@ -195,7 +195,7 @@ public class FusedSgdParityTests
         for (int i = 0; i < op.Count; i++)
         {
             Harness.AssertClose(op[i], tp[i], $"parameter {i}", 1e-5, 1e-6);
-            Harness.AssertClose(FusedBuffer(fused, i), ((SGD.State)sgd.state_dict().State[i]).momentum_buffer, $"momentum buffer {i}", 1e-5, 1e-6);
+            Harness.AssertClose(Harness.FusedBuffer(fused, i), ((SGD.State)sgd.state_dict().State[i]).momentum_buffer, $"momentum buffer {i}", 1e-5, 1e-6);
         }
     }
 
@@ -220,7 +220,7 @@ public class FusedSgdParityTests
             {
                 Assert.That(op[i].dtype, Is.EqualTo(ScalarType.Float64));
                 Harness.AssertClose(op[i], tp[i], $"step {step}, parameter {i}", 1e-12, 1e-13);
-                Harness.AssertClose(FusedBuffer(fused, i), ((SGD.State)sgd.state_dict().State[i]).momentum_buffer, $"step {step}, momentum buffer {i}", 1e-12, 1e-13);
+                Harness.AssertClose(Harness.FusedBuffer(fused, i), ((SGD.State)sgd.state_dict().State[i]).momentum_buffer, $"step {step}, momentum buffer {i}", 1e-12, 1e-13);
             }
         }
     }
@@ -278,7 +278,7 @@ public class FusedSgdParityTests
             reference.Step();
             if (step <= 8)
             {
-                Assert.That(FusedState(fused, 0).momentum_buffer, Is.Null, "a parameter without a gradient got a buffer");
+                Assert.That(Harness.FusedState(fused, 0).momentum_buffer, Is.Null, "a parameter without a gradient got a buffer");
             }
             for (int i = 0; i < op.Count; i++)
             {
@@ -288,24 +288,37 @@ public class FusedSgdParityTests
     }
 
     [Test]
-    public void ZeroGradClearsGradients()
+    public void ZeroGradClearsTheGradientsOfEveryGroupAndNothingElse()
     {
         using var model = Harness.Mlp(17);
         var (x, y) = Harness.Data(18);
-        using var fused = new FusedSGD(model.parameters(), 0.1);
+        var named = model.named_parameters().ToList();
+        using var fused = new FusedSGD(new[]
+        {
+            new FusedSGD.ParamGroup(named.Where(n => n.name.StartsWith("fc1")).Select(n => n.parameter)),
+            new FusedSGD.ParamGroup(named.Where(n => n.name.StartsWith("fc2")).Select(n => n.parameter), lr: 0.05),
+        }, 0.1);
+        var ps = model.parameters().ToList();
         Harness.Backward(model, x, y);
-        fused.zero_grad();
-        foreach (var p in model.parameters())
+        // The precondition: every parameter has a nonzero gradient, or zero_grad could not be seen to work.
+        foreach (var p in ps)
         {
             using var g = p.grad;
-            Assert.That(g is null || g.count_nonzero().item<long>() == 0, Is.True);
+            Assert.That(g is not null && g.count_nonzero().item<long>() > 0, Is.True, "backward left a parameter without a nonzero gradient");
         }
+        var before = Harness.Snapshot(ps);
+        fused.zero_grad();
+        foreach (var p in ps)
+        {
+            using var g = p.grad;
+            Assert.That(g is null || g.count_nonzero().item<long>() == 0, Is.True, "zero_grad left a nonzero gradient");
+        }
+        Harness.AssertUnchanged(before, ps, "parameter (zero_grad)");
+        // A step on the cleared gradients moves nothing.
+        fused.step();
+        Harness.AssertUnchanged(before, ps, "parameter (step after zero_grad)");
     }
 
-    internal static FusedSGD.State FusedState(FusedSGD opt, int index) => (FusedSGD.State)opt.state_dict().State[index];
-
-    internal static Tensor FusedBuffer(FusedSGD opt, int index) =>
-        FusedState(opt, index).momentum_buffer ?? throw new AssertionException($"FusedSGD has no momentum buffer for parameter {index}");
 }
 
 /// <summary>A model of many small tensors: the mean of <c>heads</c> Linear(8, 4) layers, each with a real gradient.</summary>

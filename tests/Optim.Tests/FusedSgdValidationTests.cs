@@ -80,12 +80,66 @@ public class FusedSgdValidationTests
     }
 
     [Test]
-    public void ParametersOnDifferentDevicesAreRejected()
+    public void AnUnsupportedDeviceAfterACpuParameterIsNamed()
     {
         var a = new Parameter(torch.ones(3));
         var b = new Parameter(torch.empty(3, device: torch.META));
         var ex = Assert.Throws<ArgumentException>(() => new FusedSGD(new[] { a, b }, 0.1));
-        Assert.That(ex!.Message, Does.Contain("parameter 1 of param group 0"));
+        Assert.That(ex!.Message, Does.Contain("parameter 1 of param group 0 is on device meta:-1; only CPU and CUDA tensors are supported"));
+    }
+
+    [Test]
+    public void TorchSharpCpuCannotMakeASecondSupportedDevice()
+    {
+        // Why the mixed-device checks below are driven with metadata: LibTorch has one CPU device (any
+        // index asked for gives index -1), other device types that TorchSharp-cpu can make (meta) are
+        // refused before devices are compared, and CUDA tensors need CUDA.
+        foreach (var index in new[] { 0, 1 })
+        {
+            using var t = torch.ones(3, device: new Device(DeviceType.CPU, index));
+            Assert.That((t.device_type, t.device_index), Is.EqualTo((DeviceType.CPU, -1)), $"cpu:{index}");
+        }
+        if (!torch.cuda.is_available())
+        {
+            Assert.That(() => torch.ones(3, device: new Device(DeviceType.CUDA, 0)), Throws.Exception);
+        }
+    }
+
+    private static TensorInfo Info(int deviceType, int deviceIndex, int numel = 3, ScalarType dtype = ScalarType.Float32) =>
+        new(Data: 64, Numel: numel, ScalarType: (int)dtype, DeviceType: deviceType, DeviceIndex: deviceIndex, Contiguous: true, Sparse: false);
+
+    private const int Cpu = TorchSharpNative.CpuDeviceType, Cuda = TorchSharpNative.CudaDeviceType;
+
+    // The mixed-device branch of TensorChecks, driven with the metadata a CUDA build of LibTorch reports
+    // (c10 device codes; see TorchSharpCpuCannotMakeASecondSupportedDevice for why not real tensors).
+    [TestCase(Cpu, -1, Cuda, 0, "parameter 2 of param group 1 is on cuda:0 but the optimizer's other parameters are on cpu")]
+    [TestCase(Cuda, 0, Cpu, -1, "parameter 2 of param group 1 is on cpu but the optimizer's other parameters are on cuda:0")]
+    [TestCase(Cuda, 0, Cuda, 1, "parameter 2 of param group 1 is on cuda:1 but the optimizer's other parameters are on cuda:0")]
+    public void ParametersOnDifferentDevicesAreRejected(int firstType, int firstIndex, int secondType, int secondIndex, string message)
+    {
+        var checks = new TensorChecks(nameof(FusedSGD));
+        checks.CheckParameter(Info(firstType, firstIndex), 0, 0);
+        checks.CheckParameter(Info(firstType, firstIndex), 1, 1);
+        var ex = Assert.Throws<ArgumentException>(() => checks.CheckParameter(Info(secondType, secondIndex), 1, 2));
+        Assert.That(ex!.Message, Does.StartWith("FusedSGD: " + message).And.Contain("must be on one device"));
+        // The first parameter's device stays the optimizer's.
+        Assert.That(checks.Device, Is.EqualTo(firstType == Cuda ? NativeDevice.Cuda : NativeDevice.Cpu));
+    }
+
+    [TestCase(Cpu, -1, Cuda, 0, "cuda:0", "cpu")]
+    [TestCase(Cuda, 1, Cuda, 0, "cuda:0", "cuda:1")]
+    public void AGradientOrStateOnAnotherDeviceIsRejected(int paramType, int paramIndex, int otherType, int otherIndex, string other, string param)
+    {
+        var checks = new TensorChecks(nameof(FusedSGD));
+        var p = Info(paramType, paramIndex);
+        checks.CheckParameter(p, 0, 0);
+        var ex = Assert.Throws<ArgumentException>(() => checks.CheckGradient(Info(otherType, otherIndex), p, 0, 0));
+        Assert.That(ex!.Message, Does.Contain($"parameter 0 of param group 0 has its gradient on {other} but is on {param}."));
+        ex = Assert.Throws<ArgumentException>(() => checks.CheckState(Info(otherType, otherIndex), p, 0, 0, "momentum buffer"));
+        Assert.That(ex!.Message, Does.Contain($"has a momentum buffer (Float32, {other}, 3 elements) that does not match it (Float32, {param}, 3 elements)"));
+        // The same metadata on the parameter's own device passes.
+        Assert.That(() => checks.CheckGradient(p, p, 0, 0), Throws.Nothing);
+        Assert.That(() => checks.CheckState(p, p, 0, 0, "momentum buffer"), Throws.Nothing);
     }
 
     [Test]
@@ -123,11 +177,11 @@ public class FusedSgdValidationTests
         Harness.Backward(model, x, y);
         breakIt(model, opt);
         var paramsBefore = Harness.Snapshot(model.parameters());
-        var buffersBefore = Enumerable.Range(0, ps.Count).Select(i => FusedSgdParityTests.FusedBuffer(opt, i).clone()).ToList();
+        var buffersBefore = Enumerable.Range(0, ps.Count).Select(i => Harness.FusedBuffer(opt, i).clone()).ToList();
         var ex = Assert.Throws(exceptionType ?? typeof(ArgumentException), () => opt.step());
         Assert.That(ex!.Message, Does.Contain(messageFragment));
         Harness.AssertUnchanged(paramsBefore, model.parameters().ToList(), "parameter");
-        Harness.AssertUnchanged(buffersBefore, Enumerable.Range(0, ps.Count).Select(i => FusedSgdParityTests.FusedBuffer(opt, i)).ToList(), "momentum buffer");
+        Harness.AssertUnchanged(buffersBefore, Enumerable.Range(0, ps.Count).Select(i => Harness.FusedBuffer(opt, i)).ToList(), "momentum buffer");
     }
 
     [Test]
@@ -180,7 +234,7 @@ public class FusedSgdValidationTests
         Assert.Throws<ArgumentException>(() => opt.step());
         for (int i = 0; i < 4; i++)
         {
-            Assert.That(FusedSgdParityTests.FusedState(opt, i).momentum_buffer, Is.Null);
+            Assert.That(Harness.FusedState(opt, i).momentum_buffer, Is.Null);
         }
     }
 }

@@ -218,7 +218,8 @@ public class GreedyLRTests
 
         using var b = Optimizer(0.1, 0.01);
         var sb = Make(b);
-        Trace(sb, b, metrics.Take(40).ToArray());
+        var firstHalf = Trace(sb, b, metrics.Take(40).ToArray());
+        Assert.That(firstHalf, Is.EqualTo(full.Take(40)), "the interrupted run must follow the uninterrupted one up to the save");
         var stream = new MemoryStream();
         sb.save_state_dict(new BinaryWriter(stream));
         var rates = b.ParamGroups.Select(g => g.LearningRate).ToArray();

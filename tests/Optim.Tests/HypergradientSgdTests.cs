@@ -2,13 +2,15 @@ using Optim.Interop;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
+using static TorchSharp.torch.optim;
 
 namespace Optim.Tests;
 
 /// <summary>
 /// HypergradientSGD: with hypergrad_lr = 0 every scope is TorchSharp's SGD; with hypergrad_lr &gt; 0 every
-/// scope and rule equals a naive TorchSharp-ops reference over 50 steps (parameters, buffers, rates);
-/// the sign test; thread-count independence; non-finite skips; bad input; save/load/continue.
+/// scope and rule equals a naive TorchSharp-ops reference over 50 steps (parameters, buffers, previous
+/// updates, rates); the sign test; non-finite skips; bad input. Many chunks and thread counts:
+/// LargeReferenceTests; resuming: ResumeTests.
 /// </summary>
 [TestFixture]
 public class HypergradientSgdTests
@@ -40,6 +42,13 @@ public class HypergradientSgdTests
             for (int i = 0; i < op.Count; i++)
             {
                 Harness.AssertClose(op[i], tp[i], $"step {step}, parameter {i}", 1e-5, 1e-6);
+                if (c.Momentum != 0)
+                {
+                    // TorchSharp accumulates +g when maximizing, PyTorch (and we) -g.
+                    var theirBuf = ((SGD.State)sgd.state_dict().State[i]).momentum_buffer;
+                    using var expected = c.Maximize ? theirBuf.neg() : theirBuf.clone();
+                    Harness.AssertClose(Harness.HdState(hd, i).momentum_buffer!, expected, $"step {step}, momentum buffer {i}", 1e-5, 1e-6);
+                }
             }
         }
         Assert.That(hd.TensorLearningRates(), Has.All.EqualTo(0.05).Within(1e-8), "with hypergrad_lr = 0 no rate may move");
@@ -85,69 +94,28 @@ public class HypergradientSgdTests
             new HypergradientSGD.ParamGroup(Fc(on, "fc1"), lr: 0.05),
             new HypergradientSGD.ParamGroup(Fc(on, "fc2"), lr: 0.02, momentum: 0, dampening: 0, weight_decay: 0, nesterov: false),
         }, 0.05, beta, scope, momentum, dampening, wd, nesterov, maximize, rule, lr_min: 1e-4, lr_max: 0.5);
-        using var reference = new ReferenceHd(scope, rule, beta, 1e-4, 0.5);
+        using var reference = new ReferenceHd(scope, rule, beta, 1e-4, 0.5, rtol: 2e-5, atol: 2e-6);
         reference.AddGroup(Fc(rn, "fc1"), 0.05, momentum, dampening, wd, nesterov, maximize);
         reference.AddGroup(Fc(rn, "fc2"), scope == HypergradientScope.Global ? 0.05 : 0.02, 0, 0, 0, false, maximize);
         var op = ours.parameters().ToList();
         var rp = refModel.parameters().ToList();
         bool moved = false;
+        long adopted = 0, elements = op.Sum(p => p.numel());
         for (int step = 1; step <= Steps; step++)
         {
-            // Real gradients, computed once and given to both, so that each step is compared on the same
-            // input (the per-parameter normalized rule moves by ±β with the sign of g·u, which a rounding
-            // difference in a recomputed gradient could flip where g·u is near zero).
+            // Real gradients, computed once and given to both, so that each step is compared on the same input.
             Harness.Backward(ours, x, y, loss);
-            for (int i = 0; i < op.Count; i++)
-            {
-                using var g = op[i].grad!;
-                rp[i].grad = g.clone();
-            }
+            Harness.CopyGradients(op, rp);
             hd.step();
             reference.Step();
-            for (int i = 0; i < op.Count; i++)
-            {
-                Harness.AssertClose(op[i], rp[i], $"step {step}, parameter {i}", 2e-5, 2e-6);
-                var ourState = (HypergradientSGD.State)hd.state_dict().State[i];
-                if (ourState.momentum_buffer is not null)
-                {
-                    Harness.AssertClose(ourState.momentum_buffer, reference.Buffer(rp[i])!, $"step {step}, momentum buffer {i}", 2e-5, 2e-6);
-                }
-                switch (scope)
-                {
-                    case HypergradientScope.PerTensor:
-                        Assert.That(ourState.tensor_rate, Is.EqualTo(reference.TensorRate(rp[i])).Within(1e-4).Percent, $"step {step}, rate of tensor {i}");
-                        moved |= ourState.tensor_rate != 0.05 && ourState.tensor_rate != 0.02;
-                        break;
-                    case HypergradientScope.PerParameter:
-                        Harness.AssertClose(ourState.parameter_rates!, reference.ParameterRates(rp[i]), $"step {step}, rates of parameter {i}", 1e-5, 1e-8);
-                        moved |= !Harness.Same(ourState.parameter_rates!, torch.full_like(ourState.parameter_rates!, 0.05)) &&
-                            !Harness.Same(ourState.parameter_rates!, torch.full_like(ourState.parameter_rates!, 0.02));
-                        break;
-                }
-            }
-            if (scope == HypergradientScope.PerParameter && rule == HypergradientRule.Normalized)
-            {
-                // This rule moves each rate by a factor 1 + β·h/(|h| + ε) with h = g̃·u_prev: where
-                // g̃ = g + λθ cancels to within rounding, one ulp of drift in θ between two correct
-                // implementations (LibTorch's kernels may fuse multiply-adds, ours do not) flips the sign
-                // of h and the rates part by up to 2β. So each step starts the reference from our state:
-                // every one of the steps is still compared, one transition at a time, on a real trajectory.
-                for (int i = 0; i < op.Count; i++)
-                {
-                    var s = (HypergradientSGD.State)hd.state_dict().State[i];
-                    reference.StartFrom(rp[i], op[i], s.momentum_buffer, s.prev_update, s.parameter_rates);
-                }
-            }
-            if (scope is HypergradientScope.Global or HypergradientScope.PerGroup)
-            {
-                var groups = hd.ParamGroups.ToList();
-                for (int g = 0; g < 2; g++)
-                {
-                    Assert.That(groups[g].LearningRate, Is.EqualTo(reference.GroupRate(g)).Within(1e-4).Percent, $"step {step}, rate of group {g}");
-                }
-                moved |= groups[0].LearningRate != 0.05;
-            }
+            // Every state piece, the reference running on its own state throughout (but for the elements
+            // of the per-parameter normalized rule whose sign of h was undetermined: see ReferenceHd).
+            adopted += reference.AssertMatches(hd, op, rp, $"step {step}");
+            moved |= hd.TensorLearningRates().Any(r => r != 0.05 && r != 0.02);
         }
+        // An undetermined sign is rare: adopting more than a few elements would hide a wrong rule.
+        Assert.That(adopted, Is.LessThanOrEqualTo(elements * Steps / 1000), $"{adopted} elements adopted from our state");
+        TestContext.Out.WriteLine($"elements adopted from our state (undetermined sign of h): {adopted} of {elements * Steps} element-steps");
         Assert.That(moved, Is.True, "the rates never moved: the test would not see a wrong hypergradient");
     }
 
@@ -174,43 +142,6 @@ public class HypergradientSgdTests
         }
         Assert.That(Run(1e-3, 5), Is.GreaterThan(1e-3), "a tiny rate must grow");
         Assert.That(Run(2.5, 3), Is.LessThan(2.5), "a rate far too large must shrink");
-    }
-
-    [TestCase(HypergradientScope.Global)]
-    [TestCase(HypergradientScope.PerTensor)]
-    [TestCase(HypergradientScope.PerParameter)]
-    [NonParallelizable]
-    public void OneAndTwoThreadsGiveBitwiseIdenticalResults(HypergradientScope scope)
-    {
-        List<Tensor> Train(int threads)
-        {
-            OptimNative.NumThreads = threads;
-            try
-            {
-                torch.manual_seed(70);
-                using var model = nn.Sequential(("a", nn.Linear(64, 1024)), ("t", nn.Tanh()), ("b", nn.Linear(1024, 512)));
-                var (x, y) = Harness.Data(71, inputs: 64, outputs: 512, rows: 16);
-                using var opt = new HypergradientSGD(model.parameters(), 0.05, 1e-3, scope, momentum: 0.9, rule: HypergradientRule.Normalized);
-                for (int i = 0; i < 5; i++)
-                {
-                    Harness.Backward(model, x, y);
-                    opt.step();
-                }
-                var result = model.parameters().Select(p => p.detach().clone()).ToList();
-                result.Add(torch.tensor(opt.TensorLearningRates().ToArray()));
-                return result;
-            }
-            finally
-            {
-                OptimNative.NumThreads = 0;
-            }
-        }
-        var one = Train(1);
-        var two = Train(2);
-        for (int i = 0; i < one.Count; i++)
-        {
-            Assert.That(Harness.Same(two[i], one[i]), Is.True, $"tensor {i} differs between 1 and 2 threads");
-        }
     }
 
     [TestCase(HypergradientScope.Global)]
@@ -330,59 +261,6 @@ public class HypergradientSgdTests
         Harness.AssertUnchanged(before, model.parameters().ToList(), "parameter");
         Assert.That(opt.TensorLearningRates(), Is.EqualTo(rates));
         Assert.That(opt.Steps, Is.EqualTo(1));
-    }
-
-    [TestCase(HypergradientScope.Global)]
-    [TestCase(HypergradientScope.PerGroup)]
-    [TestCase(HypergradientScope.PerTensor)]
-    [TestCase(HypergradientScope.PerParameter)]
-    public void SaveLoadContinueEqualsAnUninterruptedRun(HypergradientScope scope)
-    {
-        var (x, y) = Harness.Data(77);
-        HypergradientSGD Make(Sequential m) => new(m.parameters(), 0.05, 1e-3, scope, momentum: 0.9, nesterov: true, rule: HypergradientRule.Normalized);
-        using var a = Harness.Mlp(76);
-        using var optA = Make(a);
-        for (int i = 0; i < 30; i++)
-        {
-            Harness.Backward(a, x, y);
-            optA.step();
-        }
-        using var b = Harness.Mlp(76);
-        using var optB = Make(b);
-        for (int i = 0; i < 12; i++)
-        {
-            Harness.Backward(b, x, y);
-            optB.step();
-        }
-        var stream = new MemoryStream();
-        optB.save_state_dict(new BinaryWriter(stream));
-        using var c = Harness.Mlp(999);
-        using (torch.no_grad())
-        {
-            foreach (var (p, q) in c.parameters().Zip(b.parameters()))
-            {
-                p.copy_(q);
-            }
-        }
-        using var optC = Make(c);
-        stream.Position = 0;
-        using (var scopeD = torch.NewDisposeScope())
-        {
-            optC.load_state_dict(new BinaryReader(stream));
-        }
-        for (int i = 12; i < 30; i++)
-        {
-            Harness.Backward(c, x, y);
-            optC.step();
-        }
-        Assert.That(optC.Steps, Is.EqualTo(30));
-        var pa = a.parameters().ToList();
-        var pc = c.parameters().ToList();
-        for (int i = 0; i < pa.Count; i++)
-        {
-            Assert.That(Harness.Same(pc[i], pa[i]), Is.True, $"parameter {i} differs from the uninterrupted run");
-        }
-        Assert.That(optC.TensorLearningRates(), Is.EqualTo(optA.TensorLearningRates()));
     }
 
     [Test]
