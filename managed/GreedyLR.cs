@@ -259,12 +259,7 @@ public sealed class GreedyLR : lr_scheduler.LRScheduler
 
     // ---- The device-resident state (CUDA) ----------------------------------------------------------
 
-    private Tensor? _dState;   // the GreedyLRCounters bytes
-    private Tensor? _dArrays;  // rates | initial | min_lr | max_lr | window, float64
-    private Tensor? _dRates;   // a view of the rates, read by the fused optimizer's kernels
-    private FusedSGD? _boundOptimizer;
-
-    private bool OnDevice => _dState is not null;
+    private GreedyLRDeviceState? _device;
 
     // Param groups added after the scheduler was created have no state here: refused on both paths.
     private void CheckGroupCount(int groups)
@@ -282,66 +277,36 @@ public sealed class GreedyLR : lr_scheduler.LRScheduler
         {
             throw new ArgumentException($"GreedyLR: a CUDA metric must be float32 or float64, not {metric.dtype}.", nameof(metric));
         }
-        if (!OnDevice)
+        if (_device is null)
         {
-            PushToDevice(metric.device, fused);
+            var groups = _optimizer.ParamGroups.ToList();
+            for (int i = 0; i < groups.Count; i++)
+            {
+                _rates[i] = groups[i].LearningRate;
+            }
+            _device = GreedyLRDeviceState.Push(metric.device, fused, _counters, _rates, _initial, _minLr, _maxLr, _window);
         }
-        var device = _dState!.device;
-        if (metric.device_index != device.index)
+        if (metric.device_index != _device.Device.index)
         {
-            throw new ArgumentException($"GreedyLR: the metric is on cuda:{metric.device_index} but the scheduler's state is on cuda:{device.index}.", nameof(metric));
+            throw new ArgumentException($"GreedyLR: the metric is on cuda:{metric.device_index} but the scheduler's state is on cuda:{_device.Device.index}.", nameof(metric));
         }
-        using var m = metric.contiguous();
-        int g = _config.Groups;
-        nint arrays = TorchSharpNative.DataPointer(_dArrays!.Handle);
-        GreedyLRNative.StepOnDevice(device.index, _config, TorchSharpNative.DataPointer(_dState.Handle),
-            arrays, arrays + g * sizeof(double), arrays + 2 * g * sizeof(double), arrays + 3 * g * sizeof(double), arrays + 4 * g * sizeof(double),
-            TorchSharpNative.DataPointer(m.Handle), m.dtype == ScalarType.Float64 ? NativeDType.Float64 : NativeDType.Float32);
+        _device.Step(_config, metric);
         _step_count++;
-    }
-
-    private unsafe void PushToDevice(Device device, FusedSGD fused)
-    {
-        var groups = _optimizer.ParamGroups.ToList();
-        for (int i = 0; i < groups.Count; i++)
-        {
-            _rates[i] = groups[i].LearningRate;
-        }
-        var counters = _counters;
-        var bytes = new byte[sizeof(GreedyLRCounters)];
-        fixed (byte* b = bytes)
-        {
-            *(GreedyLRCounters*)b = counters;
-        }
-        var host = _rates.Concat(_initial).Concat(_minLr).Concat(_maxLr).Concat(_window).ToArray();
-        _dState = torch.tensor(bytes).to(device).DetachFromDisposeScope();
-        _dArrays = torch.tensor(host, ScalarType.Float64).to(device).DetachFromDisposeScope();
-        _dRates = _dArrays.narrow(0, 0, _config.Groups).DetachFromDisposeScope();
-        fused.BindDeviceLearningRates(_dRates);
-        _boundOptimizer = fused;
     }
 
     // Copies the device state back (a synchronization), refreshes the param groups, and leaves the
     // device path: the next CUDA step pushes the state again.
-    private unsafe void PullFromDevice()
+    private void PullFromDevice()
     {
-        if (!OnDevice)
+        if (_device is null)
         {
             return;
         }
-        using var state = _dState!.cpu();
-        using var arrays = _dArrays!.cpu();
-        var bytes = state.data<byte>().ToArray();
-        fixed (byte* b = bytes)
-        {
-            _counters = *(GreedyLRCounters*)b;
-        }
-        var all = arrays.data<double>().ToArray();
-        int g = _config.Groups;
-        _rates = all[..g];
-        _window = all[(4 * g)..];
+        (_counters, _rates, _window) = _device.Pull();
+        _device.Dispose();
+        _device = null;
         var groups = _optimizer.ParamGroups.ToList();
-        for (int i = 0; i < g; i++)
+        for (int i = 0; i < _rates.Length; i++)
         {
             groups[i].LearningRate = _rates[i];
             if (_baseLastLrs is not null && i < _baseLastLrs.Count)
@@ -349,14 +314,6 @@ public sealed class GreedyLR : lr_scheduler.LRScheduler
                 _baseLastLrs[i] = _rates[i];
             }
         }
-        _boundOptimizer?.BindDeviceLearningRates(null);
-        _boundOptimizer = null;
-        _dRates?.Dispose();
-        _dState.Dispose();
-        _dArrays.Dispose();
-        _dRates = null;
-        _dState = null;
-        _dArrays = null;
     }
 
     /// <summary>

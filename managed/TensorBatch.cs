@@ -4,55 +4,46 @@ using TorchSharp.Modules;
 namespace Optim;
 
 /// <summary>
-/// The per-step scratch of a fused optimizer: data pointers, element counts and fresh-buffer flags of
-/// every tensor that has a gradient, grouped by param group, in arrays reused from step to step (a warm
-/// step allocates nothing). Owns the gradient handles it was given until <see cref="Release"/>.
+/// The per-step scratch of a fused optimizer: for every tensor of the step, in param-group order, its
+/// data pointers (parameter, gradient and the state arrays the optimizer uses), element count, param
+/// group and first-step flag, in arrays reused from step to step (a warm step allocates nothing).
+/// Owns the gradient handles it was given until <see cref="Release"/>.
 /// </summary>
 internal sealed class TensorBatch<TState> where TState : class
 {
     public nint[] Params = new nint[16];
     public nint[] Grads = new nint[16];
+    /// <summary>Momentum buffers (0 where there is none).</summary>
     public nint[] Buffers = new nint[16];
+    /// <summary>Previous update directions (hypergradient descent without heavy-ball momentum).</summary>
+    public nint[] PrevUpdates = new nint[16];
+    /// <summary>Per-element rates (hypergradient descent, per-parameter scope).</summary>
+    public nint[] Rates = new nint[16];
     public long[] Numels = new long[16];
     public byte[] Fresh = new byte[16];
     public int[] GroupIndex = new int[16];
+    public bool[] HasGradient = new bool[16];
     public Parameter[] ParamTensors = new Parameter[16];
     public TState[] States = new TState[16];
     private nint[] _gradHandles = new nint[16];
     private int _gradCount;
-    private int _currentGroup;
-    private int[] _groupStart = new int[4];
-    private int _groups;
+    private int _group;
 
     public int Count { get; private set; }
 
     /// <summary>The tensors the step writes in place (parameters and existing state), for their version bumps.</summary>
     public WrittenTensors Written { get; } = new();
 
-    public void Reset(int groups)
+    public void Reset()
     {
         Count = 0;
         _gradCount = 0;
+        _group = 0;
         Written.Clear();
-        if (_groupStart.Length < groups + 1)
-        {
-            _groupStart = new int[groups + 1];
-        }
-        _groups = groups;
-        Array.Clear(_groupStart, 0, groups + 1);
     }
 
     /// <summary>Starts a group; groups are begun in order, each before its tensors are added.</summary>
-    public void BeginGroup(int group)
-    {
-        _currentGroup = group;
-        for (int g = group; g <= _groups; g++)
-        {
-            _groupStart[g] = Count;
-        }
-    }
-
-    public (int Start, int Count) Group(int group) => (_groupStart[group], _groupStart[group + 1] - _groupStart[group]);
+    public void BeginGroup(int group) => _group = group;
 
     /// <summary>Takes ownership of a gradient handle (released by <see cref="Release"/>).</summary>
     public void OwnGradientHandle(nint handle)
@@ -64,22 +55,35 @@ internal sealed class TensorBatch<TState> where TState : class
         _gradHandles[_gradCount++] = handle;
     }
 
-    public void Add(Parameter param, in TensorInfo p, in TensorInfo grad, nint buffer, TState state, bool fresh)
+    /// <summary>Adds a parameter with its gradient; the state arrays start at 0. Returns its entry.</summary>
+    public int Add(Parameter param, in TensorInfo p, in TensorInfo grad, TState state)
+    {
+        int k = Next(param, state);
+        Params[k] = p.Data;
+        Grads[k] = grad.Data;
+        Numels[k] = p.Numel;
+        HasGradient[k] = true;
+        return k;
+    }
+
+    /// <summary>Adds a parameter without a gradient as an empty entry (no element is touched).</summary>
+    public int AddWithoutGradient(Parameter param, TState state) => Next(param, state);
+
+    private int Next(Parameter param, TState state)
     {
         if (Count == Params.Length)
         {
             Grow();
         }
         int k = Count++;
-        Params[k] = p.Data;
-        Grads[k] = grad.Data;
-        Buffers[k] = buffer;
-        Numels[k] = p.Numel;
-        Fresh[k] = fresh ? (byte)1 : (byte)0;
-        GroupIndex[k] = _currentGroup;
+        Params[k] = Grads[k] = Buffers[k] = PrevUpdates[k] = Rates[k] = 0;
+        Numels[k] = 0;
+        Fresh[k] = 0;
+        HasGradient[k] = false;
+        GroupIndex[k] = _group;
         ParamTensors[k] = param;
         States[k] = state;
-        _groupStart[_groups] = Count; // the end of the last group
+        return k;
     }
 
     private void Grow()
@@ -88,9 +92,12 @@ internal sealed class TensorBatch<TState> where TState : class
         Array.Resize(ref Params, n);
         Array.Resize(ref Grads, n);
         Array.Resize(ref Buffers, n);
+        Array.Resize(ref PrevUpdates, n);
+        Array.Resize(ref Rates, n);
         Array.Resize(ref Numels, n);
         Array.Resize(ref Fresh, n);
         Array.Resize(ref GroupIndex, n);
+        Array.Resize(ref HasGradient, n);
         Array.Resize(ref ParamTensors, n);
         Array.Resize(ref States, n);
     }

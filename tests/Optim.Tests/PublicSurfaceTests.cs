@@ -15,6 +15,7 @@ public class PublicSurfaceTests
         var exported = typeof(FusedSGD).Assembly.GetExportedTypes().Select(t => t.FullName).Order(StringComparer.Ordinal).ToArray();
         Assert.That(exported, Is.EqualTo(new[]
         {
+            "Optim.FusedOptimizer`2",
             "Optim.FusedSGD",
             "Optim.FusedSGD+Options",
             "Optim.FusedSGD+ParamGroup",

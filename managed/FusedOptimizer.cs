@@ -1,0 +1,277 @@
+using Optim.Interop;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Optim;
+
+/// <summary>
+/// What Optim's fused optimizers share: param groups whose unset options take the optimizer's defaults,
+/// the closure step, the checks and pointer gather of every parameter before anything is written, the
+/// state tensors created on a parameter's first step and their rollback when the step does not happen,
+/// the autograd version bumps, all-or-nothing loading and disposal. A derived optimizer supplies only
+/// what is its own: its options, its per-parameter state, and its native step. It is derived only
+/// inside Optim (its constructor is not public).
+/// </summary>
+/// <typeparam name="TOptions">The optimizer's per-group options.</typeparam>
+/// <typeparam name="TState">The optimizer's per-parameter state.</typeparam>
+public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper
+    where TOptions : OptimizerOptions, new()
+    where TState : OptimizerState, IDisposable
+{
+    private readonly List<(Tensor Tensor, Action Undo)> _created = new();
+
+    private protected FusedOptimizer()
+    {
+    }
+
+    /// <summary>This step's tensors: pointers, sizes, groups and states, in param-group order.</summary>
+    private protected TensorBatch<TState> Batch { get; } = new();
+
+    /// <summary>The optimizer's name in messages.</summary>
+    private protected abstract string Name { get; }
+
+    /// <summary>Whether parameters without a gradient take part in a step as empty entries (keeping per-tensor slots fixed).</summary>
+    private protected virtual bool KeepsParametersWithoutGradients => false;
+
+    /// <summary>Sets the defaults and adds the groups, each checked by <see cref="add_param_group"/>.</summary>
+    private protected void Initialize(TOptions defaults, IEnumerable<TorchSharp.Modules.ParamGroup> groups)
+    {
+        ArgumentNullException.ThrowIfNull(groups);
+        OptimNative.EnsureLoaded();
+        _defaults = defaults;
+        _parameter_groups = new List<TorchSharp.Modules.ParamGroup>();
+        foreach (var group in groups)
+        {
+            add_param_group(group);
+        }
+    }
+
+    /// <summary>
+    /// Performs one step over every param group. Every tensor and option is checked first; if a check
+    /// fails, an exception names the problem and no parameter or state has changed.
+    /// </summary>
+    /// <param name="closure">Optional: re-evaluates the model and returns the loss.</param>
+    /// <returns>The closure's loss, or null.</returns>
+    public override Tensor step(Func<Tensor>? closure = null)
+    {
+        Tensor? loss = null;
+        if (closure is not null)
+        {
+            using (torch.enable_grad())
+            {
+                loss = closure();
+            }
+        }
+        var batch = Batch;
+        try
+        {
+            var checks = Gather();
+            if (checks.Empty)
+            {
+                return loss!;
+            }
+            PrepareStep(checks);
+            try
+            {
+                CreateMissingState(checks);
+                batch.Written.BumpVersions();
+                NativeStep(checks);
+            }
+            catch
+            {
+                UndoCreatedState();
+                throw;
+            }
+            finally
+            {
+                _created.Clear();
+            }
+        }
+        finally
+        {
+            batch.Release();
+        }
+        return loss!;
+    }
+
+    /// <summary>Checks a group's options before a step (the options may have been changed since it was added).</summary>
+    private protected abstract void CheckGroupOptions(TOptions options, int group);
+
+    /// <summary>Gathers what the step needs of one parameter's state into entry <paramref name="k"/> of <see cref="Batch"/>, checking each state tensor.</summary>
+    private protected abstract void GatherState(int k, ref TensorChecks checks, in TensorInfo parameter, TState state, TOptions options, int group, int index);
+
+    /// <summary>Everything the native call needs that may still fail (nothing is written yet).</summary>
+    private protected virtual void PrepareStep(in TensorChecks checks)
+    {
+    }
+
+    /// <summary>Creates the state tensors of parameters on their first step, each through <see cref="Created"/>.</summary>
+    private protected abstract void CreateMissingState(in TensorChecks checks);
+
+    /// <summary>The native step over <see cref="Batch"/>.</summary>
+    private protected abstract void NativeStep(in TensorChecks checks);
+
+    /// <summary>Takes a state tensor made for this step; if the step does not happen, <paramref name="undo"/> runs and the tensor is freed.</summary>
+    private protected Tensor Created(Tensor tensor, Action undo)
+    {
+        tensor.DetachFromDisposeScope();
+        _created.Add((tensor, undo));
+        return tensor;
+    }
+
+    /// <summary>Undoes the state tensors made for this step (a failed or skipped step): the next step starts them afresh.</summary>
+    private protected void UndoCreatedState()
+    {
+        foreach (var (tensor, undo) in _created)
+        {
+            undo();
+            tensor.Dispose();
+        }
+        _created.Clear();
+    }
+
+    // Checks every parameter of every group and gathers its pointers into the batch; writes nothing.
+    private TensorChecks Gather()
+    {
+        var batch = Batch;
+        batch.Reset();
+        var checks = new TensorChecks(Name);
+        // Index loops: _parameter_groups is an IList, and foreach over it allocates an enumerator.
+        for (int gi = 0; gi < _parameter_groups.Count; gi++)
+        {
+            var group = _parameter_groups[gi];
+            var options = (TOptions)group.Options;
+            CheckGroupOptions(options, gi);
+            batch.BeginGroup(gi);
+            var list = ParametersOf(group);
+            for (int i = 0; i < list.Count; i++)
+            {
+                var p = list[i];
+                checks.CheckAlive(p, gi, i);
+                nint handle = p.Handle;
+                var state = (TState)_state[handle];
+                nint gradHandle = TorchSharpNative.GradientHandle(handle);
+                if (gradHandle == 0)
+                {
+                    if (KeepsParametersWithoutGradients)
+                    {
+                        batch.AddWithoutGradient(p, state);
+                    }
+                    continue;
+                }
+                batch.OwnGradientHandle(gradHandle);
+                var pi = TorchSharpNative.Describe(handle);
+                var gInfo = TorchSharpNative.Describe(gradHandle);
+                checks.CheckParameter(pi, gi, i);
+                checks.CheckGradient(gInfo, pi, gi, i);
+                batch.Written.Add(handle);
+                int k = batch.Add(p, pi, gInfo, state);
+                GatherState(k, ref checks, pi, state, options, gi, i);
+            }
+        }
+        return checks;
+    }
+
+    /// <summary>
+    /// Adds a param group. Options it leaves unset take the optimizer's defaults; the group's options and
+    /// tensors are checked before anything changes.
+    /// </summary>
+    /// <exception cref="ArgumentException">Invalid options, an unsupported tensor, or a parameter that is already optimized.</exception>
+    public override void add_param_group(TorchSharp.Modules.ParamGroup param_group)
+    {
+        ArgumentNullException.ThrowIfNull(param_group);
+        if (param_group.Parameters is null)
+        {
+            throw new ArgumentException("The param group has no Parameters.", nameof(param_group));
+        }
+        if (param_group.Options is not null and not TOptions)
+        {
+            throw new ArgumentException($"A {Name} param group needs {Name}.Options, not {param_group.Options.GetType().Name}.", nameof(param_group));
+        }
+        var options = (TOptions?)param_group.Options ?? new TOptions();
+        int index = _parameter_groups.Count;
+        var completeOptions = PrepareGroupOptions(options, index);
+        var parameters = param_group.Parameters.ToList();
+        TensorChecks.CheckNewGroup(Name, parameters, index, _state.ContainsKey, _parameter_groups.SelectMany(g => g.Parameters).FirstOrDefault());
+        // Every check passed: now change the group and the optimizer.
+        completeOptions();
+        param_group.Options = options;
+        param_group.Parameters = parameters;
+        _parameter_groups.Add(param_group);
+        foreach (var p in parameters)
+        {
+            _state[p.Handle] = CreateState(p, options);
+        }
+    }
+
+    /// <summary>Checks a new group's options with the defaults filled in; returns the action that fills them in (which cannot fail).</summary>
+    private protected abstract Action PrepareGroupOptions(TOptions given, int group);
+
+    /// <summary>The state of a parameter of a new group.</summary>
+    private protected abstract TState CreateState(Parameter parameter, TOptions options);
+
+    /// <summary>A group's parameters as <see cref="add_param_group"/> stored them (re-listed once if the caller replaced them).</summary>
+    private protected static List<Parameter> ParametersOf(TorchSharp.Modules.ParamGroup group)
+    {
+        if (group.Parameters is not List<Parameter> list)
+        {
+            list = group.Parameters.ToList();
+            group.Parameters = list;
+        }
+        return list;
+    }
+
+    /// <summary>Every parameter, in param-group order.</summary>
+    private protected IEnumerable<Parameter> AllParameters() => _parameter_groups.SelectMany(g => ParametersOf(g));
+
+    /// <summary>
+    /// Restores the state written by <c>save_state_dict</c>, all or nothing: every param group's options
+    /// and every parameter's state are read and checked before anything changes.
+    /// </summary>
+    /// <exception cref="InvalidDataException">Not a valid state of this optimizer for these param groups
+    /// (truncated, corrupt, another optimizer's, or other shapes); the optimizer is unchanged.</exception>
+    /// <remarks>Load through the optimizer's own type: TorchSharp's <c>OptimizerHelper.load_state_dict</c>,
+    /// which is not virtual, applies the groups and parameters one at a time.</remarks>
+    public new void load_state_dict(BinaryReader reader)
+    {
+        StateLoad.Load(this, reader, _parameter_groups, _state);
+        AfterLoad();
+    }
+
+    /// <summary>Restores the state from a file written by <c>save_state_dict</c>, all or nothing.</summary>
+    /// <exception cref="InvalidDataException">Not a valid state of this optimizer; the optimizer is unchanged.</exception>
+    public new void load_state_dict(string location)
+    {
+        using var stream = File.OpenRead(location);
+        using var reader = new BinaryReader(stream);
+        load_state_dict(reader);
+    }
+
+    /// <summary>Copies the state of another optimizer of this type over the same parameters, all or nothing.</summary>
+    /// <exception cref="ArgumentException">The dictionary does not fit; the optimizer is unchanged.</exception>
+    public override void load_state_dict(StateDictionary state_dict)
+    {
+        StateLoad.Copy(this, state_dict, this.state_dict());
+        AfterLoad();
+    }
+
+    /// <summary>Adopts what a load restored beyond the options and states (counters, device copies).</summary>
+    private protected virtual void AfterLoad()
+    {
+    }
+
+    /// <inheritdoc/>
+    protected override void Dispose(bool disposing)
+    {
+        base.Dispose(disposing);
+        if (disposing)
+        {
+            foreach (var (_, state) in _state)
+            {
+                (state as TState)?.Dispose();
+            }
+            _state.Clear();
+        }
+    }
+}

@@ -1,0 +1,228 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.optim;
+
+namespace Optim;
+
+// HypergradientSGD's per-parameter state, per-group options (with the step counters) and param group.
+public partial class HypergradientSGD
+{
+    /// <summary>Per-parameter state.</summary>
+    public sealed class State : OptimizerState, IDisposable, IStagedLoad
+    {
+        /// <summary>The scope of the optimizer this state belongs to (what a loaded state must hold).</summary>
+        internal HypergradientScope Scope { get; init; }
+
+        /// <summary>The momentum buffer (heavy-ball momentum: also the previous update direction).</summary>
+        public Tensor? momentum_buffer;
+        /// <summary>The previous update direction, kept when there is no momentum or with Nesterov.</summary>
+        public Tensor? prev_update;
+        /// <summary>The per-parameter scope's rates, shaped like the parameter.</summary>
+        public Tensor? parameter_rates;
+        /// <summary>The per-tensor scope's rate of this tensor.</summary>
+        public double tensor_rate;
+
+        /// <summary>Creates the state of one parameter.</summary>
+        public State(Parameter parameter) : base(parameter)
+        {
+        }
+
+        /// <summary>Disposes the tensors.</summary>
+        public void Dispose()
+        {
+            momentum_buffer?.Dispose();
+            prev_update?.Dispose();
+            parameter_rates?.Dispose();
+            momentum_buffer = prev_update = parameter_rates = null;
+        }
+
+        /// <summary>Moves the tensors to <paramref name="device"/>.</summary>
+        public override void to(Device device)
+        {
+            momentum_buffer = Move(momentum_buffer, device);
+            prev_update = Move(prev_update, device);
+            parameter_rates = Move(parameter_rates, device);
+        }
+
+        private static Tensor? Move(Tensor? t, Device device)
+        {
+            if (t is null)
+            {
+                return null;
+            }
+            var moved = t.to(device).DetachFromDisposeScope();
+            if (!ReferenceEquals(moved, t))
+            {
+                t.Dispose();
+            }
+            return moved;
+        }
+
+        /// <summary>Reads the state written by <see cref="SaveStateDict(BinaryWriter)"/>; nothing changes if it is invalid.</summary>
+        /// <exception cref="InvalidDataException">A tensor does not fit the parameter, a rate is invalid, or the data ends early.</exception>
+        public override void LoadStateDict(BinaryReader reader)
+        {
+            using var r = new StateReader(reader, nameof(HypergradientSGD)) { Part = "parameter state" };
+            var apply = ReadStaged(r);
+            r.Staged.Commit();
+            apply();
+        }
+
+        Action IStagedLoad.ReadStaged(StateReader reader) => ReadStaged(reader);
+
+        Action IStagedLoad.CopyStaged(object source, Staging staging) => CopyStaged(source, staging);
+
+        private Action ReadStaged(StateReader r)
+        {
+            var b = r.ReadOptionalTensor("momentum buffer", _parameter);
+            var u = r.ReadOptionalTensor("previous update", _parameter);
+            var rates = r.ReadOptionalTensor("per-parameter rates", _parameter);
+            double rate = r.ReadNonNegative("per-tensor rate");
+            CheckRates(rates, r.Invalid);
+            if (rates is not null)
+            {
+                r.RequireNonNegative(rates, "per-parameter rates");
+            }
+            return () => Replace(b, u, rates, rate);
+        }
+
+        private Action CopyStaged(object source, Staging staging)
+        {
+            if (source is not State o)
+            {
+                throw new ArgumentException($"Expected a HypergradientSGD.State, got {source?.GetType().Name ?? "null"}.", nameof(source));
+            }
+            const string owner = nameof(HypergradientSGD);
+            var b = StateLoad.CopyTensor(o.momentum_buffer, _parameter, staging, owner, "momentum buffer");
+            var u = StateLoad.CopyTensor(o.prev_update, _parameter, staging, owner, "previous update");
+            var rates = StateLoad.CopyTensor(o.parameter_rates, _parameter, staging, owner, "per-parameter rates");
+            if (!double.IsFinite(o.tensor_rate) || o.tensor_rate < 0)
+            {
+                throw new ArgumentException($"{owner}: the source's per-tensor rate {o.tensor_rate} is invalid.", nameof(source));
+            }
+            CheckRates(rates, m => new ArgumentException($"{owner}: {m}", nameof(source)));
+            double rate = o.tensor_rate;
+            return () => Replace(b, u, rates, rate);
+        }
+
+        // The per-parameter scope needs a rate tensor; the other scopes have none.
+        private void CheckRates<TException>(Tensor? rates, Func<string, TException> fail) where TException : Exception
+        {
+            if (Scope == HypergradientScope.PerParameter && rates is null)
+            {
+                throw fail("the per-parameter scope needs per-parameter rates, and the state has none.");
+            }
+            if (Scope != HypergradientScope.PerParameter && rates is not null)
+            {
+                throw fail($"the state has per-parameter rates, but this optimizer's scope is {Scope}.");
+            }
+        }
+
+        private void Replace(Tensor? b, Tensor? u, Tensor? rates, double rate)
+        {
+            Dispose();
+            (momentum_buffer, prev_update, parameter_rates, tensor_rate) = (b, u, rates, rate);
+        }
+
+        /// <summary>Writes the buffers, the rates and the per-tensor rate.</summary>
+        public override void SaveStateDict(BinaryWriter writer)
+        {
+            SaveConditionalStateTensor(writer, momentum_buffer!);
+            SaveConditionalStateTensor(writer, prev_update!);
+            SaveConditionalStateTensor(writer, parameter_rates!);
+            writer.Write(tensor_rate);
+        }
+
+        /// <summary>Copies another <see cref="State"/>; nothing changes if it does not fit the parameter.</summary>
+        public override void LoadStateDict(OptimizerState source)
+        {
+            using var staging = new Staging();
+            var apply = CopyStaged(source, staging);
+            staging.Commit();
+            apply();
+        }
+
+        /// <summary>Approximate equality of every tensor and the per-tensor rate.</summary>
+        public override bool ApproximatelyEquals(OptimizerState other)
+        {
+            static bool Eq(Tensor? a, Tensor? b) => a is null ? b is null : b is not null && a.allclose(b);
+            return other is State o && Eq(momentum_buffer, o.momentum_buffer) && Eq(prev_update, o.prev_update) &&
+                Eq(parameter_rates, o.parameter_rates) && tensor_rate == o.tensor_rate;
+        }
+
+        /// <summary>Clears the buffers (the rates are kept).</summary>
+        public override void Initialize(OptimizerOptions options)
+        {
+            momentum_buffer?.Dispose();
+            prev_update?.Dispose();
+            momentum_buffer = prev_update = null;
+        }
+    }
+
+    /// <summary>Options of a param group; null values take the optimizer's defaults. Also carries the
+    /// optimizer's step and skipped counts through <c>state_dict</c>.</summary>
+    public class Options : SgdOptionsBase
+    {
+        internal long steps;
+        internal long skipped;
+        internal bool loaded;
+
+        private protected override Action ReadStaged(StateReader r)
+        {
+            var options = base.ReadStaged(r);
+            long s = r.ReadCount("the step count");
+            long k = r.ReadCount("the skipped step count");
+            return () =>
+            {
+                options();
+                (steps, skipped, loaded) = (s, k, true);
+            };
+        }
+
+        private protected override Action CopyStaged(object source)
+        {
+            var options = base.CopyStaged(source);
+            var o = (Options)source;
+            if (o.steps < 0 || o.skipped < 0)
+            {
+                throw new ArgumentException("The source options have negative step counts.", nameof(source));
+            }
+            var (s, k) = (o.steps, o.skipped);
+            return () =>
+            {
+                options();
+                (steps, skipped, loaded) = (s, k, true);
+            };
+        }
+
+        /// <summary>Writes the options, the step count and the skipped count.</summary>
+        public override void SaveStateDict(BinaryWriter writer)
+        {
+            base.SaveStateDict(writer);
+            writer.Write(steps);
+            writer.Write(skipped);
+        }
+    }
+
+    /// <summary>A param group of <see cref="HypergradientSGD"/>, with optional per-group options.</summary>
+    public class ParamGroup : SgdParamGroupBase<Options>
+    {
+        /// <summary>An empty group (set <c>Parameters</c> and <c>Options</c>).</summary>
+        public ParamGroup()
+        {
+        }
+
+        /// <summary>A group with explicit options (null fields take the optimizer's defaults).</summary>
+        public ParamGroup(IEnumerable<Parameter> parameters, Options options) : base(parameters, options)
+        {
+        }
+
+        /// <summary>A group; each option left null takes the optimizer's default.</summary>
+        public ParamGroup(IEnumerable<Parameter> parameters, double? lr = null, double? momentum = null, double? dampening = null,
+            double? weight_decay = null, bool? nesterov = null, bool? maximize = null)
+            : base(parameters, lr, momentum, dampening, weight_decay, nesterov, maximize)
+        {
+        }
+    }
+}
