@@ -62,9 +62,13 @@ public abstract class SgdOptionsBase : OptimizerOptions, IStagedLoad
         double wd = r.ReadNonNegative("weight_decay");
         bool nest = r.ReadBool("nesterov");
         bool max = r.ReadBool("maximize");
-        if (nest && (m <= 0 || d != 0))
+        try
         {
-            throw r.Invalid("Nesterov momentum requires a momentum and zero dampening.");
+            FusedSGD.ValidateOptions(m, d, wd, nest, lr, null);
+        }
+        catch (ArgumentException e)
+        {
+            throw r.Invalid(e.Message);
         }
         return () => (InitialLearningRate, LearningRate, momentum, dampening, weight_decay, nesterov, maximize) = (initial, lr, m, d, wd, nest, max);
     }
