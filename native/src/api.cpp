@@ -14,11 +14,19 @@
 #ifndef OPTIM_VERSION
 #define OPTIM_VERSION "0.0.0"
 #endif
+// A string literal, so that optim_build_info() has nothing to build (CMake defines the
+// architectures exactly when it compiles the CUDA kernels).
+#ifdef OPTIM_CUDA_ARCHITECTURES
+#define OPTIM_BUILD_INFO "optim " OPTIM_VERSION " (cpu, cuda: " OPTIM_CUDA_ARCHITECTURES ")"
+#else
+#define OPTIM_BUILD_INFO "optim " OPTIM_VERSION " (cpu, no cuda)"
+#endif
 
 namespace optim {
 
 namespace {
-thread_local std::string t_last_error;
+// A fixed buffer: recording an error never allocates, so it cannot fail (longer messages are cut).
+thread_local char t_last_error[4096];
 
 std::string num(double v)
 {
@@ -112,13 +120,9 @@ void validate_greedy_config(const char* fn, const optim_greedylr_config* c)
 
 } // namespace
 
-void set_last_error(const char* message) noexcept
+void set_last_error(const char* first, const char* second, const char* third) noexcept
 {
-    try {
-        t_last_error = message;
-    } catch (...) {
-        // Out of memory while recording an error: keep whatever was there.
-    }
+    std::snprintf(t_last_error, sizeof t_last_error, "%s%s%s", first, second, third);
 }
 
 } // namespace optim
@@ -134,20 +138,12 @@ OPTIM_API int32_t optim_abi_version(void)
 
 OPTIM_API const char* optim_build_info(void)
 {
-    static const std::string info = [] {
-        std::string s = std::string("optim ") + OPTIM_VERSION + " (cpu";
-        if (cuda::compiled())
-            s += std::string(", cuda: ") + cuda::architectures();
-        else
-            s += ", no cuda";
-        return s + ")";
-    }();
-    return info.c_str();
+    return OPTIM_BUILD_INFO;
 }
 
 OPTIM_API const char* optim_last_error(void)
 {
-    return t_last_error.c_str();
+    return t_last_error;
 }
 
 OPTIM_API const char* optim_status_name(optim_status status)
