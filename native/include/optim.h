@@ -337,7 +337,16 @@ OPTIM_API optim_status optim_greedylr_init(const optim_greedylr_config* config,
  * OPTIM_DEVICE_CUDA: they are in device memory of device_index; a one-thread kernel is launched on
  * stream 0 and the call returns without waiting. metric_dtype: OPTIM_DTYPE_FLOAT32 or _FLOAT64.
  * A NaN or infinite metric counts as "not better" and never enters the smoothing window.
- * The CPU path also checks the bounds (0 <= min_lr <= max_lr, finite min_lr, positive rates). */
+ * Checked on either device, before anything else: the config, the device, metric_dtype, and that
+ * state, buffers, metric and the four rate arrays (and the window, when smooth) are not NULL.
+ * Then the state and buffers: that the window position is inside the window (0 <= window_count
+ * <= window_size, 0 <= window_next < window_size), that no counter is negative (reset_budget
+ * excepted) or at its limit, that 0 <= min_lr <= max_lr with min_lr finite, and that the rates
+ * and initial rates are finite and >= 0. OPTIM_DEVICE_CPU reports a problem there as
+ * OPTIM_STATUS_INVALID_ARGUMENT. OPTIM_DEVICE_CUDA cannot read them from the host: the kernel
+ * makes the same check and, on a problem, writes nothing at all, so state->steps does not advance
+ * (the call has already returned OK). The lengths of the arrays cannot be checked on either
+ * device. */
 OPTIM_API optim_status optim_greedylr_step(int32_t device, int32_t device_index,
                                            const optim_greedylr_config* config,
                                            optim_greedylr_state* state,

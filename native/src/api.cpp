@@ -118,6 +118,38 @@ void validate_greedy_config(const char* fn, const optim_greedylr_config* c)
     OPTIM_REQUIRE(c->groups >= 1, fn, "groups must be >= 1, got " + std::to_string(c->groups));
 }
 
+// The message of a problem greedy_check() found (host memory only).
+void report_greedy_problem(const char* fn, GreedyCheck check, const optim_greedylr_buffers& b)
+{
+    const int32_t g = check.group;
+    const auto at = [g] { return "[" + std::to_string(g) + "]"; };
+    switch (check.problem) {
+    case kGreedyOk:
+        return;
+    case kGreedyWindowPosition:
+        fail(OPTIM_STATUS_INVALID_ARGUMENT,
+             std::string(fn) + ": state's window position is outside the window (corrupt state?)");
+    case kGreedyCounter:
+        fail(OPTIM_STATUS_INVALID_ARGUMENT,
+             std::string(fn) + ": a state counter is negative or at its limit (corrupt state?)");
+    case kGreedyMinLr:
+        fail(OPTIM_STATUS_INVALID_ARGUMENT, std::string(fn) + ": min_lr" + at() +
+                                                " must be finite and >= 0, got " +
+                                                num(b.min_lr[g]));
+    case kGreedyBounds:
+        fail(OPTIM_STATUS_INVALID_ARGUMENT, std::string(fn) + ": min_lr" + at() + " = " +
+                                                num(b.min_lr[g]) + " is greater than max_lr" +
+                                                at() + " = " + num(b.max_lr[g]));
+    case kGreedyRate:
+        fail(OPTIM_STATUS_INVALID_ARGUMENT, std::string(fn) + ": rate " + std::to_string(g) +
+                                                " must be finite and >= 0, got " + num(b.rates[g]));
+    default:
+        fail(OPTIM_STATUS_INVALID_ARGUMENT,
+             std::string(fn) + ": initial rate " + std::to_string(g) +
+                 " must be finite and >= 0, got " + num(b.initial_rates[g]));
+    }
+}
+
 } // namespace
 
 void set_last_error(const char* first, const char* second, const char* third) noexcept
@@ -364,31 +396,15 @@ OPTIM_API optim_status optim_greedylr_step(int32_t device, int32_t device_index,
         OPTIM_REQUIRE(!config->smooth || b.window, fn, "buffers->window is NULL but smooth is on");
         OPTIM_REQUIRE(metric_dtype == OPTIM_DTYPE_FLOAT32 || metric_dtype == OPTIM_DTYPE_FLOAT64,
                       fn, "metric_dtype must be OPTIM_DTYPE_FLOAT32 or OPTIM_DTYPE_FLOAT64");
+        // Everything above is host memory on either device. A device-resident state and buffers
+        // are checked by the kernel itself (greedy_check), which leaves a bad state as it is.
         if (device == OPTIM_DEVICE_CUDA) {
             cuda::greedylr_step(device_index, *config, state, b, metric, metric_dtype);
             return;
         }
         // Host memory: check everything the update will read, so that a corrupt state (a bad file)
         // is reported instead of indexing out of the window.
-        const optim_greedylr_state& s = *state;
-        OPTIM_REQUIRE(s.window_count >= 0 && s.window_count <= config->window_size &&
-                          s.window_next >= 0 && s.window_next < config->window_size,
-                      fn, "state's window position is outside the window (corrupt state?)");
-        for (int32_t g = 0; g < config->groups; ++g) {
-            OPTIM_REQUIRE(std::isfinite(b.min_lr[g]) && b.min_lr[g] >= 0.0, fn,
-                          "min_lr[" + std::to_string(g) + "] must be finite and >= 0, got " +
-                              num(b.min_lr[g]));
-            OPTIM_REQUIRE(b.max_lr[g] >= b.min_lr[g], fn,
-                          "min_lr[" + std::to_string(g) + "] = " + num(b.min_lr[g]) +
-                              " is greater than max_lr[" + std::to_string(g) +
-                              "] = " + num(b.max_lr[g]));
-            OPTIM_REQUIRE(std::isfinite(b.rates[g]) && b.rates[g] >= 0.0, fn,
-                          "rate " + std::to_string(g) + " must be finite and >= 0, got " +
-                              num(b.rates[g]));
-            OPTIM_REQUIRE(std::isfinite(b.initial_rates[g]) && b.initial_rates[g] >= 0.0, fn,
-                          "initial rate " + std::to_string(g) + " must be finite and >= 0, got " +
-                              num(b.initial_rates[g]));
-        }
+        report_greedy_problem(fn, greedy_check(*config, *state, b), b);
         const double m = metric_dtype == OPTIM_DTYPE_FLOAT32
                              ? static_cast<double>(*static_cast<const float*>(metric))
                              : *static_cast<const double*>(metric);

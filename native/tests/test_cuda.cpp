@@ -9,6 +9,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -201,6 +203,57 @@ TEST(GreedyLrCuda, DeviceStepsMatchTheCpuPath)
     EXPECT_EQ(dev.steps, host.steps);
     EXPECT_EQ(dev.resets, host.resets);
     EXPECT_EQ(dev.num_bad, host.num_bad);
+    for (void* p :
+         {static_cast<void*>(d_state), static_cast<void*>(d_rates), static_cast<void*>(d_initial),
+          static_cast<void*>(d_lo), static_cast<void*>(d_hi), static_cast<void*>(d_window),
+          static_cast<void*>(d_metric)})
+        cudaFree(p);
+}
+
+TEST(GreedyLrCuda, ACorruptStateIsLeftAsItIs)
+{
+    // The host cannot read a device-resident state: the kernel checks it (greedy_check) and, with
+    // the window position outside the window, writes nothing at all.
+    if (!have_device()) GTEST_SKIP() << "no CUDA device";
+    optim_greedylr_config c{};
+    c.factor = 0.5;
+    c.mode = OPTIM_GREEDY_MODE_MIN;
+    c.threshold_mode = OPTIM_GREEDY_THRESHOLD_ABS;
+    c.window_size = 2;
+    c.smooth = 1;
+    c.groups = 1;
+    optim_greedylr_state host{};
+    ASSERT_EQ(optim_greedylr_init(&c, &host), OPTIM_STATUS_OK);
+    host.window_next = 1000; // far outside the two-value window
+    const double rate = 0.1, lo = 0.01, hi = 1.0, metric = 0.5;
+    const double window[2] = {7.0, 8.0};
+    optim_greedylr_state* d_state = nullptr;
+    double *d_rates, *d_initial, *d_lo, *d_hi, *d_window, *d_metric;
+    CUDA_OK(cudaMalloc(&d_state, sizeof(host)));
+    CUDA_OK(cudaMemcpy(d_state, &host, sizeof(host), cudaMemcpyHostToDevice));
+    for (auto [dst, src, n] :
+         {std::tuple{&d_rates, &rate, 1}, std::tuple{&d_initial, &rate, 1},
+          std::tuple{&d_lo, &lo, 1}, std::tuple{&d_hi, &hi, 1}, std::tuple{&d_window, window, 2},
+          std::tuple{&d_metric, &metric, 1}}) {
+        CUDA_OK(cudaMalloc(dst, n * sizeof(double)));
+        CUDA_OK(cudaMemcpy(*dst, src, n * sizeof(double), cudaMemcpyHostToDevice));
+    }
+    optim_greedylr_buffers db{d_rates, d_initial, d_lo, d_hi, d_window};
+    ASSERT_EQ(
+        optim_greedylr_step(OPTIM_DEVICE_CUDA, 0, &c, d_state, &db, d_metric, OPTIM_DTYPE_FLOAT64),
+        OPTIM_STATUS_OK)
+        << optim_last_error();
+    CUDA_OK(cudaDeviceSynchronize());
+    optim_greedylr_state after{};
+    double rate_after = 0, window_after[2] = {};
+    CUDA_OK(cudaMemcpy(&after, d_state, sizeof(after), cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(&rate_after, d_rates, sizeof(double), cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(window_after, d_window, sizeof window_after, cudaMemcpyDeviceToHost));
+    EXPECT_EQ(std::memcmp(&after, &host, sizeof host), 0) << "the state was written";
+    EXPECT_EQ(after.steps, 0);
+    EXPECT_EQ(rate_after, rate);
+    EXPECT_EQ(window_after[0], window[0]);
+    EXPECT_EQ(window_after[1], window[1]);
     for (void* p :
          {static_cast<void*>(d_state), static_cast<void*>(d_rates), static_cast<void*>(d_initial),
           static_cast<void*>(d_lo), static_cast<void*>(d_hi), static_cast<void*>(d_window),
