@@ -17,6 +17,10 @@
  *  - No C++ exception, abort() or exit() ever leaves the library.
  *  - "Host memory" means ordinary CPU memory; "device memory" means CUDA global memory of the
  * device named by the call. The library never takes ownership of caller memory.
+ *  - Aliasing: an array a call writes may not be another array of the same tensor (a parameter
+ *    passed as its own gradient, ...): that is rejected (OPTIM_STATUS_INVALID_ARGUMENT). Partial
+ *    overlaps and memory shared between tensors are not detected; every access then still stays
+ *    inside the arrays given, but the values written are unspecified.
  *  - Thread safety: functions may be called from any thread, at the same time. Calls that update
  *    the same memory must not run concurrently (as with any optimizer). Small CPU calls run on the
  *    calling thread alone. Large ones are split over several threads, one such call at a time

@@ -40,6 +40,24 @@ std::string at(int64_t k)
     return "tensor " + std::to_string(k);
 }
 
+// One array of a tensor, named for messages.
+struct Array {
+    const void* data;
+    const char* name;
+};
+
+// Fails when an array the call writes (the first n_written; NULL = unused) is another array of the
+// same tensor: a parameter passed as its own gradient, and the like. Partial overlaps and memory
+// shared between tensors are not detected (optim.h says what then holds).
+void require_unaliased(const char* fn, int64_t k, const Array* a, int n, int n_written)
+{
+    for (int i = 0; i < n_written; ++i)
+        for (int j = i + 1; j < n; ++j)
+            OPTIM_REQUIRE(a[i].data == nullptr || a[i].data != a[j].data, fn,
+                          at(k) + ": the " + a[i].name + " and the " + a[j].name +
+                              " are the same memory");
+}
+
 // Every group's hyperparameters, then every tensor (with its group's momentum) and the group order.
 void validate_sgd(const char* fn, int32_t device, const optim_tensor_list* t, int32_t n_groups,
                   const optim_sgd_params* groups)
@@ -84,9 +102,14 @@ void validate_sgd(const char* fn, int32_t device, const optim_tensor_list* t, in
         if (n == 0) continue;
         OPTIM_REQUIRE(t->params[k] != nullptr, fn, at(k) + ": parameter pointer is NULL");
         OPTIM_REQUIRE(t->grads[k] != nullptr, fn, at(k) + ": gradient pointer is NULL");
-        if (groups[g].momentum != 0.0)
+        const bool momentum = groups[g].momentum != 0.0;
+        if (momentum)
             OPTIM_REQUIRE(t->momentum_buffers && t->momentum_buffers[k], fn,
                           at(k) + ": momentum buffer pointer is NULL but momentum is nonzero");
+        const Array arrays[] = {{t->params[k], "parameter"},
+                                {momentum ? t->momentum_buffers[k] : nullptr, "momentum buffer"},
+                                {t->grads[k], "gradient"}};
+        require_unaliased(fn, k, arrays, 3, 2);
     }
 }
 
@@ -340,6 +363,13 @@ OPTIM_API optim_status optim_hd_step(int32_t device, int32_t device_index, int32
             if (per_parameter)
                 OPTIM_REQUIRE(t.param_rates && t.param_rates[k], fn,
                               at(k) + ": param_rates pointer is NULL (per-parameter scope)");
+            const Array arrays[] = {
+                {t.params[k], "parameter"},
+                {o.momentum != 0.0 ? t.momentum_buffers[k] : nullptr, "momentum buffer"},
+                {o.momentum == 0.0 || o.nesterov ? t.prev_updates[k] : nullptr, "previous update"},
+                {per_parameter ? t.param_rates[k] : nullptr, "parameter rates"},
+                {t.grads[k], "gradient"}};
+            require_unaliased(fn, k, arrays, 5, 4);
         }
         if (!per_parameter) {
             OPTIM_REQUIRE(rates != nullptr, fn, "rates is NULL");
@@ -452,6 +482,17 @@ OPTIM_API optim_status optim_stream_reference(int32_t dtype, const optim_stream_
             for (int32_t j = 0; j < t.n_update; ++j)
                 OPTIM_REQUIRE(t.update[k * t.n_update + j] != nullptr, fn,
                               at(k) + ": update array " + std::to_string(j) + " is NULL");
+            static_assert(OPTIM_STREAM_MAX_ARRAYS == 4, "one name per array");
+            static const char* const update_names[] = {"update array 0", "update array 1",
+                                                       "update array 2", "update array 3"};
+            static const char* const read_names[] = {"read array 0", "read array 1", "read array 2",
+                                                     "read array 3"};
+            Array arrays[2 * OPTIM_STREAM_MAX_ARRAYS];
+            for (int32_t j = 0; j < t.n_update; ++j)
+                arrays[j] = {t.update[k * t.n_update + j], update_names[j]};
+            for (int32_t j = 0; j < t.n_read; ++j)
+                arrays[t.n_update + j] = {t.read[k * t.n_read + j], read_names[j]};
+            require_unaliased(fn, k, arrays, t.n_update + t.n_read, t.n_update);
         }
         if (dtype == OPTIM_DTYPE_FLOAT32)
             cpu::stream_reference_f32(t, scale, sum);

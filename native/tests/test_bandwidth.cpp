@@ -274,3 +274,15 @@ TEST(StreamReferenceValidation, NullArrays)
     f.reads[0] = nullptr;
     f.expect_failure(OPTIM_STATUS_INVALID_ARGUMENT, "tensor 0: read array 0 is NULL");
 }
+
+TEST(StreamReferenceValidation, AnUpdateArrayMayNotBeAnotherArrayOfTheSameTensor)
+{
+    StreamFixture f;
+    f.updates[1] = f.b.data();
+    f.expect_failure(OPTIM_STATUS_INVALID_ARGUMENT,
+                     "tensor 0: the update array 0 and the update array 1 are the same memory");
+    f.updates[1] = f.c.data();
+    f.reads[0] = f.c.data();
+    f.expect_failure(OPTIM_STATUS_INVALID_ARGUMENT,
+                     "tensor 0: the update array 1 and the read array 0 are the same memory");
+}

@@ -548,3 +548,23 @@ TEST(FusedSgdValidation, TensorsOutOfGroupOrderAreRejected)
     EXPECT_NE(std::string(optim_last_error()).find("param-group order"), std::string::npos);
     EXPECT_EQ(p, (std::vector<float>{1, 2}));
 }
+
+TEST(FusedSgdValidation, AnArrayTheStepWritesMayNotBeAnotherOfTheSameTensor)
+{
+    Fixture f;
+    f.gs[0] = f.p.data(); // the parameter as its own gradient
+    f.expect_failure(OPTIM_STATUS_INVALID_ARGUMENT,
+                     "tensor 0: the parameter and the gradient are the same memory");
+    f.gs[0] = f.g.data();
+    f.bs[0] = f.p.data();
+    f.expect_failure(OPTIM_STATUS_INVALID_ARGUMENT,
+                     "tensor 0: the parameter and the momentum buffer are the same memory");
+    f.bs[0] = f.g.data();
+    f.expect_failure(OPTIM_STATUS_INVALID_ARGUMENT,
+                     "tensor 0: the momentum buffer and the gradient are the same memory");
+    // Without momentum the buffer is not used, so it is not compared.
+    f.params.momentum = 0;
+    EXPECT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &f.list, 1, &f.params),
+              OPTIM_STATUS_OK)
+        << optim_last_error();
+}
