@@ -96,7 +96,7 @@ void check_update_pass(int32_t nr, int32_t nu)
             for (size_t i = 0; i < want.size(); ++i)
                 for (int pass = 0; pass < 2; ++pass)
                     want[i] = want[i] + static_cast<T>(scale) * before.r(k, i);
-            ASSERT_EQ(0, std::memcmp(got.data(), want.data(), want.size() * sizeof(T)))
+            ASSERT_TRUE(same_bits(got, want))
                 << "update array " << j << " of tensor " << k << " differs from the formula";
         }
     EXPECT_EQ(s.reads, before.reads) << "a read array was written";
