@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine lacks to build and test Optim: CMake, a C++ compiler,
-# GoogleTest, clang 14 (nvcc's host compiler) and Debian's CUDA toolkit (to compile the CUDA kernels;
-# no GPU needed). Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
+# GoogleTest, clang 14 (nvcc's host compiler and the fuzzer's compiler) with its sanitizer and
+# libFuzzer runtimes, and Debian's CUDA toolkit (to compile the CUDA kernels; no GPU needed). Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
 # The .NET 10 SDK must already be installed (https://dotnet.microsoft.com/download).
 set -euo pipefail
 
@@ -12,6 +12,8 @@ need=()
 command -v cmake >/dev/null || need+=(cmake)
 command -v g++ >/dev/null || need+=(g++)
 command -v clang++-14 >/dev/null || need+=(clang-14)
+compgen -G "/usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a" >/dev/null ||
+  need+=(libclang-rt-14-dev)
 command -v clang-format >/dev/null || need+=(clang-format)
 [ -f /usr/include/gtest/gtest.h ] || need+=(libgtest-dev)
 [ "${OPTIM_SKIP_CUDA:-0}" = "1" ] || command -v nvcc >/dev/null || need+=(nvidia-cuda-toolkit)

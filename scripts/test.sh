@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds everything and runs every test: format checks, the native GoogleTest suite (CTest), the
 # native suites again under AddressSanitizer + UndefinedBehaviorSanitizer and under
-# ThreadSanitizer, and the NUnit suite (dotnet test). Ends with one line of totals:
-# "N passed, N failed, N skipped".
+# ThreadSanitizer, a bounded libFuzzer run over the C ABI, and the NUnit suite (dotnet test). Ends
+# with one line of totals: "N passed, N failed, N skipped".
 #   OPTIM_CUDA=ON|AUTO|OFF   whether the CUDA kernels must be compiled (default AUTO; CI uses ON)
+#   OPTIM_FUZZ_SECONDS=N     length of the fuzzing run (default 60)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -86,6 +87,27 @@ step "native: concurrency tests under ThreadSanitizer (artifacts/native-tsan)"
 if configure_and_build tsan artifacts/native-tsan -DCMAKE_BUILD_TYPE=Release -DOPTIM_CUDA=OFF \
     -DOPTIM_SANITIZE=thread; then
   TSAN_OPTIONS=halt_on_error=1 run_ctest ctest-tsan artifacts/native-tsan
+else
+  fail_step
+fi
+
+# libFuzzer (clang) over the C ABI, from the seed corpus in the repository; new inputs go to
+# artifacts/fuzz-corpus, a crashing input to artifacts/fuzz-crashes/. One pass or fail.
+step "native: libFuzzer over the C ABI, ${OPTIM_FUZZ_SECONDS:-60} s (artifacts/native-fuzz)"
+if configure_and_build fuzz artifacts/native-fuzz -DCMAKE_BUILD_TYPE=Release -DOPTIM_CUDA=OFF \
+    -DCMAKE_CXX_COMPILER=clang++-14 -DOPTIM_BUILD_TESTS=OFF -DOPTIM_FUZZ=ON \
+    -DOPTIM_SANITIZE=address,undefined; then
+  mkdir -p artifacts/fuzz-corpus artifacts/fuzz-crashes
+  if artifacts/native-fuzz/bin/optim_fuzz_abi -max_total_time="${OPTIM_FUZZ_SECONDS:-60}" \
+      -max_len=2048 -print_final_stats=1 -artifact_prefix=artifacts/fuzz-crashes/ \
+      artifacts/fuzz-corpus native/fuzz/corpus >"$log/fuzz.log" 2>&1; then
+    passed=$((passed + 1))
+    grep -E "^stat::(number_of_executed_units|new_units_added)|DONE" "$log/fuzz.log"
+  else
+    grep -E -A 30 "ERROR|runtime error|fuzz assertion" "$log/fuzz.log" | head -n 60
+    echo "fuzz: reproduce with artifacts/native-fuzz/bin/optim_fuzz_abi <the crash file above>"
+    fail_step
+  fi
 else
   fail_step
 fi
