@@ -96,7 +96,8 @@ OPTIM_HOST_DEVICE GreedyCheck greedy_check(const optim_greedylr_config& c,
     if (s.window_count < 0 || s.window_count > c.window_size || s.window_next < 0 ||
         s.window_next >= c.window_size)
         return {kGreedyWindowPosition, -1};
-    // Counters only ever counted up from 0 (reset_budget may go below 0 when resets are off).
+    // No counter goes below 0 in a real run (reset_budget does when resets are off), and one at its
+    // limit would overflow on the next count.
     const int64_t top = INT64_MAX;
     if (s.num_good < 0 || s.num_good == top || s.num_bad < 0 || s.num_bad == top ||
         s.cooldown_counter < 0 || s.warmup_counter < 0 || s.steps < 0 || s.steps == top ||
