@@ -33,19 +33,21 @@ void* operator new[](std::size_t n)
 {
     return operator new(n);
 }
-void operator delete(void* p) noexcept
+// Out of line: inlined, GCC sees free() meet the result of operator new and warns
+// (-Wmismatched-new-delete), not knowing that this operator new is malloc.
+[[gnu::noinline]] void operator delete(void* p) noexcept
 {
     std::free(p);
 }
-void operator delete[](void* p) noexcept
+[[gnu::noinline]] void operator delete[](void* p) noexcept
 {
     std::free(p);
 }
-void operator delete(void* p, std::size_t) noexcept
+[[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept
 {
     std::free(p);
 }
-void operator delete[](void* p, std::size_t) noexcept
+[[gnu::noinline]] void operator delete[](void* p, std::size_t) noexcept
 {
     std::free(p);
 }
