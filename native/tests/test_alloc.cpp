@@ -23,18 +23,18 @@ struct NoMemory {
 };
 } // namespace
 
-void* operator new(std::size_t n)
+// Every replacement out of line: inlined, GCC sees malloc() meet operator delete (or free() meet
+// operator new) and warns (-Wmismatched-new-delete), not knowing that these two are a pair.
+[[gnu::noinline]] void* operator new(std::size_t n)
 {
     if (t_fail_allocations) throw std::bad_alloc();
     if (void* p = std::malloc(n ? n : 1)) return p;
     throw std::bad_alloc();
 }
-void* operator new[](std::size_t n)
+[[gnu::noinline]] void* operator new[](std::size_t n)
 {
     return operator new(n);
 }
-// Out of line: inlined, GCC sees free() meet the result of operator new and warns
-// (-Wmismatched-new-delete), not knowing that this operator new is malloc.
 [[gnu::noinline]] void operator delete(void* p) noexcept
 {
     std::free(p);
