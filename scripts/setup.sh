@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine lacks to build and test Optim: CMake, a C++ compiler,
-# GoogleTest, clang 14 (nvcc's host compiler), Debian's CUDA toolkit (to compile the CUDA kernels;
-# no GPU needed; OPTIM_SKIP_CUDA=1 skips it) and Debian's CPU build of PyTorch (python3-torch, for the
-# test of the C ABI against torch.optim.SGD; OPTIM_SKIP_TORCH=1 skips it, and that test is then
-# reported as skipped). Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
+# GoogleTest, clang 14 (nvcc's host compiler and the fuzzer's compiler) with its sanitizer and
+# libFuzzer runtimes, Debian's CUDA toolkit (to compile the CUDA kernels; no GPU needed;
+# OPTIM_SKIP_CUDA=1 skips it) and Debian's CPU build of PyTorch (python3-torch, for the test of the
+# C ABI against torch.optim.SGD; OPTIM_SKIP_TORCH=1 skips it, and that test is then reported as
+# skipped). Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
 # The .NET 10 SDK must already be installed (https://dotnet.microsoft.com/download).
 set -euo pipefail
 
@@ -14,6 +15,8 @@ need=()
 command -v cmake >/dev/null || need+=(cmake)
 command -v g++ >/dev/null || need+=(g++)
 command -v clang++-14 >/dev/null || need+=(clang-14)
+compgen -G "/usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a" >/dev/null ||
+  need+=(libclang-rt-14-dev)
 command -v clang-format >/dev/null || need+=(clang-format)
 [ -f /usr/include/gtest/gtest.h ] || need+=(libgtest-dev)
 # The consumer test reads the package with unzip and checks its hash with openssl.

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Builds everything and runs every test: format checks, the native suites through CTest (GoogleTest,
-# the GPU check's dry run, the CMake rules), the C ABI against torch.optim.SGD on the CPU (when a
-# Python can import torch), scripts/gpu-check.sh's build and loud failure without a GPU, the NUnit
-# suite (dotnet test), and the consumer test (scripts/consumer-test.sh: the package, packed and used
-# from a fresh project outside the repository, and the examples built against it). Ends with one
-# line of totals: "N passed, N failed, N skipped".
+# the GPU check's dry run, the CMake rules), the native suites again under AddressSanitizer +
+# UndefinedBehaviorSanitizer and the concurrency suite under ThreadSanitizer, a bounded libFuzzer run
+# over the C ABI, the C ABI against torch.optim.SGD on the CPU (when a Python can import torch),
+# scripts/gpu-check.sh's build and loud failure without a GPU, the NUnit suite (dotnet test), and the
+# consumer test (scripts/consumer-test.sh: the package, packed and used from a fresh project outside
+# the repository, and the examples built against it). Ends with one line of totals:
+# "N passed, N failed, N skipped".
 #   OPTIM_CUDA=ON|AUTO|OFF   whether the CUDA kernels must be compiled (default AUTO; CI uses ON)
+#   OPTIM_FUZZ_SECONDS=N     length of the fuzzing run (default 60)
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -16,37 +19,102 @@ passed=0
 failed=0
 skipped=0
 status=0
+started=$SECONDS
 
-step() { echo; echo "== $* (at ${SECONDS} s)"; }
+# Each step prints its own time when the next one starts (docs/reliability.md: the CI time).
+step() { step_done; step_name=$*; step_start=$SECONDS; echo; echo "== $*"; }
+step_done() { if [ -n "${step_name:-}" ]; then echo "   ($((SECONDS - step_start)) s)"; fi; step_name=""; }
+fail_step() { failed=$((failed + 1)); status=1; }
+totals() { step_done; echo; echo "(all steps: $((SECONDS - started)) s)"; echo "$passed passed, $failed failed, $skipped skipped"; }
+
+# configure_and_build NAME DIR CMAKE-ARGS...: logs to $log/NAME-*.log; nonzero when either fails.
+configure_and_build() {
+  local name=$1 dir=$2
+  shift 2
+  if ! cmake -S . -B "$dir" "$@" >"$log/$name-cmake.log" 2>&1; then
+    cat "$log/$name-cmake.log"; return 1
+  fi
+  grep -E "optim: CUDA" "$log/$name-cmake.log" || true
+  if ! cmake --build "$dir" --parallel >"$log/$name-build.log" 2>&1; then
+    grep -E "error|Error" "$log/$name-build.log" | head -n 30; tail -n 5 "$log/$name-build.log"; return 1
+  fi
+  tail -n 1 "$log/$name-build.log"
+}
+
+# run_ctest NAME DIR [CTEST-ARGS...]: runs CTest in DIR (logged to $log/NAME.log) and adds its
+# counts to the totals.
+run_ctest() {
+  local name=$1 dir=$2
+  shift 2
+  (cd "$dir" && ctest --output-on-failure --timeout 300 "$@") >"$log/$name.log" 2>&1
+  local rc=$?
+  tail -n 15 "$log/$name.log"
+  local summary
+  summary=$(grep -E "tests passed, [0-9]+ tests failed out of [0-9]+" "$log/$name.log" | tail -1)
+  if [ -n "$summary" ]; then
+    local total nfail nskip
+    total=$(echo "$summary" | sed -E 's/.*out of ([0-9]+).*/\1/')
+    nfail=$(echo "$summary" | sed -E 's/.* ([0-9]+) tests failed.*/\1/')
+    nskip=$(grep -cE "\(Skipped\)" "$log/$name.log" || true)
+    passed=$((passed + total - nfail - nskip))
+    skipped=$((skipped + nskip))
+    failed=$((failed + nfail))
+  else
+    failed=$((failed + 1))
+  fi
+  [ $rc -eq 0 ] || status=1
+}
 
 step "format: clang-format and dotnet format"
 mapfile -t files < <(git ls-files 'native/*.cpp' 'native/*.hpp' 'native/*.h' 'native/*.cu' 2>/dev/null || find native -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.cu')
-if clang-format --dry-run -Werror "${files[@]}"; then passed=$((passed + 1)); else echo "format: run clang-format -i on the files above"; failed=$((failed + 1)); status=1; fi
+if clang-format --dry-run -Werror "${files[@]}"; then passed=$((passed + 1)); else echo "format: run clang-format -i on the files above"; fail_step; fi
 
 step "native: configure and build (OPTIM_CUDA=${OPTIM_CUDA:-AUTO})"
-if ! cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DOPTIM_CUDA="${OPTIM_CUDA:-AUTO}" >"$log/cmake.log" 2>&1; then
-  cat "$log/cmake.log"; echo "0 passed, 1 failed"; exit 1
+if ! configure_and_build native "$build" -DCMAKE_BUILD_TYPE=Release -DOPTIM_CUDA="${OPTIM_CUDA:-AUTO}"; then
+  fail_step; totals; exit 1
 fi
-grep -E "optim: CUDA" "$log/cmake.log" || true
-if ! cmake --build "$build" --parallel 2>&1 | tail -n 5; then echo "0 passed, 1 failed"; exit 1; fi
-if [ "${PIPESTATUS[0]}" -ne 0 ]; then echo "0 passed, 1 failed"; exit 1; fi
 
 step "native: ctest"
-(cd "$build" && ctest --output-on-failure --timeout 300) >"$log/ctest.log" 2>&1
-ctest_rc=$?
-tail -n 15 "$log/ctest.log"
-summary=$(grep -E "tests passed, [0-9]+ tests failed out of [0-9]+" "$log/ctest.log" | tail -1)
-if [ -n "$summary" ]; then
-  total=$(echo "$summary" | sed -E 's/.*out of ([0-9]+).*/\1/')
-  nfail=$(echo "$summary" | sed -E 's/.* ([0-9]+) tests failed.*/\1/')
-  nskip=$(grep -cE "\(Skipped\)" "$log/ctest.log" || true)
-  passed=$((passed + total - nfail - nskip))
-  skipped=$((skipped + nskip))
-  failed=$((failed + nfail))
+run_ctest ctest "$build"
+
+# Sanitizers: CPU only, each in its own build directory, with only the library and its tests.
+step "native: ctest under AddressSanitizer + UndefinedBehaviorSanitizer (artifacts/native-asan)"
+if configure_and_build asan artifacts/native-asan -DCMAKE_BUILD_TYPE=Release -DOPTIM_CUDA=OFF \
+    -DOPTIM_SANITIZE=address,undefined; then
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    run_ctest ctest-asan artifacts/native-asan --parallel 2
 else
-  failed=$((failed + 1))
+  fail_step
 fi
-[ $ctest_rc -eq 0 ] || status=1
+
+step "native: concurrency tests under ThreadSanitizer (artifacts/native-tsan)"
+if configure_and_build tsan artifacts/native-tsan -DCMAKE_BUILD_TYPE=Release -DOPTIM_CUDA=OFF \
+    -DOPTIM_SANITIZE=thread; then
+  TSAN_OPTIONS=halt_on_error=1 run_ctest ctest-tsan artifacts/native-tsan
+else
+  fail_step
+fi
+
+# libFuzzer (clang) over the C ABI, from the seed corpus in the repository; new inputs go to
+# artifacts/fuzz-corpus, a crashing input to artifacts/fuzz-crashes/. One pass or fail.
+step "native: libFuzzer over the C ABI, ${OPTIM_FUZZ_SECONDS:-60} s (artifacts/native-fuzz)"
+if configure_and_build fuzz artifacts/native-fuzz -DCMAKE_BUILD_TYPE=Release -DOPTIM_CUDA=OFF \
+    -DCMAKE_CXX_COMPILER=clang++-14 -DOPTIM_BUILD_TESTS=OFF -DOPTIM_FUZZ=ON \
+    -DOPTIM_SANITIZE=address,undefined; then
+  mkdir -p artifacts/fuzz-corpus artifacts/fuzz-crashes
+  if artifacts/native-fuzz/bin/optim_fuzz_abi -max_total_time="${OPTIM_FUZZ_SECONDS:-60}" \
+      -max_len=2048 -print_final_stats=1 -artifact_prefix=artifacts/fuzz-crashes/ \
+      artifacts/fuzz-corpus native/fuzz/corpus >"$log/fuzz.log" 2>&1; then
+    passed=$((passed + 1))
+    grep -E "^stat::(number_of_executed_units|new_units_added)|DONE" "$log/fuzz.log"
+  else
+    grep -E -A 30 "ERROR|runtime error|fuzz assertion" "$log/fuzz.log" | head -n 60
+    echo "fuzz: reproduce with artifacts/native-fuzz/bin/optim_fuzz_abi <the crash file above>"
+    fail_step
+  fi
+else
+  fail_step
+fi
 
 step "python: the C ABI against torch.optim.SGD on the CPU (native/gpu/torch_harness.py)"
 if py=$(scripts/find-torch-python); then
@@ -91,13 +159,12 @@ else
     passed=$((passed + 1))
   else
     echo "FAILED: expected a build, a non-zero exit and 'FAILED: no usable CUDA device' (exit status $gpu_rc); see $log/gpu-check.out"
-    failed=$((failed + 1))
-    status=1
+    fail_step
   fi
 fi
 
 step "managed: dotnet format"
-if dotnet format Optim.sln --verify-no-changes >"$log/dotnet-format.log" 2>&1; then passed=$((passed + 1)); else cat "$log/dotnet-format.log"; failed=$((failed + 1)); status=1; fi
+if dotnet format Optim.sln --verify-no-changes >"$log/dotnet-format.log" 2>&1; then passed=$((passed + 1)); else cat "$log/dotnet-format.log"; fail_step; fi
 
 step "managed: dotnet test"
 dotnet test Optim.sln -c Release >"$log/dotnet-test.log" 2>&1
@@ -133,7 +200,5 @@ else
 fi
 [ $consumer_rc -eq 0 ] || status=1
 
-echo
-echo "(done in ${SECONDS} s)"
-echo "$passed passed, $failed failed, $skipped skipped"
+totals
 exit $status

@@ -609,6 +609,48 @@ void greedy_case(Report& r, const GreedyConfig& gc, const std::vector<double>& t
                  "the trace led to a full reset (" + std::to_string(host.resets) + " resets)");
 }
 
+// A state whose window position lies outside its window. The CPU path refuses it; the CUDA kernel
+// cannot report, so it makes the same check (greedy_check) and writes nothing at all.
+void greedy_corrupt_state_case(Report& r)
+{
+    optim_greedylr_config c{};
+    c.factor = 0.5;
+    c.mode = OPTIM_GREEDY_MODE_MIN;
+    c.threshold_mode = OPTIM_GREEDY_THRESHOLD_ABS;
+    c.window_size = 2;
+    c.smooth = 1;
+    c.groups = 1;
+    optim_greedylr_state host{};
+    optim_ok(optim_greedylr_init(&c, &host), "optim_greedylr_init");
+    host.window_next = 1000;
+    const double rate = 0.1, lo = 0.01, hi = 1.0, metric = 0.5;
+    const double window[2] = {7.0, 8.0};
+    DeviceBuffer<optim_greedylr_state> t_state(1);
+    DeviceBuffer<double> t_rates(1), t_initial(1), t_lo(1), t_hi(1), t_window(2), t_metric(1);
+    t_state.upload(&host);
+    t_rates.upload(&rate);
+    t_initial.upload(&rate);
+    t_lo.upload(&lo);
+    t_hi.upload(&hi);
+    t_window.upload(window);
+    t_metric.upload(&metric);
+    const optim_greedylr_buffers tb{t_rates.get(), t_initial.get(), t_lo.get(), t_hi.get(),
+                                    t_window.get()};
+    const optim_status got = optim_greedylr_step(Target::device(), 0, &c, t_state.get(), &tb,
+                                                 t_metric.get(), OPTIM_DTYPE_FLOAT64);
+    Target::sync();
+    // The CUDA call has returned before the kernel ran; the CPU path reports the problem.
+    r.same("status", int32_t(Target::dry_run() ? OPTIM_STATUS_INVALID_ARGUMENT : OPTIM_STATUS_OK),
+           int32_t(got));
+    optim_greedylr_state after{};
+    t_state.download(&after);
+    r.expect(std::memcmp(&after, &host, sizeof host) == 0, "the state is unchanged");
+    r.same("steps", int64_t(0), after.steps);
+    const std::vector<double> rates_after = t_rates.download(), window_after = t_window.download();
+    r.same("rate", rate, rates_after[0]);
+    r.close("window", window, window_after.data(), 2, kExact);
+}
+
 // ---- The C ABI on CUDA: device indices, empty calls --------------------------------------------
 
 void abi_checks(Report& r)
@@ -757,6 +799,8 @@ int run_checks(const CheckOptions& options, Report& r)
         run_case(r, "float32 metric, " + name, [&] { greedy_case<float>(r, gc, trace, resets); });
         run_case(r, "float64 metric, " + name, [&] { greedy_case<double>(r, gc, trace, resets); });
     }
+    run_case(r, "a corrupt state (window position outside the window) is left as it is",
+             [&] { greedy_corrupt_state_case(r); });
 
     if (!Target::dry_run()) {
         r.suite("C ABI on CUDA");

@@ -10,15 +10,26 @@
  *    every param group) is checked before anything is written, so a failed check
  *    (OPTIM_STATUS_INVALID_ARGUMENT, _UNSUPPORTED, _CUDA_UNAVAILABLE) and a failed host allocation
  *    leave parameters, buffers and rates exactly as they were. A CPU step that passed its checks
- *    cannot fail part-way. A CUDA step may take several kernel launches: OPTIM_STATUS_CUDA_ERROR
- *    from a later launch means the earlier launches' writes have happened (the device is then
- *    usually unusable anyway), and faults inside a kernel surface on a later synchronising call.
+ *    cannot fail part-way (when worker threads cannot be started, it runs on fewer). A CUDA step
+ *    may take several kernel launches: OPTIM_STATUS_CUDA_ERROR from a later launch means the
+ *    earlier launches' writes have happened (the device is then usually unusable anyway), and
+ *    faults inside a kernel surface on a later synchronising call.
  *  - No C++ exception, abort() or exit() ever leaves the library.
  *  - "Host memory" means ordinary CPU memory; "device memory" means CUDA global memory of the
  * device named by the call. The library never takes ownership of caller memory.
- *  - Thread safety: functions may be called from any thread. Calls that update the same tensors
- * must not run concurrently (as with any optimizer). The CPU path uses an internal worker pool
- * shared by all callers; concurrent CPU calls are serialised on it.
+ *  - Aliasing: an array a call writes may not be another array of the same tensor (a parameter
+ *    passed as its own gradient, ...): that is rejected (OPTIM_STATUS_INVALID_ARGUMENT). Partial
+ *    overlaps and memory shared between tensors are not detected; every access then still stays
+ *    inside the arrays given, but the values written are unspecified.
+ *  - Thread safety: functions may be called from any thread, at the same time. Calls that update
+ *    the same memory must not run concurrently (as with any optimizer). Small CPU calls run on the
+ *    calling thread alone. Large ones are split over several threads, one such call at a time
+ *    (the others wait): on an OpenMP team when an OpenMP runtime is loaded in the process (LibTorch
+ *    brings one) and the calling thread is the one that uses it, else on the library's own worker
+ *    pool. The one thread that uses the team is the first to run a large CPU call while the
+ *    runtime is loaded, until it exits (then the next such thread takes over), so the process
+ *    holds at most one OpenMP team and one worker pool for this library, whatever the number of
+ *    calling threads. Results never depend on which threads run a call, nor on how many.
  */
 #ifndef OPTIM_H
 #define OPTIM_H
@@ -68,12 +79,14 @@ enum { OPTIM_DEVICE_CPU = 0, OPTIM_DEVICE_CUDA = 1 };
 /* OPTIM_ABI_VERSION of the library that was loaded. */
 OPTIM_API int32_t optim_abi_version(void);
 
-/* A static, human-readable version and build description, e.g. "optim 0.1.0 (cuda: sm_70 sm_80
- * sm_90)". */
+/* A static, human-readable version and build description, e.g. "optim 0.1.0 (cpu, cuda: sm_70
+ * sm_80 sm_90)". A string constant: nothing is built or allocated. */
 OPTIM_API const char* optim_build_info(void);
 
 /* The message of the last failing call on the calling thread. Owned by the library; valid until the
- * next failing call on the same thread. Empty string if no call has failed. Never NULL. */
+ * next failing call on the same thread. Empty string if no call has failed. Never NULL. Recording
+ * it needs no memory, so even a call that ran out of memory leaves its own message (cut at 4095
+ * bytes). */
 OPTIM_API const char* optim_last_error(void);
 
 /* A static name for a status code ("OPTIM_STATUS_INVALID_ARGUMENT", ...). Never NULL. */
@@ -95,10 +108,13 @@ OPTIM_API optim_status optim_cuda_device_count(int32_t* count);
 OPTIM_API optim_status optim_set_num_threads(int32_t n);
 OPTIM_API int32_t optim_get_num_threads(void);
 
-/* Which threads run the CPU path: "openmp team of <path>" when an OpenMP runtime was already loaded
- * in the process at the first parallel step (LibTorch brings its own; sharing its team avoids
- * fighting its spinning threads for the cores), else "optim worker pool". OPTIM_THREADING=pool
- * forces the pool. Valid until the next call on the same thread. Never NULL. */
+/* Which threads run the calling thread's large CPU calls (see Thread safety above): "openmp team of
+ * <path>" when an OpenMP runtime is loaded in the process (LibTorch brings its own; sharing its
+ * team avoids fighting its spinning threads for the cores) and this thread uses it or no thread
+ * does yet; "optim worker pool (another thread uses the openmp team of <path>)" when another
+ * thread uses it; else "optim worker pool". A runtime loaded later is found at the next large call.
+ * OPTIM_THREADING=pool forces the pool. Static text, valid while the library is loaded. Never
+ * NULL. */
 OPTIM_API const char* optim_threading_info(void);
 
 /* ---- Tensor lists ------------------------------------------------------------------------------
@@ -325,7 +341,16 @@ OPTIM_API optim_status optim_greedylr_init(const optim_greedylr_config* config,
  * OPTIM_DEVICE_CUDA: they are in device memory of device_index; a one-thread kernel is launched on
  * stream 0 and the call returns without waiting. metric_dtype: OPTIM_DTYPE_FLOAT32 or _FLOAT64.
  * A NaN or infinite metric counts as "not better" and never enters the smoothing window.
- * The CPU path also checks 0 <= min_lr <= max_lr, a finite min_lr and finite rates >= 0. */
+ * Checked on either device, before anything else: the config, the device, metric_dtype, and that
+ * state, buffers, metric and the four rate arrays (and the window, when smooth) are not NULL.
+ * Then the state and buffers: that the window position is inside the window (0 <= window_count
+ * <= window_size, 0 <= window_next < window_size), that no counter is negative (reset_budget
+ * excepted) or at its limit, that 0 <= min_lr <= max_lr with min_lr finite, and that the rates
+ * and initial rates are finite and >= 0. OPTIM_DEVICE_CPU reports a problem there as
+ * OPTIM_STATUS_INVALID_ARGUMENT. OPTIM_DEVICE_CUDA cannot read them from the host: the kernel
+ * makes the same check and, on a problem, writes nothing at all, so state->steps does not advance
+ * (the call has already returned OK). The lengths of the arrays cannot be checked on either
+ * device. */
 OPTIM_API optim_status optim_greedylr_step(int32_t device, int32_t device_index,
                                            const optim_greedylr_config* config,
                                            optim_greedylr_state* state,

@@ -14,11 +14,19 @@
 #ifndef OPTIM_VERSION
 #define OPTIM_VERSION "0.0.0"
 #endif
+// A string literal, so that optim_build_info() has nothing to build (CMake defines the
+// architectures exactly when it compiles the CUDA kernels).
+#ifdef OPTIM_CUDA_ARCHITECTURES
+#define OPTIM_BUILD_INFO "optim " OPTIM_VERSION " (cpu, cuda: " OPTIM_CUDA_ARCHITECTURES ")"
+#else
+#define OPTIM_BUILD_INFO "optim " OPTIM_VERSION " (cpu, no cuda)"
+#endif
 
 namespace optim {
 
 namespace {
-thread_local std::string t_last_error;
+// A fixed buffer: recording an error never allocates, so it cannot fail (longer messages are cut).
+thread_local char t_last_error[4096];
 
 std::string num(double v)
 {
@@ -30,6 +38,24 @@ std::string num(double v)
 std::string at(int64_t k)
 {
     return "tensor " + std::to_string(k);
+}
+
+// One array of a tensor, named for messages.
+struct Array {
+    const void* data;
+    const char* name;
+};
+
+// Fails when an array the call writes (the first n_written; NULL = unused) is another array of the
+// same tensor: a parameter passed as its own gradient, and the like. Partial overlaps and memory
+// shared between tensors are not detected (optim.h says what then holds).
+void require_unaliased(const char* fn, int64_t k, const Array* a, int n, int n_written)
+{
+    for (int i = 0; i < n_written; ++i)
+        for (int j = i + 1; j < n; ++j)
+            OPTIM_REQUIRE(a[i].data == nullptr || a[i].data != a[j].data, fn,
+                          at(k) + ": the " + a[i].name + " and the " + a[j].name +
+                              " are the same memory");
 }
 
 // Every group's hyperparameters, then every tensor (with its group's momentum) and the group order.
@@ -76,9 +102,14 @@ void validate_sgd(const char* fn, int32_t device, const optim_tensor_list* t, in
         if (n == 0) continue;
         OPTIM_REQUIRE(t->params[k] != nullptr, fn, at(k) + ": parameter pointer is NULL");
         OPTIM_REQUIRE(t->grads[k] != nullptr, fn, at(k) + ": gradient pointer is NULL");
-        if (groups[g].momentum != 0.0)
+        const bool momentum = groups[g].momentum != 0.0;
+        if (momentum)
             OPTIM_REQUIRE(t->momentum_buffers && t->momentum_buffers[k], fn,
                           at(k) + ": momentum buffer pointer is NULL but momentum is nonzero");
+        const Array arrays[] = {{t->params[k], "parameter"},
+                                {momentum ? t->momentum_buffers[k] : nullptr, "momentum buffer"},
+                                {t->grads[k], "gradient"}};
+        require_unaliased(fn, k, arrays, 3, 2);
     }
 }
 
@@ -110,15 +141,43 @@ void validate_greedy_config(const char* fn, const optim_greedylr_config* c)
     OPTIM_REQUIRE(c->groups >= 1, fn, "groups must be >= 1, got " + std::to_string(c->groups));
 }
 
+// The message of a problem greedy_check() found (host memory only).
+void report_greedy_problem(const char* fn, GreedyCheck check, const optim_greedylr_buffers& b)
+{
+    const int32_t g = check.group;
+    const auto at = [g] { return "[" + std::to_string(g) + "]"; };
+    switch (check.problem) {
+    case kGreedyOk:
+        return;
+    case kGreedyWindowPosition:
+        fail(OPTIM_STATUS_INVALID_ARGUMENT,
+             std::string(fn) + ": state's window position is outside the window (corrupt state?)");
+    case kGreedyCounter:
+        fail(OPTIM_STATUS_INVALID_ARGUMENT,
+             std::string(fn) + ": a state counter is negative or at its limit (corrupt state?)");
+    case kGreedyMinLr:
+        fail(OPTIM_STATUS_INVALID_ARGUMENT, std::string(fn) + ": min_lr" + at() +
+                                                " must be finite and >= 0, got " +
+                                                num(b.min_lr[g]));
+    case kGreedyBounds:
+        fail(OPTIM_STATUS_INVALID_ARGUMENT, std::string(fn) + ": min_lr" + at() + " = " +
+                                                num(b.min_lr[g]) + " is greater than max_lr" +
+                                                at() + " = " + num(b.max_lr[g]));
+    case kGreedyRate:
+        fail(OPTIM_STATUS_INVALID_ARGUMENT, std::string(fn) + ": rate " + std::to_string(g) +
+                                                " must be finite and >= 0, got " + num(b.rates[g]));
+    default:
+        fail(OPTIM_STATUS_INVALID_ARGUMENT,
+             std::string(fn) + ": initial rate " + std::to_string(g) +
+                 " must be finite and >= 0, got " + num(b.initial_rates[g]));
+    }
+}
+
 } // namespace
 
-void set_last_error(const char* message) noexcept
+void set_last_error(const char* first, const char* second, const char* third) noexcept
 {
-    try {
-        t_last_error = message;
-    } catch (...) {
-        // Out of memory while recording an error: keep whatever was there.
-    }
+    std::snprintf(t_last_error, sizeof t_last_error, "%s%s%s", first, second, third);
 }
 
 } // namespace optim
@@ -134,20 +193,12 @@ OPTIM_API int32_t optim_abi_version(void)
 
 OPTIM_API const char* optim_build_info(void)
 {
-    static const std::string info = [] {
-        std::string s = std::string("optim ") + OPTIM_VERSION + " (cpu";
-        if (cuda::compiled())
-            s += std::string(", cuda: ") + cuda::architectures();
-        else
-            s += ", no cuda";
-        return s + ")";
-    }();
-    return info.c_str();
+    return OPTIM_BUILD_INFO;
 }
 
 OPTIM_API const char* optim_last_error(void)
 {
-    return t_last_error.c_str();
+    return t_last_error;
 }
 
 OPTIM_API const char* optim_status_name(optim_status status)
@@ -312,6 +363,13 @@ OPTIM_API optim_status optim_hd_step(int32_t device, int32_t device_index, int32
             if (per_parameter)
                 OPTIM_REQUIRE(t.param_rates && t.param_rates[k], fn,
                               at(k) + ": param_rates pointer is NULL (per-parameter scope)");
+            const Array arrays[] = {
+                {t.params[k], "parameter"},
+                {o.momentum != 0.0 ? t.momentum_buffers[k] : nullptr, "momentum buffer"},
+                {o.momentum == 0.0 || o.nesterov ? t.prev_updates[k] : nullptr, "previous update"},
+                {per_parameter ? t.param_rates[k] : nullptr, "parameter rates"},
+                {t.grads[k], "gradient"}};
+            require_unaliased(fn, k, arrays, 5, 4);
         }
         if (!per_parameter) {
             OPTIM_REQUIRE(rates != nullptr, fn, "rates is NULL");
@@ -368,31 +426,15 @@ OPTIM_API optim_status optim_greedylr_step(int32_t device, int32_t device_index,
         OPTIM_REQUIRE(!config->smooth || b.window, fn, "buffers->window is NULL but smooth is on");
         OPTIM_REQUIRE(metric_dtype == OPTIM_DTYPE_FLOAT32 || metric_dtype == OPTIM_DTYPE_FLOAT64,
                       fn, "metric_dtype must be OPTIM_DTYPE_FLOAT32 or OPTIM_DTYPE_FLOAT64");
+        // Everything above is host memory on either device. A device-resident state and buffers
+        // are checked by the kernel itself (greedy_check), which leaves a bad state as it is.
         if (device == OPTIM_DEVICE_CUDA) {
             cuda::greedylr_step(device_index, *config, state, b, metric, metric_dtype);
             return;
         }
         // Host memory: check everything the update will read, so that a corrupt state (a bad file)
         // is reported instead of indexing out of the window.
-        const optim_greedylr_state& s = *state;
-        OPTIM_REQUIRE(s.window_count >= 0 && s.window_count <= config->window_size &&
-                          s.window_next >= 0 && s.window_next < config->window_size,
-                      fn, "state's window position is outside the window (corrupt state?)");
-        for (int32_t g = 0; g < config->groups; ++g) {
-            OPTIM_REQUIRE(std::isfinite(b.min_lr[g]) && b.min_lr[g] >= 0.0, fn,
-                          "min_lr[" + std::to_string(g) + "] must be finite and >= 0, got " +
-                              num(b.min_lr[g]));
-            OPTIM_REQUIRE(b.max_lr[g] >= b.min_lr[g], fn,
-                          "min_lr[" + std::to_string(g) + "] = " + num(b.min_lr[g]) +
-                              " is greater than max_lr[" + std::to_string(g) +
-                              "] = " + num(b.max_lr[g]));
-            OPTIM_REQUIRE(std::isfinite(b.rates[g]) && b.rates[g] >= 0.0, fn,
-                          "rate " + std::to_string(g) + " must be finite and >= 0, got " +
-                              num(b.rates[g]));
-            OPTIM_REQUIRE(std::isfinite(b.initial_rates[g]) && b.initial_rates[g] >= 0.0, fn,
-                          "initial rate " + std::to_string(g) + " must be finite and >= 0, got " +
-                              num(b.initial_rates[g]));
-        }
+        report_greedy_problem(fn, greedy_check(*config, *state, b), b);
         const double m = metric_dtype == OPTIM_DTYPE_FLOAT32
                              ? static_cast<double>(*static_cast<const float*>(metric))
                              : *static_cast<const double*>(metric);
@@ -440,6 +482,17 @@ OPTIM_API optim_status optim_stream_reference(int32_t dtype, const optim_stream_
             for (int32_t j = 0; j < t.n_update; ++j)
                 OPTIM_REQUIRE(t.update[k * t.n_update + j] != nullptr, fn,
                               at(k) + ": update array " + std::to_string(j) + " is NULL");
+            static_assert(OPTIM_STREAM_MAX_ARRAYS == 4, "one name per array");
+            static const char* const update_names[] = {"update array 0", "update array 1",
+                                                       "update array 2", "update array 3"};
+            static const char* const read_names[] = {"read array 0", "read array 1", "read array 2",
+                                                     "read array 3"};
+            Array arrays[2 * OPTIM_STREAM_MAX_ARRAYS];
+            for (int32_t j = 0; j < t.n_update; ++j)
+                arrays[j] = {t.update[k * t.n_update + j], update_names[j]};
+            for (int32_t j = 0; j < t.n_read; ++j)
+                arrays[t.n_update + j] = {t.read[k * t.n_read + j], read_names[j]};
+            require_unaliased(fn, k, arrays, t.n_update + t.n_read, t.n_update);
         }
         if (dtype == OPTIM_DTYPE_FLOAT32)
             cpu::stream_reference_f32(t, scale, sum);

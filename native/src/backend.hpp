@@ -50,7 +50,6 @@ bool compiled() noexcept;
 int device_count() noexcept;
 // Throws optim::Error with OPTIM_STATUS_CUDA_UNAVAILABLE when not compiled or no device.
 void sgd_step(int device_index, int32_t dtype, const SgdCall& call);
-const char* architectures() noexcept;
 // One hypergradient step on the device (stream 0, no host round trip).
 void hd_step(int device_index, int32_t dtype, const HdCall& call);
 // One GreedyLR evaluation on the device (one thread, stream 0).

@@ -39,7 +39,9 @@ class Error : public std::exception {
                           std::string(function) + ": " + (message));                               \
     } while (0)
 
-void set_last_error(const char* message) noexcept;
+// Records first + second + third as the calling thread's last error (optim_last_error). Never
+// allocates and never fails; a message longer than the buffer is cut.
+void set_last_error(const char* first, const char* second = "", const char* third = "") noexcept;
 
 // Runs body() and converts every exception into a status. `function` prefixes messages that do not
 // already name it.
@@ -53,21 +55,13 @@ optim_status guard(const char* function, Body&& body) noexcept
         set_last_error(e.what());
         return e.status();
     } catch (const std::bad_alloc&) {
-        try {
-            set_last_error((std::string(function) + ": out of host memory").c_str());
-        } catch (...) {
-            set_last_error("out of host memory");
-        }
+        set_last_error(function, ": out of host memory");
         return OPTIM_STATUS_OUT_OF_MEMORY;
     } catch (const std::exception& e) {
-        try {
-            set_last_error((std::string(function) + ": internal error: " + e.what()).c_str());
-        } catch (...) {
-            set_last_error("internal error");
-        }
+        set_last_error(function, ": internal error: ", e.what());
         return OPTIM_STATUS_INTERNAL;
     } catch (...) {
-        set_last_error("internal error: unknown exception");
+        set_last_error(function, ": internal error: unknown exception");
         return OPTIM_STATUS_INTERNAL;
     }
 }

@@ -1,5 +1,6 @@
-// GreedyLR's state machine (docs/greedylr.md), one step, written once for the CPU path (api.cpp)
-// and the one-thread CUDA kernel (cuda/greedylr_cuda.cu). Plain data only, no allocation.
+// GreedyLR's state machine (docs/greedylr.md), one step, written once for the CPU path
+// (api.cpp) and the one-thread CUDA kernel (cuda/greedylr_cuda.cu), with the check of what a step
+// reads. Plain data only, no allocation.
 #pragma once
 
 #include <optim.h>
@@ -7,6 +8,7 @@
 #include "sgd_math.hpp" // OPTIM_HOST_DEVICE
 
 #include <math.h>
+#include <stdint.h>
 
 namespace optim {
 
@@ -68,9 +70,53 @@ OPTIM_HOST_DEVICE void greedy_init(const optim_greedylr_config& c, optim_greedyl
     s.resets = 0;
 }
 
-// One evaluation, as docs/greedylr.md describes it, including: a non-finite metric is never better
-// and never enters the smoothing window; trend mode applies one more increase (decrease) per warmup
-// (cooldown) evaluation, within the bounds.
+// What greedy_check() found wrong, if anything (group: the offending group, else -1).
+enum GreedyProblem : int32_t {
+    kGreedyOk = 0,
+    kGreedyWindowPosition, // window_count or window_next outside the window
+    kGreedyCounter,        // a counter negative, or one step from overflowing
+    kGreedyMinLr,          // min_lr[group] not finite or negative
+    kGreedyBounds,         // min_lr[group] > max_lr[group] (or max_lr NaN)
+    kGreedyRate,           // rates[group] not finite or negative
+    kGreedyInitialRate,    // initial_rates[group] not finite or negative
+};
+struct GreedyCheck {
+    int32_t problem;
+    int32_t group;
+};
+
+// Whether greedy_step() may run on this state and these buffers: every index it forms stays inside
+// the window, no counter can overflow, and the bounds and rates are usable. The config must have
+// passed the entry point's checks. The CPU entry point reports a problem as an error; the CUDA
+// kernel, which cannot report, then writes nothing (the host sees that `steps` did not advance).
+OPTIM_HOST_DEVICE GreedyCheck greedy_check(const optim_greedylr_config& c,
+                                           const optim_greedylr_state& s,
+                                           const optim_greedylr_buffers& b)
+{
+    if (s.window_count < 0 || s.window_count > c.window_size || s.window_next < 0 ||
+        s.window_next >= c.window_size)
+        return {kGreedyWindowPosition, -1};
+    // No counter goes below 0 in a real run (reset_budget does when resets are off), and one at its
+    // limit would overflow on the next count.
+    const int64_t top = INT64_MAX;
+    if (s.num_good < 0 || s.num_good == top || s.num_bad < 0 || s.num_bad == top ||
+        s.cooldown_counter < 0 || s.warmup_counter < 0 || s.steps < 0 || s.steps == top ||
+        s.resets < 0 || s.resets == top || s.reset_budget == INT64_MIN)
+        return {kGreedyCounter, -1};
+    for (int32_t g = 0; g < c.groups; ++g) {
+        if (!greedy_is_finite(b.min_lr[g]) || b.min_lr[g] < 0.0) return {kGreedyMinLr, g};
+        if (!(b.max_lr[g] >= b.min_lr[g])) return {kGreedyBounds, g};
+        if (!greedy_is_finite(b.rates[g]) || b.rates[g] < 0.0) return {kGreedyRate, g};
+        if (!greedy_is_finite(b.initial_rates[g]) || b.initial_rates[g] < 0.0)
+            return {kGreedyInitialRate, g};
+    }
+    return {kGreedyOk, -1};
+}
+
+// One evaluation, on a state and buffers that passed greedy_check(). As docs/greedylr.md
+// describes it, plus: a non-finite metric is never better and never enters the smoothing window;
+// trend mode applies one more increase (decrease) per warmup (cooldown) evaluation, within the
+// bounds.
 OPTIM_HOST_DEVICE void greedy_step(const optim_greedylr_config& c, optim_greedylr_state& s,
                                    const optim_greedylr_buffers& b, double metric)
 {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -56,6 +57,14 @@ std::vector<T> random_vector(size_t n, std::mt19937_64& rng, double scale = 1.0)
     std::vector<T> v(n);
     for (auto& x : v) x = static_cast<T>(dist(rng));
     return v;
+}
+
+// Whether two arrays hold the same bits (memcmp on empty vectors would pass it null pointers).
+template <typename T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b)
+{
+    return a.size() == b.size() &&
+           (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
 
 } // namespace optim_test

@@ -96,7 +96,7 @@ void check_update_pass(int32_t nr, int32_t nu)
             for (size_t i = 0; i < want.size(); ++i)
                 for (int pass = 0; pass < 2; ++pass)
                     want[i] = want[i] + static_cast<T>(scale) * before.r(k, i);
-            ASSERT_EQ(0, std::memcmp(got.data(), want.data(), want.size() * sizeof(T)))
+            ASSERT_TRUE(same_bits(got, want))
                 << "update array " << j << " of tensor " << k << " differs from the formula";
         }
     EXPECT_EQ(s.reads, before.reads) << "a read array was written";
@@ -273,4 +273,16 @@ TEST(StreamReferenceValidation, NullArrays)
     f.updates[1] = f.c.data();
     f.reads[0] = nullptr;
     f.expect_failure(OPTIM_STATUS_INVALID_ARGUMENT, "tensor 0: read array 0 is NULL");
+}
+
+TEST(StreamReferenceValidation, AnUpdateArrayMayNotBeAnotherArrayOfTheSameTensor)
+{
+    StreamFixture f;
+    f.updates[1] = f.b.data();
+    f.expect_failure(OPTIM_STATUS_INVALID_ARGUMENT,
+                     "tensor 0: the update array 0 and the update array 1 are the same memory");
+    f.updates[1] = f.c.data();
+    f.reads[0] = f.c.data();
+    f.expect_failure(OPTIM_STATUS_INVALID_ARGUMENT,
+                     "tensor 0: the update array 1 and the read array 0 are the same memory");
 }

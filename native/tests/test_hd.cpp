@@ -301,3 +301,45 @@ TEST(HdCpu, ValidationNamesTheProblem)
     expect(p, good, "assume_finite must be 0 or 1");
     EXPECT_EQ(m.p[0][0], HdModel({10}, 7, 0.1).p[0][0]) << "nothing may change";
 }
+
+TEST(HdCpu, AnArrayTheStepWritesMayNotBeAnotherOfTheSameTensor)
+{
+    HdModel m({10}, 7, 0.1);
+    m.group[0] = 0;
+    const HdModel before({10}, 7, 0.1);
+    const optim_hd_group plain[1] = {{0, 0, 0, 0, 0}};
+    const optim_hd_group heavy_ball[1] = {{0.9, 0, 0, 0, 0}};
+    auto expect = [&](optim_hd_tensors list, int scope, const optim_hd_group* groups,
+                      const std::string& what) {
+        auto params = hd_params(scope, OPTIM_HD_RULE_ADDITIVE, false);
+        EXPECT_EQ(optim_hd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, 1, groups, &params,
+                                m.rates.data(), nullptr),
+                  OPTIM_STATUS_INVALID_ARGUMENT);
+        EXPECT_NE(std::string(optim_last_error()).find(what), std::string::npos)
+            << optim_last_error();
+        EXPECT_EQ(m.p[0], before.p[0]) << "nothing may change";
+        EXPECT_EQ(m.u[0], before.u[0]) << "nothing may change";
+    };
+    auto list = m.list();
+    m.gp[0] = m.p[0].data();
+    expect(list, OPTIM_HD_SCOPE_GLOBAL, plain, "the parameter and the gradient are the same");
+    list = m.list();
+    m.up[0] = m.p[0].data();
+    expect(list, OPTIM_HD_SCOPE_GLOBAL, plain, "the parameter and the previous update are");
+    list = m.list();
+    m.rp[0] = m.u[0].data();
+    expect(list, OPTIM_HD_SCOPE_PER_PARAMETER, plain,
+           "the previous update and the parameter rates are");
+    list = m.list();
+    m.bp[0] = m.g[0].data();
+    expect(list, OPTIM_HD_SCOPE_PER_TENSOR, heavy_ball,
+           "the momentum buffer and the gradient are the same");
+    // Heavy-ball momentum keeps no separate previous update: that array is not compared.
+    list = m.list();
+    m.up[0] = m.p[0].data();
+    auto params = hd_params(OPTIM_HD_SCOPE_GLOBAL, OPTIM_HD_RULE_ADDITIVE, false);
+    EXPECT_EQ(optim_hd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, 1, heavy_ball, &params,
+                            m.rates.data(), nullptr),
+              OPTIM_STATUS_OK)
+        << optim_last_error();
+}

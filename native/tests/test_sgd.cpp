@@ -143,11 +143,11 @@ void run_against_reference(const Combo& combo, int steps)
                   combo.nesterov, combo.maximize};
     Model<T> fused(kSizes, 42);
     Model<T> ref(kSizes, 42);
-    std::mt19937_64 rng_f(7), rng_r(7);
+    std::mt19937_64 rng(7);
     const optim_sgd_params params = to_params(cfg);
     for (int step = 1; step <= steps; ++step) {
-        fused.new_gradients(rng_f);
-        ref.new_gradients(rng_r);
+        fused.new_gradients(rng);
+        for (size_t k = 0; k < kSizes.size(); ++k) ref.tensors[k].grad = fused.tensors[k].grad;
         // Tensor 2 joins late (a parameter that had no gradient for the first steps): its momentum
         // buffer must start fresh at its own first step.
         std::vector<bool> active(kSizes.size(), true);
@@ -259,10 +259,9 @@ TEST_F(ThreadCount, ResultsAreBitwiseIdenticalForAnyNumberOfThreads)
         for (size_t k = 0; k < sizes.size(); ++k) {
             const auto& a = runs[0].tensors[k];
             const auto& b = runs[r].tensors[k];
-            EXPECT_EQ(0,
-                      std::memcmp(a.param.data(), b.param.data(), a.param.size() * sizeof(float)))
+            EXPECT_TRUE(same_bits(a.param, b.param))
                 << "params of tensor " << k << " differ between thread counts";
-            EXPECT_EQ(0, std::memcmp(a.buf.data(), b.buf.data(), a.buf.size() * sizeof(float)))
+            EXPECT_TRUE(same_bits(a.buf, b.buf))
                 << "buffers of tensor " << k << " differ between thread counts";
         }
 }
@@ -444,11 +443,11 @@ void run_groups_against_reference(int threads)
         }
     }
     Model<T> fused(sizes, 3), ref(sizes, 3);
-    std::mt19937_64 rng_f(8), rng_r(8);
+    std::mt19937_64 rng(8);
     const std::vector<bool> active(sizes.size(), true);
     for (int step = 1; step <= 6; ++step) {
-        fused.new_gradients(rng_f);
-        ref.new_gradients(rng_r);
+        fused.new_gradients(rng);
+        for (size_t k = 0; k < sizes.size(); ++k) ref.tensors[k].grad = fused.tensors[k].grad;
         optim_tensor_list list = fused.list(active);
         list.group_index = group.data();
         ASSERT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, dtype_of<T>(), &list,
@@ -547,4 +546,24 @@ TEST(FusedSgdValidation, TensorsOutOfGroupOrderAreRejected)
               OPTIM_STATUS_INVALID_ARGUMENT);
     EXPECT_NE(std::string(optim_last_error()).find("param-group order"), std::string::npos);
     EXPECT_EQ(p, (std::vector<float>{1, 2}));
+}
+
+TEST(FusedSgdValidation, AnArrayTheStepWritesMayNotBeAnotherOfTheSameTensor)
+{
+    Fixture f;
+    f.gs[0] = f.p.data(); // the parameter as its own gradient
+    f.expect_failure(OPTIM_STATUS_INVALID_ARGUMENT,
+                     "tensor 0: the parameter and the gradient are the same memory");
+    f.gs[0] = f.g.data();
+    f.bs[0] = f.p.data();
+    f.expect_failure(OPTIM_STATUS_INVALID_ARGUMENT,
+                     "tensor 0: the parameter and the momentum buffer are the same memory");
+    f.bs[0] = f.g.data();
+    f.expect_failure(OPTIM_STATUS_INVALID_ARGUMENT,
+                     "tensor 0: the momentum buffer and the gradient are the same memory");
+    // Without momentum the buffer is not used, so it is not compared.
+    f.params.momentum = 0;
+    EXPECT_EQ(optim_sgd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &f.list, 1, &f.params),
+              OPTIM_STATUS_OK)
+        << optim_last_error();
 }

@@ -266,7 +266,7 @@ public class BindingsTests
             Assert.Ignore("a CUDA device is present");
         }
         var ex = Assert.Throws<NotSupportedException>(() => OptimNative.SgdStep(NativeDevice.Cuda, 0, NativeDType.Float32,
-            new nint[] { 16 }, new nint[] { 16 }, default, new long[] { 1 }, default, new SgdHyperparameters(0.1)));
+            new nint[] { 16 }, new nint[] { 32 }, default, new long[] { 1 }, default, new SgdHyperparameters(0.1)));
         Assert.That(ex!.Message, Does.Contain(OptimNative.CudaCompiled ? "no CUDA device is present" : "no CUDA support"));
     }
 

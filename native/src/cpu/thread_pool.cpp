@@ -2,17 +2,18 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <mutex>
-#include <string>
 #include <thread>
 #include <vector>
 
 #if defined(__linux__)
 #include <dlfcn.h>
 #include <link.h>
+#include <pthread.h>
 #include <sched.h>
 #endif
 
@@ -22,8 +23,7 @@ namespace {
 
 thread_local bool t_inside_pool = false;
 
-// ---- The OpenMP runtime LibTorch brought into the process, if any
-// ---------------------------------
+// ---- The OpenMP runtime LibTorch brought into the process, if any -----------------------------
 //
 // LibTorch's intra-op threads are an OpenMP team (its own libgomp copy). After each parallel region
 // those threads spin for a while; a second pool of ours would then fight them for the cores, and an
@@ -33,10 +33,15 @@ thread_local bool t_inside_pool = false;
 using GompParallelFn = void (*)(void (*)(void*), void*, unsigned, unsigned);
 using OmpIntFn = int (*)();
 
+// Detection and the texts of optim_threading_info use fixed buffers: detection may run inside a
+// step, which must not fail part-way, and nothing here may throw (a missing runtime is no error).
+constexpr size_t kPathMax = 4096;
+
 struct Gomp {
     GompParallelFn parallel = nullptr;
     OmpIntFn max_threads = nullptr;
-    std::string path;
+    char team_text[kPathMax + 64] = "";  // on the thread that uses the team
+    char other_text[kPathMax + 64] = ""; // on every other thread
 };
 
 #if defined(__linux__)
@@ -44,30 +49,85 @@ int find_libgomp(struct dl_phdr_info* info, size_t, void* data)
 {
     const char* name = info->dlpi_name;
     if (name && std::strstr(name, "libgomp") != nullptr) {
-        static_cast<std::string*>(data)->assign(name);
+        std::snprintf(static_cast<char*>(data), kPathMax, "%s", name);
         return 1;
     }
     return 0;
 }
 #endif
 
-Gomp detect_gomp()
+bool detect_gomp(Gomp& g) noexcept
 {
-    Gomp g;
 #if defined(__linux__)
     const char* mode = std::getenv("OPTIM_THREADING");
-    if (mode && std::strcmp(mode, "pool") == 0) return g;
-    std::string path;
-    dl_iterate_phdr(find_libgomp, &path);
-    if (path.empty()) return g;
-    void* handle = dlopen(path.c_str(), RTLD_LAZY | RTLD_NOLOAD);
-    if (!handle) return g;
+    if (mode && std::strcmp(mode, "pool") == 0) return false;
+    char path[kPathMax] = "";
+    dl_iterate_phdr(find_libgomp, path);
+    if (path[0] == '\0') return false;
+    void* handle = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
+    if (!handle) return false;
     g.parallel = reinterpret_cast<GompParallelFn>(dlsym(handle, "GOMP_parallel"));
     g.max_threads = reinterpret_cast<OmpIntFn>(dlsym(handle, "omp_get_max_threads"));
-    if (!g.parallel || !g.max_threads) return Gomp{};
-    g.path = path;
+    if (!g.parallel || !g.max_threads) return false;
+    std::snprintf(g.team_text, sizeof g.team_text, "openmp team of %s", path);
+    std::snprintf(g.other_text, sizeof g.other_text,
+                  "optim worker pool (another thread uses the openmp team of %s)", path);
+    return true;
+#else
+    (void)g;
+    return false;
 #endif
-    return g;
+}
+
+// ---- One OpenMP team at most --------------------------------------------------------------------
+//
+// libgomp keeps a team per thread that calls GOMP_parallel, so every distinct calling thread would
+// add a team of spinning threads. Only one thread, the first to run a parallel step while the
+// runtime is loaded, uses the team; parallel steps from other threads run on our own pool. The
+// designation ends when that thread exits (libgomp then frees its team), and the next thread to run
+// a parallel step takes it over. Thread ids, not addresses: they are never reused.
+std::atomic<uint64_t> g_next_thread_id{0};
+std::atomic<uint64_t> g_openmp_thread{0}; // 0: no thread designated
+thread_local uint64_t t_thread_id = 0;
+
+uint64_t this_thread_id() noexcept
+{
+    if (t_thread_id == 0) t_thread_id = g_next_thread_id.fetch_add(1) + 1;
+    return t_thread_id;
+}
+
+#if defined(__linux__)
+pthread_key_t g_exit_key;
+std::once_flag g_exit_key_once;
+bool g_exit_key_ok = false;
+
+void on_openmp_thread_exit(void*)
+{
+    uint64_t me = t_thread_id;
+    g_openmp_thread.compare_exchange_strong(me, 0);
+}
+#endif
+
+// Whether the calling thread uses the OpenMP team (designating it if no thread is).
+bool claim_openmp_team()
+{
+    const uint64_t me = this_thread_id();
+    uint64_t owner = g_openmp_thread.load(std::memory_order_acquire);
+    if (owner != 0) return owner == me;
+#if defined(__linux__)
+    std::call_once(g_exit_key_once, [] {
+        g_exit_key_ok = pthread_key_create(&g_exit_key, on_openmp_thread_exit) == 0;
+    });
+    // Without a way to hand the team on at exit, the designation would outlive the thread.
+    if (!g_exit_key_ok || pthread_setspecific(g_exit_key, &g_openmp_thread) != 0) return false;
+#endif
+    return g_openmp_thread.compare_exchange_strong(owner, me);
+}
+
+bool is_openmp_thread() noexcept
+{
+    const uint64_t owner = g_openmp_thread.load(std::memory_order_acquire);
+    return owner == 0 || owner == this_thread_id();
 }
 
 } // namespace
@@ -91,13 +151,14 @@ int default_num_threads()
 }
 
 struct ThreadPool::Impl {
-    std::mutex run_mutex; // one parallel_for at a time on our own workers
+    std::mutex run_mutex; // one parallel_for at a time (on the OpenMP team or on our workers)
 
     std::mutex mutex;
     std::condition_variable wake;
     std::condition_variable done;
     std::vector<std::thread> workers;
-    int requested = 0; // 0 = default
+    // Written under run_mutex, read by every step without it.
+    std::atomic<int> requested{0}; // 0 = default
     bool started = false;
     uint64_t generation = 0;
     bool stopping = false;
@@ -117,27 +178,25 @@ struct ThreadPool::Impl {
 
     // Looked up until found (LibTorch may be loaded after our first call; a miss costs a walk over
     // the loaded libraries, about a microsecond, and happens only on parallel-sized work), then
-    // cached.
-    const Gomp& openmp()
+    // cached. Null when no OpenMP runtime is used.
+    const Gomp* openmp()
     {
         if (!gomp_found.load(std::memory_order_acquire)) {
             std::lock_guard<std::mutex> lock(gomp_mutex);
             if (!gomp_found.load(std::memory_order_relaxed)) {
-                Gomp g = detect_gomp();
-                if (g.parallel) {
-                    gomp = g;
-                    gomp_found.store(true, std::memory_order_release);
-                }
+                if (!detect_gomp(gomp)) return nullptr;
+                gomp_found.store(true, std::memory_order_release);
             }
         }
-        return gomp;
+        return &gomp;
     }
 
     int threads()
     {
-        if (requested > 0) return requested;
-        const Gomp& g = openmp();
-        return g.parallel ? g.max_threads() : default_num_threads();
+        const int n = requested.load(std::memory_order_relaxed);
+        if (n > 0) return n;
+        const Gomp* g = openmp();
+        return g ? g->max_threads() : default_num_threads();
     }
 
     // Pulls indices until none are left; records the first exception and stops handing out work.
@@ -185,11 +244,18 @@ struct ThreadPool::Impl {
         }
     }
 
-    void start(int n)
+    // Starts up to n - 1 workers. Fewer (none, at worst) when the system refuses threads: the
+    // caller then takes more of the indices, so a step never fails half-way for want of threads.
+    void start(int n) noexcept
     {
         stopping = false;
         const uint64_t current = generation;
-        for (int i = 1; i < n; ++i) workers.emplace_back([this, current] { worker_loop(current); });
+        try {
+            workers.reserve(static_cast<size_t>(n > 1 ? n - 1 : 0));
+            for (int i = 1; i < n; ++i)
+                workers.emplace_back([this, current] { worker_loop(current); });
+        } catch (...) {
+        }
         started = true;
     }
 
@@ -220,7 +286,7 @@ ThreadPool::~ThreadPool()
     delete impl_;
 }
 
-int ThreadPool::num_threads() const noexcept
+int ThreadPool::num_threads() const
 {
     return impl_->threads();
 }
@@ -229,15 +295,14 @@ void ThreadPool::set_num_threads(int n)
 {
     std::lock_guard<std::mutex> guard(impl_->run_mutex);
     impl_->stop();
-    impl_->requested = n > 0 ? n : 0;
+    impl_->requested.store(n > 0 ? n : 0, std::memory_order_relaxed);
 }
 
-const char* ThreadPool::backend() const noexcept
+const char* ThreadPool::backend() const
 {
-    thread_local std::string text;
-    const Gomp& g = impl_->openmp();
-    text = g.parallel ? "openmp team of " + g.path : std::string("optim worker pool");
-    return text.c_str();
+    const Gomp* g = impl_->openmp();
+    if (!g) return "optim worker pool";
+    return is_openmp_thread() ? g->team_text : g->other_text;
 }
 
 void ThreadPool::run(int64_t n, Task task, void* context)
@@ -257,9 +322,9 @@ void ThreadPool::run(int64_t n, Task task, void* context)
     s.next.store(0, std::memory_order_relaxed);
     s.error = nullptr;
 
-    const Gomp& g = s.openmp();
-    if (g.parallel) {
-        g.parallel(&Impl::openmp_body, &s, static_cast<unsigned>(threads), 0);
+    const Gomp* g = s.openmp();
+    if (g && claim_openmp_team()) {
+        g->parallel(&Impl::openmp_body, &s, static_cast<unsigned>(threads), 0);
     } else {
         if (!s.started) s.start(threads);
         {

@@ -1,5 +1,6 @@
-// A small persistent worker pool for the CPU path. We do not use OpenMP: LibTorch ships its own
-// OpenMP runtime, and linking the system's would put a second one in the process (docs/design.md).
+// A small persistent worker pool for the CPU path, or the team of an OpenMP runtime already in the
+// process (LibTorch's), used by one thread at a time at most (docs/design.md). We never link an
+// OpenMP runtime: LibTorch ships its own, and a second one would fight it for the cores.
 //
 // parallel_for(n, fn) runs fn(i) for every i in [0, n) exactly once, spread over the pool's threads
 // (the caller is one of them), and returns when all have finished. Which thread runs which index is
@@ -19,12 +20,13 @@ class ThreadPool {
     static ThreadPool& instance();
 
     // The requested count, else the OpenMP runtime's default (torch.set_num_threads), else
-    // OPTIM_NUM_THREADS or the CPUs this process may run on.
-    int num_threads() const noexcept;
+    // OPTIM_NUM_THREADS or the CPUs this process may run on. Allocates nothing.
+    int num_threads() const;
     // 0 = default.
     void set_num_threads(int n);
-    // "openmp team of <path>" or "optim worker pool" (valid until the next call on this thread).
-    const char* backend() const noexcept;
+    // Which threads run the calling thread's parallel steps (optim_threading_info): a static text,
+    // or one kept by the pool for the life of the process. Allocates nothing.
+    const char* backend() const;
 
     template <class Fn>
     void parallel_for(int64_t n, Fn&& fn)

@@ -16,8 +16,9 @@ namespace optim::cpu {
 // The element loops are compiled twice, for AVX2 and for the x86-64 baseline, and the better one is
 // picked at load time (GCC function multiversioning). Without FMA the two give bitwise-identical
 // results; the AVX2 one does twice the work per instruction where a loop is compute-bound (the
-// double accumulation of the hypergradient reductions).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// double accumulation of the hypergradient reductions). Not under ThreadSanitizer: the clones'
+// resolvers run while the library is relocated, before TSan's runtime is up, and crash there.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 #define OPTIM_CPU_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define OPTIM_CPU_CLONES

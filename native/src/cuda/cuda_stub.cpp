@@ -13,10 +13,6 @@ int device_count() noexcept
 {
     return 0;
 }
-const char* architectures() noexcept
-{
-    return "";
-}
 
 void sgd_step(int, int32_t, const SgdCall&)
 {

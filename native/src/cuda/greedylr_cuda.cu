@@ -1,7 +1,7 @@
-// GreedyLR on the device: one thread runs the same greedy_step() as the CPU path, reading the
-// metric from device memory and writing the rates to device memory, where the fused optimizer
-// kernels read them; nothing waits for the host. Compiled in CI; see docs/design.md for what has
-// run on a GPU.
+// GreedyLR on the device: one thread runs the same greedy_check() and greedy_step() as the CPU
+// path, reading the metric from device memory and writing the rates to device memory, where the
+// fused optimizer kernels read them; nothing waits for the host. Compiled in CI; see
+// docs/design.md for what has run on a GPU.
 #include "../greedylr_math.hpp"
 #include "cuda_util.cuh"
 
@@ -13,6 +13,8 @@ template <typename M>
 __global__ void greedylr_kernel(optim_greedylr_config config, optim_greedylr_state* state,
                                 optim_greedylr_buffers buffers, const M* metric)
 {
+    // The host cannot read the state: a corrupt one is left as it is (steps does not advance).
+    if (greedy_check(config, *state, buffers).problem != kGreedyOk) return;
     greedy_step(config, *state, buffers, static_cast<double>(*metric));
 }
 

@@ -141,11 +141,6 @@ int device_count() noexcept
     return count;
 }
 
-const char* architectures() noexcept
-{
-    return OPTIM_CUDA_ARCHITECTURES;
-}
-
 void sgd_step(int device_index, int32_t dtype, const SgdCall& call)
 {
     require_device(device_index, "optim_sgd_step");

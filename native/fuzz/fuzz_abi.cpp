@@ -1,0 +1,639 @@
+// libFuzzer harness over the C ABI (docs/reliability.md). Each input is decoded into a few calls:
+// SGD steps (several groups), HD steps (every scope and rule), GreedyLR init and steps (corrupt
+// state, non-finite metrics), thread counts, version bumps (count and NULL cases: no LibTorch
+// here), the bandwidth reference and the information functions, with random counts and sizes, NULL
+// and aliased pointers, extreme and non-finite values and inconsistent arguments. The harness owns
+// every byte it passes, each buffer sized exactly, so AddressSanitizer catches any access outside
+// them. Assertions (a failure aborts, which the fuzzer reports as a crash):
+//  - every call returns a status a CPU-only build can return (INTERNAL is a bug);
+//  - after a non-OK status every buffer is byte for byte as it was (a failed check writes nothing)
+//    and optim_last_error() names the function;
+//  - after any call, what the ABI only reads is unchanged (unless the input aliased it with memory
+//    the call writes).
+#include <optim.h>
+
+#include <fuzzer/FuzzedDataProvider.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <vector>
+
+namespace {
+
+[[noreturn]] void fuzz_fail(const char* what, const char* detail)
+{
+    std::fprintf(stderr, "fuzz assertion failed: %s (%s)\n", what, detail);
+    std::abort();
+}
+
+#define FUZZ_CHECK(condition, detail)                                                              \
+    do {                                                                                           \
+        if (!(condition)) fuzz_fail(#condition, detail);                                           \
+    } while (0)
+
+// Every byte one call may see, each block allocated to its exact size, with a copy to compare.
+class Arena {
+  public:
+    void* alloc(size_t bytes, bool read_only)
+    {
+        blocks_.push_back(Block{std::make_unique<unsigned char[]>(bytes), bytes, read_only, {}});
+        return blocks_.back().data.get();
+    }
+    template <class T>
+    T* array(int64_t n, bool read_only)
+    {
+        return static_cast<T*>(alloc(static_cast<size_t>(n > 0 ? n : 0) * sizeof(T), read_only));
+    }
+    // The call writes through `p`: the block holding it is no longer expected to stay unchanged.
+    void written(const void* p)
+    {
+        const auto* c = static_cast<const unsigned char*>(p);
+        for (Block& b : blocks_)
+            if (c >= b.data.get() && c <= b.data.get() + b.bytes) b.read_only = false;
+    }
+    void snapshot()
+    {
+        for (Block& b : blocks_) b.copy.assign(b.data.get(), b.data.get() + b.bytes);
+    }
+    bool unchanged(bool only_read_only) const
+    {
+        for (const Block& b : blocks_)
+            if ((b.read_only || !only_read_only) && b.bytes > 0 &&
+                std::memcmp(b.copy.data(), b.data.get(), b.bytes) != 0)
+                return false;
+        return true;
+    }
+
+  private:
+    struct Block {
+        std::unique_ptr<unsigned char[]> data;
+        size_t bytes;
+        bool read_only;
+        std::vector<unsigned char> copy;
+    };
+    std::vector<Block> blocks_;
+};
+
+const double kSpecial[] = {0.0,
+                           -0.0,
+                           1.0,
+                           -1.0,
+                           0.5,
+                           2.0,
+                           1e-3,
+                           0.9,
+                           0.1,
+                           1e-8,
+                           1e-300,
+                           5e-324,
+                           -5e-324,
+                           1e300,
+                           -1e300,
+                           3.4e38,
+                           3.5e38,
+                           -3.5e38,
+                           1.2e-38,
+                           1e-45,
+                           std::numeric_limits<double>::max(),
+                           std::numeric_limits<double>::lowest(),
+                           std::numeric_limits<double>::min(),
+                           HUGE_VAL,
+                           -HUGE_VAL,
+                           std::numeric_limits<double>::quiet_NaN(),
+                           -std::numeric_limits<double>::quiet_NaN()};
+constexpr int kSpecials = sizeof kSpecial / sizeof kSpecial[0];
+
+// A hyperparameter or metric: usually one of `sane`, else a special value or any double.
+double value(FuzzedDataProvider& in, std::initializer_list<double> sane)
+{
+    const uint8_t b = in.ConsumeIntegral<uint8_t>();
+    if (b < 160) return sane.begin()[b % sane.size()];
+    if (b < 240) return kSpecial[b % kSpecials];
+    return in.ConsumeFloatingPoint<double>();
+}
+
+int32_t pick_i32(FuzzedDataProvider& in, std::initializer_list<int32_t> usual)
+{
+    const uint8_t b = in.ConsumeIntegral<uint8_t>();
+    if (b < 240) return usual.begin()[b % usual.size()];
+    return in.ConsumeIntegral<int32_t>();
+}
+
+int64_t pick_i64(FuzzedDataProvider& in, std::initializer_list<int64_t> usual)
+{
+    constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+    constexpr int64_t kMin = std::numeric_limits<int64_t>::min();
+    static const int64_t kLimits[] = {kMax, kMin, kMax - 1, kMin + 1};
+    const uint8_t b = in.ConsumeIntegral<uint8_t>();
+    if (b < 128) return usual.begin()[b % usual.size()];
+    if (b < 224) return kLimits[b % 4];
+    return in.ConsumeIntegral<int64_t>();
+}
+
+// Element counts: mostly tiny, sometimes around a chunk, rarely enough for the worker pool.
+int64_t numel(FuzzedDataProvider& in, int64_t& budget)
+{
+    const uint8_t b = in.ConsumeIntegral<uint8_t>();
+    int64_t n = b < 200 ? b % 24 : b < 250 ? 65536 - 8 + b % 16 : 131072 + 997 * (b % 7);
+    if (n > budget) n = b % 24;
+    budget -= n;
+    return n;
+}
+
+uint64_t next(uint64_t& s)
+{
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    return s;
+}
+
+// Fills n elements (float or double) from a short description: plain values, values with
+// scattered specials, raw bit patterns, or one special everywhere.
+void fill(FuzzedDataProvider& in, void* data, int64_t n, bool f64)
+{
+    const uint8_t mode = in.ConsumeIntegral<uint8_t>() % 4;
+    uint64_t s = in.ConsumeIntegral<uint32_t>() | 1u;
+    const double constant = kSpecial[in.ConsumeIntegral<uint8_t>() % kSpecials];
+    for (int64_t i = 0; i < n; ++i) {
+        const uint64_t r = next(s);
+        double v = (static_cast<double>(r >> 11) * 0x1p-53 - 0.5) * 4.0;
+        if (mode == 1 && (r & 31) == 0) v = kSpecial[(r >> 8) % kSpecials];
+        if (mode == 3) v = constant;
+        if (f64) {
+            if (mode == 2)
+                std::memcpy(static_cast<double*>(data) + i, &r, sizeof(double));
+            else
+                static_cast<double*>(data)[i] = v;
+        } else {
+            if (mode == 2) {
+                const uint32_t bits = static_cast<uint32_t>(r >> 17);
+                std::memcpy(static_cast<float*>(data) + i, &bits, sizeof(float));
+            } else {
+                static_cast<float*>(data)[i] = static_cast<float>(v);
+            }
+        }
+    }
+}
+
+void expect_status(optim_status status, const char* fn, const Arena& arena)
+{
+    const char* message = optim_last_error();
+    FUZZ_CHECK(message != nullptr, fn);
+    FUZZ_CHECK(status == OPTIM_STATUS_OK || status == OPTIM_STATUS_INVALID_ARGUMENT ||
+                   status == OPTIM_STATUS_UNSUPPORTED || status == OPTIM_STATUS_CUDA_UNAVAILABLE,
+               message);
+    if (status != OPTIM_STATUS_OK) {
+        FUZZ_CHECK(std::strstr(message, fn) != nullptr, message);
+        FUZZ_CHECK(arena.unchanged(false), message);
+    }
+    FUZZ_CHECK(arena.unchanged(true), fn);
+}
+
+int32_t pick_device(FuzzedDataProvider& in)
+{
+    return pick_i32(in, {OPTIM_DEVICE_CPU, OPTIM_DEVICE_CPU, OPTIM_DEVICE_CPU, OPTIM_DEVICE_CUDA});
+}
+
+int32_t pick_dtype(FuzzedDataProvider& in)
+{
+    return pick_i32(in, {OPTIM_DTYPE_FLOAT32, OPTIM_DTYPE_FLOAT64});
+}
+
+// One tensor's arrays: `kinds` arrays of n elements, allocated exactly, possibly aliased with each
+// other or with an earlier tensor's, possibly NULL. out[j] is array j; written[j] says whether the
+// call may write it.
+struct TensorArrays {
+    std::vector<void*> ptr;
+};
+
+TensorArrays tensor_arrays(FuzzedDataProvider& in, Arena& arena, int64_t n, size_t esize,
+                           const std::vector<bool>& written, const std::vector<TensorArrays>& prior,
+                           const std::vector<int64_t>& prior_numels, bool f64)
+{
+    const size_t kinds = written.size();
+    TensorArrays t;
+    t.ptr.resize(kinds);
+    const uint8_t layout = in.ConsumeIntegral<uint8_t>();
+    // layout 0..191: separate arrays; 192..: one aliasing pattern.
+    const uint8_t which = in.ConsumeIntegral<uint8_t>();
+    const size_t a = which % kinds, b = (which / 8) % kinds;
+    if (layout >= 224 && n > 0) {
+        // Partial overlap: array b starts `off` elements into array a's block.
+        const int64_t off = 1 + which % 3;
+        for (size_t j = 0; j < kinds; ++j) {
+            if (j == b && b != a) continue;
+            t.ptr[j] =
+                arena.alloc(static_cast<size_t>(n + (j == a ? off : 0)) * esize, !written[j]);
+            fill(in, t.ptr[j], n + (j == a ? off : 0), f64);
+        }
+        if (b != a) t.ptr[b] = static_cast<unsigned char*>(t.ptr[a]) + off * esize;
+    } else {
+        for (size_t j = 0; j < kinds; ++j) {
+            t.ptr[j] = arena.alloc(static_cast<size_t>(n) * esize, !written[j]);
+            fill(in, t.ptr[j], n, f64);
+        }
+        if (layout >= 192 && layout < 208) {
+            t.ptr[b] = t.ptr[a]; // the same buffer twice (a parameter as its own gradient, ...)
+        } else if (layout >= 208 && layout < 224 && !prior.empty()) {
+            const size_t k = which % prior.size();
+            if (prior_numels[k] >= n && prior[k].ptr[a] != nullptr)
+                t.ptr[b] = prior[k].ptr[a]; // shared with an earlier tensor
+        }
+    }
+    // NULL entries, where the input asks for them.
+    const uint8_t nulls = in.ConsumeIntegral<uint8_t>();
+    if (nulls >= 240) t.ptr[nulls % kinds] = nullptr;
+    return t;
+}
+
+// Marks every array the call may write, and whatever it aliases, as written.
+void mark_written(Arena& arena, const std::vector<TensorArrays>& tensors,
+                  const std::vector<bool>& written)
+{
+    for (const TensorArrays& t : tensors)
+        for (size_t j = 0; j < written.size(); ++j)
+            if (written[j] && t.ptr[j]) arena.written(t.ptr[j]);
+}
+
+template <class T>
+T* maybe(FuzzedDataProvider& in, T* p)
+{
+    return in.ConsumeIntegral<uint8_t>() >= 235 ? nullptr : p;
+}
+
+void fuzz_sgd(FuzzedDataProvider& in)
+{
+    Arena arena;
+    const int32_t device = pick_device(in);
+    const int32_t device_index = in.ConsumeIntegralInRange<int32_t>(-1, 1);
+    const int32_t dtype = pick_dtype(in);
+    const bool f64 = dtype == OPTIM_DTYPE_FLOAT64;
+    const size_t esize = f64 ? 8 : 4;
+    const int32_t n_groups = in.ConsumeIntegralInRange<int32_t>(-1, 4);
+    auto* groups = arena.array<optim_sgd_params>(n_groups, true);
+    for (int32_t g = 0; g < n_groups; ++g) {
+        optim_sgd_params& p = groups[g];
+        optim_sgd_params_default(&p);
+        p.lr = value(in, {0.01, 0.1, 1.0, 0.0});
+        p.momentum = value(in, {0.0, 0.9, 0.0, 0.5});
+        p.dampening = value(in, {0.0, 0.0, 0.1});
+        p.weight_decay = value(in, {0.0, 1e-4, 0.0});
+        p.nesterov = pick_i32(in, {0, 0, 1});
+        p.maximize = pick_i32(in, {0, 1});
+        if (in.ConsumeIntegral<uint8_t>() >= 200) {
+            auto* lr = arena.array<double>(1, true);
+            *lr = value(in, {0.05, 0.0});
+            p.lr_ptr = lr;
+        }
+    }
+    const int64_t count = in.ConsumeIntegralInRange<int64_t>(-1, 6);
+    int64_t budget = 200000;
+    const std::vector<bool> written = {true, false, true}; // param, grad, momentum buffer
+    std::vector<TensorArrays> tensors;
+    std::vector<int64_t> numels;
+    auto* numel_array = arena.array<int64_t>(count, true);
+    auto* group_index = arena.array<int32_t>(count, true);
+    auto* fresh = arena.array<uint8_t>(count, true);
+    int32_t group = 0;
+    for (int64_t k = 0; k < count; ++k) {
+        const uint8_t step = in.ConsumeIntegral<uint8_t>();
+        group += step < 160 ? 0 : step < 250 ? 1 : -1; // non-decreasing, unless the input says
+        group_index[k] = step == 255 ? in.ConsumeIntegral<int32_t>() : group;
+        fresh[k] = in.ConsumeIntegral<uint8_t>() % 3 == 0;
+        const int64_t n = numel(in, budget);
+        numel_array[k] = in.ConsumeIntegral<uint8_t>() >= 250 ? -n - 1 : n;
+        tensors.push_back(tensor_arrays(in, arena, n, esize, written, tensors, numels, f64));
+        numels.push_back(n);
+    }
+    auto* ps = arena.array<void*>(count, true);
+    auto* gs = arena.array<const void*>(count, true);
+    auto* bs = arena.array<void*>(count, true);
+    for (int64_t k = 0; k < count; ++k) {
+        ps[k] = tensors[static_cast<size_t>(k)].ptr[0];
+        gs[k] = tensors[static_cast<size_t>(k)].ptr[1];
+        bs[k] = tensors[static_cast<size_t>(k)].ptr[2];
+    }
+    auto* list = arena.array<optim_tensor_list>(1, true);
+    *list = optim_tensor_list{count,
+                              maybe(in, ps),
+                              maybe(in, gs),
+                              maybe(in, bs),
+                              maybe(in, numel_array),
+                              maybe(in, fresh),
+                              maybe(in, group_index)};
+    mark_written(arena, tensors, written);
+    arena.snapshot();
+    const optim_status status =
+        optim_sgd_step(device, device_index, dtype, maybe(in, list), n_groups, maybe(in, groups));
+    expect_status(status, "optim_sgd_step", arena);
+}
+
+void fuzz_hd(FuzzedDataProvider& in)
+{
+    Arena arena;
+    const int32_t device = pick_device(in);
+    const int32_t dtype = pick_dtype(in);
+    const bool f64 = dtype == OPTIM_DTYPE_FLOAT64;
+    const size_t esize = f64 ? 8 : 4;
+    auto* hp = arena.array<optim_hd_params>(1, true);
+    hp->hypergrad_lr = value(in, {1e-3, 0.0, 1.0});
+    hp->lr_min = value(in, {0.0, 1e-4});
+    hp->lr_max = value(in, {1.0, HUGE_VAL, 0.0});
+    hp->eps = value(in, {1e-8, 1.0});
+    hp->scope = pick_i32(in, {OPTIM_HD_SCOPE_GLOBAL, OPTIM_HD_SCOPE_PER_GROUP,
+                              OPTIM_HD_SCOPE_PER_TENSOR, OPTIM_HD_SCOPE_PER_PARAMETER});
+    hp->rule = pick_i32(in, {OPTIM_HD_RULE_ADDITIVE, OPTIM_HD_RULE_NORMALIZED});
+    hp->first_step = pick_i32(in, {0, 1});
+    hp->assume_finite = pick_i32(in, {0, 0, 1});
+    const int32_t n_groups = in.ConsumeIntegralInRange<int32_t>(-1, 4);
+    auto* groups = arena.array<optim_hd_group>(n_groups, true);
+    for (int32_t g = 0; g < n_groups; ++g) {
+        groups[g].momentum = value(in, {0.0, 0.9});
+        groups[g].dampening = value(in, {0.0, 0.1});
+        groups[g].weight_decay = value(in, {0.0, 1e-2});
+        groups[g].nesterov = pick_i32(in, {0, 1});
+        groups[g].maximize = pick_i32(in, {0, 1});
+    }
+    const int64_t count = in.ConsumeIntegralInRange<int64_t>(-1, 6);
+    int64_t budget = 200000;
+    // param, grad, momentum buffer, previous update, per-parameter rates
+    const std::vector<bool> written = {true, false, true, true, true};
+    std::vector<TensorArrays> tensors;
+    std::vector<int64_t> numels;
+    auto* numel_array = arena.array<int64_t>(count, true);
+    auto* group_index = arena.array<int32_t>(count, true);
+    auto* fresh = arena.array<uint8_t>(count, true);
+    int32_t group = 0;
+    for (int64_t k = 0; k < count; ++k) {
+        const uint8_t step = in.ConsumeIntegral<uint8_t>();
+        group += step < 160 ? 0 : step < 250 ? 1 : -1;
+        group_index[k] = step == 255 ? in.ConsumeIntegral<int32_t>() : group;
+        fresh[k] = in.ConsumeIntegral<uint8_t>() % 3 == 0;
+        const int64_t n = numel(in, budget);
+        numel_array[k] = in.ConsumeIntegral<uint8_t>() >= 250 ? -n - 1 : n;
+        tensors.push_back(tensor_arrays(in, arena, n, esize, written, tensors, numels, f64));
+        numels.push_back(n);
+    }
+    void** arrays[5];
+    for (auto& a : arrays) a = arena.array<void*>(count, true);
+    for (int64_t k = 0; k < count; ++k)
+        for (int j = 0; j < 5; ++j) arrays[j][k] = tensors[static_cast<size_t>(k)].ptr[j];
+    // The scalar rates: as many as the scope has slots (host doubles).
+    const int64_t slots = hp->scope == OPTIM_HD_SCOPE_GLOBAL      ? 1
+                          : hp->scope == OPTIM_HD_SCOPE_PER_GROUP ? n_groups
+                          : hp->scope == OPTIM_HD_SCOPE_PER_TENSOR
+                              ? count
+                              : in.ConsumeIntegralInRange(0, 2);
+    auto* rates = arena.array<double>(slots, false);
+    for (int64_t s = 0; s < slots; ++s) rates[s] = value(in, {0.01, 0.1, 0.0});
+    auto* skipped = arena.array<int64_t>(1, false);
+    *skipped = 7;
+    auto* t = arena.array<optim_hd_tensors>(1, true);
+    *t = optim_hd_tensors{count,
+                          maybe(in, arrays[0]),
+                          maybe(in, const_cast<const void* const*>(arrays[1])),
+                          maybe(in, arrays[2]),
+                          maybe(in, arrays[3]),
+                          maybe(in, arrays[4]),
+                          maybe(in, numel_array),
+                          maybe(in, group_index),
+                          maybe(in, fresh)};
+    mark_written(arena, tensors, written);
+    arena.snapshot();
+    int64_t* skip_out = maybe(in, skipped);
+    const optim_status status =
+        optim_hd_step(device, in.ConsumeIntegralInRange<int32_t>(-1, 1), dtype, maybe(in, t),
+                      n_groups, maybe(in, groups), maybe(in, hp), maybe(in, rates), skip_out);
+    expect_status(status, "optim_hd_step", arena);
+    // The CPU path reports the skip as 0 or 1 (a CUDA call with no tensors does nothing at all).
+    if (status == OPTIM_STATUS_OK && skip_out && device == OPTIM_DEVICE_CPU)
+        FUZZ_CHECK(*skipped == 0 || *skipped == 1, "skipped");
+}
+
+void fuzz_greedylr(FuzzedDataProvider& in)
+{
+    Arena arena;
+    auto* c = arena.array<optim_greedylr_config>(1, true);
+    c->factor = value(in, {0.5, 0.95, 0.1});
+    c->threshold = value(in, {1e-4, 0.0, 0.1});
+    c->eps = value(in, {1e-8, 0.0});
+    c->mode = pick_i32(in, {OPTIM_GREEDY_MODE_MIN, OPTIM_GREEDY_MODE_MAX});
+    c->threshold_mode = pick_i32(in, {OPTIM_GREEDY_THRESHOLD_REL, OPTIM_GREEDY_THRESHOLD_ABS});
+    c->patience = pick_i32(in, {0, 1, 2, -1});
+    c->cooldown = pick_i32(in, {0, 1, 2, -1});
+    c->warmup = pick_i32(in, {0, 1, 2, -1});
+    c->window_size = in.ConsumeIntegralInRange<int32_t>(-1, 6);
+    c->reset_start = pick_i32(in, {0, 1, 2, -1});
+    c->smooth = pick_i32(in, {0, 1});
+    c->trend = pick_i32(in, {0, 1});
+    c->groups = in.ConsumeIntegralInRange<int32_t>(-1, 3);
+
+    auto* state = arena.array<optim_greedylr_state>(1, false);
+    std::memset(state, 0, sizeof *state);
+    arena.snapshot();
+    expect_status(optim_greedylr_init(maybe(in, c), maybe(in, state)), "optim_greedylr_init",
+                  arena);
+    // A corrupt state (a bad file): any field may hold anything.
+    while (in.ConsumeIntegral<uint8_t>() >= 200) {
+        const int64_t v = pick_i64(in, {-1, 0, 1, c->window_size, c->window_size + 1, 2});
+        switch (in.ConsumeIntegral<uint8_t>() % 10) {
+        case 0:
+            state->best = value(in, {0.0, 1.0});
+            break;
+        case 1:
+            state->num_good = v;
+            break;
+        case 2:
+            state->num_bad = v;
+            break;
+        case 3:
+            state->cooldown_counter = v;
+            break;
+        case 4:
+            state->warmup_counter = v;
+            break;
+        case 5:
+            state->reset_budget = v;
+            break;
+        case 6:
+            state->window_count = v;
+            break;
+        case 7:
+            state->window_next = v;
+            break;
+        case 8:
+            state->steps = v;
+            break;
+        default:
+            state->resets = v;
+            break;
+        }
+    }
+    const int32_t groups = c->groups;
+    auto* rates = arena.array<double>(groups, false);
+    auto* initial = arena.array<double>(groups, true);
+    auto* min_lr = arena.array<double>(groups, true);
+    auto* max_lr = arena.array<double>(groups, true);
+    for (int32_t g = 0; g < groups; ++g) {
+        rates[g] = value(in, {0.1, 0.01, 1.0});
+        initial[g] = value(in, {0.1, 0.01});
+        min_lr[g] = value(in, {1e-3, 0.0});
+        max_lr[g] = value(in, {1.0, 10.0});
+    }
+    auto* window = arena.array<double>(c->window_size, false);
+    for (int32_t i = 0; i < c->window_size; ++i) window[i] = value(in, {1.0, 0.5});
+    auto* b = arena.array<optim_greedylr_buffers>(1, true);
+    *b = optim_greedylr_buffers{maybe(in, rates), maybe(in, initial), maybe(in, min_lr),
+                                maybe(in, max_lr), maybe(in, window)};
+    const int steps = in.ConsumeIntegralInRange(1, 6);
+    for (int i = 0; i < steps && in.remaining_bytes() > 0; ++i) {
+        auto* m32 = arena.array<float>(1, true);
+        auto* m64 = arena.array<double>(1, true);
+        *m64 = value(in, {1.0, 0.5, 2.0, 0.25});
+        *m32 = static_cast<float>(*m64);
+        const int32_t metric_dtype = pick_dtype(in);
+        const void* metric = metric_dtype == OPTIM_DTYPE_FLOAT64 ? static_cast<void*>(m64) : m32;
+        arena.snapshot();
+        const optim_status status = optim_greedylr_step(
+            pick_device(in), in.ConsumeIntegralInRange<int32_t>(-1, 1), maybe(in, c),
+            maybe(in, state), maybe(in, b), maybe(in, metric), metric_dtype);
+        expect_status(status, "optim_greedylr_step", arena);
+    }
+}
+
+void fuzz_stream(FuzzedDataProvider& in)
+{
+    Arena arena;
+    const int32_t dtype = pick_dtype(in);
+    const bool f64 = dtype == OPTIM_DTYPE_FLOAT64;
+    const size_t esize = f64 ? 8 : 4;
+    const int32_t n_read = in.ConsumeIntegralInRange<int32_t>(-1, OPTIM_STREAM_MAX_ARRAYS + 1);
+    const int32_t n_update = in.ConsumeIntegralInRange<int32_t>(-1, OPTIM_STREAM_MAX_ARRAYS + 1);
+    const int32_t nr = n_read < 0 ? 0 : n_read > OPTIM_STREAM_MAX_ARRAYS ? 0 : n_read;
+    const int32_t nu = n_update < 0 ? 0 : n_update > OPTIM_STREAM_MAX_ARRAYS ? 0 : n_update;
+    const int64_t count = in.ConsumeIntegralInRange<int64_t>(-1, 5);
+    int64_t budget = 150000;
+    std::vector<bool> written;
+    for (int j = 0; j < nr; ++j) written.push_back(false);
+    for (int j = 0; j < nu; ++j) written.push_back(true);
+    if (written.empty()) written.push_back(false);
+    std::vector<TensorArrays> tensors;
+    std::vector<int64_t> numels;
+    auto* numel_array = arena.array<int64_t>(count, true);
+    for (int64_t k = 0; k < count; ++k) {
+        const int64_t n = numel(in, budget);
+        numel_array[k] = in.ConsumeIntegral<uint8_t>() >= 250 ? -n - 1 : n;
+        tensors.push_back(tensor_arrays(in, arena, n, esize, written, tensors, numels, f64));
+        numels.push_back(n);
+    }
+    auto* read = arena.array<const void*>(count * nr, true);
+    auto* update = arena.array<void*>(count * nu, true);
+    for (int64_t k = 0; k < count; ++k) {
+        for (int j = 0; j < nr; ++j) read[k * nr + j] = tensors[static_cast<size_t>(k)].ptr[j];
+        for (int j = 0; j < nu; ++j)
+            update[k * nu + j] = tensors[static_cast<size_t>(k)].ptr[nr + j];
+    }
+    auto* t = arena.array<optim_stream_tensors>(1, true);
+    *t = optim_stream_tensors{
+        count, n_read, n_update, maybe(in, read), maybe(in, update), maybe(in, numel_array)};
+    auto* sum = arena.array<double>(1, false);
+    *sum = -1.0;
+    mark_written(arena, tensors, written);
+    arena.snapshot();
+    const optim_status status =
+        optim_stream_reference(dtype, maybe(in, t), value(in, {1.0, -0.5, 0.0}), maybe(in, sum));
+    expect_status(status, "optim_stream_reference", arena);
+}
+
+void fuzz_threads(FuzzedDataProvider& in)
+{
+    const int32_t n = pick_i32(in, {0, 1, 2, 3, 4, -1, 1025, std::numeric_limits<int32_t>::min(),
+                                    std::numeric_limits<int32_t>::max()});
+    const int32_t before = optim_get_num_threads();
+    const bool valid = n >= 0 && n <= 1024;
+    if (n > 4 && valid) return; // a thousand threads per input would only slow the fuzzer down
+    const optim_status status = optim_set_num_threads(n);
+    FUZZ_CHECK(status == (valid ? OPTIM_STATUS_OK : OPTIM_STATUS_INVALID_ARGUMENT),
+               optim_last_error());
+    const int32_t after = optim_get_num_threads();
+    if (valid && n > 0) FUZZ_CHECK(after == n, "optim_get_num_threads after a valid set");
+    if (!valid) FUZZ_CHECK(after == before, "optim_get_num_threads after an invalid set");
+}
+
+void fuzz_bump(FuzzedDataProvider& in)
+{
+    Arena arena;
+    const int64_t count = pick_i64(in, {0, 1, 2, -1, 3});
+    const int64_t n = count > 0 && count < 8 ? count : 0;
+    auto* handles = arena.array<void*>(n, true);
+    auto* dummy = arena.array<int64_t>(4, true);
+    for (int64_t k = 0; k < n; ++k) handles[k] = in.ConsumeBool() ? dummy : nullptr;
+    // Only counts the harness has memory for reach the library with a non-NULL array.
+    void** arg = n == count ? maybe(in, handles) : nullptr;
+    arena.snapshot();
+    const optim_status status = optim_torch_bump_versions(arg, count);
+    expect_status(status, "optim_torch_bump_versions", arena);
+    if (count < 0 || (count > 0 && !arg))
+        FUZZ_CHECK(status == OPTIM_STATUS_INVALID_ARGUMENT, optim_last_error());
+    else if (count == 0)
+        FUZZ_CHECK(status == OPTIM_STATUS_OK, optim_last_error());
+    else
+        FUZZ_CHECK(status == OPTIM_STATUS_UNSUPPORTED, optim_last_error()); // no LibTorch here
+}
+
+void fuzz_info(FuzzedDataProvider& in)
+{
+    FUZZ_CHECK(optim_abi_version() == OPTIM_ABI_VERSION, "abi version");
+    FUZZ_CHECK(std::strncmp(optim_build_info(), "optim ", 6) == 0, optim_build_info());
+    FUZZ_CHECK(optim_status_name(pick_i32(in, {0, 1, 2, 3, 4, 5, 6, 7, -1})) != nullptr,
+               "status name");
+    FUZZ_CHECK(optim_cuda_compiled() == 0, "a fuzz build has no CUDA kernels");
+    FUZZ_CHECK(optim_threading_info() != nullptr, "threading info");
+    FUZZ_CHECK(optim_last_error() != nullptr, "last error");
+    FUZZ_CHECK(optim_get_num_threads() >= 1, "thread count");
+    int32_t devices = -1;
+    FUZZ_CHECK(optim_cuda_device_count(in.ConsumeBool() ? &devices : nullptr) != OPTIM_STATUS_OK ||
+                   devices == 0,
+               "no CUDA device in a fuzz build");
+    optim_sgd_params p;
+    optim_sgd_params_default(in.ConsumeBool() ? &p : nullptr);
+}
+
+} // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
+{
+    FuzzedDataProvider in(data, size);
+    for (int calls = 0; calls < 6 && in.remaining_bytes() > 0; ++calls) {
+        switch (in.ConsumeIntegral<uint8_t>() % 7) {
+        case 0:
+            fuzz_sgd(in);
+            break;
+        case 1:
+            fuzz_hd(in);
+            break;
+        case 2:
+            fuzz_greedylr(in);
+            break;
+        case 3:
+            fuzz_stream(in);
+            break;
+        case 4:
+            fuzz_threads(in);
+            break;
+        case 5:
+            fuzz_bump(in);
+            break;
+        default:
+            fuzz_info(in);
+            break;
+        }
+    }
+    return 0;
+}
