@@ -85,17 +85,8 @@ public partial class FusedSGD : FusedOptimizer<FusedSGD.Options, FusedSGD.State>
         double weight_decay = 0, bool nesterov = false, bool maximize = false)
     {
         ArgumentNullException.ThrowIfNull(parameters);
-        var defaults = new Options
-        {
-            LearningRate = lr,
-            InitialLearningRate = lr,
-            momentum = momentum,
-            dampening = dampening,
-            weight_decay = weight_decay,
-            nesterov = nesterov,
-            maximize = maximize,
-        };
-        ValidateOptions(defaults, null);
+        var defaults = SgdOptionsBase.Create<Options>(lr, momentum, dampening, weight_decay, nesterov, maximize);
+        defaults.Validate(null);
         Initialize(defaults, parameters);
     }
 
@@ -111,16 +102,8 @@ public partial class FusedSGD : FusedOptimizer<FusedSGD.Options, FusedSGD.State>
     private protected override Action PrepareGroupOptions(Options given, int group)
     {
         var def = (Options)_defaults;
-        var filled = new Options
-        {
-            LearningRate = given.LearningRate ?? def.LearningRate,
-            momentum = given.momentum ?? def.momentum,
-            dampening = given.dampening ?? def.dampening,
-            weight_decay = given.weight_decay ?? def.weight_decay,
-            nesterov = given.nesterov ?? def.nesterov,
-            maximize = given.maximize ?? def.maximize,
-        };
-        ValidateOptions(filled, group);
+        var filled = SgdOptionsBase.Filled(given, def, given.LearningRate ?? def.LearningRate!.Value);
+        filled.Validate(group);
         return () =>
         {
             given.LoadStateDict(filled);
@@ -130,38 +113,7 @@ public partial class FusedSGD : FusedOptimizer<FusedSGD.Options, FusedSGD.State>
 
     private protected override State CreateState(Parameter parameter, Options options) => new(parameter);
 
-    private static void ValidateOptions(Options o, int? group) =>
-        ValidateOptions(o.momentum!.Value, o.dampening!.Value, o.weight_decay!.Value, o.nesterov!.Value, o.LearningRate!.Value, group);
-
-    // PyTorch's checks and messages, with the param group named when there is one. Runs on every step:
-    // the messages are built only when a check fails (nothing is allocated otherwise).
-    internal static void ValidateOptions(double momentum, double dampening, double wd, bool nesterov, double lr, int? group)
-    {
-        if (!(lr >= 0) || double.IsInfinity(lr))
-        {
-            throw new ArgumentException(FormattableString.Invariant($"Invalid learning rate: {lr}{Where(group)}"), "lr");
-        }
-        if (!(momentum >= 0) || double.IsInfinity(momentum))
-        {
-            throw new ArgumentException(FormattableString.Invariant($"Invalid momentum value: {momentum}{Where(group)}"), "momentum");
-        }
-        if (!double.IsFinite(dampening))
-        {
-            throw new ArgumentException(FormattableString.Invariant($"Invalid dampening value: {dampening}{Where(group)}"), "dampening");
-        }
-        if (!(wd >= 0) || double.IsInfinity(wd))
-        {
-            throw new ArgumentException(FormattableString.Invariant($"Invalid weight_decay value: {wd}{Where(group)}"), "weight_decay");
-        }
-        if (nesterov && (momentum <= 0 || dampening != 0))
-        {
-            throw new ArgumentException($"Nesterov momentum requires a momentum and zero dampening{Where(group)}", "nesterov");
-        }
-    }
-
-    private static string Where(int? group) => group is null ? "" : FormattableString.Invariant($" (param group {group})");
-
-    private protected override void CheckGroupOptions(Options options, int group) => ValidateOptions(options, group);
+    private protected override void CheckGroupOptions(Options options, int group) => options.Validate(group);
 
     private protected override void GatherState(int k, ref TensorChecks checks, in TensorInfo parameter, State state, Options options, int group, int index)
     {

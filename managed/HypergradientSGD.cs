@@ -146,18 +146,8 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
         {
             throw new ArgumentException($"Unknown rule {rule}", nameof(rule));
         }
-        var defaults = new Options
-        {
-            LearningRate = lr,
-            InitialLearningRate = lr,
-            momentum = momentum,
-            dampening = dampening,
-            weight_decay = weight_decay,
-            nesterov = nesterov,
-            maximize = maximize,
-        };
-        FusedSGD.ValidateOptions(defaults.momentum!.Value, defaults.dampening!.Value, defaults.weight_decay!.Value,
-            defaults.nesterov!.Value, lr, null);
+        var defaults = SgdOptionsBase.Create<Options>(lr, momentum, dampening, weight_decay, nesterov, maximize);
+        defaults.Validate(null);
         _scope = scope;
         _rule = rule;
         _hypergradLr = hypergrad_lr;
@@ -204,16 +194,8 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
         var def = (Options)_defaults;
         // With the global scope every group starts at the optimizer's rate.
         double lr = _scope == HypergradientScope.Global ? def.LearningRate!.Value : given.LearningRate ?? def.LearningRate!.Value;
-        var filled = new Options
-        {
-            LearningRate = lr,
-            momentum = given.momentum ?? def.momentum,
-            dampening = given.dampening ?? def.dampening,
-            weight_decay = given.weight_decay ?? def.weight_decay,
-            nesterov = given.nesterov ?? def.nesterov,
-            maximize = given.maximize ?? def.maximize,
-        };
-        FusedSGD.ValidateOptions(filled.momentum!.Value, filled.dampening!.Value, filled.weight_decay!.Value, filled.nesterov!.Value, lr, group);
+        var filled = SgdOptionsBase.Filled(given, def, lr);
+        filled.Validate(group);
         return () =>
         {
             (given.LearningRate, given.InitialLearningRate) = (lr, lr);
@@ -236,8 +218,7 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
         return state;
     }
 
-    private protected override void CheckGroupOptions(Options o, int group) =>
-        FusedSGD.ValidateOptions(o.momentum!.Value, o.dampening!.Value, o.weight_decay!.Value, o.nesterov!.Value, o.LearningRate!.Value, group);
+    private protected override void CheckGroupOptions(Options o, int group) => o.Validate(group);
 
     private protected override void GatherState(int k, ref TensorChecks checks, in TensorInfo parameter, State state, Options options, int group, int index)
     {

@@ -20,6 +20,62 @@ public abstract class SgdOptionsBase : OptimizerOptions, IStagedLoad
     /// <summary>Maximize instead of minimize.</summary>
     public bool? maximize;
 
+    /// <summary>Options with every value set (the optimizer's defaults).</summary>
+    internal static TOptions Create<TOptions>(double lr, double momentum, double dampening, double weight_decay, bool nesterov, bool maximize)
+        where TOptions : SgdOptionsBase, new() => new()
+        {
+            LearningRate = lr,
+            InitialLearningRate = lr,
+            momentum = momentum,
+            dampening = dampening,
+            weight_decay = weight_decay,
+            nesterov = nesterov,
+            maximize = maximize,
+        };
+
+    /// <summary>A group's options: each value it leaves null taken from <paramref name="defaults"/>, the rate <paramref name="lr"/>.</summary>
+    internal static TOptions Filled<TOptions>(TOptions given, TOptions defaults, double lr) where TOptions : SgdOptionsBase, new() => new()
+    {
+        LearningRate = lr,
+        momentum = given.momentum ?? defaults.momentum,
+        dampening = given.dampening ?? defaults.dampening,
+        weight_decay = given.weight_decay ?? defaults.weight_decay,
+        nesterov = given.nesterov ?? defaults.nesterov,
+        maximize = given.maximize ?? defaults.maximize,
+    };
+
+    /// <summary>Checks these options (every value set), naming the param group when there is one.</summary>
+    internal void Validate(int? group) =>
+        Validate(momentum!.Value, dampening!.Value, weight_decay!.Value, nesterov!.Value, LearningRate!.Value, group);
+
+    // PyTorch's checks and messages, with the param group named when there is one. Runs on every step:
+    // the messages are built only when a check fails (nothing is allocated otherwise).
+    internal static void Validate(double momentum, double dampening, double wd, bool nesterov, double lr, int? group)
+    {
+        if (!(lr >= 0) || double.IsInfinity(lr))
+        {
+            throw new ArgumentException(FormattableString.Invariant($"Invalid learning rate: {lr}{Where(group)}"), "lr");
+        }
+        if (!(momentum >= 0) || double.IsInfinity(momentum))
+        {
+            throw new ArgumentException(FormattableString.Invariant($"Invalid momentum value: {momentum}{Where(group)}"), "momentum");
+        }
+        if (!double.IsFinite(dampening))
+        {
+            throw new ArgumentException(FormattableString.Invariant($"Invalid dampening value: {dampening}{Where(group)}"), "dampening");
+        }
+        if (!(wd >= 0) || double.IsInfinity(wd))
+        {
+            throw new ArgumentException(FormattableString.Invariant($"Invalid weight_decay value: {wd}{Where(group)}"), "weight_decay");
+        }
+        if (nesterov && (momentum <= 0 || dampening != 0))
+        {
+            throw new ArgumentException($"Nesterov momentum requires a momentum and zero dampening{Where(group)}", "nesterov");
+        }
+    }
+
+    private static string Where(int? group) => group is null ? "" : FormattableString.Invariant($" (param group {group})");
+
     // IMomentum for the optimizers: validates the new momentum against every group's other options
     // (nothing changes on failure), then sets it on the defaults and on every group.
     internal static void SetMomentum(OptimizerOptions defaults, IList<TorchSharp.Modules.ParamGroup> groups, double value)
@@ -27,7 +83,7 @@ public abstract class SgdOptionsBase : OptimizerOptions, IStagedLoad
         foreach (var g in groups)
         {
             var o = (SgdOptionsBase)g.Options;
-            FusedSGD.ValidateOptions(value, o.dampening!.Value, o.weight_decay!.Value, o.nesterov!.Value, o.LearningRate!.Value, null);
+            Validate(value, o.dampening!.Value, o.weight_decay!.Value, o.nesterov!.Value, o.LearningRate!.Value, null);
         }
         ((SgdOptionsBase)defaults).momentum = value;
         foreach (var g in groups)
@@ -64,7 +120,7 @@ public abstract class SgdOptionsBase : OptimizerOptions, IStagedLoad
         bool max = r.ReadBool("maximize");
         try
         {
-            FusedSGD.ValidateOptions(m, d, wd, nest, lr, null);
+            Validate(m, d, wd, nest, lr, null);
         }
         catch (ArgumentException e)
         {
@@ -84,7 +140,7 @@ public abstract class SgdOptionsBase : OptimizerOptions, IStagedLoad
         {
             throw new ArgumentException("The source options have unset values.", nameof(source));
         }
-        FusedSGD.ValidateOptions(m, d, wd, nest, lr, null);
+        Validate(m, d, wd, nest, lr, null);
         double initial = o.InitialLearningRate;
         return () => (InitialLearningRate, LearningRate, momentum, dampening, weight_decay, nesterov, maximize) = (initial, lr, m, d, wd, nest, max);
     }
