@@ -58,6 +58,28 @@ void require_unaliased(const char* fn, int64_t k, const Array* a, int n, int n_w
                               " are the same memory");
 }
 
+std::string group(int32_t g)
+{
+    return " (group " + std::to_string(g) + ")";
+}
+
+// The options SGD and hypergradient descent share, of param group g: the one native check of them
+// (the managed classes check the same for their messages, but the C ABI is public).
+void validate_momentum_options(const char* fn, int32_t g, double momentum, double dampening,
+                               double weight_decay, int32_t nesterov, int32_t maximize)
+{
+    OPTIM_REQUIRE(std::isfinite(momentum) && momentum >= 0.0, fn,
+                  "invalid momentum value: " + num(momentum) + group(g));
+    OPTIM_REQUIRE(std::isfinite(dampening), fn,
+                  "invalid dampening value: " + num(dampening) + group(g));
+    OPTIM_REQUIRE(std::isfinite(weight_decay) && weight_decay >= 0.0, fn,
+                  "invalid weight_decay value: " + num(weight_decay) + group(g));
+    OPTIM_REQUIRE(nesterov == 0 || nesterov == 1, fn, "nesterov must be 0 or 1" + group(g));
+    OPTIM_REQUIRE(maximize == 0 || maximize == 1, fn, "maximize must be 0 or 1" + group(g));
+    OPTIM_REQUIRE(!nesterov || (momentum > 0.0 && dampening == 0.0), fn,
+                  "Nesterov momentum requires a momentum and zero dampening" + group(g));
+}
+
 // Every group's hyperparameters, then every tensor (with its group's momentum) and the group order.
 void validate_sgd(const char* fn, int32_t device, const optim_tensor_list* t, int32_t n_groups,
                   const optim_sgd_params* groups)
@@ -66,22 +88,13 @@ void validate_sgd(const char* fn, int32_t device, const optim_tensor_list* t, in
     OPTIM_REQUIRE(n_groups >= 1, fn, "n_groups must be >= 1, got " + std::to_string(n_groups));
     for (int32_t g = 0; g < n_groups; ++g) {
         const optim_sgd_params& p = groups[g];
-        const auto where = [&] { return " (group " + std::to_string(g) + ")"; };
         OPTIM_REQUIRE(p.lr_ptr != nullptr || (std::isfinite(p.lr) && p.lr >= 0.0), fn,
-                      "invalid learning rate: " + num(p.lr) + where());
+                      "invalid learning rate: " + num(p.lr) + group(g));
         if (p.lr_ptr != nullptr && device == OPTIM_DEVICE_CPU)
             OPTIM_REQUIRE(std::isfinite(*p.lr_ptr) && *p.lr_ptr >= 0.0, fn,
-                          "invalid learning rate: " + num(*p.lr_ptr) + where());
-        OPTIM_REQUIRE(std::isfinite(p.momentum) && p.momentum >= 0.0, fn,
-                      "invalid momentum value: " + num(p.momentum) + where());
-        OPTIM_REQUIRE(std::isfinite(p.dampening), fn,
-                      "invalid dampening value: " + num(p.dampening) + where());
-        OPTIM_REQUIRE(std::isfinite(p.weight_decay) && p.weight_decay >= 0.0, fn,
-                      "invalid weight_decay value: " + num(p.weight_decay) + where());
-        OPTIM_REQUIRE(p.nesterov == 0 || p.nesterov == 1, fn, "nesterov must be 0 or 1" + where());
-        OPTIM_REQUIRE(p.maximize == 0 || p.maximize == 1, fn, "maximize must be 0 or 1" + where());
-        OPTIM_REQUIRE(!p.nesterov || (p.momentum > 0.0 && p.dampening == 0.0), fn,
-                      "Nesterov momentum requires a momentum and zero dampening" + where());
+                          "invalid learning rate: " + num(*p.lr_ptr) + group(g));
+        validate_momentum_options(fn, g, p.momentum, p.dampening, p.weight_decay, p.nesterov,
+                                  p.maximize);
     }
     OPTIM_REQUIRE(t != nullptr, fn, "tensors is NULL");
     OPTIM_REQUIRE(t->count >= 0, fn,
@@ -324,18 +337,8 @@ OPTIM_API optim_status optim_hd_step(int32_t device, int32_t device_index, int32
         OPTIM_REQUIRE(n_groups >= 1, fn, "n_groups must be >= 1");
         for (int32_t g = 0; g < n_groups; ++g) {
             const optim_hd_group& o = groups[g];
-            const std::string where = " (group " + std::to_string(g) + ")";
-            OPTIM_REQUIRE(std::isfinite(o.momentum) && o.momentum >= 0.0, fn,
-                          "invalid momentum value: " + num(o.momentum) + where);
-            OPTIM_REQUIRE(std::isfinite(o.dampening), fn,
-                          "invalid dampening value: " + num(o.dampening) + where);
-            OPTIM_REQUIRE(std::isfinite(o.weight_decay) && o.weight_decay >= 0.0, fn,
-                          "invalid weight_decay value: " + num(o.weight_decay) + where);
-            OPTIM_REQUIRE((o.nesterov == 0 || o.nesterov == 1) &&
-                              (o.maximize == 0 || o.maximize == 1),
-                          fn, "nesterov and maximize must be 0 or 1" + where);
-            OPTIM_REQUIRE(!o.nesterov || (o.momentum > 0.0 && o.dampening == 0.0), fn,
-                          "Nesterov momentum requires a momentum and zero dampening" + where);
+            validate_momentum_options(fn, g, o.momentum, o.dampening, o.weight_decay, o.nesterov,
+                                      o.maximize);
         }
         const optim_hd_tensors& t = *tensors;
         OPTIM_REQUIRE(t.count >= 0, fn, "tensors->count is negative");
@@ -374,9 +377,7 @@ OPTIM_API optim_status optim_hd_step(int32_t device, int32_t device_index, int32
         if (!per_parameter) {
             OPTIM_REQUIRE(rates != nullptr, fn, "rates is NULL");
             if (device == OPTIM_DEVICE_CPU) {
-                const int64_t slots = hp.scope == OPTIM_HD_SCOPE_GLOBAL      ? 1
-                                      : hp.scope == OPTIM_HD_SCOPE_PER_GROUP ? n_groups
-                                                                             : t.count;
+                const int64_t slots = hd_slot_count(hp.scope, n_groups, t.count);
                 for (int64_t s = 0; s < slots; ++s)
                     OPTIM_REQUIRE(std::isfinite(rates[s]) && rates[s] >= 0.0, fn,
                                   "rate " + std::to_string(s) + " is invalid: " + num(rates[s]));

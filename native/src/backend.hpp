@@ -26,12 +26,21 @@ struct HdCall {
     int64_t* skipped;
 };
 
-// The rate slot of tensor k for a scalar scope.
+// The HD rate-slot rule, written once: how many rates a scalar scope keeps (none for the
+// per-parameter scope, whose rates are tensors) and which of them tensor k uses.
+inline int64_t hd_slot_count(int32_t scope, int32_t n_groups, int64_t n_tensors)
+{
+    return scope == OPTIM_HD_SCOPE_GLOBAL       ? 1
+           : scope == OPTIM_HD_SCOPE_PER_GROUP  ? n_groups
+           : scope == OPTIM_HD_SCOPE_PER_TENSOR ? n_tensors
+                                                : 0;
+}
 inline int64_t hd_rate_slot(int32_t scope, const optim_hd_tensors& t, int64_t k)
 {
-    return scope == OPTIM_HD_SCOPE_GLOBAL      ? 0
-           : scope == OPTIM_HD_SCOPE_PER_GROUP ? t.group_index[k]
-                                               : k;
+    return scope == OPTIM_HD_SCOPE_GLOBAL       ? 0
+           : scope == OPTIM_HD_SCOPE_PER_GROUP  ? t.group_index[k]
+           : scope == OPTIM_HD_SCOPE_PER_TENSOR ? k
+                                                : 0;
 }
 
 namespace cpu {

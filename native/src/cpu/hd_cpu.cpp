@@ -45,10 +45,10 @@ OPTIM_CPU_CLONES HdPartial reduce_lanes(const T* __restrict p, const T* __restri
     double h[kLanes] = {}, gg[kLanes] = {}, uu[kLanes] = {};
     T bad[kLanes] = {}; // sums of exact zeros or NaN: exact in T, no conversion needed
     const int64_t whole = n - n % kLanes;
-    // g - g is 0 for a finite g and NaN otherwise: summing it flags a non-finite element without a
-    // branch (a compare-and-branch per element kept this loop scalar).
+    // Summing nonfinite_mark() flags a non-finite element without a branch (a compare-and-branch
+    // per element kept this loop scalar).
     auto one = [&](int lane, int64_t i) {
-        bad[lane] += g[i] - g[i];
+        bad[lane] += nonfinite_mark(g[i]);
         const double gt = sgd_effective_grad<T, Flags>(p[i], g[i], c);
         const double u = HasUp ? static_cast<double>(up[i]) : 0.0;
         h[lane] += gt * u;
@@ -72,10 +72,10 @@ OPTIM_CPU_CLONES HdPartial reduce_lanes(const T* __restrict p, const T* __restri
     return r;
 }
 
-// Only whether some gradient element is not finite (the per-parameter scope's first pass). g - g is
-// exactly 0 or NaN, so the sum is exact in the element type: accumulating in T (not double) with
-// kFlagLanes lanes keeps this pass at memory speed (in double it was bound by the conversions and
-// the adds' latency, at about half the bandwidth).
+// Only whether some gradient element is not finite (the per-parameter scope's first pass). The
+// marks are exactly 0 or NaN, so the sum is exact in the element type: accumulating in T (not
+// double) with kFlagLanes lanes keeps this pass at memory speed (in double it was bound by the
+// conversions and the adds' latency, at about half the bandwidth).
 constexpr int kFlagLanes = 32;
 
 template <typename T>
@@ -84,8 +84,8 @@ OPTIM_CPU_CLONES HdPartial count_nonfinite(const T* __restrict g, int64_t n)
     T bad[kFlagLanes] = {};
     const int64_t whole = n - n % kFlagLanes;
     for (int64_t i = 0; i < whole; i += kFlagLanes)
-        for (int lane = 0; lane < kFlagLanes; ++lane) bad[lane] += g[i + lane] - g[i + lane];
-    for (int64_t i = whole; i < n; ++i) bad[0] += g[i] - g[i];
+        for (int lane = 0; lane < kFlagLanes; ++lane) bad[lane] += nonfinite_mark(g[i + lane]);
+    for (int64_t i = whole; i < n; ++i) bad[0] += nonfinite_mark(g[i]);
     T flag = 0;
     for (int lane = 0; lane < kFlagLanes; ++lane) flag += bad[lane];
     HdPartial r;
@@ -112,7 +112,7 @@ OPTIM_CPU_CLONES void update_piece(T* __restrict p, const T* __restrict g, T* __
     T unused_b = T(0), unused_u = T(0);
     for (int64_t i = 0; i < n; ++i) {
         T& b = (Flags & kSgdMomentum) ? buf[i] : unused_b;
-        T& u = hd_heavy_ball<Flags>() ? unused_u : up[i];
+        T& u = sgd_heavy_ball(Flags) ? unused_u : up[i];
         hd_update_element<T, Flags>(p[i], g[i], b, u, Fresh, c, lr);
     }
 }
@@ -127,7 +127,7 @@ OPTIM_CPU_CLONES void per_parameter_loop(T* __restrict p, const T* __restrict g,
     T unused_b = T(0), unused_u = T(0);
     for (int64_t i = 0; i < n; ++i) {
         T& b = (Flags & kSgdMomentum) ? buf[i] : unused_b;
-        T& u = hd_heavy_ball<Flags>() ? unused_u : up[i];
+        T& u = sgd_heavy_ball(Flags) ? unused_u : up[i];
         hd_per_parameter_element<T, Flags, Rule>(p[i], g[i], b, u, alpha[i], Fresh, c, hc);
     }
 }
@@ -174,7 +174,7 @@ void hd_step(const HdCall& call)
                     const T* p = static_cast<const T*>(t.params[k]) + begin;
                     const T* g = static_cast<const T*>(t.grads[k]) + begin;
                     const T* up = nullptr;
-                    if (hd_heavy_ball<Flags>()) {
+                    if (sgd_heavy_ball(Flags)) {
                         if (!fresh(k)) up = static_cast<const T*>(t.momentum_buffers[k]) + begin;
                     } else {
                         up = static_cast<const T*>(t.prev_updates[k]) + begin;
@@ -196,9 +196,7 @@ void hd_step(const HdCall& call)
     if (nonfinite > 0) return;
 
     if (!per_parameter) {
-        const int64_t slots = hp.scope == OPTIM_HD_SCOPE_GLOBAL      ? 1
-                              : hp.scope == OPTIM_HD_SCOPE_PER_GROUP ? call.n_groups
-                                                                     : t.count;
+        const int64_t slots = hd_slot_count(hp.scope, call.n_groups, t.count);
         thread_local std::vector<HdPartial> sums;
         sums.assign(static_cast<size_t>(slots), HdPartial{});
         for (int64_t i = 0; i < plan.pieces(); ++i) {
@@ -236,7 +234,7 @@ void hd_step(const HdCall& call)
                 T* b = (Flags & kSgdMomentum) ? static_cast<T*>(t.momentum_buffers[k]) + begin
                                               : nullptr;
                 T* up =
-                    hd_heavy_ball<Flags>() ? nullptr : static_cast<T*>(t.prev_updates[k]) + begin;
+                    sgd_heavy_ball(Flags) ? nullptr : static_cast<T*>(t.prev_updates[k]) + begin;
                 const bool f = (Flags & kSgdMomentum) && fresh(k);
                 if (per_parameter) {
                     T* a = static_cast<T*>(t.param_rates[k]) + begin;
