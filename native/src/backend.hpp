@@ -1,9 +1,13 @@
 // Internal interface between the validated C entry points (api.cpp) and the device back ends.
 #pragma once
 
+#include "error.hpp"
+#include "sgd_math.hpp"
+
 #include <optim.h>
 
 #include <cstdint>
+#include <string>
 
 namespace optim {
 
@@ -25,6 +29,26 @@ struct HdCall {
     double* rates;
     int64_t* skipped;
 };
+
+// One param group's SGD flags and coefficients rounded to T, from validated options
+// (optim_sgd_params or optim_hd_group); fn names the entry point in the internal error.
+template <typename T>
+struct SgdGroup {
+    unsigned flags;
+    SgdCoeffs<T> c;
+};
+template <typename T, class Options>
+SgdGroup<T> sgd_group(const Options& o, const char* fn)
+{
+    SgdGroup<T> g;
+    g.flags = sgd_flags(o.momentum, o.weight_decay, o.nesterov != 0, o.maximize != 0);
+    g.c.momentum = static_cast<T>(o.momentum);
+    g.c.one_minus_dampening = static_cast<T>(1.0 - o.dampening);
+    g.c.weight_decay = static_cast<T>(o.weight_decay);
+    if (!dispatch_sgd_flags(g.flags, [](auto) {}))
+        fail(OPTIM_STATUS_INTERNAL, std::string(fn) + ": unexpected flag combination");
+    return g;
+}
 
 // The HD rate-slot rule, written once: how many rates a scalar scope keeps (none for the
 // per-parameter scope, whose rates are tensors) and which of them tensor k uses.

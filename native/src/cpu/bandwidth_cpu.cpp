@@ -96,26 +96,21 @@ void run(const optim_stream_tensors& t, T scale, double* sum)
         return a;
     };
     if constexpr (NU > 0) {
-        plan.parallel_for_chunks([&](int64_t chunk) {
-            plan.for_each_piece(chunk, [&](int64_t k, int64_t begin, int64_t len) {
-                const Arrays<T> a = arrays(k, begin);
-                update_range<T, NR, NU>(a.r[0], a.r[1], a.r[2], a.r[3], a.u[0], a.u[1], a.u[2],
-                                        a.u[3], len, scale);
-            });
+        plan.parallel_for_pieces([&](const Piece& piece) {
+            const Arrays<T> a = arrays(piece.tensor, piece.begin);
+            update_range<T, NR, NU>(a.r[0], a.r[1], a.r[2], a.r[3], a.u[0], a.u[1], a.u[2], a.u[3],
+                                    piece.length, scale);
         });
     } else {
-        // One partial sum per chunk, combined in chunk order. A reference: the worker threads must
+        // One partial sum per piece, combined in piece order. A reference: the worker threads must
         // see the caller's vector, not their own thread_local one.
         thread_local std::vector<double> partials_storage;
         std::vector<double>& partials = partials_storage;
-        partials.assign(static_cast<size_t>(plan.chunks()), 0.0);
-        plan.parallel_for_chunks([&](int64_t chunk) {
-            double s = 0;
-            plan.for_each_piece(chunk, [&](int64_t k, int64_t begin, int64_t len) {
-                const Arrays<T> a = arrays(k, begin);
-                s += sum_range<T, NR>(a.r[0], a.r[1], a.r[2], a.r[3], len);
-            });
-            partials[static_cast<size_t>(chunk)] = s;
+        partials.assign(static_cast<size_t>(plan.pieces()), 0.0);
+        plan.parallel_for_pieces([&](const Piece& piece) {
+            const Arrays<T> a = arrays(piece.tensor, piece.begin);
+            partials[static_cast<size_t>(piece.index)] =
+                sum_range<T, NR>(a.r[0], a.r[1], a.r[2], a.r[3], piece.length);
         });
         double total = 0;
         for (double s : partials) total += s;

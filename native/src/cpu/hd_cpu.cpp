@@ -13,24 +13,6 @@ namespace optim::cpu {
 
 namespace {
 
-template <typename T>
-struct Groups {
-    std::vector<SgdCoeffs<T>> coeffs;
-    std::vector<unsigned> flags;
-
-    explicit Groups(const HdCall& call)
-    {
-        for (int32_t i = 0; i < call.n_groups; ++i) {
-            const optim_hd_group& g = call.groups[i];
-            coeffs.push_back(SgdCoeffs<T>{static_cast<T>(g.momentum),
-                                          static_cast<T>(1.0 - g.dampening),
-                                          static_cast<T>(g.weight_decay)});
-            flags.push_back(
-                sgd_flags(g.momentum, g.weight_decay, g.nesterov != 0, g.maximize != 0));
-        }
-    }
-};
-
 // Partial sums of one piece. u_prev is the momentum buffer (heavy ball; null when the buffer is
 // fresh, meaning zero) or the separate buffer. Sums use kLanes independent accumulators, element i
 // going to lane i % kLanes, combined in lane order at the end: a fixed order (so results do not
@@ -145,15 +127,20 @@ void per_parameter_piece(T* p, const T* g, T* buf, T* up, T* alpha, int64_t n,
 template <typename T>
 void hd_step(const HdCall& call)
 {
+    static const char* fn = "optim_hd_step";
     const optim_hd_tensors& t = *call.tensors;
     const optim_hd_params& hp = *call.params;
-    const Groups<T> groups(call);
     const bool per_parameter = hp.scope == OPTIM_HD_SCOPE_PER_PARAMETER;
     const bool norms = hp.rule == OPTIM_HD_RULE_NORMALIZED;
+    // Per calling thread and reused, so a warm step allocates nothing; filled before any write.
+    thread_local std::vector<SgdGroup<T>> groups;
+    groups.resize(static_cast<size_t>(call.n_groups));
+    for (int32_t g = 0; g < call.n_groups; ++g)
+        groups[static_cast<size_t>(g)] = sgd_group<T>(call.groups[g], fn);
+    const SgdGroup<T>* G = groups.data();
 
     WorkPlan& plan = WorkPlan::for_this_thread();
     plan.build(t.numels, t.count);
-    plan.index_pieces();
     // A reference: worker threads must see the caller's vector, not their own thread_local copy.
     thread_local std::vector<HdPartial> partials_storage;
     std::vector<HdPartial>& partials = partials_storage;
@@ -165,25 +152,20 @@ void hd_step(const HdCall& call)
     // at all when the caller vouches for the gradients).
     const bool check = hp.assume_finite == 0;
     if (check || !per_parameter)
-        plan.parallel_for_chunks([&](int64_t chunk) {
-            int64_t piece = plan.piece_start(chunk);
-            plan.for_each_piece(chunk, [&](int64_t k, int64_t begin, int64_t len) {
-                const int32_t gi = t.group_index[k];
-                dispatch_sgd_flags(groups.flags[static_cast<size_t>(gi)], [&](auto F) {
-                    constexpr unsigned Flags = decltype(F)::value;
-                    const T* p = static_cast<const T*>(t.params[k]) + begin;
-                    const T* g = static_cast<const T*>(t.grads[k]) + begin;
-                    const T* up = nullptr;
-                    if (sgd_heavy_ball(Flags)) {
-                        if (!fresh(k)) up = static_cast<const T*>(t.momentum_buffers[k]) + begin;
-                    } else {
-                        up = static_cast<const T*>(t.prev_updates[k]) + begin;
-                    }
-                    partials[static_cast<size_t>(piece)] = reduce_piece<T, Flags>(
-                        p, g, up, len, groups.coeffs[static_cast<size_t>(gi)], norms,
-                        per_parameter);
-                });
-                ++piece;
+        plan.parallel_for_pieces([&](const Piece& piece) {
+            const int64_t k = piece.tensor;
+            const SgdGroup<T>& g = G[t.group_index[k]];
+            dispatch_sgd_flags(g.flags, [&](auto F) {
+                constexpr unsigned Flags = decltype(F)::value;
+                const T* up = nullptr;
+                if (sgd_heavy_ball(Flags)) {
+                    if (!fresh(k)) up = piece.at<const T>(t.momentum_buffers);
+                } else {
+                    up = piece.at<const T>(t.prev_updates);
+                }
+                partials[static_cast<size_t>(piece.index)] =
+                    reduce_piece<T, Flags>(piece.at<const T>(t.params), piece.at<const T>(t.grads),
+                                           up, piece.length, g.c, norms, per_parameter);
             });
         });
 
@@ -223,33 +205,30 @@ void hd_step(const HdCall& call)
                            static_cast<T>(hp.eps),
                            norms,
                            hp.first_step == 0};
-    plan.parallel_for_chunks([&](int64_t chunk) {
-        plan.for_each_piece(chunk, [&](int64_t k, int64_t begin, int64_t len) {
-            const int32_t gi = t.group_index[k];
-            const SgdCoeffs<T>& c = groups.coeffs[static_cast<size_t>(gi)];
-            dispatch_sgd_flags(groups.flags[static_cast<size_t>(gi)], [&](auto F) {
-                constexpr unsigned Flags = decltype(F)::value;
-                T* p = static_cast<T*>(t.params[k]) + begin;
-                const T* g = static_cast<const T*>(t.grads[k]) + begin;
-                T* b = (Flags & kSgdMomentum) ? static_cast<T*>(t.momentum_buffers[k]) + begin
-                                              : nullptr;
-                T* up =
-                    sgd_heavy_ball(Flags) ? nullptr : static_cast<T*>(t.prev_updates[k]) + begin;
-                const bool f = (Flags & kSgdMomentum) && fresh(k);
-                if (per_parameter) {
-                    T* a = static_cast<T*>(t.param_rates[k]) + begin;
-                    if (f)
-                        per_parameter_piece<T, Flags, true>(p, g, b, up, a, len, c, hc_t);
-                    else
-                        per_parameter_piece<T, Flags, false>(p, g, b, up, a, len, c, hc_t);
-                } else {
-                    const T lr = static_cast<T>(call.rates[hd_rate_slot(hp.scope, t, k)]);
-                    if (f)
-                        update_piece<T, Flags, true>(p, g, b, up, len, c, lr);
-                    else
-                        update_piece<T, Flags, false>(p, g, b, up, len, c, lr);
-                }
-            });
+    plan.parallel_for_pieces([&](const Piece& piece) {
+        const int64_t k = piece.tensor;
+        const SgdGroup<T>& g = G[t.group_index[k]];
+        dispatch_sgd_flags(g.flags, [&](auto F) {
+            constexpr unsigned Flags = decltype(F)::value;
+            T* p = piece.at<T>(t.params);
+            const T* grad = piece.at<const T>(t.grads);
+            T* b = (Flags & kSgdMomentum) ? piece.at<T>(t.momentum_buffers) : nullptr;
+            T* up = sgd_heavy_ball(Flags) ? nullptr : piece.at<T>(t.prev_updates);
+            const bool f = (Flags & kSgdMomentum) && fresh(k);
+            const int64_t n = piece.length;
+            if (per_parameter) {
+                T* a = piece.at<T>(t.param_rates);
+                if (f)
+                    per_parameter_piece<T, Flags, true>(p, grad, b, up, a, n, g.c, hc_t);
+                else
+                    per_parameter_piece<T, Flags, false>(p, grad, b, up, a, n, g.c, hc_t);
+            } else {
+                const T lr = static_cast<T>(call.rates[hd_rate_slot(hp.scope, t, k)]);
+                if (f)
+                    update_piece<T, Flags, true>(p, grad, b, up, n, g.c, lr);
+                else
+                    update_piece<T, Flags, false>(p, grad, b, up, n, g.c, lr);
+            }
         });
     });
 }

@@ -327,14 +327,8 @@ void hd_typed(int device_index, const HdCall& call, const char* fn)
     thread_local std::vector<HdMeta<T>> groups;
     groups.clear();
     for (int32_t i = 0; i < call.n_groups; ++i) {
-        const optim_hd_group& g = call.groups[i];
-        const unsigned f = sgd_flags(g.momentum, g.weight_decay, g.nesterov != 0, g.maximize != 0);
-        if (!dispatch_sgd_flags(f, [](auto) {}))
-            fail(OPTIM_STATUS_INTERNAL, std::string(fn) + ": unexpected flag combination");
-        groups.push_back(
-            HdMeta<T>{SgdCoeffs<T>{static_cast<T>(g.momentum), static_cast<T>(1.0 - g.dampening),
-                                   static_cast<T>(g.weight_decay)},
-                      0, f, 0});
+        const SgdGroup<T> g = sgd_group<T>(call.groups[i], fn);
+        groups.push_back(HdMeta<T>{g.c, 0, g.flags, 0});
     }
 
     // The chunk tables; chunks (and so records) are numbered in tensor order, then chunk order.

@@ -70,18 +70,11 @@ void sgd_typed(const SgdCall& call)
         int64_t last = first + 1;
         while (last < t.count && call.group_of(last) == g) ++last;
         const optim_sgd_params& p = call.groups[g];
-        SgdCoeffs<T> c;
-        c.momentum = static_cast<T>(p.momentum);
-        c.one_minus_dampening = static_cast<T>(1.0 - p.dampening);
-        c.weight_decay = static_cast<T>(p.weight_decay);
-        const T lr = static_cast<T>(p.lr);
-        const unsigned flags =
-            sgd_flags(p.momentum, p.weight_decay, p.nesterov != 0, p.maximize != 0);
-        const bool known = dispatch_sgd_flags(flags, [&](auto F) {
+        const SgdGroup<T> group = sgd_group<T>(p, "optim_sgd_step");
+        dispatch_sgd_flags(group.flags, [&](auto F) {
             constexpr unsigned Flags = decltype(F)::value;
-            launch_group<T, Flags>(t, first, last, c, lr, p.lr_ptr);
+            launch_group<T, Flags>(t, first, last, group.c, static_cast<T>(p.lr), p.lr_ptr);
         });
-        if (!known) fail(OPTIM_STATUS_INTERNAL, "optim_sgd_step: unexpected flag combination");
         first = last;
     }
 }
