@@ -1,6 +1,5 @@
 // The per-element pieces of hypergradient descent (docs/hypergradient.md), written once for the
-// CPU loops (cpu/hd_cpu.cpp) and the CUDA kernels (cuda/hd_cuda.cu). The SGD part is
-// sgd_math.hpp's.
+// CPU loops (cpu/hd_cpu.cpp) and the CUDA kernels (cuda/hd_cuda.cu). The SGD part is sgd_math's.
 #pragma once
 
 #include "sgd_math.hpp"

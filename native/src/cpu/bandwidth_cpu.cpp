@@ -53,9 +53,7 @@ OPTIM_CPU_CLONES void update_range(const T* __restrict r0, const T* __restrict r
 
 // kLanes accumulators in the element type, element i to lane i % kLanes, the lanes combined in
 // double in lane order: a fixed order (the sum does not depend on the thread count) that the
-// compiler vectorizes. In the element type and with many lanes, a pass that only reads runs at
-// memory speed; in double (8 lanes) it was bound by conversions and add latency at about half the
-// bandwidth.
+// compiler vectorizes, and that keeps a pass that only reads at memory speed (docs/design.md).
 constexpr int kLanes = 32;
 
 template <typename T, int NR>

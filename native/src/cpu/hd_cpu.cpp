@@ -55,9 +55,8 @@ OPTIM_CPU_CLONES HdPartial reduce_lanes(const T* __restrict p, const T* __restri
 }
 
 // Only whether some gradient element is not finite (the per-parameter scope's first pass). The
-// marks are exactly 0 or NaN, so the sum is exact in the element type: accumulating in T (not
-// double) with kFlagLanes lanes keeps this pass at memory speed (in double it was bound by the
-// conversions and the adds' latency, at about half the bandwidth).
+// marks are exactly 0 or NaN, so the sum is exact in the element type, which with kFlagLanes lanes
+// keeps this pass at memory speed (docs/design.md).
 constexpr int kFlagLanes = 32;
 
 template <typename T>
@@ -99,8 +98,7 @@ OPTIM_CPU_CLONES void update_piece(T* __restrict p, const T* __restrict g, T* __
     }
 }
 
-// The rule is a template argument here: as a runtime select, the loop computed the normalized
-// rule's division for every element even under the additive rule.
+// The rule is a template argument so that the additive rule's loop holds no division.
 template <typename T, unsigned Flags, bool Fresh, int Rule>
 OPTIM_CPU_CLONES void per_parameter_loop(T* __restrict p, const T* __restrict g, T* __restrict buf,
                                          T* __restrict up, T* __restrict alpha, int64_t n,

@@ -1,7 +1,7 @@
-// The CPU path of the fused SGD step: a fixed partition of all elements of all tensors (of every
-// param group) into chunks, spread over the worker pool. The per-element math is sgd_element() from
-// sgd_math.hpp, shared with the CUDA kernels. Each element is read and written once (12 bytes per
-// fp32 element without momentum, 20 with).
+// The CPU path of the fused SGD step: WorkPlan's multi-tensor loop over the pieces of all tensors
+// of every param group, each piece updated by sgd_element() from sgd_math.hpp (shared with the CUDA
+// kernels). Each element is read and written once (12 bytes per fp32 element without momentum, 20
+// with).
 #include "../backend.hpp"
 #include "../sgd_math.hpp"
 #include "thread_pool.hpp"

@@ -16,8 +16,9 @@ namespace optim::cuda {
 constexpr int kThreads = 512;         // threads per block
 constexpr int64_t kChunk = 64 * 1024; // elements per block
 constexpr int kMaxBlocks = 320;       // blocks per launch
-constexpr size_t kTableBytes = 3800;  // CUDA 11 limits kernel arguments to 4 KiB; the rest is
-                                      // left to the functor and the no-op pointer
+// A table's share of the 4 KiB of kernel arguments CUDA 11 allows (the functor and the no-op
+// pointer take the rest).
+constexpr size_t kTableBytes = 3800;
 
 // The tensors of one launch and which chunk each block handles. Chunks are numbered across the
 // launches of one call (first_block), so a reduction can write one record per chunk in a fixed
