@@ -4,6 +4,7 @@
 #include "cpu/thread_pool.hpp"
 #include "error.hpp"
 #include "greedylr_math.hpp"
+#include "validation.hpp"
 
 #include <optim.h>
 
@@ -27,36 +28,6 @@ namespace optim {
 namespace {
 // A fixed buffer: recording an error never allocates, so it cannot fail (longer messages are cut).
 thread_local char t_last_error[4096];
-
-std::string num(double v)
-{
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%.17g", v);
-    return buf;
-}
-
-std::string at(int64_t k)
-{
-    return "tensor " + std::to_string(k);
-}
-
-// One array of a tensor, named for messages.
-struct Array {
-    const void* data;
-    const char* name;
-};
-
-// Fails when an array the call writes (the first n_written; NULL = unused) is another array of the
-// same tensor: a parameter passed as its own gradient, and the like. Partial overlaps and memory
-// shared between tensors are not detected (optim.h says what then holds).
-void require_unaliased(const char* fn, int64_t k, const Array* a, int n, int n_written)
-{
-    for (int i = 0; i < n_written; ++i)
-        for (int j = i + 1; j < n; ++j)
-            OPTIM_REQUIRE(a[i].data == nullptr || a[i].data != a[j].data, fn,
-                          at(k) + ": the " + a[i].name + " and the " + a[j].name +
-                              " are the same memory");
-}
 
 std::string group(int32_t g)
 {
@@ -440,65 +411,6 @@ OPTIM_API optim_status optim_greedylr_step(int32_t device, int32_t device_index,
                              ? static_cast<double>(*static_cast<const float*>(metric))
                              : *static_cast<const double*>(metric);
         greedy_step(*config, *state, b, m);
-    });
-}
-
-OPTIM_API optim_status optim_stream_reference(int32_t dtype, const optim_stream_tensors* tensors,
-                                              double scale, double* sum)
-{
-    static const char* fn = "optim_stream_reference";
-    return guard(fn, [&] {
-        if (dtype != OPTIM_DTYPE_FLOAT32 && dtype != OPTIM_DTYPE_FLOAT64)
-            fail(OPTIM_STATUS_UNSUPPORTED, std::string(fn) + ": unsupported dtype " +
-                                               std::to_string(dtype) +
-                                               " (only float32 and float64)");
-        OPTIM_REQUIRE(tensors != nullptr, fn, "tensors is NULL");
-        const optim_stream_tensors& t = *tensors;
-        OPTIM_REQUIRE(t.n_read >= 0 && t.n_read <= OPTIM_STREAM_MAX_ARRAYS, fn,
-                      "n_read must be in [0, " + std::to_string(OPTIM_STREAM_MAX_ARRAYS) +
-                          "], got " + std::to_string(t.n_read));
-        OPTIM_REQUIRE(t.n_update >= 0 && t.n_update <= OPTIM_STREAM_MAX_ARRAYS, fn,
-                      "n_update must be in [0, " + std::to_string(OPTIM_STREAM_MAX_ARRAYS) +
-                          "], got " + std::to_string(t.n_update));
-        OPTIM_REQUIRE(t.n_read + t.n_update >= 1, fn, "n_read and n_update are both 0");
-        OPTIM_REQUIRE(std::isfinite(scale), fn, "scale must be finite, got " + num(scale));
-        OPTIM_REQUIRE(t.n_update > 0 || sum != nullptr, fn,
-                      "sum is NULL but n_update is 0 (a pass that only reads returns its sum)");
-        OPTIM_REQUIRE(t.count >= 0, fn,
-                      "tensors->count is negative (" + std::to_string(t.count) + ")");
-        if (t.count > 0) {
-            OPTIM_REQUIRE(t.numels != nullptr, fn, "tensors->numels is NULL");
-            OPTIM_REQUIRE(t.n_read == 0 || t.read != nullptr, fn,
-                          "tensors->read is NULL but n_read is " + std::to_string(t.n_read));
-            OPTIM_REQUIRE(t.n_update == 0 || t.update != nullptr, fn,
-                          "tensors->update is NULL but n_update is " + std::to_string(t.n_update));
-        }
-        for (int64_t k = 0; k < t.count; ++k) {
-            const int64_t n = t.numels[k];
-            OPTIM_REQUIRE(n >= 0, fn, at(k) + ": numel is negative (" + std::to_string(n) + ")");
-            if (n == 0) continue;
-            for (int32_t j = 0; j < t.n_read; ++j)
-                OPTIM_REQUIRE(t.read[k * t.n_read + j] != nullptr, fn,
-                              at(k) + ": read array " + std::to_string(j) + " is NULL");
-            for (int32_t j = 0; j < t.n_update; ++j)
-                OPTIM_REQUIRE(t.update[k * t.n_update + j] != nullptr, fn,
-                              at(k) + ": update array " + std::to_string(j) + " is NULL");
-            static_assert(OPTIM_STREAM_MAX_ARRAYS == 4, "one name per array");
-            static const char* const update_names[] = {"update array 0", "update array 1",
-                                                       "update array 2", "update array 3"};
-            static const char* const read_names[] = {"read array 0", "read array 1", "read array 2",
-                                                     "read array 3"};
-            Array arrays[2 * OPTIM_STREAM_MAX_ARRAYS];
-            for (int32_t j = 0; j < t.n_update; ++j)
-                arrays[j] = {t.update[k * t.n_update + j], update_names[j]};
-            for (int32_t j = 0; j < t.n_read; ++j)
-                arrays[t.n_update + j] = {t.read[k * t.n_read + j], read_names[j]};
-            require_unaliased(fn, k, arrays, t.n_update + t.n_read, t.n_update);
-        }
-        if (dtype == OPTIM_DTYPE_FLOAT32)
-            cpu::stream_reference_f32(t, scale, sum);
-        else
-            cpu::stream_reference_f64(t, scale, sum);
     });
 }
 

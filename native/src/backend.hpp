@@ -72,9 +72,6 @@ void sgd_step_f32(const SgdCall& call);
 void sgd_step_f64(const SgdCall& call);
 void hd_step_f32(const HdCall& call);
 void hd_step_f64(const HdCall& call);
-// The memory-bandwidth reference (optim_stream_reference), on validated arguments.
-void stream_reference_f32(const optim_stream_tensors& tensors, double scale, double* sum);
-void stream_reference_f64(const optim_stream_tensors& tensors, double scale, double* sum);
 } // namespace cpu
 
 namespace cuda {

@@ -2,13 +2,17 @@
 // with the least arithmetic, on the same work plan (fixed 64 Ki-element chunks, one contiguous run
 // of chunks per thread) and the same threads as the SGD and HD steps, so that a step's time can be
 // put next to the time the machine needs to move the same bytes the same way (docs/design.md).
-#include "../backend.hpp"
-#include "work_plan.hpp"
+#include "bandwidth.hpp"
+
+#include "../src/cpu/work_plan.hpp"
 
 #include <type_traits>
 #include <vector>
 
-namespace optim::cpu {
+namespace optim::bench {
+
+using cpu::Piece;
+using cpu::WorkPlan;
 
 namespace {
 
@@ -139,4 +143,4 @@ void stream_reference_f64(const optim_stream_tensors& tensors, double scale, dou
     stream_reference<double>(tensors, scale, sum);
 }
 
-} // namespace optim::cpu
+} // namespace optim::bench
