@@ -52,9 +52,6 @@ internal static unsafe partial class NativeMethods
     [LibraryImport(Library)]
     internal static partial int optim_torch_bump_versions(nint* tensors, long count);
 
-    [LibraryImport(Library)]
-    internal static partial int optim_stream_reference(int dtype, StreamTensors* tensors, double scale, double* sum);
-
     // Runs before the first import is called: every import of this assembly goes through the resolver.
     static NativeMethods() => NativeLibraryResolver.Register();
 }
@@ -134,16 +131,4 @@ internal unsafe struct HdTensors
     public long* Numels;
     public int* GroupIndex;
     public byte* BufferFresh;
-}
-
-/// <summary>Mirror of <c>optim_stream_tensors</c>.</summary>
-[StructLayout(LayoutKind.Sequential)]
-internal unsafe struct StreamTensors
-{
-    public long Count;
-    public int NRead;
-    public int NUpdate;
-    public nint* Read;
-    public nint* Update;
-    public long* Numels;
 }

@@ -64,7 +64,7 @@ internal struct SgdGroupParams
 internal static unsafe class OptimNative
 {
     /// <summary>The <c>OPTIM_ABI_VERSION</c> these bindings were written for.</summary>
-    public const int ExpectedAbiVersion = 4;
+    public const int ExpectedAbiVersion = 5;
 
     private static volatile bool s_checked;
     private static readonly object s_lock = new();
@@ -327,54 +327,6 @@ internal static unsafe class OptimNative
         }
     }
 
-    /// <summary>The most read arrays, and the most update arrays, per tensor of <see cref="StreamReference"/>.</summary>
-    public const int StreamMaxArrays = 4;
-
-    /// <summary>
-    /// The memory-bandwidth reference of the benchmarks (see <c>optim_stream_reference</c> in <c>optim.h</c>):
-    /// one pass over host arrays that moves <c>(readArrays + 2 * updateArrays)</c> element sizes per element
-    /// with the least arithmetic, on the same threads and fixed chunks as the SGD step. Per element,
-    /// <c>r</c> is the sum of the read arrays (left to right); each update array gets <c>u += scale * r</c>.
-    /// A pass with no update arrays returns the sum of <c>r</c> over every element instead.
-    /// </summary>
-    /// <param name="dtype">Element type of every array.</param>
-    /// <param name="read">Read arrays, tensor-major: entry <c>k * readArrays + j</c> is the j-th of tensor k.</param>
-    /// <param name="readArrays">Read arrays per tensor (0 to <see cref="StreamMaxArrays"/>).</param>
-    /// <param name="update">Update arrays (read and written in place), laid out like <paramref name="read"/>.</param>
-    /// <param name="updateArrays">Update arrays per tensor (0 to <see cref="StreamMaxArrays"/>).</param>
-    /// <param name="numels">Element count of each tensor.</param>
-    /// <param name="scale">The factor of the update (finite).</param>
-    /// <returns>The sum of <c>r</c> when <paramref name="updateArrays"/> is 0, else 0.</returns>
-    public static double StreamReference(NativeDType dtype, ReadOnlySpan<nint> read, int readArrays,
-        ReadOnlySpan<nint> update, int updateArrays, ReadOnlySpan<long> numels, double scale)
-    {
-        EnsureLoaded();
-        int n = numels.Length;
-        if (readArrays < 0 || updateArrays < 0 || read.Length != (long)n * readArrays || update.Length != (long)n * updateArrays)
-        {
-            throw new ArgumentException(
-                $"StreamReference: {n} tensors with {readArrays} read and {updateArrays} update arrays need {(long)n * readArrays} " +
-                $"and {(long)n * updateArrays} pointers, got {read.Length} and {update.Length}.");
-        }
-        double sum = 0;
-        fixed (nint* r = read)
-        fixed (nint* u = update)
-        fixed (long* ne = numels)
-        {
-            var list = new StreamTensors
-            {
-                Count = n,
-                NRead = readArrays,
-                NUpdate = updateArrays,
-                Read = r,
-                Update = u,
-                Numels = ne,
-            };
-            ThrowIfFailed(NativeMethods.optim_stream_reference((int)dtype, &list, scale, &sum));
-        }
-        return sum;
-    }
-
     /// <summary>
     /// The single place that turns a native status into an exception: <see cref="ArgumentException"/> for
     /// invalid arguments, <see cref="NotSupportedException"/> for unsupported dtypes and missing CUDA,
@@ -387,8 +339,14 @@ internal static unsafe class OptimNative
         {
             return;
         }
-        string message = Marshal.PtrToStringUTF8((nint)NativeMethods.optim_last_error()) ?? "";
-        throw (NativeStatus)status switch
+        throw StatusException(status, Marshal.PtrToStringUTF8((nint)NativeMethods.optim_last_error()) ?? "");
+    }
+
+    /// <summary>The exception <see cref="ThrowIfFailed"/> throws for a failing status and its message (also
+    /// used by the benchmarks' library, which keeps its own last error).</summary>
+    internal static Exception StatusException(int status, string message)
+    {
+        return (NativeStatus)status switch
         {
             NativeStatus.InvalidArgument => new ArgumentException(message),
             NativeStatus.Unsupported => new NotSupportedException(message),

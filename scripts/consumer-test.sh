@@ -80,6 +80,12 @@ if unzip -Z1 "$packages/Optim.$version.snupkg" | grep -x 'lib/net10.0/Optim.pdb'
 so=$work/unpacked/runtimes/linux-x64/native/libOptim.Native.so
 needed=$(readelf -d "$so" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p' | paste -sd ' ')
 if echo "$needed" | grep -iE 'cuda|cudart|nvrtc' >/dev/null; then fail "native: needs CUDA libraries at load: $needed"; else pass "native: loads without CUDA (needs only: $needed)"; fi
+# The benchmarks' instruments live in libOptim.BenchNative, which is not packed (the listing above).
+if nm -D --defined-only "$so" | grep -E ' optim_(stream_reference|bench_)' >/dev/null; then
+  fail "native: the packed library exports a benchmark instrument"
+else
+  pass "native: no benchmark instrument among the exports"
+fi
 if [ "${OPTIM_CUDA:-AUTO}" = "ON" ]; then
   archs=$(readelf -S "$so" | grep '\.nv_fatbin' >/dev/null && command -v cuobjdump >/dev/null && cuobjdump --list-elf "$so" | grep -oE 'sm_[0-9]+' | sort -u | paste -sd ' ')
   if [ "$archs" = "sm_70 sm_80 sm_90" ]; then pass "native: CUDA kernels for $archs"; else fail "native: CUDA kernels expected for sm_70 sm_80 sm_90, found '${archs:-none}'"; fi

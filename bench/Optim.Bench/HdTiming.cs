@@ -91,7 +91,7 @@ internal static class HdTiming
         {
             foreach (var (read, reads, update, updates) in plan)
             {
-                sink += OptimNative.StreamReference(NativeDType.Float32, read, reads, update, updates, numels, -1e-6);
+                sink += BenchNative.StreamReference(NativeDType.Float32, read, reads, update, updates, numels, -1e-6);
             }
         }
         return new Timed(Step, tensors.SelectMany(t => t).ToList<IDisposable>());

@@ -87,7 +87,7 @@ internal sealed class Workload : IDisposable
 }
 
 /// <summary>
-/// The bandwidth reference of one optimizer step: one <see cref="OptimNative.StreamReference"/> call per
+/// The bandwidth reference of one optimizer step: one <see cref="BenchNative.StreamReference"/> call per
 /// pass of the step, each over the same kind and number of arrays as that pass, with pointer arrays built
 /// once, so a run is exactly the native passes (no managed gathering).
 /// </summary>
@@ -130,7 +130,7 @@ internal sealed class StreamPlan
         double sum = 0;
         foreach (var p in _passes)
         {
-            sum += OptimNative.StreamReference(NativeDType.Float32, p.Read, p.ReadArrays, p.Update, p.UpdateArrays, _numels, -1e-6);
+            sum += BenchNative.StreamReference(NativeDType.Float32, p.Read, p.ReadArrays, p.Update, p.UpdateArrays, _numels, -1e-6);
         }
         return sum;
     }

@@ -8,6 +8,7 @@
 // Threads: the library's own pool, or LibTorch's OpenMP team when its libgomp is preloaded
 // (LD_PRELOAD=.../libgomp-98b21ff3.so.1), as in a TorchSharp process.
 #include <optim.h>
+#include <optim_bench.h>
 
 #include <algorithm>
 #include <chrono>
@@ -135,7 +136,8 @@ int main(int argc, char** argv)
         for (size_t c = 0; c < cases.size(); ++c) {
             const auto t0 = std::chrono::steady_clock::now();
             if (cases[c].run() != OPTIM_STATUS_OK) {
-                std::fprintf(stderr, "%s: %s\n", cases[c].name.c_str(), optim_last_error());
+                std::fprintf(stderr, "%s: %s %s\n", cases[c].name.c_str(), optim_last_error(),
+                             optim_bench_last_error());
                 return 1;
             }
             const double t =

@@ -16,7 +16,7 @@
  *    faults inside a kernel surface on a later synchronising call.
  *  - No C++ exception, abort() or exit() ever leaves the library.
  *  - "Host memory" means ordinary CPU memory; "device memory" means CUDA global memory of the
- * device named by the call. The library never takes ownership of caller memory.
+ *    device named by the call. The library never takes ownership of caller memory.
  *  - Aliasing: an array a call writes may not be another array of the same tensor (a parameter
  *    passed as its own gradient, ...): that is rejected (OPTIM_STATUS_INVALID_ARGUMENT). Partial
  *    overlaps and memory shared between tensors are not detected; every access then still stays
@@ -53,10 +53,9 @@ extern "C" {
 /* Bumped whenever a signature, struct layout or enum value below changes. The managed bindings
  * refuse to run against a library whose optim_abi_version() differs from the one they were built
  * for. */
-#define OPTIM_ABI_VERSION 4
+#define OPTIM_ABI_VERSION 5
 
-/* ---- Status codes ------------------------------------------------------------------------------
- */
+/* ---- Status codes ---------------------------------------------------------------------------- */
 typedef int32_t optim_status;
 enum {
     OPTIM_STATUS_OK = 0,
@@ -68,13 +67,11 @@ enum {
     OPTIM_STATUS_INTERNAL = 6 /* a bug: please report the message */
 };
 
-/* ---- Element types and devices ----------------------------------------------------------------
- */
+/* ---- Element types and devices --------------------------------------------------------------- */
 enum { OPTIM_DTYPE_FLOAT32 = 0, OPTIM_DTYPE_FLOAT64 = 1 };
 enum { OPTIM_DEVICE_CPU = 0, OPTIM_DEVICE_CUDA = 1 };
 
-/* ---- Library information (never fail) ---------------------------------------------------------
- */
+/* ---- Library information (never fail) -------------------------------------------------------- */
 
 /* OPTIM_ABI_VERSION of the library that was loaded. */
 OPTIM_API int32_t optim_abi_version(void);
@@ -99,8 +96,7 @@ OPTIM_API int32_t optim_cuda_compiled(void);
  * both are OK). Fails only for a NULL count. */
 OPTIM_API optim_status optim_cuda_device_count(int32_t* count);
 
-/* ---- CPU threading -----------------------------------------------------------------------------
- */
+/* ---- CPU threading --------------------------------------------------------------------------- */
 
 /* Sets the number of threads of the CPU path (the caller counts as one). 0 restores the default:
  * the environment variable OPTIM_NUM_THREADS if set, else the CPUs this process may run on. Results
@@ -117,8 +113,7 @@ OPTIM_API int32_t optim_get_num_threads(void);
  * NULL. */
 OPTIM_API const char* optim_threading_info(void);
 
-/* ---- Tensor lists ------------------------------------------------------------------------------
- */
+/* ---- Tensor lists ---------------------------------------------------------------------------- */
 
 /* Many tensors, updated in one call. Every array has `count` entries. All tensors of one list share
  * one dtype and one device, and are dense and contiguous; element i of params[k], grads[k] and
@@ -148,8 +143,7 @@ typedef struct optim_tensor_list {
     const int32_t* group_index;
 } optim_tensor_list;
 
-/* ---- Fused SGD ----------------------------------------------------------------------------------
- */
+/* ---- Fused SGD ------------------------------------------------------------------------------- */
 
 /* Hyperparameters of one SGD step, with PyTorch's meaning and PyTorch's order of operations:
  *   g = maximize ? -grad : grad
@@ -161,10 +155,10 @@ typedef struct optim_tensor_list {
  *   param = param - lr * d
  * Arithmetic is done in the element type; hyperparameters are rounded to it once per call.
  *
- * lr_ptr: optional. When not NULL the rate is read from *lr_ptr (one double) instead of `lr`: host
- *   memory for the CPU path, device memory for the CUDA path, where it is read by the kernels, so a
- *   rate computed on the device (hypergradient descent, GreedyLR) never makes a step wait for the
- * host. The library does not validate a device-resident rate. */
+ * lr_ptr: optional. When not NULL the rate is read from *lr_ptr (one double) instead of `lr`:
+ *   host memory for the CPU path, device memory for the CUDA path, where the kernels read it, so
+ *   a rate computed on the device (hypergradient descent, GreedyLR) never makes a step wait for
+ *   the host. The library does not validate a device-resident rate. */
 typedef struct optim_sgd_params {
     double lr;
     double momentum;
@@ -198,8 +192,7 @@ OPTIM_API optim_status optim_sgd_step(int32_t device, int32_t device_index, int3
                                       const optim_tensor_list* tensors, int32_t n_groups,
                                       const optim_sgd_params* groups);
 
-/* ---- Hypergradient descent --------------------------------------------------------------------
- */
+/* ---- Hypergradient descent ------------------------------------------------------------------- */
 
 /* SGD whose learning rate adapts online by hypergradient descent (Baydin et al., ICLR 2018;
  * docs/hypergradient.md). One step, in this order:
@@ -220,8 +213,8 @@ enum {
     OPTIM_HD_SCOPE_GLOBAL = 0,     /* one rate for all tensors */
     OPTIM_HD_SCOPE_PER_GROUP = 1,  /* one rate per param group */
     OPTIM_HD_SCOPE_PER_TENSOR = 2, /* one rate per tensor */
-    OPTIM_HD_SCOPE_PER_PARAMETER =
-        3 /* a rate per element: param_rates, shaped like the parameter */
+    /* a rate per element: param_rates, shaped like the parameter */
+    OPTIM_HD_SCOPE_PER_PARAMETER = 3
 };
 enum { OPTIM_HD_RULE_ADDITIVE = 0, OPTIM_HD_RULE_NORMALIZED = 1 };
 
@@ -266,21 +259,21 @@ typedef struct optim_hd_tensors {
 
 /* One hypergradient SGD step.
  *   groups/n_groups: the options of each param group.
- *   rates: the scalar rates (global: 1, per group: n_groups, per tensor: count entries), doubles in
- *     host memory for the CPU path and device memory for the CUDA path; read and written. Unused
- * (may be NULL) for the per-parameter scope. skipped: host memory for the CPU path (set to 1 when
- * the step was skipped for a non-finite gradient, else 0); device memory for the CUDA path, where
- * it is a counter incremented on each skipped step. May be NULL. Reductions are deterministic:
- * fixed chunks, partial sums in double, combined in chunk order; results never depend on the number
- * of threads. CUDA: block partial sums and a finishing kernel (no atomics), launches on stream 0,
- * no host round trip. */
+ *   rates: the scalar rates (global: 1, per group: n_groups, per tensor: count entries), doubles
+ *     in host memory for the CPU path and device memory for the CUDA path; read and written.
+ *     Unused (may be NULL) for the per-parameter scope.
+ *   skipped: host memory for the CPU path (set to 1 when the step was skipped for a non-finite
+ *     gradient, else 0); device memory for the CUDA path, where it is a counter incremented on
+ *     each skipped step. May be NULL.
+ * Reductions are deterministic: fixed chunks, partial sums in double, combined in chunk order;
+ * results never depend on the number of threads. CUDA: block partial sums and a finishing kernel
+ * (no atomics), launches on stream 0, no host round trip. */
 OPTIM_API optim_status optim_hd_step(int32_t device, int32_t device_index, int32_t dtype,
                                      const optim_hd_tensors* tensors, int32_t n_groups,
                                      const optim_hd_group* groups, const optim_hd_params* params,
                                      double* rates, int64_t* skipped);
 
-/* ---- GreedyLR
- * ------------------------------------------------------------------------------------ */
+/* ---- GreedyLR -------------------------------------------------------------------------------- */
 
 /* GreedyLR (docs/greedylr.md): raises every group's rate while the monitored metric keeps
  * improving and lowers it while it does not. Its whole state is plain data: the fixed-size
@@ -357,8 +350,7 @@ OPTIM_API optim_status optim_greedylr_step(int32_t device, int32_t device_index,
                                            const optim_greedylr_buffers* buffers,
                                            const void* metric, int32_t metric_dtype);
 
-/* ---- LibTorch integration --------------------------------------------------------------------
- */
+/* ---- LibTorch integration -------------------------------------------------------------------- */
 
 /* Bumps the autograd version counter of each tensor, as LibTorch's own in-place operations do, so
  * that a backward pass through a graph that saved one of these tensors before it was updated fails
@@ -370,50 +362,6 @@ OPTIM_API optim_status optim_greedylr_step(int32_t device, int32_t device_index,
  * not loaded, and OPTIM_STATUS_INVALID_ARGUMENT (naming the tensor) when LibTorch refuses, e.g. for
  * an inference tensor outside inference mode; the tensors before it were bumped. */
 OPTIM_API optim_status optim_torch_bump_versions(void* const* tensors, int64_t count);
-
-/* ---- Memory-bandwidth reference ---------------------------------------------------------------
- */
-
-/* The most arrays of each kind one tensor of optim_stream_tensors may have. */
-enum { OPTIM_STREAM_MAX_ARRAYS = 4 };
-
-/* The arrays of one streaming pass (host memory; every array is dense and contiguous). Tensor k has
- * numels[k] elements in each of its n_read arrays, which are only read, and in each of its n_update
- * arrays, which are read and written in place. No two arrays may overlap.
- *
- * read:   count * n_read pointers; read[k * n_read + j] is the j-th read array of tensor k. May be
- *         NULL when n_read == 0.
- * update: count * n_update pointers, laid out the same way. May be NULL when n_update == 0.
- * numels: count element counts. A tensor with numel 0 is allowed (its pointers may be NULL). */
-typedef struct optim_stream_tensors {
-    int64_t count;
-    int32_t n_read;   /* 0 .. OPTIM_STREAM_MAX_ARRAYS */
-    int32_t n_update; /* 0 .. OPTIM_STREAM_MAX_ARRAYS; n_read + n_update >= 1 */
-    const void* const* read;
-    void* const* update;
-    const int64_t* numels;
-} optim_stream_tensors;
-
-/* The benchmarks' memory-bandwidth reference: one pass that moves (n_read + 2 * n_update) element
- * sizes per element with the least arithmetic, on the same threads (LibTorch's OpenMP team when it
- * is loaded, else the worker pool) and over the same fixed chunks as optim_sgd_step, so an
- * optimizer step can be compared with the time this machine needs to move the same bytes the same
- * way. A step of several passes is matched by one call per pass. For element i of tensor k:
- *   r = read_0[i] + read_1[i] + ... + read_{n_read-1}[i]   (left to right; r = 0 when n_read == 0)
- *   n_update > 0:  u[i] = u[i] + scale * r   for every update array u of tensor k
- *   n_update == 0: *sum = the sum of r over every element of every tensor
- * Arithmetic is done in the element type; the sum is accumulated in 32 lanes of the element type
- * (element i to lane i % 32 within each piece of a 64 Ki-element chunk), then lanes, pieces and
- * chunks are combined in double, in order: results never depend on the number of threads. (The sum
- * only keeps the reads from being optimized away; it is not an accurate sum of large arrays.)
- *   dtype: OPTIM_DTYPE_FLOAT32 or OPTIM_DTYPE_FLOAT64.
- *   scale: finite.
- *   sum:   host memory; required when n_update == 0 (a pass that only reads returns its sum, so the
- *          reads cannot be optimised away), ignored otherwise.
- * CPU only. Validation (of every argument, before anything is written): counts, array counts, NULL
- * pointers, a finite scale. */
-OPTIM_API optim_status optim_stream_reference(int32_t dtype, const optim_stream_tensors* tensors,
-                                              double scale, double* sum);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -4,6 +4,7 @@
 #include "cpu/thread_pool.hpp"
 #include "error.hpp"
 #include "greedylr_math.hpp"
+#include "validation.hpp"
 
 #include <optim.h>
 
@@ -28,34 +29,26 @@ namespace {
 // A fixed buffer: recording an error never allocates, so it cannot fail (longer messages are cut).
 thread_local char t_last_error[4096];
 
-std::string num(double v)
+std::string group(int32_t g)
 {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%.17g", v);
-    return buf;
+    return " (group " + std::to_string(g) + ")";
 }
 
-std::string at(int64_t k)
+// The options SGD and hypergradient descent share, of param group g: the one native check of them
+// (the managed classes check the same for their messages, but the C ABI is public).
+void validate_momentum_options(const char* fn, int32_t g, double momentum, double dampening,
+                               double weight_decay, int32_t nesterov, int32_t maximize)
 {
-    return "tensor " + std::to_string(k);
-}
-
-// One array of a tensor, named for messages.
-struct Array {
-    const void* data;
-    const char* name;
-};
-
-// Fails when an array the call writes (the first n_written; NULL = unused) is another array of the
-// same tensor: a parameter passed as its own gradient, and the like. Partial overlaps and memory
-// shared between tensors are not detected (optim.h says what then holds).
-void require_unaliased(const char* fn, int64_t k, const Array* a, int n, int n_written)
-{
-    for (int i = 0; i < n_written; ++i)
-        for (int j = i + 1; j < n; ++j)
-            OPTIM_REQUIRE(a[i].data == nullptr || a[i].data != a[j].data, fn,
-                          at(k) + ": the " + a[i].name + " and the " + a[j].name +
-                              " are the same memory");
+    OPTIM_REQUIRE(std::isfinite(momentum) && momentum >= 0.0, fn,
+                  "invalid momentum value: " + num(momentum) + group(g));
+    OPTIM_REQUIRE(std::isfinite(dampening), fn,
+                  "invalid dampening value: " + num(dampening) + group(g));
+    OPTIM_REQUIRE(std::isfinite(weight_decay) && weight_decay >= 0.0, fn,
+                  "invalid weight_decay value: " + num(weight_decay) + group(g));
+    OPTIM_REQUIRE(nesterov == 0 || nesterov == 1, fn, "nesterov must be 0 or 1" + group(g));
+    OPTIM_REQUIRE(maximize == 0 || maximize == 1, fn, "maximize must be 0 or 1" + group(g));
+    OPTIM_REQUIRE(!nesterov || (momentum > 0.0 && dampening == 0.0), fn,
+                  "Nesterov momentum requires a momentum and zero dampening" + group(g));
 }
 
 // Every group's hyperparameters, then every tensor (with its group's momentum) and the group order.
@@ -66,22 +59,13 @@ void validate_sgd(const char* fn, int32_t device, const optim_tensor_list* t, in
     OPTIM_REQUIRE(n_groups >= 1, fn, "n_groups must be >= 1, got " + std::to_string(n_groups));
     for (int32_t g = 0; g < n_groups; ++g) {
         const optim_sgd_params& p = groups[g];
-        const auto where = [&] { return " (group " + std::to_string(g) + ")"; };
         OPTIM_REQUIRE(p.lr_ptr != nullptr || (std::isfinite(p.lr) && p.lr >= 0.0), fn,
-                      "invalid learning rate: " + num(p.lr) + where());
+                      "invalid learning rate: " + num(p.lr) + group(g));
         if (p.lr_ptr != nullptr && device == OPTIM_DEVICE_CPU)
             OPTIM_REQUIRE(std::isfinite(*p.lr_ptr) && *p.lr_ptr >= 0.0, fn,
-                          "invalid learning rate: " + num(*p.lr_ptr) + where());
-        OPTIM_REQUIRE(std::isfinite(p.momentum) && p.momentum >= 0.0, fn,
-                      "invalid momentum value: " + num(p.momentum) + where());
-        OPTIM_REQUIRE(std::isfinite(p.dampening), fn,
-                      "invalid dampening value: " + num(p.dampening) + where());
-        OPTIM_REQUIRE(std::isfinite(p.weight_decay) && p.weight_decay >= 0.0, fn,
-                      "invalid weight_decay value: " + num(p.weight_decay) + where());
-        OPTIM_REQUIRE(p.nesterov == 0 || p.nesterov == 1, fn, "nesterov must be 0 or 1" + where());
-        OPTIM_REQUIRE(p.maximize == 0 || p.maximize == 1, fn, "maximize must be 0 or 1" + where());
-        OPTIM_REQUIRE(!p.nesterov || (p.momentum > 0.0 && p.dampening == 0.0), fn,
-                      "Nesterov momentum requires a momentum and zero dampening" + where());
+                          "invalid learning rate: " + num(*p.lr_ptr) + group(g));
+        validate_momentum_options(fn, g, p.momentum, p.dampening, p.weight_decay, p.nesterov,
+                                  p.maximize);
     }
     OPTIM_REQUIRE(t != nullptr, fn, "tensors is NULL");
     OPTIM_REQUIRE(t->count >= 0, fn,
@@ -324,18 +308,8 @@ OPTIM_API optim_status optim_hd_step(int32_t device, int32_t device_index, int32
         OPTIM_REQUIRE(n_groups >= 1, fn, "n_groups must be >= 1");
         for (int32_t g = 0; g < n_groups; ++g) {
             const optim_hd_group& o = groups[g];
-            const std::string where = " (group " + std::to_string(g) + ")";
-            OPTIM_REQUIRE(std::isfinite(o.momentum) && o.momentum >= 0.0, fn,
-                          "invalid momentum value: " + num(o.momentum) + where);
-            OPTIM_REQUIRE(std::isfinite(o.dampening), fn,
-                          "invalid dampening value: " + num(o.dampening) + where);
-            OPTIM_REQUIRE(std::isfinite(o.weight_decay) && o.weight_decay >= 0.0, fn,
-                          "invalid weight_decay value: " + num(o.weight_decay) + where);
-            OPTIM_REQUIRE((o.nesterov == 0 || o.nesterov == 1) &&
-                              (o.maximize == 0 || o.maximize == 1),
-                          fn, "nesterov and maximize must be 0 or 1" + where);
-            OPTIM_REQUIRE(!o.nesterov || (o.momentum > 0.0 && o.dampening == 0.0), fn,
-                          "Nesterov momentum requires a momentum and zero dampening" + where);
+            validate_momentum_options(fn, g, o.momentum, o.dampening, o.weight_decay, o.nesterov,
+                                      o.maximize);
         }
         const optim_hd_tensors& t = *tensors;
         OPTIM_REQUIRE(t.count >= 0, fn, "tensors->count is negative");
@@ -374,9 +348,7 @@ OPTIM_API optim_status optim_hd_step(int32_t device, int32_t device_index, int32
         if (!per_parameter) {
             OPTIM_REQUIRE(rates != nullptr, fn, "rates is NULL");
             if (device == OPTIM_DEVICE_CPU) {
-                const int64_t slots = hp.scope == OPTIM_HD_SCOPE_GLOBAL      ? 1
-                                      : hp.scope == OPTIM_HD_SCOPE_PER_GROUP ? n_groups
-                                                                             : t.count;
+                const int64_t slots = hd_slot_count(hp.scope, n_groups, t.count);
                 for (int64_t s = 0; s < slots; ++s)
                     OPTIM_REQUIRE(std::isfinite(rates[s]) && rates[s] >= 0.0, fn,
                                   "rate " + std::to_string(s) + " is invalid: " + num(rates[s]));
@@ -439,65 +411,6 @@ OPTIM_API optim_status optim_greedylr_step(int32_t device, int32_t device_index,
                              ? static_cast<double>(*static_cast<const float*>(metric))
                              : *static_cast<const double*>(metric);
         greedy_step(*config, *state, b, m);
-    });
-}
-
-OPTIM_API optim_status optim_stream_reference(int32_t dtype, const optim_stream_tensors* tensors,
-                                              double scale, double* sum)
-{
-    static const char* fn = "optim_stream_reference";
-    return guard(fn, [&] {
-        if (dtype != OPTIM_DTYPE_FLOAT32 && dtype != OPTIM_DTYPE_FLOAT64)
-            fail(OPTIM_STATUS_UNSUPPORTED, std::string(fn) + ": unsupported dtype " +
-                                               std::to_string(dtype) +
-                                               " (only float32 and float64)");
-        OPTIM_REQUIRE(tensors != nullptr, fn, "tensors is NULL");
-        const optim_stream_tensors& t = *tensors;
-        OPTIM_REQUIRE(t.n_read >= 0 && t.n_read <= OPTIM_STREAM_MAX_ARRAYS, fn,
-                      "n_read must be in [0, " + std::to_string(OPTIM_STREAM_MAX_ARRAYS) +
-                          "], got " + std::to_string(t.n_read));
-        OPTIM_REQUIRE(t.n_update >= 0 && t.n_update <= OPTIM_STREAM_MAX_ARRAYS, fn,
-                      "n_update must be in [0, " + std::to_string(OPTIM_STREAM_MAX_ARRAYS) +
-                          "], got " + std::to_string(t.n_update));
-        OPTIM_REQUIRE(t.n_read + t.n_update >= 1, fn, "n_read and n_update are both 0");
-        OPTIM_REQUIRE(std::isfinite(scale), fn, "scale must be finite, got " + num(scale));
-        OPTIM_REQUIRE(t.n_update > 0 || sum != nullptr, fn,
-                      "sum is NULL but n_update is 0 (a pass that only reads returns its sum)");
-        OPTIM_REQUIRE(t.count >= 0, fn,
-                      "tensors->count is negative (" + std::to_string(t.count) + ")");
-        if (t.count > 0) {
-            OPTIM_REQUIRE(t.numels != nullptr, fn, "tensors->numels is NULL");
-            OPTIM_REQUIRE(t.n_read == 0 || t.read != nullptr, fn,
-                          "tensors->read is NULL but n_read is " + std::to_string(t.n_read));
-            OPTIM_REQUIRE(t.n_update == 0 || t.update != nullptr, fn,
-                          "tensors->update is NULL but n_update is " + std::to_string(t.n_update));
-        }
-        for (int64_t k = 0; k < t.count; ++k) {
-            const int64_t n = t.numels[k];
-            OPTIM_REQUIRE(n >= 0, fn, at(k) + ": numel is negative (" + std::to_string(n) + ")");
-            if (n == 0) continue;
-            for (int32_t j = 0; j < t.n_read; ++j)
-                OPTIM_REQUIRE(t.read[k * t.n_read + j] != nullptr, fn,
-                              at(k) + ": read array " + std::to_string(j) + " is NULL");
-            for (int32_t j = 0; j < t.n_update; ++j)
-                OPTIM_REQUIRE(t.update[k * t.n_update + j] != nullptr, fn,
-                              at(k) + ": update array " + std::to_string(j) + " is NULL");
-            static_assert(OPTIM_STREAM_MAX_ARRAYS == 4, "one name per array");
-            static const char* const update_names[] = {"update array 0", "update array 1",
-                                                       "update array 2", "update array 3"};
-            static const char* const read_names[] = {"read array 0", "read array 1", "read array 2",
-                                                     "read array 3"};
-            Array arrays[2 * OPTIM_STREAM_MAX_ARRAYS];
-            for (int32_t j = 0; j < t.n_update; ++j)
-                arrays[j] = {t.update[k * t.n_update + j], update_names[j]};
-            for (int32_t j = 0; j < t.n_read; ++j)
-                arrays[t.n_update + j] = {t.read[k * t.n_read + j], read_names[j]};
-            require_unaliased(fn, k, arrays, t.n_update + t.n_read, t.n_update);
-        }
-        if (dtype == OPTIM_DTYPE_FLOAT32)
-            cpu::stream_reference_f32(t, scale, sum);
-        else
-            cpu::stream_reference_f64(t, scale, sum);
     });
 }
 

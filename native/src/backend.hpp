@@ -1,9 +1,13 @@
 // Internal interface between the validated C entry points (api.cpp) and the device back ends.
 #pragma once
 
+#include "error.hpp"
+#include "sgd_math.hpp"
+
 #include <optim.h>
 
 #include <cstdint>
+#include <string>
 
 namespace optim {
 
@@ -26,12 +30,41 @@ struct HdCall {
     int64_t* skipped;
 };
 
-// The rate slot of tensor k for a scalar scope.
+// One param group's SGD flags and coefficients rounded to T, from validated options
+// (optim_sgd_params or optim_hd_group); fn names the entry point in the internal error.
+template <typename T>
+struct SgdGroup {
+    unsigned flags;
+    SgdCoeffs<T> c;
+};
+template <typename T, class Options>
+SgdGroup<T> sgd_group(const Options& o, const char* fn)
+{
+    SgdGroup<T> g;
+    g.flags = sgd_flags(o.momentum, o.weight_decay, o.nesterov != 0, o.maximize != 0);
+    g.c.momentum = static_cast<T>(o.momentum);
+    g.c.one_minus_dampening = static_cast<T>(1.0 - o.dampening);
+    g.c.weight_decay = static_cast<T>(o.weight_decay);
+    if (!dispatch_sgd_flags(g.flags, [](auto) {}))
+        fail(OPTIM_STATUS_INTERNAL, std::string(fn) + ": unexpected flag combination");
+    return g;
+}
+
+// The HD rate-slot rule, written once: how many rates a scalar scope keeps (none for the
+// per-parameter scope, whose rates are tensors) and which of them tensor k uses.
+inline int64_t hd_slot_count(int32_t scope, int32_t n_groups, int64_t n_tensors)
+{
+    return scope == OPTIM_HD_SCOPE_GLOBAL       ? 1
+           : scope == OPTIM_HD_SCOPE_PER_GROUP  ? n_groups
+           : scope == OPTIM_HD_SCOPE_PER_TENSOR ? n_tensors
+                                                : 0;
+}
 inline int64_t hd_rate_slot(int32_t scope, const optim_hd_tensors& t, int64_t k)
 {
-    return scope == OPTIM_HD_SCOPE_GLOBAL      ? 0
-           : scope == OPTIM_HD_SCOPE_PER_GROUP ? t.group_index[k]
-                                               : k;
+    return scope == OPTIM_HD_SCOPE_GLOBAL       ? 0
+           : scope == OPTIM_HD_SCOPE_PER_GROUP  ? t.group_index[k]
+           : scope == OPTIM_HD_SCOPE_PER_TENSOR ? k
+                                                : 0;
 }
 
 namespace cpu {
@@ -39,9 +72,6 @@ void sgd_step_f32(const SgdCall& call);
 void sgd_step_f64(const SgdCall& call);
 void hd_step_f32(const HdCall& call);
 void hd_step_f64(const HdCall& call);
-// The memory-bandwidth reference (optim_stream_reference), on validated arguments.
-void stream_reference_f32(const optim_stream_tensors& tensors, double scale, double* sum);
-void stream_reference_f64(const optim_stream_tensors& tensors, double scale, double* sum);
 } // namespace cpu
 
 namespace cuda {

@@ -1,6 +1,6 @@
-// GreedyLR's state machine (docs/greedylr.md), one step, written once for the CPU path
-// (api.cpp) and the one-thread CUDA kernel (cuda/greedylr_cuda.cu), with the check of what a step
-// reads. Plain data only, no allocation.
+// GreedyLR's state machine (docs/greedylr.md), one step, written once for the CPU path (api.cpp)
+// and the one-thread CUDA kernel (cuda/greedylr_cuda.cu), with the check of what a step reads.
+// Plain data only, no allocation.
 #pragma once
 
 #include <optim.h>

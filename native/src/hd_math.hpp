@@ -1,6 +1,5 @@
 // The per-element pieces of hypergradient descent (docs/hypergradient.md), written once for the
-// CPU loops (cpu/hd_cpu.cpp) and the CUDA kernels (cuda/hd_cuda.cu). The SGD part is
-// sgd_math.hpp's.
+// CPU loops (cpu/hd_cpu.cpp) and the CUDA kernels (cuda/hd_cuda.cu). The SGD part is sgd_math's.
 #pragma once
 
 #include "sgd_math.hpp"
@@ -18,11 +17,6 @@ struct HdCoeffs {
     bool update; // false on the first step
 };
 
-OPTIM_HOST_DEVICE bool hd_finite(double v)
-{
-    return v - v == 0.0;
-}
-
 // Which rule a loop uses: kHdRuntime reads c.normalized; the other two fix it at compile time, so
 // that a vectorized loop does not compute both rules and select (the normalized one divides).
 enum { kHdRuntime = -1, kHdAdditive = 0, kHdNormalized = 1 };
@@ -37,14 +31,7 @@ OPTIM_HOST_DEVICE R hd_rate(R alpha, R h, R scale, const HdCoeffs<R>& c)
     R next = normalized ? alpha * (R(1) + c.beta * h / (scale + c.eps)) : alpha + c.beta * h;
     next = next < c.lr_min ? c.lr_min : next;
     next = next > c.lr_max ? c.lr_max : next;
-    return (c.update && h - h == R(0)) ? next : alpha;
-}
-
-// Whether u_prev is the momentum buffer itself (heavy-ball momentum) or a separate buffer.
-template <unsigned Flags>
-OPTIM_HOST_DEVICE constexpr bool hd_heavy_ball()
-{
-    return (Flags & kSgdMomentum) && !(Flags & kSgdNesterov);
+    return (c.update && is_finite(h)) ? next : alpha;
 }
 
 // One element of the update pass with a given rate: momentum, direction, u_prev, parameter.
@@ -54,7 +41,7 @@ OPTIM_HOST_DEVICE void hd_update_element(T& p, T grad, T& buf, T& u_prev, bool f
 {
     const T g = sgd_effective_grad<T, Flags>(p, grad, c);
     const T u = sgd_direction<T, Flags>(g, buf, fresh, c);
-    if (!hd_heavy_ball<Flags>()) u_prev = u;
+    if (!sgd_heavy_ball(Flags)) u_prev = u;
     p = p - lr * u;
 }
 
@@ -66,13 +53,13 @@ OPTIM_HOST_DEVICE void hd_per_parameter_element(T& p, T grad, T& buf, T& u_prev,
                                                 const HdCoeffs<T>& hc)
 {
     const T g = sgd_effective_grad<T, Flags>(p, grad, c);
-    const T up = hd_heavy_ball<Flags>() ? (fresh ? T(0) : buf) : u_prev;
+    const T up = sgd_heavy_ball(Flags) ? (fresh ? T(0) : buf) : u_prev;
     const T h = g * up;
     const T ag = g < T(0) ? -g : g;
     const T au = up < T(0) ? -up : up;
     alpha = hd_rate<T, Rule>(alpha, h, ag * au, hc);
     const T u = sgd_direction<T, Flags>(g, buf, fresh, c);
-    if (!hd_heavy_ball<Flags>()) u_prev = u;
+    if (!sgd_heavy_ball(Flags)) u_prev = u;
     p = p - alpha * u;
 }
 

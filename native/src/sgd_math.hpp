@@ -12,6 +12,19 @@
 
 namespace optim {
 
+// The one finiteness test of the library (CPU loops and CUDA kernels): v - v is exactly 0 for a
+// finite v and NaN for an infinity or NaN, so a sum of marks flags a bad element without a branch.
+template <typename T>
+OPTIM_HOST_DEVICE T nonfinite_mark(T v)
+{
+    return v - v;
+}
+template <typename T>
+OPTIM_HOST_DEVICE bool is_finite(T v)
+{
+    return nonfinite_mark(v) == T(0);
+}
+
 // Which optional parts of the update are active. Compile-time so that the CPU loops vectorise
 // without branches; the CUDA kernels instantiate the same set.
 enum SgdFlags : unsigned {
@@ -36,6 +49,13 @@ OPTIM_HOST_DEVICE T sgd_effective_grad(T p, T grad, const SgdCoeffs<T>& c)
     T g = (Flags & kSgdMaximize) ? -grad : grad;
     if (Flags & kSgdWeightDecay) g = g + c.weight_decay * p;
     return g;
+}
+
+// Heavy-ball momentum: momentum without Nesterov. Hypergradient descent then reads u_prev from the
+// momentum buffer instead of keeping a separate one.
+OPTIM_HOST_DEVICE constexpr bool sgd_heavy_ball(unsigned flags)
+{
+    return (flags & kSgdMomentum) != 0 && (flags & kSgdNesterov) == 0;
 }
 
 // Updates the momentum buffer (fresh: PyTorch's first step, the buffer becomes g) and returns the
@@ -69,8 +89,25 @@ inline unsigned sgd_flags(double momentum, double weight_decay, bool nesterov, b
            (weight_decay != 0.0 ? kSgdWeightDecay : 0u) | (maximize ? kSgdMaximize : 0u);
 }
 
-// Calls fn(std::integral_constant<unsigned, F>{}) with the compile-time flags equal to `flags`, for
-// the 12 reachable combinations (Nesterov implies momentum). Returns false for any other value.
+// X(F) for each of the 12 reachable flag combinations (Nesterov implies momentum): the one list
+// that the CPU dispatch and the CUDA kernels' switches expand.
+#define OPTIM_SGD_FLAG_LIST(X)                                                                     \
+    X(0)                                                                                           \
+    X(kSgdMomentum)                                                                                \
+    X(kSgdMomentum | kSgdNesterov)                                                                 \
+    X(kSgdWeightDecay)                                                                             \
+    X(kSgdMomentum | kSgdWeightDecay)                                                              \
+    X(kSgdMomentum | kSgdNesterov | kSgdWeightDecay)                                               \
+    X(kSgdMaximize)                                                                                \
+    X(kSgdMomentum | kSgdMaximize)                                                                 \
+    X(kSgdMomentum | kSgdNesterov | kSgdMaximize)                                                  \
+    X(kSgdWeightDecay | kSgdMaximize)                                                              \
+    X(kSgdMomentum | kSgdWeightDecay | kSgdMaximize)                                               \
+    X(kSgdMomentum | kSgdNesterov | kSgdWeightDecay | kSgdMaximize)
+
+// Calls fn(std::integral_constant<unsigned, F>{}) with the compile-time flags equal to `flags`
+// (host code; the CUDA kernels expand the list in their own switch). Returns false for a value
+// outside OPTIM_SGD_FLAG_LIST.
 template <class Fn>
 bool dispatch_sgd_flags(unsigned flags, Fn&& fn)
 {
@@ -79,18 +116,7 @@ bool dispatch_sgd_flags(unsigned flags, Fn&& fn)
     case (F):                                                                                      \
         fn(std::integral_constant<unsigned, (F)>{});                                               \
         return true;
-        OPTIM_FLAG_CASE(0)
-        OPTIM_FLAG_CASE(kSgdMomentum)
-        OPTIM_FLAG_CASE(kSgdMomentum | kSgdNesterov)
-        OPTIM_FLAG_CASE(kSgdWeightDecay)
-        OPTIM_FLAG_CASE(kSgdMomentum | kSgdWeightDecay)
-        OPTIM_FLAG_CASE(kSgdMomentum | kSgdNesterov | kSgdWeightDecay)
-        OPTIM_FLAG_CASE(kSgdMaximize)
-        OPTIM_FLAG_CASE(kSgdMomentum | kSgdMaximize)
-        OPTIM_FLAG_CASE(kSgdMomentum | kSgdNesterov | kSgdMaximize)
-        OPTIM_FLAG_CASE(kSgdWeightDecay | kSgdMaximize)
-        OPTIM_FLAG_CASE(kSgdMomentum | kSgdWeightDecay | kSgdMaximize)
-        OPTIM_FLAG_CASE(kSgdMomentum | kSgdNesterov | kSgdWeightDecay | kSgdMaximize)
+        OPTIM_SGD_FLAG_LIST(OPTIM_FLAG_CASE)
 #undef OPTIM_FLAG_CASE
     default:
         return false;

@@ -3,7 +3,7 @@
 // on the thread count; bad arguments are reported and nothing is written.
 #include "reference.hpp"
 
-#include <optim.h>
+#include <optim_bench.h>
 
 #include <gtest/gtest.h>
 
@@ -88,7 +88,7 @@ void check_update_pass(int32_t nr, int32_t nu)
     const optim_stream_tensors list = s.list();
     for (int pass = 0; pass < 2; ++pass) // twice: the update arrays carry over
         ASSERT_EQ(optim_stream_reference(dtype_of<T>(), &list, scale, nullptr), OPTIM_STATUS_OK)
-            << optim_last_error();
+            << optim_bench_last_error();
     for (size_t k = 0; k < kSizes.size(); ++k)
         for (int32_t j = 0; j < nu; ++j) {
             const auto& got = s.updates[k * static_cast<size_t>(nu) + j];
@@ -127,7 +127,7 @@ TEST(StreamReference, ReadOnlyPassReturnsTheExactSum)
         const optim_stream_tensors list = s.list();
         double sum = std::numeric_limits<double>::quiet_NaN();
         ASSERT_EQ(optim_stream_reference(OPTIM_DTYPE_FLOAT32, &list, 1.0, &sum), OPTIM_STATUS_OK)
-            << optim_last_error();
+            << optim_bench_last_error();
         EXPECT_EQ(sum, want) << "n_read " << nr;
     }
 }
@@ -192,7 +192,7 @@ struct StreamFixture {
     {
         EXPECT_EQ(optim_stream_reference(dtype, null_list ? nullptr : &list, scale, sum_ptr),
                   expected);
-        const std::string message = optim_last_error();
+        const std::string message = optim_bench_last_error();
         EXPECT_NE(message.find("optim_stream_reference"), std::string::npos) << message;
         EXPECT_NE(message.find(fragment), std::string::npos)
             << "message '" << message << "' lacks '" << fragment << "'";

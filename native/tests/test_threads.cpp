@@ -2,6 +2,7 @@
 // that do not depend on the calling thread, the last error per thread. Built as its own executable
 // so that scripts/test.sh also runs it under ThreadSanitizer (artifacts/native-tsan).
 #include <optim.h>
+#include <optim_bench.h>
 
 #include <gtest/gtest.h>
 
@@ -80,7 +81,7 @@ struct Model {
         optim_stream_tensors st{kTensors, 1, 0, reads, nullptr, ns};
         double sum = 0;
         ASSERT_EQ(optim_stream_reference(OPTIM_DTYPE_FLOAT32, &st, 1.0, &sum), OPTIM_STATUS_OK)
-            << optim_last_error();
+            << optim_bench_last_error();
         // The sum feeds back into the next gradients, so a wrong sum changes the parameters.
         g[1][0] = static_cast<float>(sum * 1e-9);
     }

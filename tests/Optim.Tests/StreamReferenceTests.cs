@@ -38,7 +38,7 @@ public class StreamReferenceTests
         {
             nint[] read = { pin.Address(a), pin.Address(b), pin.Address(c), pin.Address(d) };
             nint[] update = { pin.Address(u), pin.Address(w) };
-            double result = OptimNative.StreamReference(NativeDType.Float32, read, 2, update, 1, new long[] { 3, 2 }, 0.5);
+            double result = BenchNative.StreamReference(NativeDType.Float32, read, 2, update, 1, new long[] { 3, 2 }, 0.5);
             Assert.That(result, Is.EqualTo(0.0));
         }
         Assert.That(u, Is.EqualTo(new float[] { 105.5f, 211, 316.5f }));
@@ -53,16 +53,16 @@ public class StreamReferenceTests
         double[] a = { 1, 2, 3, 4 }, b = { 0.5, 0.5, 0.5, 0.5 };
         using var pin = new Pins();
         nint[] read = { pin.Address(a), pin.Address(b) };
-        double sum = OptimNative.StreamReference(NativeDType.Float64, read, 2, ReadOnlySpan<nint>.Empty, 0, new long[] { 4 }, 1.0);
+        double sum = BenchNative.StreamReference(NativeDType.Float64, read, 2, ReadOnlySpan<nint>.Empty, 0, new long[] { 4 }, 1.0);
         Assert.That(sum, Is.EqualTo(12.0));
     }
 
     [Test]
     public void MismatchedSpansAndNativeErrorsThrowArgumentException()
     {
-        Assert.That(() => OptimNative.StreamReference(NativeDType.Float32, new nint[1], 2, ReadOnlySpan<nint>.Empty, 0, new long[] { 0 }, 1.0),
+        Assert.That(() => BenchNative.StreamReference(NativeDType.Float32, new nint[1], 2, ReadOnlySpan<nint>.Empty, 0, new long[] { 0 }, 1.0),
             Throws.ArgumentException.With.Message.Contains("need 2 and 0 pointers, got 1 and 0"));
-        Assert.That(() => OptimNative.StreamReference(NativeDType.Float32, new nint[1], 1, ReadOnlySpan<nint>.Empty, 0, new long[] { 0 }, double.NaN),
+        Assert.That(() => BenchNative.StreamReference(NativeDType.Float32, new nint[1], 1, ReadOnlySpan<nint>.Empty, 0, new long[] { 0 }, double.NaN),
             Throws.ArgumentException.With.Message.Contains("optim_stream_reference: scale must be finite"));
     }
 }

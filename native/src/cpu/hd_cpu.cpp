@@ -13,24 +13,6 @@ namespace optim::cpu {
 
 namespace {
 
-template <typename T>
-struct Groups {
-    std::vector<SgdCoeffs<T>> coeffs;
-    std::vector<unsigned> flags;
-
-    explicit Groups(const HdCall& call)
-    {
-        for (int32_t i = 0; i < call.n_groups; ++i) {
-            const optim_hd_group& g = call.groups[i];
-            coeffs.push_back(SgdCoeffs<T>{static_cast<T>(g.momentum),
-                                          static_cast<T>(1.0 - g.dampening),
-                                          static_cast<T>(g.weight_decay)});
-            flags.push_back(
-                sgd_flags(g.momentum, g.weight_decay, g.nesterov != 0, g.maximize != 0));
-        }
-    }
-};
-
 // Partial sums of one piece. u_prev is the momentum buffer (heavy ball; null when the buffer is
 // fresh, meaning zero) or the separate buffer. Sums use kLanes independent accumulators, element i
 // going to lane i % kLanes, combined in lane order at the end: a fixed order (so results do not
@@ -45,10 +27,10 @@ OPTIM_CPU_CLONES HdPartial reduce_lanes(const T* __restrict p, const T* __restri
     double h[kLanes] = {}, gg[kLanes] = {}, uu[kLanes] = {};
     T bad[kLanes] = {}; // sums of exact zeros or NaN: exact in T, no conversion needed
     const int64_t whole = n - n % kLanes;
-    // g - g is 0 for a finite g and NaN otherwise: summing it flags a non-finite element without a
-    // branch (a compare-and-branch per element kept this loop scalar).
+    // Summing nonfinite_mark() flags a non-finite element without a branch (a compare-and-branch
+    // per element kept this loop scalar).
     auto one = [&](int lane, int64_t i) {
-        bad[lane] += g[i] - g[i];
+        bad[lane] += nonfinite_mark(g[i]);
         const double gt = sgd_effective_grad<T, Flags>(p[i], g[i], c);
         const double u = HasUp ? static_cast<double>(up[i]) : 0.0;
         h[lane] += gt * u;
@@ -72,10 +54,9 @@ OPTIM_CPU_CLONES HdPartial reduce_lanes(const T* __restrict p, const T* __restri
     return r;
 }
 
-// Only whether some gradient element is not finite (the per-parameter scope's first pass). g - g is
-// exactly 0 or NaN, so the sum is exact in the element type: accumulating in T (not double) with
-// kFlagLanes lanes keeps this pass at memory speed (in double it was bound by the conversions and
-// the adds' latency, at about half the bandwidth).
+// Only whether some gradient element is not finite (the per-parameter scope's first pass). The
+// marks are exactly 0 or NaN, so the sum is exact in the element type, which with kFlagLanes lanes
+// keeps this pass at memory speed (docs/design.md).
 constexpr int kFlagLanes = 32;
 
 template <typename T>
@@ -84,8 +65,8 @@ OPTIM_CPU_CLONES HdPartial count_nonfinite(const T* __restrict g, int64_t n)
     T bad[kFlagLanes] = {};
     const int64_t whole = n - n % kFlagLanes;
     for (int64_t i = 0; i < whole; i += kFlagLanes)
-        for (int lane = 0; lane < kFlagLanes; ++lane) bad[lane] += g[i + lane] - g[i + lane];
-    for (int64_t i = whole; i < n; ++i) bad[0] += g[i] - g[i];
+        for (int lane = 0; lane < kFlagLanes; ++lane) bad[lane] += nonfinite_mark(g[i + lane]);
+    for (int64_t i = whole; i < n; ++i) bad[0] += nonfinite_mark(g[i]);
     T flag = 0;
     for (int lane = 0; lane < kFlagLanes; ++lane) flag += bad[lane];
     HdPartial r;
@@ -112,13 +93,12 @@ OPTIM_CPU_CLONES void update_piece(T* __restrict p, const T* __restrict g, T* __
     T unused_b = T(0), unused_u = T(0);
     for (int64_t i = 0; i < n; ++i) {
         T& b = (Flags & kSgdMomentum) ? buf[i] : unused_b;
-        T& u = hd_heavy_ball<Flags>() ? unused_u : up[i];
+        T& u = sgd_heavy_ball(Flags) ? unused_u : up[i];
         hd_update_element<T, Flags>(p[i], g[i], b, u, Fresh, c, lr);
     }
 }
 
-// The rule is a template argument here: as a runtime select, the loop computed the normalized
-// rule's division for every element even under the additive rule.
+// The rule is a template argument so that the additive rule's loop holds no division.
 template <typename T, unsigned Flags, bool Fresh, int Rule>
 OPTIM_CPU_CLONES void per_parameter_loop(T* __restrict p, const T* __restrict g, T* __restrict buf,
                                          T* __restrict up, T* __restrict alpha, int64_t n,
@@ -127,7 +107,7 @@ OPTIM_CPU_CLONES void per_parameter_loop(T* __restrict p, const T* __restrict g,
     T unused_b = T(0), unused_u = T(0);
     for (int64_t i = 0; i < n; ++i) {
         T& b = (Flags & kSgdMomentum) ? buf[i] : unused_b;
-        T& u = hd_heavy_ball<Flags>() ? unused_u : up[i];
+        T& u = sgd_heavy_ball(Flags) ? unused_u : up[i];
         hd_per_parameter_element<T, Flags, Rule>(p[i], g[i], b, u, alpha[i], Fresh, c, hc);
     }
 }
@@ -145,15 +125,20 @@ void per_parameter_piece(T* p, const T* g, T* buf, T* up, T* alpha, int64_t n,
 template <typename T>
 void hd_step(const HdCall& call)
 {
+    static const char* fn = "optim_hd_step";
     const optim_hd_tensors& t = *call.tensors;
     const optim_hd_params& hp = *call.params;
-    const Groups<T> groups(call);
     const bool per_parameter = hp.scope == OPTIM_HD_SCOPE_PER_PARAMETER;
     const bool norms = hp.rule == OPTIM_HD_RULE_NORMALIZED;
+    // Per calling thread and reused, so a warm step allocates nothing; filled before any write.
+    thread_local std::vector<SgdGroup<T>> groups;
+    groups.resize(static_cast<size_t>(call.n_groups));
+    for (int32_t g = 0; g < call.n_groups; ++g)
+        groups[static_cast<size_t>(g)] = sgd_group<T>(call.groups[g], fn);
+    const SgdGroup<T>* G = groups.data();
 
     WorkPlan& plan = WorkPlan::for_this_thread();
     plan.build(t.numels, t.count);
-    plan.index_pieces();
     // A reference: worker threads must see the caller's vector, not their own thread_local copy.
     thread_local std::vector<HdPartial> partials_storage;
     std::vector<HdPartial>& partials = partials_storage;
@@ -165,25 +150,20 @@ void hd_step(const HdCall& call)
     // at all when the caller vouches for the gradients).
     const bool check = hp.assume_finite == 0;
     if (check || !per_parameter)
-        plan.parallel_for_chunks([&](int64_t chunk) {
-            int64_t piece = plan.piece_start(chunk);
-            plan.for_each_piece(chunk, [&](int64_t k, int64_t begin, int64_t len) {
-                const int32_t gi = t.group_index[k];
-                dispatch_sgd_flags(groups.flags[static_cast<size_t>(gi)], [&](auto F) {
-                    constexpr unsigned Flags = decltype(F)::value;
-                    const T* p = static_cast<const T*>(t.params[k]) + begin;
-                    const T* g = static_cast<const T*>(t.grads[k]) + begin;
-                    const T* up = nullptr;
-                    if (hd_heavy_ball<Flags>()) {
-                        if (!fresh(k)) up = static_cast<const T*>(t.momentum_buffers[k]) + begin;
-                    } else {
-                        up = static_cast<const T*>(t.prev_updates[k]) + begin;
-                    }
-                    partials[static_cast<size_t>(piece)] = reduce_piece<T, Flags>(
-                        p, g, up, len, groups.coeffs[static_cast<size_t>(gi)], norms,
-                        per_parameter);
-                });
-                ++piece;
+        plan.parallel_for_pieces([&](const Piece& piece) {
+            const int64_t k = piece.tensor;
+            const SgdGroup<T>& g = G[t.group_index[k]];
+            dispatch_sgd_flags(g.flags, [&](auto F) {
+                constexpr unsigned Flags = decltype(F)::value;
+                const T* up = nullptr;
+                if (sgd_heavy_ball(Flags)) {
+                    if (!fresh(k)) up = piece.at<const T>(t.momentum_buffers);
+                } else {
+                    up = piece.at<const T>(t.prev_updates);
+                }
+                partials[static_cast<size_t>(piece.index)] =
+                    reduce_piece<T, Flags>(piece.at<const T>(t.params), piece.at<const T>(t.grads),
+                                           up, piece.length, g.c, norms, per_parameter);
             });
         });
 
@@ -196,9 +176,7 @@ void hd_step(const HdCall& call)
     if (nonfinite > 0) return;
 
     if (!per_parameter) {
-        const int64_t slots = hp.scope == OPTIM_HD_SCOPE_GLOBAL      ? 1
-                              : hp.scope == OPTIM_HD_SCOPE_PER_GROUP ? call.n_groups
-                                                                     : t.count;
+        const int64_t slots = hd_slot_count(hp.scope, call.n_groups, t.count);
         thread_local std::vector<HdPartial> sums;
         sums.assign(static_cast<size_t>(slots), HdPartial{});
         for (int64_t i = 0; i < plan.pieces(); ++i) {
@@ -225,33 +203,30 @@ void hd_step(const HdCall& call)
                            static_cast<T>(hp.eps),
                            norms,
                            hp.first_step == 0};
-    plan.parallel_for_chunks([&](int64_t chunk) {
-        plan.for_each_piece(chunk, [&](int64_t k, int64_t begin, int64_t len) {
-            const int32_t gi = t.group_index[k];
-            const SgdCoeffs<T>& c = groups.coeffs[static_cast<size_t>(gi)];
-            dispatch_sgd_flags(groups.flags[static_cast<size_t>(gi)], [&](auto F) {
-                constexpr unsigned Flags = decltype(F)::value;
-                T* p = static_cast<T*>(t.params[k]) + begin;
-                const T* g = static_cast<const T*>(t.grads[k]) + begin;
-                T* b = (Flags & kSgdMomentum) ? static_cast<T*>(t.momentum_buffers[k]) + begin
-                                              : nullptr;
-                T* up =
-                    hd_heavy_ball<Flags>() ? nullptr : static_cast<T*>(t.prev_updates[k]) + begin;
-                const bool f = (Flags & kSgdMomentum) && fresh(k);
-                if (per_parameter) {
-                    T* a = static_cast<T*>(t.param_rates[k]) + begin;
-                    if (f)
-                        per_parameter_piece<T, Flags, true>(p, g, b, up, a, len, c, hc_t);
-                    else
-                        per_parameter_piece<T, Flags, false>(p, g, b, up, a, len, c, hc_t);
-                } else {
-                    const T lr = static_cast<T>(call.rates[hd_rate_slot(hp.scope, t, k)]);
-                    if (f)
-                        update_piece<T, Flags, true>(p, g, b, up, len, c, lr);
-                    else
-                        update_piece<T, Flags, false>(p, g, b, up, len, c, lr);
-                }
-            });
+    plan.parallel_for_pieces([&](const Piece& piece) {
+        const int64_t k = piece.tensor;
+        const SgdGroup<T>& g = G[t.group_index[k]];
+        dispatch_sgd_flags(g.flags, [&](auto F) {
+            constexpr unsigned Flags = decltype(F)::value;
+            T* p = piece.at<T>(t.params);
+            const T* grad = piece.at<const T>(t.grads);
+            T* b = (Flags & kSgdMomentum) ? piece.at<T>(t.momentum_buffers) : nullptr;
+            T* up = sgd_heavy_ball(Flags) ? nullptr : piece.at<T>(t.prev_updates);
+            const bool f = (Flags & kSgdMomentum) && fresh(k);
+            const int64_t n = piece.length;
+            if (per_parameter) {
+                T* a = piece.at<T>(t.param_rates);
+                if (f)
+                    per_parameter_piece<T, Flags, true>(p, grad, b, up, a, n, g.c, hc_t);
+                else
+                    per_parameter_piece<T, Flags, false>(p, grad, b, up, a, n, g.c, hc_t);
+            } else {
+                const T lr = static_cast<T>(call.rates[hd_rate_slot(hp.scope, t, k)]);
+                if (f)
+                    update_piece<T, Flags, true>(p, grad, b, up, n, g.c, lr);
+                else
+                    update_piece<T, Flags, false>(p, grad, b, up, n, g.c, lr);
+            }
         });
     });
 }

@@ -30,6 +30,22 @@ constexpr int64_t kChunk = int64_t(1) << 16;
 // Below this many elements in one call the pool's wake-up costs more than it saves.
 constexpr int64_t kParallelThreshold = int64_t(1) << 17;
 
+// A tensor's part of one chunk: elements [begin, begin + length) of tensor `tensor`, the index-th
+// piece of the call (pieces are numbered in chunk order, then tensor order).
+struct Piece {
+    int64_t index;
+    int64_t tensor;
+    int64_t begin;
+    int64_t length;
+
+    // The piece's part of array `data` of its tensor (one pointer per tensor).
+    template <typename T, typename P>
+    T* at(P* const* data) const
+    {
+        return static_cast<T*>(data[tensor]) + begin;
+    }
+};
+
 class WorkPlan {
   public:
     // One plan per calling thread, reused so a step allocates nothing once warm.
@@ -50,29 +66,43 @@ class WorkPlan {
         offsets_[static_cast<size_t>(count)] = total;
         count_ = count;
         total_ = total;
+        index_pieces();
     }
 
     int64_t total() const { return total_; }
     int64_t count() const { return count_; }
 
-    // Numbers every piece (a tensor's part of a chunk) in chunk order, then tensor order, so that
-    // per-piece partial results can be combined in a fixed order. Call after build().
-    void index_pieces()
-    {
-        const int64_t n = chunks();
-        piece_start_.assign(static_cast<size_t>(n) + 1, 0);
-        piece_tensor_.clear();
-        for (int64_t c = 0; c < n; ++c) {
-            piece_start_[static_cast<size_t>(c)] = static_cast<int64_t>(piece_tensor_.size());
-            for_each_piece(c, [&](int64_t k, int64_t, int64_t) { piece_tensor_.push_back(k); });
-        }
-        piece_start_[static_cast<size_t>(n)] = static_cast<int64_t>(piece_tensor_.size());
-    }
     int64_t pieces() const { return static_cast<int64_t>(piece_tensor_.size()); }
-    int64_t piece_start(int64_t chunk) const { return piece_start_[static_cast<size_t>(chunk)]; }
     int64_t piece_tensor(int64_t piece) const { return piece_tensor_[static_cast<size_t>(piece)]; }
     int64_t chunks() const { return (total_ + kChunk - 1) / kChunk; }
 
+    // The one multi-tensor loop of the CPU path: fn(const Piece&) for every piece of every chunk,
+    // each piece once. Each thread gets one contiguous run of chunks (sequential streams suit the
+    // hardware prefetchers better than interleaved chunks, docs/design.md); small work runs
+    // inline. The partition never depends on the thread count.
+    template <class Fn>
+    void parallel_for_pieces(Fn&& fn) const
+    {
+        const int64_t n = chunks();
+        auto chunk = [&](int64_t c) {
+            int64_t index = piece_start_[static_cast<size_t>(c)];
+            for_each_piece(c, [&](int64_t k, int64_t begin, int64_t length) {
+                fn(Piece{index++, k, begin, length});
+            });
+        };
+        ThreadPool& pool = ThreadPool::instance();
+        const int64_t blocks =
+            total_ < kParallelThreshold ? 1 : std::min<int64_t>(n, pool.num_threads());
+        if (blocks <= 1) {
+            for (int64_t c = 0; c < n; ++c) chunk(c);
+            return;
+        }
+        pool.parallel_for(blocks, [&](int64_t b) {
+            for (int64_t c = n * b / blocks; c < n * (b + 1) / blocks; ++c) chunk(c);
+        });
+    }
+
+  private:
     // Calls fn(tensor, begin, length) for each piece of a tensor inside chunk c, in tensor order.
     template <class Fn>
     void for_each_piece(int64_t c, Fn&& fn) const
@@ -91,27 +121,20 @@ class WorkPlan {
         }
     }
 
-    // Runs body(chunk) for every chunk. Each thread gets one contiguous run of chunks (sequential
-    // streams
-    // suit the hardware prefetchers better than interleaved chunks: measured 80 vs 100+ GB/s on two
-    // cores). Small work runs inline. The partition into chunks never depends on the thread count.
-    template <class Body>
-    void parallel_for_chunks(Body&& body) const
+    // Numbers every piece in chunk order, then tensor order, so that per-piece partial results can
+    // be combined in a fixed order.
+    void index_pieces()
     {
         const int64_t n = chunks();
-        ThreadPool& pool = ThreadPool::instance();
-        const int64_t blocks =
-            total_ < kParallelThreshold ? 1 : std::min<int64_t>(n, pool.num_threads());
-        if (blocks <= 1) {
-            for (int64_t i = 0; i < n; ++i) body(i);
-            return;
+        piece_start_.assign(static_cast<size_t>(n) + 1, 0);
+        piece_tensor_.clear();
+        for (int64_t c = 0; c < n; ++c) {
+            piece_start_[static_cast<size_t>(c)] = static_cast<int64_t>(piece_tensor_.size());
+            for_each_piece(c, [&](int64_t k, int64_t, int64_t) { piece_tensor_.push_back(k); });
         }
-        pool.parallel_for(blocks, [&](int64_t b) {
-            for (int64_t i = n * b / blocks; i < n * (b + 1) / blocks; ++i) body(i);
-        });
+        piece_start_[static_cast<size_t>(n)] = static_cast<int64_t>(piece_tensor_.size());
     }
 
-  private:
     std::vector<int64_t> offsets_;
     std::vector<int64_t> piece_start_;
     std::vector<int64_t> piece_tensor_;

@@ -2,13 +2,17 @@
 // with the least arithmetic, on the same work plan (fixed 64 Ki-element chunks, one contiguous run
 // of chunks per thread) and the same threads as the SGD and HD steps, so that a step's time can be
 // put next to the time the machine needs to move the same bytes the same way (docs/design.md).
-#include "../backend.hpp"
-#include "work_plan.hpp"
+#include "bandwidth.hpp"
+
+#include "../src/cpu/work_plan.hpp"
 
 #include <type_traits>
 #include <vector>
 
-namespace optim::cpu {
+namespace optim::bench {
+
+using cpu::Piece;
+using cpu::WorkPlan;
 
 namespace {
 
@@ -53,9 +57,7 @@ OPTIM_CPU_CLONES void update_range(const T* __restrict r0, const T* __restrict r
 
 // kLanes accumulators in the element type, element i to lane i % kLanes, the lanes combined in
 // double in lane order: a fixed order (the sum does not depend on the thread count) that the
-// compiler vectorizes. In the element type and with many lanes, a pass that only reads runs at
-// memory speed; in double (8 lanes) it was bound by conversions and add latency at about half the
-// bandwidth.
+// compiler vectorizes, and that keeps a pass that only reads at memory speed (docs/design.md).
 constexpr int kLanes = 32;
 
 template <typename T, int NR>
@@ -96,26 +98,21 @@ void run(const optim_stream_tensors& t, T scale, double* sum)
         return a;
     };
     if constexpr (NU > 0) {
-        plan.parallel_for_chunks([&](int64_t chunk) {
-            plan.for_each_piece(chunk, [&](int64_t k, int64_t begin, int64_t len) {
-                const Arrays<T> a = arrays(k, begin);
-                update_range<T, NR, NU>(a.r[0], a.r[1], a.r[2], a.r[3], a.u[0], a.u[1], a.u[2],
-                                        a.u[3], len, scale);
-            });
+        plan.parallel_for_pieces([&](const Piece& piece) {
+            const Arrays<T> a = arrays(piece.tensor, piece.begin);
+            update_range<T, NR, NU>(a.r[0], a.r[1], a.r[2], a.r[3], a.u[0], a.u[1], a.u[2], a.u[3],
+                                    piece.length, scale);
         });
     } else {
-        // One partial sum per chunk, combined in chunk order. A reference: the worker threads must
+        // One partial sum per piece, combined in piece order. A reference: the worker threads must
         // see the caller's vector, not their own thread_local one.
         thread_local std::vector<double> partials_storage;
         std::vector<double>& partials = partials_storage;
-        partials.assign(static_cast<size_t>(plan.chunks()), 0.0);
-        plan.parallel_for_chunks([&](int64_t chunk) {
-            double s = 0;
-            plan.for_each_piece(chunk, [&](int64_t k, int64_t begin, int64_t len) {
-                const Arrays<T> a = arrays(k, begin);
-                s += sum_range<T, NR>(a.r[0], a.r[1], a.r[2], a.r[3], len);
-            });
-            partials[static_cast<size_t>(chunk)] = s;
+        partials.assign(static_cast<size_t>(plan.pieces()), 0.0);
+        plan.parallel_for_pieces([&](const Piece& piece) {
+            const Arrays<T> a = arrays(piece.tensor, piece.begin);
+            partials[static_cast<size_t>(piece.index)] =
+                sum_range<T, NR>(a.r[0], a.r[1], a.r[2], a.r[3], piece.length);
         });
         double total = 0;
         for (double s : partials) total += s;
@@ -146,4 +143,4 @@ void stream_reference_f64(const optim_stream_tensors& tensors, double scale, dou
     stream_reference<double>(tensors, scale, sum);
 }
 
-} // namespace optim::cpu
+} // namespace optim::bench
