@@ -239,6 +239,17 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
     private protected override void CheckGroupOptions(Options o, int group) =>
         FusedSGD.ValidateOptions(o.momentum!.Value, o.dampening!.Value, o.weight_decay!.Value, o.nesterov!.Value, o.LearningRate!.Value, group);
 
+    private protected override void AddStateRecords(State state, HandleList records)
+    {
+        foreach (var t in (ReadOnlySpan<Tensor?>)[state.momentum_buffer, state.prev_update, state.parameter_rates])
+        {
+            if (t is not null)
+            {
+                records.Add(t.Handle);
+            }
+        }
+    }
+
     private protected override void GatherState(int k, ref TensorChecks checks, in TensorInfo parameter, State state, Options options, int group, int index)
     {
         var batch = Batch;
