@@ -13,14 +13,45 @@ internal static unsafe class TensorRecords
 {
     // c10::TensorImpl (LibTorch 2.x): vtable and refcounts (16 bytes), then storage_ (a StorageImpl*),
     // autograd_meta_ (where the gradient lives), extra_meta_, version_counter_.
-    private const int StorageField = 16;
-    private const int AutogradMetaField = 24;
-    private const int VersionCounterField = 40;
+    internal const int StorageField = 16;
+    internal const int AutogradMetaField = 24;
+    internal const int VersionCounterField = 40;
     // The fields a step's reads touch lie in the first four cache lines of a TensorImpl.
     private const int ImplLines = 4;
 
     /// <summary>Whether this machine has a prefetch instruction .NET exposes (x86); elsewhere <see cref="Prefetch"/> does nothing.</summary>
     public static bool Supported => Sse.IsSupported;
+
+    /// <summary>The <c>TensorImpl*</c> of the live tensor behind <paramref name="handle"/> (the first word of its <c>at::Tensor</c>), as a prefetch hint for a later step.</summary>
+    public static nint ImplOf(nint handle) => *(nint*)handle;
+
+    /// <summary>The storage record a <c>TensorImpl</c> points to, as a prefetch hint (a read inside the <c>TensorImpl</c>; 0 for 0).</summary>
+    public static nint StorageOf(nint impl) => impl == 0 ? 0 : *(nint*)((byte*)impl + StorageField);
+
+    /// <summary>
+    /// Prefetches records remembered from an earlier step (<c>TensorImpl</c>s and storage records; 0
+    /// entries skipped). The addresses may be stale, even freed: a prefetch never faults.
+    /// </summary>
+    public static void PrefetchHints(ReadOnlySpan<nint> impls, ReadOnlySpan<nint> storages)
+    {
+        if (!Sse.IsSupported)
+        {
+            return;
+        }
+        for (int k = 0; k < impls.Length; k++)
+        {
+            byte* impl = (byte*)impls[k];
+            if (impl is null)
+            {
+                continue;
+            }
+            for (int line = 0; line < ImplLines; line++)
+            {
+                Sse.Prefetch0(impl + 64 * line);
+            }
+            Sse.Prefetch0((void*)storages[k]);
+        }
+    }
 
     /// <summary>
     /// Prefetches, for each live tensor handle in <paramref name="handles"/> (0 entries skipped), its

@@ -95,6 +95,19 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper
         return loss!;
     }
 
+    /// <summary>Runs a step's checks and gather alone and writes nothing: what the managed side of a step costs (benchmarks).</summary>
+    internal void GatherOnly()
+    {
+        try
+        {
+            Gather();
+        }
+        finally
+        {
+            Batch.Release();
+        }
+    }
+
     /// <summary>Checks a group's options before a step (the options may have been changed since it was added).</summary>
     private protected abstract void CheckGroupOptions(TOptions options, int group);
 

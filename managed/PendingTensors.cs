@@ -18,6 +18,10 @@ internal sealed class PendingTensors<TState> where TState : class
     /// <summary>Gradient handles (0 for a parameter without a gradient).</summary>
     public nint[] Grads = new nint[16];
     private nint[] _scratch = new nint[16];
+    // The gradients' TensorImpl and storage records at each position in the last step: prefetch hints
+    // only (a gradient kept across steps is found in cache; a replaced one costs a wasted prefetch).
+    private nint[] _gradImplHints = new nint[16];
+    private nint[] _gradStorageHints = new nint[16];
 
     public int Count { get; private set; }
 
@@ -43,6 +47,8 @@ internal sealed class PendingTensors<TState> where TState : class
             Array.Resize(ref Groups, n);
             Array.Resize(ref Indices, n);
             Array.Resize(ref Grads, n);
+            Array.Resize(ref _gradImplHints, n);
+            Array.Resize(ref _gradStorageHints, n);
         }
         int j = Count++;
         Params[j] = param;
@@ -54,11 +60,24 @@ internal sealed class PendingTensors<TState> where TState : class
         Records.Add(handle);
     }
 
-    /// <summary>Prefetches the records of the parameters and their state tensors.</summary>
-    public void PrefetchRecords() => TensorRecords.Prefetch(Records.Span, Scratch(Records.Count));
+    /// <summary>Prefetches the records of the parameters and their state tensors, and those of the last step's gradients.</summary>
+    public void PrefetchRecords()
+    {
+        TensorRecords.Prefetch(Records.Span, Scratch(Records.Count));
+        TensorRecords.PrefetchHints(_gradImplHints.AsSpan(0, Count), _gradStorageHints.AsSpan(0, Count));
+    }
 
-    /// <summary>Prefetches the records of the gradients (once <see cref="Grads"/> is filled).</summary>
-    public void PrefetchGradients() => TensorRecords.Prefetch(Grads.AsSpan(0, Count), Scratch(Count));
+    /// <summary>Prefetches the records of the gradients (once <see cref="Grads"/> is filled) and keeps them as the next step's hints.</summary>
+    public void PrefetchGradients()
+    {
+        TensorRecords.Prefetch(Grads.AsSpan(0, Count), Scratch(Count));
+        for (int j = 0; j < Count; j++)
+        {
+            nint impl = Grads[j] == 0 ? 0 : TensorRecords.ImplOf(Grads[j]);
+            _gradImplHints[j] = impl;
+            _gradStorageHints[j] = TensorRecords.StorageOf(impl);
+        }
+    }
 
     private Span<nint> Scratch(int n)
     {
