@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using Optim.Interop;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -28,7 +29,8 @@ internal static class ManyTensorTiming
         output.WriteLine();
         output.WriteLine("*after torch*: each timed step follows an (untimed) step of TorchSharp's SGD over other tensors of the same layout. " +
             "*µs/tensor above ref*: (step − reference under the same condition) ÷ tensors; for the gather alone " +
-            "(the step's checks and pointer gather without the native call, run right after the step named under *follows*), its time ÷ tensors.");
+            "(the step's checks and pointer gather without the native call, run right after the step named under *follows*), its time ÷ tensors, " +
+            "in wall time and in the thread's CPU time (which leaves out time the thread waited for a core on a shared machine).");
         output.WriteLine();
         output.WriteLine("| params | tensors | step | follows | ms/step | vs torch SGD | µs/tensor above ref |");
         output.WriteLine("|---:|---:|---|---|---:|---:|---:|");
@@ -49,6 +51,8 @@ internal static class ManyTensorTiming
                 new Contender("reference|itself", n => Consecutive(reference.Step, n)),
                 new Contender("gather|torch", n => AfterOther(() => sgd.step(), fused.GatherOnly, n)),
                 new Contender("gather|itself", n => AfterOther(() => fused.step(), fused.GatherOnly, n)),
+                new Contender("gather cpu|torch", n => AfterOther(() => sgd.step(), fused.GatherOnly, n, ThreadCpuMs)),
+                new Contender("gather cpu|itself", n => AfterOther(() => fused.step(), fused.GatherOnly, n, ThreadCpuMs)),
             };
             for (int i = 0; i < 3; i++)
             {
@@ -78,6 +82,8 @@ internal static class ManyTensorTiming
             Row("reference (1 read + 2 updates)", "itself", m[4], null);
             Row("FusedSGD's checks and gather alone", "torch.optim.SGD", m[5], 0);
             Row("FusedSGD's checks and gather alone", "FusedSGD", m[6], 0);
+            Row("the same, thread CPU time", "torch.optim.SGD", m[7], 0);
+            Row("the same, thread CPU time", "FusedSGD", m[8], 0);
             foreach (var d in reference.Owned)
             {
                 d.Dispose();
@@ -101,16 +107,39 @@ internal static class ManyTensorTiming
         return sw.Elapsed.TotalMilliseconds / n;
     }
 
-    private static double AfterOther(Action other, Action step, int n)
+    private static double AfterOther(Action other, Action step, int n) => AfterOther(other, step, n, WallMs);
+
+    private static double AfterOther(Action other, Action step, int n, Func<double> clockMs)
     {
         double total = 0;
         for (int s = 0; s < n; s++)
         {
             other();
-            long t0 = Stopwatch.GetTimestamp();
+            double t0 = clockMs();
             step();
-            total += Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+            total += clockMs() - t0;
         }
         return total / n;
     }
+
+    private static double WallMs() => Stopwatch.GetTimestamp() * 1000.0 / Stopwatch.Frequency;
+
+    // CPU time of the calling thread: on a shared machine, time the thread was not running is left out
+    // (the gather runs on the calling thread only).
+    private static double ThreadCpuMs()
+    {
+        return clock_gettime(ClockThreadCpuTime, out var ts) == 0 ? ts.Seconds * 1e3 + ts.Nanoseconds * 1e-6 : double.NaN;
+    }
+
+    private const int ClockThreadCpuTime = 3;
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct Timespec
+    {
+        public long Seconds;
+        public long Nanoseconds;
+    }
+
+    [DllImport("libc", SetLastError = false)]
+    private static extern int clock_gettime(int clock, out Timespec ts);
 }
