@@ -95,6 +95,19 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper
         return loss!;
     }
 
+    /// <summary>Runs a step's checks and gather alone and writes nothing: what the managed side of a step costs (benchmarks).</summary>
+    internal void GatherOnly()
+    {
+        try
+        {
+            Gather();
+        }
+        finally
+        {
+            Batch.Release();
+        }
+    }
+
     /// <summary>Checks a group's options before a step (the options may have been changed since it was added).</summary>
     private protected abstract void CheckGroupOptions(TOptions options, int group);
 
@@ -132,18 +145,20 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper
     }
 
     // Checks every parameter of every group and gathers its pointers into the batch; writes nothing.
+    // In passes over all tensors, so that the cache misses on LibTorch's records of different tensors
+    // overlap (docs/design.md, "Many tensors"): the parameters and their state, prefetched; the gradient
+    // handles, prefetched; then the reads and checks, from cache.
     private TensorChecks Gather()
     {
         var batch = Batch;
         batch.Reset();
         var checks = new TensorChecks(Name);
+        var pending = batch.Pending;
         // Index loops: _parameter_groups is an IList, and foreach over it allocates an enumerator.
         for (int gi = 0; gi < _parameter_groups.Count; gi++)
         {
             var group = _parameter_groups[gi];
-            var options = (TOptions)group.Options;
-            CheckGroupOptions(options, gi);
-            batch.BeginGroup(gi);
+            CheckGroupOptions((TOptions)group.Options, gi);
             var list = ParametersOf(group);
             for (int i = 0; i < list.Count; i++)
             {
@@ -151,27 +166,50 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper
                 checks.CheckAlive(p, gi, i);
                 nint handle = p.Handle;
                 var state = (TState)_state[handle];
-                nint gradHandle = TorchSharpNative.GradientHandle(handle);
-                if (gradHandle == 0)
-                {
-                    if (KeepsParametersWithoutGradients)
-                    {
-                        batch.AddWithoutGradient(p, state);
-                    }
-                    continue;
-                }
-                batch.OwnGradientHandle(gradHandle);
-                var pi = TorchSharpNative.Describe(handle);
-                var gInfo = TorchSharpNative.Describe(gradHandle);
-                checks.CheckParameter(pi, gi, i);
-                checks.CheckGradient(gInfo, pi, gi, i);
-                batch.Written.Add(handle);
-                int k = batch.Add(p, pi, gInfo, state);
-                GatherState(k, ref checks, pi, state, options, gi, i);
+                pending.Add(p, handle, state, gi, i);
+                AddStateRecords(state, pending.Records);
             }
+        }
+        pending.PrefetchRecords();
+        for (int j = 0; j < pending.Count; j++)
+        {
+            nint gradHandle = TorchSharpNative.GradientHandle(pending.Handles[j]);
+            if (gradHandle != 0)
+            {
+                batch.OwnGradientHandle(gradHandle);
+            }
+            pending.Grads[j] = gradHandle;
+        }
+        pending.PrefetchGradients();
+        for (int j = 0; j < pending.Count; j++)
+        {
+            var p = pending.Params[j];
+            var state = pending.States[j];
+            int gi = pending.Groups[j], i = pending.Indices[j];
+            nint handle = pending.Handles[j], gradHandle = pending.Grads[j];
+            if (gradHandle == 0)
+            {
+                if (KeepsParametersWithoutGradients)
+                {
+                    batch.BeginGroup(gi);
+                    batch.AddWithoutGradient(p, state);
+                }
+                continue;
+            }
+            var pi = TorchSharpNative.Describe(handle);
+            var gInfo = TorchSharpNative.Describe(gradHandle);
+            checks.CheckParameter(pi, gi, i);
+            checks.CheckGradient(gInfo, pi, gi, i);
+            batch.Written.Add(handle);
+            batch.BeginGroup(gi);
+            int k = batch.Add(p, pi, gInfo, state);
+            GatherState(k, ref checks, pi, state, (TOptions)_parameter_groups[gi].Options, gi, i);
         }
         return checks;
     }
+
+    /// <summary>Adds the handles of a parameter's state tensors to <paramref name="records"/>, to be prefetched before the step reads them.</summary>
+    private protected abstract void AddStateRecords(TState state, HandleList records);
 
     /// <summary>
     /// Adds a param group. Options it leaves unset take the optimizer's defaults; the group's options and

@@ -115,6 +115,14 @@ public partial class FusedSGD : FusedOptimizer<FusedSGD.Options, FusedSGD.State>
 
     private protected override void CheckGroupOptions(Options options, int group) => options.Validate(group);
 
+    private protected override void AddStateRecords(State state, HandleList records)
+    {
+        if (state.momentum_buffer is { } buf)
+        {
+            records.Add(buf.Handle);
+        }
+    }
+
     private protected override void GatherState(int k, ref TensorChecks checks, in TensorInfo parameter, State state, Options options, int group, int index)
     {
         if (options.momentum!.Value == 0)

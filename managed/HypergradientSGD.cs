@@ -220,6 +220,17 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
 
     private protected override void CheckGroupOptions(Options o, int group) => o.Validate(group);
 
+    private protected override void AddStateRecords(State state, HandleList records)
+    {
+        foreach (var t in (ReadOnlySpan<Tensor?>)[state.momentum_buffer, state.prev_update, state.parameter_rates])
+        {
+            if (t is not null)
+            {
+                records.Add(t.Handle);
+            }
+        }
+    }
+
     private protected override void GatherState(int k, ref TensorChecks checks, in TensorInfo parameter, State state, Options options, int group, int index)
     {
         var batch = Batch;

@@ -34,9 +34,13 @@ internal sealed class TensorBatch<TState> where TState : class
     /// <summary>The tensors the step writes in place (parameters and existing state), for their version bumps.</summary>
     public WrittenTensors Written { get; } = new();
 
+    /// <summary>Every parameter of the step before its checks (filled first by the gather).</summary>
+    public PendingTensors<TState> Pending { get; } = new();
+
     public void Reset()
     {
         Count = 0;
+        Pending.Clear();
         _gradCount = 0;
         _group = 0;
         Written.Clear();
@@ -113,5 +117,6 @@ internal sealed class TensorBatch<TState> where TState : class
         _gradCount = 0;
         Array.Clear(ParamTensors, 0, Count);
         Array.Clear(States, 0, Count);
+        Pending.Clear();
     }
 }

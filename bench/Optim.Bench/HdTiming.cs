@@ -19,7 +19,7 @@ internal static class HdTiming
     private sealed record Contender(string Name, int BytesPerElement, string? Reference, Func<StepTiming.Case, Timed> Make);
 
     /// <summary>A step to run and what to dispose afterwards.</summary>
-    private sealed record Timed(Action Step, IReadOnlyList<IDisposable> Owned);
+    internal sealed record Timed(Action Step, IReadOnlyList<IDisposable> Owned);
 
     private const string Ref20 = "reference: 1 read + 2 updates";
     private const string Ref28Scalar = "reference: 2 reads; then 1 read + 2 updates";
@@ -61,7 +61,7 @@ internal static class HdTiming
     /// The bandwidth reference of a step's passes, each (reads, updates) arrays per tensor, over arrays of
     /// its own shaped like the case's tensors (the first pass's arrays are reused by the next, as a step's are).
     /// </summary>
-    private static Timed Reference(StepTiming.Case c, params (int Reads, int Updates)[] passes)
+    internal static Timed Reference(StepTiming.Case c, params (int Reads, int Updates)[] passes)
     {
         long per = c.Parameters / c.Tensors;
         long[] numels = Enumerable.Range(0, c.Tensors).Select(i => i == c.Tensors - 1 ? c.Parameters - per * (c.Tensors - 1) : per).ToArray();

@@ -100,6 +100,26 @@ hdSteps.SetAction(r =>
     return 0;
 });
 root.Add(hdSteps);
+var manyTensors = new Command("many-tensors", "Times FusedSGD momentum right after TorchSharp's SGD step and right after its own, each next to the bandwidth reference under the same condition, in interleaved rounds (4 and 1000 tensors): the per-tensor cost of the managed gather, warm and cold.")
+{
+    parameters, rounds, stepsPerRound,
+};
+manyTensors.SetAction(r =>
+{
+    ManyTensorTiming.Run(r.GetValue(parameters), new[] { 4, 1000 }, r.GetValue(rounds), r.GetValue(stepsPerRound), Console.Out);
+    return 0;
+});
+root.Add(manyTensors);
+var trainSteps = new Command("train-steps", "Times whole training steps (zero_grad, forward, backward, step) of two deep MLPs (24 x Linear(512, 512) at batch 32, 8 x Linear(2048, 2048) at batch 16) with FusedSGD and torch.optim.SGD (momentum 0.9), phase by phase, in interleaved rounds, next to the bandwidth reference of the step.")
+{
+    rounds, stepsPerRound,
+};
+trainSteps.SetAction(r =>
+{
+    TrainingStepTiming.Run(TrainingStepTiming.DefaultModels, r.GetValue(rounds), r.GetValue(stepsPerRound), Console.Out);
+    return 0;
+});
+root.Add(trainSteps);
 
 // ---- soak -------------------------------------------------------------------------------------------
 var soakSteps = new Option<int>("--steps") { Description = "Steps of each run after its warm-up.", DefaultValueFactory = _ => 10_000 };

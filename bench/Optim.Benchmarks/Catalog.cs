@@ -19,6 +19,7 @@ internal static class Catalog
     public const string Momentum = "momentum";
     public const string NesterovWd = "nesterov-wd";
     public const string Scheduler = "greedylr";
+    public const string TrainingStep = "training-step";
 
     public static readonly Kind[] Kinds =
     {
@@ -59,6 +60,11 @@ internal static class Catalog
             "one pass: r p, g, buf; w p, buf"),
         new(nameof(StepBenchmarks.ReferenceNesterovWd), "bandwidth reference", NesterovWd, 20, nameof(StepBenchmarks.ReferenceNesterovWd),
             "one pass: 1 read + 2 updates"),
+
+        new(nameof(TrainingStepBenchmarks.TorchSgdTrainingStep), "torch.optim.SGD", TrainingStep, 0, null,
+            "zero_grad, forward + MSE loss, backward, step"),
+        new(nameof(TrainingStepBenchmarks.FusedSgdTrainingStep), "FusedSGD", TrainingStep, 0, null,
+            "zero_grad, forward + MSE loss, backward, step"),
 
         new(nameof(GreedyLRBenchmarks.ReduceLROnPlateauStep), "torch ReduceLROnPlateau.step(metric)", Scheduler, 0, null, ""),
         new(nameof(GreedyLRBenchmarks.GreedyLRStep), "Optim.GreedyLR.step(metric)", Scheduler, 0, null, ""),

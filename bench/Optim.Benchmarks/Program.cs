@@ -29,7 +29,8 @@ const string Usage = """
       --help           this text
     BenchmarkDotNet options pass through, e.g. --filter '*Momentum*' or --anyCategories plain greedylr
     (without --filter every benchmark runs). Benchmarks: StepBenchmarks (categories plain, momentum,
-    nesterov-wd) and GreedyLRBenchmarks (category greedylr).
+    nesterov-wd), TrainingStepBenchmarks (category training-step: a whole training step of two deep MLPs)
+    and GreedyLRBenchmarks (category greedylr).
     """;
 
 var passthrough = new List<string>();
@@ -102,7 +103,7 @@ var config = DefaultConfig.Instance
 string loadBefore = LoadAverage();
 var started = DateTime.UtcNow;
 var watch = Stopwatch.StartNew();
-var summaries = BenchmarkSwitcher.FromTypes(new[] { typeof(StepBenchmarks), typeof(GreedyLRBenchmarks) })
+var summaries = BenchmarkSwitcher.FromTypes(new[] { typeof(StepBenchmarks), typeof(TrainingStepBenchmarks), typeof(GreedyLRBenchmarks) })
     .Run(passthrough.ToArray(), config)
     .ToList();
 var results = Results.Of(summaries);
@@ -112,8 +113,9 @@ if (results.Rows.Count == 0)
     return summaries.Count == 0 ? 0 : 1;
 }
 
-// Complete: the measuring job, issue 5's sizes, and a result for every case (steps x sizes, schedulers x 2 group counts).
-int expected = Catalog.Kinds.Count(k => k.Category != Catalog.Scheduler) * SuiteSettings.ParameterCounts.Length * SuiteSettings.TensorCounts.Length +
+// Complete: the measuring job, issue 5's sizes, and a result for every case (steps x sizes, training steps x models, schedulers x 2 group counts).
+int expected = Catalog.Kinds.Count(k => k.Category is not (Catalog.Scheduler or Catalog.TrainingStep)) * SuiteSettings.ParameterCounts.Length * SuiteSettings.TensorCounts.Length +
+    Catalog.Kinds.Count(k => k.Category == Catalog.TrainingStep) * TrainingStepBenchmarks.Models.Count() +
     Catalog.Kinds.Count(k => k.Category == Catalog.Scheduler) * 2;
 bool partial = quick || !SuiteSettings.DefaultSizes || results.Rows.Count < expected;
 string file = Path.GetFullPath(outPath ?? (partial

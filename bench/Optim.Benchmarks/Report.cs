@@ -90,6 +90,25 @@ internal static class Report
             md.AppendLine();
         }
 
+        var training = results.Rows.Where(r => r.Kind.Category == Catalog.TrainingStep).OrderBy(r => r.Parameters).ThenBy(r => r.IsBaseline ? 0 : 1).ToList();
+        if (training.Count > 0)
+        {
+            md.AppendLine("## A whole training step: zero_grad, forward, backward, step (momentum 0.9)");
+            md.AppendLine();
+            md.AppendLine("Deep MLPs of Linear(width, width) layers with ReLU between, an MSE loss on a fixed batch; the optimizer's " +
+                "share of the step, and where the rest goes, is measured phase by phase by the interleaved `train-steps` " +
+                "(bench/results/train-steps-cpu.md).");
+            md.AppendLine();
+            md.AppendLine("| params | tensors | optimizer | mean ms | median ms | vs torch | alloc/step |");
+            md.AppendLine("|---:|---:|---|---:|---:|---:|---:|");
+            foreach (var r in training)
+            {
+                md.AppendLine(Inv, $"| {r.Parameters / 1e6:0.00}M | {r.Tensors} | {r.Kind.Label} | {r.MeanNs / 1e6:0.000} ± {r.StdErrNs / 1e6:0.000} | " +
+                    $"{r.MedianNs / 1e6:0.000} | {Times(results.SpeedUp(r))} | {Bytes(r.AllocatedBytes)} |");
+            }
+            md.AppendLine();
+        }
+
         var schedulers = results.Rows.Where(r => r.Kind.Category == Catalog.Scheduler).OrderBy(r => r.Groups).ToList();
         if (schedulers.Count > 0)
         {

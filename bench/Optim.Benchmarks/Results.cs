@@ -6,8 +6,8 @@ namespace Optim.Benchmarks;
 
 /// <summary>One measured benchmark case.</summary>
 /// <param name="Kind">What the method measures.</param>
-/// <param name="Parameters">Total parameters (0 for the scheduler benchmarks).</param>
-/// <param name="Tensors">Tensors they are split into (0 for the scheduler benchmarks).</param>
+/// <param name="Parameters">Total parameters (0 for the scheduler benchmarks; the model's for the training steps).</param>
+/// <param name="Tensors">Tensors they are split into (0 for the scheduler benchmarks; the model's for the training steps).</param>
 /// <param name="Groups">Param groups (scheduler benchmarks; 1 for the steps).</param>
 /// <param name="IsBaseline">Whether it is its category's baseline.</param>
 /// <param name="MedianNs">Median time per step.</param>
@@ -65,6 +65,11 @@ internal sealed class Results
         long Param(string name, long fallback) => c.Parameters.Items.FirstOrDefault(p => p.Name == name)?.Value is { } v
             ? Convert.ToInt64(v, System.Globalization.CultureInfo.InvariantCulture)
             : fallback;
+        if (c.Parameters.Items.FirstOrDefault(p => p.Name == nameof(TrainingStepBenchmarks.Model))?.Value is string model)
+        {
+            var (modelParameters, modelTensors) = TrainingStepBenchmarks.Size(model);
+            return (modelParameters, modelTensors, 1);
+        }
         return (Param(nameof(StepBenchmarks.Parameters), 0), (int)Param(nameof(StepBenchmarks.Tensors), 0),
             (int)Param(nameof(GreedyLRBenchmarks.Groups), 1));
     }
