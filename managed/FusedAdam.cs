@@ -28,8 +28,9 @@ namespace Optim;
 /// </remarks>
 public partial class FusedAdam : FusedOptimizer<FusedAdam.Options, FusedAdam.State>, IBetas
 {
-    private const int MomentsMissing = 1;
-    private const int MaximumMissing = 2;
+    private const int ExpAvgMissing = 1;
+    private const int ExpAvgSqMissing = 2;
+    private const int MaximumMissing = 4;
     private AdamGroupParams[] _groupParams = Array.Empty<AdamGroupParams>();
     private bool _anyAmsgrad;
 
@@ -168,13 +169,20 @@ public partial class FusedAdam : FusedOptimizer<FusedAdam.Options, FusedAdam.Sta
     {
         var batch = Batch;
         batch.Steps[k] = state.step + 1;
-        if (state.exp_avg is null || state.exp_avg_sq is null)
+        if (state.exp_avg is null)
         {
-            batch.Fresh[k] |= MomentsMissing;
+            batch.Fresh[k] |= ExpAvgMissing;
         }
         else
         {
             batch.Buffers[k] = CheckState(ref checks, state.exp_avg, parameter, group, index, "exp_avg");
+        }
+        if (state.exp_avg_sq is null)
+        {
+            batch.Fresh[k] |= ExpAvgSqMissing;
+        }
+        else
+        {
             batch.ExpAvgSqs[k] = CheckState(ref checks, state.exp_avg_sq, parameter, group, index, "exp_avg_sq");
         }
         if (!options.amsgrad!.Value)
@@ -232,27 +240,33 @@ public partial class FusedAdam : FusedOptimizer<FusedAdam.Options, FusedAdam.Sta
         var batch = Batch;
         for (int k = 0; k < batch.Count; k++)
         {
-            int missing = batch.Fresh[k];
-            if (missing == 0)
+            if (batch.Fresh[k] != 0)
             {
-                continue;
+                CreateMissingState(k, batch.Fresh[k]);
             }
-            var state = batch.States[k];
-            var p = batch.ParamTensors[k];
-            if ((missing & MomentsMissing) != 0)
-            {
-                state.exp_avg?.Dispose();
-                state.exp_avg_sq?.Dispose();
-                state.exp_avg = Created(torch.zeros_like(p), () => state.exp_avg = null);
-                state.exp_avg_sq = Created(torch.zeros_like(p), () => state.exp_avg_sq = null);
-                batch.Buffers[k] = TorchSharpNative.DataPointer(state.exp_avg.Handle);
-                batch.ExpAvgSqs[k] = TorchSharpNative.DataPointer(state.exp_avg_sq.Handle);
-            }
-            if ((missing & MaximumMissing) != 0)
-            {
-                state.max_exp_avg_sq = Created(torch.zeros_like(p), () => state.max_exp_avg_sq = null);
-                batch.MaxExpAvgSqs[k] = TorchSharpNative.DataPointer(state.max_exp_avg_sq.Handle);
-            }
+        }
+    }
+
+    // Apart from the loop: the lambdas' closure is then allocated only for a parameter that needs state.
+    private void CreateMissingState(int k, int missing)
+    {
+        var batch = Batch;
+        var state = batch.States[k];
+        var p = batch.ParamTensors[k];
+        if ((missing & ExpAvgMissing) != 0)
+        {
+            state.exp_avg = Created(torch.zeros_like(p), () => state.exp_avg = null);
+            batch.Buffers[k] = TorchSharpNative.DataPointer(state.exp_avg.Handle);
+        }
+        if ((missing & ExpAvgSqMissing) != 0)
+        {
+            state.exp_avg_sq = Created(torch.zeros_like(p), () => state.exp_avg_sq = null);
+            batch.ExpAvgSqs[k] = TorchSharpNative.DataPointer(state.exp_avg_sq.Handle);
+        }
+        if ((missing & MaximumMissing) != 0)
+        {
+            state.max_exp_avg_sq = Created(torch.zeros_like(p), () => state.max_exp_avg_sq = null);
+            batch.MaxExpAvgSqs[k] = TorchSharpNative.DataPointer(state.max_exp_avg_sq.Handle);
         }
     }
 

@@ -218,6 +218,34 @@ public class FusedAdamTests
         Assert.That(betas.Select(b => b.Item2), Is.All.EqualTo(0.999), "beta2 kept");
     }
 
+    /// <summary>
+    /// A first step that fails in the native call (a gradient that is its parameter's own memory, found
+    /// only there) leaves no state behind: the moments made for it are dropped and no step is counted.
+    /// </summary>
+    [Test]
+    public void AStepThatFailsNativelyRollsBackTheStateItCreated()
+    {
+        var a = new Parameter(torch.randn(5));
+        var b = new Parameter(torch.randn(3));
+        a.grad = torch.randn(5);
+        using var opt = new FusedAdamW(new[] { a, b }, amsgrad: true);
+        using (var alias = b.detach())
+        {
+            b.grad = alias;
+        }
+        var before = Harness.Snapshot(new[] { a, b });
+        Assert.That(() => opt.step(), Throws.ArgumentException.With.Message.Contains("the parameter and the gradient are the same memory"));
+        Harness.AssertUnchanged(before, new List<Tensor> { a, b }, "parameter");
+        for (int i = 0; i < 2; i++)
+        {
+            var s = Harness.AdamState(opt, i);
+            Assert.That((s.step, s.exp_avg, s.exp_avg_sq, s.max_exp_avg_sq), Is.EqualTo((0L, (Tensor?)null, (Tensor?)null, (Tensor?)null)), $"state {i}");
+        }
+        b.grad = torch.randn(3);
+        opt.step();
+        Assert.That(Harness.AdamState(opt, 1).step, Is.EqualTo(1));
+    }
+
     [Test]
     public void SettingBetasChecksThemAndSetsEveryGroup()
     {
