@@ -39,6 +39,9 @@ internal static unsafe partial class NativeMethods
     internal static partial int optim_sgd_step(int device, int deviceIndex, int dtype, TensorList* tensors, int nGroups, SgdGroupParams* groups);
 
     [LibraryImport(Library)]
+    internal static partial int optim_adam_step(int device, int deviceIndex, int dtype, AdamTensors* tensors, int nGroups, AdamGroupParams* groups);
+
+    [LibraryImport(Library)]
     internal static partial int optim_greedylr_init(GreedyLRConfig* config, GreedyLRCounters* state);
 
     [LibraryImport(Library)]
@@ -66,6 +69,21 @@ internal unsafe struct TensorList
     public nint* MomentumBuffers;
     public long* Numels;
     public byte* BufferFresh;
+    public int* GroupIndex;
+}
+
+/// <summary>Mirror of <c>optim_adam_tensors</c>.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct AdamTensors
+{
+    public long Count;
+    public nint* Params;
+    public nint* Grads;
+    public nint* ExpAvgs;
+    public nint* ExpAvgSqs;
+    public nint* MaxExpAvgSqs;
+    public long* Numels;
+    public long* Steps;
     public int* GroupIndex;
 }
 

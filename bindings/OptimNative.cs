@@ -56,6 +56,28 @@ internal struct SgdGroupParams
     };
 }
 
+/// <summary>The hyperparameters of one param group of a fused Adam/AdamW step: the mirror of <c>optim_adam_params</c>.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct AdamGroupParams
+{
+    /// <summary>Learning rate.</summary>
+    public double Lr;
+    /// <summary>Coefficient of the running average of the gradient.</summary>
+    public double Beta1;
+    /// <summary>Coefficient of the running average of the squared gradient.</summary>
+    public double Beta2;
+    /// <summary>Term added to the denominator.</summary>
+    public double Eps;
+    /// <summary>Weight decay (coupled L2 for Adam, decoupled for AdamW).</summary>
+    public double WeightDecay;
+    /// <summary>1 for AMSGrad.</summary>
+    public int Amsgrad;
+    /// <summary>1 to maximize.</summary>
+    public int Maximize;
+    /// <summary>1 for AdamW's decoupled weight decay, 0 for Adam's coupled L2.</summary>
+    public int Decoupled;
+}
+
 /// <summary>
 /// The managed face of the native core: loads the library, checks its ABI version once, and turns every
 /// failing status into an exception carrying the native message. Arguments are raw data pointers; the
@@ -262,6 +284,51 @@ internal static unsafe class OptimNative
                 GroupIndex = groupIndex.Length == 0 ? null : gi,
             };
             ThrowIfFailed(NativeMethods.optim_sgd_step((int)device, deviceIndex, (int)dtype, &list, groups.Length, sp));
+        }
+    }
+
+    /// <summary>
+    /// One fused Adam/AdamW step over the tensors of several param groups in one call (see
+    /// <c>optim_adam_step</c> in <c>optim.h</c>): every group and every tensor is checked before anything is
+    /// written. Every per-tensor span has one entry per tensor, except <paramref name="maxExpAvgSqs"/>, which
+    /// is empty when no group uses AMSGrad, and <paramref name="groupIndex"/>, which is empty for one group.
+    /// <paramref name="steps"/> holds each tensor's step number after this update (≥ 1).
+    /// </summary>
+    public static void AdamStep(NativeDevice device, int deviceIndex, NativeDType dtype,
+        ReadOnlySpan<nint> parameters, ReadOnlySpan<nint> gradients, ReadOnlySpan<nint> expAvgs, ReadOnlySpan<nint> expAvgSqs,
+        ReadOnlySpan<nint> maxExpAvgSqs, ReadOnlySpan<long> numels, ReadOnlySpan<long> steps, ReadOnlySpan<int> groupIndex,
+        ReadOnlySpan<AdamGroupParams> groups)
+    {
+        EnsureLoaded();
+        int n = parameters.Length;
+        if (gradients.Length != n || expAvgs.Length != n || expAvgSqs.Length != n || numels.Length != n || steps.Length != n ||
+            (maxExpAvgSqs.Length != 0 && maxExpAvgSqs.Length != n) || (groupIndex.Length != 0 && groupIndex.Length != n))
+        {
+            throw new ArgumentException($"AdamStep: every per-tensor span must have {n} entries (the max_exp_avg_sq and group spans may be empty).");
+        }
+        fixed (nint* p = parameters)
+        fixed (nint* g = gradients)
+        fixed (nint* m = expAvgs)
+        fixed (nint* v = expAvgSqs)
+        fixed (nint* w = maxExpAvgSqs)
+        fixed (long* ne = numels)
+        fixed (long* st = steps)
+        fixed (int* gi = groupIndex)
+        fixed (AdamGroupParams* ap = groups)
+        {
+            var list = new AdamTensors
+            {
+                Count = n,
+                Params = p,
+                Grads = g,
+                ExpAvgs = m,
+                ExpAvgSqs = v,
+                MaxExpAvgSqs = maxExpAvgSqs.Length == 0 ? null : w,
+                Numels = ne,
+                Steps = st,
+                GroupIndex = groupIndex.Length == 0 ? null : gi,
+            };
+            ThrowIfFailed(NativeMethods.optim_adam_step((int)device, deviceIndex, (int)dtype, &list, groups.Length, ap));
         }
     }
 

@@ -143,6 +143,16 @@ internal sealed class StateReader : IDisposable
         {
             return null;
         }
+        return ReadTensor(what, like);
+    }
+
+    /// <summary>
+    /// A tensor saved by <c>Tensor.Save</c> (dtype, shape and raw data, no flag) that must have
+    /// <paramref name="like"/>'s dtype and shape; new, contiguous, on <paramref name="like"/>'s device and outside
+    /// any dispose scope.
+    /// </summary>
+    public Tensor ReadTensor(string what, Tensor like)
+    {
         long code = ReadEncoded($"the dtype of the {what}");
         if (code != (long)like.dtype)
         {

@@ -19,6 +19,11 @@ internal sealed class TensorBatch<TState> where TState : class
     public nint[] PrevUpdates = new nint[16];
     /// <summary>Per-element rates (hypergradient descent, per-parameter scope).</summary>
     public nint[] Rates = new nint[16];
+    /// <summary>Adam's second moments and their running maxima (0 where there is none); Adam's first moments use <see cref="Buffers"/>.</summary>
+    public nint[] ExpAvgSqs = new nint[16];
+    public nint[] MaxExpAvgSqs = new nint[16];
+    /// <summary>Per-tensor step counts after this step (Adam).</summary>
+    public long[] Steps = new long[16];
     public long[] Numels = new long[16];
     public byte[] Fresh = new byte[16];
     public int[] GroupIndex = new int[16];
@@ -80,8 +85,8 @@ internal sealed class TensorBatch<TState> where TState : class
             Grow();
         }
         int k = Count++;
-        Params[k] = Grads[k] = Buffers[k] = PrevUpdates[k] = Rates[k] = 0;
-        Numels[k] = 0;
+        Params[k] = Grads[k] = Buffers[k] = PrevUpdates[k] = Rates[k] = ExpAvgSqs[k] = MaxExpAvgSqs[k] = 0;
+        Numels[k] = Steps[k] = 0;
         Fresh[k] = 0;
         HasGradient[k] = false;
         GroupIndex[k] = _group;
@@ -98,6 +103,9 @@ internal sealed class TensorBatch<TState> where TState : class
         Array.Resize(ref Buffers, n);
         Array.Resize(ref PrevUpdates, n);
         Array.Resize(ref Rates, n);
+        Array.Resize(ref ExpAvgSqs, n);
+        Array.Resize(ref MaxExpAvgSqs, n);
+        Array.Resize(ref Steps, n);
         Array.Resize(ref Numels, n);
         Array.Resize(ref Fresh, n);
         Array.Resize(ref GroupIndex, n);

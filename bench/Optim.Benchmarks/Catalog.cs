@@ -18,6 +18,7 @@ internal static class Catalog
     public const string Plain = "plain";
     public const string Momentum = "momentum";
     public const string NesterovWd = "nesterov-wd";
+    public const string AdamW = "adamw";
     public const string Scheduler = "greedylr";
     public const string TrainingStep = "training-step";
 
@@ -60,6 +61,14 @@ internal static class Catalog
             "one pass: r p, g, buf; w p, buf"),
         new(nameof(StepBenchmarks.ReferenceNesterovWd), "bandwidth reference", NesterovWd, 20, nameof(StepBenchmarks.ReferenceNesterovWd),
             "one pass: 1 read + 2 updates"),
+
+        new(nameof(StepBenchmarks.TorchAdamW), "torch.optim.AdamW", AdamW, 88, nameof(StepBenchmarks.ReferenceAdamW),
+            "p.mul_ (r+w p); m.mul_ (r+w m); m.add_(g) (r m, g; w m); v.mul_ (r+w v); v.addcmul_(g, g) (r v, g; w v); " +
+            "v.sqrt() (r v; w new); / c (r; w new); .add_(eps) (r+w); p.addcdiv_(m, denom) (r p, m, denom; w p)"),
+        new(nameof(StepBenchmarks.FusedAdamW), "FusedAdamW", AdamW, 28, nameof(StepBenchmarks.ReferenceAdamW),
+            "one pass: r p, g, m, v; w p, m, v"),
+        new(nameof(StepBenchmarks.ReferenceAdamW), "bandwidth reference", AdamW, 28, nameof(StepBenchmarks.ReferenceAdamW),
+            "one pass: 1 read + 3 updates"),
 
         new(nameof(TrainingStepBenchmarks.TorchSgdTrainingStep), "torch.optim.SGD", TrainingStep, 0, null,
             "zero_grad, forward + MSE loss, backward, step"),

@@ -15,8 +15,8 @@ using TorchSharp;
 // The BenchmarkDotNet step suite. Our own options are taken out; everything else goes to
 // BenchmarkDotNet's command line (--filter, --anyCategories, --list flat, ...).
 const string Usage = """
-    Optim.Benchmarks — BenchmarkDotNet step benchmarks: FusedSGD and HypergradientSGD against
-    torch.optim.SGD next to the in-run bandwidth reference, and GreedyLR's step; writes a Markdown results file.
+    Optim.Benchmarks — BenchmarkDotNet step benchmarks: FusedSGD, HypergradientSGD and FusedAdamW against
+    torch.optim.SGD (AdamW) next to the in-run bandwidth reference, and GreedyLR's step; writes a Markdown results file.
 
     Usage: dotnet run -c Release --project bench/Optim.Benchmarks -- [options] [BenchmarkDotNet options]
 
@@ -29,8 +29,8 @@ const string Usage = """
       --help           this text
     BenchmarkDotNet options pass through, e.g. --filter '*Momentum*' or --anyCategories plain greedylr
     (without --filter every benchmark runs). Benchmarks: StepBenchmarks (categories plain, momentum,
-    nesterov-wd), TrainingStepBenchmarks (category training-step: a whole training step of two deep MLPs)
-    and GreedyLRBenchmarks (category greedylr).
+    nesterov-wd, adamw), TrainingStepBenchmarks (category training-step: a whole training step of two
+    deep MLPs) and GreedyLRBenchmarks (category greedylr).
     """;
 
 var passthrough = new List<string>();

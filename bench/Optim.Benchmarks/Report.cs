@@ -51,6 +51,7 @@ internal static class Report
         md.AppendLine();
 
         WriteGoals(md, results);
+        WriteAdamGoals(md, results);
 
         foreach (var (category, title) in new[]
         {
@@ -127,6 +128,49 @@ internal static class Report
             md.AppendLine();
         }
         return md.ToString();
+    }
+
+    // The step goals of issue 13 for FusedAdamW (against TorchSharp's AdamW and the in-run reference).
+    private static void WriteAdamGoals(StringBuilder md, Results results)
+    {
+        md.AppendLine("## Goals of issue 13 (AdamW)");
+        md.AppendLine();
+        md.AppendLine("| goal | case | measured | verdict | why |");
+        md.AppendLine("|---|---|---:|---|---|");
+        foreach (var (parameters, tensors, target) in new[] { (100_000_000L, 4, 3.0), (10_000_000L, 1000, 8.0) })
+        {
+            string goal = $"FusedAdamW ≥ {target:0.0#}x faster than torch.optim.AdamW";
+            string where = Case(parameters, tensors);
+            var fused = results.Find(nameof(StepBenchmarks.FusedAdamW), parameters, tensors);
+            var torch = results.Find(nameof(StepBenchmarks.TorchAdamW), parameters, tensors);
+            if (fused is null || torch is null)
+            {
+                md.AppendLine(Inv, $"| {goal} | {where} | – | not measured in this run | |");
+                continue;
+            }
+            double speedUp = torch.MedianNs / fused.MedianNs;
+            var reference = results.ReferenceOf(fused);
+            string why = reference is null
+                ? "the bandwidth reference did not run"
+                : $"FusedAdamW at {Pct(fused.GBps / reference.GBps)} of the reference's GB/s, torch.optim.AdamW at {Pct(torch.GBps / reference.GBps)} " +
+                  $"(at its {torch.Kind.BytesPerElement} B vs our {fused.Kind.BytesPerElement} B per element); bandwidth alone allows " +
+                  $"{(double)torch.Kind.BytesPerElement / fused.Kind.BytesPerElement:0.00}x at equal GB/s";
+            md.AppendLine(Inv, $"| {goal} | {where} | {speedUp:0.00}x | {Verdict(speedUp >= target)} | {why} |");
+        }
+        foreach (long parameters in new[] { 10_000_000L, 100_000_000L })
+        {
+            var row = results.Find(nameof(StepBenchmarks.FusedAdamW), parameters, 4);
+            const string goal = "FusedAdamW ≥ 90% of the in-run bandwidth reference";
+            if (row is null || results.FractionOfReference(row) is not double fraction)
+            {
+                md.AppendLine(Inv, $"| {goal} | {Case(parameters, 4)} | – | not measured in this run | |");
+                continue;
+            }
+            var reference = results.ReferenceOf(row)!;
+            string why = $"{row.GBps:0.0} vs {reference.GBps:0.0} GB/s; {(row.MedianNs - reference.MedianNs) / 1e3:0} µs above the reference";
+            md.AppendLine(Inv, $"| {goal} | {Case(parameters, 4)} | {Pct(fraction)} | {Verdict(fraction >= 0.9)} | {why} |");
+        }
+        md.AppendLine();
     }
 
     private static void WriteGoals(StringBuilder md, Results results)

@@ -7,8 +7,8 @@ namespace Optim.Benchmarks;
 
 /// <summary>
 /// One optimizer step on <see cref="Parameters"/> float32 parameters split into <see cref="Tensors"/>
-/// tensors. Each category has TorchSharp's <c>torch.optim.SGD</c> with the same settings as its
-/// baseline, our optimizers, and the bandwidth reference that moves the bytes of our step pass for pass
+/// tensors. Each category has TorchSharp's <c>torch.optim.SGD</c> (or <c>AdamW</c>) with the same settings as
+/// its baseline, our optimizers, and the bandwidth reference that moves the bytes of our step pass for pass
 /// (<c>optim_stream_reference</c>), all in the same run. Every case gets fresh tensors; gradients stay
 /// fixed, so each invocation is one steady-state step.
 /// </summary>
@@ -21,6 +21,7 @@ public class StepBenchmarks
     private const double Momentum = 0.9;
     private const double WeightDecay = 1e-4;
     private const double HypergradLr = 1e-9;
+    private const double AdamWeightDecay = 1e-2;
 
     private Workload? _work;
     private torch.optim.Optimizer? _optimizer;
@@ -139,6 +140,20 @@ public class StepBenchmarks
     public void SetupFusedSgdNesterovWd() =>
         UseOptimizer(w => new FusedSGD(w.Parameters(), Lr, Momentum, weight_decay: WeightDecay, nesterov: true));
 
+    [GlobalSetup(Target = nameof(TorchAdamW))]
+    public void SetupTorchAdamW() => UseOptimizer(w => torch.optim.AdamW(w.Parameters(), Lr, weight_decay: AdamWeightDecay));
+
+    [GlobalSetup(Target = nameof(FusedAdamW))]
+    public void SetupFusedAdamW() => UseOptimizer(w => new FusedAdamW(w.Parameters(), Lr, weight_decay: AdamWeightDecay));
+
+    // AdamW: one pass reading g and updating p, exp_avg and exp_avg_sq.
+    [GlobalSetup(Target = nameof(ReferenceAdamW))]
+    public void SetupReferenceAdamW() => UseReference(nameof(ReferenceAdamW), w =>
+    {
+        Tensor[] p = w.Arrays(), g = w.Arrays(), m = w.Arrays(), v = w.Arrays();
+        return new StreamPlan(w.Numels).Then(read: new[] { g }, update: new[] { p, m, v });
+    });
+
     [GlobalCleanup]
     public void Cleanup()
     {
@@ -204,4 +219,15 @@ public class StepBenchmarks
 
     [Benchmark, BenchmarkCategory(Catalog.NesterovWd)]
     public double ReferenceNesterovWd() => _reference!.Run();
+
+    // ---- AdamW (weight decay 0.01) ---------------------------------------------------------------------
+
+    [Benchmark(Baseline = true), BenchmarkCategory(Catalog.AdamW)]
+    public void TorchAdamW() => _optimizer!.step();
+
+    [Benchmark, BenchmarkCategory(Catalog.AdamW)]
+    public void FusedAdamW() => _optimizer!.step();
+
+    [Benchmark, BenchmarkCategory(Catalog.AdamW)]
+    public double ReferenceAdamW() => _reference!.Run();
 }

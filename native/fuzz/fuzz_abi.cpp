@@ -1,10 +1,10 @@
 // libFuzzer harness over the C ABI (docs/reliability.md). Each input is decoded into a few calls:
-// SGD steps (several groups), HD steps (every scope and rule), GreedyLR init and steps (corrupt
-// state, non-finite metrics), thread counts, version bumps (count and NULL cases: no LibTorch
-// here), the bandwidth reference and the information functions, with random counts and sizes, NULL
-// and aliased pointers, extreme and non-finite values and inconsistent arguments. The harness owns
-// every byte it passes, each buffer sized exactly, so AddressSanitizer catches any access outside
-// them. Assertions (a failure aborts, which the fuzzer reports as a crash):
+// SGD and Adam/AdamW steps (several groups), HD steps (every scope and rule), GreedyLR init and
+// steps (corrupt state, non-finite metrics), thread counts, version bumps (count and NULL cases: no
+// LibTorch here), the bandwidth reference and the information functions, with random counts and
+// sizes, NULL and aliased pointers, extreme and non-finite values and inconsistent arguments. The
+// harness owns every byte it passes, each buffer sized exactly, so AddressSanitizer catches any
+// access outside them. Assertions (a failure aborts, which the fuzzer reports as a crash):
 //  - every call returns a status a CPU-only build can return (INTERNAL is a bug);
 //  - after a non-OK status every buffer is byte for byte as it was (a failed check writes nothing)
 //    and optim_last_error() names the function;
@@ -337,6 +337,78 @@ void fuzz_sgd(FuzzedDataProvider& in)
     expect_status(status, "optim_sgd_step", arena);
 }
 
+void fuzz_adam(FuzzedDataProvider& in)
+{
+    Arena arena;
+    const int32_t device = pick_device(in);
+    const int32_t device_index = in.ConsumeIntegralInRange<int32_t>(-1, 1);
+    const int32_t dtype = pick_dtype(in);
+    const bool f64 = dtype == OPTIM_DTYPE_FLOAT64;
+    const size_t esize = f64 ? 8 : 4;
+    const int32_t n_groups = in.ConsumeIntegralInRange<int32_t>(-1, 4);
+    auto* groups = arena.array<optim_adam_params>(n_groups, true);
+    for (int32_t g = 0; g < n_groups; ++g) {
+        optim_adam_params& p = groups[g];
+        optim_adam_params_default(&p);
+        p.lr = value(in, {1e-3, 0.1, 0.0});
+        p.beta1 = value(in, {0.9, 0.0, 0.5, 0.999999});
+        p.beta2 = value(in, {0.999, 0.0, 0.9});
+        p.eps = value(in, {1e-8, 0.0, 1e-3});
+        p.weight_decay = value(in, {0.0, 1e-2, 0.0});
+        p.amsgrad = pick_i32(in, {0, 1});
+        p.maximize = pick_i32(in, {0, 1});
+        p.decoupled = pick_i32(in, {0, 1});
+    }
+    const int64_t count = in.ConsumeIntegralInRange<int64_t>(-1, 6);
+    int64_t budget = 200000;
+    // param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq
+    const std::vector<bool> written = {true, false, true, true, true};
+    std::vector<TensorArrays> tensors;
+    std::vector<int64_t> numels;
+    auto* numel_array = arena.array<int64_t>(count, true);
+    auto* steps = arena.array<int64_t>(count, true);
+    auto* group_index = arena.array<int32_t>(count, true);
+    int32_t group = 0;
+    for (int64_t k = 0; k < count; ++k) {
+        const uint8_t step = in.ConsumeIntegral<uint8_t>();
+        group += step < 160 ? 0 : step < 250 ? 1 : -1; // non-decreasing, unless the input says
+        group_index[k] = step == 255 ? in.ConsumeIntegral<int32_t>() : group;
+        steps[k] = pick_i64(in, {1, 2, 1000, 0});
+        const int64_t n = numel(in, budget);
+        numel_array[k] = in.ConsumeIntegral<uint8_t>() >= 250 ? -n - 1 : n;
+        tensors.push_back(tensor_arrays(in, arena, n, esize, written, tensors, numels, f64));
+        numels.push_back(n);
+    }
+    auto* ps = arena.array<void*>(count, true);
+    auto* gs = arena.array<const void*>(count, true);
+    auto* ms = arena.array<void*>(count, true);
+    auto* vs = arena.array<void*>(count, true);
+    auto* ws = arena.array<void*>(count, true);
+    for (int64_t k = 0; k < count; ++k) {
+        const TensorArrays& t = tensors[static_cast<size_t>(k)];
+        ps[k] = t.ptr[0];
+        gs[k] = t.ptr[1];
+        ms[k] = t.ptr[2];
+        vs[k] = t.ptr[3];
+        ws[k] = t.ptr[4];
+    }
+    auto* list = arena.array<optim_adam_tensors>(1, true);
+    *list = optim_adam_tensors{count,
+                               maybe(in, ps),
+                               maybe(in, gs),
+                               maybe(in, ms),
+                               maybe(in, vs),
+                               maybe(in, ws),
+                               maybe(in, numel_array),
+                               maybe(in, steps),
+                               maybe(in, group_index)};
+    mark_written(arena, tensors, written);
+    arena.snapshot();
+    const optim_status status =
+        optim_adam_step(device, device_index, dtype, maybe(in, list), n_groups, maybe(in, groups));
+    expect_status(status, "optim_adam_step", arena);
+}
+
 void fuzz_hd(FuzzedDataProvider& in)
 {
     Arena arena;
@@ -606,6 +678,8 @@ void fuzz_info(FuzzedDataProvider& in)
                "no CUDA device in a fuzz build");
     optim_sgd_params p;
     optim_sgd_params_default(in.ConsumeBool() ? &p : nullptr);
+    optim_adam_params a;
+    optim_adam_params_default(in.ConsumeBool() ? &a : nullptr);
 }
 
 } // namespace
@@ -614,7 +688,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
 {
     FuzzedDataProvider in(data, size);
     for (int calls = 0; calls < 6 && in.remaining_bytes() > 0; ++calls) {
-        switch (in.ConsumeIntegral<uint8_t>() % 7) {
+        switch (in.ConsumeIntegral<uint8_t>() % 8) {
         case 0:
             fuzz_sgd(in);
             break;
@@ -632,6 +706,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
             break;
         case 5:
             fuzz_bump(in);
+            break;
+        case 6:
+            fuzz_adam(in);
             break;
         default:
             fuzz_info(in);

@@ -1,6 +1,7 @@
 // The CUDA kernels against the CPU path of the same library (which native/tests checks against
-// naive references): fused SGD for every flag combination, hypergradient descent at every scope
-// and rule, GreedyLR's device step over long traces, and the device-index checks.
+// naive references): fused SGD and fused Adam/AdamW for every flag combination, hypergradient
+// descent at every scope and rule, GreedyLR's device step over long traces, and the device-index
+// checks.
 //
 // After every step the device's state is compared with the CPU path's and then becomes the CPU
 // path's state, so each step is checked from identical inputs. nvcc contracts a*b+c into FMAs
@@ -287,6 +288,102 @@ void sgd_case(Report& r, const TensorSet& set, const std::vector<optim_sgd_param
         const std::string at = "step " + std::to_string(step) + ": ";
         p.compare_and_adopt(r, at + "param", tol);
         if (momentum) b.compare_and_adopt(r, at + "momentum buffer", tol);
+        if (r.case_failed()) return;
+    }
+}
+
+// ---- Fused Adam and AdamW -----------------------------------------------------------------------
+
+struct AdamConfig {
+    std::string name;
+    optim_adam_params params;
+};
+
+// The 12 reachable flag combinations: no weight decay, Adam's coupled L2 or AdamW's decoupled
+// decay; amsgrad; maximize.
+std::vector<AdamConfig> adam_configs()
+{
+    std::vector<AdamConfig> out;
+    for (int maximize : {0, 1}) {
+        for (int amsgrad : {0, 1}) {
+            for (int decay : {0, 1, 2}) { // none, coupled (Adam), decoupled (AdamW)
+                optim_adam_params p;
+                optim_adam_params_default(&p);
+                p.lr = 0.01;
+                p.weight_decay = decay ? 0.05 : 0.0;
+                p.decoupled = decay == 2;
+                p.amsgrad = amsgrad;
+                p.maximize = maximize;
+                std::string name = decay == 2 ? "adamw" : "adam";
+                if (decay) name += "+weight_decay";
+                if (amsgrad) name += "+amsgrad";
+                if (maximize) name += "+maximize";
+                out.push_back({name, p});
+            }
+        }
+    }
+    return out;
+}
+
+// One call over every tensor of the set per step, each group a contiguous run of the tensors; each
+// tensor's step count advances only on steps where it takes part (the late tensor starts at 1 in
+// the middle of the run, with zero moments, as a parameter whose first gradient comes late).
+template <typename T>
+void adam_case(Report& r, const TensorSet& set, const std::vector<optim_adam_params>& groups,
+               int steps, uint64_t seed)
+{
+    const size_t K = set.sizes.size();
+    const size_t G = groups.size();
+    std::vector<int32_t> group_index(K);
+    for (size_t k = 0; k < K; ++k) group_index[k] = static_cast<int32_t>(k * G / K);
+    bool amsgrad = false;
+    for (const optim_adam_params& g : groups) amsgrad = amsgrad || g.amsgrad != 0;
+    const Tolerance tol = state_tolerance<T>();
+    Rng rng(seed);
+    Mirror<T> p(set.sizes, T(0)), g(set.sizes, T(0)), m(set.sizes, T(0)), v(set.sizes, T(0)),
+        w(set.sizes, T(0));
+    for (auto& x : p.host)
+        for (T& e : x) e = static_cast<T>(rng.uniform());
+    p.upload();
+    m.upload();
+    v.upload();
+    w.upload();
+    std::vector<int64_t> taken(K, 0);
+    const int late_step = steps / 2;
+    for (int step = 0; step < steps; ++step) {
+        const std::vector<int64_t> numels = set.numels_at(step, late_step);
+        std::vector<int64_t> step_of(K);
+        for (size_t k = 0; k < K; ++k) {
+            const bool joins = static_cast<int64_t>(k) != set.late || step >= late_step;
+            if (joins) ++taken[k];
+            step_of[k] = taken[k] > 0 ? taken[k] : 1; // an empty tensor's step is never used
+        }
+        for (auto& x : g.host)
+            for (T& e : x) e = static_cast<T>(0.5 * rng.uniform());
+        g.upload();
+
+        std::vector<void*> hp = p.host_ptrs(), hm = m.host_ptrs(), hv = v.host_ptrs(),
+                           hw = w.host_ptrs(), dp = p.dev_ptrs(), dm = m.dev_ptrs(),
+                           dv = v.dev_ptrs(), dw = w.dev_ptrs();
+        const std::vector<const void*> hg = const_ptrs(g.host_ptrs()),
+                                       dg = const_ptrs(g.dev_ptrs());
+        const int32_t* gi = G > 1 ? group_index.data() : nullptr;
+        const optim_adam_tensors host{
+            static_cast<int64_t>(K),       hp.data(),     hg.data(),      hm.data(), hv.data(),
+            amsgrad ? hw.data() : nullptr, numels.data(), step_of.data(), gi};
+        const optim_adam_tensors dev{
+            static_cast<int64_t>(K),       dp.data(),     dg.data(),      dm.data(), dv.data(),
+            amsgrad ? dw.data() : nullptr, numels.data(), step_of.data(), gi};
+        optim_ok(adam_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, groups), "optim_adam_step (cpu)");
+        optim_ok(adam_step(Target::device(), dtype_of<T>(), dev, groups),
+                 "optim_adam_step (checked)");
+        Target::sync();
+
+        const std::string at = "step " + std::to_string(step) + ": ";
+        p.compare_and_adopt(r, at + "param", tol);
+        m.compare_and_adopt(r, at + "exp_avg", tol);
+        v.compare_and_adopt(r, at + "exp_avg_sq", tol);
+        if (amsgrad) w.compare_and_adopt(r, at + "max_exp_avg_sq", tol);
         if (r.case_failed()) return;
     }
 }
@@ -751,6 +848,33 @@ int run_checks(const CheckOptions& options, Report& r)
                  [&] { sgd_case<float>(r, set, all, sgd_steps, ++seed); });
         run_case(r, "float64 every combination as a param group, " + set.name,
                  [&] { sgd_case<double>(r, set, all, sgd_steps, ++seed); });
+    }
+
+    r.suite("fused Adam/AdamW: CUDA vs CPU, every flag combination");
+    for (const TensorSet& set : sets) {
+        const bool big = set.sizes.size() < 10;
+        for (const AdamConfig& c : adam_configs()) {
+            // The big set runs the fullest and the plainest combination.
+            if (big && c.name != "adamw+weight_decay+amsgrad+maximize" && c.name != "adam")
+                continue;
+            const int steps = big ? 3 : sgd_steps;
+            run_case(r, "float32 " + c.name + ", " + set.name,
+                     [&] { adam_case<float>(r, set, {c.params}, steps, ++seed); });
+            run_case(r, "float64 " + c.name + ", " + set.name,
+                     [&] { adam_case<double>(r, set, {c.params}, steps, ++seed); });
+        }
+        if (big) continue;
+        // Every combination as its own param group (with its own betas), all in one call.
+        std::vector<optim_adam_params> all;
+        for (const AdamConfig& c : adam_configs()) all.push_back(c.params);
+        for (size_t g = 0; g < all.size(); ++g) {
+            all[g].lr *= 1.0 + 0.1 * static_cast<double>(g);
+            if (g % 2) all[g].beta1 = 0.5, all[g].beta2 = 0.9, all[g].eps = 1e-6;
+        }
+        run_case(r, "float32 every combination as a param group, " + set.name,
+                 [&] { adam_case<float>(r, set, all, sgd_steps, ++seed); });
+        run_case(r, "float64 every combination as a param group, " + set.name,
+                 [&] { adam_case<double>(r, set, all, sgd_steps, ++seed); });
     }
 
     r.suite("hypergradient SGD: CUDA vs CPU, every scope and rule");

@@ -23,6 +23,14 @@ inline optim_status sgd_step(int32_t device, int32_t dtype, const optim_tensor_l
                           groups.data());
 }
 
+// Several param groups in one call (tensors.group_index set, or NULL for one group).
+inline optim_status adam_step(int32_t device, int32_t dtype, const optim_adam_tensors& tensors,
+                              const std::vector<optim_adam_params>& groups)
+{
+    return optim_adam_step(device, 0, dtype, &tensors, static_cast<int32_t>(groups.size()),
+                           groups.data());
+}
+
 inline optim_status hd_step(int32_t device, int32_t dtype, const optim_hd_tensors& tensors,
                             const std::vector<optim_hd_group>& groups,
                             const optim_hd_params& params, double* rates, int64_t* skipped)

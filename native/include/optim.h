@@ -192,6 +192,79 @@ OPTIM_API optim_status optim_sgd_step(int32_t device, int32_t device_index, int3
                                       const optim_tensor_list* tensors, int32_t n_groups,
                                       const optim_sgd_params* groups);
 
+/* ---- Fused Adam and AdamW -------------------------------------------------------------------- */
+
+/* Hyperparameters of one param group, with PyTorch's meaning and PyTorch's order of operations
+ * (its _single_tensor_adam), for a parameter at its own step t (t >= 1, counted per tensor):
+ *   decoupled (AdamW):  param = param * (1 - lr * weight_decay)
+ *   g = maximize ? -grad : grad
+ *   not decoupled (Adam): g = g + weight_decay * param                       (coupled L2)
+ *   exp_avg     = lerp(exp_avg, g, 1 - beta1)
+ *   exp_avg_sq  = beta2 * exp_avg_sq + (1 - beta2) * g * g
+ *   amsgrad: max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq), used below instead of exp_avg_sq
+ *   param = param - lr / (1 - beta1^t) * exp_avg / (sqrt(exp_avg_sq) / sqrt(1 - beta2^t) + eps)
+ * Arithmetic is done in the element type; the per-tensor coefficients (lr / (1 - beta1^t),
+ * sqrt(1 - beta2^t), 1 - lr * weight_decay) are computed in double and rounded to it once. */
+typedef struct optim_adam_params {
+    double lr;           /* finite, >= 0 */
+    double beta1;        /* in [0, 1) */
+    double beta2;        /* in [0, 1) */
+    double eps;          /* finite, >= 0 */
+    double weight_decay; /* finite, >= 0 */
+    int32_t amsgrad;     /* 0 or 1 */
+    int32_t maximize;    /* 0 or 1 */
+    int32_t decoupled;   /* 0: Adam (coupled L2 decay), 1: AdamW (decoupled decay) */
+} optim_adam_params;
+
+/* Fills *params with PyTorch's Adam defaults (lr 1e-3, betas 0.9 and 0.999, eps 1e-8, everything
+ * else 0). Does nothing for NULL. */
+OPTIM_API void optim_adam_params_default(optim_adam_params* params);
+
+/* The tensors of one Adam step, in param-group order. Every array has `count` entries and is host
+ * memory; the data they point to is host memory for OPTIM_DEVICE_CPU and device memory of the named
+ * device for OPTIM_DEVICE_CUDA. Element i of params[k], grads[k], exp_avgs[k], exp_avg_sqs[k] and
+ * max_exp_avg_sqs[k] belong together. A tensor with numel 0 is allowed (its pointers may be NULL).
+ *
+ * params:          parameter data, updated in place.
+ * grads:           gradient data, read only.
+ * exp_avgs, exp_avg_sqs: the first and second moments, updated in place (zeros before a tensor's
+ *                  first step, as PyTorch creates them).
+ * max_exp_avg_sqs: the running maximum of exp_avg_sq, updated in place; entry k is used when tensor
+ *                  k's group has amsgrad. May be NULL (the array) when no group has.
+ * numels:          element count of each tensor.
+ * steps:           the step number t of this update of each tensor (>= 1): PyTorch's state["step"]
+ *                  after its increment. Counted per tensor, as PyTorch does, so a parameter whose
+ *                  first gradient arrives late starts its bias corrections at t = 1.
+ * group_index:     may be NULL (= every tensor is in group 0). Otherwise the param group of each
+ *                  tensor, in [0, n_groups) and non-decreasing. */
+typedef struct optim_adam_tensors {
+    int64_t count;
+    void* const* params;
+    const void* const* grads;
+    void* const* exp_avgs;
+    void* const* exp_avg_sqs;
+    void* const* max_exp_avg_sqs;
+    const int64_t* numels;
+    const int64_t* steps;
+    const int32_t* group_index;
+} optim_adam_tensors;
+
+/* One fused Adam/AdamW step over every tensor of `tensors`, each with the hyperparameters of its
+ * param group: groups[group_index[k]] for tensor k (n_groups >= 1 entries, host memory).
+ * device, device_index and dtype as for optim_sgd_step.
+ * Validation (of every group and every tensor, before anything is written): counts, group indices,
+ * NULL pointers, finite and non-negative lr, eps and weight_decay, betas in [0, 1), flags 0 or 1,
+ * steps >= 1, max_exp_avg_sqs present where a group has amsgrad, no array written passed twice for
+ * one tensor.
+ * CPU: one pass over memory (read p, g, m, v[, vmax]; write p, m, v[, vmax]); large calls are split
+ * over the worker pool in the fixed chunks of optim_sgd_step. Results never depend on the number of
+ * threads.
+ * CUDA: many tensors per launch, on the legacy default stream (stream 0), returns without waiting.
+ */
+OPTIM_API optim_status optim_adam_step(int32_t device, int32_t device_index, int32_t dtype,
+                                       const optim_adam_tensors* tensors, int32_t n_groups,
+                                       const optim_adam_params* groups);
+
 /* ---- Hypergradient descent ------------------------------------------------------------------- */
 
 /* SGD whose learning rate adapts online by hypergradient descent (Baydin et al., ICLR 2018;

@@ -97,6 +97,70 @@ void validate_sgd(const char* fn, int32_t device, const optim_tensor_list* t, in
     }
 }
 
+// Every group's hyperparameters (PyTorch's checks and messages), then every tensor and the group
+// order.
+void validate_adam(const char* fn, const optim_adam_tensors* t, int32_t n_groups,
+                   const optim_adam_params* groups)
+{
+    OPTIM_REQUIRE(groups != nullptr, fn, "groups is NULL");
+    OPTIM_REQUIRE(n_groups >= 1, fn, "n_groups must be >= 1, got " + std::to_string(n_groups));
+    for (int32_t g = 0; g < n_groups; ++g) {
+        const optim_adam_params& p = groups[g];
+        const auto where = [&] { return " (group " + std::to_string(g) + ")"; };
+        OPTIM_REQUIRE(std::isfinite(p.lr) && p.lr >= 0.0, fn,
+                      "invalid learning rate: " + num(p.lr) + where());
+        OPTIM_REQUIRE(std::isfinite(p.eps) && p.eps >= 0.0, fn,
+                      "invalid epsilon value: " + num(p.eps) + where());
+        OPTIM_REQUIRE(p.beta1 >= 0.0 && p.beta1 < 1.0, fn,
+                      "invalid beta parameter at index 0: " + num(p.beta1) + where());
+        OPTIM_REQUIRE(p.beta2 >= 0.0 && p.beta2 < 1.0, fn,
+                      "invalid beta parameter at index 1: " + num(p.beta2) + where());
+        OPTIM_REQUIRE(std::isfinite(p.weight_decay) && p.weight_decay >= 0.0, fn,
+                      "invalid weight_decay value: " + num(p.weight_decay) + where());
+        OPTIM_REQUIRE(p.amsgrad == 0 || p.amsgrad == 1, fn, "amsgrad must be 0 or 1" + where());
+        OPTIM_REQUIRE(p.maximize == 0 || p.maximize == 1, fn, "maximize must be 0 or 1" + where());
+        OPTIM_REQUIRE(p.decoupled == 0 || p.decoupled == 1, fn,
+                      "decoupled must be 0 or 1" + where());
+    }
+    OPTIM_REQUIRE(t != nullptr, fn, "tensors is NULL");
+    OPTIM_REQUIRE(t->count >= 0, fn,
+                  "tensors->count is negative (" + std::to_string(t->count) + ")");
+    if (t->count == 0) return;
+    OPTIM_REQUIRE(t->params && t->grads && t->exp_avgs && t->exp_avg_sqs && t->numels && t->steps,
+                  fn,
+                  "tensors->params, grads, exp_avgs, exp_avg_sqs, numels and steps must not be "
+                  "NULL");
+    OPTIM_REQUIRE(t->group_index != nullptr || n_groups == 1, fn,
+                  "tensors->group_index is NULL but n_groups is " + std::to_string(n_groups));
+    for (int64_t k = 0; k < t->count; ++k) {
+        const int32_t g = t->group_index ? t->group_index[k] : 0;
+        OPTIM_REQUIRE(g >= 0 && g < n_groups, fn,
+                      at(k) + ": group index " + std::to_string(g) + " is out of range");
+        OPTIM_REQUIRE(k == 0 || t->group_index == nullptr || g >= t->group_index[k - 1], fn,
+                      at(k) + ": tensors must be in param-group order");
+        OPTIM_REQUIRE(t->steps[k] >= 1, fn,
+                      at(k) + ": step must be >= 1 (the step count after this update), got " +
+                          std::to_string(t->steps[k]));
+        const int64_t n = t->numels[k];
+        OPTIM_REQUIRE(n >= 0, fn, at(k) + ": numel is negative (" + std::to_string(n) + ")");
+        if (n == 0) continue;
+        OPTIM_REQUIRE(t->params[k] != nullptr, fn, at(k) + ": parameter pointer is NULL");
+        OPTIM_REQUIRE(t->grads[k] != nullptr, fn, at(k) + ": gradient pointer is NULL");
+        OPTIM_REQUIRE(t->exp_avgs[k] != nullptr, fn, at(k) + ": exp_avg pointer is NULL");
+        OPTIM_REQUIRE(t->exp_avg_sqs[k] != nullptr, fn, at(k) + ": exp_avg_sq pointer is NULL");
+        const bool amsgrad = groups[g].amsgrad != 0;
+        if (amsgrad)
+            OPTIM_REQUIRE(t->max_exp_avg_sqs && t->max_exp_avg_sqs[k], fn,
+                          at(k) + ": max_exp_avg_sq pointer is NULL but its group has amsgrad");
+        const Array arrays[] = {{t->params[k], "parameter"},
+                                {t->exp_avgs[k], "exp_avg"},
+                                {t->exp_avg_sqs[k], "exp_avg_sq"},
+                                {amsgrad ? t->max_exp_avg_sqs[k] : nullptr, "max_exp_avg_sq"},
+                                {t->grads[k], "gradient"}};
+        require_unaliased(fn, k, arrays, 5, 4);
+    }
+}
+
 void validate_greedy_config(const char* fn, const optim_greedylr_config* c)
 {
     OPTIM_REQUIRE(c != nullptr, fn, "config is NULL");
@@ -271,6 +335,41 @@ OPTIM_API optim_status optim_sgd_step(int32_t device, int32_t device_index, int3
             cpu::sgd_step_f32(call);
         } else {
             cpu::sgd_step_f64(call);
+        }
+    });
+}
+
+OPTIM_API void optim_adam_params_default(optim_adam_params* params)
+{
+    if (!params) return;
+    *params = optim_adam_params{};
+    params->lr = 1e-3;
+    params->beta1 = 0.9;
+    params->beta2 = 0.999;
+    params->eps = 1e-8;
+}
+
+OPTIM_API optim_status optim_adam_step(int32_t device, int32_t device_index, int32_t dtype,
+                                       const optim_adam_tensors* tensors, int32_t n_groups,
+                                       const optim_adam_params* groups)
+{
+    static const char* fn = "optim_adam_step";
+    return guard(fn, [&] {
+        OPTIM_REQUIRE(device == OPTIM_DEVICE_CPU || device == OPTIM_DEVICE_CUDA, fn,
+                      "unknown device " + std::to_string(device));
+        if (dtype != OPTIM_DTYPE_FLOAT32 && dtype != OPTIM_DTYPE_FLOAT64)
+            fail(OPTIM_STATUS_UNSUPPORTED, std::string(fn) + ": unsupported dtype " +
+                                               std::to_string(dtype) +
+                                               " (only float32 and float64)");
+        validate_adam(fn, tensors, n_groups, groups);
+        if (tensors->count == 0) return;
+        const AdamCall call{tensors, n_groups, groups};
+        if (device == OPTIM_DEVICE_CUDA) {
+            cuda::adam_step(device_index, dtype, call);
+        } else if (dtype == OPTIM_DTYPE_FLOAT32) {
+            cpu::adam_step_f32(call);
+        } else {
+            cpu::adam_step_f64(call);
         }
     });
 }

@@ -20,6 +20,14 @@ struct SgdCall {
     int32_t group_of(int64_t k) const { return tensors->group_index ? tensors->group_index[k] : 0; }
 };
 
+// A validated Adam/AdamW step: the back ends may assume every check of optim_adam_step has passed.
+struct AdamCall {
+    const optim_adam_tensors* tensors;
+    int32_t n_groups;
+    const optim_adam_params* groups;
+    int32_t group_of(int64_t k) const { return tensors->group_index ? tensors->group_index[k] : 0; }
+};
+
 // A validated hypergradient step.
 struct HdCall {
     const optim_hd_tensors* tensors;
@@ -70,6 +78,8 @@ inline int64_t hd_rate_slot(int32_t scope, const optim_hd_tensors& t, int64_t k)
 namespace cpu {
 void sgd_step_f32(const SgdCall& call);
 void sgd_step_f64(const SgdCall& call);
+void adam_step_f32(const AdamCall& call);
+void adam_step_f64(const AdamCall& call);
 void hd_step_f32(const HdCall& call);
 void hd_step_f64(const HdCall& call);
 } // namespace cpu
@@ -80,6 +90,8 @@ bool compiled() noexcept;
 int device_count() noexcept;
 // Throws optim::Error with OPTIM_STATUS_CUDA_UNAVAILABLE when not compiled or no device.
 void sgd_step(int device_index, int32_t dtype, const SgdCall& call);
+// One Adam/AdamW step on the device (stream 0).
+void adam_step(int device_index, int32_t dtype, const AdamCall& call);
 // One hypergradient step on the device (stream 0, no host round trip).
 void hd_step(int device_index, int32_t dtype, const HdCall& call);
 // One GreedyLR evaluation on the device (one thread, stream 0).

@@ -41,6 +41,14 @@ public class AllocationTests
         Assert.That(AllocatedPerStep(() => opt.step()), Is.Zero);
     }
 
+    [TestCase(false)]
+    [TestCase(true)]
+    public void FusedAdamStep(bool decoupled)
+    {
+        using var opt = decoupled ? new FusedAdamW(Parameters(5), weight_decay: 1e-2, amsgrad: true) : new FusedAdam(Parameters(5), weight_decay: 1e-4);
+        Assert.That(AllocatedPerStep(() => opt.step()), Is.Zero);
+    }
+
     [TestCase(HypergradientScope.Global)]
     [TestCase(HypergradientScope.PerGroup)]
     [TestCase(HypergradientScope.PerTensor)]

@@ -25,6 +25,10 @@ public class AutogradVersionTests
             yield return new TestCaseData((Func<IEnumerable<Parameter>, torch.optim.Optimizer>)(p =>
                 new HypergradientSGD(p, 0.1, 1e-3, scope))).SetName($"HypergradientSGD {scope} plain");
         }
+        yield return new TestCaseData((Func<IEnumerable<Parameter>, torch.optim.Optimizer>)(p => new FusedAdam(p, 0.01, amsgrad: true)))
+            .SetName("FusedAdam amsgrad");
+        yield return new TestCaseData((Func<IEnumerable<Parameter>, torch.optim.Optimizer>)(p => new FusedAdamW(p, 0.01, weight_decay: 0.1)))
+            .SetName("FusedAdamW");
     }
 
     // saved = (w*w).sum(); (w*2).sum().backward(); step; saved.backward() — the reproduction.

@@ -1,6 +1,7 @@
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
+using static TorchSharp.torch.optim;
 
 namespace Optim.Tests;
 
@@ -28,12 +29,26 @@ public class BadInputTests
             yield return new Subject($"HypergradientSGD {scope}", p => new HypergradientSGD(p, 0.1, 1e-3, scope, momentum: 0.9),
                 g => new HypergradientSGD(g.Cast<HypergradientSGD.ParamGroup>(), 0.1, 1e-3, scope, momentum: 0.9), p => new HypergradientSGD.ParamGroup(p));
         }
+        yield return new Subject("FusedAdam", p => new FusedAdam(p, 0.01, weight_decay: 1e-2, amsgrad: true),
+            g => new FusedAdam(g.Cast<FusedAdam.ParamGroup>(), 0.01, weight_decay: 1e-2, amsgrad: true), p => new FusedAdam.ParamGroup(p));
+        yield return new Subject("FusedAdamW", p => new FusedAdamW(p, 0.01, weight_decay: 1e-2),
+            g => new FusedAdamW(g.Cast<FusedAdam.ParamGroup>(), 0.01, weight_decay: 1e-2), p => new FusedAdam.ParamGroup(p));
     }
 
+    private static bool IsAdam(Subject s) => s.Name.StartsWith("FusedAdam");
+
     /// <summary>A way to break a stepped optimizer: what to do, and the message (or null: the documented behaviour, no exception).</summary>
-    public sealed record Breakage(string Name, Action<Sequential, OptimizerHelper> Break, string? Message, Type? Exception = null)
+    public sealed record Breakage(string Name, Action<Sequential, OptimizerHelper> Break, string? Message, Type? Exception = null, Family For = Family.Any)
     {
         public override string ToString() => Name;
+    }
+
+    /// <summary>Which optimizers a breakage applies to (an option only one family has).</summary>
+    public enum Family
+    {
+        Any,
+        Sgd,
+        Adam,
     }
 
     private static Parameter Named(Sequential m, string name) => m.named_parameters().First(n => n.name == name).parameter;
@@ -55,17 +70,26 @@ public class BadInputTests
         yield return new("NaN learning rate", (_, o) => o.ParamGroups.First().LearningRate = double.NaN, "Invalid learning rate: NaN (param group 0)");
         yield return new("infinite learning rate", (_, o) => o.ParamGroups.First().LearningRate = double.PositiveInfinity,
             "Invalid learning rate: Infinity (param group 0)");
-        yield return new("negative momentum", (_, o) => Options(o, 1).momentum = -0.5, "Invalid momentum value: -0.5 (param group 1)");
-        yield return new("NaN weight decay", (_, o) => Options(o, 0).weight_decay = double.NaN, "Invalid weight_decay value: NaN (param group 0)");
-        yield return new("infinite dampening", (_, o) => Options(o, 0).dampening = double.NegativeInfinity, "Invalid dampening value: -Infinity (param group 0)");
+        yield return new("negative momentum", (_, o) => Options(o, 1).momentum = -0.5, "Invalid momentum value: -0.5 (param group 1)", For: Family.Sgd);
+        yield return new("NaN weight decay", (_, o) => Options(o, 0).weight_decay = double.NaN, "Invalid weight_decay value: NaN (param group 0)", For: Family.Sgd);
+        yield return new("infinite dampening", (_, o) => Options(o, 0).dampening = double.NegativeInfinity, "Invalid dampening value: -Infinity (param group 0)",
+            For: Family.Sgd);
         yield return new("Nesterov with dampening", (_, o) =>
         {
             Options(o, 1).nesterov = true;
             Options(o, 1).dampening = 0.5;
-        }, "Nesterov momentum requires a momentum and zero dampening (param group 1)");
+        }, "Nesterov momentum requires a momentum and zero dampening (param group 1)", For: Family.Sgd);
+        yield return new("beta1 of 1", (_, o) => AdamOptions(o, 1).beta1 = 1, "Invalid beta parameter at index 0: 1 (param group 1)", For: Family.Adam);
+        yield return new("NaN beta2", (_, o) => ((IBetas)o.ParamGroups.First()).Betas = (0.9, double.NaN), "Invalid beta parameter at index 1: NaN (param group 0)",
+            For: Family.Adam);
+        yield return new("negative eps", (_, o) => AdamOptions(o, 0).eps = -1e-8, "Invalid epsilon value: -1E-08 (param group 0)", For: Family.Adam);
+        yield return new("infinite Adam weight decay", (_, o) => AdamOptions(o, 1).weight_decay = double.PositiveInfinity,
+            "Invalid weight_decay value: Infinity (param group 1)", For: Family.Adam);
         yield return new("disposed parameter", (m, _) => Named(m, "fc2.bias").Dispose(), "parameter 1 of param group 1 has been disposed",
             typeof(ObjectDisposedException));
     }
+
+    private static FusedAdam.Options AdamOptions(OptimizerHelper o, int group) => (FusedAdam.Options)((TorchSharp.Modules.ParamGroup)o.ParamGroups.ElementAt(group)).Options;
 
     private static SgdOptionsBase Options(OptimizerHelper o, int group) => (SgdOptionsBase)((TorchSharp.Modules.ParamGroup)o.ParamGroups.ElementAt(group)).Options;
 
@@ -99,7 +123,10 @@ public class BadInputTests
     }
 
     private static IEnumerable<TestCaseData> StepCases() =>
-        from s in Subjects() from b in StepBreakages() select new TestCaseData(s, b).SetName($"{s.Name}: step with {b.Name}");
+        from s in Subjects()
+        from b in StepBreakages()
+        where b.For == Family.Any || (b.For == Family.Adam) == IsAdam(s)
+        select new TestCaseData(s, b).SetName($"{s.Name}: step with {b.Name}");
 
     [TestCaseSource(nameof(StepCases))]
     public void AStepWithBadInputNamesTheProblemAndChangesNothing(Subject subject, Breakage breakage)
@@ -126,7 +153,12 @@ public class BadInputTests
 
     private static byte[] StateTensorsOf(byte[] saved, OptimizerHelper optimizer)
     {
-        int options = optimizer is HypergradientSGD ? 8 * 5 + 2 + 16 : 8 * 5 + 2;
+        int options = optimizer switch
+        {
+            HypergradientSGD => 8 * 5 + 2 + 16,
+            FusedAdam => 8 * 6 + 2,
+            _ => 8 * 5 + 2,
+        };
         int start = 1 + saved[0] + 2 + options * optimizer.ParamGroups.Count();
         return saved[start..];
     }
@@ -154,7 +186,7 @@ public class BadInputTests
         }
         else
         {
-            // Documented: as torch.optim.SGD, the NaN reaches its own element and no other.
+            // Documented: as torch.optim.SGD and Adam, the NaN reaches its own element and no other.
             Assert.That(w[0, 0].isnan().item<bool>(), Is.True);
             Assert.That(w.isnan().sum().item<long>(), Is.EqualTo(1));
         }
@@ -192,6 +224,15 @@ public class BadInputTests
             new object[] { "HD integer parameter", (Func<object>)(() => new HypergradientSGD(integer, 0.1, 0)), typeof(ArgumentException), "has dtype Int32" },
             new object[] { "HD disposed parameter", (Func<object>)(() => new HypergradientSGD(new[] { disposed }, 0.1, 0)), typeof(ArgumentException), "is null or disposed" },
             new object[] { "GreedyLR null optimizer", (Func<object>)(() => new GreedyLR(null!)), typeof(ArgumentNullException), "optimizer" },
+            new object[] { "Adam null parameters", (Func<object>)(() => new FusedAdam((IEnumerable<Parameter>)null!)), typeof(ArgumentNullException), "parameters" },
+            new object[] { "Adam negative lr", (Func<object>)(() => new FusedAdam(p, -0.1)), typeof(ArgumentException), "Invalid learning rate: -0.1" },
+            new object[] { "Adam beta1 of 1", (Func<object>)(() => new FusedAdam(p, beta1: 1)), typeof(ArgumentException), "Invalid beta parameter at index 0: 1" },
+            new object[] { "Adam negative beta2", (Func<object>)(() => new FusedAdam(p, beta2: -0.5)), typeof(ArgumentException), "Invalid beta parameter at index 1: -0.5" },
+            new object[] { "Adam NaN eps", (Func<object>)(() => new FusedAdam(p, eps: double.NaN)), typeof(ArgumentException), "Invalid epsilon value: NaN" },
+            new object[] { "AdamW negative weight decay", (Func<object>)(() => new FusedAdamW(p, weight_decay: -1)), typeof(ArgumentException), "Invalid weight_decay value: -1" },
+            new object[] { "AdamW integer parameter", (Func<object>)(() => new FusedAdamW(integer)), typeof(ArgumentException), "has dtype Int32" },
+            new object[] { "AdamW bad group option", (Func<object>)(() => new FusedAdamW(new[] { new FusedAdam.ParamGroup(p, beta1: 2) })), typeof(ArgumentException),
+                "Invalid beta parameter at index 0: 2 (param group 0)" },
             new object[] { "GreedyLR unknown mode", (Func<object>)(() => new GreedyLR(new FusedSGD(p, 0.1), mode: "lowest")), typeof(ArgumentException), "mode 'lowest' is unknown" },
             new object[] { "GreedyLR factor 1", (Func<object>)(() => new GreedyLR(new FusedSGD(p, 0.1), factor: 1)), typeof(ArgumentException), "factor must be in (0, 1)" },
             new object[] { "GreedyLR NaN threshold", (Func<object>)(() => new GreedyLR(new FusedSGD(p, 0.1), threshold: double.NaN)), typeof(ArgumentException), "threshold must be finite" },
@@ -239,7 +280,27 @@ public class BadInputTests
         Assert.That(Saved(optimizer), Is.EqualTo(before));
     }
 
-    [TestCaseSource(nameof(Subjects))]
+    public static IEnumerable<Subject> SgdSubjects() => Subjects().Where(s => !IsAdam(s));
+
+    public static IEnumerable<Subject> AdamSubjects() => Subjects().Where(IsAdam);
+
+    [TestCaseSource(nameof(AdamSubjects))]
+    public void AnInvalidBetasSetterChangesNothing(Subject subject)
+    {
+        var (model, optimizer) = Stepped(subject);
+        using var _ = model;
+        using var __ = optimizer;
+        var before = Saved(optimizer);
+        var betas = (IBetas)optimizer;
+        foreach (var bad in new[] { (1.0, 0.9), (0.9, -0.1), (double.NaN, 0.9), (0.9, double.PositiveInfinity) })
+        {
+            var e = Assert.Throws<ArgumentException>(() => betas.Betas = bad);
+            Assert.That(e!.Message, Does.Contain("Invalid beta parameter at index"));
+            Assert.That(Saved(optimizer), Is.EqualTo(before));
+        }
+    }
+
+    [TestCaseSource(nameof(SgdSubjects))]
     public void AnInvalidMomentumSetterChangesNothing(Subject subject)
     {
         var (model, optimizer) = Stepped(subject);
@@ -265,13 +326,17 @@ public class BadInputTests
         void Load(byte[] data)
         {
             using var reader = new BinaryReader(new MemoryStream(data));
-            if (optimizer is FusedSGD f)
+            switch (optimizer)
             {
-                f.load_state_dict(reader);
-            }
-            else
-            {
-                ((HypergradientSGD)optimizer).load_state_dict(reader);
+                case FusedSGD f:
+                    f.load_state_dict(reader);
+                    break;
+                case FusedAdam a:
+                    a.load_state_dict(reader);
+                    break;
+                default:
+                    ((HypergradientSGD)optimizer).load_state_dict(reader);
+                    break;
             }
         }
         Assert.That(() => Load(Array.Empty<byte>()), Throws.TypeOf<InvalidDataException>().With.Message.Contains("ends before"));

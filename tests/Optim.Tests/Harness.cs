@@ -176,7 +176,10 @@ internal static class Harness
     public static Tensor FusedBuffer(FusedSGD opt, int index) =>
         FusedState(opt, index).momentum_buffer ?? throw new AssertionException($"FusedSGD has no momentum buffer for parameter {index}");
 
-    /// <summary>The state of parameter <paramref name="index"/> (in parameter order across groups) of a HypergradientSGD.</summary>
+    /// <summary>The state of parameter <paramref name="index"/> (in parameter order across groups) of a FusedAdam or FusedAdamW.</summary>
+    public static FusedAdam.State AdamState(FusedAdam opt, int index) => (FusedAdam.State)opt.state_dict().State[index];
+
+    /// <summary>The state of parameter <paramref name="index"/> of a HypergradientSGD.</summary>
     public static HypergradientSGD.State HdState(HypergradientSGD opt, int index) => (HypergradientSGD.State)opt.state_dict().State[index];
 
     /// <summary>
@@ -227,6 +230,16 @@ internal static class Harness
                     Assert.That(sa.tensor_rate, Is.EqualTo(se.tensor_rate), $"{what}: rate of tensor {i}");
                 }
                 Assert.That(a.TensorLearningRates(), Is.EqualTo(e.TensorLearningRates()), $"{what}: TensorLearningRates");
+                break;
+            case (FusedAdam a, FusedAdam e):
+                for (int i = 0; i < actualParams.Count; i++)
+                {
+                    FusedAdam.State sa = AdamState(a, i), se = AdamState(e, i);
+                    Assert.That(sa.step, Is.EqualTo(se.step), $"{what}: step of parameter {i}");
+                    AssertSame(sa.exp_avg, se.exp_avg, $"{what}: exp_avg {i}");
+                    AssertSame(sa.exp_avg_sq, se.exp_avg_sq, $"{what}: exp_avg_sq {i}");
+                    AssertSame(sa.max_exp_avg_sq, se.max_exp_avg_sq, $"{what}: max_exp_avg_sq {i}");
+                }
                 break;
             default:
                 Assert.Fail($"{what}: no state comparison for {actual.GetType().Name} and {expected.GetType().Name}");

@@ -15,6 +15,11 @@ public class PublicSurfaceTests
         var exported = typeof(FusedSGD).Assembly.GetExportedTypes().Select(t => t.FullName).Order(StringComparer.Ordinal).ToArray();
         Assert.That(exported, Is.EqualTo(new[]
         {
+            "Optim.FusedAdam",
+            "Optim.FusedAdam+Options",
+            "Optim.FusedAdam+ParamGroup",
+            "Optim.FusedAdam+State",
+            "Optim.FusedAdamW",
             "Optim.FusedOptimizer`2",
             "Optim.FusedSGD",
             "Optim.FusedSGD+Options",

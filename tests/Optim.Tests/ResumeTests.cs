@@ -7,7 +7,7 @@ namespace Optim.Tests;
 /// <summary>
 /// Resuming: train N steps, save the model's weights, the optimizer and the scheduler, load them into
 /// fresh objects, train M more steps: bitwise the state of N + M uninterrupted steps (parameters, every
-/// state tensor, every rate, HD's step counters, GreedyLR's whole state), for every optimizer
+/// state tensor, every rate, HD's and Adam's step counters, GreedyLR's whole state), for every optimizer
 /// configuration and for GreedyLR driving FusedSGD.
 /// </summary>
 [TestFixture]
@@ -52,6 +52,16 @@ public class ResumeTests
                 }, 0.05, beta, scope, momentum, weight_decay: 1e-3, nesterov: nesterov, rule: rule, lr_min: 1e-4, lr_max: 0.5));
             }
         }
+        yield return new Case("FusedAdam amsgrad", m => new FusedAdam(new[]
+        {
+            new FusedAdam.ParamGroup(Layer(m, "fc1")),
+            new FusedAdam.ParamGroup(Layer(m, "fc2"), lr: 0.003, beta1: 0.8),
+        }, 0.01, weight_decay: 1e-3, amsgrad: true));
+        yield return new Case("FusedAdamW", m => new FusedAdamW(new[]
+        {
+            new FusedAdam.ParamGroup(Layer(m, "fc1")),
+            new FusedAdam.ParamGroup(Layer(m, "fc2"), lr: 0.003, weight_decay: 0.1),
+        }, 0.01, weight_decay: 1e-2));
         yield return new Case("GreedyLR driving FusedSGD momentum", m => Fused(m, 0.9), GreedyLR: true);
     }
 

@@ -45,6 +45,8 @@ public class StateLoadTests
             yield return Case($"HypergradientSGD {scope} Nesterov", p => new HypergradientSGD(p, 0.05, 1e-3, scope, momentum: 0.9, nesterov: true,
                 rule: HypergradientRule.Normalized));
         }
+        yield return Case("FusedAdam amsgrad", p => new FusedAdam(p, 0.01, weight_decay: 1e-3, amsgrad: true));
+        yield return Case("FusedAdamW", p => new FusedAdamW(p, 0.01, beta1: 0.8, weight_decay: 1e-2, maximize: true));
     }
 
     private static TestCaseData Case(string name, Func<IEnumerable<Parameter>, OptimizerHelper> make) => new TestCaseData(make).SetName(name);
@@ -69,6 +71,9 @@ public class StateLoadTests
                 break;
             case HypergradientSGD h:
                 h.load_state_dict(reader);
+                break;
+            case FusedAdam a:
+                a.load_state_dict(reader);
                 break;
             default:
                 throw new ArgumentException(optimizer.GetType().Name);

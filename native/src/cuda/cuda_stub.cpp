@@ -21,6 +21,13 @@ void sgd_step(int, int32_t, const SgdCall&)
          "support (no CUDA compiler was found when it was built)");
 }
 
+void adam_step(int, int32_t, const AdamCall&)
+{
+    fail(OPTIM_STATUS_CUDA_UNAVAILABLE,
+         "optim_adam_step: CUDA tensors were given but this build of the optim library has no CUDA "
+         "support (no CUDA compiler was found when it was built)");
+}
+
 void hd_step(int, int32_t, const HdCall&)
 {
     fail(OPTIM_STATUS_CUDA_UNAVAILABLE,

@@ -1,0 +1,133 @@
+// The per-element Adam/AdamW update, written once and shared by the CPU loop (cpu/adam_cpu.cpp)
+// and the CUDA kernel (cuda/adam_cuda.cu). Any change to the update rule is made here and nowhere
+// else.
+#pragma once
+
+#include "sgd_math.hpp" // OPTIM_HOST_DEVICE
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+namespace optim {
+
+// Which optional parts of the update are active (compile-time, so the CPU loop vectorises without
+// branches; the CUDA kernel instantiates the same set).
+enum AdamFlags : unsigned {
+    kAdamWeightDecay = 1u << 0, // coupled L2: g += weight_decay * p (Adam)
+    kAdamDecoupled = 1u << 1,   // decoupled decay: p *= 1 - lr * weight_decay (AdamW)
+    kAdamAmsgrad = 1u << 2,
+    kAdamMaximize = 1u << 3,
+};
+
+// What the update of one tensor needs, rounded to the element type once per call. The bias
+// corrections depend on the tensor's own step count, so these are per tensor.
+template <typename T>
+struct AdamCoeffs {
+    T beta1_weight; // 1 - beta1: the weight of lerp(m, g, 1 - beta1)
+    T beta2;        // v = beta2 * v + (1 - beta2) * g * g
+    T one_minus_beta2;
+    T weight_decay; // coupled L2 (Adam)
+    T decay;        // 1 - lr * weight_decay (AdamW), rounded once as PyTorch's mul_ does
+    T step_size;    // lr / (1 - beta1^t)
+    T bc2_sqrt;     // sqrt(1 - beta2^t)
+    T eps;
+};
+
+// PyTorch's lerp(a, b, w): a + w * (b - a) for |w| < 0.5, else b - (b - a) * (1 - w).
+template <typename T>
+OPTIM_HOST_DEVICE T adam_lerp(T a, T b, T w)
+{
+    const T d = b - a;
+    return (w < T(0.5) && w > T(-0.5)) ? a + w * d : b - d * (T(1) - w);
+}
+
+template <typename T>
+OPTIM_HOST_DEVICE T adam_sqrt(T x)
+{
+#if defined(__CUDA_ARCH__)
+    return sqrt(x);
+#else
+    return std::sqrt(x);
+#endif
+}
+
+// PyTorch's single-tensor Adam/AdamW for one element, in its order of operations:
+//   AdamW: p *= 1 - lr * weight_decay
+//   g = maximize ? -grad : grad;  Adam: g += weight_decay * p
+//   m = lerp(m, g, 1 - beta1);  v = beta2 * v + (1 - beta2) * g * g
+//   amsgrad: vmax = max(vmax, v), and vmax replaces v below
+//   p -= step_size * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+template <typename T, unsigned Flags>
+OPTIM_HOST_DEVICE void adam_element(T& p, T grad, T& m, T& v, T& vmax, const AdamCoeffs<T>& c)
+{
+    if (Flags & kAdamDecoupled) p = p * c.decay;
+    T g = (Flags & kAdamMaximize) ? -grad : grad;
+    if (Flags & kAdamWeightDecay) g = g + c.weight_decay * p;
+    m = adam_lerp(m, g, c.beta1_weight);
+    v = c.beta2 * v + c.one_minus_beta2 * g * g;
+    T second = v;
+    if (Flags & kAdamAmsgrad) {
+        vmax = (v > vmax || v != v) ? v : vmax; // torch.maximum: a NaN in either propagates
+        second = vmax;
+    }
+    const T denom = adam_sqrt(second) / c.bc2_sqrt + c.eps;
+    p = p - c.step_size * m / denom;
+}
+
+// The coefficients of one tensor at step t (>= 1) of its group's hyperparameters, computed in
+// double as PyTorch computes its Python floats, then rounded to T.
+template <typename T>
+AdamCoeffs<T> adam_coeffs(double lr, double beta1, double beta2, double eps, double weight_decay,
+                          int64_t step)
+{
+    const double t = static_cast<double>(step);
+    AdamCoeffs<T> c;
+    c.beta1_weight = static_cast<T>(1.0 - beta1);
+    c.beta2 = static_cast<T>(beta2);
+    c.one_minus_beta2 = static_cast<T>(1.0 - beta2);
+    c.weight_decay = static_cast<T>(weight_decay);
+    c.decay = static_cast<T>(1.0 - lr * weight_decay);
+    c.step_size = static_cast<T>(lr / (1.0 - std::pow(beta1, t)));
+    c.bc2_sqrt = static_cast<T>(std::sqrt(1.0 - std::pow(beta2, t)));
+    c.eps = static_cast<T>(eps);
+    return c;
+}
+
+// The flags of one group's options.
+inline unsigned adam_flags(double weight_decay, bool decoupled, bool amsgrad, bool maximize)
+{
+    const unsigned wd = weight_decay != 0.0 ? (decoupled ? kAdamDecoupled : kAdamWeightDecay) : 0u;
+    return wd | (amsgrad ? kAdamAmsgrad : 0u) | (maximize ? kAdamMaximize : 0u);
+}
+
+// Calls fn(std::integral_constant<unsigned, F>{}) with the compile-time flags equal to `flags`, for
+// the 12 reachable combinations (coupled and decoupled decay exclude each other). Returns false for
+// any other value.
+template <class Fn>
+bool dispatch_adam_flags(unsigned flags, Fn&& fn)
+{
+    switch (flags) {
+#define OPTIM_FLAG_CASE(F)                                                                         \
+    case (F):                                                                                      \
+        fn(std::integral_constant<unsigned, (F)>{});                                               \
+        return true;
+        OPTIM_FLAG_CASE(0)
+        OPTIM_FLAG_CASE(kAdamWeightDecay)
+        OPTIM_FLAG_CASE(kAdamDecoupled)
+        OPTIM_FLAG_CASE(kAdamAmsgrad)
+        OPTIM_FLAG_CASE(kAdamWeightDecay | kAdamAmsgrad)
+        OPTIM_FLAG_CASE(kAdamDecoupled | kAdamAmsgrad)
+        OPTIM_FLAG_CASE(kAdamMaximize)
+        OPTIM_FLAG_CASE(kAdamWeightDecay | kAdamMaximize)
+        OPTIM_FLAG_CASE(kAdamDecoupled | kAdamMaximize)
+        OPTIM_FLAG_CASE(kAdamAmsgrad | kAdamMaximize)
+        OPTIM_FLAG_CASE(kAdamWeightDecay | kAdamAmsgrad | kAdamMaximize)
+        OPTIM_FLAG_CASE(kAdamDecoupled | kAdamAmsgrad | kAdamMaximize)
+#undef OPTIM_FLAG_CASE
+    default:
+        return false;
+    }
+}
+
+} // namespace optim
