@@ -1,5 +1,5 @@
-// The CPU path of the fused Adam/AdamW step: the fixed chunks of work_plan.hpp over every tensor of
-// every param group, spread over the worker pool, with the per-element math of adam_element() from
+// The CPU path of the fused Adam/AdamW step: WorkPlan's multi-tensor loop over the pieces of all
+// tensors of every param group, each piece updated by the per-element math of adam_element() from
 // adam_math.hpp (shared with the CUDA kernel). Each element is read and written once: 28 bytes per
 // fp32 element (read p, g, m, v; write p, m, v), 36 with amsgrad.
 #include "../adam_math.hpp"
@@ -52,21 +52,15 @@ void adam_step(const AdamCall& call)
     WorkPlan& plan = WorkPlan::for_this_thread();
     plan.build(t.numels, t.count);
     const AdamTensor<T>* A = tensors.data();
-    auto body = [&](int64_t chunk) {
-        plan.for_each_piece(chunk, [&](int64_t k, int64_t begin, int64_t len) {
-            const AdamTensor<T>& a = A[k];
-            T* p = static_cast<T*>(t.params[k]) + begin;
-            const T* g = static_cast<const T*>(t.grads[k]) + begin;
-            T* m = static_cast<T*>(t.exp_avgs[k]) + begin;
-            T* v = static_cast<T*>(t.exp_avg_sqs[k]) + begin;
-            T* vmax =
-                (a.flags & kAdamAmsgrad) ? static_cast<T*>(t.max_exp_avg_sqs[k]) + begin : nullptr;
-            dispatch_adam_flags(a.flags, [&](auto F) {
-                adam_range<T, decltype(F)::value>(p, g, m, v, vmax, len, a.c);
-            });
+    plan.parallel_for_pieces([&](const Piece& piece) {
+        const AdamTensor<T>& a = A[piece.tensor];
+        T* vmax = (a.flags & kAdamAmsgrad) ? piece.at<T>(t.max_exp_avg_sqs) : nullptr;
+        dispatch_adam_flags(a.flags, [&](auto F) {
+            adam_range<T, decltype(F)::value>(piece.at<T>(t.params), piece.at<const T>(t.grads),
+                                              piece.at<T>(t.exp_avgs), piece.at<T>(t.exp_avg_sqs),
+                                              vmax, piece.length, a.c);
         });
-    };
-    plan.parallel_for_chunks(body);
+    });
 }
 
 } // namespace
