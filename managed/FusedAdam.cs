@@ -165,6 +165,17 @@ public partial class FusedAdam : FusedOptimizer<FusedAdam.Options, FusedAdam.Sta
 
     private protected override void CheckGroupOptions(Options options, int group) => ValidateOptions(options, group);
 
+    private protected override void AddStateRecords(State state, HandleList records)
+    {
+        foreach (var t in (ReadOnlySpan<Tensor?>)[state.exp_avg, state.exp_avg_sq, state.max_exp_avg_sq])
+        {
+            if (t is not null)
+            {
+                records.Add(t.Handle);
+            }
+        }
+    }
+
     private protected override void GatherState(int k, ref TensorChecks checks, in TensorInfo parameter, State state, Options options, int group, int index)
     {
         var batch = Batch;
