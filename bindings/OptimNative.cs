@@ -64,7 +64,7 @@ internal struct SgdGroupParams
 internal static unsafe class OptimNative
 {
     /// <summary>The <c>OPTIM_ABI_VERSION</c> these bindings were written for.</summary>
-    public const int ExpectedAbiVersion = 4;
+    public const int ExpectedAbiVersion = 5;
 
     private static volatile bool s_checked;
     private static readonly object s_lock = new();
@@ -395,6 +395,7 @@ internal static unsafe class OptimNative
             NativeStatus.CudaUnavailable => new NotSupportedException(message),
             NativeStatus.OutOfMemory => new OutOfMemoryException(message),
             NativeStatus.CudaError => new OptimNativeException(NativeStatus.CudaError, message),
+            NativeStatus.MpiError => new OptimNativeException(NativeStatus.MpiError, message),
             _ => new OptimNativeException((NativeStatus)status, $"{message} (status {status})"),
         };
     }

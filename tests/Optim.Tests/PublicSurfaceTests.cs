@@ -15,6 +15,9 @@ public class PublicSurfaceTests
         var exported = typeof(FusedSGD).Assembly.GetExportedTypes().Select(t => t.FullName).Order(StringComparer.Ordinal).ToArray();
         Assert.That(exported, Is.EqualTo(new[]
         {
+            "Optim.Distributed.DataParallel",
+            "Optim.Distributed.ProcessGroup",
+            "Optim.Distributed.ReduceOp",
             "Optim.FusedOptimizer`2",
             "Optim.FusedSGD",
             "Optim.FusedSGD+Options",
