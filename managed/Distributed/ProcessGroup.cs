@@ -96,6 +96,10 @@ public sealed class ProcessGroup : IDisposable
                 // collective (and its own Dispose waiting in MPI_Finalize for them).
                 AppDomain.CurrentDomain.UnhandledException += (_, e) =>
                 {
+                    if (s_current is not { UsesMpi: true })
+                    {
+                        return; // the job was left (disposed): nothing waits for this rank
+                    }
                     Console.Error.WriteLine($"Optim: rank {rank} of {size} ends the MPI job: unhandled {e.ExceptionObject}");
                     Console.Error.Flush();
                     MpiNative.Abort(1);

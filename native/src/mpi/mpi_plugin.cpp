@@ -123,7 +123,9 @@ void bucketed(int32_t dtype, const optim_comm_tensors& tensors, int64_t bucket_b
               Collective&& collective, Pack&& pack, Unpack&& unpack)
 {
     const int64_t element = dtype == OPTIM_DTYPE_FLOAT64 ? 8 : 4;
-    const int64_t capacity = std::max<int64_t>(1, bucket_bytes / element);
+    // A bucket's element count goes to MPI as an int.
+    const int64_t capacity =
+        std::min<int64_t>(INT_MAX, std::max<int64_t>(1, bucket_bytes / element));
     struct Slot {
         int64_t tensor, position;
     };
