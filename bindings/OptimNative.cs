@@ -420,6 +420,7 @@ internal static unsafe class OptimNative
             NativeStatus.CudaUnavailable => new NotSupportedException(message),
             NativeStatus.OutOfMemory => new OutOfMemoryException(message),
             NativeStatus.CudaError => new OptimNativeException(NativeStatus.CudaError, message),
+            NativeStatus.MpiError => new OptimNativeException(NativeStatus.MpiError, message),
             _ => new OptimNativeException((NativeStatus)status, $"{message} (status {status})"),
         };
     }

@@ -17,11 +17,13 @@ public enum NativeStatus
     OutOfMemory = 5,
     /// <summary>A bug in the native library.</summary>
     Internal = 6,
+    /// <summary>MPI reported an error (a peer died, a network failure, ...).</summary>
+    MpiError = 7,
 }
 
 /// <summary>
 /// A failure of the native library that is not a caller's mistake: a CUDA runtime error or an internal
-/// error. Invalid arguments surface as <see cref="ArgumentException"/>, unsupported dtypes and missing
+/// error, or an MPI error. Invalid arguments surface as <see cref="ArgumentException"/>, unsupported dtypes and missing
 /// CUDA support as <see cref="NotSupportedException"/>.
 /// </summary>
 public sealed class OptimNativeException : Exception

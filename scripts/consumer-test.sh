@@ -56,7 +56,10 @@ nupkg=$packages/Optim.$version.nupkg
 echo "package contents ($nupkg):"
 unzip -l "$nupkg" | sed 's/^/  /'
 listing=$(unzip -Z1 "$nupkg" | grep -vE '^(_rels/|\[Content_Types\]\.xml|package/services/)' | sort | tr '\n' ' ')
-expected="Optim.nuspec README.md buildTransitive/Optim.targets lib/net10.0/Optim.dll lib/net10.0/Optim.xml runtimes/linux-x64/native/libOptim.Native.so "
+expected="Optim.nuspec README.md buildTransitive/Optim.targets lib/net10.0/Optim.dll lib/net10.0/Optim.xml runtimes/linux-x64/native/libOptim.Native.so"
+# The MPI plugin ships next to the library when the build found MPI (docs/distributed.md).
+if [ -f artifacts/native/lib/libOptim.Native.Mpi.so ]; then expected="$expected runtimes/linux-x64/native/libOptim.Native.Mpi.so"; fi
+expected=$(printf '%s\n' $expected | sort | tr '\n' ' ')
 if [ "$listing" = "$expected" ]; then pass "contents: assembly, XML docs, native library, buildTransitive fix, README"; else fail "contents: got $listing, expected $expected"; fi
 
 mkdir -p "$work/unpacked" && unzip -q "$nupkg" -d "$work/unpacked"

@@ -4,7 +4,8 @@
 # libFuzzer runtimes, Debian's CUDA toolkit (to compile the CUDA kernels; no GPU needed;
 # OPTIM_SKIP_CUDA=1 skips it) and Debian's CPU build of PyTorch (python3-torch, for the test of the
 # C ABI against torch.optim.SGD; OPTIM_SKIP_TORCH=1 skips it, and that test is then reported as
-# skipped). Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
+# skipped) and Open MPI (openmpi-bin, libopenmpi-dev: the data-parallel layer and its checks;
+# OPTIM_SKIP_MPI=1 skips it). Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
 # The .NET 10 SDK must already be installed (https://dotnet.microsoft.com/download).
 set -euo pipefail
 
@@ -23,6 +24,9 @@ command -v clang-format >/dev/null || need+=(clang-format)
 command -v unzip >/dev/null || need+=(unzip)
 command -v openssl >/dev/null || need+=(openssl)
 [ "${OPTIM_SKIP_CUDA:-0}" = "1" ] || command -v nvcc >/dev/null || need+=(nvidia-cuda-toolkit)
+# Open MPI: the MPI plugin's build and the data-parallel checks under mpirun (docs/distributed.md).
+[ "${OPTIM_SKIP_MPI:-0}" = "1" ] || command -v mpirun >/dev/null || need+=(openmpi-bin)
+[ "${OPTIM_SKIP_MPI:-0}" = "1" ] || command -v mpicc >/dev/null || need+=(libopenmpi-dev)
 [ "${OPTIM_SKIP_TORCH:-0}" = "1" ] || "$(dirname "$0")/find-torch-python" >/dev/null || need+=(python3-torch)
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -3,8 +3,8 @@
 # the GPU check's dry run, the CMake rules), the native suites again under AddressSanitizer +
 # UndefinedBehaviorSanitizer and the concurrency suite under ThreadSanitizer, a bounded libFuzzer run
 # over the C ABI, the C ABI against torch.optim.SGD on the CPU (when a Python can import torch),
-# scripts/gpu-check.sh's build and loud failure without a GPU, the NUnit suite (dotnet test), and the
-# consumer test (scripts/consumer-test.sh: the package, packed and used from a fresh project outside
+# scripts/gpu-check.sh's build and loud failure without a GPU, the NUnit suite (dotnet test), the
+# data-parallel checks on 2 MPI ranks (tests/Optim.MpiTests under mpirun), and the consumer test (scripts/consumer-test.sh: the package, packed and used from a fresh project outside
 # the repository, and the examples built against it). Ends with one line of totals:
 # "N passed, N failed, N skipped".
 #   OPTIM_CUDA=ON|AUTO|OFF   whether the CUDA kernels must be compiled (default AUTO; CI uses ON)
@@ -184,6 +184,46 @@ else
   failed=$((failed + 1))
 fi
 [ $dotnet_rc -eq 0 ] || status=1
+
+# Data parallelism over MPI: 2 ranks on loopback, each printing PASS/FAIL lines (one per check and
+# rank); then a rank that throws and a rank that is killed must each end the job with an error
+# within the time limit (docs/distributed.md).
+step "distributed: 2 MPI ranks on loopback (tests/Optim.MpiTests under mpirun)"
+mpi_dll=tests/Optim.MpiTests/bin/Release/net10.0/Optim.MpiTests.dll
+mpirun_lo=(mpirun --allow-run-as-root --oversubscribe -np 2 --mca btl self,vader,tcp --mca btl_tcp_if_include lo)
+if ! command -v mpirun >/dev/null; then
+  echo "skipped: no mpirun (Debian: apt-get install openmpi-bin libopenmpi-dev, as scripts/setup.sh does)"
+  skipped=$((skipped + 1))
+elif [ ! -f "$build/lib/libOptim.Native.Mpi.so" ]; then
+  echo "skipped: $build has no MPI plugin (CMake found no MPI: apt-get install libopenmpi-dev, then reconfigure)"
+  skipped=$((skipped + 1))
+elif ! dotnet build tests/Optim.MpiTests -c Release >"$log/mpi-build.log" 2>&1; then
+  grep -E "error" "$log/mpi-build.log" | head -n 20; fail_step
+else
+  timeout 600 "${mpirun_lo[@]}" dotnet "$mpi_dll" checks >"$log/mpi-checks.log" 2>&1
+  mpi_rc=$?
+  grep -E "^(FAIL|rank [0-9]+:)" "$log/mpi-checks.log"
+  mpi_pass=$(grep -c "^PASS" "$log/mpi-checks.log")
+  mpi_fail=$(grep -c "^FAIL" "$log/mpi-checks.log")
+  echo "mpi checks: $mpi_pass passed, $mpi_fail failed (rank lines; exit status $mpi_rc)"
+  passed=$((passed + mpi_pass)); failed=$((failed + mpi_fail))
+  if [ $mpi_rc -ne 0 ] || [ "$mpi_pass" -eq 0 ]; then
+    [ "$mpi_fail" -gt 0 ] || { tail -n 20 "$log/mpi-checks.log"; failed=$((failed + 1)); }
+    status=1
+  fi
+  for mode in fault kill; do
+    mpi_start=$SECONDS
+    timeout 120 "${mpirun_lo[@]}" dotnet "$mpi_dll" "$mode" >"$log/mpi-$mode.log" 2>&1
+    mpi_rc=$?
+    if [ $mpi_rc -ne 0 ] && [ $mpi_rc -ne 124 ]; then
+      echo "ok: $mode on rank 1 ended the job with exit status $mpi_rc after $((SECONDS - mpi_start)) s"
+      passed=$((passed + 1))
+    else
+      echo "FAILED: $mode on rank 1: exit status $mpi_rc after $((SECONDS - mpi_start)) s (124: still running at 120 s); see $log/mpi-$mode.log"
+      fail_step
+    fi
+  done
+fi
 
 step "package: consumer test (scripts/consumer-test.sh)"
 # Its own totals line is read from the log, not echoed: the totals below stay the only such line.

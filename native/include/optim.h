@@ -64,7 +64,8 @@ enum {
     OPTIM_STATUS_CUDA_UNAVAILABLE = 3, /* built without CUDA, or no CUDA device present */
     OPTIM_STATUS_CUDA_ERROR = 4,       /* the CUDA runtime reported an error */
     OPTIM_STATUS_OUT_OF_MEMORY = 5,
-    OPTIM_STATUS_INTERNAL = 6 /* a bug: please report the message */
+    OPTIM_STATUS_INTERNAL = 6, /* a bug: please report the message */
+    OPTIM_STATUS_MPI_ERROR = 7 /* MPI reported an error (a peer died, a network failure, ...) */
 };
 
 /* ---- Element types and devices --------------------------------------------------------------- */
@@ -435,6 +436,91 @@ OPTIM_API optim_status optim_greedylr_step(int32_t device, int32_t device_index,
  * not loaded, and OPTIM_STATUS_INVALID_ARGUMENT (naming the tensor) when LibTorch refuses, e.g. for
  * an inference tensor outside inference mode; the tensors before it were bumped. */
 OPTIM_API optim_status optim_torch_bump_versions(void* const* tensors, int64_t count);
+
+/* ---- Data parallelism over MPI --------------------------------------------------------------- */
+
+/* Collectives for data-parallel training (docs/distributed.md): every rank of an MPI job (launched
+ * with mpirun) holds a replica of the model; parameters are broadcast once, gradients are averaged
+ * after each backward pass, and small scalar vectors (metrics, flags) are reduced so that every
+ * rank takes the same decisions.
+ *
+ * Build and loading: MPI lives in a plugin, libOptim.Native.Mpi.so, built next to this library
+ * when CMake finds MPI (find_package(MPI COMPONENTS C)); only the plugin links libmpi, so this
+ * library loads on machines without MPI. optim_mpi_compiled() says whether the plugin was built.
+ * The first optim_mpi_* call loads it (from this library's directory); without it, or when it or
+ * libmpi cannot be loaded, every call returns OPTIM_STATUS_UNSUPPORTED saying why.
+ *
+ * Communicator: optim_mpi_init initialises MPI if nobody has (MPI_Init_thread asking for
+ * MPI_THREAD_SERIALIZED; an application that initialised MPI itself keeps it) and duplicates
+ * MPI_COMM_WORLD, with errors returned instead of aborting: every call below works on that
+ * duplicate, so the library's messages never mix with the application's own MPI traffic.
+ * optim_mpi_finalize frees it, and calls MPI_Finalize only if optim_mpi_init called
+ * MPI_Init_thread.
+ *
+ * Collectives: every rank must make the same calls in the same order with lists of the same shape
+ * (counts, numels, dtype, bucket size); a mismatch is not detected and hangs or corrupts, as in
+ * MPI. OPTIM_STATUS_MPI_ERROR means MPI failed (a peer died, ...): the tensors of that call hold
+ * unspecified values and the job should stop. Under mpirun a rank that exits early makes mpirun
+ * end the others (docs/distributed.md, Faults).
+ *
+ * Memory: host memory only. OPTIM_DEVICE_CUDA returns OPTIM_STATUS_UNSUPPORTED: a CUDA-aware path
+ * is not written yet. The library keeps one packing buffer of up to bucket_bytes between calls
+ * (freed by optim_mpi_finalize); it never takes ownership of caller memory.
+ *
+ * Thread safety: calls may come from any thread; the library serialises them (one collective at a
+ * time per process). */
+enum {
+    OPTIM_REDUCE_SUM = 0,
+    OPTIM_REDUCE_MEAN = 1, /* the sum divided by the number of ranks, in the element type */
+    OPTIM_REDUCE_MAX = 2,
+    OPTIM_REDUCE_MIN = 3
+};
+
+/* The tensors of one collective: count dense, contiguous arrays of one dtype (host arrays).
+ * A tensor with numel 0 is allowed (its pointer may be NULL). */
+typedef struct optim_comm_tensors {
+    int64_t count;
+    void* const* data;
+    const int64_t* numels;
+} optim_comm_tensors;
+
+/* 1 if the MPI plugin was built with this library, 0 otherwise. Never fails. */
+OPTIM_API int32_t optim_mpi_compiled(void);
+
+/* Joins the job: *rank and *size of MPI_COMM_WORLD (host memory, not NULL). Idempotent. Fails after
+ * optim_mpi_finalize (MPI cannot be initialised twice in a process). */
+OPTIM_API optim_status optim_mpi_init(int32_t* rank, int32_t* size);
+
+/* Leaves the job (see Communicator above). Collective: every rank calls it. A no-op when not
+ * joined.
+ */
+OPTIM_API optim_status optim_mpi_finalize(void);
+
+/* Ends the whole job now (MPI_Abort on MPI_COMM_WORLD with error_code; mpirun then stops every
+ * rank and exits with an error): for a rank that cannot go on, so that the others do not wait in a
+ * collective for it. Callable from any thread, also while another thread is inside a collective.
+ * Returns (OPTIM_STATUS_MPI_ERROR) only when MPI is not initialised or could not abort. */
+OPTIM_API optim_status optim_mpi_abort(int32_t error_code);
+
+/* Copies every tensor of `tensors` from rank `root` to every other rank, in place. Tensors smaller
+ * than bucket_bytes are packed into buckets of at most bucket_bytes (one MPI_Bcast per bucket);
+ * larger ones are sent in place. dtype: OPTIM_DTYPE_FLOAT32 or _FLOAT64. bucket_bytes >= 8.
+ * Checked before any communication: the device, dtype, NULL pointers, counts, the root. */
+OPTIM_API optim_status optim_mpi_broadcast(int32_t device, int32_t dtype,
+                                           const optim_comm_tensors* tensors, int32_t root,
+                                           int64_t bucket_bytes);
+
+/* Reduces every tensor of `tensors` element-wise across ranks, in place, with `op`
+ * (OPTIM_REDUCE_*): on return every rank holds the result. Buckets as optim_mpi_broadcast's
+ * (one MPI_Allreduce per bucket). OPTIM_REDUCE_MEAN divides the sum by the number of ranks. A
+ * non-finite element on any rank makes that element non-finite on every rank (sum and mean). */
+OPTIM_API optim_status optim_mpi_allreduce(int32_t device, int32_t dtype,
+                                           const optim_comm_tensors* tensors, int32_t op,
+                                           int64_t bucket_bytes);
+
+/* Reduces `count` doubles (host memory) across ranks in place with `op` (OPTIM_REDUCE_*): a
+ * metric's mean, a flag's maximum. count in [0, 2^31). */
+OPTIM_API optim_status optim_mpi_allreduce_scalars(double* values, int64_t count, int32_t op);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -266,6 +266,8 @@ OPTIM_API const char* optim_status_name(optim_status status)
         return "OPTIM_STATUS_OUT_OF_MEMORY";
     case OPTIM_STATUS_INTERNAL:
         return "OPTIM_STATUS_INTERNAL";
+    case OPTIM_STATUS_MPI_ERROR:
+        return "OPTIM_STATUS_MPI_ERROR";
     default:
         return "OPTIM_STATUS_UNKNOWN";
     }

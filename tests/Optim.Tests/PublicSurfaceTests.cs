@@ -15,6 +15,9 @@ public class PublicSurfaceTests
         var exported = typeof(FusedSGD).Assembly.GetExportedTypes().Select(t => t.FullName).Order(StringComparer.Ordinal).ToArray();
         Assert.That(exported, Is.EqualTo(new[]
         {
+            "Optim.Distributed.DataParallel",
+            "Optim.Distributed.ProcessGroup",
+            "Optim.Distributed.ReduceOp",
             "Optim.FusedAdam",
             "Optim.FusedAdam+Options",
             "Optim.FusedAdam+ParamGroup",

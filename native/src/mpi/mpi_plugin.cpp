@@ -1,0 +1,303 @@
+// libOptim.Native.Mpi.so: the MPI collectives of optim.h's "Data parallelism over MPI" section, the
+// only code that links libmpi (mpi_plugin.h says why). Arguments arrive checked by mpi_api.cpp.
+#include "mpi_plugin.h"
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <new>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct PluginError {
+    optim_status status;
+    std::string message;
+};
+
+[[noreturn]] void mpi_failed(const char* call, int code)
+{
+    char text[MPI_MAX_ERROR_STRING];
+    int length = 0;
+    if (MPI_Error_string(code, text, &length) != MPI_SUCCESS) length = 0;
+    throw PluginError{OPTIM_STATUS_MPI_ERROR,
+                      std::string(call) + " failed: " + std::string(text, size_t(length))};
+}
+
+#define OPTIM_MPI_CALL(call)                                                                       \
+    do {                                                                                           \
+        int optim_mpi_code = (call);                                                               \
+        if (optim_mpi_code != MPI_SUCCESS) mpi_failed(#call, optim_mpi_code);                      \
+    } while (0)
+
+// Everything below is guarded by g_mutex: calls into MPI are serialised, so MPI_THREAD_SERIALIZED
+// is enough whichever threads call.
+std::mutex g_mutex;
+MPI_Comm g_comm = MPI_COMM_NULL; // a duplicate of MPI_COMM_WORLD that returns its errors
+bool g_we_initialised = false;
+int g_rank = 0;
+int g_size = 1;
+std::vector<unsigned char> g_bucket; // the packing buffer, kept between calls
+
+void require_initialised(const char* function)
+{
+    if (g_comm == MPI_COMM_NULL)
+        throw PluginError{OPTIM_STATUS_INVALID_ARGUMENT,
+                          std::string(function) + ": call optim_mpi_init first"};
+}
+
+template <class Body>
+optim_status boundary(char* message, int64_t capacity, Body&& body) noexcept
+{
+    std::string text;
+    optim_status status = OPTIM_STATUS_OK;
+    try {
+        std::lock_guard<std::mutex> lock(g_mutex);
+        body();
+        return OPTIM_STATUS_OK;
+    } catch (const PluginError& e) {
+        status = e.status;
+        try {
+            text = e.message;
+        } catch (...) {
+        }
+    } catch (const std::bad_alloc&) {
+        status = OPTIM_STATUS_OUT_OF_MEMORY;
+        text = "";
+    } catch (...) {
+        status = OPTIM_STATUS_INTERNAL;
+    }
+    if (message != nullptr && capacity > 0) {
+        size_t n = std::min(text.size(), size_t(capacity - 1));
+        std::memcpy(message, text.data(), n);
+        message[n] = '\0';
+    }
+    return status;
+}
+
+MPI_Datatype mpi_type(int32_t dtype)
+{
+    return dtype == OPTIM_DTYPE_FLOAT64 ? MPI_DOUBLE : MPI_FLOAT;
+}
+
+MPI_Op mpi_op(int32_t op)
+{
+    switch (op) {
+    case OPTIM_REDUCE_MAX:
+        return MPI_MAX;
+    case OPTIM_REDUCE_MIN:
+        return MPI_MIN;
+    default:
+        return MPI_SUM; // OPTIM_REDUCE_SUM, and OPTIM_REDUCE_MEAN before its division
+    }
+}
+
+// Divides n elements by the number of ranks, in the element type (the mean of a sum).
+template <class T>
+void divide_by_size(T* data, int64_t n)
+{
+    const T size = T(g_size);
+    for (int64_t i = 0; i < n; ++i) data[i] /= size;
+}
+
+void divide_by_size(int32_t dtype, void* data, int64_t n)
+{
+    if (dtype == OPTIM_DTYPE_FLOAT64)
+        divide_by_size(static_cast<double*>(data), n);
+    else
+        divide_by_size(static_cast<float*>(data), n);
+}
+
+// One collective over the tensors of a list: tensors smaller than a bucket are packed into the
+// bucket buffer (one collective per full bucket), larger ones are handed to MPI in place, in pieces
+// MPI's int counts can hold. Every rank makes the same sequence of calls from the same list shape.
+// `collective(buffer, n)` runs on n elements; `pack(k, offset, n, dst)` and `unpack(...)` move
+// tensor k's elements [offset, offset + n) into and out of the bucket.
+template <class Collective, class Pack, class Unpack>
+void bucketed(int32_t dtype, const optim_comm_tensors& tensors, int64_t bucket_bytes,
+              Collective&& collective, Pack&& pack, Unpack&& unpack)
+{
+    const int64_t element = dtype == OPTIM_DTYPE_FLOAT64 ? 8 : 4;
+    // A bucket's element count goes to MPI as an int.
+    const int64_t capacity =
+        std::min<int64_t>(INT_MAX, std::max<int64_t>(1, bucket_bytes / element));
+    struct Slot {
+        int64_t tensor, position;
+    };
+    std::vector<Slot> slots;
+    int64_t fill = 0;
+    auto flush = [&] {
+        if (fill == 0) return;
+        collective(g_bucket.data(), fill);
+        for (const Slot& slot : slots)
+            unpack(slot.tensor, g_bucket.data() + slot.position * element);
+        slots.clear();
+        fill = 0;
+    };
+    for (int64_t k = 0; k < tensors.count; ++k) {
+        const int64_t n = tensors.numels[k];
+        if (n == 0) continue;
+        if (n >= capacity) {
+            auto* data = static_cast<unsigned char*>(tensors.data[k]);
+            for (int64_t done = 0; done < n;) {
+                const int64_t piece = std::min<int64_t>(n - done, INT_MAX);
+                collective(data + done * element, piece);
+                done += piece;
+            }
+            continue;
+        }
+        if (fill + n > capacity) flush();
+        if (g_bucket.size() < size_t(capacity * element))
+            g_bucket.resize(size_t(capacity * element));
+        pack(k, g_bucket.data() + fill * element);
+        slots.push_back({k, fill});
+        fill += n;
+    }
+    flush();
+}
+
+optim_status plugin_init(int32_t* rank, int32_t* size, char* message, int64_t capacity)
+{
+    return boundary(message, capacity, [&] {
+        if (g_comm == MPI_COMM_NULL) {
+            int finalized = 0;
+            OPTIM_MPI_CALL(MPI_Finalized(&finalized));
+            if (finalized)
+                throw PluginError{OPTIM_STATUS_INVALID_ARGUMENT,
+                                  "optim_mpi_init: MPI was finalized in this process; it cannot "
+                                  "be initialised again"};
+            int initialised = 0;
+            OPTIM_MPI_CALL(MPI_Initialized(&initialised));
+            if (!initialised) {
+                int provided = 0;
+                OPTIM_MPI_CALL(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided));
+                g_we_initialised = true;
+            }
+            MPI_Comm comm = MPI_COMM_NULL;
+            OPTIM_MPI_CALL(MPI_Comm_dup(MPI_COMM_WORLD, &comm));
+            OPTIM_MPI_CALL(MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN));
+            OPTIM_MPI_CALL(MPI_Comm_rank(comm, &g_rank));
+            OPTIM_MPI_CALL(MPI_Comm_size(comm, &g_size));
+            g_comm = comm;
+        }
+        *rank = g_rank;
+        *size = g_size;
+    });
+}
+
+optim_status plugin_finalize(char* message, int64_t capacity)
+{
+    return boundary(message, capacity, [&] {
+        if (g_comm == MPI_COMM_NULL) return;
+        OPTIM_MPI_CALL(MPI_Comm_free(&g_comm));
+        g_comm = MPI_COMM_NULL;
+        std::vector<unsigned char>().swap(g_bucket);
+        if (g_we_initialised) {
+            g_we_initialised = false;
+            OPTIM_MPI_CALL(MPI_Finalize());
+        }
+    });
+}
+
+optim_status plugin_broadcast(int32_t dtype, const optim_comm_tensors* tensors, int32_t root,
+                              int64_t bucket_bytes, char* message, int64_t capacity)
+{
+    return boundary(message, capacity, [&] {
+        require_initialised("optim_mpi_broadcast");
+        if (root >= g_size)
+            throw PluginError{OPTIM_STATUS_INVALID_ARGUMENT,
+                              "optim_mpi_broadcast: root " + std::to_string(root) +
+                                  " is not a rank (the job has " + std::to_string(g_size) +
+                                  " ranks)"};
+        const size_t element = dtype == OPTIM_DTYPE_FLOAT64 ? 8 : 4;
+        const bool is_root = g_rank == root;
+        bucketed(
+            dtype, *tensors, bucket_bytes,
+            [&](void* buffer, int64_t n) {
+                OPTIM_MPI_CALL(MPI_Bcast(buffer, int(n), mpi_type(dtype), root, g_comm));
+            },
+            [&](int64_t k, unsigned char* dst) {
+                if (is_root)
+                    std::memcpy(dst, tensors->data[k], size_t(tensors->numels[k]) * element);
+            },
+            [&](int64_t k, const unsigned char* src) {
+                if (!is_root)
+                    std::memcpy(tensors->data[k], src, size_t(tensors->numels[k]) * element);
+            });
+    });
+}
+
+optim_status plugin_allreduce(int32_t dtype, const optim_comm_tensors* tensors, int32_t op,
+                              int64_t bucket_bytes, char* message, int64_t capacity)
+{
+    return boundary(message, capacity, [&] {
+        require_initialised("optim_mpi_allreduce");
+        const size_t element = dtype == OPTIM_DTYPE_FLOAT64 ? 8 : 4;
+        const bool mean = op == OPTIM_REDUCE_MEAN;
+        bucketed(
+            dtype, *tensors, bucket_bytes,
+            [&](void* buffer, int64_t n) {
+                OPTIM_MPI_CALL(MPI_Allreduce(MPI_IN_PLACE, buffer, int(n), mpi_type(dtype),
+                                             mpi_op(op), g_comm));
+                // In place on a large tensor: divide here; bucketed elements are divided on unpack.
+                if (mean && buffer != static_cast<void*>(g_bucket.data()))
+                    divide_by_size(dtype, buffer, n);
+            },
+            [&](int64_t k, unsigned char* dst) {
+                std::memcpy(dst, tensors->data[k], size_t(tensors->numels[k]) * element);
+            },
+            [&](int64_t k, const unsigned char* src) {
+                std::memcpy(tensors->data[k], src, size_t(tensors->numels[k]) * element);
+                if (mean) divide_by_size(dtype, tensors->data[k], tensors->numels[k]);
+            });
+    });
+}
+
+optim_status plugin_allreduce_scalars(double* values, int64_t count, int32_t op, char* message,
+                                      int64_t capacity)
+{
+    return boundary(message, capacity, [&] {
+        require_initialised("optim_mpi_allreduce_scalars");
+        if (count == 0) return;
+        OPTIM_MPI_CALL(
+            MPI_Allreduce(MPI_IN_PLACE, values, int(count), MPI_DOUBLE, mpi_op(op), g_comm));
+        if (op == OPTIM_REDUCE_MEAN) divide_by_size(values, count);
+    });
+}
+
+optim_status plugin_abort(int32_t error_code, char* message, int64_t capacity)
+{
+    // Not under g_mutex: another thread may be blocked inside a collective, which is what this
+    // ends.
+    std::string text;
+    int initialised = 0, finalized = 0;
+    if (MPI_Initialized(&initialised) != MPI_SUCCESS || MPI_Finalized(&finalized) != MPI_SUCCESS ||
+        !initialised || finalized) {
+        text = "optim_mpi_abort: MPI is not initialised";
+    } else {
+        MPI_Abort(MPI_COMM_WORLD, error_code); // returns only if MPI could not abort
+        text = "optim_mpi_abort: MPI_Abort returned";
+    }
+    if (message != nullptr && capacity > 0) {
+        size_t n = std::min(text.size(), size_t(capacity - 1));
+        std::memcpy(message, text.data(), n);
+        message[n] = '\0';
+    }
+    return OPTIM_STATUS_MPI_ERROR;
+}
+
+const optim_mpi_plugin g_plugin = {
+    OPTIM_MPI_PLUGIN_VERSION, plugin_init, plugin_finalize, plugin_broadcast, plugin_allreduce,
+    plugin_allreduce_scalars, plugin_abort};
+
+} // namespace
+
+extern "C" __attribute__((visibility("default"))) const optim_mpi_plugin* optim_mpi_plugin_v1(void)
+{
+    return &g_plugin;
+}

@@ -1,0 +1,426 @@
+using System.Diagnostics;
+using System.Globalization;
+using Optim;
+using Optim.Bench.Comparison;
+using Optim.Distributed;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+// The data-parallel checks, one process per rank under mpirun (scripts/test.sh):
+//   mpirun -np 2 dotnet Optim.MpiTests.dll checks    every check below; PASS/FAIL lines per rank
+//   mpirun -np 2 dotnet Optim.MpiTests.dll fault     rank 1 throws at its third step (the job must end)
+//   mpirun -np 2 dotnet Optim.MpiTests.dll kill      rank 1 is killed (SIGKILL) at its third step
+//   mpirun -np 2 dotnet Optim.MpiTests.dll mnist     the README's MNIST MLP on N ranks
+// Each rank prints "rank R: N passed, M failed" last and exits 1 if any check failed.
+CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
+torch.set_num_threads(1);
+string mode = args.Length > 0 ? args[0] : "checks";
+using var group = ProcessGroup.Initialize();
+int status = mode switch
+{
+    "checks" => new Checks(group).RunAll(),
+    "fault" => Fault.Run(group, kill: false),
+    "kill" => Fault.Run(group, kill: true),
+    "mnist" => MnistDemo.Run(group, args.Skip(1).ToArray()),
+    _ => throw new ArgumentException($"unknown mode '{mode}' (checks, fault, mnist)"),
+};
+return status;
+
+/// <summary>The checks: data-parallel training against one process with the whole batch.</summary>
+internal sealed class Checks
+{
+    private const int Steps = 50;
+    private const int PerRank = 8;
+    private const int Inputs = 20;
+    private const int Classes = 5;
+    private readonly ProcessGroup _group;
+    private int _passed;
+    private int _failed;
+
+    public Checks(ProcessGroup group) => _group = group;
+
+    public int RunAll()
+    {
+        Console.WriteLine($"rank {_group.Rank} of {_group.Size} (MPI: {_group.UsesMpi})");
+        foreach (long bucket in new[] { ProcessGroup.DefaultBucketBytes, 256L })
+        {
+            foreach (var dtype in new[] { ScalarType.Float32, ScalarType.Float64 })
+            {
+                Equivalence("FusedSGD", bucket, dtype, l => new FusedSGD(l.Select(p => new FusedSGD.ParamGroup(p)), 0.05, momentum: 0.9, weight_decay: 1e-4));
+            }
+        }
+        // 384-byte buckets: with float32, fc1's weight goes in place, its bias and fc2's weight fill a
+        // bucket exactly, and fc2's bias makes it flush (every path of the packing).
+        foreach (var scope in Enum.GetValues<HypergradientScope>())
+        {
+            foreach (var rule in Enum.GetValues<HypergradientRule>())
+            {
+                double beta = rule == HypergradientRule.Additive ? 1e-3 : 1e-2;
+                Equivalence($"HypergradientSGD {scope} {rule}", 384, ScalarType.Float32,
+                    l => new HypergradientSGD(l.Select(p => new HypergradientSGD.ParamGroup(p)), 0.05, beta, scope, momentum: 0.9, rule: rule));
+            }
+        }
+        Equivalence("HypergradientSGD PerTensor Nesterov", 384, ScalarType.Float64,
+            l => new HypergradientSGD(l.Select(p => new HypergradientSGD.ParamGroup(p)), 0.05, 1e-3, HypergradientScope.PerTensor, momentum: 0.9, nesterov: true));
+        Accumulation();
+        GreedyLRRates();
+        NonFiniteSkip();
+        Console.WriteLine($"rank {_group.Rank}: {_passed} passed, {_failed} failed");
+        return _failed == 0 ? 0 : 1;
+    }
+
+    private void Check(string name, bool ok, string detail)
+    {
+        if (ok)
+        {
+            _passed++;
+            Console.WriteLine($"PASS [rank {_group.Rank}] {name}");
+        }
+        else
+        {
+            _failed++;
+            Console.WriteLine($"FAIL [rank {_group.Rank}] {name}: {detail}");
+        }
+    }
+
+    // Two layers in two param groups (per-group HD), seeded: rank r starts from seed 100 + r, so the
+    // broadcast is what makes the replicas equal; the reference starts from rank 0's seed.
+    private static Sequential Model(int seed, ScalarType dtype)
+    {
+        torch.manual_seed(seed);
+        var model = nn.Sequential(("fc1", nn.Linear(Inputs, 16)), ("act", nn.Tanh()), ("fc2", nn.Linear(16, Classes)));
+        model.to(dtype);
+        return model;
+    }
+
+    // The parameters of each layer: one param group each.
+    private static Parameter[][] Layers(Sequential model) => model.children()
+        .Select(c => c.parameters().ToArray()).Where(p => p.Length > 0).ToArray();
+
+    // The whole batch of one step (every rank's share, rank by rank), the same on every rank.
+    private (Tensor X, Tensor Y) Batch(int step, int ranks, ScalarType dtype)
+    {
+        using var generator = new torch.Generator((ulong)(1000 + step));
+        var x = torch.randn(new long[] { ranks * PerRank, Inputs }, generator: generator).to(dtype);
+        var y = torch.randint(0, Classes, new long[] { ranks * PerRank }, generator: generator);
+        return (x, y);
+    }
+
+    private static Tensor Loss(Sequential model, Tensor x, Tensor y) => nn.functional.cross_entropy(model.call(x), y);
+
+    // N ranks with batch B each against one process with batch N*B, `Steps` steps: parameters, every
+    // state tensor and rate within float tolerance, and the replicas exactly equal.
+    private void Equivalence(string name, long bucketBytes, ScalarType dtype, Func<Parameter[][], OptimizerHelper> optimizer)
+    {
+        string label = $"{name} {dtype} bucket {bucketBytes} B: {_group.Size} ranks x batch {PerRank} = 1 process x batch {_group.Size * PerRank}, {Steps} steps";
+        using var scope = torch.NewDisposeScope();
+        var model = Model(100 + _group.Rank, dtype);
+        var reference = Model(100, dtype);
+        var dp = new DataParallel(model, _group, bucketBytes);
+        var opt = optimizer(Layers(model));
+        var refOpt = optimizer(Layers(reference));
+        for (int step = 0; step < Steps; step++)
+        {
+            using var stepScope = torch.NewDisposeScope();
+            var (x, y) = Batch(step, _group.Size, dtype);
+            int start = _group.Rank * PerRank;
+            opt.zero_grad();
+            Loss(model, x[start..(start + PerRank)], y[start..(start + PerRank)]).backward();
+            dp.SynchronizeGradients();
+            opt.step();
+            refOpt.zero_grad();
+            Loss(reference, x, y).backward();
+            refOpt.step();
+        }
+        double tol = dtype == ScalarType.Float32 ? 2e-5 : 1e-12;
+        var (worst, where) = Compare(model.parameters(), reference.parameters(), tol);
+        var (worstState, whereState) = CompareStates(opt, refOpt, tol);
+        if (worstState > worst)
+        {
+            (worst, where) = (worstState, whereState);
+        }
+        double spread = dp.MaxParameterDifference();
+        Check(label, worst <= 1 && spread == 0,
+            $"worst error {worst:G3} x tolerance ({where}); largest difference between ranks {spread:G3}");
+    }
+
+    // Largest |a - b| / (tol * (1 + |b|)) over the tensors.
+    private static (double Worst, string Where) Compare(IEnumerable<Tensor> a, IEnumerable<Tensor> b, double tol, string what = "parameter")
+    {
+        double worst = 0;
+        string where = "";
+        int i = 0;
+        foreach (var (x, y) in a.Zip(b))
+        {
+            using var _ = torch.no_grad();
+            using var scope = torch.NewDisposeScope();
+            double e = x.numel() == 0 ? 0 : ((x - y).abs() / (tol * (1 + y.abs()))).max().to_type(ScalarType.Float64).item<double>();
+            if (!(e <= worst))
+            {
+                (worst, where) = (double.IsNaN(e) ? double.PositiveInfinity : e, $"{what} {i}");
+            }
+            i++;
+        }
+        return (worst, where);
+    }
+
+    // Every state tensor and rate of the two optimizers (momentum buffers, previous updates, rates).
+    private static (double Worst, string Where) CompareStates(OptimizerHelper a, OptimizerHelper b, double tol)
+    {
+        var (ta, ra) = StateOf(a);
+        var (tb, rb) = StateOf(b);
+        var (worst, where) = Compare(ta, tb, tol, "state tensor");
+        for (int i = 0; i < ra.Count; i++)
+        {
+            double e = Math.Abs(ra[i] - rb[i]) / (tol * (1 + Math.Abs(rb[i])));
+            if (!(e <= worst))
+            {
+                (worst, where) = (double.IsNaN(e) ? double.PositiveInfinity : e, $"rate {i}");
+            }
+        }
+        return (worst, where);
+    }
+
+    private static (List<Tensor> Tensors, List<double> Rates) StateOf(OptimizerHelper optimizer)
+    {
+        var tensors = new List<Tensor>();
+        var rates = optimizer.ParamGroups.Select(g => g.LearningRate).ToList();
+        if (optimizer is HypergradientSGD hd)
+        {
+            rates.AddRange(hd.TensorLearningRates());
+        }
+        foreach (var state in optimizer.state_dict().State)
+        {
+            switch (state)
+            {
+                case FusedSGD.State s:
+                    tensors.AddRange(new[] { s.momentum_buffer }.OfType<Tensor>());
+                    break;
+                case HypergradientSGD.State s:
+                    tensors.AddRange(new[] { s.momentum_buffer, s.prev_update, s.parameter_rates }.OfType<Tensor>());
+                    break;
+            }
+        }
+        return (tensors, rates);
+    }
+
+    // Gradient accumulation: 3 micro-steps, the first two inside NoSync (no communication: the ranks'
+    // gradients still differ), then one synchronisation; equals one process accumulating the
+    // corresponding whole batches.
+    private void Accumulation()
+    {
+        const int Micro = 3;
+        using var scope = torch.NewDisposeScope();
+        var model = Model(100 + _group.Rank, ScalarType.Float64);
+        var reference = Model(100, ScalarType.Float64);
+        var dp = new DataParallel(model, _group, 512);
+        var opt = new FusedSGD(model.parameters(), 0.05, momentum: 0.9);
+        var refOpt = new FusedSGD(reference.parameters(), 0.05, momentum: 0.9);
+        bool localWhileNoSync = true;
+        for (int step = 0; step < 10; step++)
+        {
+            using var stepScope = torch.NewDisposeScope();
+            opt.zero_grad();
+            refOpt.zero_grad();
+            for (int m = 0; m < Micro; m++)
+            {
+                var (x, y) = Batch(step * Micro + m, _group.Size, ScalarType.Float64);
+                int start = _group.Rank * PerRank;
+                if (m < Micro - 1)
+                {
+                    using (dp.NoSync())
+                    {
+                        Loss(model, x[start..(start + PerRank)], y[start..(start + PerRank)]).backward();
+                        dp.SynchronizeGradients();
+                    }
+                    double norm = model.parameters().First().grad!.norm().item<double>();
+                    localWhileNoSync &= _group.Size == 1 || _group.AllReduce(norm, ReduceOp.Max) != _group.AllReduce(norm, ReduceOp.Min);
+                }
+                else
+                {
+                    Loss(model, x[start..(start + PerRank)], y[start..(start + PerRank)]).backward();
+                    dp.SynchronizeGradients();
+                }
+                Loss(reference, x, y).backward();
+            }
+            opt.step();
+            refOpt.step();
+        }
+        var (worst, where) = Compare(model.parameters(), reference.parameters(), 1e-12);
+        Check($"gradient accumulation: {Micro} micro-steps, NoSync on the first {Micro - 1}, 10 steps", worst <= 1 && localWhileNoSync,
+            $"worst error {worst:G3} x tolerance ({where}); gradients stayed local inside NoSync: {localWhileNoSync}");
+    }
+
+    // GreedyLR stepped on the mean metric over ranks: the same rates on every rank, and the rates of
+    // one scheduler stepped with that mean computed locally.
+    private void GreedyLRRates()
+    {
+        using var scope = torch.NewDisposeScope();
+        var model = Model(100, ScalarType.Float32);
+        var reference = Model(100, ScalarType.Float32);
+        var dp = new DataParallel(model, _group);
+        var scheduler = new GreedyLR(new FusedSGD(model.parameters(), 0.1), factor: 0.8, patience: 2);
+        var refScheduler = new GreedyLR(new FusedSGD(reference.parameters(), 0.1), factor: 0.8, patience: 2);
+        static double Metric(int step, int rank) => 1.0 / (1 + step) + 0.05 * Math.Sin(step * 1.7 + rank * 2.3) + 0.01 * rank;
+        bool equal = true, sameAsReference = true;
+        var changes = 0;
+        double last = 0.1;
+        for (int step = 0; step < 200; step++)
+        {
+            scheduler.step(dp.MeanMetric(Metric(step, _group.Rank)));
+            double sum = 0;
+            for (int r = 0; r < _group.Size; r++)
+            {
+                sum += Metric(step, r);
+            }
+            refScheduler.step(sum / _group.Size);
+            double rate = scheduler.LearningRates[0];
+            equal &= _group.AllReduce(rate, ReduceOp.Max) == _group.AllReduce(rate, ReduceOp.Min);
+            sameAsReference &= rate == refScheduler.LearningRates[0];
+            changes += rate != last ? 1 : 0;
+            last = rate;
+        }
+        Check($"GreedyLR on the mean metric: rates identical on every rank over 200 evaluations ({changes} changes)",
+            equal && sameAsReference && changes > 2,
+            $"identical across ranks: {equal}; equal to the local reference: {sameAsReference}; rate changes: {changes}");
+    }
+
+    // A NaN gradient on the last rank only: after the all-reduce every rank sees it, so
+    // HypergradientSGD skips the step on every rank and the replicas stay equal.
+    private void NonFiniteSkip()
+    {
+        using var scope = torch.NewDisposeScope();
+        var model = Model(100 + _group.Rank, ScalarType.Float32);
+        var dp = new DataParallel(model, _group);
+        var opt = new HypergradientSGD(model.parameters(), 0.05, 1e-3, HypergradientScope.PerTensor, momentum: 0.9);
+        bool unchanged = true;
+        for (int step = 0; step < 10; step++)
+        {
+            using var stepScope = torch.NewDisposeScope();
+            var (x, y) = Batch(step, _group.Size, ScalarType.Float32);
+            int start = _group.Rank * PerRank;
+            opt.zero_grad();
+            Loss(model, x[start..(start + PerRank)], y[start..(start + PerRank)]).backward();
+            bool poison = step == 5 && _group.Rank == _group.Size - 1;
+            if (poison)
+            {
+                using var _ = torch.no_grad();
+                model.parameters().First().grad![0, 0] = float.NaN;
+            }
+            var before = step == 5 ? model.parameters().Select(p => p.detach().clone()).ToArray() : null;
+            dp.SynchronizeGradients();
+            bool anyNonFinite = dp.AnyRank(poison);
+            opt.step();
+            if (before is not null)
+            {
+                unchanged &= anyNonFinite && Compare(model.parameters(), before, 1e-30).Worst == 0;
+            }
+        }
+        long skipped = opt.SkippedSteps;
+        bool agreed = _group.AllReduce(skipped, ReduceOp.Max) == 1 && _group.AllReduce(skipped, ReduceOp.Min) == 1;
+        double spread = dp.MaxParameterDifference();
+        Check("non-finite gradient on one rank: HypergradientSGD skips that step on every rank",
+            agreed && unchanged && spread == 0,
+            $"skipped {skipped} here, agreed on all ranks: {agreed}; parameters unchanged by the skipped step: {unchanged}; largest difference between ranks {spread:G3}");
+    }
+}
+
+/// <summary>A rank that fails at its third step (throws, or is killed) while the others wait in the all-reduce.</summary>
+internal static class Fault
+{
+    public static int Run(ProcessGroup group, bool kill)
+    {
+        using var scope = torch.NewDisposeScope();
+        var model = nn.Sequential(("fc", nn.Linear(10, 10)));
+        var dp = new DataParallel(model, group);
+        var opt = new FusedSGD(model.parameters(), 0.1);
+        for (int step = 0; step < 1000; step++)
+        {
+            if (step == 3 && group.Rank == 1 && kill)
+            {
+                Process.GetCurrentProcess().Kill();
+            }
+            if (step == 3 && group.Rank == 1)
+            {
+                throw new InvalidOperationException("rank 1 fails on purpose at step 3");
+            }
+            opt.zero_grad();
+            model.call(torch.randn(4, 10)).sum().backward();
+            dp.SynchronizeGradients();
+            opt.step();
+        }
+        Console.WriteLine($"rank {group.Rank}: finished, which it should not have");
+        return 0;
+    }
+}
+
+/// <summary>The README's example: the MNIST MLP of the compare job trained data-parallel.</summary>
+internal static class MnistDemo
+{
+    public static int Run(ProcessGroup group, string[] args)
+    {
+        string data = Option(args, "--data", "artifacts/data/mnist");
+        int epochs = int.Parse(Option(args, "--epochs", "2"), CultureInfo.InvariantCulture);
+        int perRank = int.Parse(Option(args, "--batch", "64"), CultureInfo.InvariantCulture);
+        using var digits = Digits.Load(data);
+        torch.manual_seed(1 + group.Rank); // different on each rank: DataParallel makes them rank 0's
+        var model = nn.Sequential(("fc1", nn.Linear(784, 128)), ("relu", nn.ReLU()), ("fc2", nn.Linear(128, 10)));
+        var dp = new DataParallel(model, group);
+        var optimizer = new FusedSGD(model.parameters(), 0.1, momentum: 0.9);
+        long n = digits.TrainX.shape[0];
+        long global = (long)perRank * group.Size;
+        long stepsPerEpoch = n / global;
+        double lastLoss = 0;
+        var watch = new Stopwatch();
+        var syncWatch = new Stopwatch();
+        long steps = 0;
+        for (int epoch = 0; epoch < epochs; epoch++)
+        {
+            using var generator = new torch.Generator((ulong)(42 + epoch));
+            using var order = torch.randperm(n, generator: generator); // the same order on every rank
+            double sum = 0;
+            for (long s = 0; s < stepsPerEpoch; s++)
+            {
+                using var scope = torch.NewDisposeScope();
+                long start = s * global + (long)group.Rank * perRank;
+                var idx = order.narrow(0, start, perRank);
+                watch.Start();
+                optimizer.zero_grad();
+                var loss = nn.functional.cross_entropy(model.call(digits.TrainX.index_select(0, idx)), digits.TrainY.index_select(0, idx));
+                loss.backward();
+                syncWatch.Start();
+                dp.SynchronizeGradients();
+                syncWatch.Stop();
+                optimizer.step();
+                watch.Stop();
+                sum += loss.item<float>();
+                steps++;
+            }
+            lastLoss = sum / stepsPerEpoch;
+        }
+        using var valScope = torch.NewDisposeScope();
+        double valLoss;
+        using (torch.no_grad())
+        {
+            valLoss = nn.functional.cross_entropy(model.call(digits.ValX), digits.ValY).item<float>();
+        }
+        double spread = dp.MaxParameterDifference();
+        double stepMs = watch.Elapsed.TotalMilliseconds / steps;
+        double syncMs = syncWatch.Elapsed.TotalMilliseconds / steps;
+        // What each rank sends per step with a ring all-reduce: 2 (N - 1) / N times the gradient.
+        long sent = 2 * (group.Size - 1) * dp.GradientBytes / group.Size;
+        Console.WriteLine($"rank {group.Rank} of {group.Size}: final training loss {lastLoss:F4} (its own shard, last epoch), " +
+            $"validation loss {valLoss:F4}, {steps} steps of batch {perRank} ({global} across ranks), {stepMs:F2} ms per step " +
+            $"({syncMs:F2} in the gradient all-reduce), {stepMs * stepsPerEpoch / 1000:F2} s per epoch, gradients {dp.GradientBytes} bytes, " +
+            $"sent per step {sent} bytes (ring all-reduce), " +
+            $"largest parameter difference between ranks {spread:G3}");
+        return 0;
+    }
+
+    private static string Option(string[] args, string name, string fallback)
+    {
+        int i = Array.IndexOf(args, name);
+        return i >= 0 && i + 1 < args.Length ? args[i + 1] : fallback;
+    }
+}
