@@ -53,6 +53,9 @@ internal static unsafe partial class NativeMethods
         HdGroupOptions* groups, HdStepOptions* options, double* rates, long* skipped);
 
     [LibraryImport(Library)]
+    internal static partial long optim_hd_rate_count(int scope, int nGroups, long nTensors);
+
+    [LibraryImport(Library)]
     internal static partial int optim_torch_bump_versions(nint* tensors, long count);
 
     // Runs before the first import is called: every import of this assembly goes through the resolver.

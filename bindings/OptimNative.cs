@@ -332,6 +332,13 @@ internal static unsafe class OptimNative
         }
     }
 
+    /// <summary>How many scalar rates a hypergradient step keeps for a scope (<c>optim_hd_rate_count</c>): 1, one per group, one per tensor, or 0 for per-parameter rates.</summary>
+    public static int HdRateCount(int scope, int groups, int tensors)
+    {
+        long n = NativeMethods.optim_hd_rate_count(scope, groups, tensors);
+        return n >= 0 ? checked((int)n) : throw new ArgumentException($"HdRateCount: unknown scope {scope} or a negative count.");
+    }
+
     /// <summary>
     /// One hypergradient SGD step over many tensors (see <c>optim_hd_step</c> in <c>optim.h</c>). Every
     /// per-tensor span has one entry per tensor (entries a tensor does not need may be 0); groups are

@@ -351,14 +351,8 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
         }
     }
 
-    // The number of scalar rates: one, one per group, or one per tensor (none for the per-parameter scope).
-    private int Slots => _scope switch
-    {
-        HypergradientScope.Global => 1,
-        HypergradientScope.PerGroup => _parameter_groups.Count,
-        HypergradientScope.PerTensor => Batch.Count,
-        _ => 0,
-    };
+    // The number of scalar rates, by the native library's one rule (none for the per-parameter scope).
+    private int Slots => OptimNative.HdRateCount((int)_scope, _parameter_groups.Count, Batch.Count);
 
     private unsafe void StepOnHost(in TensorChecks checks)
     {

@@ -342,6 +342,11 @@ typedef struct optim_hd_tensors {
  * Reductions are deterministic: fixed chunks, partial sums in double, combined in chunk order;
  * results never depend on the number of threads. CUDA: block partial sums and a finishing kernel
  * (no atomics), launches on stream 0, no host round trip. */
+/* How many scalar rates `rates` of optim_hd_step holds for a scope: 1 (global), n_groups (per
+ * group), n_tensors (per tensor), 0 (per parameter, whose rates are tensors); -1 for an unknown
+ * scope or a negative count. Never fails otherwise; callers size their rate arrays with it. */
+OPTIM_API int64_t optim_hd_rate_count(int32_t scope, int32_t n_groups, int64_t n_tensors);
+
 OPTIM_API optim_status optim_hd_step(int32_t device, int32_t device_index, int32_t dtype,
                                      const optim_hd_tensors* tensors, int32_t n_groups,
                                      const optim_hd_group* groups, const optim_hd_params* params,

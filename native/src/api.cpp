@@ -376,6 +376,14 @@ OPTIM_API optim_status optim_adam_step(int32_t device, int32_t device_index, int
     });
 }
 
+OPTIM_API int64_t optim_hd_rate_count(int32_t scope, int32_t n_groups, int64_t n_tensors)
+{
+    if (scope < OPTIM_HD_SCOPE_GLOBAL || scope > OPTIM_HD_SCOPE_PER_PARAMETER || n_groups < 0 ||
+        n_tensors < 0)
+        return -1;
+    return hd_slot_count(scope, n_groups, n_tensors);
+}
+
 OPTIM_API optim_status optim_hd_step(int32_t device, int32_t device_index, int32_t dtype,
                                      const optim_hd_tensors* tensors, int32_t n_groups,
                                      const optim_hd_group* groups, const optim_hd_params* params,

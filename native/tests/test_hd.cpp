@@ -343,3 +343,15 @@ TEST(HdCpu, AnArrayTheStepWritesMayNotBeAnotherOfTheSameTensor)
               OPTIM_STATUS_OK)
         << optim_last_error();
 }
+
+TEST(HdRateCount, OneRulePerScope)
+{
+    EXPECT_EQ(optim_hd_rate_count(OPTIM_HD_SCOPE_GLOBAL, 3, 7), 1);
+    EXPECT_EQ(optim_hd_rate_count(OPTIM_HD_SCOPE_PER_GROUP, 3, 7), 3);
+    EXPECT_EQ(optim_hd_rate_count(OPTIM_HD_SCOPE_PER_TENSOR, 3, 7), 7);
+    EXPECT_EQ(optim_hd_rate_count(OPTIM_HD_SCOPE_PER_PARAMETER, 3, 7), 0);
+    EXPECT_EQ(optim_hd_rate_count(4, 3, 7), -1);
+    EXPECT_EQ(optim_hd_rate_count(-1, 3, 7), -1);
+    EXPECT_EQ(optim_hd_rate_count(OPTIM_HD_SCOPE_GLOBAL, -1, 7), -1);
+    EXPECT_EQ(optim_hd_rate_count(OPTIM_HD_SCOPE_GLOBAL, 3, -7), -1);
+}
