@@ -35,23 +35,9 @@ public partial class FusedAdam
         /// <summary>Moves the moments to <paramref name="device"/>.</summary>
         public override void to(Device device)
         {
-            exp_avg = Move(exp_avg, device);
-            exp_avg_sq = Move(exp_avg_sq, device);
-            max_exp_avg_sq = Move(max_exp_avg_sq, device);
-        }
-
-        private static Tensor? Move(Tensor? t, Device device)
-        {
-            if (t is null)
-            {
-                return null;
-            }
-            var moved = t.to(device).DetachFromDisposeScope();
-            if (!ReferenceEquals(moved, t))
-            {
-                t.Dispose();
-            }
-            return moved;
+            exp_avg = StateTensors.Move(exp_avg, device);
+            exp_avg_sq = StateTensors.Move(exp_avg_sq, device);
+            max_exp_avg_sq = StateTensors.Move(max_exp_avg_sq, device);
         }
 
         /// <summary>Reads the state written by <see cref="SaveStateDict(BinaryWriter)"/> (TorchSharp's Adam format); nothing changes if it is invalid.</summary>

@@ -40,23 +40,9 @@ public partial class HypergradientSGD
         /// <summary>Moves the tensors to <paramref name="device"/>.</summary>
         public override void to(Device device)
         {
-            momentum_buffer = Move(momentum_buffer, device);
-            prev_update = Move(prev_update, device);
-            parameter_rates = Move(parameter_rates, device);
-        }
-
-        private static Tensor? Move(Tensor? t, Device device)
-        {
-            if (t is null)
-            {
-                return null;
-            }
-            var moved = t.to(device).DetachFromDisposeScope();
-            if (!ReferenceEquals(moved, t))
-            {
-                t.Dispose();
-            }
-            return moved;
+            momentum_buffer = StateTensors.Move(momentum_buffer, device);
+            prev_update = StateTensors.Move(prev_update, device);
+            parameter_rates = StateTensors.Move(parameter_rates, device);
         }
 
         /// <summary>Reads the state written by <see cref="SaveStateDict(BinaryWriter)"/>; nothing changes if it is invalid.</summary>

@@ -52,6 +52,16 @@ void validate_momentum_options(const char* fn, int32_t g, double momentum, doubl
 }
 
 // Every group's hyperparameters, then every tensor (with its group's momentum) and the group order.
+// The device and element type every optimizer step accepts.
+void require_step_target(const char* fn, int32_t device, int32_t dtype)
+{
+    OPTIM_REQUIRE(device == OPTIM_DEVICE_CPU || device == OPTIM_DEVICE_CUDA, fn,
+                  "unknown device " + std::to_string(device));
+    if (dtype != OPTIM_DTYPE_FLOAT32 && dtype != OPTIM_DTYPE_FLOAT64)
+        fail(OPTIM_STATUS_UNSUPPORTED, std::string(fn) + ": unsupported dtype " +
+                                           std::to_string(dtype) + " (only float32 and float64)");
+}
+
 void validate_sgd(const char* fn, int32_t device, const optim_tensor_list* t, int32_t n_groups,
                   const optim_sgd_params* groups)
 {
@@ -322,12 +332,7 @@ OPTIM_API optim_status optim_sgd_step(int32_t device, int32_t device_index, int3
 {
     static const char* fn = "optim_sgd_step";
     return guard(fn, [&] {
-        OPTIM_REQUIRE(device == OPTIM_DEVICE_CPU || device == OPTIM_DEVICE_CUDA, fn,
-                      "unknown device " + std::to_string(device));
-        if (dtype != OPTIM_DTYPE_FLOAT32 && dtype != OPTIM_DTYPE_FLOAT64)
-            fail(OPTIM_STATUS_UNSUPPORTED, std::string(fn) + ": unsupported dtype " +
-                                               std::to_string(dtype) +
-                                               " (only float32 and float64)");
+        require_step_target(fn, device, dtype);
         validate_sgd(fn, device, tensors, n_groups, groups);
         if (tensors->count == 0) return;
         const SgdCall call{tensors, n_groups, groups};
@@ -357,12 +362,7 @@ OPTIM_API optim_status optim_adam_step(int32_t device, int32_t device_index, int
 {
     static const char* fn = "optim_adam_step";
     return guard(fn, [&] {
-        OPTIM_REQUIRE(device == OPTIM_DEVICE_CPU || device == OPTIM_DEVICE_CUDA, fn,
-                      "unknown device " + std::to_string(device));
-        if (dtype != OPTIM_DTYPE_FLOAT32 && dtype != OPTIM_DTYPE_FLOAT64)
-            fail(OPTIM_STATUS_UNSUPPORTED, std::string(fn) + ": unsupported dtype " +
-                                               std::to_string(dtype) +
-                                               " (only float32 and float64)");
+        require_step_target(fn, device, dtype);
         validate_adam(fn, tensors, n_groups, groups);
         if (tensors->count == 0) return;
         const AdamCall call{tensors, n_groups, groups};
@@ -391,12 +391,7 @@ OPTIM_API optim_status optim_hd_step(int32_t device, int32_t device_index, int32
 {
     static const char* fn = "optim_hd_step";
     return guard(fn, [&] {
-        OPTIM_REQUIRE(device == OPTIM_DEVICE_CPU || device == OPTIM_DEVICE_CUDA, fn,
-                      "unknown device " + std::to_string(device));
-        if (dtype != OPTIM_DTYPE_FLOAT32 && dtype != OPTIM_DTYPE_FLOAT64)
-            fail(OPTIM_STATUS_UNSUPPORTED, std::string(fn) + ": unsupported dtype " +
-                                               std::to_string(dtype) +
-                                               " (only float32 and float64)");
+        require_step_target(fn, device, dtype);
         OPTIM_REQUIRE(params != nullptr && tensors != nullptr && groups != nullptr, fn,
                       "tensors, groups and params must not be NULL");
         const optim_hd_params& hp = *params;
