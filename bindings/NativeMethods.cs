@@ -58,6 +58,9 @@ internal static unsafe partial class NativeMethods
     [LibraryImport(Library)]
     internal static partial int optim_torch_bump_versions(nint* tensors, long count);
 
+    [LibraryImport(Library)]
+    internal static partial int optim_torch_gradients(nint* tensors, long count, nint* grads);
+
     // Runs before the first import is called: every import of this assembly goes through the resolver.
     static NativeMethods() => NativeLibraryResolver.Register();
 }

@@ -402,6 +402,33 @@ internal static unsafe class OptimNative
     }
 
     /// <summary>
+    /// Each tensor's gradient as a borrowed handle (see <c>optim_torch_gradients</c>): the address of the
+    /// <c>at::Tensor</c> inside the tensor's autograd record, 0 for a tensor without a gradient (or a 0
+    /// entry). Valid until that gradient is replaced or the tensor freed; never disposed. One native call
+    /// for every tensor, making no handle. False, with nothing written, when LibTorch's exports are not
+    /// found in the process.
+    /// </summary>
+    public static bool TryBorrowGradients(ReadOnlySpan<nint> tensorHandles, Span<nint> gradients)
+    {
+        EnsureLoaded();
+        if (gradients.Length < tensorHandles.Length)
+        {
+            throw new ArgumentException("One gradient entry per tensor is needed.", nameof(gradients));
+        }
+        fixed (nint* t = tensorHandles)
+        fixed (nint* g = gradients)
+        {
+            int status = NativeMethods.optim_torch_gradients(t, tensorHandles.Length, g);
+            if (status == (int)NativeStatus.Unsupported)
+            {
+                return false;
+            }
+            ThrowIfFailed(status);
+        }
+        return true;
+    }
+
+    /// <summary>
     /// The single place that turns a native status into an exception: <see cref="ArgumentException"/> for
     /// invalid arguments, <see cref="NotSupportedException"/> for unsupported dtypes and missing CUDA,
     /// <see cref="OutOfMemoryException"/>, else <see cref="OptimNativeException"/>. The message is the

@@ -147,7 +147,7 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper
     // Checks every parameter of every group and gathers its pointers into the batch; writes nothing.
     // In passes over all tensors, so that the cache misses on LibTorch's records of different tensors
     // overlap (docs/design.md, "Many tensors"): the parameters and their state, prefetched; the gradient
-    // handles, prefetched; then the reads and checks, from cache.
+    // handles, prefetched; then the reads and checks, from cache. Nothing is cached across steps.
     private TensorChecks Gather()
     {
         var batch = Batch;
@@ -171,14 +171,19 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper
             }
         }
         pending.PrefetchRecords();
-        for (int j = 0; j < pending.Count; j++)
+        // The gradients as borrowed handles, in one native call; TorchSharp's own handles (one each,
+        // made and released per step) only where LibTorch's exports are not found.
+        if (!OptimNative.TryBorrowGradients(pending.Handles.AsSpan(0, pending.Count), pending.Grads))
         {
-            nint gradHandle = TorchSharpNative.GradientHandle(pending.Handles[j]);
-            if (gradHandle != 0)
+            for (int j = 0; j < pending.Count; j++)
             {
-                batch.OwnGradientHandle(gradHandle);
+                nint gradHandle = TorchSharpNative.GradientHandle(pending.Handles[j]);
+                if (gradHandle != 0)
+                {
+                    batch.OwnGradientHandle(gradHandle);
+                }
+                pending.Grads[j] = gradHandle;
             }
-            pending.Grads[j] = gradHandle;
         }
         pending.PrefetchGradients();
         for (int j = 0; j < pending.Count; j++)

@@ -660,6 +660,20 @@ void fuzz_bump(FuzzedDataProvider& in)
         FUZZ_CHECK(status == OPTIM_STATUS_OK, optim_last_error());
     else
         FUZZ_CHECK(status == OPTIM_STATUS_UNSUPPORTED, optim_last_error()); // no LibTorch here
+
+    // The gradient look-up takes the same handles; without LibTorch it must write nothing.
+    auto* grads = arena.array<const void*>(n, true);
+    const void** out = n == count ? maybe(in, grads) : nullptr;
+    arena.snapshot();
+    const optim_status looked_up =
+        optim_torch_gradients(const_cast<const void* const*>(arg), count, out);
+    expect_status(looked_up, "optim_torch_gradients", arena);
+    if (count < 0 || (count > 0 && (!arg || !out)))
+        FUZZ_CHECK(looked_up == OPTIM_STATUS_INVALID_ARGUMENT, optim_last_error());
+    else if (count == 0)
+        FUZZ_CHECK(looked_up == OPTIM_STATUS_OK, optim_last_error());
+    else
+        FUZZ_CHECK(looked_up == OPTIM_STATUS_UNSUPPORTED, optim_last_error());
 }
 
 void fuzz_info(FuzzedDataProvider& in)

@@ -442,6 +442,16 @@ OPTIM_API optim_status optim_greedylr_step(int32_t device, int32_t device_index,
  * an inference tensor outside inference mode; the tensors before it were bumped. */
 OPTIM_API optim_status optim_torch_bump_versions(void* const* tensors, int64_t count);
 
+/* The gradient of each tensor, without making a tensor handle: grads[k] receives the address of the
+ * at::Tensor that holds tensors[k]'s gradient inside LibTorch's autograd record (a borrowed handle:
+ * valid until that gradient is replaced or the tensor is freed, and never to be disposed), or NULL
+ * when it has none; a NULL entry of tensors gives NULL. tensors: `count` LibTorch tensor handles
+ * (as for optim_torch_bump_versions). Nothing is written but grads. The library does not link
+ * LibTorch; it finds libc10 in the process at the first call. Returns OPTIM_STATUS_UNSUPPORTED when
+ * LibTorch is not loaded (grads untouched). */
+OPTIM_API optim_status optim_torch_gradients(const void* const* tensors, int64_t count,
+                                             const void** grads);
+
 /* ---- Data parallelism over MPI --------------------------------------------------------------- */
 
 /* Collectives for data-parallel training (docs/distributed.md): every rank of an MPI job (launched

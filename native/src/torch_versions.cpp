@@ -1,7 +1,10 @@
-// optim_torch_bump_versions: LibTorch's in-place operations bump a tensor's version counter so that
-// autograd can refuse a backward pass through values that changed after they were saved. Our steps
-// write through raw pointers, so they bump the counters themselves, through LibTorch's exported
-// torch::autograd::impl::bump_version, found in the process at run time (never linked).
+// LibTorch's autograd records, reached through LibTorch's own exported functions, found in the
+// process at run time (never linked). optim_torch_bump_versions: LibTorch's in-place operations
+// bump a tensor's version counter so that autograd can refuse a backward pass through values that
+// changed after they were saved; our steps write through raw pointers, so they bump the counters
+// themselves (torch::autograd::impl::bump_version). optim_torch_gradients: each parameter's
+// gradient as the address of the at::Tensor inside its autograd record (c10::TensorImpl::grad),
+// without making a new tensor handle per parameter and step.
 #include "error.hpp"
 
 #include <optim.h>
@@ -25,17 +28,51 @@ namespace {
 using BumpVersionFn = void (*)(const void* tensor);
 constexpr const char* kBumpVersionSymbol = "_ZN5torch8autograd4impl12bump_versionERKN2at6TensorE";
 
+// const at::Tensor& c10::TensorImpl::grad() const: `this` is the TensorImpl* (the first word of an
+// at::Tensor); the reference comes back as the address of the gradient's at::Tensor (in the
+// autograd record, or a static undefined tensor). An undefined at::Tensor points to
+// UndefinedTensorImpl's singleton. Both live in libc10.
+using GradFn = const void* (*)(const void* impl);
+constexpr const char* kGradSymbol = "_ZNK3c1010TensorImpl4gradEv";
+constexpr const char* kUndefinedSymbol = "_ZN3c1019UndefinedTensorImpl10_singletonE";
+
 #if defined(__linux__)
-int find_libtorch_cpu(struct dl_phdr_info* info, size_t, void* data)
+struct FoundLibrary {
+    const char* prefix; // e.g. "libtorch_cpu."
+    std::string path;
+};
+
+int find_library(struct dl_phdr_info* info, size_t, void* data)
 {
+    auto* found = static_cast<FoundLibrary*>(data);
     const char* name = info->dlpi_name;
-    if (name && std::strstr(name, "libtorch_cpu.") != nullptr) {
-        static_cast<std::string*>(data)->assign(name);
+    if (name && std::strstr(name, found->prefix) != nullptr) {
+        found->path.assign(name);
         return 1;
     }
     return 0;
 }
 #endif
+
+// The address of `symbol` in the loaded library whose path contains `prefix`, or null.
+void* loaded_symbol(const char* prefix, const char* symbol)
+{
+    void* address = nullptr;
+#if defined(__linux__)
+    FoundLibrary found{prefix, {}};
+    dl_iterate_phdr(find_library, &found);
+    if (!found.path.empty()) {
+        if (void* handle = dlopen(found.path.c_str(), RTLD_LAZY | RTLD_NOLOAD)) {
+            address = dlsym(handle, symbol);
+            dlclose(handle); // RTLD_NOLOAD took a reference; the library stays loaded by LibTorch
+        }
+    }
+#else
+    (void)prefix;
+    (void)symbol;
+#endif
+    return address;
+}
 
 // Looked up until found (LibTorch may be loaded after our first call), then cached.
 BumpVersionFn bump_version_function()
@@ -47,18 +84,34 @@ BumpVersionFn bump_version_function()
     std::lock_guard<std::mutex> lock(mutex);
     fn = cached.load(std::memory_order_relaxed);
     if (fn) return fn;
-#if defined(__linux__)
-    std::string path;
-    dl_iterate_phdr(find_libtorch_cpu, &path);
-    if (!path.empty()) {
-        if (void* handle = dlopen(path.c_str(), RTLD_LAZY | RTLD_NOLOAD)) {
-            fn = reinterpret_cast<BumpVersionFn>(dlsym(handle, kBumpVersionSymbol));
-            dlclose(handle); // RTLD_NOLOAD took a reference; the library stays loaded by LibTorch
-        }
-    }
-#endif
+    fn = reinterpret_cast<BumpVersionFn>(loaded_symbol("libtorch_cpu.", kBumpVersionSymbol));
     if (fn) cached.store(fn, std::memory_order_release);
     return fn;
+}
+
+struct GradAccess {
+    GradFn grad = nullptr;
+    const void* undefined = nullptr; // UndefinedTensorImpl's singleton
+};
+
+// Looked up until both are found, then cached (the same rule as bump_version_function).
+GradAccess grad_access()
+{
+    static std::atomic<GradFn> cached_grad{nullptr};
+    static std::atomic<const void*> cached_undefined{nullptr};
+    static std::mutex mutex;
+    GradAccess a{cached_grad.load(std::memory_order_acquire), nullptr};
+    if (a.grad) {
+        a.undefined = cached_undefined.load(std::memory_order_relaxed);
+        return a;
+    }
+    std::lock_guard<std::mutex> lock(mutex);
+    a.grad = reinterpret_cast<GradFn>(loaded_symbol("libc10.", kGradSymbol));
+    a.undefined = loaded_symbol("libc10.", kUndefinedSymbol);
+    if (!a.grad || !a.undefined) return GradAccess{};
+    cached_undefined.store(a.undefined, std::memory_order_relaxed);
+    cached_grad.store(a.grad, std::memory_order_release);
+    return a;
 }
 
 } // namespace
@@ -89,6 +142,30 @@ extern "C" OPTIM_API optim_status optim_torch_bump_versions(void* const* tensors
                                                         std::to_string(k) +
                                                         ": LibTorch refused: " + e.what());
             }
+        }
+    });
+}
+
+extern "C" OPTIM_API optim_status optim_torch_gradients(const void* const* tensors, int64_t count,
+                                                        const void** grads)
+{
+    static const char* fn = "optim_torch_gradients";
+    return guard(fn, [&] {
+        OPTIM_REQUIRE(count >= 0, fn, "count is negative (" + std::to_string(count) + ")");
+        if (count == 0) return;
+        OPTIM_REQUIRE(tensors != nullptr, fn, "tensors is NULL");
+        OPTIM_REQUIRE(grads != nullptr, fn, "grads is NULL");
+        const GradAccess access = grad_access();
+        if (!access.grad)
+            fail(OPTIM_STATUS_UNSUPPORTED,
+                 std::string(fn) +
+                     ": LibTorch (libc10) is not loaded in this process, or does not export "
+                     "c10::TensorImpl::grad");
+        for (int64_t k = 0; k < count; ++k) {
+            const void* impl = tensors[k] ? *static_cast<const void* const*>(tensors[k]) : nullptr;
+            const void* grad = impl ? access.grad(impl) : nullptr;
+            const void* grad_impl = grad ? *static_cast<const void* const*>(grad) : nullptr;
+            grads[k] = grad_impl && grad_impl != access.undefined ? grad : nullptr;
         }
     });
 }

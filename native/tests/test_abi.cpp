@@ -68,6 +68,25 @@ TEST(Abi, VersionBumpsNeedLibTorchInTheProcess)
     EXPECT_NE(std::string(optim_last_error()).find("LibTorch"), std::string::npos);
 }
 
+TEST(Abi, GradientLookUpsNeedLibTorchInTheProcess)
+{
+    // No LibTorch here: a clear status and nothing written. (The managed tests cover the look-up
+    // itself, against TorchSharp's own gradients.)
+    const void* grads[1] = {&grads};
+    EXPECT_EQ(optim_torch_gradients(nullptr, 0, nullptr), OPTIM_STATUS_OK);
+    EXPECT_EQ(optim_torch_gradients(nullptr, -1, grads), OPTIM_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(optim_last_error()).find("count is negative"), std::string::npos);
+    EXPECT_EQ(optim_torch_gradients(nullptr, 1, grads), OPTIM_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(optim_last_error()).find("tensors is NULL"), std::string::npos);
+    int dummy = 0;
+    const void* handles[] = {&dummy};
+    EXPECT_EQ(optim_torch_gradients(handles, 1, nullptr), OPTIM_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(optim_last_error()).find("grads is NULL"), std::string::npos);
+    EXPECT_EQ(optim_torch_gradients(handles, 1, grads), OPTIM_STATUS_UNSUPPORTED);
+    EXPECT_NE(std::string(optim_last_error()).find("LibTorch"), std::string::npos);
+    EXPECT_EQ(grads[0], static_cast<const void*>(&grads)) << "nothing may be written";
+}
+
 TEST(Abi, TheLibraryIsNeverUnloaded)
 {
     // Its worker threads and the OpenMP hand-over at thread exit run its code until the process

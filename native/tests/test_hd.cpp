@@ -1,5 +1,6 @@
-// Hypergradient descent on the CPU: a naive reference for the global scope, thread-count
-// independence for every scope and rule, the non-finite skip, validation.
+// Hypergradient descent on the CPU: a naive reference for the global scope, the error bound of the
+// fp32 reduction, thread-count independence for every scope and rule, the non-finite skip,
+// validation.
 #include "reference.hpp"
 
 #include <optim.h>
@@ -74,6 +75,14 @@ optim_hd_params hd_params(int scope, int rule, bool first)
     return optim_hd_params{1e-3, 0.0, 1.0, 1e-12, scope, rule, first ? 1 : 0, 0};
 }
 
+// The bound on the error of an fp32 reduction sum(x_i) stated in docs/design.md: each lane adds at
+// most 32 products in float (blocks of 512 elements in 16 lanes), so |error| <= 33 u sum|x_i| with
+// u = 2^-24 (the double additions after that add far less than one more u).
+double fp32_sum_bound(double sum_abs)
+{
+    return 33.0 * std::ldexp(1.0, -24) * sum_abs;
+}
+
 } // namespace
 
 TEST(HdCpu, GlobalAdditiveMatchesANaiveReferenceWithoutMomentum)
@@ -84,14 +93,21 @@ TEST(HdCpu, GlobalAdditiveMatchesANaiveReferenceWithoutMomentum)
     std::vector<std::vector<float>> rp = m.p, prev(sizes.size());
     for (size_t k = 0; k < sizes.size(); ++k) prev[k].assign(sizes[k], 0.0f);
     double alpha = 0.05;
+    double tolerance = 0; // the rate's error: the reduction's bound, accumulated over the steps
     const optim_hd_group groups[2] = {{0, 0, 0, 0, 0}, {0, 0, 0, 0, 0}};
     std::mt19937_64 rng(2);
     for (int step = 0; step < 20; ++step) {
         m.grads(rng);
-        double h = 0;
+        double h = 0, h_abs = 0;
         for (size_t k = 0; k < sizes.size(); ++k)
-            for (size_t i = 0; i < sizes[k]; ++i) h += static_cast<double>(m.g[k][i]) * prev[k][i];
-        if (step > 0) alpha = std::max(0.0, alpha + 1e-3 * h);
+            for (size_t i = 0; i < sizes[k]; ++i) {
+                h += static_cast<double>(m.g[k][i]) * prev[k][i];
+                h_abs += std::abs(static_cast<double>(m.g[k][i]) * prev[k][i]);
+            }
+        if (step > 0) {
+            alpha = std::max(0.0, alpha + 1e-3 * h);
+            tolerance += 1e-3 * fp32_sum_bound(h_abs);
+        }
         for (size_t k = 0; k < sizes.size(); ++k)
             for (size_t i = 0; i < sizes[k]; ++i) {
                 prev[k][i] = m.g[k][i];
@@ -105,10 +121,61 @@ TEST(HdCpu, GlobalAdditiveMatchesANaiveReferenceWithoutMomentum)
                   OPTIM_STATUS_OK)
             << optim_last_error();
         EXPECT_EQ(skipped, 0);
-        ASSERT_NEAR(m.rates[0], alpha, 1e-9 * alpha) << "step " << step;
+        ASSERT_NEAR(m.rates[0], alpha, tolerance + 1e-14) << "step " << step;
     }
     for (size_t k = 0; k < sizes.size(); ++k)
         for (size_t i = 0; i < sizes[k]; i += 997) ASSERT_NEAR(m.p[k][i], rp[k][i], 1e-5);
+}
+
+// One step of the global additive rule with beta = 1 from rate 1 (no momentum, previous updates
+// given), so that the new rate is 1 + sum(g * u_prev): the reduction's sum itself.
+double global_hypergradient(const std::vector<float>& g, const std::vector<float>& u_prev)
+{
+    HdModel m({g.size()}, 1, 1.0);
+    m.g[0] = g;
+    m.u[0] = u_prev;
+    m.group[0] = 0;
+    const optim_hd_group plain[1] = {{0, 0, 0, 0, 0}};
+    optim_hd_params params{1.0, 0.0, 1e300, 1e-12, OPTIM_HD_SCOPE_GLOBAL, OPTIM_HD_RULE_ADDITIVE,
+                           0,   0};
+    auto list = m.list();
+    EXPECT_EQ(optim_hd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, 1, plain, &params,
+                            m.rates.data(), nullptr),
+              OPTIM_STATUS_OK)
+        << optim_last_error();
+    return m.rates[0] - 1.0;
+}
+
+TEST(HdCpu, TheFp32ReductionKeepsItsErrorBound)
+{
+    // Each of the first 16 products is 1, the other 65520 are 2^-25: in float, 1 + 2^-25 rounds
+    // back to 1, so a lane that carried its sum over more than a short block would lose all of
+    // its small terms (about 2e-3 here, 60 times the bound); a block lane loses at most 31 of them.
+    const size_t n = 65536;
+    std::vector<float> g(n, std::ldexp(1.0f, -25)), u(n, 1.0f);
+    std::fill(g.begin(), g.begin() + 16, 1.0f);
+    double exact = 0, sum_abs = 0;
+    for (size_t i = 0; i < n; ++i) {
+        exact += static_cast<double>(g[i]) * u[i]; // exact: every partial sum fits in a double
+        sum_abs += std::abs(static_cast<double>(g[i]) * u[i]);
+    }
+    const double h = global_hypergradient(g, u);
+    EXPECT_NEAR(h, exact, fp32_sum_bound(sum_abs));
+}
+
+TEST(HdCpu, AReductionBlockThatOverflowsInFloatIsSummedInDouble)
+{
+    // 1e20 * 1e20 overflows float but not double: the hypergradient stays finite (1e40 * 4), so
+    // the rate moves; an infinite h would have left it unchanged.
+    std::vector<float> g(1000, 0.0f), u(1000, 0.0f);
+    for (size_t i : {3, 500, 511, 999}) {
+        g[i] = 1e20f;
+        u[i] = 1e20f;
+    }
+    const double expected = 4.0 * static_cast<double>(1e20f) * static_cast<double>(1e20f);
+    const double h = global_hypergradient(g, u);
+    EXPECT_TRUE(std::isfinite(h));
+    EXPECT_NEAR(h, expected, 1e-15 * expected);
 }
 
 class HdThreads : public ::testing::TestWithParam<std::tuple<int, int>> {

@@ -1,57 +1,88 @@
 // The CPU path of hypergradient descent. Global, per-group and per-tensor scopes: a reduction pass
-// (per-piece partial sums in double), a serial finish that combines them in piece order and updates
-// the rates, then the update pass with the new rates. Per-parameter scope: a finiteness pass over
-// the gradients, then one elementwise pass. Every per-element operation is hd_math.hpp's.
+// (per-piece partial sums in double; fp32 sums short blocks in float first), a serial finish that
+// combines them in piece order and updates the rates, then the update pass with the new rates.
+// Per-parameter scope: a finiteness pass over the gradients, then one elementwise pass. Every
+// per-element operation is hd_math.hpp's.
 #include "../backend.hpp"
 #include "../hd_math.hpp"
 #include "work_plan.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 namespace optim::cpu {
 
 namespace {
 
-// Partial sums of one piece. u_prev is the momentum buffer (heavy ball; null when the buffer is
-// fresh, meaning zero) or the separate buffer. Sums use kLanes independent accumulators, element i
-// going to lane i % kLanes, combined in lane order at the end: a fixed order (so results do not
-// depend on the thread count) that the compiler can vectorize without reassociating floating-point
-// sums.
-constexpr int kLanes = 8;
-
-template <typename T, unsigned Flags, bool HasUp, bool Norms>
+// Partial sums of one block of elements. u_prev is the momentum buffer (heavy ball; null when the
+// buffer is fresh, meaning zero) or the separate buffer. Sums use Lanes independent accumulators of
+// type Acc, element i going to lane i % Lanes, combined in double in lane order at the end: a fixed
+// order (so results do not depend on the thread count) that the compiler can vectorize without
+// reassociating floating-point sums.
+template <typename Acc, int Lanes, typename T, unsigned Flags, bool HasUp, bool Norms>
 OPTIM_CPU_CLONES HdPartial reduce_lanes(const T* __restrict p, const T* __restrict g,
                                         const T* __restrict up, int64_t n, const SgdCoeffs<T>& c)
 {
-    double h[kLanes] = {}, gg[kLanes] = {}, uu[kLanes] = {};
-    T bad[kLanes] = {}; // sums of exact zeros or NaN: exact in T, no conversion needed
-    const int64_t whole = n - n % kLanes;
+    Acc h[Lanes] = {}, gg[Lanes] = {}, uu[Lanes] = {};
+    T bad[Lanes] = {}; // sums of exact zeros or NaN: exact in T, no conversion needed
+    const int64_t whole = n - n % Lanes;
     // Summing nonfinite_mark() flags a non-finite element without a branch (a compare-and-branch
     // per element kept this loop scalar).
     auto one = [&](int lane, int64_t i) {
         bad[lane] += nonfinite_mark(g[i]);
-        const double gt = sgd_effective_grad<T, Flags>(p[i], g[i], c);
-        const double u = HasUp ? static_cast<double>(up[i]) : 0.0;
+        const Acc gt = sgd_effective_grad<T, Flags>(p[i], g[i], c);
+        const Acc u = HasUp ? static_cast<Acc>(up[i]) : Acc(0);
         h[lane] += gt * u;
         if (Norms) {
             gg[lane] += gt * gt;
             uu[lane] += u * u;
         }
     };
-    for (int64_t i = 0; i < whole; i += kLanes)
-        for (int lane = 0; lane < kLanes; ++lane) one(lane, i + lane);
+    for (int64_t i = 0; i < whole; i += Lanes)
+        for (int lane = 0; lane < Lanes; ++lane) one(lane, i + lane);
     for (int64_t i = whole; i < n; ++i) one(static_cast<int>(i - whole), i);
     HdPartial r;
     T flag = 0;
-    for (int lane = 0; lane < kLanes; ++lane) {
-        r.h += h[lane];
-        r.gg += gg[lane];
-        r.uu += uu[lane];
+    for (int lane = 0; lane < Lanes; ++lane) {
+        r.h += static_cast<double>(h[lane]);
+        r.gg += static_cast<double>(gg[lane]);
+        r.uu += static_cast<double>(uu[lane]);
         flag += bad[lane];
     }
     r.nonfinite = flag == T(0) ? 0.0 : 1.0; // NaN != 0: some element was not finite
     return r;
+}
+
+// Double elements sum a piece in 8 double lanes. Float elements sum blocks of kFloatBlock elements
+// (counted from the piece's start, so fixed by the data) in 16 float lanes, each block's lanes
+// added in double: float arithmetic keeps this pass at memory speed where double conversions did
+// not, and a lane adds only kFloatBlock / 16 products in float (the error bound is in
+// docs/design.md). A block whose float sums overflowed is summed again in double.
+constexpr int64_t kFloatBlock = 512;
+
+template <typename T, unsigned Flags, bool HasUp, bool Norms>
+HdPartial reduce_blocks(const T* p, const T* g, const T* up, int64_t n, const SgdCoeffs<T>& c)
+{
+    if constexpr (!std::is_same_v<T, float>) {
+        return reduce_lanes<double, 8, T, Flags, HasUp, Norms>(p, g, up, n, c);
+    } else {
+        HdPartial r;
+        for (int64_t b = 0; b < n; b += kFloatBlock) {
+            const int64_t len = std::min(kFloatBlock, n - b);
+            const T* pb = p + b;
+            const T* ub = HasUp ? up + b : up;
+            HdPartial part = reduce_lanes<float, 16, T, Flags, HasUp, Norms>(pb, g + b, ub, len, c);
+            if (!is_finite(part.h + part.gg + part.uu))
+                part = reduce_lanes<double, 8, T, Flags, HasUp, Norms>(pb, g + b, ub, len, c);
+            r.h += part.h;
+            r.gg += part.gg;
+            r.uu += part.uu;
+            r.nonfinite += part.nonfinite;
+        }
+        return r;
+    }
 }
 
 // Only whether some gradient element is not finite (the per-parameter scope's first pass). The
@@ -80,10 +111,10 @@ HdPartial reduce_piece(const T* p, const T* g, const T* up, int64_t n, const Sgd
 {
     if (only_finiteness) return count_nonfinite<T>(g, n);
     if (up != nullptr)
-        return norms ? reduce_lanes<T, Flags, true, true>(p, g, up, n, c)
-                     : reduce_lanes<T, Flags, true, false>(p, g, up, n, c);
-    return norms ? reduce_lanes<T, Flags, false, true>(p, g, up, n, c)
-                 : reduce_lanes<T, Flags, false, false>(p, g, up, n, c);
+        return norms ? reduce_blocks<T, Flags, true, true>(p, g, up, n, c)
+                     : reduce_blocks<T, Flags, true, false>(p, g, up, n, c);
+    return norms ? reduce_blocks<T, Flags, false, true>(p, g, up, n, c)
+                 : reduce_blocks<T, Flags, false, false>(p, g, up, n, c);
 }
 
 template <typename T, unsigned Flags, bool Fresh>
