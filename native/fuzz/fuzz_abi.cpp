@@ -662,6 +662,64 @@ void fuzz_bump(FuzzedDataProvider& in)
         FUZZ_CHECK(status == OPTIM_STATUS_UNSUPPORTED, optim_last_error()); // no LibTorch here
 }
 
+// The optim_mpi_* entry points: a fuzz build has no MPI plugin, so every call must refuse (bad
+// arguments first, then OPTIM_STATUS_UNSUPPORTED naming the function) and write nothing.
+void fuzz_mpi(FuzzedDataProvider& in)
+{
+    Arena arena;
+    const int32_t device = pick_device(in);
+    const int32_t dtype = pick_i32(in, {OPTIM_DTYPE_FLOAT32, OPTIM_DTYPE_FLOAT64, -1, 7});
+    const int64_t count = pick_i64(in, {0, 1, 2, 3, -1});
+    const int64_t n = count > 0 && count < 8 ? count : 0;
+    auto* data = arena.array<void*>(n, true);
+    auto* numels = arena.array<int64_t>(n, true);
+    auto* owners = arena.array<int32_t>(n, true);
+    int64_t budget = 64;
+    for (int64_t k = 0; k < n; ++k) {
+        numels[k] = in.ConsumeBool() ? numel(in, budget) : pick_i64(in, {-1, 0, 5});
+        data[k] = numels[k] > 0 ? arena.alloc(size_t(numels[k]) * 8, true) : nullptr;
+        if (in.ConsumeIntegral<uint8_t>() >= 240) data[k] = nullptr;
+        owners[k] = pick_i32(in, {0, 1, -1, 1 << 30});
+    }
+    optim_comm_tensors list{count, maybe(in, data), maybe(in, numels)};
+    const optim_comm_tensors* tensors = in.ConsumeIntegral<uint8_t>() >= 240 ? nullptr : &list;
+    const int32_t* owner_arg = maybe(in, owners);
+    const int32_t op = pick_i32(in, {OPTIM_REDUCE_SUM, OPTIM_REDUCE_MEAN, OPTIM_REDUCE_MAX, 9});
+    const int64_t bucket = pick_i64(in, {1024, 8, 4, 0, -1, INT64_MAX});
+    double scalars[4] = {1, 2, 3, 4};
+    const int64_t scalar_count = pick_i64(in, {0, 2, 4, -1, int64_t(1) << 31});
+    arena.snapshot();
+    const char* fn = "";
+    optim_status status = OPTIM_STATUS_OK;
+    switch (in.ConsumeIntegral<uint8_t>() % 5) {
+    case 0:
+        fn = "optim_mpi_broadcast";
+        status = optim_mpi_broadcast(device, dtype, tensors, pick_i32(in, {0, 1, -1}), bucket);
+        break;
+    case 1:
+        fn = "optim_mpi_allreduce";
+        status = optim_mpi_allreduce(device, dtype, tensors, op, bucket);
+        break;
+    case 2:
+        fn = "optim_mpi_reduce_scatter";
+        status = optim_mpi_reduce_scatter(device, dtype, tensors, owner_arg, op, bucket);
+        break;
+    case 3:
+        fn = "optim_mpi_allgather";
+        status = optim_mpi_allgather(device, dtype, tensors, owner_arg, bucket);
+        break;
+    default:
+        fn = "optim_mpi_allreduce_scalars";
+        status =
+            optim_mpi_allreduce_scalars(in.ConsumeBool() ? scalars : nullptr, scalar_count, op);
+        break;
+    }
+    FUZZ_CHECK(status == OPTIM_STATUS_INVALID_ARGUMENT || status == OPTIM_STATUS_UNSUPPORTED,
+               optim_last_error());
+    expect_status(status, fn, arena);
+    FUZZ_CHECK(scalars[0] == 1 && scalars[3] == 4, "scalars written by a refused call");
+}
+
 void fuzz_info(FuzzedDataProvider& in)
 {
     FUZZ_CHECK(optim_abi_version() == OPTIM_ABI_VERSION, "abi version");
@@ -688,7 +746,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
 {
     FuzzedDataProvider in(data, size);
     for (int calls = 0; calls < 6 && in.remaining_bytes() > 0; ++calls) {
-        switch (in.ConsumeIntegral<uint8_t>() % 8) {
+        switch (in.ConsumeIntegral<uint8_t>() % 9) {
         case 0:
             fuzz_sgd(in);
             break;
@@ -709,6 +767,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
             break;
         case 6:
             fuzz_adam(in);
+            break;
+        case 7:
+            fuzz_mpi(in);
             break;
         default:
             fuzz_info(in);

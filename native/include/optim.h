@@ -527,6 +527,28 @@ OPTIM_API optim_status optim_mpi_allreduce(int32_t device, int32_t dtype,
  * metric's mean, a flag's maximum. count in [0, 2^31). */
 OPTIM_API optim_status optim_mpi_allreduce_scalars(double* values, int64_t count, int32_t op);
 
+/* Sharded optimizer state (ZeRO stage 1, docs/distributed.md): whole tensors are owned by ranks,
+ * tensor k by rank owners[k] (host memory, count entries, each in [0, size); the same on every
+ * rank). Buckets as optim_mpi_allreduce's: within a bucket the tensors are laid out rank by rank,
+ * so that one MPI_Reduce_scatter (one MPI_Allgatherv) moves the bucket; a tensor at least as large
+ * as a bucket goes in place (MPI_Reduce to its owner, MPI_Bcast from its owner). Checked before any
+ * communication as optim_mpi_allreduce's arguments, and the owners (NULL, out of range: naming the
+ * tensor).
+ *
+ * Reduce-scatter: every tensor a rank owns is reduced across ranks with `op` (OPTIM_REDUCE_*) in
+ * place; the tensors it does not own are read, never written. Each rank sends about
+ * (size - 1) / size of the list's bytes (a ring), against twice that for optim_mpi_allreduce. */
+OPTIM_API optim_status optim_mpi_reduce_scatter(int32_t device, int32_t dtype,
+                                                const optim_comm_tensors* tensors,
+                                                const int32_t* owners, int32_t op,
+                                                int64_t bucket_bytes);
+
+/* All-gather: every tensor is overwritten on every rank by its owner's values (the owner's own
+ * tensors are read, never written). */
+OPTIM_API optim_status optim_mpi_allgather(int32_t device, int32_t dtype,
+                                           const optim_comm_tensors* tensors, const int32_t* owners,
+                                           int64_t bucket_bytes);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif
