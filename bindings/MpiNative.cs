@@ -27,6 +27,12 @@ internal static unsafe partial class NativeMethods
     internal static partial int optim_mpi_allreduce_scalars(double* values, long count, int op);
 
     [LibraryImport(Library)]
+    internal static partial int optim_mpi_set_timeout(double seconds);
+
+    [LibraryImport(Library)]
+    internal static partial int optim_mpi_get_timeout(double* seconds);
+
+    [LibraryImport(Library)]
     internal static partial int optim_mpi_reduce_scatter(int device, int dtype, CommTensors* tensors, int* owners, int op, long bucketBytes);
 
     [LibraryImport(Library)]
@@ -92,6 +98,18 @@ internal static unsafe class MpiNative
             var list = new CommTensors { Count = data.Length, Data = d, Numels = n };
             OptimNative.ThrowIfFailed(NativeMethods.optim_mpi_allreduce((int)NativeDevice.Cpu, (int)dtype, &list, op, bucketBytes));
         }
+    }
+
+    /// <summary>How long a collective waits for the other ranks before it ends the job (seconds; +infinity: for ever).</summary>
+    public static double TimeoutSeconds
+    {
+        get
+        {
+            double seconds;
+            OptimNative.ThrowIfFailed(NativeMethods.optim_mpi_get_timeout(&seconds));
+            return seconds;
+        }
+        set => OptimNative.ThrowIfFailed(NativeMethods.optim_mpi_set_timeout(value));
     }
 
     /// <summary>Reduces each tensor across ranks into its owner's copy (<paramref name="owners"/>: one rank per tensor).</summary>

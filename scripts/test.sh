@@ -211,6 +211,18 @@ else
     [ "$mpi_fail" -gt 0 ] || { tail -n 20 "$log/mpi-checks.log"; failed=$((failed + 1)); }
     status=1
   fi
+  # A rank that hangs while alive: rank 0's collective times out after 5 s and ends the job, saying so.
+  mpi_start=$SECONDS
+  timeout 120 "${mpirun_lo[@]}" dotnet "$mpi_dll" hang >"$log/mpi-hang.log" 2>&1
+  mpi_rc=$?
+  if [ $mpi_rc -ne 0 ] && [ $mpi_rc -ne 124 ] && [ $((SECONDS - mpi_start)) -le 60 ] &&
+      grep -q "MPI_Iallreduce in optim_mpi_allreduce did not complete within the timeout of 5 s" "$log/mpi-hang.log"; then
+    echo "ok: hang on rank 1 ended the job by rank 0's timeout with exit status $mpi_rc after $((SECONDS - mpi_start)) s"
+    passed=$((passed + 1))
+  else
+    echo "FAILED: hang on rank 1: exit status $mpi_rc after $((SECONDS - mpi_start)) s (124: still running at 120 s; the bound is 60 s with the timeout's message); see $log/mpi-hang.log"
+    fail_step
+  fi
   for mode in fault kill; do
     mpi_start=$SECONDS
     timeout 120 "${mpirun_lo[@]}" dotnet "$mpi_dll" "$mode" >"$log/mpi-$mode.log" 2>&1

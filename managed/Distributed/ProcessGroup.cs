@@ -45,6 +45,7 @@ public sealed class ProcessGroup : IDisposable
     private static bool s_abortsOnUnhandled;
 
     private bool _disposed;
+    private TimeSpan _aloneTimeout = System.Threading.Timeout.InfiniteTimeSpan;
 
     private ProcessGroup(int rank, int size, bool usesMpi)
     {
@@ -61,6 +62,42 @@ public sealed class ProcessGroup : IDisposable
 
     /// <summary>Whether the job runs over MPI (launched by an MPI launcher), rather than as one process alone.</summary>
     public bool UsesMpi { get; }
+
+    /// <summary>
+    /// How long a collective waits for the other ranks (default 30 minutes, PyTorch's). Past it a rank has died
+    /// or hangs, and a collective cannot be cancelled: the waiting rank prints which collective waited how
+    /// long and ends the whole job (MPI_Abort; <c>mpirun</c> exits with an error). Not a limit on computing
+    /// between collectives. <see cref="System.Threading.Timeout.InfiniteTimeSpan"/> waits for ever. In a job
+    /// of one nothing waits; the value is kept and unused.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">Zero or negative.</exception>
+    public TimeSpan Timeout
+    {
+        get
+        {
+            ThrowIfDisposed();
+            if (!UsesMpi)
+            {
+                return _aloneTimeout;
+            }
+            double seconds = MpiNative.TimeoutSeconds;
+            return double.IsPositiveInfinity(seconds) ? System.Threading.Timeout.InfiniteTimeSpan : TimeSpan.FromSeconds(seconds);
+        }
+        set
+        {
+            ThrowIfDisposed();
+            bool infinite = value == System.Threading.Timeout.InfiniteTimeSpan;
+            if (!infinite && value <= TimeSpan.Zero)
+            {
+                throw new ArgumentOutOfRangeException(nameof(value), $"The timeout {value} is not positive (Timeout.InfiniteTimeSpan waits for ever).");
+            }
+            if (UsesMpi)
+            {
+                MpiNative.TimeoutSeconds = infinite ? double.PositiveInfinity : value.TotalSeconds;
+            }
+            _aloneTimeout = value;
+        }
+    }
 
     /// <summary>Whether this process was started by an MPI launcher (its environment names the job).</summary>
     public static bool LaunchedByMpi => s_launcherVariables.Any(v => Environment.GetEnvironmentVariable(v) is not null);

@@ -691,7 +691,7 @@ void fuzz_mpi(FuzzedDataProvider& in)
     arena.snapshot();
     const char* fn = "";
     optim_status status = OPTIM_STATUS_OK;
-    switch (in.ConsumeIntegral<uint8_t>() % 5) {
+    switch (in.ConsumeIntegral<uint8_t>() % 7) {
     case 0:
         fn = "optim_mpi_broadcast";
         status = optim_mpi_broadcast(device, dtype, tensors, pick_i32(in, {0, 1, -1}), bucket);
@@ -707,6 +707,14 @@ void fuzz_mpi(FuzzedDataProvider& in)
     case 3:
         fn = "optim_mpi_allgather";
         status = optim_mpi_allgather(device, dtype, tensors, owner_arg, bucket);
+        break;
+    case 4:
+        fn = "optim_mpi_set_timeout";
+        status = optim_mpi_set_timeout(value(in, {5.0, 0.0, -1.0}));
+        break;
+    case 5:
+        fn = "optim_mpi_get_timeout";
+        status = optim_mpi_get_timeout(in.ConsumeBool() ? &scalars[0] : nullptr);
         break;
     default:
         fn = "optim_mpi_allreduce_scalars";

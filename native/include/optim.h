@@ -507,6 +507,19 @@ OPTIM_API optim_status optim_mpi_finalize(void);
  * Returns (OPTIM_STATUS_MPI_ERROR) only when MPI is not initialised or could not abort. */
 OPTIM_API optim_status optim_mpi_abort(int32_t error_code);
 
+/* How long a collective may wait for the other ranks, in seconds (> 0; +infinity waits for ever;
+ * default 1800, PyTorch's process-group default). Every collective below is started non-blocking
+ * and polled against this deadline; past it, a rank or the network has failed and the collective
+ * cannot be cancelled, so the library writes which collective, in which call, waited how long to
+ * stderr and ends the job (MPI_Abort; mpirun then stops every rank with an error). Not a limit on
+ * the time between collectives: a rank computing for an hour is waited for only once others reach
+ * a collective. Callable at any time, before optim_mpi_init too, also while another thread waits
+ * (the new value applies to the wait in progress). */
+OPTIM_API optim_status optim_mpi_set_timeout(double seconds);
+
+/* The timeout in force, in *seconds (host memory, not NULL). */
+OPTIM_API optim_status optim_mpi_get_timeout(double* seconds);
+
 /* Copies every tensor of `tensors` from rank `root` to every other rank, in place. Tensors smaller
  * than bucket_bytes are packed into buckets of at most bucket_bytes (one MPI_Bcast per bucket);
  * larger ones are sent in place. dtype: OPTIM_DTYPE_FLOAT32 or _FLOAT64. bucket_bytes >= 8.

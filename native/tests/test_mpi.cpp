@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -94,6 +95,31 @@ TEST(Mpi, ShardedArgumentsAreCheckedFirst)
         << last_error();
     EXPECT_EQ(a[0], 1.0f); // nothing written
     EXPECT_EQ(b[1], 2.0f);
+}
+
+TEST(Mpi, Timeout)
+{
+    EXPECT_EQ(optim_mpi_set_timeout(0), OPTIM_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(last_error().find("is not positive"), std::string::npos) << last_error();
+    EXPECT_EQ(optim_mpi_set_timeout(-1), OPTIM_STATUS_INVALID_ARGUMENT);
+    EXPECT_EQ(optim_mpi_set_timeout(std::nan("")), OPTIM_STATUS_INVALID_ARGUMENT);
+    EXPECT_EQ(optim_mpi_get_timeout(nullptr), OPTIM_STATUS_INVALID_ARGUMENT);
+    double seconds = 0;
+    if (optim_mpi_compiled()) {
+        // Before optim_mpi_init too: the default, then what was set.
+        ASSERT_EQ(optim_mpi_get_timeout(&seconds), OPTIM_STATUS_OK) << last_error();
+        EXPECT_EQ(seconds, 1800.0);
+        ASSERT_EQ(optim_mpi_set_timeout(2.5), OPTIM_STATUS_OK) << last_error();
+        ASSERT_EQ(optim_mpi_get_timeout(&seconds), OPTIM_STATUS_OK);
+        EXPECT_EQ(seconds, 2.5);
+        ASSERT_EQ(optim_mpi_set_timeout(HUGE_VAL), OPTIM_STATUS_OK);
+        ASSERT_EQ(optim_mpi_get_timeout(&seconds), OPTIM_STATUS_OK);
+        EXPECT_EQ(seconds, HUGE_VAL);
+        ASSERT_EQ(optim_mpi_set_timeout(1800), OPTIM_STATUS_OK);
+    } else {
+        EXPECT_EQ(optim_mpi_set_timeout(5), OPTIM_STATUS_UNSUPPORTED);
+        EXPECT_EQ(optim_mpi_get_timeout(&seconds), OPTIM_STATUS_UNSUPPORTED);
+    }
 }
 
 TEST(Mpi, CollectiveBeforeInitOrWithoutPlugin)

@@ -11,6 +11,7 @@ using static TorchSharp.torch;
 //   mpirun -np 2 dotnet Optim.MpiTests.dll checks    every check below; PASS/FAIL lines per rank
 //   mpirun -np 2 dotnet Optim.MpiTests.dll fault     rank 1 throws at its third step (the job must end)
 //   mpirun -np 2 dotnet Optim.MpiTests.dll kill      rank 1 is killed (SIGKILL) at its third step
+//   mpirun -np 2 dotnet Optim.MpiTests.dll hang      rank 1 sleeps at its third step; rank 0's 5 s timeout ends the job
 //   mpirun -np 2 dotnet Optim.MpiTests.dll mnist     the README's MNIST MLP on N ranks (--sharded: ZeRO-1)
 // Each rank prints "rank R: N passed, M failed" last and exits 1 if any check failed.
 CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
@@ -22,8 +23,9 @@ int status = mode switch
     "checks" => new Checks(group).RunAll(),
     "fault" => Fault.Run(group, kill: false),
     "kill" => Fault.Run(group, kill: true),
+    "hang" => Fault.Hang(group),
     "mnist" => MnistDemo.Run(group, args.Skip(1).ToArray()),
-    _ => throw new ArgumentException($"unknown mode '{mode}' (checks, fault, mnist)"),
+    _ => throw new ArgumentException($"unknown mode '{mode}' (checks, fault, kill, hang, mnist)"),
 };
 return status;
 
@@ -479,7 +481,7 @@ internal sealed partial class Checks
 }
 
 /// <summary>A rank that fails at its third step (throws, or is killed) while the others wait in the all-reduce.</summary>
-internal static class Fault
+internal static partial class Fault
 {
     public static int Run(ProcessGroup group, bool kill)
     {
@@ -496,6 +498,34 @@ internal static class Fault
             if (step == 3 && group.Rank == 1)
             {
                 throw new InvalidOperationException("rank 1 fails on purpose at step 3");
+            }
+            opt.zero_grad();
+            model.call(torch.randn(4, 10)).sum().backward();
+            dp.SynchronizeGradients();
+            opt.step();
+        }
+        Console.WriteLine($"rank {group.Rank}: finished, which it should not have");
+        return 0;
+    }
+}
+
+/// <summary>A rank that hangs while alive: rank 1 sleeps 10 minutes at its third step, so rank 0 waits in the
+/// all-reduce; with a 5 s timeout rank 0 must end the job with a message naming the collective.</summary>
+internal static partial class Fault
+{
+    public static int Hang(ProcessGroup group)
+    {
+        group.Timeout = TimeSpan.FromSeconds(5);
+        Console.WriteLine($"rank {group.Rank}: timeout {group.Timeout.TotalSeconds} s");
+        using var scope = torch.NewDisposeScope();
+        var model = nn.Sequential(("fc", nn.Linear(10, 10)));
+        var dp = new DataParallel(model, group);
+        var opt = new FusedSGD(model.parameters(), 0.1);
+        for (int step = 0; step < 1000; step++)
+        {
+            if (step == 3 && group.Rank == 1)
+            {
+                Thread.Sleep(TimeSpan.FromMinutes(10));
             }
             opt.zero_grad();
             model.call(torch.randn(4, 10)).sum().backward();

@@ -220,6 +220,28 @@ OPTIM_API optim_status optim_mpi_allgather(int32_t device, int32_t dtype,
     });
 }
 
+OPTIM_API optim_status optim_mpi_set_timeout(double seconds)
+{
+    constexpr const char* function = "optim_mpi_set_timeout";
+    return optim::guard(function, [&] {
+        OPTIM_REQUIRE(seconds > 0, function,
+                      "timeout " + std::to_string(seconds) +
+                          " s is not positive (+infinity waits for ever)");
+        const auto& mpi = plugin(function);
+        forward(function, [&](char* m, int64_t c) { return mpi.set_timeout(seconds, m, c); });
+    });
+}
+
+OPTIM_API optim_status optim_mpi_get_timeout(double* seconds)
+{
+    constexpr const char* function = "optim_mpi_get_timeout";
+    return optim::guard(function, [&] {
+        OPTIM_REQUIRE(seconds != nullptr, function, "seconds is NULL");
+        const auto& mpi = plugin(function);
+        forward(function, [&](char* m, int64_t c) { return mpi.get_timeout(seconds, m, c); });
+    });
+}
+
 OPTIM_API optim_status optim_mpi_abort(int32_t error_code)
 {
     constexpr const char* function = "optim_mpi_abort";

@@ -5,12 +5,16 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <climits>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <mutex>
 #include <new>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -35,6 +39,18 @@ struct PluginError {
         if (optim_mpi_code != MPI_SUCCESS) mpi_failed(#call, optim_mpi_code);                      \
     } while (0)
 
+// Waits for a non-blocking collective, polling it against g_timeout_seconds; past the deadline the
+// job cannot go on (a collective cannot be cancelled): says which collective and how long, on
+// stderr, and ends the job with MPI_Abort.
+void wait_for(MPI_Request& request, const char* collective);
+
+#define OPTIM_COLLECTIVE(start, ...)                                                               \
+    do {                                                                                           \
+        MPI_Request optim_request = MPI_REQUEST_NULL;                                              \
+        OPTIM_MPI_CALL(start(__VA_ARGS__, &optim_request));                                        \
+        wait_for(optim_request, #start);                                                           \
+    } while (0)
+
 // Everything below is guarded by g_mutex: calls into MPI are serialised, so MPI_THREAD_SERIALIZED
 // is enough whichever threads call.
 std::mutex g_mutex;
@@ -44,9 +60,39 @@ int g_rank = 0;
 int g_size = 1;
 std::vector<unsigned char> g_bucket;  // the packing buffer, kept between calls
 std::vector<unsigned char> g_receive; // a rank's segment of a reduce-scattered bucket
+// How long a collective may wait for the other ranks (optim_mpi_set_timeout); the default is
+// PyTorch's process-group default, 30 minutes.
+std::atomic<double> g_timeout_seconds{1800}; // not under g_mutex: settable during a wait
+const char* g_function = ""; // the optim_mpi_* call in progress, for the timeout's message
+
+void wait_for(MPI_Request& request, const char* collective)
+{
+    const auto start = std::chrono::steady_clock::now();
+    for (;;) {
+        int done = 0;
+        OPTIM_MPI_CALL(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
+        if (done) return;
+        const double waited =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        if (waited > g_timeout_seconds) {
+            char text[512];
+            std::snprintf(text, sizeof text,
+                          "optim: rank %d of %d: %s in %s did not complete within the timeout of "
+                          "%g s (optim_mpi_set_timeout, ProcessGroup.Timeout): another rank has "
+                          "died or hangs; ending the job (MPI_Abort)",
+                          g_rank, g_size, collective, g_function, g_timeout_seconds.load());
+            std::fprintf(stderr, "%s\n", text);
+            std::fflush(stderr);
+            MPI_Abort(MPI_COMM_WORLD, 1); // returns only if MPI could not abort
+            throw PluginError{OPTIM_STATUS_MPI_ERROR, text};
+        }
+        std::this_thread::yield(); // on shared cores, let the rank being waited for run
+    }
+}
 
 void require_initialised(const char* function)
 {
+    g_function = function;
     if (g_comm == MPI_COMM_NULL)
         throw PluginError{OPTIM_STATUS_INVALID_ARGUMENT,
                           std::string(function) + ": call optim_mpi_init first"};
@@ -289,7 +335,7 @@ optim_status plugin_broadcast(int32_t dtype, const optim_comm_tensors* tensors, 
         bucketed(
             dtype, *tensors, bucket_bytes,
             [&](void* buffer, int64_t n) {
-                OPTIM_MPI_CALL(MPI_Bcast(buffer, int(n), mpi_type(dtype), root, g_comm));
+                OPTIM_COLLECTIVE(MPI_Ibcast, buffer, int(n), mpi_type(dtype), root, g_comm);
             },
             [&](int64_t k, unsigned char* dst) {
                 if (is_root)
@@ -312,8 +358,8 @@ optim_status plugin_allreduce(int32_t dtype, const optim_comm_tensors* tensors, 
         bucketed(
             dtype, *tensors, bucket_bytes,
             [&](void* buffer, int64_t n) {
-                OPTIM_MPI_CALL(MPI_Allreduce(MPI_IN_PLACE, buffer, int(n), mpi_type(dtype),
-                                             mpi_op(op), g_comm));
+                OPTIM_COLLECTIVE(MPI_Iallreduce, MPI_IN_PLACE, buffer, int(n), mpi_type(dtype),
+                                 mpi_op(op), g_comm);
                 // In place on a large tensor: divide here; bucketed elements are divided on unpack.
                 if (mean && buffer != static_cast<void*>(g_bucket.data()))
                     divide_by_size(dtype, buffer, n);
@@ -334,8 +380,8 @@ optim_status plugin_allreduce_scalars(double* values, int64_t count, int32_t op,
     return boundary(message, capacity, [&] {
         require_initialised("optim_mpi_allreduce_scalars");
         if (count == 0) return;
-        OPTIM_MPI_CALL(
-            MPI_Allreduce(MPI_IN_PLACE, values, int(count), MPI_DOUBLE, mpi_op(op), g_comm));
+        OPTIM_COLLECTIVE(MPI_Iallreduce, MPI_IN_PLACE, values, int(count), MPI_DOUBLE, mpi_op(op),
+                         g_comm);
         if (op == OPTIM_REDUCE_MEAN) divide_by_size(values, count);
     });
 }
@@ -356,15 +402,15 @@ optim_status plugin_reduce_scatter(int32_t dtype, const optim_comm_tensors* tens
                 const size_t mine = size_t(counts[size_t(g_rank)]);
                 if (g_receive.size() < std::max<size_t>(1, mine * element))
                     g_receive.resize(std::max<size_t>(1, mine * element));
-                OPTIM_MPI_CALL(MPI_Reduce_scatter(g_bucket.data(), g_receive.data(), counts.data(),
-                                                  mpi_type(dtype), mpi_op(op), g_comm));
+                OPTIM_COLLECTIVE(MPI_Ireduce_scatter, g_bucket.data(), g_receive.data(),
+                                 counts.data(), mpi_type(dtype), mpi_op(op), g_comm);
                 std::memcpy(g_bucket.data() + size_t(displs[size_t(g_rank)]) * element,
                             g_receive.data(), mine * element);
             },
             [&](void* data, int64_t n, int32_t owner) {
                 const bool mine = owner == g_rank;
-                OPTIM_MPI_CALL(MPI_Reduce(mine ? MPI_IN_PLACE : data, mine ? data : nullptr, int(n),
-                                          mpi_type(dtype), mpi_op(op), owner, g_comm));
+                OPTIM_COLLECTIVE(MPI_Ireduce, mine ? MPI_IN_PLACE : data, mine ? data : nullptr,
+                                 int(n), mpi_type(dtype), mpi_op(op), owner, g_comm);
                 if (mine && mean) divide_by_size(dtype, data, n);
             },
             [&](int64_t k, unsigned char* dst) {
@@ -390,12 +436,12 @@ optim_status plugin_allgather(int32_t dtype, const optim_comm_tensors* tensors,
         sharded(
             dtype, *tensors, owners, bucket_bytes,
             [&](const std::vector<int>& counts, const std::vector<int>& displs) {
-                OPTIM_MPI_CALL(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, g_bucket.data(),
-                                              counts.data(), displs.data(), mpi_type(dtype),
-                                              g_comm));
+                OPTIM_COLLECTIVE(MPI_Iallgatherv, MPI_IN_PLACE, 0, MPI_DATATYPE_NULL,
+                                 g_bucket.data(), counts.data(), displs.data(), mpi_type(dtype),
+                                 g_comm);
             },
             [&](void* data, int64_t n, int32_t owner) {
-                OPTIM_MPI_CALL(MPI_Bcast(data, int(n), mpi_type(dtype), owner, g_comm));
+                OPTIM_COLLECTIVE(MPI_Ibcast, data, int(n), mpi_type(dtype), owner, g_comm);
             },
             [&](int64_t k, unsigned char* dst) {
                 if (owners[k] == g_rank)
@@ -429,6 +475,18 @@ optim_status plugin_abort(int32_t error_code, char* message, int64_t capacity)
     return OPTIM_STATUS_MPI_ERROR;
 }
 
+optim_status plugin_set_timeout(double seconds, char*, int64_t)
+{
+    g_timeout_seconds = seconds;
+    return OPTIM_STATUS_OK;
+}
+
+optim_status plugin_get_timeout(double* seconds, char*, int64_t)
+{
+    *seconds = g_timeout_seconds;
+    return OPTIM_STATUS_OK;
+}
+
 const optim_mpi_plugin g_plugin = {OPTIM_MPI_PLUGIN_VERSION,
                                    plugin_init,
                                    plugin_finalize,
@@ -437,7 +495,9 @@ const optim_mpi_plugin g_plugin = {OPTIM_MPI_PLUGIN_VERSION,
                                    plugin_allreduce_scalars,
                                    plugin_abort,
                                    plugin_reduce_scatter,
-                                   plugin_allgather};
+                                   plugin_allgather,
+                                   plugin_set_timeout,
+                                   plugin_get_timeout};
 
 } // namespace
 
