@@ -1,3 +1,4 @@
+using System.Text.Json;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -34,8 +35,10 @@ namespace Optim.Distributed;
 /// </remarks>
 public sealed class ShardedOptimizer
 {
+    private readonly Parameter[][] _groups;
     private readonly Parameter[] _parameters;
     private readonly int[] _owners;
+    private readonly Func<Parameter[][], OptimizerHelper> _create;
     private readonly HypergradientSGD? _skipsNonFinite;
 
     /// <summary>Shards <paramref name="groups"/> over the ranks of <paramref name="group"/> and wraps the optimizer <paramref name="create"/> makes of this rank's share.</summary>
@@ -58,6 +61,8 @@ public sealed class ShardedOptimizer
         BucketBytes = bucketBytes;
         var byGroup = groups.Select(g => (g ?? throw new ArgumentException("A param group is null.", nameof(groups)))
             .Where(p => p.requires_grad).ToArray()).ToArray();
+        _groups = byGroup;
+        _create = create;
         _parameters = byGroup.SelectMany(g => g).ToArray();
         _owners = Assign(_parameters.Select(p => p.numel()).ToArray(), group.Size);
         var owned = new HashSet<Parameter>(_parameters.Where((_, k) => _owners[k] == group.Rank), ReferenceEqualityComparer.Instance);
@@ -146,6 +151,158 @@ public sealed class ShardedOptimizer
         }
         using var _ = torch.no_grad();
         Group.AllGather(_parameters, _owners, BucketBytes);
+    }
+
+    /// <summary>
+    /// Writes this job's optimizer state to <paramref name="directory"/> (every rank calls it; a directory all
+    /// ranks can reach): each rank its own shard, <c>shard-R-of-N.bin</c> (the wrapped optimizer's
+    /// <c>save_state_dict</c>), and rank 0 <c>manifest.json</c>, which names the layout: the optimizer, the
+    /// number of ranks, and each parameter's param group, shape, dtype and owner. Returns on every rank once
+    /// every file is written. The parameters themselves are the model's to save (they are equal on every rank).
+    /// </summary>
+    public void SaveCheckpoint(string directory)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(directory);
+        Directory.CreateDirectory(directory);
+        Inner.save_state_dict(Path.Combine(directory, ShardFile(Group.Rank, Group.Size)));
+        Group.AllReduce(0.0, ReduceOp.Max); // every shard is written before the manifest names them
+        if (Group.Rank == 0)
+        {
+            var manifest = new CheckpointManifest
+            {
+                Format = ManifestFormat,
+                Optimizer = Inner.GetType().Name,
+                Ranks = Group.Size,
+                Parameters = _groups.SelectMany((g, gi) => g.Select(p => new CheckpointParameter
+                {
+                    Group = gi,
+                    Shape = p.shape,
+                    DType = p.dtype.ToString(),
+                })).Select((p, k) => p with { Owner = _owners[k] }).ToArray(),
+            };
+            File.WriteAllText(Path.Combine(directory, ManifestFile), JsonSerializer.Serialize(manifest, CheckpointJson.Default.CheckpointManifest));
+        }
+        Group.AllReduce(0.0, ReduceOp.Max);
+    }
+
+    /// <summary>
+    /// Loads a checkpoint written by <see cref="SaveCheckpoint"/> with any number of ranks into this job (N ranks
+    /// into M): each rank reads the shards that hold its own parameters' state (per the manifest), into
+    /// optimizers made by the same factory over the writing rank's parameters, and copies its parameters'
+    /// state and the param groups' options from them. Every rank calls it, over the same parameters as the
+    /// writing job (same groups, shapes and dtypes); the model's parameters are loaded separately.
+    /// </summary>
+    /// <exception cref="InvalidDataException">The manifest does not describe these parameters or this optimizer; nothing was changed.</exception>
+    public void LoadCheckpoint(string directory)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(directory);
+        string path = Path.Combine(directory, ManifestFile);
+        var manifest = JsonSerializer.Deserialize(File.ReadAllText(path), CheckpointJson.Default.CheckpointManifest)
+            ?? throw new InvalidDataException($"{path} is empty.");
+        CheckManifest(manifest, path);
+        var oldOwner = manifest.Parameters.Select(p => p.Owner).ToArray();
+        // The shards this rank needs: those holding its parameters' state, or shard 0 for the options alone.
+        var needed = _parameters.Select((_, k) => k).Where(k => _owners[k] == Group.Rank).Select(k => oldOwner[k]).Distinct().ToList();
+        if (needed.Count == 0)
+        {
+            needed.Add(0);
+        }
+        var sources = new List<OptimizerHelper>();
+        try
+        {
+            var stateOf = new Dictionary<Parameter, OptimizerState>(ReferenceEqualityComparer.Instance);
+            OptimizerHelper.StateDictionary? first = null;
+            var index = new Dictionary<Parameter, int>(ReferenceEqualityComparer.Instance);
+            for (int k = 0; k < _parameters.Length; k++)
+            {
+                index[_parameters[k]] = k;
+            }
+            foreach (int r in needed.Order())
+            {
+                var theirs = _groups.Select(g => g.Where(p => oldOwner[index[p]] == r).ToArray()).ToArray();
+                var source = _create(theirs);
+                sources.Add(source);
+                LoadFile(source, Path.Combine(directory, ShardFile(r, manifest.Ranks)));
+                var dict = source.state_dict();
+                first ??= dict;
+                foreach (var (p, state) in theirs.SelectMany(g => g).Zip(dict.State))
+                {
+                    stateOf[p] = state;
+                }
+            }
+            var target = Inner.state_dict();
+            for (int g = 0; g < target.Options.Count; g++)
+            {
+                target.Options[g] = first!.Options[g];
+            }
+            var mine = _groups.SelectMany(g => g).Where((_, k) => _owners[k] == Group.Rank).ToArray();
+            for (int i = 0; i < mine.Length; i++)
+            {
+                target.State[i] = stateOf[mine[i]];
+            }
+            Inner.load_state_dict(target);
+        }
+        finally
+        {
+            foreach (var source in sources)
+            {
+                source.Dispose();
+            }
+        }
+    }
+
+    private const string ManifestFile = "manifest.json";
+    private const string ManifestFormat = "optim-sharded-optimizer-1";
+
+    private static string ShardFile(int rank, int ranks) => $"shard-{rank}-of-{ranks}.bin";
+
+    // Loads through the optimizer's own all-or-nothing load (TorchSharp's is not virtual).
+    private static void LoadFile(OptimizerHelper optimizer, string path)
+    {
+        switch (optimizer)
+        {
+            case FusedSGD o:
+                o.load_state_dict(path);
+                break;
+            case FusedAdam o:
+                o.load_state_dict(path);
+                break;
+            case HypergradientSGD o:
+                o.load_state_dict(path);
+                break;
+            default:
+                throw new NotSupportedException($"ShardedOptimizer: cannot load a {optimizer.GetType().Name}.");
+        }
+    }
+
+    private void CheckManifest(CheckpointManifest m, string path)
+    {
+        if (m.Format != ManifestFormat)
+        {
+            throw new InvalidDataException($"{path}: format '{m.Format}', expected '{ManifestFormat}'.");
+        }
+        if (m.Optimizer != Inner.GetType().Name)
+        {
+            throw new InvalidDataException($"{path}: the checkpoint is of a {m.Optimizer}, this optimizer is a {Inner.GetType().Name}.");
+        }
+        if (m.Ranks < 1 || m.Parameters is null || m.Parameters.Length != _parameters.Length)
+        {
+            throw new InvalidDataException($"{path}: {m.Parameters?.Length ?? 0} parameters on {m.Ranks} ranks; this optimizer has {_parameters.Length} parameters.");
+        }
+        int k = 0;
+        for (int g = 0; g < _groups.Length; g++)
+        {
+            foreach (var p in _groups[g])
+            {
+                var saved = m.Parameters[k];
+                if (saved.Group != g || !saved.Shape.SequenceEqual(p.shape) || saved.DType != p.dtype.ToString() || saved.Owner < 0 || saved.Owner >= m.Ranks)
+                {
+                    throw new InvalidDataException($"{path}: parameter {k} was param group {saved.Group}, [{string.Join(", ", saved.Shape)}] {saved.DType} on rank {saved.Owner}; " +
+                        $"here it is param group {g}, [{string.Join(", ", p.shape)}] {p.dtype}.");
+                }
+                k++;
+            }
+        }
     }
 
     // Whether any rank's own gradients (the reduced ones) hold a NaN or an infinity: the same answer everywhere.

@@ -11,6 +11,8 @@ using static TorchSharp.torch;
 //   mpirun -np 2 dotnet Optim.MpiTests.dll checks    every check below; PASS/FAIL lines per rank
 //   mpirun -np 2 dotnet Optim.MpiTests.dll fault     rank 1 throws at its third step (the job must end)
 //   mpirun -np 2 dotnet Optim.MpiTests.dll kill      rank 1 is killed (SIGKILL) at its third step
+//   mpirun -np N dotnet Optim.MpiTests.dll checkpoint save|load DIR
+//                                                    sharded checkpoints written by N ranks, loaded by M
 //   mpirun -np 2 dotnet Optim.MpiTests.dll hang      rank 1 sleeps at its third step; rank 0's 5 s timeout ends the job
 //   mpirun -np 2 dotnet Optim.MpiTests.dll mnist     the README's MNIST MLP on N ranks (--sharded: ZeRO-1)
 // Each rank prints "rank R: N passed, M failed" last and exits 1 if any check failed.
@@ -24,6 +26,7 @@ int status = mode switch
     "fault" => Fault.Run(group, kill: false),
     "kill" => Fault.Run(group, kill: true),
     "hang" => Fault.Hang(group),
+    "checkpoint" => new Checks(group).Checkpoint(args[1], args[2]),
     "mnist" => MnistDemo.Run(group, args.Skip(1).ToArray()),
     _ => throw new ArgumentException($"unknown mode '{mode}' (checks, fault, kill, hang, mnist)"),
 };
@@ -463,6 +466,80 @@ internal sealed partial class Checks
             message = e.Message;
         }
         Check("sharded: HypergradientSGD's global scope is refused with a clear message", message?.Contains("Global scope") == true, $"message: {message ?? "none"}");
+    }
+
+    // The optimizers whose sharded checkpoints are checked, by directory name.
+    private static readonly (string Name, Func<Parameter[][], OptimizerHelper> Create)[] s_checkpointed =
+    {
+        ("FusedAdamW", l => new FusedAdamW(l.Select(p => new FusedAdamW.ParamGroup(p)), 1e-2, weight_decay: 0.05)),
+        ("HypergradientSGD-PerTensor", l => new HypergradientSGD(l.Select(p => new HypergradientSGD.ParamGroup(p)), 0.05, 1e-2, HypergradientScope.PerTensor, momentum: 0.9, rule: HypergradientRule.Normalized)),
+        ("FusedSGD", l => new FusedSGD(l.Select(p => new FusedSGD.ParamGroup(p)), 0.05, momentum: 0.9)),
+    };
+
+    private const int CheckpointAt = 20;
+
+    /// <summary>
+    /// Checkpoints across job sizes, in two runs (scripts/test.sh): "save" trains sharded for 20 steps, saves
+    /// the model and the sharded state, trains 20 more and keeps the final parameters (the uninterrupted
+    /// run); "load", with any number of ranks, loads both, trains the same 20 steps and compares. Each step's
+    /// global batch is the same 16 rows whatever the number of ranks (each rank takes 16 / ranks of them).
+    /// </summary>
+    public int Checkpoint(string phase, string directory)
+    {
+        foreach (var (name, create) in s_checkpointed)
+        {
+            string dir = Path.Combine(directory, name);
+            using var scope = torch.NewDisposeScope();
+            var model = Model(100 + _group.Rank, ScalarType.Float64);
+            if (phase == "load")
+            {
+                model.load(Path.Combine(dir, "model.bin"));
+            }
+            var dp = new DataParallel(model, _group); // a save run's ranks start from rank 0's parameters
+            var sharded = new ShardedOptimizer(Layers(model), _group, create, 256);
+            if (phase == "save")
+            {
+                Directory.CreateDirectory(dir);
+                Train(model, sharded, 0, CheckpointAt);
+                if (_group.Rank == 0)
+                {
+                    model.save(Path.Combine(dir, "model.bin"));
+                }
+                sharded.SaveCheckpoint(dir);
+                Train(model, sharded, CheckpointAt, 2 * CheckpointAt);
+                if (_group.Rank == 0)
+                {
+                    model.save(Path.Combine(dir, "uninterrupted.bin"));
+                }
+                _group.AllReduce(0.0, ReduceOp.Max);
+                Check($"checkpoint {name}: saved by {_group.Size} ranks after {CheckpointAt} steps", File.Exists(Path.Combine(dir, "manifest.json")), "no manifest");
+                continue;
+            }
+            sharded.LoadCheckpoint(dir);
+            Train(model, sharded, CheckpointAt, 2 * CheckpointAt);
+            var reference = Model(100, ScalarType.Float64);
+            reference.load(Path.Combine(dir, "uninterrupted.bin"));
+            var (worst, where) = Compare(model.parameters(), reference.parameters(), 1e-10);
+            double spread = dp.MaxParameterDifference();
+            Check($"checkpoint {name}: loaded by {_group.Size} ranks, {CheckpointAt} more steps equal the uninterrupted run",
+                worst <= 1 && spread == 0, $"worst error {worst:G3} x tolerance ({where}); largest difference between ranks {spread:G3}");
+        }
+        Console.WriteLine($"rank {_group.Rank}: {_passed} passed, {_failed} failed");
+        return _failed == 0 ? 0 : 1;
+    }
+
+    private void Train(Sequential model, ShardedOptimizer sharded, int from, int to)
+    {
+        int share = 2 * PerRank / _group.Size;
+        for (int step = from; step < to; step++)
+        {
+            using var stepScope = torch.NewDisposeScope();
+            var (x, y) = Batch(step, 2, ScalarType.Float64);
+            int start = _group.Rank * share;
+            sharded.zero_grad();
+            Loss(model, x[start..(start + share)], y[start..(start + share)]).backward();
+            sharded.step();
+        }
     }
 
     private static (double Worst, string Where) CompareStates(List<Tensor> ta, List<double> ra, List<Tensor> tb, List<double> rb, double tol)

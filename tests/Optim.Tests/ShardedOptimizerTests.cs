@@ -80,6 +80,45 @@ public class ShardedOptimizerTests
     }
 
     [Test]
+    public void CheckpointRefusesAnotherModelOrOptimizerAndChangesNothing()
+    {
+        var group = ProcessGroup.Initialize();
+        string dir = Path.Combine(Path.GetTempPath(), $"optim-sharded-{Guid.NewGuid():N}");
+        try
+        {
+            var model = nn.Linear(3, 2);
+            var sharded = new ShardedOptimizer(new[] { model.parameters() }, group, l => new FusedSGD(l.SelectMany(p => p), 0.1, momentum: 0.9));
+            model.call(torch.ones(1, 3)).sum().backward();
+            sharded.step();
+            sharded.SaveCheckpoint(dir);
+            Assert.That(File.Exists(Path.Combine(dir, "manifest.json")) && File.Exists(Path.Combine(dir, "shard-0-of-1.bin")), Is.True);
+
+            var other = nn.Linear(4, 2);
+            var wrongShape = new ShardedOptimizer(new[] { other.parameters() }, group, l => new FusedSGD(l.SelectMany(p => p), 0.1, momentum: 0.9));
+            var e = Assert.Throws<InvalidDataException>(() => wrongShape.LoadCheckpoint(dir));
+            Assert.That(e!.Message, Does.Contain("parameter 0"));
+            Assert.That(wrongShape.Inner.state_dict().State.OfType<FusedSGD.State>().All(s => s.momentum_buffer is null), Is.True);
+
+            var adam = new ShardedOptimizer(new[] { model.parameters() }, group, l => new FusedAdam(l.SelectMany(p => p), 0.1));
+            e = Assert.Throws<InvalidDataException>(() => adam.LoadCheckpoint(dir));
+            Assert.That(e!.Message, Does.Contain("is of a FusedSGD"));
+
+            var again = new ShardedOptimizer(new[] { model.parameters() }, group, l => new FusedSGD(l.SelectMany(p => p), 0.1, momentum: 0.9));
+            again.LoadCheckpoint(dir);
+            var loaded = again.Inner.state_dict().State.OfType<FusedSGD.State>().Select(s => s.momentum_buffer!).ToArray();
+            var saved = sharded.Inner.state_dict().State.OfType<FusedSGD.State>().Select(s => s.momentum_buffer!).ToArray();
+            Assert.That(loaded.Zip(saved).All(t => t.First.equal(t.Second).all().item<bool>()), Is.True);
+        }
+        finally
+        {
+            if (Directory.Exists(dir))
+            {
+                Directory.Delete(dir, recursive: true);
+            }
+        }
+    }
+
+    [Test]
     public void RefusesWhatItCannotShard()
     {
         var group = ProcessGroup.Initialize();
