@@ -32,6 +32,9 @@ namespace Optim.Distributed;
 /// (not written yet). A HypergradientSGD that skips non-finite steps skips on every rank when any rank's
 /// shard of the averaged gradient is non-finite (one 8-byte all-reduce a step). Learning-rate schedulers
 /// work on <see cref="Inner"/> as on any optimizer, stepped the same way on every rank.
+/// <see cref="SaveCheckpoint"/> and <see cref="LoadCheckpoint"/> move the state between jobs of different
+/// sizes. If one rank's wrapped step throws, the others wait in the all-gather until
+/// <see cref="ProcessGroup.Timeout"/> ends the job.
 /// </remarks>
 public sealed class ShardedOptimizer
 {
@@ -92,7 +95,7 @@ public sealed class ShardedOptimizer
     public OptimizerHelper Inner { get; }
 
     /// <summary>The rank that owns each parameter, in the order of the param groups given.</summary>
-    public IReadOnlyList<int> Owners => _owners;
+    public IReadOnlyList<int> Owners => Array.AsReadOnly(_owners);
 
     /// <summary>The parameters this rank owns and updates.</summary>
     public IEnumerable<Parameter> OwnedParameters => _parameters.Where((_, k) => _owners[k] == Group.Rank);
@@ -106,7 +109,7 @@ public sealed class ShardedOptimizer
     /// <summary>The bytes of all parameters (each of the two collectives moves this list).</summary>
     public long ParameterBytes => _parameters.Sum(p => p.numel() * p.element_size());
 
-    /// <summary>Sets every parameter's gradient to zero (or null), as the optimizers' <c>zero_grad</c>.</summary>
+    /// <summary>Sets every parameter's gradient (of every rank's tensors, not only this rank's) to zero.</summary>
     public void zero_grad()
     {
         foreach (var p in _parameters)

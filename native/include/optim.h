@@ -463,10 +463,11 @@ OPTIM_API optim_status optim_torch_bump_versions(void* const* tensors, int64_t c
  * MPI_Init_thread.
  *
  * Collectives: every rank must make the same calls in the same order with lists of the same shape
- * (counts, numels, dtype, bucket size); a mismatch is not detected and hangs or corrupts, as in
- * MPI. OPTIM_STATUS_MPI_ERROR means MPI failed (a peer died, ...): the tensors of that call hold
- * unspecified values and the job should stop. Under mpirun a rank that exits early makes mpirun
- * end the others (docs/distributed.md, Faults).
+ * (counts, numels, dtype, bucket size, owners); a mismatch is not detected and corrupts, or waits
+ * until the timeout ends the job (optim_mpi_set_timeout), as in MPI. OPTIM_STATUS_MPI_ERROR means
+ * MPI failed (a peer died, ...): the tensors of that call hold unspecified values and the job
+ * should stop. Under mpirun a rank that exits early makes mpirun end the others; a rank that hangs
+ * makes the others end the job at the timeout (docs/distributed.md, Faults).
  *
  * Memory: host memory only. OPTIM_DEVICE_CUDA returns OPTIM_STATUS_UNSUPPORTED: a CUDA-aware path
  * is not written yet. The library keeps one packing buffer of up to bucket_bytes between calls

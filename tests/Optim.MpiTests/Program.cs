@@ -13,6 +13,7 @@ using static TorchSharp.torch;
 //   mpirun -np 2 dotnet Optim.MpiTests.dll kill      rank 1 is killed (SIGKILL) at its third step
 //   mpirun -np N dotnet Optim.MpiTests.dll checkpoint save|load DIR
 //                                                    sharded checkpoints written by N ranks, loaded by M
+//   mpirun -np 2 dotnet Optim.MpiTests.dll collectives  all-reduce vs reduce-scatter + all-gather, interleaved
 //   mpirun -np 2 dotnet Optim.MpiTests.dll hang      rank 1 sleeps at its third step; rank 0's 5 s timeout ends the job
 //   mpirun -np 2 dotnet Optim.MpiTests.dll mnist     the README's MNIST MLP on N ranks (--sharded: ZeRO-1)
 // Each rank prints "rank R: N passed, M failed" last and exits 1 if any check failed.
@@ -27,6 +28,7 @@ int status = mode switch
     "kill" => Fault.Run(group, kill: true),
     "hang" => Fault.Hang(group),
     "checkpoint" => new Checks(group).Checkpoint(args[1], args[2]),
+    "collectives" => CollectiveTimes.Run(group),
     "mnist" => MnistDemo.Run(group, args.Skip(1).ToArray()),
     _ => throw new ArgumentException($"unknown mode '{mode}' (checks, fault, kill, hang, mnist)"),
 };
@@ -611,6 +613,55 @@ internal static partial class Fault
         }
         Console.WriteLine($"rank {group.Rank}: finished, which it should not have");
         return 0;
+    }
+}
+
+/// <summary>
+/// The replicated mode's collective (an all-reduce of the gradients) against the sharded mode's (a
+/// reduce-scatter of the gradients and an all-gather of the parameters), interleaved in one run, rank 0's
+/// median over 21 repetitions of each, and the ratio.
+/// </summary>
+internal static class CollectiveTimes
+{
+    public static int Run(ProcessGroup group)
+    {
+        foreach (var (elements, tensors) in new[] { (1_000_000L, 4), (1_000_000L, 1000), (10_000_000L, 4), (10_000_000L, 1000) })
+        {
+            using var scope = torch.NewDisposeScope();
+            var list = Enumerable.Range(0, tensors).Select(_ => torch.randn(elements / tensors)).ToArray();
+            var owners = ShardedOptimizer.Assign(list.Select(t => t.numel()).ToArray(), group.Size);
+            var allReduce = new List<double>();
+            var sharded = new List<double>();
+            var watch = new Stopwatch();
+            for (int rep = 0; rep < 22; rep++)
+            {
+                group.AllReduce(0.0, ReduceOp.Max); // start together
+                watch.Restart();
+                group.AllReduce(list, ReduceOp.Mean);
+                watch.Stop();
+                allReduce.Add(watch.Elapsed.TotalMilliseconds);
+                group.AllReduce(0.0, ReduceOp.Max);
+                watch.Restart();
+                group.ReduceScatter(list, owners, ReduceOp.Mean);
+                group.AllGather(list, owners);
+                watch.Stop();
+                sharded.Add(watch.Elapsed.TotalMilliseconds);
+            }
+            double a = Median(allReduce.Skip(1)), b = Median(sharded.Skip(1));
+            long bytes = elements * 4;
+            if (group.Rank == 0)
+            {
+                Console.WriteLine($"{elements:N0} fp32 elements in {tensors} tensors, {group.Size} ranks: all-reduce {a:F2} ms, " +
+                    $"reduce-scatter + all-gather {b:F2} ms, ratio {b / a:F2}; each sends about {2 * (group.Size - 1) * bytes / group.Size:N0} bytes per rank (ring)");
+            }
+        }
+        return 0;
+    }
+
+    private static double Median(IEnumerable<double> values)
+    {
+        var sorted = values.Order().ToArray();
+        return sorted[sorted.Length / 2];
     }
 }
 
