@@ -25,6 +25,18 @@ internal static unsafe partial class NativeMethods
 
     [LibraryImport(Library)]
     internal static partial int optim_mpi_allreduce_scalars(double* values, long count, int op);
+
+    [LibraryImport(Library)]
+    internal static partial int optim_mpi_set_timeout(double seconds);
+
+    [LibraryImport(Library)]
+    internal static partial int optim_mpi_get_timeout(double* seconds);
+
+    [LibraryImport(Library)]
+    internal static partial int optim_mpi_reduce_scatter(int device, int dtype, CommTensors* tensors, int* owners, int op, long bucketBytes);
+
+    [LibraryImport(Library)]
+    internal static partial int optim_mpi_allgather(int device, int dtype, CommTensors* tensors, int* owners, long bucketBytes);
 }
 
 /// <summary>Mirror of <c>optim_comm_tensors</c>.</summary>
@@ -88,12 +100,59 @@ internal static unsafe class MpiNative
         }
     }
 
+    /// <summary>How long a collective waits for the other ranks before it ends the job (seconds; +infinity: for ever).</summary>
+    public static double TimeoutSeconds
+    {
+        get
+        {
+            double seconds;
+            OptimNative.ThrowIfFailed(NativeMethods.optim_mpi_get_timeout(&seconds));
+            return seconds;
+        }
+        set => OptimNative.ThrowIfFailed(NativeMethods.optim_mpi_set_timeout(value));
+    }
+
+    /// <summary>Reduces each tensor across ranks into its owner's copy (<paramref name="owners"/>: one rank per tensor).</summary>
+    public static void ReduceScatter(NativeDType dtype, ReadOnlySpan<nint> data, ReadOnlySpan<long> numels, ReadOnlySpan<int> owners, int op, long bucketBytes)
+    {
+        Check(data, numels, owners);
+        fixed (nint* d = data)
+        fixed (long* n = numels)
+        fixed (int* o = owners)
+        {
+            var list = new CommTensors { Count = data.Length, Data = d, Numels = n };
+            OptimNative.ThrowIfFailed(NativeMethods.optim_mpi_reduce_scatter((int)NativeDevice.Cpu, (int)dtype, &list, o, op, bucketBytes));
+        }
+    }
+
+    /// <summary>Overwrites every tensor on every rank with its owner's values (<paramref name="owners"/>: one rank per tensor).</summary>
+    public static void AllGather(NativeDType dtype, ReadOnlySpan<nint> data, ReadOnlySpan<long> numels, ReadOnlySpan<int> owners, long bucketBytes)
+    {
+        Check(data, numels, owners);
+        fixed (nint* d = data)
+        fixed (long* n = numels)
+        fixed (int* o = owners)
+        {
+            var list = new CommTensors { Count = data.Length, Data = d, Numels = n };
+            OptimNative.ThrowIfFailed(NativeMethods.optim_mpi_allgather((int)NativeDevice.Cpu, (int)dtype, &list, o, bucketBytes));
+        }
+    }
+
     /// <summary>Reduces doubles across ranks in place.</summary>
     public static void AllReduceScalars(Span<double> values, int op)
     {
         fixed (double* v = values)
         {
             OptimNative.ThrowIfFailed(NativeMethods.optim_mpi_allreduce_scalars(v, values.Length, op));
+        }
+    }
+
+    private static void Check(ReadOnlySpan<nint> data, ReadOnlySpan<long> numels, ReadOnlySpan<int> owners)
+    {
+        Check(data, numels);
+        if (owners.Length != data.Length)
+        {
+            throw new ArgumentException($"{data.Length} data pointers but {owners.Length} owners.");
         }
     }
 

@@ -190,7 +190,8 @@ fi
 # within the time limit (docs/distributed.md).
 step "distributed: 2 MPI ranks on loopback (tests/Optim.MpiTests under mpirun)"
 mpi_dll=tests/Optim.MpiTests/bin/Release/net10.0/Optim.MpiTests.dll
-mpirun_lo=(mpirun --allow-run-as-root --oversubscribe -np 2 --mca btl self,vader,tcp --mca btl_tcp_if_include lo)
+mpirun_opts=(--allow-run-as-root --oversubscribe --mca btl self,vader,tcp --mca btl_tcp_if_include lo)
+mpirun_lo=(mpirun "${mpirun_opts[@]}" -np 2)
 if ! command -v mpirun >/dev/null; then
   echo "skipped: no mpirun (Debian: apt-get install openmpi-bin libopenmpi-dev, as scripts/setup.sh does)"
   skipped=$((skipped + 1))
@@ -210,6 +211,34 @@ else
   if [ $mpi_rc -ne 0 ] || [ "$mpi_pass" -eq 0 ]; then
     [ "$mpi_fail" -gt 0 ] || { tail -n 20 "$log/mpi-checks.log"; failed=$((failed + 1)); }
     status=1
+  fi
+  # Sharded checkpoints across job sizes: written by 2 ranks and loaded by 1, and the reverse; the
+  # loading run continues and must equal the writing run's uninterrupted continuation.
+  for sizes in "2 1" "1 2"; do
+    read -r n_save n_load <<<"$sizes"
+    ckpt=artifacts/mpi-checkpoint/$n_save-to-$n_load
+    rm -rf "$ckpt"
+    if timeout 300 mpirun "${mpirun_opts[@]}" -np "$n_save" dotnet "$mpi_dll" checkpoint save "$ckpt" >"$log/mpi-checkpoint-$n_save-$n_load.log" 2>&1 &&
+        timeout 300 mpirun "${mpirun_opts[@]}" -np "$n_load" dotnet "$mpi_dll" checkpoint load "$ckpt" >>"$log/mpi-checkpoint-$n_save-$n_load.log" 2>&1; then
+      echo "ok: sharded checkpoints written by $n_save ranks, loaded by $n_load, equal the uninterrupted run"
+      passed=$((passed + 1))
+    else
+      grep -aE "^(FAIL|rank [0-9]+:)|xception" "$log/mpi-checkpoint-$n_save-$n_load.log" | head -n 20
+      echo "FAILED: sharded checkpoints $n_save ranks to $n_load; see $log/mpi-checkpoint-$n_save-$n_load.log"
+      fail_step
+    fi
+  done
+  # A rank that hangs while alive: rank 0's collective times out after 5 s and ends the job, saying so.
+  mpi_start=$SECONDS
+  timeout 120 "${mpirun_lo[@]}" dotnet "$mpi_dll" hang >"$log/mpi-hang.log" 2>&1
+  mpi_rc=$?
+  if [ $mpi_rc -ne 0 ] && [ $mpi_rc -ne 124 ] && [ $((SECONDS - mpi_start)) -le 60 ] &&
+      grep -q "MPI_Iallreduce in optim_mpi_allreduce did not complete within the timeout of 5 s" "$log/mpi-hang.log"; then
+    echo "ok: hang on rank 1 ended the job by rank 0's timeout with exit status $mpi_rc after $((SECONDS - mpi_start)) s"
+    passed=$((passed + 1))
+  else
+    echo "FAILED: hang on rank 1: exit status $mpi_rc after $((SECONDS - mpi_start)) s (124: still running at 120 s; the bound is 60 s with the timeout's message); see $log/mpi-hang.log"
+    fail_step
   fi
   for mode in fault kill; do
     mpi_start=$SECONDS

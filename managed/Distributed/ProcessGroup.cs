@@ -45,6 +45,7 @@ public sealed class ProcessGroup : IDisposable
     private static bool s_abortsOnUnhandled;
 
     private bool _disposed;
+    private TimeSpan _aloneTimeout = System.Threading.Timeout.InfiniteTimeSpan;
 
     private ProcessGroup(int rank, int size, bool usesMpi)
     {
@@ -61,6 +62,42 @@ public sealed class ProcessGroup : IDisposable
 
     /// <summary>Whether the job runs over MPI (launched by an MPI launcher), rather than as one process alone.</summary>
     public bool UsesMpi { get; }
+
+    /// <summary>
+    /// How long a collective waits for the other ranks (default 30 minutes, PyTorch's). Past it a rank has died
+    /// or hangs, and a collective cannot be cancelled: the waiting rank prints which collective waited how
+    /// long and ends the whole job (MPI_Abort; <c>mpirun</c> exits with an error). Not a limit on computing
+    /// between collectives. <see cref="System.Threading.Timeout.InfiniteTimeSpan"/> waits for ever. In a job
+    /// of one nothing waits; the value is kept and unused.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">Zero or negative.</exception>
+    public TimeSpan Timeout
+    {
+        get
+        {
+            ThrowIfDisposed();
+            if (!UsesMpi)
+            {
+                return _aloneTimeout;
+            }
+            double seconds = MpiNative.TimeoutSeconds;
+            return double.IsPositiveInfinity(seconds) ? System.Threading.Timeout.InfiniteTimeSpan : TimeSpan.FromSeconds(seconds);
+        }
+        set
+        {
+            ThrowIfDisposed();
+            bool infinite = value == System.Threading.Timeout.InfiniteTimeSpan;
+            if (!infinite && value <= TimeSpan.Zero)
+            {
+                throw new ArgumentOutOfRangeException(nameof(value), $"The timeout {value} is not positive (Timeout.InfiniteTimeSpan waits for ever).");
+            }
+            if (UsesMpi)
+            {
+                MpiNative.TimeoutSeconds = infinite ? double.PositiveInfinity : value.TotalSeconds;
+            }
+            _aloneTimeout = value;
+        }
+    }
 
     /// <summary>Whether this process was started by an MPI launcher (its environment names the job).</summary>
     public static bool LaunchedByMpi => s_launcherVariables.Any(v => Environment.GetEnvironmentVariable(v) is not null);
@@ -143,6 +180,49 @@ public sealed class ProcessGroup : IDisposable
         }
     }
 
+    /// <summary>
+    /// Reduces each tensor across ranks into the copy of the rank that owns it (ZeRO's reduce-scatter over whole
+    /// tensors): on return every tensor this rank owns holds the reduction; the others are left as they were.
+    /// Within a bucket the tensors are laid out rank by rank (one MPI_Reduce_scatter each); larger ones go to their
+    /// owner in place. Each rank sends about (size − 1)/size of the bytes, half an all-reduce's.
+    /// </summary>
+    /// <param name="tensors">The tensors, in the same order and shapes on every rank.</param>
+    /// <param name="owners">The rank that owns each tensor, the same on every rank.</param>
+    /// <param name="op">How values combine.</param>
+    /// <param name="bucketBytes">The largest bucket, in bytes.</param>
+    public void ReduceScatter(IReadOnlyList<Tensor> tensors, IReadOnlyList<int> owners, ReduceOp op, long bucketBytes = DefaultBucketBytes)
+    {
+        ArgumentNullException.ThrowIfNull(tensors);
+        ThrowIfDisposed();
+        foreach (var (dtype, data, numels, ranks) in ByDType(tensors, owners))
+        {
+            if (UsesMpi)
+            {
+                MpiNative.ReduceScatter(dtype, data, numels, ranks, (int)op, bucketBytes);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Overwrites every tensor on every rank with the values of the rank that owns it (ZeRO's all-gather of the
+    /// parameters after each rank updated its own). Buckets as <see cref="ReduceScatter"/>'s (one MPI_Allgatherv each).
+    /// </summary>
+    /// <param name="tensors">The tensors, in the same order and shapes on every rank.</param>
+    /// <param name="owners">The rank that owns each tensor, the same on every rank.</param>
+    /// <param name="bucketBytes">The largest bucket, in bytes.</param>
+    public void AllGather(IReadOnlyList<Tensor> tensors, IReadOnlyList<int> owners, long bucketBytes = DefaultBucketBytes)
+    {
+        ArgumentNullException.ThrowIfNull(tensors);
+        ThrowIfDisposed();
+        foreach (var (dtype, data, numels, ranks) in ByDType(tensors, owners))
+        {
+            if (UsesMpi)
+            {
+                MpiNative.AllGather(dtype, data, numels, ranks, bucketBytes);
+            }
+        }
+    }
+
     /// <summary>Reduces <paramref name="values"/> across ranks, in place (metrics, flags).</summary>
     public void AllReduce(Span<double> values, ReduceOp op)
     {
@@ -196,6 +276,31 @@ public sealed class ProcessGroup : IDisposable
     }
 
     private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+
+    // ByDType with an owner per tensor, each checked to be a rank of this job.
+    private List<(NativeDType DType, nint[] Data, long[] Numels, int[] Owners)> ByDType(IReadOnlyList<Tensor> tensors, IReadOnlyList<int> owners)
+    {
+        ArgumentNullException.ThrowIfNull(owners);
+        if (owners.Count != tensors.Count)
+        {
+            throw new ArgumentException($"{tensors.Count} tensors but {owners.Count} owners.", nameof(owners));
+        }
+        for (int k = 0; k < owners.Count; k++)
+        {
+            if (owners[k] < 0 || owners[k] >= Size)
+            {
+                throw new ArgumentOutOfRangeException(nameof(owners), $"Tensor {k}'s owner {owners[k]} is not a rank of this job of {Size}.");
+            }
+        }
+        var byType = ByDType(tensors, nameof(tensors));
+        var f32 = new List<int>();
+        var f64 = new List<int>();
+        for (int k = 0; k < tensors.Count; k++)
+        {
+            (tensors[k].dtype == ScalarType.Float64 ? f64 : f32).Add(owners[k]);
+        }
+        return byType.Select(t => (t.DType, t.Data, t.Numels, (t.DType == NativeDType.Float64 ? f64 : f32).ToArray())).ToList();
+    }
 
     // Checks every tensor, then splits them by dtype (float32 first), keeping their order.
     private static List<(NativeDType DType, nint[] Data, long[] Numels)> ByDType(IEnumerable<Tensor> tensors, string name)

@@ -676,6 +676,78 @@ void fuzz_bump(FuzzedDataProvider& in)
         FUZZ_CHECK(looked_up == OPTIM_STATUS_UNSUPPORTED, optim_last_error());
 }
 
+// The optim_mpi_* entry points: a fuzz build has no MPI plugin, so every call must refuse (bad
+// arguments first, then OPTIM_STATUS_UNSUPPORTED naming the function) and write nothing.
+void fuzz_mpi(FuzzedDataProvider& in)
+{
+    Arena arena;
+    const int32_t device = pick_device(in);
+    const int32_t dtype = pick_i32(in, {OPTIM_DTYPE_FLOAT32, OPTIM_DTYPE_FLOAT64, -1, 7});
+    const int64_t count = pick_i64(in, {0, 1, 2, 3, -1});
+    const int64_t n = count > 0 && count < 8 ? count : 0;
+    auto* data = arena.array<void*>(n, true);
+    auto* numels = arena.array<int64_t>(n, true);
+    auto* owners = arena.array<int32_t>(n, true);
+    int64_t budget = 64;
+    for (int64_t k = 0; k < n; ++k) {
+        numels[k] = in.ConsumeBool() ? numel(in, budget) : pick_i64(in, {-1, 0, 5});
+        // Counts beyond the harness's memory get a small block: without the plugin (fuzz builds)
+        // no call reads tensor data, it only checks the arguments.
+        const int64_t held = numels[k] > 0 && numels[k] <= 4096 ? numels[k] : 1;
+        data[k] = numels[k] > 0 ? arena.alloc(size_t(held) * 8, true) : nullptr;
+        if (in.ConsumeIntegral<uint8_t>() >= 240) data[k] = nullptr;
+        owners[k] = pick_i32(in, {0, 1, -1, 1 << 30});
+    }
+    // Only counts the harness has memory for reach the library with non-NULL arrays.
+    const bool fits = n == count;
+    optim_comm_tensors list{count, fits ? maybe(in, data) : nullptr,
+                            fits ? maybe(in, numels) : nullptr};
+    const optim_comm_tensors* tensors = in.ConsumeIntegral<uint8_t>() >= 240 ? nullptr : &list;
+    const int32_t* owner_arg = fits ? maybe(in, owners) : nullptr;
+    const int32_t op = pick_i32(in, {OPTIM_REDUCE_SUM, OPTIM_REDUCE_MEAN, OPTIM_REDUCE_MAX, 9});
+    const int64_t bucket = pick_i64(in, {1024, 8, 4, 0, -1, INT64_MAX});
+    double scalars[4] = {1, 2, 3, 4};
+    const int64_t scalar_count = pick_i64(in, {0, 2, 4, -1, int64_t(1) << 31});
+    arena.snapshot();
+    const char* fn = "";
+    optim_status status = OPTIM_STATUS_OK;
+    switch (in.ConsumeIntegral<uint8_t>() % 7) {
+    case 0:
+        fn = "optim_mpi_broadcast";
+        status = optim_mpi_broadcast(device, dtype, tensors, pick_i32(in, {0, 1, -1}), bucket);
+        break;
+    case 1:
+        fn = "optim_mpi_allreduce";
+        status = optim_mpi_allreduce(device, dtype, tensors, op, bucket);
+        break;
+    case 2:
+        fn = "optim_mpi_reduce_scatter";
+        status = optim_mpi_reduce_scatter(device, dtype, tensors, owner_arg, op, bucket);
+        break;
+    case 3:
+        fn = "optim_mpi_allgather";
+        status = optim_mpi_allgather(device, dtype, tensors, owner_arg, bucket);
+        break;
+    case 4:
+        fn = "optim_mpi_set_timeout";
+        status = optim_mpi_set_timeout(value(in, {5.0, 0.0, -1.0}));
+        break;
+    case 5:
+        fn = "optim_mpi_get_timeout";
+        status = optim_mpi_get_timeout(in.ConsumeBool() ? &scalars[0] : nullptr);
+        break;
+    default:
+        fn = "optim_mpi_allreduce_scalars";
+        status =
+            optim_mpi_allreduce_scalars(in.ConsumeBool() ? scalars : nullptr, scalar_count, op);
+        break;
+    }
+    FUZZ_CHECK(status == OPTIM_STATUS_INVALID_ARGUMENT || status == OPTIM_STATUS_UNSUPPORTED,
+               optim_last_error());
+    expect_status(status, fn, arena);
+    FUZZ_CHECK(scalars[0] == 1 && scalars[3] == 4, "scalars written by a refused call");
+}
+
 void fuzz_info(FuzzedDataProvider& in)
 {
     FUZZ_CHECK(optim_abi_version() == OPTIM_ABI_VERSION, "abi version");
@@ -702,7 +774,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
 {
     FuzzedDataProvider in(data, size);
     for (int calls = 0; calls < 6 && in.remaining_bytes() > 0; ++calls) {
-        switch (in.ConsumeIntegral<uint8_t>() % 8) {
+        switch (in.ConsumeIntegral<uint8_t>() % 9) {
         case 0:
             fuzz_sgd(in);
             break;
@@ -723,6 +795,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
             break;
         case 6:
             fuzz_adam(in);
+            break;
+        case 7:
+            fuzz_mpi(in);
             break;
         default:
             fuzz_info(in);

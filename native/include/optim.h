@@ -473,10 +473,11 @@ OPTIM_API optim_status optim_torch_gradients(const void* const* tensors, int64_t
  * MPI_Init_thread.
  *
  * Collectives: every rank must make the same calls in the same order with lists of the same shape
- * (counts, numels, dtype, bucket size); a mismatch is not detected and hangs or corrupts, as in
- * MPI. OPTIM_STATUS_MPI_ERROR means MPI failed (a peer died, ...): the tensors of that call hold
- * unspecified values and the job should stop. Under mpirun a rank that exits early makes mpirun
- * end the others (docs/distributed.md, Faults).
+ * (counts, numels, dtype, bucket size, owners); a mismatch is not detected and corrupts, or waits
+ * until the timeout ends the job (optim_mpi_set_timeout), as in MPI. OPTIM_STATUS_MPI_ERROR means
+ * MPI failed (a peer died, ...): the tensors of that call hold unspecified values and the job
+ * should stop. Under mpirun a rank that exits early makes mpirun end the others; a rank that hangs
+ * makes the others end the job at the timeout (docs/distributed.md, Faults).
  *
  * Memory: host memory only. OPTIM_DEVICE_CUDA returns OPTIM_STATUS_UNSUPPORTED: a CUDA-aware path
  * is not written yet. The library keeps one packing buffer of up to bucket_bytes between calls
@@ -517,6 +518,19 @@ OPTIM_API optim_status optim_mpi_finalize(void);
  * Returns (OPTIM_STATUS_MPI_ERROR) only when MPI is not initialised or could not abort. */
 OPTIM_API optim_status optim_mpi_abort(int32_t error_code);
 
+/* How long a collective may wait for the other ranks, in seconds (> 0; +infinity waits for ever;
+ * default 1800, PyTorch's process-group default). Every collective below is started non-blocking
+ * and polled against this deadline; past it, a rank or the network has failed and the collective
+ * cannot be cancelled, so the library writes which collective, in which call, waited how long to
+ * stderr and ends the job (MPI_Abort; mpirun then stops every rank with an error). Not a limit on
+ * the time between collectives: a rank computing for an hour is waited for only once others reach
+ * a collective. Callable at any time, before optim_mpi_init too, also while another thread waits
+ * (the new value applies to the wait in progress). */
+OPTIM_API optim_status optim_mpi_set_timeout(double seconds);
+
+/* The timeout in force, in *seconds (host memory, not NULL). */
+OPTIM_API optim_status optim_mpi_get_timeout(double* seconds);
+
 /* Copies every tensor of `tensors` from rank `root` to every other rank, in place. Tensors smaller
  * than bucket_bytes are packed into buckets of at most bucket_bytes (one MPI_Bcast per bucket);
  * larger ones are sent in place. dtype: OPTIM_DTYPE_FLOAT32 or _FLOAT64. bucket_bytes >= 8.
@@ -536,6 +550,28 @@ OPTIM_API optim_status optim_mpi_allreduce(int32_t device, int32_t dtype,
 /* Reduces `count` doubles (host memory) across ranks in place with `op` (OPTIM_REDUCE_*): a
  * metric's mean, a flag's maximum. count in [0, 2^31). */
 OPTIM_API optim_status optim_mpi_allreduce_scalars(double* values, int64_t count, int32_t op);
+
+/* Sharded optimizer state (ZeRO stage 1, docs/distributed.md): whole tensors are owned by ranks,
+ * tensor k by rank owners[k] (host memory, count entries, each in [0, size); the same on every
+ * rank). Buckets as optim_mpi_allreduce's: within a bucket the tensors are laid out rank by rank,
+ * so that one MPI_Reduce_scatter (one MPI_Allgatherv) moves the bucket; a tensor at least as large
+ * as a bucket goes in place (MPI_Reduce to its owner, MPI_Bcast from its owner). Checked before any
+ * communication as optim_mpi_allreduce's arguments, and the owners (NULL, out of range: naming the
+ * tensor).
+ *
+ * Reduce-scatter: every tensor a rank owns is reduced across ranks with `op` (OPTIM_REDUCE_*) in
+ * place; the tensors it does not own are read, never written. Each rank sends about
+ * (size - 1) / size of the list's bytes (a ring), against twice that for optim_mpi_allreduce. */
+OPTIM_API optim_status optim_mpi_reduce_scatter(int32_t device, int32_t dtype,
+                                                const optim_comm_tensors* tensors,
+                                                const int32_t* owners, int32_t op,
+                                                int64_t bucket_bytes);
+
+/* All-gather: every tensor is overwritten on every rank by its owner's values (the owner's own
+ * tensors are read, never written). */
+OPTIM_API optim_status optim_mpi_allgather(int32_t device, int32_t dtype,
+                                           const optim_comm_tensors* tensors, const int32_t* owners,
+                                           int64_t bucket_bytes);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -11,7 +11,11 @@ using static TorchSharp.torch;
 //   mpirun -np 2 dotnet Optim.MpiTests.dll checks    every check below; PASS/FAIL lines per rank
 //   mpirun -np 2 dotnet Optim.MpiTests.dll fault     rank 1 throws at its third step (the job must end)
 //   mpirun -np 2 dotnet Optim.MpiTests.dll kill      rank 1 is killed (SIGKILL) at its third step
-//   mpirun -np 2 dotnet Optim.MpiTests.dll mnist     the README's MNIST MLP on N ranks
+//   mpirun -np N dotnet Optim.MpiTests.dll checkpoint save|load DIR
+//                                                    sharded checkpoints written by N ranks, loaded by M
+//   mpirun -np 2 dotnet Optim.MpiTests.dll collectives  all-reduce vs reduce-scatter + all-gather, interleaved
+//   mpirun -np 2 dotnet Optim.MpiTests.dll hang      rank 1 sleeps at its third step; rank 0's 5 s timeout ends the job
+//   mpirun -np 2 dotnet Optim.MpiTests.dll mnist     the README's MNIST MLP on N ranks (--sharded: ZeRO-1)
 // Each rank prints "rank R: N passed, M failed" last and exits 1 if any check failed.
 CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
 torch.set_num_threads(1);
@@ -22,13 +26,16 @@ int status = mode switch
     "checks" => new Checks(group).RunAll(),
     "fault" => Fault.Run(group, kill: false),
     "kill" => Fault.Run(group, kill: true),
+    "hang" => Fault.Hang(group),
+    "checkpoint" => new Checks(group).Checkpoint(args[1], args[2]),
+    "collectives" => CollectiveTimes.Run(group),
     "mnist" => MnistDemo.Run(group, args.Skip(1).ToArray()),
-    _ => throw new ArgumentException($"unknown mode '{mode}' (checks, fault, mnist)"),
+    _ => throw new ArgumentException($"unknown mode '{mode}' (checks, fault, kill, hang, mnist)"),
 };
 return status;
 
 /// <summary>The checks: data-parallel training against one process with the whole batch.</summary>
-internal sealed class Checks
+internal sealed partial class Checks
 {
     private const int Steps = 50;
     private const int PerRank = 8;
@@ -66,6 +73,7 @@ internal sealed class Checks
         Accumulation();
         GreedyLRRates();
         NonFiniteSkip();
+        ShardedChecks();
         Console.WriteLine($"rank {_group.Rank}: {_passed} passed, {_failed} failed");
         return _failed == 0 ? 0 : 1;
     }
@@ -200,6 +208,10 @@ internal sealed class Checks
                 case HypergradientSGD.State s:
                     tensors.AddRange(new[] { s.momentum_buffer, s.prev_update, s.parameter_rates }.OfType<Tensor>());
                     break;
+                case FusedAdam.State s:
+                    tensors.AddRange(new[] { s.exp_avg, s.exp_avg_sq, s.max_exp_avg_sq }.OfType<Tensor>());
+                    tensors.Add(torch.tensor((double)s.step));
+                    break;
             }
         }
         return (tensors, rates);
@@ -326,8 +338,229 @@ internal sealed class Checks
     }
 }
 
+/// <summary>ZeRO stage 1: <see cref="ShardedOptimizer"/> against replicated state (<see cref="DataParallel"/>).</summary>
+internal sealed partial class Checks
+{
+    private void ShardedChecks()
+    {
+        foreach (long bucket in new[] { ProcessGroup.DefaultBucketBytes, 384L })
+        {
+            foreach (var dtype in new[] { ScalarType.Float32, ScalarType.Float64 })
+            {
+                Sharded("FusedSGD", bucket, dtype, l => new FusedSGD(l.Select(p => new FusedSGD.ParamGroup(p)), 0.05, momentum: 0.9, weight_decay: 1e-4));
+            }
+        }
+        Sharded("FusedSGD Nesterov", 256, ScalarType.Float32, l => new FusedSGD(l.Select(p => new FusedSGD.ParamGroup(p)), 0.05, momentum: 0.9, nesterov: true));
+        Sharded("FusedAdam", 384, ScalarType.Float32, l => new FusedAdam(l.Select(p => new FusedAdam.ParamGroup(p)), 1e-2));
+        Sharded("FusedAdam amsgrad", ProcessGroup.DefaultBucketBytes, ScalarType.Float64, l => new FusedAdam(l.Select(p => new FusedAdam.ParamGroup(p)), 1e-2, amsgrad: true));
+        Sharded("FusedAdamW", 384, ScalarType.Float32, l => new FusedAdamW(l.Select(p => new FusedAdamW.ParamGroup(p)), 1e-2, weight_decay: 0.05));
+        foreach (var scope in new[] { HypergradientScope.PerTensor, HypergradientScope.PerParameter })
+        {
+            foreach (var rule in Enum.GetValues<HypergradientRule>())
+            {
+                double beta = rule == HypergradientRule.Additive ? 1e-3 : 1e-2;
+                Sharded($"HypergradientSGD {scope} {rule}", 384, ScalarType.Float32,
+                    l => new HypergradientSGD(l.Select(p => new HypergradientSGD.ParamGroup(p)), 0.05, beta, scope, momentum: 0.9, rule: rule));
+            }
+        }
+        Sharded("HypergradientSGD PerTensor no momentum", 256, ScalarType.Float64,
+            l => new HypergradientSGD(l.Select(p => new HypergradientSGD.ParamGroup(p)), 0.05, 1e-3, HypergradientScope.PerTensor));
+        ShardedNonFiniteSkip();
+        ShardedRefusesGlobalScope();
+    }
+
+    // The same training with sharded and with replicated state, `Steps` steps: the parameters, and each
+    // state tensor and rate this rank owns against the replicated optimizer's for the same parameter.
+    private void Sharded(string name, long bucketBytes, ScalarType dtype, Func<Parameter[][], OptimizerHelper> optimizer)
+    {
+        string label = $"sharded {name} {dtype} bucket {bucketBytes} B: equals replicated state on {_group.Size} ranks, {Steps} steps";
+        using var scope = torch.NewDisposeScope();
+        var model = Model(100 + _group.Rank, dtype);
+        var replica = Model(100 + _group.Rank, dtype);
+        var dp = new DataParallel(model, _group, bucketBytes);
+        var dpReplica = new DataParallel(replica, _group, bucketBytes);
+        var sharded = new ShardedOptimizer(Layers(model), _group, optimizer, bucketBytes);
+        var replicated = optimizer(Layers(replica));
+        for (int step = 0; step < Steps; step++)
+        {
+            using var stepScope = torch.NewDisposeScope();
+            var (x, y) = Batch(step, _group.Size, dtype);
+            int start = _group.Rank * PerRank;
+            sharded.zero_grad();
+            Loss(model, x[start..(start + PerRank)], y[start..(start + PerRank)]).backward();
+            sharded.step();
+            replicated.zero_grad();
+            Loss(replica, x[start..(start + PerRank)], y[start..(start + PerRank)]).backward();
+            dpReplica.SynchronizeGradients();
+            replicated.step();
+        }
+        double tol = dtype == ScalarType.Float32 ? 2e-5 : 1e-12;
+        var (worst, where) = Compare(model.parameters(), replica.parameters(), tol);
+        var (tensors, rates) = StateOf(sharded.Inner);
+        var (allTensors, allRates) = StateOf(replicated);
+        var owners = sharded.Owners;
+        int perParameter = allTensors.Count / Math.Max(1, owners.Count);
+        var mine = allTensors.Where((_, i) => owners[i / Math.Max(1, perParameter)] == _group.Rank).ToList();
+        int groups = replicated.ParamGroups.Count();
+        var myRates = allRates.Take(groups).Concat(allRates.Skip(groups).Where((_, i) => owners[i] == _group.Rank)).ToList();
+        bool shapes = tensors.Count == mine.Count && rates.Count == myRates.Count && allTensors.Count == perParameter * owners.Count;
+        var (worstState, whereState) = shapes ? CompareStates(tensors, rates, mine, myRates, tol) : (double.PositiveInfinity, "state counts differ");
+        if (worstState > worst)
+        {
+            (worst, where) = (worstState, whereState);
+        }
+        long owned = sharded.OwnedElements;
+        long total = model.parameters().Sum(p => p.numel());
+        bool split = _group.Size == 1 || (owned < total && _group.AllReduce(owned, ReduceOp.Sum) == total);
+        double spread = dp.MaxParameterDifference();
+        Check(label, worst <= 1 && spread == 0 && split,
+            $"worst error {worst:G3} x tolerance ({where}); largest difference between ranks {spread:G3}; owns {owned} of {total} elements");
+    }
+
+    // A NaN in one rank's gradient of a tensor another rank owns: every rank skips the step.
+    private void ShardedNonFiniteSkip()
+    {
+        using var scope = torch.NewDisposeScope();
+        var model = Model(100 + _group.Rank, ScalarType.Float32);
+        var dp = new DataParallel(model, _group);
+        var sharded = new ShardedOptimizer(Layers(model), _group,
+            l => new HypergradientSGD(l.Select(p => new HypergradientSGD.ParamGroup(p)), 0.05, 1e-3, HypergradientScope.PerTensor, momentum: 0.9));
+        int poisoned = sharded.Owners.ToList().IndexOf(0); // a tensor rank 0 owns, poisoned on the last rank
+        bool unchanged = true;
+        for (int step = 0; step < 10; step++)
+        {
+            using var stepScope = torch.NewDisposeScope();
+            var (x, y) = Batch(step, _group.Size, ScalarType.Float32);
+            int start = _group.Rank * PerRank;
+            sharded.zero_grad();
+            Loss(model, x[start..(start + PerRank)], y[start..(start + PerRank)]).backward();
+            if (step == 5 && _group.Rank == _group.Size - 1)
+            {
+                using var _ = torch.no_grad();
+                model.parameters().ElementAt(poisoned).grad!.view(-1)[0] = float.NaN;
+            }
+            var before = step == 5 ? model.parameters().Select(p => p.detach().clone()).ToArray() : null;
+            sharded.step();
+            if (before is not null)
+            {
+                unchanged &= Compare(model.parameters(), before, 1e-30).Worst == 0;
+            }
+        }
+        long skipped = sharded.SkippedSteps;
+        bool agreed = _group.AllReduce(skipped, ReduceOp.Max) == 1 && _group.AllReduce(skipped, ReduceOp.Min) == 1;
+        double spread = dp.MaxParameterDifference();
+        Check("sharded: a non-finite gradient on one rank skips the step on every rank",
+            agreed && unchanged && spread == 0,
+            $"skipped {skipped} here, agreed: {agreed}; unchanged by the skipped step: {unchanged}; largest difference between ranks {spread:G3}");
+    }
+
+    private void ShardedRefusesGlobalScope()
+    {
+        using var scope = torch.NewDisposeScope();
+        var model = Model(100, ScalarType.Float32);
+        string? message = null;
+        try
+        {
+            _ = new ShardedOptimizer(Layers(model), _group, l => new HypergradientSGD(l.Select(p => new HypergradientSGD.ParamGroup(p)), 0.05, 1e-3));
+        }
+        catch (NotSupportedException e)
+        {
+            message = e.Message;
+        }
+        Check("sharded: HypergradientSGD's global scope is refused with a clear message", message?.Contains("Global scope") == true, $"message: {message ?? "none"}");
+    }
+
+    // The optimizers whose sharded checkpoints are checked, by directory name.
+    private static readonly (string Name, Func<Parameter[][], OptimizerHelper> Create)[] s_checkpointed =
+    {
+        ("FusedAdamW", l => new FusedAdamW(l.Select(p => new FusedAdamW.ParamGroup(p)), 1e-2, weight_decay: 0.05)),
+        ("HypergradientSGD-PerTensor", l => new HypergradientSGD(l.Select(p => new HypergradientSGD.ParamGroup(p)), 0.05, 1e-2, HypergradientScope.PerTensor, momentum: 0.9, rule: HypergradientRule.Normalized)),
+        ("FusedSGD", l => new FusedSGD(l.Select(p => new FusedSGD.ParamGroup(p)), 0.05, momentum: 0.9)),
+    };
+
+    private const int CheckpointAt = 20;
+
+    /// <summary>
+    /// Checkpoints across job sizes, in two runs (scripts/test.sh): "save" trains sharded for 20 steps, saves
+    /// the model and the sharded state, trains 20 more and keeps the final parameters (the uninterrupted
+    /// run); "load", with any number of ranks, loads both, trains the same 20 steps and compares. Each step's
+    /// global batch is the same 16 rows whatever the number of ranks (each rank takes 16 / ranks of them).
+    /// </summary>
+    public int Checkpoint(string phase, string directory)
+    {
+        foreach (var (name, create) in s_checkpointed)
+        {
+            string dir = Path.Combine(directory, name);
+            using var scope = torch.NewDisposeScope();
+            var model = Model(100 + _group.Rank, ScalarType.Float64);
+            if (phase == "load")
+            {
+                model.load(Path.Combine(dir, "model.bin"));
+            }
+            var dp = new DataParallel(model, _group); // a save run's ranks start from rank 0's parameters
+            var sharded = new ShardedOptimizer(Layers(model), _group, create, 256);
+            if (phase == "save")
+            {
+                Directory.CreateDirectory(dir);
+                Train(model, sharded, 0, CheckpointAt);
+                if (_group.Rank == 0)
+                {
+                    model.save(Path.Combine(dir, "model.bin"));
+                }
+                sharded.SaveCheckpoint(dir);
+                Train(model, sharded, CheckpointAt, 2 * CheckpointAt);
+                if (_group.Rank == 0)
+                {
+                    model.save(Path.Combine(dir, "uninterrupted.bin"));
+                }
+                _group.AllReduce(0.0, ReduceOp.Max);
+                Check($"checkpoint {name}: saved by {_group.Size} ranks after {CheckpointAt} steps", File.Exists(Path.Combine(dir, "manifest.json")), "no manifest");
+                continue;
+            }
+            sharded.LoadCheckpoint(dir);
+            Train(model, sharded, CheckpointAt, 2 * CheckpointAt);
+            var reference = Model(100, ScalarType.Float64);
+            reference.load(Path.Combine(dir, "uninterrupted.bin"));
+            var (worst, where) = Compare(model.parameters(), reference.parameters(), 1e-10);
+            double spread = dp.MaxParameterDifference();
+            Check($"checkpoint {name}: loaded by {_group.Size} ranks, {CheckpointAt} more steps equal the uninterrupted run",
+                worst <= 1 && spread == 0, $"worst error {worst:G3} x tolerance ({where}); largest difference between ranks {spread:G3}");
+        }
+        Console.WriteLine($"rank {_group.Rank}: {_passed} passed, {_failed} failed");
+        return _failed == 0 ? 0 : 1;
+    }
+
+    private void Train(Sequential model, ShardedOptimizer sharded, int from, int to)
+    {
+        int share = 2 * PerRank / _group.Size;
+        for (int step = from; step < to; step++)
+        {
+            using var stepScope = torch.NewDisposeScope();
+            var (x, y) = Batch(step, 2, ScalarType.Float64);
+            int start = _group.Rank * share;
+            sharded.zero_grad();
+            Loss(model, x[start..(start + share)], y[start..(start + share)]).backward();
+            sharded.step();
+        }
+    }
+
+    private static (double Worst, string Where) CompareStates(List<Tensor> ta, List<double> ra, List<Tensor> tb, List<double> rb, double tol)
+    {
+        var (worst, where) = Compare(ta, tb, tol, "state tensor");
+        for (int i = 0; i < ra.Count; i++)
+        {
+            double e = Math.Abs(ra[i] - rb[i]) / (tol * (1 + Math.Abs(rb[i])));
+            if (!(e <= worst))
+            {
+                (worst, where) = (double.IsNaN(e) ? double.PositiveInfinity : e, $"rate {i}");
+            }
+        }
+        return (worst, where);
+    }
+}
+
 /// <summary>A rank that fails at its third step (throws, or is killed) while the others wait in the all-reduce.</summary>
-internal static class Fault
+internal static partial class Fault
 {
     public static int Run(ProcessGroup group, bool kill)
     {
@@ -355,6 +588,83 @@ internal static class Fault
     }
 }
 
+/// <summary>A rank that hangs while alive: rank 1 sleeps 10 minutes at its third step, so rank 0 waits in the
+/// all-reduce; with a 5 s timeout rank 0 must end the job with a message naming the collective.</summary>
+internal static partial class Fault
+{
+    public static int Hang(ProcessGroup group)
+    {
+        group.Timeout = TimeSpan.FromSeconds(5);
+        Console.WriteLine($"rank {group.Rank}: timeout {group.Timeout.TotalSeconds} s");
+        using var scope = torch.NewDisposeScope();
+        var model = nn.Sequential(("fc", nn.Linear(10, 10)));
+        var dp = new DataParallel(model, group);
+        var opt = new FusedSGD(model.parameters(), 0.1);
+        for (int step = 0; step < 1000; step++)
+        {
+            if (step == 3 && group.Rank == 1)
+            {
+                Thread.Sleep(TimeSpan.FromMinutes(10));
+            }
+            opt.zero_grad();
+            model.call(torch.randn(4, 10)).sum().backward();
+            dp.SynchronizeGradients();
+            opt.step();
+        }
+        Console.WriteLine($"rank {group.Rank}: finished, which it should not have");
+        return 0;
+    }
+}
+
+/// <summary>
+/// The replicated mode's collective (an all-reduce of the gradients) against the sharded mode's (a
+/// reduce-scatter of the gradients and an all-gather of the parameters), interleaved in one run, rank 0's
+/// median over 21 repetitions of each, and the ratio.
+/// </summary>
+internal static class CollectiveTimes
+{
+    public static int Run(ProcessGroup group)
+    {
+        foreach (var (elements, tensors) in new[] { (1_000_000L, 4), (1_000_000L, 1000), (10_000_000L, 4), (10_000_000L, 1000) })
+        {
+            using var scope = torch.NewDisposeScope();
+            var list = Enumerable.Range(0, tensors).Select(_ => torch.randn(elements / tensors)).ToArray();
+            var owners = ShardedOptimizer.Assign(list.Select(t => t.numel()).ToArray(), group.Size);
+            var allReduce = new List<double>();
+            var sharded = new List<double>();
+            var watch = new Stopwatch();
+            for (int rep = 0; rep < 22; rep++)
+            {
+                group.AllReduce(0.0, ReduceOp.Max); // start together
+                watch.Restart();
+                group.AllReduce(list, ReduceOp.Mean);
+                watch.Stop();
+                allReduce.Add(watch.Elapsed.TotalMilliseconds);
+                group.AllReduce(0.0, ReduceOp.Max);
+                watch.Restart();
+                group.ReduceScatter(list, owners, ReduceOp.Mean);
+                group.AllGather(list, owners);
+                watch.Stop();
+                sharded.Add(watch.Elapsed.TotalMilliseconds);
+            }
+            double a = Median(allReduce.Skip(1)), b = Median(sharded.Skip(1));
+            long bytes = elements * 4;
+            if (group.Rank == 0)
+            {
+                Console.WriteLine($"{elements:N0} fp32 elements in {tensors} tensors, {group.Size} ranks: all-reduce {a:F2} ms, " +
+                    $"reduce-scatter + all-gather {b:F2} ms, ratio {b / a:F2}; each sends about {2 * (group.Size - 1) * bytes / group.Size:N0} bytes per rank (ring)");
+            }
+        }
+        return 0;
+    }
+
+    private static double Median(IEnumerable<double> values)
+    {
+        var sorted = values.Order().ToArray();
+        return sorted[sorted.Length / 2];
+    }
+}
+
 /// <summary>The README's example: the MNIST MLP of the compare job trained data-parallel.</summary>
 internal static class MnistDemo
 {
@@ -367,7 +677,12 @@ internal static class MnistDemo
         torch.manual_seed(1 + group.Rank); // different on each rank: DataParallel makes them rank 0's
         var model = nn.Sequential(("fc1", nn.Linear(784, 128)), ("relu", nn.ReLU()), ("fc2", nn.Linear(128, 10)));
         var dp = new DataParallel(model, group);
-        var optimizer = new FusedSGD(model.parameters(), 0.1, momentum: 0.9);
+        // --sharded: ZeRO stage 1 (each rank keeps the momentum of its own tensors); else replicated state.
+        bool shardedMode = args.Contains("--sharded");
+        var sharded = shardedMode
+            ? new ShardedOptimizer(new[] { model.parameters() }, group, l => new FusedSGD(l.SelectMany(p => p), 0.1, momentum: 0.9))
+            : null;
+        var optimizer = sharded?.Inner ?? new FusedSGD(model.parameters(), 0.1, momentum: 0.9);
         long n = digits.TrainX.shape[0];
         long global = (long)perRank * group.Size;
         long stepsPerEpoch = n / global;
@@ -386,13 +701,23 @@ internal static class MnistDemo
                 long start = s * global + (long)group.Rank * perRank;
                 var idx = order.narrow(0, start, perRank);
                 watch.Start();
-                optimizer.zero_grad();
+                model.zero_grad();
                 var loss = nn.functional.cross_entropy(model.call(digits.TrainX.index_select(0, idx)), digits.TrainY.index_select(0, idx));
                 loss.backward();
                 syncWatch.Start();
-                dp.SynchronizeGradients();
+                if (sharded is not null)
+                {
+                    sharded.step(); // reduce-scatter, this rank's step, all-gather
+                }
+                else
+                {
+                    dp.SynchronizeGradients();
+                }
                 syncWatch.Stop();
-                optimizer.step();
+                if (sharded is null)
+                {
+                    optimizer.step();
+                }
                 watch.Stop();
                 sum += loss.item<float>();
                 steps++;
@@ -408,12 +733,15 @@ internal static class MnistDemo
         double spread = dp.MaxParameterDifference();
         double stepMs = watch.Elapsed.TotalMilliseconds / steps;
         double syncMs = syncWatch.Elapsed.TotalMilliseconds / steps;
-        // What each rank sends per step with a ring all-reduce: 2 (N - 1) / N times the gradient.
+        // What each rank sends per step: a ring all-reduce sends 2 (N - 1) / N times the gradient; a
+        // reduce-scatter and an all-gather send (N - 1) / N each, the same in all.
         long sent = 2 * (group.Size - 1) * dp.GradientBytes / group.Size;
+        long stateBytes = (sharded?.OwnedElements ?? model.parameters().Sum(p => p.numel())) * 4;
         Console.WriteLine($"rank {group.Rank} of {group.Size}: final training loss {lastLoss:F4} (its own shard, last epoch), " +
             $"validation loss {valLoss:F4}, {steps} steps of batch {perRank} ({global} across ranks), {stepMs:F2} ms per step " +
-            $"({syncMs:F2} in the gradient all-reduce), {stepMs * stepsPerEpoch / 1000:F2} s per epoch, gradients {dp.GradientBytes} bytes, " +
-            $"sent per step {sent} bytes (ring all-reduce), " +
+            $"({syncMs:F2} in {(shardedMode ? "the sharded step: collectives and update" : "the gradient all-reduce")}), {stepMs * stepsPerEpoch / 1000:F2} s per epoch, gradients {dp.GradientBytes} bytes, " +
+            $"sent per step {sent} bytes ({(shardedMode ? "ring reduce-scatter + all-gather" : "ring all-reduce")}), " +
+            $"momentum on this rank {stateBytes} bytes ({(shardedMode ? "sharded" : "replicated")}), " +
             $"largest parameter difference between ranks {spread:G3}");
         return 0;
     }

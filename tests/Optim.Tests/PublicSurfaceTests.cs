@@ -18,6 +18,7 @@ public class PublicSurfaceTests
             "Optim.Distributed.DataParallel",
             "Optim.Distributed.ProcessGroup",
             "Optim.Distributed.ReduceOp",
+            "Optim.Distributed.ShardedOptimizer",
             "Optim.FusedAdam",
             "Optim.FusedAdam+Options",
             "Optim.FusedAdam+ParamGroup",

@@ -106,6 +106,18 @@ void check_op(const char* function, int32_t op)
                   "unknown reduction " + std::to_string(op));
 }
 
+// The owners of a sharded list: one per tensor, not negative (the plugin checks them against the
+// job's size, which it alone knows).
+void check_owners(const char* function, const optim_comm_tensors* tensors, const int32_t* owners)
+{
+    if (tensors->count == 0) return;
+    OPTIM_REQUIRE(owners != nullptr, function, "owners is NULL");
+    for (int64_t k = 0; k < tensors->count; ++k)
+        OPTIM_REQUIRE(owners[k] >= 0, function,
+                      "tensor " + std::to_string(k) + " has a negative owner " +
+                          std::to_string(owners[k]));
+}
+
 } // namespace
 
 OPTIM_API int32_t optim_mpi_compiled(void)
@@ -173,6 +185,60 @@ OPTIM_API optim_status optim_mpi_allreduce_scalars(double* values, int64_t count
         const auto& mpi = plugin(function);
         forward(function,
                 [&](char* m, int64_t c) { return mpi.allreduce_scalars(values, count, op, m, c); });
+    });
+}
+
+OPTIM_API optim_status optim_mpi_reduce_scatter(int32_t device, int32_t dtype,
+                                                const optim_comm_tensors* tensors,
+                                                const int32_t* owners, int32_t op,
+                                                int64_t bucket_bytes)
+{
+    constexpr const char* function = "optim_mpi_reduce_scatter";
+    return optim::guard(function, [&] {
+        check_tensors(function, device, dtype, tensors, bucket_bytes);
+        check_owners(function, tensors, owners);
+        check_op(function, op);
+        const auto& mpi = plugin(function);
+        forward(function, [&](char* m, int64_t c) {
+            return mpi.reduce_scatter(dtype, tensors, owners, op, bucket_bytes, m, c);
+        });
+    });
+}
+
+OPTIM_API optim_status optim_mpi_allgather(int32_t device, int32_t dtype,
+                                           const optim_comm_tensors* tensors, const int32_t* owners,
+                                           int64_t bucket_bytes)
+{
+    constexpr const char* function = "optim_mpi_allgather";
+    return optim::guard(function, [&] {
+        check_tensors(function, device, dtype, tensors, bucket_bytes);
+        check_owners(function, tensors, owners);
+        const auto& mpi = plugin(function);
+        forward(function, [&](char* m, int64_t c) {
+            return mpi.allgather(dtype, tensors, owners, bucket_bytes, m, c);
+        });
+    });
+}
+
+OPTIM_API optim_status optim_mpi_set_timeout(double seconds)
+{
+    constexpr const char* function = "optim_mpi_set_timeout";
+    return optim::guard(function, [&] {
+        OPTIM_REQUIRE(seconds > 0, function,
+                      "timeout " + std::to_string(seconds) +
+                          " s is not positive (+infinity waits for ever)");
+        const auto& mpi = plugin(function);
+        forward(function, [&](char* m, int64_t c) { return mpi.set_timeout(seconds, m, c); });
+    });
+}
+
+OPTIM_API optim_status optim_mpi_get_timeout(double* seconds)
+{
+    constexpr const char* function = "optim_mpi_get_timeout";
+    return optim::guard(function, [&] {
+        OPTIM_REQUIRE(seconds != nullptr, function, "seconds is NULL");
+        const auto& mpi = plugin(function);
+        forward(function, [&](char* m, int64_t c) { return mpi.get_timeout(seconds, m, c); });
     });
 }
 

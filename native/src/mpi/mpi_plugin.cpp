@@ -5,12 +5,16 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <climits>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <mutex>
 #include <new>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -35,6 +39,18 @@ struct PluginError {
         if (optim_mpi_code != MPI_SUCCESS) mpi_failed(#call, optim_mpi_code);                      \
     } while (0)
 
+// Waits for a non-blocking collective, polling it against g_timeout_seconds; past the deadline the
+// job cannot go on (a collective cannot be cancelled): says which collective and how long, on
+// stderr, and ends the job with MPI_Abort.
+void wait_for(MPI_Request& request, const char* collective);
+
+#define OPTIM_COLLECTIVE(start, ...)                                                               \
+    do {                                                                                           \
+        MPI_Request optim_request = MPI_REQUEST_NULL;                                              \
+        OPTIM_MPI_CALL(start(__VA_ARGS__, &optim_request));                                        \
+        wait_for(optim_request, #start);                                                           \
+    } while (0)
+
 // Everything below is guarded by g_mutex: calls into MPI are serialised, so MPI_THREAD_SERIALIZED
 // is enough whichever threads call.
 std::mutex g_mutex;
@@ -42,10 +58,41 @@ MPI_Comm g_comm = MPI_COMM_NULL; // a duplicate of MPI_COMM_WORLD that returns i
 bool g_we_initialised = false;
 int g_rank = 0;
 int g_size = 1;
-std::vector<unsigned char> g_bucket; // the packing buffer, kept between calls
+std::vector<unsigned char> g_bucket;  // the packing buffer, kept between calls
+std::vector<unsigned char> g_receive; // a rank's segment of a reduce-scattered bucket
+// How long a collective may wait for the other ranks (optim_mpi_set_timeout); the default is
+// PyTorch's process-group default, 30 minutes.
+std::atomic<double> g_timeout_seconds{1800}; // not under g_mutex: settable during a wait
+const char* g_function = ""; // the optim_mpi_* call in progress, for the timeout's message
+
+void wait_for(MPI_Request& request, const char* collective)
+{
+    const auto start = std::chrono::steady_clock::now();
+    for (;;) {
+        int done = 0;
+        OPTIM_MPI_CALL(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
+        if (done) return;
+        const double waited =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        if (waited > g_timeout_seconds) {
+            char text[512];
+            std::snprintf(text, sizeof text,
+                          "optim: rank %d of %d: %s in %s did not complete within the timeout of "
+                          "%g s (optim_mpi_set_timeout, ProcessGroup.Timeout): another rank has "
+                          "died or hangs; ending the job (MPI_Abort)",
+                          g_rank, g_size, collective, g_function, g_timeout_seconds.load());
+            std::fprintf(stderr, "%s\n", text);
+            std::fflush(stderr);
+            MPI_Abort(MPI_COMM_WORLD, 1); // returns only if MPI could not abort
+            throw PluginError{OPTIM_STATUS_MPI_ERROR, text};
+        }
+        std::this_thread::yield(); // on shared cores, let the rank being waited for run
+    }
+}
 
 void require_initialised(const char* function)
 {
+    g_function = function;
     if (g_comm == MPI_COMM_NULL)
         throw PluginError{OPTIM_STATUS_INVALID_ARGUMENT,
                           std::string(function) + ": call optim_mpi_init first"};
@@ -161,6 +208,74 @@ void bucketed(int32_t dtype, const optim_comm_tensors& tensors, int64_t bucket_b
     flush();
 }
 
+// Refuses owners that are not ranks of this job, before any communication.
+void check_owners(const char* function, const optim_comm_tensors& tensors, const int32_t* owners)
+{
+    for (int64_t k = 0; k < tensors.count; ++k)
+        if (owners[k] >= g_size)
+            throw PluginError{OPTIM_STATUS_INVALID_ARGUMENT,
+                              std::string(function) + ": tensor " + std::to_string(k) +
+                                  " has owner " + std::to_string(owners[k]) +
+                                  ", not a rank (the job has " + std::to_string(g_size) +
+                                  " ranks)"};
+}
+
+// One collective over a sharded list (tensor k belongs to rank owners[k]). Tensors smaller than a
+// bucket are gathered into buckets in list order, as bucketed() does, and laid out rank by rank
+// within a bucket, so each rank's elements form one segment: `bucket(counts, displs)` moves a full
+// bucket. Larger tensors go in place: `large(data, n, owner)`, in pieces MPI's int counts can hold.
+// `pack(k, dst)` and `unpack(k, src)` move tensor k into and out of its place in the bucket.
+template <class Bucket, class Large, class Pack, class Unpack>
+void sharded(int32_t dtype, const optim_comm_tensors& tensors, const int32_t* owners,
+             int64_t bucket_bytes, Bucket&& bucket, Large&& large, Pack&& pack, Unpack&& unpack)
+{
+    const int64_t element = dtype == OPTIM_DTYPE_FLOAT64 ? 8 : 4;
+    const int64_t capacity =
+        std::min<int64_t>(INT_MAX, std::max<int64_t>(1, bucket_bytes / element));
+    std::vector<int64_t> members, positions;
+    const size_t ranks = static_cast<size_t>(g_size);
+    std::vector<int> counts(ranks), displs(ranks), cursor(ranks);
+    int64_t fill = 0;
+    auto flush = [&] {
+        if (members.empty()) return;
+        std::fill(counts.begin(), counts.end(), 0);
+        for (int64_t k : members) counts[size_t(owners[k])] += int(tensors.numels[k]);
+        for (int r = 0, at = 0; r < g_size; at += counts[size_t(r)], ++r) displs[size_t(r)] = at;
+        cursor = displs;
+        positions.clear();
+        for (int64_t k : members) {
+            positions.push_back(cursor[size_t(owners[k])]);
+            cursor[size_t(owners[k])] += int(tensors.numels[k]);
+        }
+        if (g_bucket.size() < size_t(capacity * element))
+            g_bucket.resize(size_t(capacity * element));
+        for (size_t i = 0; i < members.size(); ++i)
+            pack(members[i], g_bucket.data() + positions[i] * element);
+        bucket(counts, displs);
+        for (size_t i = 0; i < members.size(); ++i)
+            unpack(members[i], g_bucket.data() + positions[i] * element);
+        members.clear();
+        fill = 0;
+    };
+    for (int64_t k = 0; k < tensors.count; ++k) {
+        const int64_t n = tensors.numels[k];
+        if (n == 0) continue;
+        if (n >= capacity) {
+            auto* data = static_cast<unsigned char*>(tensors.data[k]);
+            for (int64_t done = 0; done < n;) {
+                const int64_t piece = std::min<int64_t>(n - done, INT_MAX);
+                large(data + done * element, piece, owners[k]);
+                done += piece;
+            }
+            continue;
+        }
+        if (fill + n > capacity) flush();
+        members.push_back(k);
+        fill += n;
+    }
+    flush();
+}
+
 optim_status plugin_init(int32_t* rank, int32_t* size, char* message, int64_t capacity)
 {
     return boundary(message, capacity, [&] {
@@ -197,6 +312,7 @@ optim_status plugin_finalize(char* message, int64_t capacity)
         OPTIM_MPI_CALL(MPI_Comm_free(&g_comm));
         g_comm = MPI_COMM_NULL;
         std::vector<unsigned char>().swap(g_bucket);
+        std::vector<unsigned char>().swap(g_receive);
         if (g_we_initialised) {
             g_we_initialised = false;
             OPTIM_MPI_CALL(MPI_Finalize());
@@ -219,7 +335,7 @@ optim_status plugin_broadcast(int32_t dtype, const optim_comm_tensors* tensors, 
         bucketed(
             dtype, *tensors, bucket_bytes,
             [&](void* buffer, int64_t n) {
-                OPTIM_MPI_CALL(MPI_Bcast(buffer, int(n), mpi_type(dtype), root, g_comm));
+                OPTIM_COLLECTIVE(MPI_Ibcast, buffer, int(n), mpi_type(dtype), root, g_comm);
             },
             [&](int64_t k, unsigned char* dst) {
                 if (is_root)
@@ -242,8 +358,8 @@ optim_status plugin_allreduce(int32_t dtype, const optim_comm_tensors* tensors, 
         bucketed(
             dtype, *tensors, bucket_bytes,
             [&](void* buffer, int64_t n) {
-                OPTIM_MPI_CALL(MPI_Allreduce(MPI_IN_PLACE, buffer, int(n), mpi_type(dtype),
-                                             mpi_op(op), g_comm));
+                OPTIM_COLLECTIVE(MPI_Iallreduce, MPI_IN_PLACE, buffer, int(n), mpi_type(dtype),
+                                 mpi_op(op), g_comm);
                 // In place on a large tensor: divide here; bucketed elements are divided on unpack.
                 if (mean && buffer != static_cast<void*>(g_bucket.data()))
                     divide_by_size(dtype, buffer, n);
@@ -264,9 +380,77 @@ optim_status plugin_allreduce_scalars(double* values, int64_t count, int32_t op,
     return boundary(message, capacity, [&] {
         require_initialised("optim_mpi_allreduce_scalars");
         if (count == 0) return;
-        OPTIM_MPI_CALL(
-            MPI_Allreduce(MPI_IN_PLACE, values, int(count), MPI_DOUBLE, mpi_op(op), g_comm));
+        OPTIM_COLLECTIVE(MPI_Iallreduce, MPI_IN_PLACE, values, int(count), MPI_DOUBLE, mpi_op(op),
+                         g_comm);
         if (op == OPTIM_REDUCE_MEAN) divide_by_size(values, count);
+    });
+}
+
+optim_status plugin_reduce_scatter(int32_t dtype, const optim_comm_tensors* tensors,
+                                   const int32_t* owners, int32_t op, int64_t bucket_bytes,
+                                   char* message, int64_t capacity)
+{
+    return boundary(message, capacity, [&] {
+        constexpr const char* function = "optim_mpi_reduce_scatter";
+        require_initialised(function);
+        check_owners(function, *tensors, owners);
+        const size_t element = dtype == OPTIM_DTYPE_FLOAT64 ? 8 : 4;
+        const bool mean = op == OPTIM_REDUCE_MEAN;
+        sharded(
+            dtype, *tensors, owners, bucket_bytes,
+            [&](const std::vector<int>& counts, const std::vector<int>& displs) {
+                const size_t mine = size_t(counts[size_t(g_rank)]);
+                if (g_receive.size() < std::max<size_t>(1, mine * element))
+                    g_receive.resize(std::max<size_t>(1, mine * element));
+                OPTIM_COLLECTIVE(MPI_Ireduce_scatter, g_bucket.data(), g_receive.data(),
+                                 counts.data(), mpi_type(dtype), mpi_op(op), g_comm);
+                std::memcpy(g_bucket.data() + size_t(displs[size_t(g_rank)]) * element,
+                            g_receive.data(), mine * element);
+            },
+            [&](void* data, int64_t n, int32_t owner) {
+                const bool mine = owner == g_rank;
+                OPTIM_COLLECTIVE(MPI_Ireduce, mine ? MPI_IN_PLACE : data, mine ? data : nullptr,
+                                 int(n), mpi_type(dtype), mpi_op(op), owner, g_comm);
+                if (mine && mean) divide_by_size(dtype, data, n);
+            },
+            [&](int64_t k, unsigned char* dst) {
+                std::memcpy(dst, tensors->data[k], size_t(tensors->numels[k]) * element);
+            },
+            [&](int64_t k, const unsigned char* src) {
+                if (owners[k] != g_rank) return;
+                std::memcpy(tensors->data[k], src, size_t(tensors->numels[k]) * element);
+                if (mean) divide_by_size(dtype, tensors->data[k], tensors->numels[k]);
+            });
+    });
+}
+
+optim_status plugin_allgather(int32_t dtype, const optim_comm_tensors* tensors,
+                              const int32_t* owners, int64_t bucket_bytes, char* message,
+                              int64_t capacity)
+{
+    return boundary(message, capacity, [&] {
+        constexpr const char* function = "optim_mpi_allgather";
+        require_initialised(function);
+        check_owners(function, *tensors, owners);
+        const size_t element = dtype == OPTIM_DTYPE_FLOAT64 ? 8 : 4;
+        sharded(
+            dtype, *tensors, owners, bucket_bytes,
+            [&](const std::vector<int>& counts, const std::vector<int>& displs) {
+                OPTIM_COLLECTIVE(MPI_Iallgatherv, MPI_IN_PLACE, 0, MPI_DATATYPE_NULL,
+                                 g_bucket.data(), counts.data(), displs.data(), mpi_type(dtype),
+                                 g_comm);
+            },
+            [&](void* data, int64_t n, int32_t owner) {
+                OPTIM_COLLECTIVE(MPI_Ibcast, data, int(n), mpi_type(dtype), owner, g_comm);
+            },
+            [&](int64_t k, unsigned char* dst) {
+                if (owners[k] == g_rank)
+                    std::memcpy(dst, tensors->data[k], size_t(tensors->numels[k]) * element);
+            },
+            [&](int64_t k, const unsigned char* src) {
+                if (owners[k] != g_rank)
+                    std::memcpy(tensors->data[k], src, size_t(tensors->numels[k]) * element);
+            });
     });
 }
 
@@ -291,9 +475,29 @@ optim_status plugin_abort(int32_t error_code, char* message, int64_t capacity)
     return OPTIM_STATUS_MPI_ERROR;
 }
 
-const optim_mpi_plugin g_plugin = {
-    OPTIM_MPI_PLUGIN_VERSION, plugin_init, plugin_finalize, plugin_broadcast, plugin_allreduce,
-    plugin_allreduce_scalars, plugin_abort};
+optim_status plugin_set_timeout(double seconds, char*, int64_t)
+{
+    g_timeout_seconds = seconds;
+    return OPTIM_STATUS_OK;
+}
+
+optim_status plugin_get_timeout(double* seconds, char*, int64_t)
+{
+    *seconds = g_timeout_seconds;
+    return OPTIM_STATUS_OK;
+}
+
+const optim_mpi_plugin g_plugin = {OPTIM_MPI_PLUGIN_VERSION,
+                                   plugin_init,
+                                   plugin_finalize,
+                                   plugin_broadcast,
+                                   plugin_allreduce,
+                                   plugin_allreduce_scalars,
+                                   plugin_abort,
+                                   plugin_reduce_scatter,
+                                   plugin_allgather,
+                                   plugin_set_timeout,
+                                   plugin_get_timeout};
 
 } // namespace
 

@@ -12,7 +12,7 @@ extern "C" {
 #endif
 
 // The plugin's interface version; the main library refuses a plugin whose version differs.
-#define OPTIM_MPI_PLUGIN_VERSION 1
+#define OPTIM_MPI_PLUGIN_VERSION 3
 
 typedef struct optim_mpi_plugin {
     int32_t version;
@@ -25,6 +25,14 @@ typedef struct optim_mpi_plugin {
     optim_status (*allreduce_scalars)(double* values, int64_t count, int32_t op, char* message,
                                       int64_t capacity);
     optim_status (*abort_job)(int32_t error_code, char* message, int64_t capacity);
+    optim_status (*reduce_scatter)(int32_t dtype, const optim_comm_tensors* tensors,
+                                   const int32_t* owners, int32_t op, int64_t bucket_bytes,
+                                   char* message, int64_t capacity);
+    optim_status (*allgather)(int32_t dtype, const optim_comm_tensors* tensors,
+                              const int32_t* owners, int64_t bucket_bytes, char* message,
+                              int64_t capacity);
+    optim_status (*set_timeout)(double seconds, char* message, int64_t capacity);
+    optim_status (*get_timeout)(double* seconds, char* message, int64_t capacity);
 } optim_mpi_plugin;
 
 // The one symbol the plugin exports.
