@@ -253,6 +253,7 @@ optim_status sgd_entry(const char* fn, int32_t device, int32_t device_index, int
         if (tensors->count == 0) return;
         SgdCall call{tensors, n_groups, groups};
         call.clip = clip;
+        call.fn = fn;
         if (device == OPTIM_DEVICE_CUDA) {
             cuda::sgd_step(device_index, dtype, call);
         } else if (dtype == OPTIM_DTYPE_FLOAT32) {
@@ -277,6 +278,7 @@ optim_status adam_entry(const char* fn, int32_t device, int32_t device_index, in
         if (tensors->count == 0) return;
         AdamCall call{tensors, n_groups, groups};
         call.clip = clip;
+        call.fn = fn;
         if (device == OPTIM_DEVICE_CUDA) {
             cuda::adam_step(device_index, dtype, call);
         } else if (dtype == OPTIM_DTYPE_FLOAT32) {
@@ -370,6 +372,7 @@ optim_status hd_entry(const char* fn, int32_t device, int32_t device_index, int3
         }
         HdCall call{tensors, n_groups, groups, params, rates, skipped};
         call.clip = clip;
+        call.fn = fn;
         if (device == OPTIM_DEVICE_CUDA)
             cuda::hd_step(device_index, dtype, call);
         else if (dtype == OPTIM_DTYPE_FLOAT32)

@@ -17,6 +17,7 @@ struct SgdCall {
     int32_t n_groups;
     const optim_sgd_params* groups;
     const optim_grad_clip* clip = nullptr; // null: no clipping
+    const char* fn = "optim_sgd_step";     // the entry point, for messages
     // The param group of tensor k (group_index may be NULL: one group).
     int32_t group_of(int64_t k) const { return tensors->group_index ? tensors->group_index[k] : 0; }
 };
@@ -27,6 +28,7 @@ struct AdamCall {
     int32_t n_groups;
     const optim_adam_params* groups;
     const optim_grad_clip* clip = nullptr; // null: no clipping
+    const char* fn = "optim_adam_step";    // the entry point, for messages
     int32_t group_of(int64_t k) const { return tensors->group_index ? tensors->group_index[k] : 0; }
 };
 
@@ -39,6 +41,7 @@ struct HdCall {
     double* rates;
     int64_t* skipped;
     const optim_grad_clip* clip = nullptr; // null: no clipping
+    const char* fn = "optim_hd_step";      // the entry point, for messages
 };
 
 // One param group's SGD flags and coefficients rounded to T, from validated options

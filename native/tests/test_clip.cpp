@@ -303,3 +303,22 @@ TEST(GradClipValidation, BadClipIsNamedAndWritesNothing)
     EXPECT_EQ(norm, 42);
     EXPECT_EQ(m.param, before);
 }
+
+TEST(GradClipValidation, CudaRequestWithoutADeviceNamesTheClippedEntryPoint)
+{
+    int32_t devices = 0;
+    ASSERT_EQ(optim_cuda_device_count(&devices), OPTIM_STATUS_OK);
+    if (devices > 0) GTEST_SKIP() << "a CUDA device is present";
+    Model<float> m(6);
+    optim_sgd_params groups[2];
+    optim_sgd_params_default(&groups[0]);
+    optim_sgd_params_default(&groups[1]);
+    const std::vector<uint8_t> fresh(kSizes.size(), 1);
+    optim_tensor_list list = m.list(fresh);
+    double norm = 0;
+    const optim_grad_clip clip{1.0, &norm};
+    EXPECT_EQ(optim_sgd_step_clipped(OPTIM_DEVICE_CUDA, 0, kFloat, &list, 2, groups, &clip),
+              OPTIM_STATUS_CUDA_UNAVAILABLE);
+    EXPECT_NE(std::string(optim_last_error()).find("optim_sgd_step_clipped: "), std::string::npos)
+        << optim_last_error();
+}

@@ -70,8 +70,7 @@ void launch_group(const AdamCall& call, int64_t first, int64_t last, const AdamC
     }
     const double* norm = call.clip ? call.clip->total_norm : nullptr;
     const double max_norm = call.clip ? call.clip->max_norm : 0.0;
-    tables.launch(AdamFunctor<T, Flags>{group, norm, max_norm}, nullptr, "optim_adam_step",
-                  "kernel launch");
+    tables.launch(AdamFunctor<T, Flags>{group, norm, max_norm}, nullptr, call.fn, "kernel launch");
 }
 
 // One group's launches per param group, in group order (the tensors are in group order).
@@ -101,12 +100,11 @@ void adam_typed(const AdamCall& call)
 
 void adam_step(int device_index, int32_t dtype, const AdamCall& call)
 {
-    require_device(device_index, "optim_adam_step");
-    DeviceGuard guard(device_index, "optim_adam_step");
+    require_device(device_index, call.fn);
+    DeviceGuard guard(device_index, call.fn);
     const optim_adam_tensors& t = *call.tensors;
     if (call.clip)
-        grad_norm(device_index, dtype, t.grads, t.numels, t.count, call.clip->total_norm,
-                  "optim_adam_step_clipped");
+        grad_norm(device_index, dtype, t.grads, t.numels, t.count, call.clip->total_norm, call.fn);
     if (dtype == OPTIM_DTYPE_FLOAT32)
         adam_typed<float>(call);
     else

@@ -373,7 +373,7 @@ void hd_typed(int device_index, const HdCall& call, const char* fn)
 
 void hd_step(int device_index, int32_t dtype, const HdCall& call)
 {
-    static const char* fn = "optim_hd_step";
+    const char* fn = call.fn;
     require_device(device_index, fn);
     DeviceGuard guard(device_index, fn);
     if (dtype == OPTIM_DTYPE_FLOAT32)

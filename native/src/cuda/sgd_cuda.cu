@@ -65,7 +65,7 @@ void launch_group(const SgdCall& call, int64_t first, int64_t last, const SgdCoe
     }
     const double* norm = call.clip ? call.clip->total_norm : nullptr;
     const double max_norm = call.clip ? call.clip->max_norm : 0.0;
-    tables.launch(SgdFunctor<T, Flags>{c, lr, lr_ptr, norm, max_norm}, nullptr, "optim_sgd_step",
+    tables.launch(SgdFunctor<T, Flags>{c, lr, lr_ptr, norm, max_norm}, nullptr, call.fn,
                   "kernel launch");
 }
 
@@ -111,12 +111,11 @@ int device_count() noexcept
 
 void sgd_step(int device_index, int32_t dtype, const SgdCall& call)
 {
-    require_device(device_index, "optim_sgd_step");
-    DeviceGuard guard(device_index, "optim_sgd_step");
+    require_device(device_index, call.fn);
+    DeviceGuard guard(device_index, call.fn);
     const optim_tensor_list& t = *call.tensors;
     if (call.clip)
-        grad_norm(device_index, dtype, t.grads, t.numels, t.count, call.clip->total_norm,
-                  "optim_sgd_step_clipped");
+        grad_norm(device_index, dtype, t.grads, t.numels, t.count, call.clip->total_norm, call.fn);
     if (dtype == OPTIM_DTYPE_FLOAT32)
         sgd_typed<float>(call);
     else
