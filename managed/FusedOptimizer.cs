@@ -142,9 +142,12 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper
         {
             return (0, 0);
         }
-        var device = checks.Device == NativeDevice.Cuda ? new Device(DeviceType.CUDA, checks.DeviceIndex) : torch.CPU;
-        if (_gradNorm is null || _gradNorm.device_type != device.type || _gradNorm.device_index != device.index)
+        var type = checks.Device == NativeDevice.Cuda ? DeviceType.CUDA : DeviceType.CPU;
+        int index = checks.Device == NativeDevice.Cuda ? checks.DeviceIndex : -1;
+        // Compared field by field, so that a warm step allocates nothing.
+        if (_gradNorm is null || _gradNorm.device_type != type || (type == DeviceType.CUDA && _gradNorm.device_index != index))
         {
+            var device = type == DeviceType.CUDA ? new Device(type, index) : torch.CPU;
             var norm = torch.full(Array.Empty<long>(), double.NaN, ScalarType.Float64, device).DetachFromDisposeScope();
             _gradNorm?.Dispose();
             _gradNorm = norm;
