@@ -42,6 +42,14 @@ internal static unsafe partial class NativeMethods
     internal static partial int optim_adam_step(int device, int deviceIndex, int dtype, AdamTensors* tensors, int nGroups, AdamGroupParams* groups);
 
     [LibraryImport(Library)]
+    internal static partial int optim_sgd_step_clipped(int device, int deviceIndex, int dtype, TensorList* tensors, int nGroups, SgdGroupParams* groups,
+        GradClip* clip);
+
+    [LibraryImport(Library)]
+    internal static partial int optim_adam_step_clipped(int device, int deviceIndex, int dtype, AdamTensors* tensors, int nGroups, AdamGroupParams* groups,
+        GradClip* clip);
+
+    [LibraryImport(Library)]
     internal static partial int optim_greedylr_init(GreedyLRConfig* config, GreedyLRCounters* state);
 
     [LibraryImport(Library)]
@@ -51,6 +59,10 @@ internal static unsafe partial class NativeMethods
     [LibraryImport(Library)]
     internal static partial int optim_hd_step(int device, int deviceIndex, int dtype, HdTensors* tensors, int nGroups,
         HdGroupOptions* groups, HdStepOptions* options, double* rates, long* skipped);
+
+    [LibraryImport(Library)]
+    internal static partial int optim_hd_step_clipped(int device, int deviceIndex, int dtype, HdTensors* tensors, int nGroups,
+        HdGroupOptions* groups, HdStepOptions* options, double* rates, long* skipped, GradClip* clip);
 
     [LibraryImport(Library)]
     internal static partial long optim_hd_rate_count(int scope, int nGroups, long nTensors);
@@ -63,6 +75,14 @@ internal static unsafe partial class NativeMethods
 
     // Runs before the first import is called: every import of this assembly goes through the resolver.
     static NativeMethods() => NativeLibraryResolver.Register();
+}
+
+/// <summary>Mirror of <c>optim_grad_clip</c>: clipping by global norm inside a step.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct GradClip
+{
+    public double MaxNorm;
+    public double* TotalNorm;
 }
 
 /// <summary>Mirror of <c>optim_tensor_list</c>.</summary>

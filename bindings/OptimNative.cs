@@ -242,10 +242,14 @@ internal static unsafe class OptimNative
     /// One fused SGD step over the tensors of several param groups in one call: every group and every
     /// tensor is checked before anything is written. Spans as in the one-group overload, plus
     /// <paramref name="groupIndex"/> (each tensor's group, non-decreasing; empty when there is one group).
+    /// With <paramref name="totalNorm"/> not 0 the gradients are clipped to global norm
+    /// <paramref name="maxNorm"/> inside the step (<c>optim_grad_clip</c>) and the norm is written to
+    /// <paramref name="totalNorm"/>, a double in the memory of the device that runs the step.
     /// </summary>
     public static void SgdStep(NativeDevice device, int deviceIndex, NativeDType dtype,
         ReadOnlySpan<nint> parameters, ReadOnlySpan<nint> gradients, ReadOnlySpan<nint> momentumBuffers,
-        ReadOnlySpan<long> numels, ReadOnlySpan<byte> bufferFresh, ReadOnlySpan<int> groupIndex, ReadOnlySpan<SgdGroupParams> groups)
+        ReadOnlySpan<long> numels, ReadOnlySpan<byte> bufferFresh, ReadOnlySpan<int> groupIndex, ReadOnlySpan<SgdGroupParams> groups,
+        double maxNorm = 0, nint totalNorm = 0)
     {
         EnsureLoaded();
         int n = parameters.Length;
@@ -283,7 +287,10 @@ internal static unsafe class OptimNative
                 BufferFresh = bufferFresh.Length == 0 ? null : f,
                 GroupIndex = groupIndex.Length == 0 ? null : gi,
             };
-            ThrowIfFailed(NativeMethods.optim_sgd_step((int)device, deviceIndex, (int)dtype, &list, groups.Length, sp));
+            var clip = new GradClip { MaxNorm = maxNorm, TotalNorm = (double*)totalNorm };
+            ThrowIfFailed(totalNorm == 0
+                ? NativeMethods.optim_sgd_step((int)device, deviceIndex, (int)dtype, &list, groups.Length, sp)
+                : NativeMethods.optim_sgd_step_clipped((int)device, deviceIndex, (int)dtype, &list, groups.Length, sp, &clip));
         }
     }
 
@@ -292,12 +299,13 @@ internal static unsafe class OptimNative
     /// <c>optim_adam_step</c> in <c>optim.h</c>): every group and every tensor is checked before anything is
     /// written. Every per-tensor span has one entry per tensor, except <paramref name="maxExpAvgSqs"/>, which
     /// is empty when no group uses AMSGrad, and <paramref name="groupIndex"/>, which is empty for one group.
-    /// <paramref name="steps"/> holds each tensor's step number after this update (≥ 1).
+    /// <paramref name="steps"/> holds each tensor's step number after this update (≥ 1). Clipping with
+    /// <paramref name="maxNorm"/> and <paramref name="totalNorm"/> as in <see cref="SgdStep(NativeDevice, int, NativeDType, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{long}, ReadOnlySpan{byte}, ReadOnlySpan{int}, ReadOnlySpan{SgdGroupParams}, double, nint)"/>.
     /// </summary>
     public static void AdamStep(NativeDevice device, int deviceIndex, NativeDType dtype,
         ReadOnlySpan<nint> parameters, ReadOnlySpan<nint> gradients, ReadOnlySpan<nint> expAvgs, ReadOnlySpan<nint> expAvgSqs,
         ReadOnlySpan<nint> maxExpAvgSqs, ReadOnlySpan<long> numels, ReadOnlySpan<long> steps, ReadOnlySpan<int> groupIndex,
-        ReadOnlySpan<AdamGroupParams> groups)
+        ReadOnlySpan<AdamGroupParams> groups, double maxNorm = 0, nint totalNorm = 0)
     {
         EnsureLoaded();
         int n = parameters.Length;
@@ -328,7 +336,10 @@ internal static unsafe class OptimNative
                 Steps = st,
                 GroupIndex = groupIndex.Length == 0 ? null : gi,
             };
-            ThrowIfFailed(NativeMethods.optim_adam_step((int)device, deviceIndex, (int)dtype, &list, groups.Length, ap));
+            var clip = new GradClip { MaxNorm = maxNorm, TotalNorm = (double*)totalNorm };
+            ThrowIfFailed(totalNorm == 0
+                ? NativeMethods.optim_adam_step((int)device, deviceIndex, (int)dtype, &list, groups.Length, ap)
+                : NativeMethods.optim_adam_step_clipped((int)device, deviceIndex, (int)dtype, &list, groups.Length, ap, &clip));
         }
     }
 
@@ -345,12 +356,13 @@ internal static unsafe class OptimNative
     /// indexed by <paramref name="groupIndex"/>. <paramref name="rates"/> (scalar scopes) and
     /// <paramref name="skipped"/> are addresses in the memory of the device that runs the step: a host
     /// array of doubles and a host long for the CPU (skipped is set to 1 or 0), device memory for CUDA
-    /// (skipped is a counter there). On failure nothing was written.
+    /// (skipped is a counter there). On failure nothing was written. Clipping with <paramref name="maxNorm"/>
+    /// and <paramref name="totalNorm"/> as in <see cref="SgdStep(NativeDevice, int, NativeDType, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{long}, ReadOnlySpan{byte}, ReadOnlySpan{int}, ReadOnlySpan{SgdGroupParams}, double, nint)"/>.
     /// </summary>
     public static void HdStep(NativeDevice device, int deviceIndex, NativeDType dtype,
         ReadOnlySpan<nint> parameters, ReadOnlySpan<nint> gradients, ReadOnlySpan<nint> momentumBuffers, ReadOnlySpan<nint> prevUpdates,
         ReadOnlySpan<nint> parameterRates, ReadOnlySpan<long> numels, ReadOnlySpan<int> groupIndex, ReadOnlySpan<byte> bufferFresh,
-        ReadOnlySpan<HdGroupOptions> groups, in HdStepOptions options, nint rates, nint skipped)
+        ReadOnlySpan<HdGroupOptions> groups, in HdStepOptions options, nint rates, nint skipped, double maxNorm = 0, nint totalNorm = 0)
     {
         EnsureLoaded();
         int n = parameters.Length;
@@ -382,7 +394,11 @@ internal static unsafe class OptimNative
                 GroupIndex = gi,
                 BufferFresh = f,
             };
-            ThrowIfFailed(NativeMethods.optim_hd_step((int)device, deviceIndex, (int)dtype, &list, groups.Length, go, o, (double*)rates, (long*)skipped));
+            var clip = new GradClip { MaxNorm = maxNorm, TotalNorm = (double*)totalNorm };
+            ThrowIfFailed(totalNorm == 0
+                ? NativeMethods.optim_hd_step((int)device, deviceIndex, (int)dtype, &list, groups.Length, go, o, (double*)rates, (long*)skipped)
+                : NativeMethods.optim_hd_step_clipped((int)device, deviceIndex, (int)dtype, &list, groups.Length, go, o, (double*)rates, (long*)skipped,
+                    &clip));
         }
     }
 

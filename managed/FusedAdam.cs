@@ -43,11 +43,12 @@ public partial class FusedAdam : FusedOptimizer<FusedAdam.Options, FusedAdam.Sta
     /// <param name="weight_decay">Weight decay (≥ 0; default 0).</param>
     /// <param name="amsgrad">Use the AMSGrad variant.</param>
     /// <param name="maximize">Maximize the objective instead of minimizing it.</param>
+    /// <param name="max_grad_norm">Clips the gradients to this global norm inside each step (finite, &gt; 0; null: no clipping); see <see cref="FusedOptimizer{TOptions, TState}.MaxGradNorm"/>.</param>
     /// <exception cref="ArgumentException">An invalid hyperparameter or an unsupported tensor.</exception>
     public FusedAdam(IEnumerable<Parameter> parameters, double lr = 0.001, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8,
-        double weight_decay = 0, bool amsgrad = false, bool maximize = false)
+        double weight_decay = 0, bool amsgrad = false, bool maximize = false, double? max_grad_norm = null)
         : this(new[] { new ParamGroup(parameters ?? throw new ArgumentNullException(nameof(parameters))) },
-               lr, beta1, beta2, eps, weight_decay, amsgrad, maximize)
+               lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, max_grad_norm)
     {
     }
 
@@ -63,9 +64,10 @@ public partial class FusedAdam : FusedOptimizer<FusedAdam.Options, FusedAdam.Sta
     /// <param name="weight_decay">Default weight decay (≥ 0).</param>
     /// <param name="amsgrad">Default for AMSGrad.</param>
     /// <param name="maximize">Default for maximization.</param>
+    /// <param name="max_grad_norm">Clips the gradients to this global norm inside each step (finite, &gt; 0; null: no clipping); see <see cref="FusedOptimizer{TOptions, TState}.MaxGradNorm"/>.</param>
     /// <exception cref="ArgumentException">An invalid hyperparameter or an unsupported tensor.</exception>
     public FusedAdam(IEnumerable<ParamGroup> parameters, double lr = 0.001, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8,
-        double weight_decay = 0, bool amsgrad = false, bool maximize = false)
+        double weight_decay = 0, bool amsgrad = false, bool maximize = false, double? max_grad_norm = null)
     {
         ArgumentNullException.ThrowIfNull(parameters);
         var defaults = new Options
@@ -80,6 +82,7 @@ public partial class FusedAdam : FusedOptimizer<FusedAdam.Options, FusedAdam.Sta
             maximize = maximize,
         };
         ValidateOptions(defaults, null);
+        MaxGradNorm = max_grad_norm;
         Initialize(defaults, parameters);
     }
 
@@ -285,10 +288,11 @@ public partial class FusedAdam : FusedOptimizer<FusedAdam.Options, FusedAdam.Sta
     {
         var batch = Batch;
         int n = batch.Count;
+        var (maxNorm, totalNorm) = GradClip(checks);
         OptimNative.AdamStep(checks.Device, checks.DeviceIndex, checks.DType,
             batch.Params.AsSpan(0, n), batch.Grads.AsSpan(0, n), batch.Buffers.AsSpan(0, n), batch.ExpAvgSqs.AsSpan(0, n),
             _anyAmsgrad ? batch.MaxExpAvgSqs.AsSpan(0, n) : default, batch.Numels.AsSpan(0, n), batch.Steps.AsSpan(0, n),
-            batch.GroupIndex.AsSpan(0, n), _groupParams.AsSpan(0, _parameter_groups.Count));
+            batch.GroupIndex.AsSpan(0, n), _groupParams.AsSpan(0, _parameter_groups.Count), maxNorm, totalNorm);
         // The step happened: each parameter that took part has taken one more.
         for (int k = 0; k < n; k++)
         {

@@ -25,10 +25,11 @@ public class FusedAdamW : FusedAdam
     /// <param name="weight_decay">Decoupled weight decay (≥ 0; default 0).</param>
     /// <param name="amsgrad">Use the AMSGrad variant.</param>
     /// <param name="maximize">Maximize the objective instead of minimizing it.</param>
+    /// <param name="max_grad_norm">Clips the gradients to this global norm inside each step (finite, &gt; 0; null: no clipping); see <see cref="FusedOptimizer{TOptions, TState}.MaxGradNorm"/>.</param>
     /// <exception cref="ArgumentException">An invalid hyperparameter or an unsupported tensor.</exception>
     public FusedAdamW(IEnumerable<Parameter> parameters, double lr = 0.001, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8,
-        double weight_decay = 0, bool amsgrad = false, bool maximize = false)
-        : base(parameters, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize)
+        double weight_decay = 0, bool amsgrad = false, bool maximize = false, double? max_grad_norm = null)
+        : base(parameters, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, max_grad_norm)
     {
     }
 
@@ -41,10 +42,11 @@ public class FusedAdamW : FusedAdam
     /// <param name="weight_decay">Default decoupled weight decay (≥ 0).</param>
     /// <param name="amsgrad">Default for AMSGrad.</param>
     /// <param name="maximize">Default for maximization.</param>
+    /// <param name="max_grad_norm">Clips the gradients to this global norm inside each step (finite, &gt; 0; null: no clipping); see <see cref="FusedOptimizer{TOptions, TState}.MaxGradNorm"/>.</param>
     /// <exception cref="ArgumentException">An invalid hyperparameter or an unsupported tensor.</exception>
     public FusedAdamW(IEnumerable<ParamGroup> parameters, double lr = 0.001, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8,
-        double weight_decay = 0, bool amsgrad = false, bool maximize = false)
-        : base(parameters, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize)
+        double weight_decay = 0, bool amsgrad = false, bool maximize = false, double? max_grad_norm = null)
+        : base(parameters, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, max_grad_norm)
     {
     }
 

@@ -20,6 +20,8 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper
     where TState : OptimizerState, IDisposable
 {
     private readonly List<(Tensor Tensor, Action Undo)> _created = new();
+    private double? _maxGradNorm;
+    private Tensor? _gradNorm;
 
     private protected FusedOptimizer()
     {
@@ -93,6 +95,64 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper
             batch.Release();
         }
         return loss!;
+    }
+
+    /// <summary>
+    /// Gradient clipping by global norm (the constructors' <c>max_grad_norm</c>; null: none). Each step
+    /// then equals <c>torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)</c> followed by the
+    /// step: the norm of all gradients of all param groups is taken in one read pass, and the
+    /// coefficient <c>min(max_grad_norm / (norm + 1e-6), 1)</c> is applied inside the update as each
+    /// gradient element is read. The gradients themselves are not modified (PyTorch's
+    /// <c>clip_grad_norm_</c> scales <c>.grad</c> in place). On CUDA the norm stays on the device and
+    /// the update reads it there: no step waits for the host. Setting an invalid value changes nothing.
+    /// </summary>
+    /// <exception cref="ArgumentException">A value that is not finite and &gt; 0.</exception>
+    public double? MaxGradNorm
+    {
+        get => _maxGradNorm;
+        set
+        {
+            CheckMaxGradNorm(value);
+            _maxGradNorm = value;
+        }
+    }
+
+    /// <summary>
+    /// The global gradient norm of the last clipped step (before clipping), as a float64 scalar on the
+    /// parameters' device: a copy the caller disposes, so reading its value (<c>item</c>) is what waits
+    /// for the step on CUDA. Null before the first step with <see cref="MaxGradNorm"/> set.
+    /// </summary>
+    public Tensor? GradNorm => _gradNorm?.clone();
+
+    /// <summary>Checks a <c>max_grad_norm</c> value: null, or finite and &gt; 0.</summary>
+    private protected static void CheckMaxGradNorm(double? value)
+    {
+        if (value is double v && !(v > 0 && double.IsFinite(v)))
+        {
+            throw new ArgumentException($"Invalid max_grad_norm value: {v.ToString("R", System.Globalization.CultureInfo.InvariantCulture)} " +
+                "(must be finite and > 0, or null for no clipping)", "max_grad_norm");
+        }
+    }
+
+    /// <summary>The clipping of this step for the native call: (max norm, address of the norm's float64
+    /// home on the step's device), or (0, 0) without clipping.</summary>
+    private protected (double MaxNorm, nint TotalNorm) GradClip(in TensorChecks checks)
+    {
+        if (_maxGradNorm is not double max)
+        {
+            return (0, 0);
+        }
+        var type = checks.Device == NativeDevice.Cuda ? DeviceType.CUDA : DeviceType.CPU;
+        int index = checks.Device == NativeDevice.Cuda ? checks.DeviceIndex : -1;
+        // Compared field by field, so that a warm step allocates nothing.
+        if (_gradNorm is null || _gradNorm.device_type != type || (type == DeviceType.CUDA && _gradNorm.device_index != index))
+        {
+            var device = type == DeviceType.CUDA ? new Device(type, index) : torch.CPU;
+            var norm = torch.full(Array.Empty<long>(), double.NaN, ScalarType.Float64, device).DetachFromDisposeScope();
+            _gradNorm?.Dispose();
+            _gradNorm = norm;
+        }
+        return (max, TorchSharpNative.DataPointer(_gradNorm.Handle));
     }
 
     /// <summary>Runs a step's checks and gather alone and writes nothing: what the managed side of a step costs (benchmarks).</summary>
@@ -315,6 +375,8 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper
                 (state as TState)?.Dispose();
             }
             _state.Clear();
+            _gradNorm?.Dispose();
+            _gradNorm = null;
         }
     }
 }

@@ -61,11 +61,12 @@ public partial class FusedSGD : FusedOptimizer<FusedSGD.Options, FusedSGD.State>
     /// <param name="weight_decay">Weight decay, an L2 penalty (≥ 0; default 0).</param>
     /// <param name="nesterov">Enables Nesterov momentum (needs momentum &gt; 0 and dampening 0).</param>
     /// <param name="maximize">Maximize the objective instead of minimizing it.</param>
+    /// <param name="max_grad_norm">Clips the gradients to this global norm inside each step (finite, &gt; 0; null: no clipping); see <see cref="FusedOptimizer{TOptions, TState}.MaxGradNorm"/>.</param>
     /// <exception cref="ArgumentException">An invalid hyperparameter or an unsupported tensor.</exception>
     public FusedSGD(IEnumerable<Parameter> parameters, double lr, double momentum = 0, double dampening = 0,
-        double weight_decay = 0, bool nesterov = false, bool maximize = false)
+        double weight_decay = 0, bool nesterov = false, bool maximize = false, double? max_grad_norm = null)
         : this(new[] { new ParamGroup(parameters ?? throw new ArgumentNullException(nameof(parameters))) },
-               lr, momentum, dampening, weight_decay, nesterov, maximize)
+               lr, momentum, dampening, weight_decay, nesterov, maximize, max_grad_norm)
     {
     }
 
@@ -80,13 +81,15 @@ public partial class FusedSGD : FusedOptimizer<FusedSGD.Options, FusedSGD.State>
     /// <param name="weight_decay">Default weight decay (≥ 0).</param>
     /// <param name="nesterov">Default for Nesterov momentum.</param>
     /// <param name="maximize">Default for maximization.</param>
+    /// <param name="max_grad_norm">Clips the gradients to this global norm inside each step (finite, &gt; 0; null: no clipping); see <see cref="FusedOptimizer{TOptions, TState}.MaxGradNorm"/>.</param>
     /// <exception cref="ArgumentException">An invalid hyperparameter or an unsupported tensor.</exception>
     public FusedSGD(IEnumerable<ParamGroup> parameters, double lr, double momentum = 0, double dampening = 0,
-        double weight_decay = 0, bool nesterov = false, bool maximize = false)
+        double weight_decay = 0, bool nesterov = false, bool maximize = false, double? max_grad_norm = null)
     {
         ArgumentNullException.ThrowIfNull(parameters);
         var defaults = SgdOptionsBase.Create<Options>(lr, momentum, dampening, weight_decay, nesterov, maximize);
         defaults.Validate(null);
+        MaxGradNorm = max_grad_norm;
         Initialize(defaults, parameters);
     }
 
@@ -187,9 +190,10 @@ public partial class FusedSGD : FusedOptimizer<FusedSGD.Options, FusedSGD.State>
     {
         var batch = Batch;
         int n = batch.Count;
+        var (maxNorm, totalNorm) = GradClip(checks);
         OptimNative.SgdStep(checks.Device, checks.DeviceIndex, checks.DType,
             batch.Params.AsSpan(0, n), batch.Grads.AsSpan(0, n), batch.Buffers.AsSpan(0, n),
             batch.Numels.AsSpan(0, n), batch.Fresh.AsSpan(0, n), batch.GroupIndex.AsSpan(0, n),
-            _groupParams.AsSpan(0, _parameter_groups.Count));
+            _groupParams.AsSpan(0, _parameter_groups.Count), maxNorm, totalNorm);
     }
 }

@@ -103,26 +103,29 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
     /// <param name="skip_nonfinite">True (the default): a step with a NaN or infinite gradient element is
     /// skipped whole and counted in <see cref="SkippedSteps"/>. False: the gradients are taken as checked
     /// by the caller; nothing is skipped, and the per-parameter scope makes one pass over memory instead of two.</param>
+    /// <param name="max_grad_norm">Clips the gradients to this global norm inside each step (finite, &gt; 0; null: no clipping); see
+    /// <see cref="FusedOptimizer{TOptions, TState}.MaxGradNorm"/>. The norm is summed in the same pass as the hypergradient, which
+    /// uses the clipped gradient. A step skipped for a non-finite gradient still reports its (non-finite) norm.</param>
     /// <exception cref="ArgumentException">An invalid hyperparameter or an unsupported tensor.</exception>
     public HypergradientSGD(IEnumerable<Parameter> parameters, double lr, double hypergrad_lr,
         HypergradientScope scope = HypergradientScope.Global,
         double momentum = 0, double dampening = 0, double weight_decay = 0,
         bool nesterov = false, bool maximize = false,
         HypergradientRule rule = HypergradientRule.Additive,
-        double lr_min = 0, double lr_max = double.PositiveInfinity, bool skip_nonfinite = true)
+        double lr_min = 0, double lr_max = double.PositiveInfinity, bool skip_nonfinite = true, double? max_grad_norm = null)
         : this(new[] { new ParamGroup(parameters ?? throw new ArgumentNullException(nameof(parameters))) }, lr, hypergrad_lr, scope,
-               momentum, dampening, weight_decay, nesterov, maximize, rule, lr_min, lr_max, skip_nonfinite)
+               momentum, dampening, weight_decay, nesterov, maximize, rule, lr_min, lr_max, skip_nonfinite, max_grad_norm)
     {
     }
 
     /// <summary>Creates the optimizer over several param groups; options a group leaves null take the values given here.</summary>
-    /// <inheritdoc cref="HypergradientSGD(IEnumerable{Parameter}, double, double, HypergradientScope, double, double, double, bool, bool, HypergradientRule, double, double, bool)"/>
+    /// <inheritdoc cref="HypergradientSGD(IEnumerable{Parameter}, double, double, HypergradientScope, double, double, double, bool, bool, HypergradientRule, double, double, bool, double?)"/>
     public HypergradientSGD(IEnumerable<ParamGroup> parameters, double lr, double hypergrad_lr,
         HypergradientScope scope = HypergradientScope.Global,
         double momentum = 0, double dampening = 0, double weight_decay = 0,
         bool nesterov = false, bool maximize = false,
         HypergradientRule rule = HypergradientRule.Additive,
-        double lr_min = 0, double lr_max = double.PositiveInfinity, bool skip_nonfinite = true)
+        double lr_min = 0, double lr_max = double.PositiveInfinity, bool skip_nonfinite = true, double? max_grad_norm = null)
     {
         ArgumentNullException.ThrowIfNull(parameters);
         static string F(double v) => v.ToString("R", CultureInfo.InvariantCulture);
@@ -154,6 +157,7 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
         _lrMin = lr_min;
         _lrMax = lr_max;
         _skipNonFinite = skip_nonfinite;
+        MaxGradNorm = max_grad_norm;
         _device = new HypergradientDeviceRates(ReadSlotRate, WriteSlotRate);
         Initialize(defaults, parameters);
     }
@@ -418,9 +422,10 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
     {
         var b = Batch;
         int n = b.Count;
+        var (maxNorm, totalNorm) = GradClip(checks);
         OptimNative.HdStep(device, checks.DeviceIndex, checks.DType, b.Params.AsSpan(0, n), b.Grads.AsSpan(0, n), b.Buffers.AsSpan(0, n),
             b.PrevUpdates.AsSpan(0, n), b.Rates.AsSpan(0, n), b.Numels.AsSpan(0, n), b.GroupIndex.AsSpan(0, n), b.Fresh.AsSpan(0, n),
-            _groupOptions.AsSpan(0, _parameter_groups.Count), _options, rates, skipped);
+            _groupOptions.AsSpan(0, _parameter_groups.Count), _options, rates, skipped, maxNorm, totalNorm);
     }
 
     // The host value of a device rate slot's owner: a param group (global, per group) or a tensor's state.

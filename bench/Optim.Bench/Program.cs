@@ -100,6 +100,16 @@ hdSteps.SetAction(r =>
     return 0;
 });
 root.Add(hdSteps);
+var clipSteps = new Command("clip-steps", "Times FusedSGD (momentum 0.9) and FusedAdamW with and without max_grad_norm against TorchSharp's clip_grad_norm_ + SGD / AdamW step and its step alone, in interleaved rounds (4 and 1000 tensors): what fused clipping costs next to its one read pass.")
+{
+    parameters, rounds, stepsPerRound,
+};
+clipSteps.SetAction(r =>
+{
+    ClipTiming.Run(r.GetValue(parameters), new[] { 4, 1000 }, r.GetValue(rounds), r.GetValue(stepsPerRound), Console.Out);
+    return 0;
+});
+root.Add(clipSteps);
 var manyTensors = new Command("many-tensors", "Times FusedSGD momentum right after TorchSharp's SGD step and right after its own, each next to the bandwidth reference under the same condition, in interleaved rounds (4 and 1000 tensors): the per-tensor cost of the managed gather, warm and cold.")
 {
     parameters, rounds, stepsPerRound,

@@ -270,6 +270,19 @@ T* maybe(FuzzedDataProvider& in, T* p)
     return in.ConsumeIntegral<uint8_t>() >= 235 ? nullptr : p;
 }
 
+// The clip of a _clipped entry point (its norm is written), or null with `clipped` false: the plain
+// entry point. NULL pointers and bad max_norm values where the input asks for them.
+const optim_grad_clip* pick_clip(FuzzedDataProvider& in, Arena& arena, bool& clipped)
+{
+    clipped = in.ConsumeBool();
+    if (!clipped) return nullptr;
+    auto* norm = arena.array<double>(1, false);
+    *norm = 0;
+    auto* clip = arena.array<optim_grad_clip>(1, true);
+    *clip = optim_grad_clip{value(in, {1.0, 0.5, 1e3}), maybe(in, norm)};
+    return maybe(in, clip);
+}
+
 void fuzz_sgd(FuzzedDataProvider& in)
 {
     Arena arena;
@@ -330,11 +343,16 @@ void fuzz_sgd(FuzzedDataProvider& in)
                               maybe(in, numel_array),
                               maybe(in, fresh),
                               maybe(in, group_index)};
+    bool clipped = false;
+    const optim_grad_clip* clip = pick_clip(in, arena, clipped);
     mark_written(arena, tensors, written);
     arena.snapshot();
     const optim_status status =
-        optim_sgd_step(device, device_index, dtype, maybe(in, list), n_groups, maybe(in, groups));
-    expect_status(status, "optim_sgd_step", arena);
+        clipped ? optim_sgd_step_clipped(device, device_index, dtype, maybe(in, list), n_groups,
+                                         maybe(in, groups), clip)
+                : optim_sgd_step(device, device_index, dtype, maybe(in, list), n_groups,
+                                 maybe(in, groups));
+    expect_status(status, clipped ? "optim_sgd_step_clipped" : "optim_sgd_step", arena);
 }
 
 void fuzz_adam(FuzzedDataProvider& in)
@@ -402,11 +420,16 @@ void fuzz_adam(FuzzedDataProvider& in)
                                maybe(in, numel_array),
                                maybe(in, steps),
                                maybe(in, group_index)};
+    bool clipped = false;
+    const optim_grad_clip* clip = pick_clip(in, arena, clipped);
     mark_written(arena, tensors, written);
     arena.snapshot();
     const optim_status status =
-        optim_adam_step(device, device_index, dtype, maybe(in, list), n_groups, maybe(in, groups));
-    expect_status(status, "optim_adam_step", arena);
+        clipped ? optim_adam_step_clipped(device, device_index, dtype, maybe(in, list), n_groups,
+                                          maybe(in, groups), clip)
+                : optim_adam_step(device, device_index, dtype, maybe(in, list), n_groups,
+                                  maybe(in, groups));
+    expect_status(status, clipped ? "optim_adam_step_clipped" : "optim_adam_step", arena);
 }
 
 void fuzz_hd(FuzzedDataProvider& in)
@@ -479,13 +502,19 @@ void fuzz_hd(FuzzedDataProvider& in)
                           maybe(in, numel_array),
                           maybe(in, group_index),
                           maybe(in, fresh)};
+    bool clipped = false;
+    const optim_grad_clip* clip = pick_clip(in, arena, clipped);
     mark_written(arena, tensors, written);
     arena.snapshot();
     int64_t* skip_out = maybe(in, skipped);
+    const int32_t device_index = in.ConsumeIntegralInRange<int32_t>(-1, 1);
     const optim_status status =
-        optim_hd_step(device, in.ConsumeIntegralInRange<int32_t>(-1, 1), dtype, maybe(in, t),
-                      n_groups, maybe(in, groups), maybe(in, hp), maybe(in, rates), skip_out);
-    expect_status(status, "optim_hd_step", arena);
+        clipped ? optim_hd_step_clipped(device, device_index, dtype, maybe(in, t), n_groups,
+                                        maybe(in, groups), maybe(in, hp), maybe(in, rates),
+                                        skip_out, clip)
+                : optim_hd_step(device, device_index, dtype, maybe(in, t), n_groups,
+                                maybe(in, groups), maybe(in, hp), maybe(in, rates), skip_out);
+    expect_status(status, clipped ? "optim_hd_step_clipped" : "optim_hd_step", arena);
     // The CPU path reports the skip as 0 or 1 (a CUDA call with no tensors does nothing at all).
     if (status == OPTIM_STATUS_OK && skip_out && device == OPTIM_DEVICE_CPU)
         FUZZ_CHECK(*skipped == 0 || *skipped == 1, "skipped");

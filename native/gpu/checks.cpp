@@ -4,7 +4,8 @@
 // checks.
 //
 // After every step the device's state is compared with the CPU path's and then becomes the CPU
-// path's state, so each step is checked from identical inputs. nvcc contracts a*b+c into FMAs
+// path's state, so each step is checked from identical inputs. Clipped cases (max_norm > 0) also
+// compare the norm each path writes (host memory, device memory). nvcc contracts a*b+c into FMAs
 // where the CPU build rounds twice; over many steps such one-ulp differences would grow, and HD's
 // per-parameter normalized rule turns a flipped sign of g*u_prev into a rate 2*beta apart.
 #include "checks.hpp"
@@ -196,6 +197,34 @@ void run_case(Report& r, const std::string& name, Fn&& fn)
     r.end_case();
 }
 
+// The clip of a case's two calls (none for max_norm 0): the CPU path writes the norm to host
+// memory, the checked path to device memory; compare() checks that they agree (both non-finite
+// alike).
+class ClipPair {
+  public:
+    explicit ClipPair(double max_norm)
+        : norm_on_target_(max_norm > 0 ? 1 : 0), host_{max_norm, &norm_on_host_},
+          target_{max_norm, norm_on_target_.get()}, on_(max_norm > 0)
+    {
+    }
+    const optim_grad_clip* on_host() const { return on_ ? &host_ : nullptr; }
+    const optim_grad_clip* on_target() const { return on_ ? &target_ : nullptr; }
+    void compare(Report& r, const std::string& at)
+    {
+        if (!on_) return;
+        double got = 0;
+        norm_on_target_.download(&got);
+        if (std::isfinite(norm_on_host_) || std::isfinite(got))
+            r.close(at + "gradient norm", &norm_on_host_, &got, 1, rate_tolerance<double>());
+    }
+
+  private:
+    double norm_on_host_ = -1;
+    DeviceBuffer<double> norm_on_target_;
+    optim_grad_clip host_, target_;
+    bool on_;
+};
+
 // ---- Fused SGD ---------------------------------------------------------------------------------
 
 struct SgdConfig {
@@ -234,8 +263,9 @@ std::vector<SgdConfig> sgd_configs()
 // contiguous run of the tensors (group_index), so groups of every flag combination share a call.
 template <typename T>
 void sgd_case(Report& r, const TensorSet& set, const std::vector<optim_sgd_params>& groups,
-              int steps, uint64_t seed)
+              int steps, uint64_t seed, double max_norm = 0)
 {
+    ClipPair clip(max_norm);
     const size_t K = set.sizes.size();
     const size_t G = groups.size();
     std::vector<int32_t> group_index(K);
@@ -280,12 +310,14 @@ void sgd_case(Report& r, const TensorSet& set, const std::vector<optim_sgd_param
         for (optim_sgd_params& g : on_host) g.lr_ptr = nullptr;
         // The first group's rate from target memory on odd steps.
         on_target[0].lr_ptr = step % 2 ? lr_on_target.get() : nullptr;
-        optim_ok(sgd_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, on_host), "optim_sgd_step (cpu)");
-        optim_ok(sgd_step(Target::device(), dtype_of<T>(), dev, on_target),
+        optim_ok(sgd_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, on_host, clip.on_host()),
+                 "optim_sgd_step (cpu)");
+        optim_ok(sgd_step(Target::device(), dtype_of<T>(), dev, on_target, clip.on_target()),
                  "optim_sgd_step (checked)");
         Target::sync();
 
         const std::string at = "step " + std::to_string(step) + ": ";
+        clip.compare(r, at);
         p.compare_and_adopt(r, at + "param", tol);
         if (momentum) b.compare_and_adopt(r, at + "momentum buffer", tol);
         if (r.case_failed()) return;
@@ -330,8 +362,9 @@ std::vector<AdamConfig> adam_configs()
 // the middle of the run, with zero moments, as a parameter whose first gradient comes late).
 template <typename T>
 void adam_case(Report& r, const TensorSet& set, const std::vector<optim_adam_params>& groups,
-               int steps, uint64_t seed)
+               int steps, uint64_t seed, double max_norm = 0)
 {
+    ClipPair clip(max_norm);
     const size_t K = set.sizes.size();
     const size_t G = groups.size();
     std::vector<int32_t> group_index(K);
@@ -374,12 +407,14 @@ void adam_case(Report& r, const TensorSet& set, const std::vector<optim_adam_par
         const optim_adam_tensors dev{
             static_cast<int64_t>(K),       dp.data(),     dg.data(),      dm.data(), dv.data(),
             amsgrad ? dw.data() : nullptr, numels.data(), step_of.data(), gi};
-        optim_ok(adam_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, groups), "optim_adam_step (cpu)");
-        optim_ok(adam_step(Target::device(), dtype_of<T>(), dev, groups),
+        optim_ok(adam_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, groups, clip.on_host()),
+                 "optim_adam_step (cpu)");
+        optim_ok(adam_step(Target::device(), dtype_of<T>(), dev, groups, clip.on_target()),
                  "optim_adam_step (checked)");
         Target::sync();
 
         const std::string at = "step " + std::to_string(step) + ": ";
+        clip.compare(r, at);
         p.compare_and_adopt(r, at + "param", tol);
         m.compare_and_adopt(r, at + "exp_avg", tol);
         v.compare_and_adopt(r, at + "exp_avg_sq", tol);
@@ -411,8 +446,9 @@ enum class Bad { kNone, kNan, kInf };
 
 template <typename T>
 void hd_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, int32_t assume_finite,
-             int steps, uint64_t seed)
+             int steps, uint64_t seed, double max_norm = 0)
 {
+    ClipPair clip(max_norm);
     const std::vector<optim_hd_group> groups = {
         {0.9, 0.1, 1e-2, 0, 0}, // heavy ball, dampening, weight decay: u_prev is the buffer
         {0.8, 0.0, 1e-3, 1, 1}, // Nesterov, maximize: u_prev is prev_updates
@@ -496,10 +532,11 @@ void hd_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, int32
             numels.data(),           set.group.data(), fresh.data()};
         int64_t skipped = -1;
         optim_ok(hd_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, groups, hp,
-                         per_parameter ? nullptr : rates.data(), &skipped),
+                         per_parameter ? nullptr : rates.data(), &skipped, clip.on_host()),
                  "optim_hd_step (cpu)");
         optim_ok(hd_step(Target::device(), dtype_of<T>(), dev, groups, hp,
-                         per_parameter ? nullptr : target_rates.get(), target_skipped.get()),
+                         per_parameter ? nullptr : target_rates.get(), target_skipped.get(),
+                         clip.on_target()),
                  "optim_hd_step (checked)");
         Target::sync();
 
@@ -848,6 +885,10 @@ int run_checks(const CheckOptions& options, Report& r)
                  [&] { sgd_case<float>(r, set, all, sgd_steps, ++seed); });
         run_case(r, "float64 every combination as a param group, " + set.name,
                  [&] { sgd_case<double>(r, set, all, sgd_steps, ++seed); });
+        run_case(r, "float32 every combination as a param group, clipped, " + set.name,
+                 [&] { sgd_case<float>(r, set, all, sgd_steps, ++seed, 1.0); });
+        run_case(r, "float64 every combination as a param group, clipped, " + set.name,
+                 [&] { sgd_case<double>(r, set, all, sgd_steps, ++seed, 1.0); });
     }
 
     r.suite("fused Adam/AdamW: CUDA vs CPU, every flag combination");
@@ -875,6 +916,10 @@ int run_checks(const CheckOptions& options, Report& r)
                  [&] { adam_case<float>(r, set, all, sgd_steps, ++seed); });
         run_case(r, "float64 every combination as a param group, " + set.name,
                  [&] { adam_case<double>(r, set, all, sgd_steps, ++seed); });
+        run_case(r, "float32 every combination as a param group, clipped, " + set.name,
+                 [&] { adam_case<float>(r, set, all, sgd_steps, ++seed, 1.0); });
+        run_case(r, "float64 every combination as a param group, clipped, " + set.name,
+                 [&] { adam_case<double>(r, set, all, sgd_steps, ++seed, 1.0); });
     }
 
     r.suite("hypergradient SGD: CUDA vs CPU, every scope and rule");
@@ -893,6 +938,17 @@ int run_checks(const CheckOptions& options, Report& r)
                 });
             }
         }
+    }
+    // Clipped: the norm in the reduction pass, h of the clipped gradient, every scope's reduction.
+    for (int32_t scope = OPTIM_HD_SCOPE_GLOBAL; scope <= OPTIM_HD_SCOPE_PER_PARAMETER; ++scope) {
+        const int32_t rule = scope % 2 ? OPTIM_HD_RULE_NORMALIZED : OPTIM_HD_RULE_ADDITIVE;
+        const std::string name = std::string(scope_name(scope)) + " " +
+                                 (rule ? "normalized" : "additive") + ", clipped, ";
+        const TensorSet& set = sets[0];
+        run_case(r, "float32 " + name + set.name,
+                 [&] { hd_case<float>(r, set, scope, rule, 0, hd_steps, ++seed, 1.0); });
+        run_case(r, "float64 " + name + set.name,
+                 [&] { hd_case<double>(r, set, scope, rule, 0, hd_steps, ++seed, 1.0); });
     }
     if (!quick) {
         const TensorSet& big = sets[1];

@@ -144,6 +144,29 @@ typedef struct optim_tensor_list {
     const int32_t* group_index;
 } optim_tensor_list;
 
+/* ---- Gradient clipping by global norm ----------------------------------------------------------
+ */
+
+/* Clipping fused into a step (optim_sgd_step_clipped, optim_adam_step_clipped,
+ * optim_hd_step_clipped): the step equals PyTorch's torch.nn.utils.clip_grad_norm_(params,
+ * max_norm) followed by the optimizer step, over every tensor of the call:
+ *   total_norm = sqrt(sum of grad^2 over every element of every tensor)
+ *   coef = min(max_norm / (total_norm + 1e-6), 1)       (in the element type, as PyTorch does)
+ *   the step then uses coef * grad wherever it uses grad
+ * The norm takes one read pass over the gradients (for hypergradient descent, the same pass as its
+ * reduction); the coefficient is applied inside the update, so the gradients themselves are never
+ * written (PyTorch scales .grad in place). The squared norm is summed in double in fixed chunks
+ * combined in a fixed order: it never depends on the number of threads. A non-finite gradient
+ * makes the norm non-finite and, as in PyTorch, coef 0 (infinity) or NaN (NaN).
+ *   max_norm:   finite, > 0.
+ *   total_norm: one double, written with the norm: host memory for OPTIM_DEVICE_CPU, device memory
+ *               of the step's device for OPTIM_DEVICE_CUDA (the update kernels read the norm there,
+ *               so a CUDA step never waits for the host). Not NULL. */
+typedef struct optim_grad_clip {
+    double max_norm;
+    double* total_norm;
+} optim_grad_clip;
+
 /* ---- Fused SGD ------------------------------------------------------------------------------- */
 
 /* Hyperparameters of one SGD step, with PyTorch's meaning and PyTorch's order of operations:
@@ -192,6 +215,12 @@ OPTIM_API void optim_sgd_params_default(optim_sgd_params* params);
 OPTIM_API optim_status optim_sgd_step(int32_t device, int32_t device_index, int32_t dtype,
                                       const optim_tensor_list* tensors, int32_t n_groups,
                                       const optim_sgd_params* groups);
+
+/* optim_sgd_step with gradient clipping by global norm (optim_grad_clip above; clip not NULL). */
+OPTIM_API optim_status optim_sgd_step_clipped(int32_t device, int32_t device_index, int32_t dtype,
+                                              const optim_tensor_list* tensors, int32_t n_groups,
+                                              const optim_sgd_params* groups,
+                                              const optim_grad_clip* clip);
 
 /* ---- Fused Adam and AdamW -------------------------------------------------------------------- */
 
@@ -265,6 +294,12 @@ typedef struct optim_adam_tensors {
 OPTIM_API optim_status optim_adam_step(int32_t device, int32_t device_index, int32_t dtype,
                                        const optim_adam_tensors* tensors, int32_t n_groups,
                                        const optim_adam_params* groups);
+
+/* optim_adam_step with gradient clipping by global norm (optim_grad_clip above; clip not NULL). */
+OPTIM_API optim_status optim_adam_step_clipped(int32_t device, int32_t device_index, int32_t dtype,
+                                               const optim_adam_tensors* tensors, int32_t n_groups,
+                                               const optim_adam_params* groups,
+                                               const optim_grad_clip* clip);
 
 /* ---- Hypergradient descent ------------------------------------------------------------------- */
 
@@ -351,6 +386,16 @@ OPTIM_API optim_status optim_hd_step(int32_t device, int32_t device_index, int32
                                      const optim_hd_tensors* tensors, int32_t n_groups,
                                      const optim_hd_group* groups, const optim_hd_params* params,
                                      double* rates, int64_t* skipped);
+
+/* optim_hd_step with gradient clipping by global norm (optim_grad_clip above; clip not NULL). The
+ * norm is summed in the reduction pass, beside h; the hypergradient uses the clipped gradient
+ * (coef * grad + weight_decay * param). A skipped step (non-finite gradient) still writes the
+ * (non-finite) norm. */
+OPTIM_API optim_status optim_hd_step_clipped(int32_t device, int32_t device_index, int32_t dtype,
+                                             const optim_hd_tensors* tensors, int32_t n_groups,
+                                             const optim_hd_group* groups,
+                                             const optim_hd_params* params, double* rates,
+                                             int64_t* skipped, const optim_grad_clip* clip);
 
 /* ---- GreedyLR -------------------------------------------------------------------------------- */
 

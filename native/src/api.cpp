@@ -62,6 +62,14 @@ void require_step_target(const char* fn, int32_t device, int32_t dtype)
                                            std::to_string(dtype) + " (only float32 and float64)");
 }
 
+// The clipping options of a clipped step.
+void validate_clip(const char* fn, const optim_grad_clip& clip)
+{
+    OPTIM_REQUIRE(std::isfinite(clip.max_norm) && clip.max_norm > 0.0, fn,
+                  "invalid max_norm: " + num(clip.max_norm) + " (must be finite and > 0)");
+    OPTIM_REQUIRE(clip.total_norm != nullptr, fn, "clip->total_norm is NULL");
+}
+
 void validate_sgd(const char* fn, int32_t device, const optim_tensor_list* t, int32_t n_groups,
                   const optim_sgd_params* groups)
 {
@@ -231,6 +239,149 @@ void report_greedy_problem(const char* fn, GreedyCheck check, const optim_greedy
     }
 }
 
+// One SGD step (clipped: the _clipped entry point, whose clip may not be NULL); fn names the entry
+// point in messages.
+optim_status sgd_entry(const char* fn, int32_t device, int32_t device_index, int32_t dtype,
+                       const optim_tensor_list* tensors, int32_t n_groups,
+                       const optim_sgd_params* groups, const optim_grad_clip* clip, bool clipped)
+{
+    return guard(fn, [&] {
+        OPTIM_REQUIRE(!clipped || clip != nullptr, fn, "clip is NULL");
+        require_step_target(fn, device, dtype);
+        validate_sgd(fn, device, tensors, n_groups, groups);
+        if (clip != nullptr) validate_clip(fn, *clip);
+        if (tensors->count == 0) return;
+        SgdCall call{tensors, n_groups, groups};
+        call.clip = clip;
+        call.fn = fn;
+        if (device == OPTIM_DEVICE_CUDA) {
+            cuda::sgd_step(device_index, dtype, call);
+        } else if (dtype == OPTIM_DTYPE_FLOAT32) {
+            cpu::sgd_step_f32(call);
+        } else {
+            cpu::sgd_step_f64(call);
+        }
+    });
+}
+
+// One Adam/AdamW step (clipped: the _clipped entry point, whose clip may not be NULL); fn names the
+// entry point in messages.
+optim_status adam_entry(const char* fn, int32_t device, int32_t device_index, int32_t dtype,
+                        const optim_adam_tensors* tensors, int32_t n_groups,
+                        const optim_adam_params* groups, const optim_grad_clip* clip, bool clipped)
+{
+    return guard(fn, [&] {
+        OPTIM_REQUIRE(!clipped || clip != nullptr, fn, "clip is NULL");
+        require_step_target(fn, device, dtype);
+        validate_adam(fn, tensors, n_groups, groups);
+        if (clip != nullptr) validate_clip(fn, *clip);
+        if (tensors->count == 0) return;
+        AdamCall call{tensors, n_groups, groups};
+        call.clip = clip;
+        call.fn = fn;
+        if (device == OPTIM_DEVICE_CUDA) {
+            cuda::adam_step(device_index, dtype, call);
+        } else if (dtype == OPTIM_DTYPE_FLOAT32) {
+            cpu::adam_step_f32(call);
+        } else {
+            cpu::adam_step_f64(call);
+        }
+    });
+}
+
+// One hypergradient step (clipped: the _clipped entry point, whose clip may not be NULL); fn names
+// the entry point in messages.
+optim_status hd_entry(const char* fn, int32_t device, int32_t device_index, int32_t dtype,
+                      const optim_hd_tensors* tensors, int32_t n_groups,
+                      const optim_hd_group* groups, const optim_hd_params* params, double* rates,
+                      int64_t* skipped, const optim_grad_clip* clip, bool clipped)
+{
+    return guard(fn, [&] {
+        OPTIM_REQUIRE(!clipped || clip != nullptr, fn, "clip is NULL");
+        require_step_target(fn, device, dtype);
+        OPTIM_REQUIRE(params != nullptr && tensors != nullptr && groups != nullptr, fn,
+                      "tensors, groups and params must not be NULL");
+        const optim_hd_params& hp = *params;
+        OPTIM_REQUIRE(hp.scope >= OPTIM_HD_SCOPE_GLOBAL && hp.scope <= OPTIM_HD_SCOPE_PER_PARAMETER,
+                      fn, "unknown scope " + std::to_string(hp.scope));
+        OPTIM_REQUIRE(hp.rule == OPTIM_HD_RULE_ADDITIVE || hp.rule == OPTIM_HD_RULE_NORMALIZED, fn,
+                      "unknown rule " + std::to_string(hp.rule));
+        OPTIM_REQUIRE(std::isfinite(hp.hypergrad_lr) && hp.hypergrad_lr >= 0.0, fn,
+                      "invalid hypergrad_lr: " + num(hp.hypergrad_lr));
+        OPTIM_REQUIRE(std::isfinite(hp.lr_min) && hp.lr_min >= 0.0, fn,
+                      "invalid lr_min: " + num(hp.lr_min));
+        OPTIM_REQUIRE(hp.lr_max >= hp.lr_min, fn,
+                      "lr_min (" + num(hp.lr_min) + ") is greater than lr_max (" + num(hp.lr_max) +
+                          ")");
+        OPTIM_REQUIRE(std::isfinite(hp.eps) && hp.eps > 0.0, fn, "invalid eps: " + num(hp.eps));
+        OPTIM_REQUIRE(hp.assume_finite == 0 || hp.assume_finite == 1, fn,
+                      "assume_finite must be 0 or 1, not " + std::to_string(hp.assume_finite));
+        OPTIM_REQUIRE(n_groups >= 1, fn, "n_groups must be >= 1");
+        for (int32_t g = 0; g < n_groups; ++g) {
+            const optim_hd_group& o = groups[g];
+            validate_momentum_options(fn, g, o.momentum, o.dampening, o.weight_decay, o.nesterov,
+                                      o.maximize);
+        }
+        const optim_hd_tensors& t = *tensors;
+        OPTIM_REQUIRE(t.count >= 0, fn, "tensors->count is negative");
+        const bool per_parameter = hp.scope == OPTIM_HD_SCOPE_PER_PARAMETER;
+        if (t.count > 0)
+            OPTIM_REQUIRE(t.params && t.grads && t.numels && t.group_index, fn,
+                          "tensors->params, grads, numels and group_index must not be NULL");
+        for (int64_t k = 0; k < t.count; ++k) {
+            const int32_t gi = t.group_index[k];
+            OPTIM_REQUIRE(gi >= 0 && gi < n_groups, fn, at(k) + ": group index out of range");
+            OPTIM_REQUIRE(k == 0 || gi >= t.group_index[k - 1], fn,
+                          at(k) + ": tensors must be in param-group order");
+            OPTIM_REQUIRE(t.numels[k] >= 0, fn, at(k) + ": numel is negative");
+            if (t.numels[k] == 0) continue;
+            const optim_hd_group& o = groups[gi];
+            OPTIM_REQUIRE(t.params[k] && t.grads[k], fn,
+                          at(k) + ": parameter or gradient pointer is NULL");
+            if (o.momentum != 0.0)
+                OPTIM_REQUIRE(t.momentum_buffers && t.momentum_buffers[k], fn,
+                              at(k) + ": momentum buffer pointer is NULL but momentum is nonzero");
+            if (o.momentum == 0.0 || o.nesterov)
+                OPTIM_REQUIRE(
+                    t.prev_updates && t.prev_updates[k], fn,
+                    at(k) + ": prev_updates pointer is NULL (needed without heavy-ball momentum)");
+            if (per_parameter)
+                OPTIM_REQUIRE(t.param_rates && t.param_rates[k], fn,
+                              at(k) + ": param_rates pointer is NULL (per-parameter scope)");
+            const Array arrays[] = {
+                {t.params[k], "parameter"},
+                {o.momentum != 0.0 ? t.momentum_buffers[k] : nullptr, "momentum buffer"},
+                {o.momentum == 0.0 || o.nesterov ? t.prev_updates[k] : nullptr, "previous update"},
+                {per_parameter ? t.param_rates[k] : nullptr, "parameter rates"},
+                {t.grads[k], "gradient"}};
+            require_unaliased(fn, k, arrays, 5, 4);
+        }
+        if (!per_parameter) {
+            OPTIM_REQUIRE(rates != nullptr, fn, "rates is NULL");
+            if (device == OPTIM_DEVICE_CPU) {
+                const int64_t slots = hd_slot_count(hp.scope, n_groups, t.count);
+                for (int64_t s = 0; s < slots; ++s)
+                    OPTIM_REQUIRE(std::isfinite(rates[s]) && rates[s] >= 0.0, fn,
+                                  "rate " + std::to_string(s) + " is invalid: " + num(rates[s]));
+            }
+        }
+        if (clip != nullptr) validate_clip(fn, *clip);
+        if (t.count == 0) {
+            if (skipped && device == OPTIM_DEVICE_CPU) *skipped = 0;
+            return;
+        }
+        HdCall call{tensors, n_groups, groups, params, rates, skipped};
+        call.clip = clip;
+        call.fn = fn;
+        if (device == OPTIM_DEVICE_CUDA)
+            cuda::hd_step(device_index, dtype, call);
+        else if (dtype == OPTIM_DTYPE_FLOAT32)
+            cpu::hd_step_f32(call);
+        else
+            cpu::hd_step_f64(call);
+    });
+}
+
 } // namespace
 
 void set_last_error(const char* first, const char* second, const char* third) noexcept
@@ -330,20 +481,17 @@ OPTIM_API optim_status optim_sgd_step(int32_t device, int32_t device_index, int3
                                       const optim_tensor_list* tensors, int32_t n_groups,
                                       const optim_sgd_params* groups)
 {
-    static const char* fn = "optim_sgd_step";
-    return guard(fn, [&] {
-        require_step_target(fn, device, dtype);
-        validate_sgd(fn, device, tensors, n_groups, groups);
-        if (tensors->count == 0) return;
-        const SgdCall call{tensors, n_groups, groups};
-        if (device == OPTIM_DEVICE_CUDA) {
-            cuda::sgd_step(device_index, dtype, call);
-        } else if (dtype == OPTIM_DTYPE_FLOAT32) {
-            cpu::sgd_step_f32(call);
-        } else {
-            cpu::sgd_step_f64(call);
-        }
-    });
+    return sgd_entry("optim_sgd_step", device, device_index, dtype, tensors, n_groups, groups,
+                     nullptr, false);
+}
+
+OPTIM_API optim_status optim_sgd_step_clipped(int32_t device, int32_t device_index, int32_t dtype,
+                                              const optim_tensor_list* tensors, int32_t n_groups,
+                                              const optim_sgd_params* groups,
+                                              const optim_grad_clip* clip)
+{
+    return sgd_entry("optim_sgd_step_clipped", device, device_index, dtype, tensors, n_groups,
+                     groups, clip, true);
 }
 
 OPTIM_API void optim_adam_params_default(optim_adam_params* params)
@@ -360,20 +508,17 @@ OPTIM_API optim_status optim_adam_step(int32_t device, int32_t device_index, int
                                        const optim_adam_tensors* tensors, int32_t n_groups,
                                        const optim_adam_params* groups)
 {
-    static const char* fn = "optim_adam_step";
-    return guard(fn, [&] {
-        require_step_target(fn, device, dtype);
-        validate_adam(fn, tensors, n_groups, groups);
-        if (tensors->count == 0) return;
-        const AdamCall call{tensors, n_groups, groups};
-        if (device == OPTIM_DEVICE_CUDA) {
-            cuda::adam_step(device_index, dtype, call);
-        } else if (dtype == OPTIM_DTYPE_FLOAT32) {
-            cpu::adam_step_f32(call);
-        } else {
-            cpu::adam_step_f64(call);
-        }
-    });
+    return adam_entry("optim_adam_step", device, device_index, dtype, tensors, n_groups, groups,
+                      nullptr, false);
+}
+
+OPTIM_API optim_status optim_adam_step_clipped(int32_t device, int32_t device_index, int32_t dtype,
+                                               const optim_adam_tensors* tensors, int32_t n_groups,
+                                               const optim_adam_params* groups,
+                                               const optim_grad_clip* clip)
+{
+    return adam_entry("optim_adam_step_clipped", device, device_index, dtype, tensors, n_groups,
+                      groups, clip, true);
 }
 
 OPTIM_API int64_t optim_hd_rate_count(int32_t scope, int32_t n_groups, int64_t n_tensors)
@@ -389,87 +534,18 @@ OPTIM_API optim_status optim_hd_step(int32_t device, int32_t device_index, int32
                                      const optim_hd_group* groups, const optim_hd_params* params,
                                      double* rates, int64_t* skipped)
 {
-    static const char* fn = "optim_hd_step";
-    return guard(fn, [&] {
-        require_step_target(fn, device, dtype);
-        OPTIM_REQUIRE(params != nullptr && tensors != nullptr && groups != nullptr, fn,
-                      "tensors, groups and params must not be NULL");
-        const optim_hd_params& hp = *params;
-        OPTIM_REQUIRE(hp.scope >= OPTIM_HD_SCOPE_GLOBAL && hp.scope <= OPTIM_HD_SCOPE_PER_PARAMETER,
-                      fn, "unknown scope " + std::to_string(hp.scope));
-        OPTIM_REQUIRE(hp.rule == OPTIM_HD_RULE_ADDITIVE || hp.rule == OPTIM_HD_RULE_NORMALIZED, fn,
-                      "unknown rule " + std::to_string(hp.rule));
-        OPTIM_REQUIRE(std::isfinite(hp.hypergrad_lr) && hp.hypergrad_lr >= 0.0, fn,
-                      "invalid hypergrad_lr: " + num(hp.hypergrad_lr));
-        OPTIM_REQUIRE(std::isfinite(hp.lr_min) && hp.lr_min >= 0.0, fn,
-                      "invalid lr_min: " + num(hp.lr_min));
-        OPTIM_REQUIRE(hp.lr_max >= hp.lr_min, fn,
-                      "lr_min (" + num(hp.lr_min) + ") is greater than lr_max (" + num(hp.lr_max) +
-                          ")");
-        OPTIM_REQUIRE(std::isfinite(hp.eps) && hp.eps > 0.0, fn, "invalid eps: " + num(hp.eps));
-        OPTIM_REQUIRE(hp.assume_finite == 0 || hp.assume_finite == 1, fn,
-                      "assume_finite must be 0 or 1, not " + std::to_string(hp.assume_finite));
-        OPTIM_REQUIRE(n_groups >= 1, fn, "n_groups must be >= 1");
-        for (int32_t g = 0; g < n_groups; ++g) {
-            const optim_hd_group& o = groups[g];
-            validate_momentum_options(fn, g, o.momentum, o.dampening, o.weight_decay, o.nesterov,
-                                      o.maximize);
-        }
-        const optim_hd_tensors& t = *tensors;
-        OPTIM_REQUIRE(t.count >= 0, fn, "tensors->count is negative");
-        const bool per_parameter = hp.scope == OPTIM_HD_SCOPE_PER_PARAMETER;
-        if (t.count > 0)
-            OPTIM_REQUIRE(t.params && t.grads && t.numels && t.group_index, fn,
-                          "tensors->params, grads, numels and group_index must not be NULL");
-        for (int64_t k = 0; k < t.count; ++k) {
-            const int32_t gi = t.group_index[k];
-            OPTIM_REQUIRE(gi >= 0 && gi < n_groups, fn, at(k) + ": group index out of range");
-            OPTIM_REQUIRE(k == 0 || gi >= t.group_index[k - 1], fn,
-                          at(k) + ": tensors must be in param-group order");
-            OPTIM_REQUIRE(t.numels[k] >= 0, fn, at(k) + ": numel is negative");
-            if (t.numels[k] == 0) continue;
-            const optim_hd_group& o = groups[gi];
-            OPTIM_REQUIRE(t.params[k] && t.grads[k], fn,
-                          at(k) + ": parameter or gradient pointer is NULL");
-            if (o.momentum != 0.0)
-                OPTIM_REQUIRE(t.momentum_buffers && t.momentum_buffers[k], fn,
-                              at(k) + ": momentum buffer pointer is NULL but momentum is nonzero");
-            if (o.momentum == 0.0 || o.nesterov)
-                OPTIM_REQUIRE(
-                    t.prev_updates && t.prev_updates[k], fn,
-                    at(k) + ": prev_updates pointer is NULL (needed without heavy-ball momentum)");
-            if (per_parameter)
-                OPTIM_REQUIRE(t.param_rates && t.param_rates[k], fn,
-                              at(k) + ": param_rates pointer is NULL (per-parameter scope)");
-            const Array arrays[] = {
-                {t.params[k], "parameter"},
-                {o.momentum != 0.0 ? t.momentum_buffers[k] : nullptr, "momentum buffer"},
-                {o.momentum == 0.0 || o.nesterov ? t.prev_updates[k] : nullptr, "previous update"},
-                {per_parameter ? t.param_rates[k] : nullptr, "parameter rates"},
-                {t.grads[k], "gradient"}};
-            require_unaliased(fn, k, arrays, 5, 4);
-        }
-        if (!per_parameter) {
-            OPTIM_REQUIRE(rates != nullptr, fn, "rates is NULL");
-            if (device == OPTIM_DEVICE_CPU) {
-                const int64_t slots = hd_slot_count(hp.scope, n_groups, t.count);
-                for (int64_t s = 0; s < slots; ++s)
-                    OPTIM_REQUIRE(std::isfinite(rates[s]) && rates[s] >= 0.0, fn,
-                                  "rate " + std::to_string(s) + " is invalid: " + num(rates[s]));
-            }
-        }
-        if (t.count == 0) {
-            if (skipped && device == OPTIM_DEVICE_CPU) *skipped = 0;
-            return;
-        }
-        HdCall call{tensors, n_groups, groups, params, rates, skipped};
-        if (device == OPTIM_DEVICE_CUDA)
-            cuda::hd_step(device_index, dtype, call);
-        else if (dtype == OPTIM_DTYPE_FLOAT32)
-            cpu::hd_step_f32(call);
-        else
-            cpu::hd_step_f64(call);
-    });
+    return hd_entry("optim_hd_step", device, device_index, dtype, tensors, n_groups, groups, params,
+                    rates, skipped, nullptr, false);
+}
+
+OPTIM_API optim_status optim_hd_step_clipped(int32_t device, int32_t device_index, int32_t dtype,
+                                             const optim_hd_tensors* tensors, int32_t n_groups,
+                                             const optim_hd_group* groups,
+                                             const optim_hd_params* params, double* rates,
+                                             int64_t* skipped, const optim_grad_clip* clip)
+{
+    return hd_entry("optim_hd_step_clipped", device, device_index, dtype, tensors, n_groups, groups,
+                    params, rates, skipped, clip, true);
 }
 
 OPTIM_API optim_status optim_greedylr_init(const optim_greedylr_config* config,

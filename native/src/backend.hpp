@@ -16,6 +16,8 @@ struct SgdCall {
     const optim_tensor_list* tensors;
     int32_t n_groups;
     const optim_sgd_params* groups;
+    const optim_grad_clip* clip = nullptr; // null: no clipping
+    const char* fn = "optim_sgd_step";     // the entry point, for messages
     // The param group of tensor k (group_index may be NULL: one group).
     int32_t group_of(int64_t k) const { return tensors->group_index ? tensors->group_index[k] : 0; }
 };
@@ -25,6 +27,8 @@ struct AdamCall {
     const optim_adam_tensors* tensors;
     int32_t n_groups;
     const optim_adam_params* groups;
+    const optim_grad_clip* clip = nullptr; // null: no clipping
+    const char* fn = "optim_adam_step";    // the entry point, for messages
     int32_t group_of(int64_t k) const { return tensors->group_index ? tensors->group_index[k] : 0; }
 };
 
@@ -36,6 +40,8 @@ struct HdCall {
     const optim_hd_params* params;
     double* rates;
     int64_t* skipped;
+    const optim_grad_clip* clip = nullptr; // null: no clipping
+    const char* fn = "optim_hd_step";      // the entry point, for messages
 };
 
 // One param group's SGD flags and coefficients rounded to T, from validated options

@@ -65,11 +65,25 @@ OPTIM_HOST_DEVICE void hd_per_parameter_element(T& p, T grad, T& buf, T& u_prev,
 
 // The reduction pass's contribution of one element: h += g~ * u_prev, |g~|^2, |u_prev|^2, and
 // whether the raw gradient is finite. Sums are in double.
+// With clipping the coefficient c is known only after the pass, and g~ = c s + d (s the signed raw
+// gradient, d = weight_decay * param): h and gg then sum s alone (gg is also the squared norm) and
+// d is summed apart, so that hd_clipped() can form the sums of g~ once c is known.
 struct HdPartial {
     double h = 0;
     double gg = 0;
     double uu = 0;
     double nonfinite = 0;
+    double hd = 0; // clipping: sum of d * u_prev
+    double sd = 0; // clipping: sum of s * d
+    double dd = 0; // clipping: sum of d * d
 };
+
+// The sums of g~ = c s + d from a clipping reduction's sums (HdPartial) and the coefficient c.
+OPTIM_HOST_DEVICE HdPartial hd_clipped(HdPartial s, double c)
+{
+    s.h = c * s.h + s.hd;
+    s.gg = c * c * s.gg + 2.0 * c * s.sd + s.dd;
+    return s;
+}
 
 } // namespace optim

@@ -59,6 +59,17 @@ public class AllocationTests
         Assert.That(AllocatedPerStep(() => opt.step()), Is.Zero);
     }
 
+    [Test]
+    public void ClippedStepsOfEveryFusedOptimizer()
+    {
+        using var sgd = new FusedSGD(Parameters(5), 1e-3, momentum: 0.9, max_grad_norm: 0.5);
+        Assert.That(AllocatedPerStep(() => sgd.step()), Is.Zero, "FusedSGD");
+        using var adamw = new FusedAdamW(Parameters(5), weight_decay: 1e-2, max_grad_norm: 0.5);
+        Assert.That(AllocatedPerStep(() => adamw.step()), Is.Zero, "FusedAdamW");
+        using var hd = new HypergradientSGD(Parameters(5), 1e-3, 1e-6, HypergradientScope.PerGroup, momentum: 0.9, max_grad_norm: 0.5);
+        Assert.That(AllocatedPerStep(() => hd.step()), Is.Zero, "HypergradientSGD");
+    }
+
     [TestCase(1)]
     [TestCase(10)]
     public void GreedyLRStep(int groups)

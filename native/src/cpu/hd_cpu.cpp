@@ -1,10 +1,12 @@
 // The CPU path of hypergradient descent. Global, per-group and per-tensor scopes: a reduction pass
 // (per-piece partial sums in double; fp32 sums short blocks in float first), a serial finish that
 // combines them in piece order and updates the rates, then the update pass with the new rates.
-// Per-parameter scope: a finiteness pass over the gradients, then one elementwise pass. Every
-// per-element operation is hd_math.hpp's.
+// Per-parameter scope: a finiteness pass over the gradients, then one elementwise pass. With
+// clipping the reduction pass also sums the squared norm (the per-parameter scope then always makes
+// it). Every per-element operation is hd_math.hpp's.
 #include "../backend.hpp"
 #include "../hd_math.hpp"
+#include "clip_cpu.hpp"
 #include "work_plan.hpp"
 
 #include <algorithm>
@@ -21,23 +23,30 @@ namespace {
 // type Acc, element i going to lane i % Lanes, combined in double in lane order at the end: a fixed
 // order (so results do not depend on the thread count) that the compiler can vectorize without
 // reassociating floating-point sums.
-template <typename Acc, int Lanes, typename T, unsigned Flags, bool HasUp, bool Norms>
+template <typename Acc, int Lanes, typename T, unsigned Flags, bool HasUp, bool Norms, bool Clip>
 OPTIM_CPU_CLONES HdPartial reduce_lanes(const T* __restrict p, const T* __restrict g,
                                         const T* __restrict up, int64_t n, const SgdCoeffs<T>& c)
 {
+    // Clipping: the signed raw gradient s here, the decay term d below (HdPartial).
+    constexpr unsigned kGradFlags = Clip ? Flags & kSgdMaximize : Flags;
     Acc h[Lanes] = {}, gg[Lanes] = {}, uu[Lanes] = {};
+    Acc hd[Lanes] = {}, sd[Lanes] = {}, dd[Lanes] = {}; // clipping: HdPartial
     T bad[Lanes] = {}; // sums of exact zeros or NaN: exact in T, no conversion needed
     const int64_t whole = n - n % Lanes;
     // Summing nonfinite_mark() flags a non-finite element without a branch (a compare-and-branch
     // per element kept this loop scalar).
     auto one = [&](int lane, int64_t i) {
         bad[lane] += nonfinite_mark(g[i]);
-        const Acc gt = sgd_effective_grad<T, Flags>(p[i], g[i], c);
+        const Acc gt = sgd_effective_grad<T, kGradFlags>(p[i], g[i], c);
         const Acc u = HasUp ? static_cast<Acc>(up[i]) : Acc(0);
         h[lane] += gt * u;
-        if (Norms) {
-            gg[lane] += gt * gt;
-            uu[lane] += u * u;
+        if (Norms || Clip) gg[lane] += gt * gt;
+        if (Norms) uu[lane] += u * u;
+        if (Clip && (Flags & kSgdWeightDecay)) {
+            const Acc d = c.weight_decay * p[i];
+            hd[lane] += d * u;
+            sd[lane] += gt * d;
+            dd[lane] += d * d;
         }
     };
     for (int64_t i = 0; i < whole; i += Lanes)
@@ -49,6 +58,9 @@ OPTIM_CPU_CLONES HdPartial reduce_lanes(const T* __restrict p, const T* __restri
         r.h += static_cast<double>(h[lane]);
         r.gg += static_cast<double>(gg[lane]);
         r.uu += static_cast<double>(uu[lane]);
+        r.hd += static_cast<double>(hd[lane]);
+        r.sd += static_cast<double>(sd[lane]);
+        r.dd += static_cast<double>(dd[lane]);
         flag += bad[lane];
     }
     r.nonfinite = flag == T(0) ? 0.0 : 1.0; // NaN != 0: some element was not finite
@@ -62,23 +74,27 @@ OPTIM_CPU_CLONES HdPartial reduce_lanes(const T* __restrict p, const T* __restri
 // docs/design.md). A block whose float sums overflowed is summed again in double.
 constexpr int64_t kFloatBlock = 512;
 
-template <typename T, unsigned Flags, bool HasUp, bool Norms>
+template <typename T, unsigned Flags, bool HasUp, bool Norms, bool Clip>
 HdPartial reduce_blocks(const T* p, const T* g, const T* up, int64_t n, const SgdCoeffs<T>& c)
 {
     if constexpr (!std::is_same_v<T, float>) {
-        return reduce_lanes<double, 8, T, Flags, HasUp, Norms>(p, g, up, n, c);
+        return reduce_lanes<double, 8, T, Flags, HasUp, Norms, Clip>(p, g, up, n, c);
     } else {
         HdPartial r;
         for (int64_t b = 0; b < n; b += kFloatBlock) {
             const int64_t len = std::min(kFloatBlock, n - b);
             const T* pb = p + b;
             const T* ub = HasUp ? up + b : up;
-            HdPartial part = reduce_lanes<float, 16, T, Flags, HasUp, Norms>(pb, g + b, ub, len, c);
-            if (!is_finite(part.h + part.gg + part.uu))
-                part = reduce_lanes<double, 8, T, Flags, HasUp, Norms>(pb, g + b, ub, len, c);
+            HdPartial part =
+                reduce_lanes<float, 16, T, Flags, HasUp, Norms, Clip>(pb, g + b, ub, len, c);
+            if (!is_finite(part.h + part.gg + part.uu + part.hd + part.sd + part.dd))
+                part = reduce_lanes<double, 8, T, Flags, HasUp, Norms, Clip>(pb, g + b, ub, len, c);
             r.h += part.h;
             r.gg += part.gg;
             r.uu += part.uu;
+            r.hd += part.hd;
+            r.sd += part.sd;
+            r.dd += part.dd;
             r.nonfinite += part.nonfinite;
         }
         return r;
@@ -105,27 +121,28 @@ OPTIM_CPU_CLONES HdPartial count_nonfinite(const T* __restrict g, int64_t n)
     return r;
 }
 
-template <typename T, unsigned Flags>
+template <typename T, unsigned Flags, bool Clip>
 HdPartial reduce_piece(const T* p, const T* g, const T* up, int64_t n, const SgdCoeffs<T>& c,
                        bool norms, bool only_finiteness)
 {
-    if (only_finiteness) return count_nonfinite<T>(g, n);
+    if (only_finiteness && !Clip) return count_nonfinite<T>(g, n);
+    if (only_finiteness) return reduce_blocks<T, Flags, false, false, true>(p, g, nullptr, n, c);
     if (up != nullptr)
-        return norms ? reduce_blocks<T, Flags, true, true>(p, g, up, n, c)
-                     : reduce_blocks<T, Flags, true, false>(p, g, up, n, c);
-    return norms ? reduce_blocks<T, Flags, false, true>(p, g, up, n, c)
-                 : reduce_blocks<T, Flags, false, false>(p, g, up, n, c);
+        return norms ? reduce_blocks<T, Flags, true, true, Clip>(p, g, up, n, c)
+                     : reduce_blocks<T, Flags, true, false, Clip>(p, g, up, n, c);
+    return norms ? reduce_blocks<T, Flags, false, true, Clip>(p, g, up, n, c)
+                 : reduce_blocks<T, Flags, false, false, Clip>(p, g, up, n, c);
 }
 
 template <typename T, unsigned Flags, bool Fresh>
 OPTIM_CPU_CLONES void update_piece(T* __restrict p, const T* __restrict g, T* __restrict buf,
-                                   T* __restrict up, int64_t n, const SgdCoeffs<T>& c, T lr)
+                                   T* __restrict up, int64_t n, const SgdCoeffs<T>& c, T lr, T clip)
 {
     T unused_b = T(0), unused_u = T(0);
     for (int64_t i = 0; i < n; ++i) {
         T& b = (Flags & kSgdMomentum) ? buf[i] : unused_b;
         T& u = sgd_heavy_ball(Flags) ? unused_u : up[i];
-        hd_update_element<T, Flags>(p[i], g[i], b, u, Fresh, c, lr);
+        hd_update_element<T, Flags>(p[i], g[i] * clip, b, u, Fresh, c, lr);
     }
 }
 
@@ -133,24 +150,24 @@ OPTIM_CPU_CLONES void update_piece(T* __restrict p, const T* __restrict g, T* __
 template <typename T, unsigned Flags, bool Fresh, int Rule>
 OPTIM_CPU_CLONES void per_parameter_loop(T* __restrict p, const T* __restrict g, T* __restrict buf,
                                          T* __restrict up, T* __restrict alpha, int64_t n,
-                                         const SgdCoeffs<T>& c, const HdCoeffs<T>& hc)
+                                         const SgdCoeffs<T>& c, const HdCoeffs<T>& hc, T clip)
 {
     T unused_b = T(0), unused_u = T(0);
     for (int64_t i = 0; i < n; ++i) {
         T& b = (Flags & kSgdMomentum) ? buf[i] : unused_b;
         T& u = sgd_heavy_ball(Flags) ? unused_u : up[i];
-        hd_per_parameter_element<T, Flags, Rule>(p[i], g[i], b, u, alpha[i], Fresh, c, hc);
+        hd_per_parameter_element<T, Flags, Rule>(p[i], g[i] * clip, b, u, alpha[i], Fresh, c, hc);
     }
 }
 
 template <typename T, unsigned Flags, bool Fresh>
 void per_parameter_piece(T* p, const T* g, T* buf, T* up, T* alpha, int64_t n,
-                         const SgdCoeffs<T>& c, const HdCoeffs<T>& hc)
+                         const SgdCoeffs<T>& c, const HdCoeffs<T>& hc, T clip)
 {
     if (hc.normalized)
-        per_parameter_loop<T, Flags, Fresh, kHdNormalized>(p, g, buf, up, alpha, n, c, hc);
+        per_parameter_loop<T, Flags, Fresh, kHdNormalized>(p, g, buf, up, alpha, n, c, hc, clip);
     else
-        per_parameter_loop<T, Flags, Fresh, kHdAdditive>(p, g, buf, up, alpha, n, c, hc);
+        per_parameter_loop<T, Flags, Fresh, kHdAdditive>(p, g, buf, up, alpha, n, c, hc, clip);
 }
 
 template <typename T>
@@ -178,9 +195,10 @@ void hd_step(const HdCall& call)
     auto fresh = [&](int64_t k) { return t.buffer_fresh != nullptr && t.buffer_fresh[k] != 0; };
 
     // Pass 1: partial sums (or only finiteness, for the per-parameter scope, which makes no pass
-    // at all when the caller vouches for the gradients).
+    // at all when the caller vouches for the gradients), and with clipping the squared norm.
     const bool check = hp.assume_finite == 0;
-    if (check || !per_parameter)
+    const bool clip = call.clip != nullptr;
+    if (check || !per_parameter || clip)
         plan.parallel_for_pieces([&](const Piece& piece) {
             const int64_t k = piece.tensor;
             const SgdGroup<T>& g = G[t.group_index[k]];
@@ -192,17 +210,24 @@ void hd_step(const HdCall& call)
                 } else {
                     up = piece.at<const T>(t.prev_updates);
                 }
+                const T* pp = piece.at<const T>(t.params);
+                const T* gp = piece.at<const T>(t.grads);
                 partials[static_cast<size_t>(piece.index)] =
-                    reduce_piece<T, Flags>(piece.at<const T>(t.params), piece.at<const T>(t.grads),
-                                           up, piece.length, g.c, norms, per_parameter);
+                    clip ? reduce_piece<T, Flags, true>(pp, gp, up, piece.length, g.c, norms,
+                                                        per_parameter)
+                         : reduce_piece<T, Flags, false>(pp, gp, up, piece.length, g.c, norms,
+                                                         per_parameter);
             });
         });
 
     // Finish: a non-finite gradient skips the whole step (unless the caller vouched for the
     // gradients); else combine in piece order.
-    double nonfinite = 0;
-    if (check)
-        for (const HdPartial& part : partials) nonfinite += part.nonfinite;
+    double nonfinite = 0, squared = 0;
+    for (const HdPartial& part : partials) {
+        nonfinite += check ? part.nonfinite : 0.0;
+        squared += part.gg; // the squared norm, when clipping
+    }
+    const T coef = finish_clip<T>(call.clip, squared);
     if (call.skipped) *call.skipped = nonfinite > 0 ? 1 : 0;
     if (nonfinite > 0) return;
 
@@ -217,11 +242,15 @@ void hd_step(const HdCall& call)
             s.h += part.h;
             s.gg += part.gg;
             s.uu += part.uu;
+            s.hd += part.hd;
+            s.sd += part.sd;
+            s.dd += part.dd;
         }
         const HdCoeffs<double> hc{hp.hypergrad_lr, hp.lr_min, hp.lr_max,
                                   hp.eps,          norms,     hp.first_step == 0};
         for (int64_t s = 0; s < slots; ++s) {
-            const HdPartial& sum = sums[static_cast<size_t>(s)];
+            const HdPartial sum = clip ? hd_clipped(sums[static_cast<size_t>(s)], coef)
+                                       : sums[static_cast<size_t>(s)];
             call.rates[s] =
                 hd_rate<double>(call.rates[s], sum.h, std::sqrt(sum.gg) * std::sqrt(sum.uu), hc);
         }
@@ -248,15 +277,15 @@ void hd_step(const HdCall& call)
             if (per_parameter) {
                 T* a = piece.at<T>(t.param_rates);
                 if (f)
-                    per_parameter_piece<T, Flags, true>(p, grad, b, up, a, n, g.c, hc_t);
+                    per_parameter_piece<T, Flags, true>(p, grad, b, up, a, n, g.c, hc_t, coef);
                 else
-                    per_parameter_piece<T, Flags, false>(p, grad, b, up, a, n, g.c, hc_t);
+                    per_parameter_piece<T, Flags, false>(p, grad, b, up, a, n, g.c, hc_t, coef);
             } else {
                 const T lr = static_cast<T>(call.rates[hd_rate_slot(hp.scope, t, k)]);
                 if (f)
-                    update_piece<T, Flags, true>(p, grad, b, up, n, g.c, lr);
+                    update_piece<T, Flags, true>(p, grad, b, up, n, g.c, lr, coef);
                 else
-                    update_piece<T, Flags, false>(p, grad, b, up, n, g.c, lr);
+                    update_piece<T, Flags, false>(p, grad, b, up, n, g.c, lr, coef);
             }
         });
     });

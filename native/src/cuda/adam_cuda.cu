@@ -1,8 +1,10 @@
 // The CUDA path of the fused Adam/AdamW step: per param group, one multi-tensor launch
 // (multi_tensor.cuh) whose functor applies adam_element() from adam_math.hpp to each element of its
 // chunk, with each tensor's own bias corrections. Compiled in CI; see docs/design.md for what has
-// run on a GPU.
+// run on a GPU. With clipping, grad_norm() runs first and each block reads the norm from device
+// memory (grad_norm.cuh).
 #include "../adam_math.hpp"
+#include "grad_norm.cuh"
 #include "multi_tensor.cuh"
 
 namespace optim::cuda {
@@ -22,9 +24,12 @@ using AdamTables = TensorTables<5, AdamMeta<T>>;
 template <typename T, unsigned Flags>
 struct AdamFunctor {
     AdamCoeffs<T> group; // step_size and bc2_sqrt come per tensor from the table
+    const double* norm;  // clipping: the gradients' norm in device memory, else null
+    double max_norm;
 
     __device__ void operator()(const typename AdamTables<T>::Table& table, const Chunk& ch) const
     {
+        const T clip = clip_factor<T>(norm, max_norm);
         AdamCoeffs<T> c = group;
         c.step_size = table.meta[ch.t].step_size;
         c.bc2_sqrt = table.meta[ch.t].bc2_sqrt;
@@ -38,7 +43,7 @@ struct AdamFunctor {
             T mi = m[i];
             T vi = v[i];
             T wi = (Flags & kAdamAmsgrad) ? vmax[i] : T(0);
-            adam_element<T, Flags>(pi, g[i], mi, vi, wi, c);
+            adam_element<T, Flags>(pi, g[i] * clip, mi, vi, wi, c);
             p[i] = pi;
             m[i] = mi;
             v[i] = vi;
@@ -63,7 +68,9 @@ void launch_group(const AdamCall& call, int64_t first, int64_t last, const AdamC
                                (Flags & kAdamAmsgrad) ? t.max_exp_avg_sqs[k] : nullptr};
         tables.add(ptrs, t.numels[k], AdamMeta<T>{c.step_size, c.bc2_sqrt});
     }
-    tables.launch(AdamFunctor<T, Flags>{group}, nullptr, "optim_adam_step", "kernel launch");
+    const double* norm = call.clip ? call.clip->total_norm : nullptr;
+    const double max_norm = call.clip ? call.clip->max_norm : 0.0;
+    tables.launch(AdamFunctor<T, Flags>{group, norm, max_norm}, nullptr, call.fn, "kernel launch");
 }
 
 // One group's launches per param group, in group order (the tensors are in group order).
@@ -93,8 +100,11 @@ void adam_typed(const AdamCall& call)
 
 void adam_step(int device_index, int32_t dtype, const AdamCall& call)
 {
-    require_device(device_index, "optim_adam_step");
-    DeviceGuard guard(device_index, "optim_adam_step");
+    require_device(device_index, call.fn);
+    DeviceGuard guard(device_index, call.fn);
+    const optim_adam_tensors& t = *call.tensors;
+    if (call.clip)
+        grad_norm(device_index, dtype, t.grads, t.numels, t.count, call.clip->total_norm, call.fn);
     if (dtype == OPTIM_DTYPE_FLOAT32)
         adam_typed<float>(call);
     else

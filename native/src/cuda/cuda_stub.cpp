@@ -14,25 +14,27 @@ int device_count() noexcept
     return 0;
 }
 
-void sgd_step(int, int32_t, const SgdCall&)
+// The message of a step given CUDA tensors, naming its entry point.
+[[noreturn]] void no_cuda(const char* fn)
 {
     fail(OPTIM_STATUS_CUDA_UNAVAILABLE,
-         "optim_sgd_step: CUDA tensors were given but this build of the optim library has no CUDA "
-         "support (no CUDA compiler was found when it was built)");
+         std::string(fn) + ": CUDA tensors were given but this build of the optim library has no "
+                           "CUDA support (no CUDA compiler was found when it was built)");
 }
 
-void adam_step(int, int32_t, const AdamCall&)
+void sgd_step(int, int32_t, const SgdCall& call)
 {
-    fail(OPTIM_STATUS_CUDA_UNAVAILABLE,
-         "optim_adam_step: CUDA tensors were given but this build of the optim library has no CUDA "
-         "support (no CUDA compiler was found when it was built)");
+    no_cuda(call.fn);
 }
 
-void hd_step(int, int32_t, const HdCall&)
+void adam_step(int, int32_t, const AdamCall& call)
 {
-    fail(OPTIM_STATUS_CUDA_UNAVAILABLE,
-         "optim_hd_step: CUDA tensors were given but this build of the optim library has no CUDA "
-         "support (no CUDA compiler was found when it was built)");
+    no_cuda(call.fn);
+}
+
+void hd_step(int, int32_t, const HdCall& call)
+{
+    no_cuda(call.fn);
 }
 
 void greedylr_step(int, const optim_greedylr_config&, optim_greedylr_state*,

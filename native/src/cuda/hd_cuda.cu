@@ -10,31 +10,30 @@
 //           rates (hd_update_element), or for the per-parameter scope hd_per_parameter_element.
 // Tensors of different param groups share a launch, so each tensor's Meta carries its flags and
 // coefficients and the functors switch on the flags (uniform per block). Every per-element
-// operation is hd_math.hpp's / sgd_math.hpp's. Compiled in CI; see docs/design.md for what has run
-// on a GPU.
+// operation is hd_math.hpp's / sgd_math.hpp's. With clipping the reduction also sums the squared
+// norm (and the weight-decay terms apart, HdPartial), the finishing kernel writes the norm and
+// forms h from the clipped gradient, and the update reads the norm (grad_norm.cuh). Compiled in CI;
+// see docs/design.md for what has run on a GPU.
 #include "../hd_math.hpp"
+#include "block_sum.cuh"
+#include "device_scratch.cuh"
+#include "grad_norm.cuh"
 #include "multi_tensor.cuh"
 
 #include <cstddef>
 #include <cstdint>
-#include <memory>
 #include <mutex>
-#include <string>
 #include <vector>
 
 namespace optim::cuda {
 
 namespace {
 
-constexpr int kWarps = kThreads / 32;
 constexpr int kFinishThreads = 256;
 
 // One chunk's partial sums (reduce output, finish input). slot: the chunk's rate slot.
 struct HdRecord {
-    double h;
-    double gg;
-    double uu;
-    double nonfinite;
+    HdPartial sums;
     int64_t slot;
 };
 
@@ -73,72 +72,51 @@ __device__ __forceinline__ HdPartial count_nonfinite(const T* __restrict g, int6
 
 // Partial sums of this thread's elements of one chunk, in the CPU's arithmetic: g~ in the element
 // type, then products and squares in double. up == nullptr: heavy ball on a fresh buffer, u_prev is
-// zero and only |g~|^2 contributes (as on the CPU, h and |u_prev|^2 stay exactly 0).
-template <typename T, unsigned Flags, bool Norms>
+// zero and only |g~|^2 contributes (as on the CPU, h and |u_prev|^2 stay exactly 0). Clip: the
+// signed raw gradient in place of g~ and the decay term apart (HdPartial).
+template <typename T, unsigned Flags, bool Norms, bool Clip>
 __device__ __forceinline__ HdPartial reduce_elements(const T* __restrict p, const T* __restrict g,
                                                      const T* __restrict up, int64_t begin,
                                                      int64_t end, const SgdCoeffs<T>& c)
 {
     HdPartial r;
-    if (up != nullptr) {
-        for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-            const T gi = g[i];
-            r.nonfinite += is_finite(gi) ? 0.0 : 1.0;
-            const double gt = sgd_effective_grad<T, Flags>(p[i], gi, c);
-            const double u = up[i];
-            r.h += gt * u;
-            if (Norms) {
-                r.gg += gt * gt;
-                r.uu += u * u;
-            }
-        }
-    } else {
-        for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-            const T gi = g[i];
-            r.nonfinite += is_finite(gi) ? 0.0 : 1.0;
-            if (Norms) {
-                const double gt = sgd_effective_grad<T, Flags>(p[i], gi, c);
-                r.gg += gt * gt;
-            }
+    constexpr unsigned GradFlags = Clip ? Flags & kSgdMaximize : Flags;
+    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
+        const T gi = g[i];
+        r.nonfinite += is_finite(gi) ? 0.0 : 1.0;
+        if (up == nullptr && !Norms && !Clip) continue;
+        const double gt = sgd_effective_grad<T, GradFlags>(p[i], gi, c);
+        const double u = up != nullptr ? static_cast<double>(up[i]) : 0.0;
+        if (up != nullptr) r.h += gt * u;
+        if (Norms || Clip) r.gg += gt * gt;
+        if (Norms && up != nullptr) r.uu += u * u;
+        if (Clip && (Flags & kSgdWeightDecay)) {
+            const double d = c.weight_decay * p[i];
+            r.hd += d * u;
+            r.sd += gt * d;
+            r.dd += d * d;
         }
     }
     return r;
 }
 
-__device__ __forceinline__ double warp_sum(double v)
+// The block's sums of every field, in block_sum's fixed tree; valid in thread 0.
+__device__ __forceinline__ HdPartial block_sum_all(const HdPartial& r)
 {
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-    return v;
+    double v[7] = {r.h, r.gg, r.uu, r.nonfinite, r.hd, r.sd, r.dd};
+    block_sum(v);
+    HdPartial s;
+    s.h = v[0];
+    s.gg = v[1];
+    s.uu = v[2];
+    s.nonfinite = v[3];
+    s.hd = v[4];
+    s.sd = v[5];
+    s.dd = v[6];
+    return s;
 }
 
-// Block sum in a fixed tree (lane tree inside each warp, then over the warps' results in shared
-// memory): the same order on every run. The result is valid in thread 0.
-__device__ __forceinline__ HdPartial block_sum(HdPartial r)
-{
-    __shared__ double partial[4][kWarps];
-    const int lane = threadIdx.x & 31;
-    const int warp = threadIdx.x >> 5;
-    r.h = warp_sum(r.h);
-    r.gg = warp_sum(r.gg);
-    r.uu = warp_sum(r.uu);
-    r.nonfinite = warp_sum(r.nonfinite);
-    if (lane == 0) {
-        partial[0][warp] = r.h;
-        partial[1][warp] = r.gg;
-        partial[2][warp] = r.uu;
-        partial[3][warp] = r.nonfinite;
-    }
-    __syncthreads();
-    if (warp == 0) {
-        r.h = warp_sum(lane < kWarps ? partial[0][lane] : 0.0);
-        r.gg = warp_sum(lane < kWarps ? partial[1][lane] : 0.0);
-        r.uu = warp_sum(lane < kWarps ? partial[2][lane] : 0.0);
-        r.nonfinite = warp_sum(lane < kWarps ? partial[3][lane] : 0.0);
-    }
-    return r;
-}
-
-template <typename T, int Mode>
+template <typename T, int Mode, bool Clip>
 struct HdReduceFunctor {
     HdRecord* records;
 
@@ -150,14 +128,19 @@ struct HdReduceFunctor {
         const T* buf = m.fresh ? nullptr : static_cast<const T*>(table.ptr[kBuf][ch.t]);
         const T* prev = static_cast<const T*>(table.ptr[kPrev][ch.t]);
         HdPartial r;
-        if constexpr (Mode == kOnlyFiniteness) {
+        if constexpr (Mode == kOnlyFiniteness && !Clip) {
             r = count_nonfinite<T>(g, ch.begin, ch.end);
         } else {
+            // The per-parameter scope with clipping sums only the norm (no u_prev).
+            constexpr bool scalar = Mode != kOnlyFiniteness;
             switch (m.flags) {
 #define OPTIM_HD_CASE(F)                                                                           \
     case (F):                                                                                      \
-        r = reduce_elements<T, (F), Mode == kNorms>(p, g, sgd_heavy_ball(F) ? buf : prev,          \
-                                                    ch.begin, ch.end, m.coeffs);                   \
+        r = reduce_elements<T, (F), Mode == kNorms, Clip>(p, g,                                    \
+                                                          !scalar             ? nullptr            \
+                                                          : sgd_heavy_ball(F) ? buf                \
+                                                                              : prev,              \
+                                                          ch.begin, ch.end, m.coeffs);             \
         break;
                 OPTIM_SGD_FLAG_LIST(OPTIM_HD_CASE)
 #undef OPTIM_HD_CASE
@@ -165,8 +148,8 @@ struct HdReduceFunctor {
                 break;
             }
         }
-        r = block_sum(r);
-        if (threadIdx.x == 0) records[ch.index] = HdRecord{r.h, r.gg, r.uu, r.nonfinite, m.slot};
+        r = block_sum_all(r);
+        if (threadIdx.x == 0) records[ch.index] = HdRecord{r, m.slot};
     }
 };
 
@@ -175,20 +158,35 @@ struct HdReduceFunctor {
 // One block. Records are in tensor order and slots are non-decreasing in tensor order (group_index
 // is validated to be non-decreasing), so the records of one slot are contiguous: each thread finds
 // its slots' ranges by binary search and sums them in record order, like the CPU's piece order. A
-// slot without records (only empty tensors) gets zero sums, as on the CPU.
+// slot without records (only empty tensors) gets zero sums, as on the CPU. With clipping (norm not
+// null) the squared norm is summed in the same fixed tree, the norm written before the skip
+// decision (a skipped step reports it too), and each slot's sums are those of the clipped gradient.
+template <typename T>
 __global__ void __launch_bounds__(kFinishThreads)
     hd_finish_kernel(const HdRecord* records, int64_t n_records, int64_t slots, double* rates,
-                     int64_t* skipped, int* skip_flag, HdCoeffs<double> hc, int check)
+                     int64_t* skipped, int* skip_flag, HdCoeffs<double> hc, int check, double* norm,
+                     double max_norm)
 {
     __shared__ double bad[kFinishThreads];
-    double b = 0;
-    for (int64_t i = threadIdx.x; i < n_records; i += kFinishThreads) b += records[i].nonfinite;
+    __shared__ double squared[kFinishThreads];
+    double b = 0, q = 0;
+    for (int64_t i = threadIdx.x; i < n_records; i += kFinishThreads) {
+        b += records[i].sums.nonfinite;
+        q += records[i].sums.gg;
+    }
     bad[threadIdx.x] = b;
+    squared[threadIdx.x] = q;
     __syncthreads();
     for (int width = kFinishThreads / 2; width > 0; width >>= 1) {
-        if (static_cast<int>(threadIdx.x) < width) bad[threadIdx.x] += bad[threadIdx.x + width];
+        if (static_cast<int>(threadIdx.x) < width) {
+            bad[threadIdx.x] += bad[threadIdx.x + width];
+            squared[threadIdx.x] += squared[threadIdx.x + width];
+        }
         __syncthreads();
     }
+    const double total_norm = sqrt(squared[0]);
+    if (norm != nullptr && threadIdx.x == 0) *norm = total_norm;
+    const double coef = static_cast<double>(clip_coefficient<T>(total_norm, max_norm));
     if (check && bad[0] > 0) {
         if (threadIdx.x == 0) {
             *skip_flag = 1;
@@ -206,13 +204,18 @@ __global__ void __launch_bounds__(kFinishThreads)
             else
                 hi = mid;
         }
-        double h = 0, gg = 0, uu = 0;
+        HdPartial sum;
         for (int64_t i = lo; i < n_records && records[i].slot == s; ++i) {
-            h += records[i].h;
-            gg += records[i].gg;
-            uu += records[i].uu;
+            const HdPartial& r = records[i].sums;
+            sum.h += r.h;
+            sum.gg += r.gg;
+            sum.uu += r.uu;
+            sum.hd += r.hd;
+            sum.sd += r.sd;
+            sum.dd += r.dd;
         }
-        rates[s] = hd_rate<double>(rates[s], h, sqrt(gg) * sqrt(uu), hc);
+        if (norm != nullptr) sum = hd_clipped(sum, coef);
+        rates[s] = hd_rate<double>(rates[s], sum.h, sqrt(sum.gg) * sqrt(sum.uu), hc);
     }
 }
 
@@ -222,7 +225,7 @@ template <typename T, unsigned Flags, bool PerParameter>
 __device__ __forceinline__ void
 update_elements(T* __restrict p, const T* __restrict g, T* __restrict buf, T* __restrict up,
                 T* __restrict alpha, int64_t begin, int64_t end, bool fresh, const SgdCoeffs<T>& c,
-                T lr, const HdCoeffs<T>& hc)
+                T lr, const HdCoeffs<T>& hc, T clip)
 {
     constexpr bool heavy_ball = sgd_heavy_ball(Flags);
     for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
@@ -233,10 +236,10 @@ update_elements(T* __restrict p, const T* __restrict g, T* __restrict buf, T* __
         T ui = (PerParameter && !heavy_ball) ? up[i] : T(0);
         if constexpr (PerParameter) {
             T ai = alpha[i];
-            hd_per_parameter_element<T, Flags>(pi, g[i], bi, ui, ai, fresh, c, hc);
+            hd_per_parameter_element<T, Flags>(pi, g[i] * clip, bi, ui, ai, fresh, c, hc);
             alpha[i] = ai;
         } else {
-            hd_update_element<T, Flags>(pi, g[i], bi, ui, fresh, c, lr);
+            hd_update_element<T, Flags>(pi, g[i] * clip, bi, ui, fresh, c, lr);
         }
         if (Flags & kSgdMomentum) buf[i] = bi;
         if (!heavy_ball) up[i] = ui;
@@ -248,10 +251,13 @@ template <typename T, bool PerParameter>
 struct HdUpdateFunctor {
     const double* rates; // device memory: the scalar scopes' rates, after the finish kernel
     HdCoeffs<T> hc;
+    const double* norm; // clipping: the gradients' norm in device memory, else null
+    double max_norm;
 
     __device__ void operator()(const typename HdTables<T>::Table& table, const Chunk& ch) const
     {
         const HdMeta<T>& m = table.meta[ch.t];
+        const T clip = clip_factor<T>(norm, max_norm);
         T* p = static_cast<T*>(table.ptr[kParam][ch.t]);
         const T* g = static_cast<const T*>(table.ptr[kGrad][ch.t]);
         T* buf = static_cast<T*>(table.ptr[kBuf][ch.t]);
@@ -263,7 +269,7 @@ struct HdUpdateFunctor {
 #define OPTIM_HD_CASE(F)                                                                           \
     case (F):                                                                                      \
         update_elements<T, (F), PerParameter>(p, g, buf, up, alpha, ch.begin, ch.end, fresh,       \
-                                              m.coeffs, lr, hc);                                   \
+                                              m.coeffs, lr, hc, clip);                             \
         break;
             OPTIM_SGD_FLAG_LIST(OPTIM_HD_CASE)
 #undef OPTIM_HD_CASE
@@ -275,44 +281,24 @@ struct HdUpdateFunctor {
 
 // ---- Host side ---------------------------------------------------------------------------------
 
-// Per-device scratch: the skip flag, then the records. Grown (never shrunk or freed per step) when
-// a step has more chunks than it holds. The mutex is held for a whole step, from sizing the scratch
-// to the last launch: two threads stepping on one device share this memory, and holding it makes
-// each step's launches consecutive on the (shared) legacy default stream.
-struct Scratch {
-    std::mutex mutex;
-    void* data = nullptr;
-    size_t bytes = 0;
-};
-constexpr size_t kRecordsOffset = 256; // the skip flag lives at offset 0
+// The skip flag lives at offset 0 of the step's scratch (device_scratch.cuh), the records after it.
+constexpr size_t kRecordsOffset = 256;
 
-Scratch& scratch_for(int device)
+// The reduction launch of a mode (ReduceMode), with or without the clipping sums.
+template <typename T>
+void launch_reduce(const HdTables<T>& tables, HdRecord* recs, int mode, bool clip, const char* fn)
 {
-    static const int devices = device_count();
-    static const std::unique_ptr<Scratch[]> all(new Scratch[devices > 0 ? devices : 1]);
-    return all[device];
-}
-
-// Caller holds s.mutex and has made the device current.
-void reserve(Scratch& s, int64_t records, const char* fn)
-{
-    const size_t need = kRecordsOffset + sizeof(HdRecord) * static_cast<size_t>(records);
-    if (s.bytes >= need) return;
-    const size_t bytes = need > 2 * s.bytes ? need : 2 * s.bytes;
-    void* data = nullptr;
-    const cudaError_t e = cudaMalloc(&data, bytes);
-    if (e == cudaErrorMemoryAllocation) {
-        cudaGetLastError();
-        fail(OPTIM_STATUS_OUT_OF_MEMORY, std::string(fn) + ": out of device memory (" +
-                                             std::to_string(bytes) + " bytes of scratch)");
-    }
-    check(e, fn, "cudaMalloc (scratch)");
-    if (s.data != nullptr) {
-        // cudaFree waits for the device, so earlier steps' kernels are done with the old buffer.
-        if (cudaFree(s.data) != cudaSuccess) cudaGetLastError();
-    }
-    s.data = data;
-    s.bytes = bytes;
+    static const char* what = "reduction kernel launch";
+    auto go = [&](auto functor) { tables.launch(functor, nullptr, fn, what); };
+    if (mode == kOnlyFiniteness)
+        clip ? go(HdReduceFunctor<T, kOnlyFiniteness, true>{recs})
+             : go(HdReduceFunctor<T, kOnlyFiniteness, false>{recs});
+    else if (mode == kNorms)
+        clip ? go(HdReduceFunctor<T, kNorms, true>{recs})
+             : go(HdReduceFunctor<T, kNorms, false>{recs});
+    else
+        clip ? go(HdReduceFunctor<T, kDotOnly, true>{recs})
+             : go(HdReduceFunctor<T, kDotOnly, false>{recs});
 }
 
 template <typename T>
@@ -356,32 +342,30 @@ void hd_typed(int device_index, const HdCall& call, const char* fn)
                            norms,
                            hp.first_step == 0};
 
-    Scratch& s = scratch_for(device_index);
+    Scratch& s = scratch_for<kHdScratch>(device_index);
     std::lock_guard<std::mutex> lock(s.mutex);
-    reserve(s, tables.chunks(), fn);
+    reserve(s, kRecordsOffset + sizeof(HdRecord) * static_cast<size_t>(tables.chunks()), fn);
     int* skip_flag = static_cast<int*>(s.data);
     HdRecord* recs = reinterpret_cast<HdRecord*>(static_cast<char*>(s.data) + kRecordsOffset);
 
     // The caller vouches for the gradients (assume_finite): the per-parameter scope then needs no
     // reduction at all, and the finishing kernel, given no records, only clears the skip flag.
     const bool check_finite = hp.assume_finite == 0;
-    const bool reduce = check_finite || !per_parameter;
-    static const char* reduce_launch = "reduction kernel launch";
-    if (reduce && per_parameter)
-        tables.launch(HdReduceFunctor<T, kOnlyFiniteness>{recs}, nullptr, fn, reduce_launch);
-    else if (reduce && norms)
-        tables.launch(HdReduceFunctor<T, kNorms>{recs}, nullptr, fn, reduce_launch);
-    else if (reduce)
-        tables.launch(HdReduceFunctor<T, kDotOnly>{recs}, nullptr, fn, reduce_launch);
-    hd_finish_kernel<<<1, kFinishThreads, 0, 0>>>(recs, reduce ? tables.chunks() : 0, slots,
-                                                  call.rates, call.skipped, skip_flag, hc,
-                                                  check_finite ? 1 : 0);
+    const bool clip = call.clip != nullptr;
+    const bool reduce = check_finite || !per_parameter || clip;
+    const int mode = per_parameter ? kOnlyFiniteness : norms ? kNorms : kDotOnly;
+    if (reduce) launch_reduce<T>(tables, recs, mode, clip, fn);
+    double* norm = clip ? call.clip->total_norm : nullptr;
+    const double max_norm = clip ? call.clip->max_norm : 0.0;
+    hd_finish_kernel<T><<<1, kFinishThreads, 0, 0>>>(recs, reduce ? tables.chunks() : 0, slots,
+                                                     call.rates, call.skipped, skip_flag, hc,
+                                                     check_finite ? 1 : 0, norm, max_norm);
     check(cudaGetLastError(), fn, "finishing kernel launch");
     if (per_parameter)
-        tables.launch(HdUpdateFunctor<T, true>{call.rates, hc_t}, skip_flag, fn,
+        tables.launch(HdUpdateFunctor<T, true>{call.rates, hc_t, norm, max_norm}, skip_flag, fn,
                       "update kernel launch");
     else
-        tables.launch(HdUpdateFunctor<T, false>{call.rates, hc_t}, skip_flag, fn,
+        tables.launch(HdUpdateFunctor<T, false>{call.rates, hc_t, norm, max_norm}, skip_flag, fn,
                       "update kernel launch");
 }
 
@@ -389,7 +373,7 @@ void hd_typed(int device_index, const HdCall& call, const char* fn)
 
 void hd_step(int device_index, int32_t dtype, const HdCall& call)
 {
-    static const char* fn = "optim_hd_step";
+    const char* fn = call.fn;
     require_device(device_index, fn);
     DeviceGuard guard(device_index, fn);
     if (dtype == OPTIM_DTYPE_FLOAT32)

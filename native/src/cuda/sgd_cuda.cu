@@ -1,7 +1,10 @@
 // The CUDA path of the fused SGD step: per param group, one multi-tensor launch (multi_tensor.cuh)
 // whose functor applies sgd_element() from sgd_math.hpp to each element of its chunk; the rate is
-// optionally read from device memory. Compiled in CI; see docs/design.md for what has run on a GPU.
+// optionally read from device memory. With clipping, grad_norm() runs first and each block reads
+// the norm from device memory (grad_norm.cuh). Compiled in CI; see docs/design.md for what has run
+// on a GPU.
 #include "../sgd_math.hpp"
+#include "grad_norm.cuh"
 #include "multi_tensor.cuh"
 
 namespace optim::cuda {
@@ -19,10 +22,13 @@ struct SgdFunctor {
     SgdCoeffs<T> c;
     T lr_value;
     const double* lr_ptr; // device memory, or null: lr_value
+    const double* norm;   // clipping: the gradients' norm in device memory, else null
+    double max_norm;
 
     __device__ void operator()(const SgdTables::Table& table, const Chunk& ch) const
     {
         const T lr = lr_ptr ? static_cast<T>(*lr_ptr) : lr_value;
+        const T clip = clip_factor<T>(norm, max_norm);
         T* __restrict p = static_cast<T*>(table.ptr[0][ch.t]);
         const T* __restrict g = static_cast<const T*>(table.ptr[1][ch.t]);
         T* __restrict b = static_cast<T*>(table.ptr[2][ch.t]);
@@ -32,10 +38,10 @@ struct SgdFunctor {
             T pi = p[i];
             if (Flags & kSgdMomentum) {
                 T bi = fresh ? T(0) : b[i];
-                sgd_element<T, Flags>(pi, g[i], bi, fresh, c, lr);
+                sgd_element<T, Flags>(pi, g[i] * clip, bi, fresh, c, lr);
                 b[i] = bi;
             } else {
-                sgd_element<T, Flags>(pi, g[i], unused, false, c, lr);
+                sgd_element<T, Flags>(pi, g[i] * clip, unused, false, c, lr);
             }
             p[i] = pi;
         }
@@ -44,9 +50,10 @@ struct SgdFunctor {
 
 // Launches the update of tensors [first, last) (one param group) with its hyperparameters.
 template <typename T, unsigned Flags>
-void launch_group(const optim_tensor_list& t, int64_t first, int64_t last, const SgdCoeffs<T>& c,
-                  T lr, const double* lr_ptr)
+void launch_group(const SgdCall& call, int64_t first, int64_t last, const SgdCoeffs<T>& c, T lr,
+                  const double* lr_ptr)
 {
+    const optim_tensor_list& t = *call.tensors;
     SgdTables& tables = SgdTables::for_this_thread();
     for (int64_t k = first; k < last; ++k) {
         if (t.numels[k] == 0) continue; // its pointers may be null
@@ -56,7 +63,10 @@ void launch_group(const optim_tensor_list& t, int64_t first, int64_t last, const
         const bool fresh = momentum && t.buffer_fresh && t.buffer_fresh[k];
         tables.add(ptrs, t.numels[k], SgdMeta{static_cast<unsigned char>(fresh ? 1 : 0)});
     }
-    tables.launch(SgdFunctor<T, Flags>{c, lr, lr_ptr}, nullptr, "optim_sgd_step", "kernel launch");
+    const double* norm = call.clip ? call.clip->total_norm : nullptr;
+    const double max_norm = call.clip ? call.clip->max_norm : 0.0;
+    tables.launch(SgdFunctor<T, Flags>{c, lr, lr_ptr, norm, max_norm}, nullptr, call.fn,
+                  "kernel launch");
 }
 
 // One group's launches per param group, in group order (the tensors are in group order).
@@ -73,7 +83,7 @@ void sgd_typed(const SgdCall& call)
         const SgdGroup<T> group = sgd_group<T>(p, "optim_sgd_step");
         dispatch_sgd_flags(group.flags, [&](auto F) {
             constexpr unsigned Flags = decltype(F)::value;
-            launch_group<T, Flags>(t, first, last, group.c, static_cast<T>(p.lr), p.lr_ptr);
+            launch_group<T, Flags>(call, first, last, group.c, static_cast<T>(p.lr), p.lr_ptr);
         });
         first = last;
     }
@@ -101,8 +111,11 @@ int device_count() noexcept
 
 void sgd_step(int device_index, int32_t dtype, const SgdCall& call)
 {
-    require_device(device_index, "optim_sgd_step");
-    DeviceGuard guard(device_index, "optim_sgd_step");
+    require_device(device_index, call.fn);
+    DeviceGuard guard(device_index, call.fn);
+    const optim_tensor_list& t = *call.tensors;
+    if (call.clip)
+        grad_norm(device_index, dtype, t.grads, t.numels, t.count, call.clip->total_norm, call.fn);
     if (dtype == OPTIM_DTYPE_FLOAT32)
         sgd_typed<float>(call);
     else
