@@ -1,7 +1,7 @@
 // The CUDA kernels against the CPU path of the same library (which native/tests checks against
-// naive references): fused SGD and fused Adam/AdamW for every flag combination, hypergradient
-// descent at every scope and rule, GreedyLR's device step over long traces, and the device-index
-// checks.
+// naive references): fused SGD and fused Adam/AdamW for every flag combination, the stochastic
+// line search's passes and norm, hypergradient descent at every scope and rule, GreedyLR's device
+// step over long traces, and the device-index checks.
 //
 // After every step the device's state is compared with the CPU path's and then becomes the CPU
 // path's state, so each step is checked from identical inputs. nvcc contracts a*b+c into FMAs
@@ -384,6 +384,71 @@ void adam_case(Report& r, const TensorSet& set, const std::vector<optim_adam_par
         m.compare_and_adopt(r, at + "exp_avg", tol);
         v.compare_and_adopt(r, at + "exp_avg_sq", tol);
         if (amsgrad) w.compare_and_adopt(r, at + "max_exp_avg_sq", tol);
+        if (r.case_failed()) return;
+    }
+}
+
+// ---- Stochastic line search --------------------------------------------------------------------
+
+// One line search's memory traffic per step: the squared gradient norm, a save, trials at
+// shrinking step sizes, a restore, a last trial; the device's arrays after each call against the
+// CPU path's (then adopted), and the norms within a double-sum tolerance.
+template <typename T>
+void sls_case(Report& r, const TensorSet& set, int steps, uint64_t seed)
+{
+    const size_t K = set.sizes.size();
+    const Tolerance tol = state_tolerance<T>();
+    Rng rng(seed);
+    Mirror<T> p(set.sizes, T(0)), o(set.sizes, T(0)), g(set.sizes, T(0));
+    for (auto& x : p.host)
+        for (T& e : x) e = static_cast<T>(rng.uniform());
+    p.upload();
+    o.upload();
+    for (int step = 0; step < steps; ++step) {
+        for (auto& x : g.host)
+            for (T& e : x) e = static_cast<T>(0.5 * rng.uniform());
+        g.upload();
+        std::vector<void*> hp = p.host_ptrs(), ho = o.host_ptrs(), dp = p.dev_ptrs(),
+                           dO = o.dev_ptrs();
+        const std::vector<const void*> hg = const_ptrs(g.host_ptrs()),
+                                       dg = const_ptrs(g.dev_ptrs());
+        const optim_sls_tensors host{static_cast<int64_t>(K), hp.data(), ho.data(), hg.data(),
+                                     set.sizes.data()};
+        const optim_sls_tensors dev{static_cast<int64_t>(K), dp.data(), dO.data(), dg.data(),
+                                    set.sizes.data()};
+        const std::string at = "step " + std::to_string(step) + ": ";
+        double want = 0.0, got = 0.0;
+        optim_ok(optim_sls_grad_norm_sq(OPTIM_DEVICE_CPU, 0, dtype_of<T>(), &host, &want),
+                 "optim_sls_grad_norm_sq (cpu)");
+        optim_ok(optim_sls_grad_norm_sq(Target::device(), 0, dtype_of<T>(), &dev, &got),
+                 "optim_sls_grad_norm_sq (checked)");
+        r.close(at + "squared gradient norm", &want, &got, 1, Tolerance{1e-12, 1e-300});
+        optim_ok(optim_sls_save(OPTIM_DEVICE_CPU, 0, dtype_of<T>(), &host), "optim_sls_save (cpu)");
+        optim_ok(optim_sls_save(Target::device(), 0, dtype_of<T>(), &dev),
+                 "optim_sls_save (checked)");
+        Target::sync();
+        o.compare_and_adopt(r, at + "origin after save", tol);
+        double eta = 1.5;
+        for (int trial = 0; trial < 4; ++trial, eta *= 0.9) {
+            optim_ok(optim_sls_trial(OPTIM_DEVICE_CPU, 0, dtype_of<T>(), &host, eta),
+                     "optim_sls_trial (cpu)");
+            optim_ok(optim_sls_trial(Target::device(), 0, dtype_of<T>(), &dev, eta),
+                     "optim_sls_trial (checked)");
+            Target::sync();
+            p.compare_and_adopt(r, at + "param after trial " + std::to_string(trial), tol);
+        }
+        optim_ok(optim_sls_restore(OPTIM_DEVICE_CPU, 0, dtype_of<T>(), &host),
+                 "optim_sls_restore (cpu)");
+        optim_ok(optim_sls_restore(Target::device(), 0, dtype_of<T>(), &dev),
+                 "optim_sls_restore (checked)");
+        Target::sync();
+        p.compare_and_adopt(r, at + "param after restore", tol);
+        optim_ok(optim_sls_trial(OPTIM_DEVICE_CPU, 0, dtype_of<T>(), &host, 1e-6),
+                 "optim_sls_trial (cpu)");
+        optim_ok(optim_sls_trial(Target::device(), 0, dtype_of<T>(), &dev, 1e-6),
+                 "optim_sls_trial (checked)");
+        Target::sync();
+        p.compare_and_adopt(r, at + "param after the fallback step", tol);
         if (r.case_failed()) return;
     }
 }
@@ -875,6 +940,13 @@ int run_checks(const CheckOptions& options, Report& r)
                  [&] { adam_case<float>(r, set, all, sgd_steps, ++seed); });
         run_case(r, "float64 every combination as a param group, " + set.name,
                  [&] { adam_case<double>(r, set, all, sgd_steps, ++seed); });
+    }
+
+    r.suite("stochastic line search: CUDA vs CPU, save, trials, restore and norm");
+    for (const TensorSet& set : sets) {
+        const int steps = set.sizes.size() < 10 ? 2 : sgd_steps;
+        run_case(r, "float32, " + set.name, [&] { sls_case<float>(r, set, steps, ++seed); });
+        run_case(r, "float64, " + set.name, [&] { sls_case<double>(r, set, steps, ++seed); });
     }
 
     r.suite("hypergradient SGD: CUDA vs CPU, every scope and rule");

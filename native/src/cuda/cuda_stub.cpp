@@ -35,6 +35,20 @@ void hd_step(int, int32_t, const HdCall&)
          "support (no CUDA compiler was found when it was built)");
 }
 
+void sls_pass(int, int32_t, const SlsCall&)
+{
+    fail(OPTIM_STATUS_CUDA_UNAVAILABLE,
+         "optim_sls: CUDA tensors were given but this build of the optim library has no CUDA "
+         "support (no CUDA compiler was found when it was built)");
+}
+
+double sls_grad_norm_sq(int, int32_t, const optim_sls_tensors&)
+{
+    fail(OPTIM_STATUS_CUDA_UNAVAILABLE,
+         "optim_sls_grad_norm_sq: CUDA tensors were given but this build of the optim library has "
+         "no CUDA support (no CUDA compiler was found when it was built)");
+}
+
 void greedylr_step(int, const optim_greedylr_config&, optim_greedylr_state*,
                    const optim_greedylr_buffers&, const void*, int32_t)
 {
