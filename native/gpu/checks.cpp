@@ -396,7 +396,8 @@ void adam_case(Report& r, const TensorSet& set, const std::vector<optim_adam_par
 template <typename T>
 void sls_case(Report& r, const TensorSet& set, int steps, uint64_t seed)
 {
-    const size_t K = set.sizes.size();
+    const int64_t K = static_cast<int64_t>(set.sizes.size());
+    const int32_t dt = dtype_of<T>();
     const Tolerance tol = state_tolerance<T>();
     Rng rng(seed);
     Mirror<T> p(set.sizes, T(0)), o(set.sizes, T(0)), g(set.sizes, T(0));
@@ -404,50 +405,48 @@ void sls_case(Report& r, const TensorSet& set, int steps, uint64_t seed)
         for (T& e : x) e = static_cast<T>(rng.uniform());
     p.upload();
     o.upload();
-    for (int step = 0; step < steps; ++step) {
-        for (auto& x : g.host)
-            for (T& e : x) e = static_cast<T>(0.5 * rng.uniform());
-        g.upload();
+    // Runs `call` on the CPU path and on the side under check. The pointer lists are rebuilt for
+    // each call: compare_and_adopt replaces the host arrays.
+    auto both = [&](const char* fn, auto&& call) {
         std::vector<void*> hp = p.host_ptrs(), ho = o.host_ptrs(), dp = p.dev_ptrs(),
                            dO = o.dev_ptrs();
         const std::vector<const void*> hg = const_ptrs(g.host_ptrs()),
                                        dg = const_ptrs(g.dev_ptrs());
-        const optim_sls_tensors host{static_cast<int64_t>(K), hp.data(), ho.data(), hg.data(),
-                                     set.sizes.data()};
-        const optim_sls_tensors dev{static_cast<int64_t>(K), dp.data(), dO.data(), dg.data(),
-                                    set.sizes.data()};
-        const std::string at = "step " + std::to_string(step) + ": ";
-        double want = 0.0, got = 0.0;
-        optim_ok(optim_sls_grad_norm_sq(OPTIM_DEVICE_CPU, 0, dtype_of<T>(), &host, &want),
-                 "optim_sls_grad_norm_sq (cpu)");
-        optim_ok(optim_sls_grad_norm_sq(Target::device(), 0, dtype_of<T>(), &dev, &got),
-                 "optim_sls_grad_norm_sq (checked)");
-        r.close(at + "squared gradient norm", &want, &got, 1, Tolerance{1e-12, 1e-300});
-        optim_ok(optim_sls_save(OPTIM_DEVICE_CPU, 0, dtype_of<T>(), &host), "optim_sls_save (cpu)");
-        optim_ok(optim_sls_save(Target::device(), 0, dtype_of<T>(), &dev),
-                 "optim_sls_save (checked)");
+        const optim_sls_tensors host{K, hp.data(), ho.data(), hg.data(), set.sizes.data()};
+        const optim_sls_tensors dev{K, dp.data(), dO.data(), dg.data(), set.sizes.data()};
+        optim_ok(call(OPTIM_DEVICE_CPU, host), (std::string(fn) + " (cpu)").c_str());
+        optim_ok(call(Target::device(), dev), (std::string(fn) + " (checked)").c_str());
         Target::sync();
+    };
+    for (int step = 0; step < steps; ++step) {
+        for (auto& x : g.host)
+            for (T& e : x) e = static_cast<T>(0.5 * rng.uniform());
+        g.upload();
+        const std::string at = "step " + std::to_string(step) + ": ";
+        double norms[2] = {0.0, 0.0};
+        int side = 0;
+        both("optim_sls_grad_norm_sq", [&](int32_t device, const optim_sls_tensors& t) {
+            return optim_sls_grad_norm_sq(device, 0, dt, &t, &norms[side++]);
+        });
+        r.close(at + "squared gradient norm", &norms[0], &norms[1], 1, Tolerance{1e-12, 1e-300});
+        both("optim_sls_save", [&](int32_t device, const optim_sls_tensors& t) {
+            return optim_sls_save(device, 0, dt, &t);
+        });
         o.compare_and_adopt(r, at + "origin after save", tol);
         double eta = 1.5;
         for (int trial = 0; trial < 4; ++trial, eta *= 0.9) {
-            optim_ok(optim_sls_trial(OPTIM_DEVICE_CPU, 0, dtype_of<T>(), &host, eta),
-                     "optim_sls_trial (cpu)");
-            optim_ok(optim_sls_trial(Target::device(), 0, dtype_of<T>(), &dev, eta),
-                     "optim_sls_trial (checked)");
-            Target::sync();
+            both("optim_sls_trial", [&](int32_t device, const optim_sls_tensors& t) {
+                return optim_sls_trial(device, 0, dt, &t, eta);
+            });
             p.compare_and_adopt(r, at + "param after trial " + std::to_string(trial), tol);
         }
-        optim_ok(optim_sls_restore(OPTIM_DEVICE_CPU, 0, dtype_of<T>(), &host),
-                 "optim_sls_restore (cpu)");
-        optim_ok(optim_sls_restore(Target::device(), 0, dtype_of<T>(), &dev),
-                 "optim_sls_restore (checked)");
-        Target::sync();
+        both("optim_sls_restore", [&](int32_t device, const optim_sls_tensors& t) {
+            return optim_sls_restore(device, 0, dt, &t);
+        });
         p.compare_and_adopt(r, at + "param after restore", tol);
-        optim_ok(optim_sls_trial(OPTIM_DEVICE_CPU, 0, dtype_of<T>(), &host, 1e-6),
-                 "optim_sls_trial (cpu)");
-        optim_ok(optim_sls_trial(Target::device(), 0, dtype_of<T>(), &dev, 1e-6),
-                 "optim_sls_trial (checked)");
-        Target::sync();
+        both("optim_sls_trial", [&](int32_t device, const optim_sls_tensors& t) {
+            return optim_sls_trial(device, 0, dt, &t, 1e-6);
+        });
         p.compare_and_adopt(r, at + "param after the fallback step", tol);
         if (r.case_failed()) return;
     }
