@@ -275,7 +275,7 @@ void sls_pass(const char* fn, int32_t device, int32_t device_index, int32_t dtyp
         OPTIM_REQUIRE(std::isfinite(step_size) && step_size >= 0.0, fn,
                       "invalid step size: " + num(step_size));
     if (tensors->count == 0) return;
-    const SlsCall call{tensors, op, step_size};
+    const SlsCall call{tensors, op, step_size, fn};
     if (device == OPTIM_DEVICE_CUDA)
         cuda::sls_pass(device_index, dtype, call);
     else if (dtype == OPTIM_DTYPE_FLOAT32)

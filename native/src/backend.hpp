@@ -44,6 +44,7 @@ struct SlsCall {
     const optim_sls_tensors* tensors;
     int32_t op;
     double step_size;
+    const char* fn; // the entry point, for messages
 };
 
 // One param group's SGD flags and coefficients rounded to T, from validated options

@@ -269,7 +269,7 @@ TEST(SlsValidation, CudaRequestWithoutADeviceIsAClearError)
     int32_t devices = 0;
     ASSERT_EQ(optim_cuda_device_count(&devices), OPTIM_STATUS_OK);
     if (devices > 0) GTEST_SKIP() << "a CUDA device is present";
-    expect_rejected("optim_sls", OPTIM_STATUS_CUDA_UNAVAILABLE, "no CUDA",
+    expect_rejected("optim_sls_trial", OPTIM_STATUS_CUDA_UNAVAILABLE, "no CUDA",
                     [](Model&, optim_sls_tensors& t) {
                         return optim_sls_trial(OPTIM_DEVICE_CUDA, 0, kF32, &t, 0.5);
                     });

@@ -3,6 +3,8 @@
 #include "../backend.hpp"
 #include "../error.hpp"
 
+#include <string>
+
 namespace optim::cuda {
 
 bool compiled() noexcept
@@ -35,11 +37,13 @@ void hd_step(int, int32_t, const HdCall&)
          "support (no CUDA compiler was found when it was built)");
 }
 
-void sls_pass(int, int32_t, const SlsCall&)
+void sls_pass(int, int32_t, const SlsCall& call)
 {
-    fail(OPTIM_STATUS_CUDA_UNAVAILABLE,
-         "optim_sls: CUDA tensors were given but this build of the optim library has no CUDA "
-         "support (no CUDA compiler was found when it was built)");
+    fail(
+        OPTIM_STATUS_CUDA_UNAVAILABLE,
+        std::string(call.fn) +
+            ": CUDA tensors were given but this build of the optim library has no CUDA support (no "
+            "CUDA compiler was found when it was built)");
 }
 
 double sls_grad_norm_sq(int, int32_t, const optim_sls_tensors&)

@@ -133,7 +133,7 @@ void pass_typed(const SlsCall& call)
 {
     const SlsTables& tables = tables_of(*call.tensors, true, call.op == kSlsTrial);
     const T step = static_cast<T>(call.step_size);
-    const char* fn = "optim_sls";
+    const char* fn = call.fn;
     if (call.op == kSlsSave)
         tables.launch(SlsPassFunctor<T, kSlsSave>{step}, nullptr, fn, "save launch");
     else if (call.op == kSlsTrial)
@@ -164,8 +164,8 @@ double norm_typed(int device_index, const optim_sls_tensors& t)
 
 void sls_pass(int device_index, int32_t dtype, const SlsCall& call)
 {
-    require_device(device_index, "optim_sls");
-    DeviceGuard guard(device_index, "optim_sls");
+    require_device(device_index, call.fn);
+    DeviceGuard guard(device_index, call.fn);
     if (dtype == OPTIM_DTYPE_FLOAT32)
         pass_typed<float>(call);
     else
