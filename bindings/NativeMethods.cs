@@ -50,6 +50,18 @@ internal static unsafe partial class NativeMethods
         GradClip* clip);
 
     [LibraryImport(Library)]
+    internal static partial int optim_sls_save(int device, int deviceIndex, int dtype, SlsTensors* tensors);
+
+    [LibraryImport(Library)]
+    internal static partial int optim_sls_trial(int device, int deviceIndex, int dtype, SlsTensors* tensors, double stepSize);
+
+    [LibraryImport(Library)]
+    internal static partial int optim_sls_restore(int device, int deviceIndex, int dtype, SlsTensors* tensors);
+
+    [LibraryImport(Library)]
+    internal static partial int optim_sls_grad_norm_sq(int device, int deviceIndex, int dtype, SlsTensors* tensors, double* result);
+
+    [LibraryImport(Library)]
     internal static partial int optim_greedylr_init(GreedyLRConfig* config, GreedyLRCounters* state);
 
     [LibraryImport(Library)]
@@ -111,6 +123,17 @@ internal unsafe struct AdamTensors
     public long* Numels;
     public long* Steps;
     public int* GroupIndex;
+}
+
+/// <summary>Mirror of <c>optim_sls_tensors</c>.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct SlsTensors
+{
+    public long Count;
+    public nint* Params;
+    public nint* Origins;
+    public nint* Grads;
+    public long* Numels;
 }
 
 /// <summary>Mirror of <c>optim_greedylr_buffers</c>.</summary>

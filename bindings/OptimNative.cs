@@ -343,6 +343,65 @@ internal static unsafe class OptimNative
         }
     }
 
+    /// <summary>What one pass of the stochastic line search does (<c>optim_sls_save</c>, <c>_trial</c>, <c>_restore</c>).</summary>
+    public enum SlsPass
+    {
+        /// <summary>origins = parameters.</summary>
+        Save,
+        /// <summary>parameters = origins − step size · gradients.</summary>
+        Trial,
+        /// <summary>parameters = origins.</summary>
+        Restore,
+    }
+
+    /// <summary>
+    /// One pass of the stochastic line search over many tensors, in one native call (see <c>optim_sls_save</c>,
+    /// <c>optim_sls_trial</c> and <c>optim_sls_restore</c> in <c>optim.h</c>). Every span has one entry per
+    /// tensor (gradients may be empty except for a trial). On failure nothing was written.
+    /// </summary>
+    public static void SlsStep(SlsPass pass, NativeDevice device, int deviceIndex, NativeDType dtype,
+        ReadOnlySpan<nint> parameters, ReadOnlySpan<nint> origins, ReadOnlySpan<nint> gradients, ReadOnlySpan<long> numels, double stepSize)
+    {
+        EnsureLoaded();
+        int n = parameters.Length;
+        if (origins.Length != n || numels.Length != n || (gradients.Length != n && (pass == SlsPass.Trial || gradients.Length != 0)))
+        {
+            throw new ArgumentException($"SlsStep: every per-tensor span must have {n} entries (the gradients may be empty except for a trial).");
+        }
+        fixed (nint* p = parameters)
+        fixed (nint* o = origins)
+        fixed (nint* g = gradients)
+        fixed (long* ne = numels)
+        {
+            var list = new SlsTensors { Count = n, Params = p, Origins = o, Grads = gradients.Length == 0 ? null : g, Numels = ne };
+            ThrowIfFailed(pass switch
+            {
+                SlsPass.Save => NativeMethods.optim_sls_save((int)device, deviceIndex, (int)dtype, &list),
+                SlsPass.Trial => NativeMethods.optim_sls_trial((int)device, deviceIndex, (int)dtype, &list, stepSize),
+                _ => NativeMethods.optim_sls_restore((int)device, deviceIndex, (int)dtype, &list),
+            });
+        }
+    }
+
+    /// <summary>The sum of the squared gradient elements over many tensors, in double and deterministic (<c>optim_sls_grad_norm_sq</c>); waits for a CUDA device.</summary>
+    public static double SlsGradNormSquared(NativeDevice device, int deviceIndex, NativeDType dtype, ReadOnlySpan<nint> gradients, ReadOnlySpan<long> numels)
+    {
+        EnsureLoaded();
+        int n = gradients.Length;
+        if (numels.Length != n)
+        {
+            throw new ArgumentException($"SlsGradNormSquared: numels must have {n} entries.");
+        }
+        fixed (nint* g = gradients)
+        fixed (long* ne = numels)
+        {
+            var list = new SlsTensors { Count = n, Grads = g, Numels = ne };
+            double result;
+            ThrowIfFailed(NativeMethods.optim_sls_grad_norm_sq((int)device, deviceIndex, (int)dtype, &list, &result));
+            return result;
+        }
+    }
+
     /// <summary>How many scalar rates a hypergradient step keeps for a scope (<c>optim_hd_rate_count</c>): 1, one per group, one per tensor, or 0 for per-parameter rates.</summary>
     public static int HdRateCount(int scope, int groups, int tensors)
     {

@@ -90,6 +90,16 @@ steps.SetAction(r =>
     return 0;
 });
 root.Add(steps);
+var slsSteps = new Command("sls-steps", "Times one trial point of Sls's line search (p = θ − η·g over every tensor) as the fused native pass against the same with TorchSharp ops (the reference's order, and copy_ + add_), in interleaved rounds (4 and 1000 tensors), with the bytes each moves.")
+{
+    parameters, rounds, stepsPerRound,
+};
+slsSteps.SetAction(r =>
+{
+    SlsTiming.Run(r.GetValue(parameters), r.GetValue(rounds), r.GetValue(stepsPerRound), Console.Out);
+    return 0;
+});
+root.Add(slsSteps);
 var hdSteps = new Command("hd-steps", "Times HypergradientSGD at each scope (and per parameter with skip_nonfinite: false) against FusedSGD and torch.optim.SGD, next to the bandwidth references of their passes, in interleaved rounds (momentum 0.9; 4 and 1000 tensors), with the bytes each update must move.")
 {
     parameters, rounds, stepsPerRound,

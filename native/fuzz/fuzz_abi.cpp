@@ -1,10 +1,11 @@
 // libFuzzer harness over the C ABI (docs/reliability.md). Each input is decoded into a few calls:
-// SGD and Adam/AdamW steps (several groups), HD steps (every scope and rule), GreedyLR init and
-// steps (corrupt state, non-finite metrics), thread counts, version bumps (count and NULL cases: no
-// LibTorch here), the bandwidth reference and the information functions, with random counts and
-// sizes, NULL and aliased pointers, extreme and non-finite values and inconsistent arguments. The
-// harness owns every byte it passes, each buffer sized exactly, so AddressSanitizer catches any
-// access outside them. Assertions (a failure aborts, which the fuzzer reports as a crash):
+// SGD and Adam/AdamW steps (several groups), Sls passes and norms, HD steps (every scope and rule),
+// GreedyLR init and steps (corrupt state, non-finite metrics), thread counts, version bumps (count
+// and NULL cases: no LibTorch here), the bandwidth reference and the information functions, with
+// random counts and sizes, NULL and aliased pointers, extreme and non-finite values and
+// inconsistent arguments. The harness owns every byte it passes, each buffer sized exactly, so
+// AddressSanitizer catches any access outside them. Assertions (a failure aborts, which the fuzzer
+// reports as a crash):
 //  - every call returns a status a CPU-only build can return (INTERNAL is a bug);
 //  - after a non-OK status every buffer is byte for byte as it was (a failed check writes nothing)
 //    and optim_last_error() names the function;
@@ -432,6 +433,65 @@ void fuzz_adam(FuzzedDataProvider& in)
     expect_status(status, clipped ? "optim_adam_step_clipped" : "optim_adam_step", arena);
 }
 
+// The stochastic line search's passes (save, trial, restore) and its gradient norm.
+void fuzz_sls(FuzzedDataProvider& in)
+{
+    Arena arena;
+    const int32_t device = pick_device(in);
+    const int32_t device_index = in.ConsumeIntegralInRange<int32_t>(-1, 1);
+    const int32_t dtype = pick_dtype(in);
+    const bool f64 = dtype == OPTIM_DTYPE_FLOAT64;
+    const size_t esize = f64 ? 8 : 4;
+    const int op = in.ConsumeIntegralInRange<int>(0, 3); // save, trial, restore, norm
+    const double step_size = value(in, {1.0, 0.5, 0.0, 1e-6});
+    const int64_t count = in.ConsumeIntegralInRange<int64_t>(-1, 6);
+    int64_t budget = 200000;
+    // param, origin, grad: save writes the origins, trial and restore the parameters.
+    const std::vector<bool> written = {op == 1 || op == 2, op == 0, false};
+    std::vector<TensorArrays> tensors;
+    std::vector<int64_t> numels;
+    auto* numel_array = arena.array<int64_t>(count, true);
+    for (int64_t k = 0; k < count; ++k) {
+        const int64_t n = numel(in, budget);
+        numel_array[k] = in.ConsumeIntegral<uint8_t>() >= 250 ? -n - 1 : n;
+        tensors.push_back(tensor_arrays(in, arena, n, esize, written, tensors, numels, f64));
+        numels.push_back(n);
+    }
+    auto* ps = arena.array<void*>(count, true);
+    auto* os = arena.array<void*>(count, true);
+    auto* gs = arena.array<const void*>(count, true);
+    for (int64_t k = 0; k < count; ++k) {
+        ps[k] = tensors[static_cast<size_t>(k)].ptr[0];
+        os[k] = tensors[static_cast<size_t>(k)].ptr[1];
+        gs[k] = tensors[static_cast<size_t>(k)].ptr[2];
+    }
+    auto* list = arena.array<optim_sls_tensors>(1, true);
+    *list = optim_sls_tensors{count, maybe(in, ps), maybe(in, os), maybe(in, gs),
+                              maybe(in, numel_array)};
+    auto* result = arena.array<double>(1, true);
+    mark_written(arena, tensors, written);
+    if (op == 3) arena.written(result);
+    arena.snapshot();
+    const optim_sls_tensors* t = maybe(in, list);
+    switch (op) {
+    case 0:
+        expect_status(optim_sls_save(device, device_index, dtype, t), "optim_sls_save", arena);
+        break;
+    case 1:
+        expect_status(optim_sls_trial(device, device_index, dtype, t, step_size), "optim_sls_trial",
+                      arena);
+        break;
+    case 2:
+        expect_status(optim_sls_restore(device, device_index, dtype, t), "optim_sls_restore",
+                      arena);
+        break;
+    default:
+        expect_status(optim_sls_grad_norm_sq(device, device_index, dtype, t, maybe(in, result)),
+                      "optim_sls_grad_norm_sq", arena);
+        break;
+    }
+}
+
 void fuzz_hd(FuzzedDataProvider& in)
 {
     Arena arena;
@@ -803,7 +863,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
 {
     FuzzedDataProvider in(data, size);
     for (int calls = 0; calls < 6 && in.remaining_bytes() > 0; ++calls) {
-        switch (in.ConsumeIntegral<uint8_t>() % 9) {
+        switch (in.ConsumeIntegral<uint8_t>() % 10) {
         case 0:
             fuzz_sgd(in);
             break;
@@ -827,6 +887,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
             break;
         case 7:
             fuzz_mpi(in);
+            break;
+        case 8:
+            fuzz_sls(in);
             break;
         default:
             fuzz_info(in);

@@ -1,7 +1,7 @@
 // The CUDA kernels against the CPU path of the same library (which native/tests checks against
-// naive references): fused SGD and fused Adam/AdamW for every flag combination, hypergradient
-// descent at every scope and rule, GreedyLR's device step over long traces, and the device-index
-// checks.
+// naive references): fused SGD and fused Adam/AdamW for every flag combination, the stochastic
+// line search's passes and norm, hypergradient descent at every scope and rule, GreedyLR's device
+// step over long traces, and the device-index checks.
 //
 // After every step the device's state is compared with the CPU path's and then becomes the CPU
 // path's state, so each step is checked from identical inputs. Clipped cases (max_norm > 0) also
@@ -419,6 +419,70 @@ void adam_case(Report& r, const TensorSet& set, const std::vector<optim_adam_par
         m.compare_and_adopt(r, at + "exp_avg", tol);
         v.compare_and_adopt(r, at + "exp_avg_sq", tol);
         if (amsgrad) w.compare_and_adopt(r, at + "max_exp_avg_sq", tol);
+        if (r.case_failed()) return;
+    }
+}
+
+// ---- Stochastic line search --------------------------------------------------------------------
+
+// One line search's memory traffic per step: the squared gradient norm, a save, trials at
+// shrinking step sizes, a restore, a last trial; the device's arrays after each call against the
+// CPU path's (then adopted), and the norms within a double-sum tolerance.
+template <typename T>
+void sls_case(Report& r, const TensorSet& set, int steps, uint64_t seed)
+{
+    const int64_t K = static_cast<int64_t>(set.sizes.size());
+    const int32_t dt = dtype_of<T>();
+    const Tolerance tol = state_tolerance<T>();
+    Rng rng(seed);
+    Mirror<T> p(set.sizes, T(0)), o(set.sizes, T(0)), g(set.sizes, T(0));
+    for (auto& x : p.host)
+        for (T& e : x) e = static_cast<T>(rng.uniform());
+    p.upload();
+    o.upload();
+    // Runs `call` on the CPU path and on the side under check. The pointer lists are rebuilt for
+    // each call: compare_and_adopt replaces the host arrays.
+    auto both = [&](const char* fn, auto&& call) {
+        std::vector<void*> hp = p.host_ptrs(), ho = o.host_ptrs(), dp = p.dev_ptrs(),
+                           dO = o.dev_ptrs();
+        const std::vector<const void*> hg = const_ptrs(g.host_ptrs()),
+                                       dg = const_ptrs(g.dev_ptrs());
+        const optim_sls_tensors host{K, hp.data(), ho.data(), hg.data(), set.sizes.data()};
+        const optim_sls_tensors dev{K, dp.data(), dO.data(), dg.data(), set.sizes.data()};
+        optim_ok(call(OPTIM_DEVICE_CPU, host), (std::string(fn) + " (cpu)").c_str());
+        optim_ok(call(Target::device(), dev), (std::string(fn) + " (checked)").c_str());
+        Target::sync();
+    };
+    for (int step = 0; step < steps; ++step) {
+        for (auto& x : g.host)
+            for (T& e : x) e = static_cast<T>(0.5 * rng.uniform());
+        g.upload();
+        const std::string at = "step " + std::to_string(step) + ": ";
+        double norms[2] = {0.0, 0.0};
+        int side = 0;
+        both("optim_sls_grad_norm_sq", [&](int32_t device, const optim_sls_tensors& t) {
+            return optim_sls_grad_norm_sq(device, 0, dt, &t, &norms[side++]);
+        });
+        r.close(at + "squared gradient norm", &norms[0], &norms[1], 1, Tolerance{1e-12, 1e-300});
+        both("optim_sls_save", [&](int32_t device, const optim_sls_tensors& t) {
+            return optim_sls_save(device, 0, dt, &t);
+        });
+        o.compare_and_adopt(r, at + "origin after save", tol);
+        double eta = 1.5;
+        for (int trial = 0; trial < 4; ++trial, eta *= 0.9) {
+            both("optim_sls_trial", [&](int32_t device, const optim_sls_tensors& t) {
+                return optim_sls_trial(device, 0, dt, &t, eta);
+            });
+            p.compare_and_adopt(r, at + "param after trial " + std::to_string(trial), tol);
+        }
+        both("optim_sls_restore", [&](int32_t device, const optim_sls_tensors& t) {
+            return optim_sls_restore(device, 0, dt, &t);
+        });
+        p.compare_and_adopt(r, at + "param after restore", tol);
+        both("optim_sls_trial", [&](int32_t device, const optim_sls_tensors& t) {
+            return optim_sls_trial(device, 0, dt, &t, 1e-6);
+        });
+        p.compare_and_adopt(r, at + "param after the fallback step", tol);
         if (r.case_failed()) return;
     }
 }
@@ -920,6 +984,13 @@ int run_checks(const CheckOptions& options, Report& r)
                  [&] { adam_case<float>(r, set, all, sgd_steps, ++seed, 1.0); });
         run_case(r, "float64 every combination as a param group, clipped, " + set.name,
                  [&] { adam_case<double>(r, set, all, sgd_steps, ++seed, 1.0); });
+    }
+
+    r.suite("stochastic line search: CUDA vs CPU, save, trials, restore and norm");
+    for (const TensorSet& set : sets) {
+        const int steps = set.sizes.size() < 10 ? 2 : sgd_steps;
+        run_case(r, "float32, " + set.name, [&] { sls_case<float>(r, set, steps, ++seed); });
+        run_case(r, "float64, " + set.name, [&] { sls_case<double>(r, set, steps, ++seed); });
     }
 
     r.suite("hypergradient SGD: CUDA vs CPU, every scope and rule");

@@ -474,6 +474,55 @@ OPTIM_API optim_status optim_greedylr_step(int32_t device, int32_t device_index,
                                            const optim_greedylr_buffers* buffers,
                                            const void* metric, int32_t metric_dtype);
 
+/* ---- Stochastic line search (Sls) ----------------------------------------------------------- */
+
+/* The fused passes of the stochastic Armijo line search (Vaswani et al., 2019; docs/sls.md). A step
+ * saves the parameters theta into `origins` (optim_sls_save), measures |g|^2
+ * (optim_sls_grad_norm_sq), then writes trial points theta - eta * g (optim_sls_trial) while the
+ * caller evaluates the loss at each, and goes back to theta (optim_sls_restore) if it must abandon
+ * the search. The step-size logic lives with the caller; these calls only move memory, each in one
+ * pass over every tensor.
+ *
+ * The tensors, in any order (host arrays of `count` entries; the data is host memory for
+ * OPTIM_DEVICE_CPU and device memory of the named device for OPTIM_DEVICE_CUDA). Element i of
+ * params[k], origins[k] and grads[k] belong together. A tensor with numel 0 is allowed (its
+ * pointers may be NULL). A call reads or writes only the arrays it names below; the others may be
+ * NULL (the arrays themselves). */
+typedef struct optim_sls_tensors {
+    int64_t count;
+    void* const* params;      /* the parameters */
+    void* const* origins;     /* theta: where the line search started, shaped like params */
+    const void* const* grads; /* the gradient at theta, read only */
+    const int64_t* numels;
+} optim_sls_tensors;
+
+/* origins[k] = params[k] for every tensor (reads params, writes origins).
+ * device, device_index and dtype as for optim_sgd_step; the same fixed chunks and threads.
+ * Checked before anything is written: the device, dtype, counts, NULL pointers, a params array that
+ * is its origin. CUDA: launches on stream 0 and returns without waiting. */
+OPTIM_API optim_status optim_sls_save(int32_t device, int32_t device_index, int32_t dtype,
+                                      const optim_sls_tensors* tensors);
+
+/* params[k] = origins[k] - step_size * grads[k] for every tensor, in the element type (step_size
+ * rounded to it once, as PyTorch rounds a scalar operand): the trial point at step size eta.
+ * step_size: finite and >= 0. Checks as optim_sls_save's, plus grads and the step size. */
+OPTIM_API optim_status optim_sls_trial(int32_t device, int32_t device_index, int32_t dtype,
+                                       const optim_sls_tensors* tensors, double step_size);
+
+/* params[k] = origins[k] for every tensor (reads origins, writes params). Checks as
+ * optim_sls_save's. */
+OPTIM_API optim_status optim_sls_restore(int32_t device, int32_t device_index, int32_t dtype,
+                                         const optim_sls_tensors* tensors);
+
+/* *result = the sum over every tensor of grads[k][i]^2, each square and the sums in double (reads
+ * grads only). Deterministic: per-chunk partial sums (the fixed chunks of optim_sgd_step) combined
+ * in chunk order, so the result never depends on the number of threads; the CUDA path sums in
+ * another fixed order (a block tree per chunk), so it may differ from the CPU's in the last bits.
+ * A non-finite element makes the result non-finite. result: host memory, not NULL. CUDA: waits for
+ * stream 0 (the caller needs the value on the host to decide on the step). */
+OPTIM_API optim_status optim_sls_grad_norm_sq(int32_t device, int32_t device_index, int32_t dtype,
+                                              const optim_sls_tensors* tensors, double* result);
+
 /* ---- LibTorch integration -------------------------------------------------------------------- */
 
 /* Bumps the autograd version counter of each tensor, as LibTorch's own in-place operations do, so

@@ -4,6 +4,7 @@
 #include "cpu/thread_pool.hpp"
 #include "error.hpp"
 #include "greedylr_math.hpp"
+#include "sls_math.hpp"
 #include "validation.hpp"
 
 #include <optim.h>
@@ -382,6 +383,58 @@ optim_status hd_entry(const char* fn, int32_t device, int32_t device_index, int3
     });
 }
 
+// The tensors of an Sls pass: what the pass reads and writes must be there (origins and params for
+// save, trial and restore; grads for trial and the norm), and no written array may be another of
+// the same tensor.
+void validate_sls(const char* fn, const optim_sls_tensors* t, bool moves, bool reads_grads)
+{
+    OPTIM_REQUIRE(t != nullptr, fn, "tensors is NULL");
+    OPTIM_REQUIRE(t->count >= 0, fn,
+                  "tensors->count is negative (" + std::to_string(t->count) + ")");
+    if (t->count == 0) return;
+    OPTIM_REQUIRE(t->numels != nullptr, fn, "tensors->numels is NULL");
+    if (moves)
+        OPTIM_REQUIRE(t->params && t->origins, fn,
+                      "tensors->params and tensors->origins must not be NULL");
+    if (reads_grads) OPTIM_REQUIRE(t->grads != nullptr, fn, "tensors->grads is NULL");
+    for (int64_t k = 0; k < t->count; ++k) {
+        const int64_t n = t->numels[k];
+        OPTIM_REQUIRE(n >= 0, fn, at(k) + ": numel is negative (" + std::to_string(n) + ")");
+        if (n == 0) continue;
+        if (moves) {
+            OPTIM_REQUIRE(t->params[k] != nullptr, fn, at(k) + ": parameter pointer is NULL");
+            OPTIM_REQUIRE(t->origins[k] != nullptr, fn, at(k) + ": origin pointer is NULL");
+        }
+        if (reads_grads)
+            OPTIM_REQUIRE(t->grads[k] != nullptr, fn, at(k) + ": gradient pointer is NULL");
+        if (moves) {
+            const Array arrays[] = {{t->params[k], "parameter"},
+                                    {t->origins[k], "origin"},
+                                    {reads_grads ? t->grads[k] : nullptr, "gradient"}};
+            require_unaliased(fn, k, arrays, 3, 2);
+        }
+    }
+}
+
+// One validated pass of save, trial or restore.
+void sls_pass(const char* fn, int32_t device, int32_t device_index, int32_t dtype,
+              const optim_sls_tensors* tensors, int32_t op, double step_size)
+{
+    require_step_target(fn, device, dtype);
+    validate_sls(fn, tensors, true, op == kSlsTrial);
+    if (op == kSlsTrial)
+        OPTIM_REQUIRE(std::isfinite(step_size) && step_size >= 0.0, fn,
+                      "invalid step size: " + num(step_size));
+    if (tensors->count == 0) return;
+    const SlsCall call{tensors, op, step_size, fn};
+    if (device == OPTIM_DEVICE_CUDA)
+        cuda::sls_pass(device_index, dtype, call);
+    else if (dtype == OPTIM_DTYPE_FLOAT32)
+        cpu::sls_pass_f32(call);
+    else
+        cpu::sls_pass_f64(call);
+}
+
 } // namespace
 
 void set_last_error(const char* first, const char* second, const char* third) noexcept
@@ -546,6 +599,49 @@ OPTIM_API optim_status optim_hd_step_clipped(int32_t device, int32_t device_inde
 {
     return hd_entry("optim_hd_step_clipped", device, device_index, dtype, tensors, n_groups, groups,
                     params, rates, skipped, clip, true);
+}
+
+OPTIM_API optim_status optim_sls_save(int32_t device, int32_t device_index, int32_t dtype,
+                                      const optim_sls_tensors* tensors)
+{
+    static const char* fn = "optim_sls_save";
+    return guard(fn, [&] { sls_pass(fn, device, device_index, dtype, tensors, kSlsSave, 0.0); });
+}
+
+OPTIM_API optim_status optim_sls_trial(int32_t device, int32_t device_index, int32_t dtype,
+                                       const optim_sls_tensors* tensors, double step_size)
+{
+    static const char* fn = "optim_sls_trial";
+    return guard(fn,
+                 [&] { sls_pass(fn, device, device_index, dtype, tensors, kSlsTrial, step_size); });
+}
+
+OPTIM_API optim_status optim_sls_restore(int32_t device, int32_t device_index, int32_t dtype,
+                                         const optim_sls_tensors* tensors)
+{
+    static const char* fn = "optim_sls_restore";
+    return guard(fn, [&] { sls_pass(fn, device, device_index, dtype, tensors, kSlsRestore, 0.0); });
+}
+
+OPTIM_API optim_status optim_sls_grad_norm_sq(int32_t device, int32_t device_index, int32_t dtype,
+                                              const optim_sls_tensors* tensors, double* result)
+{
+    static const char* fn = "optim_sls_grad_norm_sq";
+    return guard(fn, [&] {
+        require_step_target(fn, device, dtype);
+        OPTIM_REQUIRE(result != nullptr, fn, "result is NULL");
+        validate_sls(fn, tensors, false, true);
+        double sum = 0.0;
+        if (tensors->count > 0) {
+            if (device == OPTIM_DEVICE_CUDA)
+                sum = cuda::sls_grad_norm_sq(device_index, dtype, *tensors);
+            else if (dtype == OPTIM_DTYPE_FLOAT32)
+                sum = cpu::sls_grad_norm_sq_f32(*tensors);
+            else
+                sum = cpu::sls_grad_norm_sq_f64(*tensors);
+        }
+        *result = sum;
+    });
 }
 
 OPTIM_API optim_status optim_greedylr_init(const optim_greedylr_config* config,

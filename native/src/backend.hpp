@@ -44,6 +44,15 @@ struct HdCall {
     const char* fn = "optim_hd_step";      // the entry point, for messages
 };
 
+// A validated pass of the stochastic line search (optim_sls_save/_trial/_restore): op is a SlsOp
+// of sls_math.hpp; step_size is used by the trial pass only.
+struct SlsCall {
+    const optim_sls_tensors* tensors;
+    int32_t op;
+    double step_size;
+    const char* fn; // the entry point, for messages
+};
+
 // One param group's SGD flags and coefficients rounded to T, from validated options
 // (optim_sgd_params or optim_hd_group); fn names the entry point in the internal error.
 template <typename T>
@@ -88,6 +97,11 @@ void adam_step_f32(const AdamCall& call);
 void adam_step_f64(const AdamCall& call);
 void hd_step_f32(const HdCall& call);
 void hd_step_f64(const HdCall& call);
+void sls_pass_f32(const SlsCall& call);
+void sls_pass_f64(const SlsCall& call);
+// The sum of the squared gradient elements, in double, combined in piece order.
+double sls_grad_norm_sq_f32(const optim_sls_tensors& tensors);
+double sls_grad_norm_sq_f64(const optim_sls_tensors& tensors);
 } // namespace cpu
 
 namespace cuda {
@@ -100,6 +114,10 @@ void sgd_step(int device_index, int32_t dtype, const SgdCall& call);
 void adam_step(int device_index, int32_t dtype, const AdamCall& call);
 // One hypergradient step on the device (stream 0, no host round trip).
 void hd_step(int device_index, int32_t dtype, const HdCall& call);
+// One pass of the stochastic line search on the device (stream 0).
+void sls_pass(int device_index, int32_t dtype, const SlsCall& call);
+// The squared gradient norm on the device, copied to the host (waits for stream 0).
+double sls_grad_norm_sq(int device_index, int32_t dtype, const optim_sls_tensors& tensors);
 // One GreedyLR evaluation on the device (one thread, stream 0).
 void greedylr_step(int device_index, const optim_greedylr_config& config,
                    optim_greedylr_state* state, const optim_greedylr_buffers& buffers,

@@ -30,6 +30,7 @@ public class CompareTests
     [TestCase("adam-greedylr-trend", true)]
     [TestCase("hd-parameter", false)]
     [TestCase("adam-cosine", false)]
+    [TestCase("sgd-sls", false)]
     public void RunsAreDeterministicForASeed(string method, bool metricPerStep)
     {
         var stepping = metricPerStep ? MetricStepping.Step : MetricStepping.Eval;
@@ -54,12 +55,31 @@ public class CompareTests
             Assert.That(starts.Values.Select(p => p.EvalLoss).Distinct().Count(), Is.EqualTo(1), $"seed {seed}: every method must start from one initialisation");
             foreach (var (m, p) in starts)
             {
-                // Cosine's warmup starts at 10% of the base rate.
+                // Cosine's warmup starts at 10% of the base rate; Sls's first step size is the base rate.
                 // HD's per-parameter rates are float32 tensors like the parameters.
                 double expected = m.Schedule == "cosine" ? 0.01 : 0.1;
                 Assert.That(p.Lr, Is.EqualTo(expected).Within(1e-5).Percent, $"seed {seed}, {m.Name}: the rate at step 0");
             }
         }
+    }
+
+    /// <summary>
+    /// Every run records its cost at each evaluation: one forward pass per step, except Sls, charged one per
+    /// closure evaluation (at least one per step, more when its line search tries several step sizes).
+    /// </summary>
+    [Test]
+    public void RunsAreChargedTheirForwardPasses()
+    {
+        using var task = Synthetic();
+        var runner = new Runner(Settings("/tmp", new[] { "sgd-constant", "sgd-sls" }), new LiveProgress(TextWriter.Null, 1));
+        var constant = Train(runner, task, "sgd-constant", seed: 0);
+        var sls = Train(runner, task, "sgd-sls", seed: 0);
+        Assert.That(constant.Costs.Select(c => c.ForwardPasses), Is.EqualTo(constant.Curve.Select(p => (long)p.Step)), "one forward pass per step");
+        Assert.That(sls.Costs, Has.Count.EqualTo(sls.Curve.Count));
+        Assert.That(sls.Costs.Zip(sls.Curve).All(x => x.First.ForwardPasses >= x.Second.Step), Is.True, "at least one per step");
+        Assert.That(sls.Costs[^1].ForwardPasses, Is.GreaterThan(40), "its line search evaluated more than once somewhere");
+        Assert.That(sls.Costs.Select(c => c.Seconds), Is.Ordered, "training seconds only grow");
+        Assert.That(sls.Curve.Skip(1).Select(p => p.Lr).Distinct().Count(), Is.GreaterThan(1), "its step size moves");
     }
 
     [Test]
@@ -166,6 +186,43 @@ public class CompareTests
         Assert.That(Method.WarmupCosine(total, total), Is.EqualTo(0.0).Within(1e-12));
         var after = Enumerable.Range(total / 20, total - total / 20 + 1).Select(s => Method.WarmupCosine(s, total)).ToArray();
         Assert.That(after, Is.Ordered.Descending);
+    }
+
+    /// <summary>The report charges every method its forward passes and time to target, and tallies GreedyLR against every method, Sls and Adam included.</summary>
+    [Test]
+    public void TheReportTalliesGreedyLRAgainstEveryMethodAndChargesForwardPasses()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"optim-compare-{Guid.NewGuid():N}");
+        try
+        {
+            var methods = new[] { "sgd-constant", "sgd-greedylr", "sgd-sls", "adam-constant" };
+            var output = new StringWriter();
+            Assert.That(Compare.Run(Settings(dir, methods), output), Is.Zero, output.ToString());
+            string report = File.ReadAllText(Path.Combine(dir, "report.md"));
+            int tally = report.IndexOf("## GreedyLR against every method", StringComparison.Ordinal);
+            int cost = report.IndexOf("## Forward passes and time to target", StringComparison.Ordinal);
+            Assert.That(tally, Is.GreaterThan(0));
+            Assert.That(cost, Is.GreaterThan(tally));
+            string tallySection = report[tally..cost];
+            // Against 3 other methods on 2 seeds: adam-constant too (the same-optimizer table leaves it out).
+            Assert.That(tallySection, Does.Contain("| adam-constant |"));
+            Assert.That(tallySection, Does.Contain("| sgd-sls |"));
+            Assert.That(tallySection, Does.Match(@"\| all \| \*\*\d/6 "));
+            Assert.That(tallySection, Does.Contain("(the paper) |"));
+            string costSection = report[cost..];
+            foreach (var m in methods)
+            {
+                Assert.That(costSection, Does.Contain($"| {m} |"), m);
+            }
+            Assert.That(costSection, Does.Contain("| sgd-constant | ").And.Contain(" | 1.00 | "), "one forward pass per step");
+        }
+        finally
+        {
+            if (Directory.Exists(dir))
+            {
+                Directory.Delete(dir, recursive: true);
+            }
+        }
     }
 
     [Test]

@@ -43,6 +43,10 @@ public class PublicSurfaceTests
             "Optim.Interop.OptimNativeException",
             "Optim.SgdOptionsBase",
             "Optim.SgdParamGroupBase`1",
+            "Optim.Sls",
+            "Optim.Sls+Options",
+            "Optim.Sls+ParamGroup",
+            "Optim.Sls+State",
         }));
     }
 

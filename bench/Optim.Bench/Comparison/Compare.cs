@@ -28,7 +28,7 @@ internal static class Compare
                 total += (long)steps * methods.Count * o.Seeds;
                 foreach (var f in families)
                 {
-                    bool swept = (f == Family.Adam ? o.AdamLr : o.SgdLr) is null;
+                    bool swept = f != Family.Sls && (f == Family.Adam ? o.AdamLr : o.SgdLr) is null;
                     total += swept ? (long)runner.SweepSteps(steps, evalEvery) * Runner.Grid(f).Length : 0;
                 }
             }

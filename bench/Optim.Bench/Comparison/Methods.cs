@@ -16,6 +16,9 @@ internal enum Family
 
     /// <summary>Optim.HypergradientSGD with momentum 0.9, starting from the swept SGD rate.</summary>
     Hd,
+
+    /// <summary>Optim.Sls (SGD with a stochastic Armijo line search): finds its own step size, so it has no base rate.</summary>
+    Sls,
 }
 
 /// <summary>How a method's metric-driven scheduler is fed.</summary>
@@ -29,7 +32,11 @@ internal enum MetricStepping
 }
 
 /// <summary>The settings every method of one run shares.</summary>
-internal sealed record MethodContext(int TotalSteps, int EvalEvery, MetricStepping Stepping, double HypergradLr);
+internal sealed record MethodContext(int TotalSteps, int EvalEvery, MetricStepping Stepping, double HypergradLr)
+{
+    /// <summary>Minibatches per epoch of the task (Sls grows its step size by at most γ per epoch).</summary>
+    public int BatchesPerEpoch { get; init; } = 500;
+}
 
 /// <summary>A learning-rate method: an optimizer family and a schedule (or a hypergradient scope).</summary>
 internal sealed record Method(string Name, Family Family, string Schedule, string Description)
@@ -60,6 +67,8 @@ internal sealed record Method(string Name, Family Family, string Schedule, strin
         yield return new("hd-group", Family.Hd, "group", "HypergradientSGD, one rate per param group (layer / factor)");
         yield return new("hd-tensor", Family.Hd, "tensor", "HypergradientSGD, one rate per tensor");
         yield return new("hd-parameter", Family.Hd, "parameter", "HypergradientSGD, one rate per scalar weight");
+        yield return new("sgd-sls", Family.Sls, "sls", "Optim.Sls: SGD whose step size a stochastic Armijo line search finds on every minibatch " +
+            "(the reference's defaults: initial step size 1, c 0.1, β_b 0.9, γ 2 per epoch; charged for every forward pass of its searches)");
     }
 
     /// <summary>The optimizer of this method over <paramref name="groups"/>, starting at <paramref name="lr"/>.</summary>
@@ -71,6 +80,8 @@ internal sealed record Method(string Name, Family Family, string Schedule, strin
                 return new FusedSGD(groups.Select(g => new FusedSGD.ParamGroup(g.Parameters)), lr, momentum: 0.9);
             case Family.Adam:
                 return torch.optim.Adam(groups.SelectMany(g => g.Parameters), lr);
+            case Family.Sls:
+                return new Sls(groups.SelectMany(g => g.Parameters), n_batches_per_epoch: c.BatchesPerEpoch, init_step_size: lr);
             default:
                 var scope = Schedule switch
                 {

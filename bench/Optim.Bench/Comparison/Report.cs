@@ -7,7 +7,7 @@ using TorchSharp;
 namespace Optim.Bench.Comparison;
 
 /// <summary>The summary tables and the Markdown report of a comparison.</summary>
-internal sealed class Report
+internal sealed partial class Report
 {
     private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
     private readonly CompareSettings _o;
@@ -110,6 +110,10 @@ internal sealed class Report
         sb.AppendLine("## How often GreedyLR was equal or better");
         sb.AppendLine();
         GreedyTable(sb);
+        sb.AppendLine();
+        GreedyAgainstEveryMethod(sb);
+        sb.AppendLine();
+        CostToTarget(sb);
         sb.AppendLine();
         sb.AppendLine("Files: `curves.csv` (every evaluation of every run), `runs.csv` (final values), `sweep.csv` (the base-rate sweep).");
         return sb.ToString();

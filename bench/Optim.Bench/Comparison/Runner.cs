@@ -16,9 +16,15 @@ internal sealed record Point(int Step, double TrainLoss, double EvalLoss, double
 /// <summary>One training run of one method on one task with one seed.</summary>
 internal sealed record RunResult(string Task, Method Method, int Seed, double BaseLr, IReadOnlyList<Point> Curve, double Seconds, bool Diverged)
 {
+    /// <summary>What each point of <see cref="Curve"/> cost: forward passes of training and training seconds (evaluations excluded) so far.</summary>
+    public IReadOnlyList<Cost> Costs { get; init; } = Array.Empty<Cost>();
+
     /// <summary>The last evaluation loss; +∞ for a run that diverged.</summary>
     public double FinalLoss => Diverged || Curve.Count == 0 ? double.PositiveInfinity : Curve[^1].EvalLoss;
 }
+
+/// <summary>The training cost up to a point of a run: forward passes (one per step; Sls: one per closure evaluation) and seconds.</summary>
+internal sealed record Cost(long ForwardPasses, double Seconds);
 
 /// <summary>One point of the base-rate sweep: a constant rate trained for a shortened budget on the sweep seed.</summary>
 internal sealed record SweepPoint(string Task, Family Family, double Lr, int Steps, double FinalLoss, bool Chosen);
@@ -41,6 +47,9 @@ internal sealed class Runner
 
     public Runner(CompareSettings options, LiveProgress progress) => (_o, _progress) = (options, progress);
 
+    /// <summary>Sls's first step size: the reference's default (Sls searches its own, so nothing is swept).</summary>
+    public const double SlsInitialStepSize = 1.0;
+
     public static double[] Grid(Family f) => f == Family.Adam ? AdamGrid : SgdGrid;
 
     /// <summary>Steps and evaluation interval of a task under the options (about 40 evaluations per run unless told).</summary>
@@ -56,6 +65,10 @@ internal sealed class Runner
     /// <summary>The base rate of <paramref name="family"/> on a task: given, or the best of the sweep.</summary>
     public double BaseRate(TrainingTask task, Family family, int steps, int evalEvery, List<SweepPoint> sweep)
     {
+        if (family == Family.Sls)
+        {
+            return SlsInitialStepSize;
+        }
         double? given = family == Family.Adam ? _o.AdamLr : _o.SgdLr;
         if (given is double lr)
         {
@@ -79,7 +92,8 @@ internal sealed class Runner
     public RunResult Train(TrainingTask task, Method method, int seed, double lr, int steps, int evalEvery, string label)
     {
         var sw = Stopwatch.StartNew();
-        var context = new MethodContext(steps, evalEvery, _o.Stepping, _o.HypergradLr);
+        var training = new Stopwatch();
+        var context = new MethodContext(steps, evalEvery, _o.Stepping, _o.HypergradLr) { BatchesPerEpoch = Math.Max(1, (int)(task.TrainExamples / _o.BatchSize)) };
         using var scope = torch.NewDisposeScope();
         using var learner = task.Create(seed);
         using var opt = method.CreateOptimizer(learner.Groups, lr, context);
@@ -93,6 +107,10 @@ internal sealed class Runner
             throw new ArgumentException($"--batch {_o.BatchSize} is larger than the {n} training examples of {task.Name}.");
         }
         var curve = new List<Point>();
+        var costs = new List<Cost>();
+        long forwardPasses = 0;
+        // The cost of every point added to the curve (called after each curve.Add).
+        void Charge() => costs.Add(new Cost(forwardPasses, training.Elapsed.TotalSeconds));
         Tensor? order = null;
         double lossSum = 0;
         int lossCount = 0;
@@ -101,6 +119,7 @@ internal sealed class Runner
         // Step 0: the starting point, the same for every method of a seed.
         var (startLoss, startAccuracy) = learner.Evaluate();
         curve.Add(new Point(0, double.NaN, startLoss, startAccuracy, Method.CurrentRate(opt)));
+        Charge();
         for (int step = 1; step <= steps; step++)
         {
             int b = (step - 1) % perEpoch;
@@ -110,22 +129,40 @@ internal sealed class Runner
                 order = torch.randperm(n, generator: gen).DetachFromDisposeScope();
             }
             double trainLoss;
+            training.Start();
             using (var inner = torch.NewDisposeScope())
             {
                 using var batch = order!.narrow(0, (long)b * _o.BatchSize, _o.BatchSize);
                 opt.zero_grad();
-                using var loss = learner.Loss(batch);
-                trainLoss = loss.ToDouble();
+                if (opt is Sls sls)
+                {
+                    // The line search evaluates the minibatch loss itself: once with backward, once per trial.
+                    using var slsLoss = sls.step(() => learner.Loss(batch));
+                    trainLoss = slsLoss.ToDouble();
+                    forwardPasses += sls.last_forward_passes;
+                }
+                else
+                {
+                    using var loss = learner.Loss(batch);
+                    trainLoss = loss.ToDouble();
+                    forwardPasses++;
+                    if (double.IsFinite(trainLoss))
+                    {
+                        loss.backward();
+                        opt.step();
+                    }
+                }
                 if (!double.IsFinite(trainLoss))
                 {
+                    training.Stop();
                     diverged = true;
                     curve.Add(new Point(step, trainLoss, double.PositiveInfinity, double.NaN, Method.CurrentRate(opt)));
+                    Charge();
                     break;
                 }
-                loss.backward();
-                opt.step();
                 learner.AfterStep();
             }
+            training.Stop();
             lossSum += trainLoss;
             lossCount++;
             if (scheduler is not null)
@@ -146,6 +183,7 @@ internal sealed class Runner
                 {
                     diverged = true;
                     curve.Add(new Point(step, lossSum / lossCount, double.PositiveInfinity, accuracy, Method.CurrentRate(opt)));
+                    Charge();
                     break;
                 }
                 if (scheduler is not null && method.MetricDriven && _o.Stepping == MetricStepping.Eval)
@@ -154,13 +192,14 @@ internal sealed class Runner
                 }
                 double rate = Method.CurrentRate(opt);
                 curve.Add(new Point(step, lossSum / lossCount, evalLoss, accuracy, rate));
+                Charge();
                 (lossSum, lossCount) = (0, 0);
                 _progress.Update(step, evalLoss, rate);
             }
         }
         order?.Dispose();
         _progress.EndRun(steps);
-        return new RunResult(task.Name, method, seed, lr, curve, sw.Elapsed.TotalSeconds, diverged);
+        return new RunResult(task.Name, method, seed, lr, curve, sw.Elapsed.TotalSeconds, diverged) { Costs = costs };
     }
 
     private static void StepWithMetric(torch.optim.lr_scheduler.LRScheduler scheduler, double metric)

@@ -3,6 +3,8 @@
 #include "../backend.hpp"
 #include "../error.hpp"
 
+#include <string>
+
 namespace optim::cuda {
 
 bool compiled() noexcept
@@ -35,6 +37,22 @@ void adam_step(int, int32_t, const AdamCall& call)
 void hd_step(int, int32_t, const HdCall& call)
 {
     no_cuda(call.fn);
+}
+
+void sls_pass(int, int32_t, const SlsCall& call)
+{
+    fail(
+        OPTIM_STATUS_CUDA_UNAVAILABLE,
+        std::string(call.fn) +
+            ": CUDA tensors were given but this build of the optim library has no CUDA support (no "
+            "CUDA compiler was found when it was built)");
+}
+
+double sls_grad_norm_sq(int, int32_t, const optim_sls_tensors&)
+{
+    fail(OPTIM_STATUS_CUDA_UNAVAILABLE,
+         "optim_sls_grad_norm_sq: CUDA tensors were given but this build of the optim library has "
+         "no CUDA support (no CUDA compiler was found when it was built)");
 }
 
 void greedylr_step(int, const optim_greedylr_config&, optim_greedylr_state*,

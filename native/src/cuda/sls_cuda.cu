@@ -1,0 +1,183 @@
+// The CUDA path of the stochastic line search (cpu/sls_cpu.cpp is the CPU twin; optim.h states the
+// semantics). The save, trial and restore passes are one multi-tensor launch each
+// (multi_tensor.cuh) applying sls_element() of sls_math.hpp; the squared gradient norm is a
+// reduce launch (one block per chunk: a fixed tree in double, one record per chunk, no atomics), a
+// one-thread finishing kernel that adds the records in chunk order, and a copy to the host.
+// Compiled in CI; see docs/design.md for what has run on a GPU.
+#include "../sls_math.hpp"
+#include "multi_tensor.cuh"
+
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <string>
+
+namespace optim::cuda {
+
+namespace {
+
+struct NoMeta {};
+// parameter, origin, gradient
+enum SlsList { kParam, kOrigin, kGrad, kSlsLists };
+using SlsTables = TensorTables<kSlsLists, NoMeta>;
+
+template <typename T, int Op>
+struct SlsPassFunctor {
+    T step_size;
+
+    __device__ void operator()(const SlsTables::Table& table, const Chunk& ch) const
+    {
+        T* __restrict p = static_cast<T*>(table.ptr[kParam][ch.t]);
+        T* __restrict o = static_cast<T*>(table.ptr[kOrigin][ch.t]);
+        const T* __restrict g = static_cast<const T*>(table.ptr[kGrad][ch.t]);
+        for (int64_t i = ch.begin + threadIdx.x; i < ch.end; i += kThreads) {
+            T pi = Op == kSlsSave ? p[i] : T(0);
+            T oi = Op == kSlsSave ? T(0) : o[i];
+            sls_element<T, Op>(pi, oi, Op == kSlsTrial ? g[i] : T(0), step_size);
+            if (Op == kSlsSave)
+                o[i] = oi;
+            else
+                p[i] = pi;
+        }
+    }
+};
+
+constexpr int kWarps = kThreads / 32;
+
+__device__ __forceinline__ double warp_sum(double v)
+{
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+// One chunk's sum of squares in a fixed tree (lanes, then warps), written to its record.
+template <typename T>
+struct SlsNormFunctor {
+    double* records;
+
+    __device__ void operator()(const SlsTables::Table& table, const Chunk& ch) const
+    {
+        __shared__ double partial[kWarps];
+        const T* __restrict g = static_cast<const T*>(table.ptr[kGrad][ch.t]);
+        double s = 0.0;
+        for (int64_t i = ch.begin + threadIdx.x; i < ch.end; i += kThreads) s += sls_square(g[i]);
+        s = warp_sum(s);
+        const int lane = threadIdx.x & 31;
+        const int warp = threadIdx.x >> 5;
+        if (lane == 0) partial[warp] = s;
+        __syncthreads();
+        if (warp == 0) {
+            s = warp_sum(lane < kWarps ? partial[lane] : 0.0);
+            if (lane == 0) records[ch.index] = s;
+        }
+    }
+};
+
+// The records in chunk order, by one thread: the same order on every run.
+__global__ void sls_finish_kernel(double* records, int64_t n)
+{
+    double s = 0.0;
+    for (int64_t i = 0; i < n; ++i) s += records[i];
+    records[n] = s;
+}
+
+// Per-device scratch for the records (and the total after them), grown when a call has more chunks
+// than it holds. The mutex is held for a whole call.
+struct Scratch {
+    std::mutex mutex;
+    double* data = nullptr;
+    size_t count = 0;
+};
+
+Scratch& scratch_for(int device)
+{
+    static const int devices = device_count();
+    static const std::unique_ptr<Scratch[]> all(new Scratch[devices > 0 ? devices : 1]);
+    return all[device];
+}
+
+// Caller holds s.mutex and has made the device current.
+void reserve(Scratch& s, size_t count, const char* fn)
+{
+    if (s.count >= count) return;
+    const size_t n = count > 2 * s.count ? count : 2 * s.count;
+    void* data = nullptr;
+    const cudaError_t e = cudaMalloc(&data, n * sizeof(double));
+    if (e == cudaErrorMemoryAllocation) {
+        cudaGetLastError();
+        fail(OPTIM_STATUS_OUT_OF_MEMORY, std::string(fn) + ": out of device memory (" +
+                                             std::to_string(n * sizeof(double)) +
+                                             " bytes of scratch)");
+    }
+    check(e, fn, "cudaMalloc (scratch)");
+    if (s.data != nullptr && cudaFree(s.data) != cudaSuccess) cudaGetLastError();
+    s.data = static_cast<double*>(data);
+    s.count = n;
+}
+
+SlsTables& tables_of(const optim_sls_tensors& t, bool moves, bool grads)
+{
+    SlsTables& tables = SlsTables::for_this_thread();
+    for (int64_t k = 0; k < t.count; ++k) {
+        if (t.numels[k] == 0) continue; // its pointers may be null
+        void* const ptrs[kSlsLists] = {moves ? t.params[k] : nullptr,
+                                       moves ? t.origins[k] : nullptr,
+                                       grads ? const_cast<void*>(t.grads[k]) : nullptr};
+        tables.add(ptrs, t.numels[k], NoMeta{});
+    }
+    return tables;
+}
+
+template <typename T>
+void pass_typed(const SlsCall& call)
+{
+    const SlsTables& tables = tables_of(*call.tensors, true, call.op == kSlsTrial);
+    const T step = static_cast<T>(call.step_size);
+    const char* fn = call.fn;
+    if (call.op == kSlsSave)
+        tables.launch(SlsPassFunctor<T, kSlsSave>{step}, nullptr, fn, "save launch");
+    else if (call.op == kSlsTrial)
+        tables.launch(SlsPassFunctor<T, kSlsTrial>{step}, nullptr, fn, "trial launch");
+    else
+        tables.launch(SlsPassFunctor<T, kSlsRestore>{step}, nullptr, fn, "restore launch");
+}
+
+template <typename T>
+double norm_typed(int device_index, const optim_sls_tensors& t)
+{
+    static const char* fn = "optim_sls_grad_norm_sq";
+    const SlsTables& tables = tables_of(t, false, true);
+    if (tables.chunks() == 0) return 0.0;
+    Scratch& s = scratch_for(device_index);
+    std::lock_guard<std::mutex> lock(s.mutex);
+    reserve(s, static_cast<size_t>(tables.chunks()) + 1, fn);
+    tables.launch(SlsNormFunctor<T>{s.data}, nullptr, fn, "reduce launch");
+    sls_finish_kernel<<<1, 1, 0, 0>>>(s.data, tables.chunks());
+    check(cudaGetLastError(), fn, "finish launch");
+    double sum = 0.0;
+    check(cudaMemcpy(&sum, s.data + tables.chunks(), sizeof(double), cudaMemcpyDeviceToHost), fn,
+          "copy of the result");
+    return sum;
+}
+
+} // namespace
+
+void sls_pass(int device_index, int32_t dtype, const SlsCall& call)
+{
+    require_device(device_index, call.fn);
+    DeviceGuard guard(device_index, call.fn);
+    if (dtype == OPTIM_DTYPE_FLOAT32)
+        pass_typed<float>(call);
+    else
+        pass_typed<double>(call);
+}
+
+double sls_grad_norm_sq(int device_index, int32_t dtype, const optim_sls_tensors& tensors)
+{
+    require_device(device_index, "optim_sls_grad_norm_sq");
+    DeviceGuard guard(device_index, "optim_sls_grad_norm_sq");
+    return dtype == OPTIM_DTYPE_FLOAT32 ? norm_typed<float>(device_index, tensors)
+                                        : norm_typed<double>(device_index, tensors);
+}
+
+} // namespace optim::cuda
