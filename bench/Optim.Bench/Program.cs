@@ -29,7 +29,7 @@ var methods = new Option<string[]>("--methods")
     DefaultValueFactory = _ => Method.All.Select(m => m.Name).ToArray(),
 };
 var seeds = new Option<int>("--seeds") { Description = "Seeds per task and method (initialisation and minibatch order); seeds 0..N-1.", DefaultValueFactory = _ => 3 };
-var epochs = new Option<int?>("--epochs") { Description = "Passes over each task's training examples (default per task: 10 MLP and logistic regression, 12 NMF digits, 40 NMF synthetic, 6 CNN; the language model runs 150 steps, 1,500 for char-lm-long, instead)." };
+var epochs = new Option<int?>("--epochs") { Description = "Passes over each task's training examples (default per task: 10 MLP and logistic regression, 12 NMF digits, 40 NMF synthetic, 6 CNN; the language model runs 100 steps, 1,000 for char-lm-long, instead)." };
 var batch = new Option<int>("--batch") { Description = "Minibatch size (examples, or rows of X for NMF).", DefaultValueFactory = _ => 100 };
 var evalEvery = new Option<int?>("--eval-every") { Description = "Steps between evaluations, where ReduceLROnPlateau and GreedyLR are stepped (default: 1/40 of a task's steps)." };
 var lr = new Option<double?>("--lr") { Description = "Base rate of FusedSGD and the starting rate of HD on every task (default: the best of the sweep)." };

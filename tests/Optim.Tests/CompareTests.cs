@@ -229,6 +229,7 @@ public class CompareTests
             using var task = TrainingTask.Create("char-lm", new Lazy<Digits>(() => throw new AssertionException("no digits needed")), text);
             Assert.That(task.Suits(Method.Find("adamw-cosine")), Is.True);
             Assert.That(task.Suits(Method.Find("sgd-cosine")), Is.False, "the LM runs the AdamW methods");
+            Assert.That(task.Seeds, Is.EqualTo(1), "one seed in the default run, for the time budget");
             using (var learner = task.Create(0))
             {
                 long count = learner.Groups.SelectMany(g => g.Parameters).Sum(p => p.numel());

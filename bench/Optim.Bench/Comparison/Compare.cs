@@ -25,7 +25,7 @@ internal static class Compare
             foreach (var task in tasks)
             {
                 var (steps, evalEvery) = runner.Budget(task);
-                total += (long)steps * methods.Count(m => Runs(task, m)) * o.Seeds;
+                total += (long)steps * methods.Count(m => Runs(task, m)) * Math.Min(o.Seeds, task.Seeds ?? o.Seeds);
                 foreach (var f in RateFamilies(methods.Where(m => Runs(task, m))))
                 {
                     bool swept = ((f == Family.Adam ? o.AdamLr : o.SgdLr) ?? task.UsualRate(f)) is null;
@@ -57,7 +57,7 @@ internal static class Compare
                 plans.Add(new TaskPlan(task, steps, evalEvery, baseLr, groupNames));
                 foreach (var method in methods.Where(m => Runs(task, m)))
                 {
-                    for (int seed = 0; seed < o.Seeds; seed++)
+                    for (int seed = 0; seed < Math.Min(o.Seeds, task.Seeds ?? o.Seeds); seed++)
                     {
                         var r = runner.Train(task, method, seed, baseLr[method.RateFamily], steps, evalEvery, $"{task.Name} {method.Name} seed {seed}");
                         results.Add(r);

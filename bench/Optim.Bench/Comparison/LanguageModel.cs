@@ -70,26 +70,28 @@ internal sealed class CharLanguageModel : TrainingTask
     public const int Heads = 4;
 
     /// <summary>Windows per minibatch (the LM's own batch: --batch sets the other tasks').</summary>
-    public const int Sequences = 16;
+    public const int Sequences = 8;
 
     /// <summary>Held-out windows of the evaluation (evenly spaced over the validation text).</summary>
-    public const int EvalWindows = 64;
+    public const int EvalWindows = 16;
 
     private readonly Lazy<CharText> _text;
     private readonly int _steps;
+    private readonly int? _seeds;
     private Tensor? _evalX;
     private Tensor? _evalY;
 
-    public CharLanguageModel(string name, Lazy<CharText> text, int steps)
+    public CharLanguageModel(string name, Lazy<CharText> text, int steps, int? seeds)
     {
-        (Name, _text, _steps) = (name, text, steps);
+        (Name, _text, _steps, _seeds) = (name, text, steps, seeds);
     }
 
     public override string Name { get; }
 
     public override string Description =>
         $"character-level transformer LM ({Layers} layers, width {Width}, {Heads} heads, context {Context}, {ParameterCount(_text.Value.Vocabulary):N0} parameters) " +
-        $"on the King James text ({_text.Value.Characters:N0} characters, {_text.Value.Vocabulary} symbols; 90% train, {EvalWindows} held-out windows), batch {Sequences} windows";
+        $"on the King James text ({_text.Value.Characters:N0} characters, {_text.Value.Vocabulary} symbols; 90% train, {EvalWindows} held-out windows), batch {Sequences} windows" +
+        (_seeds is int n ? $", {n} seed{(n == 1 ? "" : "s")} (the time budget; char-lm-long runs them all)" : "");
 
     public override string EvalName => "validation loss (nats/char)";
 
@@ -102,6 +104,8 @@ internal sealed class CharLanguageModel : TrainingTask
     public override int? DefaultSteps => _steps;
 
     public override int? Batch => Sequences;
+
+    public override int? Seeds => _seeds;
 
     public override double? UsualRate(Family family) => family is Family.Adam or Family.AdamW ? 3e-3 : null;
 

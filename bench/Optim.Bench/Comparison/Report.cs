@@ -100,6 +100,7 @@ internal sealed class Report
                 "(the best mean final loss of the constant-rate methods × 1.05), averaged over the seeds that reached it.");
             sb.AppendLine();
             TaskTable(sb, plan);
+            PerplexityLine(sb, plan);
             foreach (var png in _plots.GetValueOrDefault(plan.Task.Name) ?? new List<string>())
             {
                 sb.AppendLine();
@@ -199,6 +200,19 @@ internal sealed class Report
         }
         string Total(string s) => totals[s].Count == 0 ? "—" : $"**{totals[s].Wins}/{totals[s].Count} ({100.0 * totals[s].Wins / totals[s].Count:0}%)**";
         sb.AppendLine(Inv, $"| all | {Total("greedylr")} | {Total("greedylr-trend")} |");
+    }
+
+    /// <summary>For the language model: the validation perplexity (e to the loss in nats per character) of each method, mean over seeds.</summary>
+    private void PerplexityLine(StringBuilder sb, TaskPlan plan)
+    {
+        if (plan.Task is not CharLanguageModel)
+        {
+            return;
+        }
+        var cells = _results.Where(r => r.Task == plan.Task.Name).GroupBy(r => r.Method.Name)
+            .Select(g => $"{g.Key} {MeanSpread(g.Select(r => Math.Exp(r.FinalLoss)), "0.00")}");
+        sb.AppendLine();
+        sb.AppendLine($"Validation perplexity (e^loss): {string.Join("; ", cells)}.");
     }
 
     /// <summary>

@@ -53,6 +53,9 @@ internal abstract class TrainingTask : IDisposable
     /// <summary>Steps of the default budget when the task sets them instead of epochs (the language model), else null.</summary>
     public virtual int? DefaultSteps => null;
 
+    /// <summary>The most seeds the task runs where it limits them for the time budget (the default language model), else null: --seeds.</summary>
+    public virtual int? Seeds => null;
+
     /// <summary>The task's own minibatch size, where it has one (the language model), else null: --batch.</summary>
     public virtual int? Batch => null;
 
@@ -80,14 +83,14 @@ internal abstract class TrainingTask : IDisposable
     public static IEnumerable<string> AllNames => DefaultNames.Concat(HeavyNames);
 
     /// <summary>Steps of the language model in the default run and in its long variant.</summary>
-    public const int LanguageModelSteps = 150, LongLanguageModelSteps = 1500;
+    public const int LanguageModelSteps = 100, LongLanguageModelSteps = 1000;
 
     public static TrainingTask Create(string name, Lazy<Digits> digits) => Create(name, digits, new Lazy<CharText>(() => throw new InvalidOperationException("no text given")));
 
     public static TrainingTask Create(string name, Lazy<Digits> digits, Lazy<CharText> text) => name switch
     {
-        "char-lm" => new CharLanguageModel(name, text, LanguageModelSteps),
-        "char-lm-long" => new CharLanguageModel(name, text, LongLanguageModelSteps),
+        "char-lm" => new CharLanguageModel(name, text, LanguageModelSteps, seeds: 1),
+        "char-lm-long" => new CharLanguageModel(name, text, LongLanguageModelSteps, seeds: null),
         "mnist-mlp" => new DigitClassification(name, "MLP 784-128-10 (ReLU), cross-entropy, 8,000 training / 2,000 held-out digits", digits.Value, 10, Mlp),
         "mnist-logreg" => new DigitClassification(name, "multinomial logistic regression 784-10 (convex), 8,000 training / 2,000 held-out digits", digits.Value, 10, LogReg),
         "mnist-cnn" => new DigitClassification(name, "CNN conv(8)-pool-conv(16)-pool-linear, cross-entropy, 8,000 training / 2,000 held-out digits", digits.Value, 6, Cnn),
