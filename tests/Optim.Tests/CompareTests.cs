@@ -31,6 +31,9 @@ public class CompareTests
     [TestCase("hd-parameter", false)]
     [TestCase("adam-cosine", false)]
     [TestCase("sgd-sls", false)]
+    [TestCase("adamw-cosine", false)]
+    [TestCase("adamw-greedylr", true)]
+    [TestCase("sgd-cosine-bounded", false)]
     public void RunsAreDeterministicForASeed(string method, bool metricPerStep)
     {
         var stepping = metricPerStep ? MetricStepping.Step : MetricStepping.Eval;
@@ -164,6 +167,114 @@ public class CompareTests
     }
 
     [Test]
+    public void BoundedMethodsRunOnlyOnTasksWithABound()
+    {
+        using var nmf = Synthetic();
+        using var ls = new LeastSquares();
+        var bounded = Method.Find("sgd-constant-bounded");
+        Assert.That(Compare.Runs(nmf, bounded), Is.True);
+        Assert.That(Compare.Runs(ls, bounded), Is.False);
+        Assert.That(Compare.Runs(ls, Method.Find("sgd-constant")), Is.True);
+        var runner = new Runner(Settings("/tmp", new[] { bounded.Name }), new LiveProgress(TextWriter.Null, 1));
+        var e = Assert.Throws<InvalidOperationException>(() => Train(runner, ls, bounded.Name, seed: 0));
+        Assert.That(e!.Message, Does.Contain("stability bound"));
+        foreach (var schedule in Method.Schedules)
+        {
+            var m = Method.Find($"sgd-{schedule}-bounded");
+            Assert.That((m.Family, m.Schedule, m.Bounded), Is.EqualTo((Family.Sgd, schedule, true)), m.Name);
+        }
+    }
+
+    [Test]
+    public void TheClipIsInactiveBelowTheBoundAndHoldsARateFarAboveIt()
+    {
+        using var task = Synthetic();
+        var runner = new Runner(Settings("/tmp", new[] { "sgd-constant" }), new LiveProgress(TextWriter.Null, 1));
+        // A small rate stays under the bound at every step: the bounded run is the plain run, bit for bit.
+        var plainSmall = Train(runner, task, "sgd-constant", seed: 0, lr: 1e-3);
+        var boundedSmall = Train(runner, task, "sgd-constant-bounded", seed: 0, lr: 1e-3);
+        Assert.That(boundedSmall.Curve, Is.EqualTo(plainSmall.Curve));
+        // Far above the bound the plain run fails (diverges, or collapses a factor to zero); the clipped one trains
+        // (after an early rise while momentum builds up: 120 steps, docs/design.md).
+        var plain = Train(runner, task, "sgd-constant", seed: 0, lr: 100, steps: 120);
+        var bounded = Train(runner, task, "sgd-constant-bounded", seed: 0, lr: 100, steps: 120);
+        Assert.That(bounded.Diverged, Is.False);
+        Assert.That(bounded.FinalLoss, Is.LessThan(bounded.Curve[0].EvalLoss / 2), "the clipped run trains");
+        Assert.That(plain.Diverged || plain.FinalLoss > 10 * bounded.FinalLoss, Is.True, $"plain {plain.FinalLoss}, bounded {bounded.FinalLoss}");
+        Assert.That(bounded.Curve.Select(p => p.Lr), Has.All.EqualTo(100.0), "the curve records the scheduled rate; the clip never feeds back");
+    }
+
+    [Test]
+    public void AdamWMethodsDriveFusedAdamWFromTheAdamRate()
+    {
+        var m = Method.Find("adamw-cosine");
+        Assert.That((m.Family, m.RateFamily), Is.EqualTo((Family.AdamW, Family.Adam)));
+        using var p = new Parameter(torch.ones(4));
+        using var opt = m.CreateOptimizer(new[] { new ParameterGroup("p", new[] { p }) }, 0.003, new MethodContext(100, 10, MetricStepping.Eval, 0.02));
+        Assert.That(opt, Is.InstanceOf<FusedAdamW>());
+        Assert.That(opt.ParamGroups.Single().LearningRate, Is.EqualTo(0.003));
+        Assert.That(Method.All.Where(x => x.Family == Family.AdamW).Select(x => x.Name), Is.EquivalentTo(new[] { "adamw-constant", "adamw-cosine", "adamw-greedylr" }));
+        // They run where Adam is the usual choice, not on NMF.
+        using var nmf = Synthetic();
+        Assert.That(Compare.Runs(nmf, m), Is.False);
+        Assert.That(Compare.Runs(nmf, Method.Find("adam-cosine")), Is.True);
+    }
+
+    [Test]
+    public void TheLanguageModelNeedsItsText()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"optim-lm-{Guid.NewGuid():N}");
+        var e = Assert.Throws<FileNotFoundException>(() => CharText.Load(CharText.PathFor(Path.Combine(dir, "mnist"))));
+        Assert.That(e!.Message, Does.Contain("scripts/setup.sh").And.Contain(Path.Combine(dir, "text", "kjv.txt")));
+    }
+
+    [Test]
+    public void TheLanguageModelTrainsAndHasAMillionParameters()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"optim-lm-{Guid.NewGuid():N}");
+        try
+        {
+            // A stand-in text: a few sentences repeated to 1.1 MB (the real one is the King James text setup.sh writes).
+            Directory.CreateDirectory(Path.Combine(dir, "text"));
+            var sentences = new[] { "In the beginning was the word.\n", "And the light shineth in darkness.\n", "Let there be light: and there was light.\n" };
+            var sb = new System.Text.StringBuilder();
+            for (int i = 0; sb.Length < 1_100_000; i++)
+            {
+                sb.Append(sentences[i * 7 % 3]);
+            }
+            string path = Path.Combine(dir, "text", CharText.FileName);
+            File.WriteAllText(path, sb.ToString());
+            Assert.That(CharText.PathFor(Path.Combine(dir, "mnist")), Is.EqualTo(path));
+            var text = new Lazy<CharText>(() => CharText.Load(path));
+            using var task = TrainingTask.Create("char-lm", new Lazy<Digits>(() => throw new AssertionException("no digits needed")), text);
+            Assert.That(task.Suits(Method.Find("adamw-cosine")), Is.True);
+            Assert.That(task.Suits(Method.Find("sgd-cosine")), Is.False, "the LM runs the AdamW methods");
+            Assert.That(task.Seeds, Is.EqualTo(1), "one seed in the default run, for the time budget");
+            using (var learner = task.Create(0))
+            {
+                long count = learner.Groups.SelectMany(g => g.Parameters).Sum(p => p.numel());
+                Assert.That(count, Is.EqualTo(CharLanguageModel.ParameterCount(text.Value.Vocabulary)));
+                Assert.That(count, Is.GreaterThan(1_000_000));
+            }
+            var runner = new Runner(Settings("/tmp", new[] { "adamw-constant" }), new LiveProgress(TextWriter.Null, 1));
+            Assert.That(runner.Budget(task).Steps, Is.EqualTo(TrainingTask.LanguageModelSteps).Or.EqualTo(2 * (int)(task.TrainExamples / CharLanguageModel.Sequences)),
+                "its own step budget unless --epochs is given");
+            var r = runner.Train(task, Method.Find("adamw-constant"), 0, 3e-3, 6, 3, "lm");
+            Assert.That(r.Diverged, Is.False);
+            Assert.That(r.Curve[0].EvalLoss, Is.EqualTo(Math.Log(text.Value.Vocabulary)).Within(1.0), "an untrained model is near uniform");
+            Assert.That(r.Curve[^1].EvalLoss, Is.LessThan(r.Curve[0].EvalLoss), "six AdamW steps lower the validation loss");
+            text.Value.Dispose();
+        }
+        finally
+        {
+            if (Directory.Exists(dir))
+            {
+                Directory.Delete(dir, recursive: true);
+            }
+        }
+    }
+
+    [Test]
     public void GreedyEqualOrBetterUsesTheRelativeTolerance()
     {
         Assert.Multiple(() =>
@@ -231,13 +342,15 @@ public class CompareTests
         string dir = Path.Combine(Path.GetTempPath(), $"optim-compare-{Guid.NewGuid():N}");
         try
         {
-            var methods = new[] { "sgd-constant", "sgd-greedylr", "hd-group", "adam-plateau", "adam-greedylr" };
+            var methods = new[] { "sgd-constant", "sgd-greedylr", "hd-group", "adam-plateau", "adam-greedylr", "sgd-constant-bounded" };
             var output = new StringWriter();
             int rc = Compare.Run(Settings(dir, methods), output);
             Assert.That(rc, Is.Zero, output.ToString());
             string report = File.ReadAllText(Path.Combine(dir, "report.md"));
             Assert.That(report, Does.Contain("## nmf-synthetic"));
             Assert.That(report, Does.Contain("How often GreedyLR was equal or better"));
+            Assert.That(report, Does.Contain("## The NMF stability clip"));
+            Assert.That(report, Does.Contain("| nmf-synthetic | constant |"), "the bounded method beside its plain schedule");
             foreach (var m in methods)
             {
                 Assert.That(report, Does.Contain($"| {m} |"), m);

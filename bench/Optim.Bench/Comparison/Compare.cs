@@ -16,19 +16,19 @@ internal static class Compare
         var clock = Stopwatch.StartNew();
         var methods = o.Methods.Select(Method.Find).ToList();
         var digits = new Lazy<Digits>(() => Digits.Load(o.DataDir));
-        var tasks = o.Tasks.Select(name => TrainingTask.Create(name, digits)).ToList();
+        var text = new Lazy<CharText>(() => CharText.Load(CharText.PathFor(o.DataDir)));
+        var tasks = o.Tasks.Select(name => TrainingTask.Create(name, digits, text)).ToList();
         try
         {
-            var families = methods.Select(m => m.Family == Family.Hd ? Family.Sgd : m.Family).Distinct().OrderBy(f => f).ToList();
             var runner = new Runner(o, new LiveProgress(output, 0));
             long total = 0;
             foreach (var task in tasks)
             {
                 var (steps, evalEvery) = runner.Budget(task);
-                total += (long)steps * methods.Count * o.Seeds;
-                foreach (var f in families)
+                total += (long)steps * methods.Count(m => Runs(task, m)) * Math.Min(o.Seeds, task.Seeds ?? o.Seeds);
+                foreach (var f in RateFamilies(methods.Where(m => Runs(task, m))))
                 {
-                    bool swept = f != Family.Sls && (f == Family.Adam ? o.AdamLr : o.SgdLr) is null;
+                    bool swept = f != Family.Sls && ((f == Family.Adam ? o.AdamLr : o.SgdLr) ?? task.UsualRate(f)) is null;
                     total += swept ? (long)runner.SweepSteps(steps, evalEvery) * Runner.Grid(f).Length : 0;
                 }
             }
@@ -42,7 +42,7 @@ internal static class Compare
             {
                 var (steps, evalEvery) = runner.Budget(task);
                 var baseLr = new Dictionary<Family, double>();
-                foreach (var f in families)
+                foreach (var f in RateFamilies(methods.Where(m => Runs(task, m))))
                 {
                     baseLr[f] = runner.BaseRate(task, f, steps, evalEvery, sweep);
                     bool swept = sweep.Any(s => s.Task == task.Name && s.Family == f);
@@ -55,11 +55,11 @@ internal static class Compare
                     groupNames = probe.Groups.Select(g => g.Name).ToList();
                 }
                 plans.Add(new TaskPlan(task, steps, evalEvery, baseLr, groupNames));
-                foreach (var method in methods)
+                foreach (var method in methods.Where(m => Runs(task, m)))
                 {
-                    for (int seed = 0; seed < o.Seeds; seed++)
+                    for (int seed = 0; seed < Math.Min(o.Seeds, task.Seeds ?? o.Seeds); seed++)
                     {
-                        var r = runner.Train(task, method, seed, baseLr[method.Family], steps, evalEvery, $"{task.Name} {method.Name} seed {seed}");
+                        var r = runner.Train(task, method, seed, baseLr[method.RateFamily], steps, evalEvery, $"{task.Name} {method.Name} seed {seed}");
                         results.Add(r);
                         var last = r.Curve[^1];
                         string acc = task.HasAccuracy ? $", acc {last.EvalAccuracy:0.000}" : "";
@@ -90,8 +90,18 @@ internal static class Compare
             {
                 digits.Value.Dispose();
             }
+            if (text.IsValueCreated)
+            {
+                text.Value.Dispose();
+            }
         }
     }
+
+    /// <summary>Whether <paramref name="method"/> runs on <paramref name="task"/>: the bounded methods need the task's stability bound.</summary>
+    public static bool Runs(TrainingTask task, Method method) => (!method.Bounded || task.HasStabilityBound) && task.Suits(method);
+
+    /// <summary>The families whose base rates <paramref name="methods"/> need (HD starts from FusedSGD's, AdamW from Adam's).</summary>
+    private static List<Family> RateFamilies(IEnumerable<Method> methods) => methods.Select(m => m.RateFamily).Distinct().OrderBy(f => f).ToList();
 }
 
 /// <summary>The CSV files of a comparison (invariant culture, round-trip doubles).</summary>

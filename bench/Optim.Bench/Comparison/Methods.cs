@@ -19,6 +19,8 @@ internal enum Family
 
     /// <summary>Optim.Sls (SGD with a stochastic Armijo line search): finds its own step size, so it has no base rate.</summary>
     Sls,
+    /// <summary>Optim.FusedAdamW (β = 0.9, 0.999, decoupled weight decay 0.01), starting from the swept Adam rate.</summary>
+    AdamW,
 }
 
 /// <summary>How a method's metric-driven scheduler is fed.</summary>
@@ -38,12 +40,35 @@ internal sealed record MethodContext(int TotalSteps, int EvalEvery, MetricSteppi
     public int BatchesPerEpoch { get; init; } = 500;
 }
 
-/// <summary>A learning-rate method: an optimizer family and a schedule (or a hypergradient scope).</summary>
-internal sealed record Method(string Name, Family Family, string Schedule, string Description)
+/// <summary>
+/// A learning-rate method: an optimizer family and a schedule (or a hypergradient scope). A bounded
+/// method clips its rate at each step to the task's stability bound (NMF only; docs/nmf-bound.md).
+/// </summary>
+internal sealed record Method(string Name, Family Family, string Schedule, string Description, bool Bounded = false)
 {
+    /// <summary>Heavy-ball momentum of the FusedSGD and HD methods (the stability bound depends on it).</summary>
+    public const double SgdMomentum = 0.9;
+
+    /// <summary>
+    /// The bounded methods' ceiling as a fraction of the stability bound: at the bound itself oscillations
+    /// stop decaying (a rate tracking it fails on nmf-synthetic), half of it converges on both NMF matrices.
+    /// </summary>
+    public const double BoundFraction = 0.5;
+
     public static readonly string[] Schedules = { "constant", "step", "linear", "cosine", "plateau", "greedylr", "greedylr-trend" };
 
     public static readonly Method[] All = Build().ToArray();
+
+    /// <summary>Decoupled weight decay of the AdamW methods (PyTorch's default for AdamW).</summary>
+    public const double AdamWWeightDecay = 0.01;
+
+    /// <summary>The family whose base rate this method starts from: HD from FusedSGD's, AdamW from Adam's, else its own.</summary>
+    public Family RateFamily => Family switch
+    {
+        Family.Hd => Family.Sgd,
+        Family.AdamW => Family.Adam,
+        _ => Family,
+    };
 
     /// <summary>True for schedulers stepped with a metric (ReduceLROnPlateau, GreedyLR).</summary>
     public bool MetricDriven => Schedule is "plateau" or "greedylr" or "greedylr-trend";
@@ -63,6 +88,14 @@ internal sealed record Method(string Name, Family Family, string Schedule, strin
             yield return new($"{prefix}-greedylr", family, "greedylr", $"{what}, Optim.GreedyLR (factor 0.9, patience 2)");
             yield return new($"{prefix}-greedylr-trend", family, "greedylr-trend", $"{what}, Optim.GreedyLR in trend mode (factor 0.9, patience 2, warmup 2, cooldown 2)");
         }
+        foreach (var schedule in Schedules)
+        {
+            yield return new($"sgd-{schedule}-bounded", Family.Sgd, schedule,
+                $"sgd-{schedule} with its rate clipped each step to half the NMF stability bound 2(1 + β) / L of the minibatch (NMF tasks only)", Bounded: true);
+        }
+        yield return new("adamw-constant", Family.AdamW, "constant", "FusedAdamW (weight decay 0.01), constant rate");
+        yield return new("adamw-cosine", Family.AdamW, "cosine", "FusedAdamW (weight decay 0.01), cosine annealing to 0 after a linear warmup over 5% of the steps (LambdaLR)");
+        yield return new("adamw-greedylr", Family.AdamW, "greedylr", "FusedAdamW (weight decay 0.01), Optim.GreedyLR (factor 0.9, patience 2)");
         yield return new("hd-global", Family.Hd, "global", "HypergradientSGD, one rate (normalized rule, rate kept within [base / 100, base × 10])");
         yield return new("hd-group", Family.Hd, "group", "HypergradientSGD, one rate per param group (layer / factor)");
         yield return new("hd-tensor", Family.Hd, "tensor", "HypergradientSGD, one rate per tensor");
@@ -77,11 +110,13 @@ internal sealed record Method(string Name, Family Family, string Schedule, strin
         switch (Family)
         {
             case Family.Sgd:
-                return new FusedSGD(groups.Select(g => new FusedSGD.ParamGroup(g.Parameters)), lr, momentum: 0.9);
+                return new FusedSGD(groups.Select(g => new FusedSGD.ParamGroup(g.Parameters)), lr, momentum: SgdMomentum);
             case Family.Adam:
                 return torch.optim.Adam(groups.SelectMany(g => g.Parameters), lr);
             case Family.Sls:
                 return new Sls(groups.SelectMany(g => g.Parameters), n_batches_per_epoch: c.BatchesPerEpoch, init_step_size: lr);
+            case Family.AdamW:
+                return new FusedAdamW(groups.Select(g => new FusedAdam.ParamGroup(g.Parameters)), lr, weight_decay: AdamWWeightDecay);
             default:
                 var scope = Schedule switch
                 {
@@ -93,7 +128,7 @@ internal sealed record Method(string Name, Family Family, string Schedule, strin
                 // The rate stays within [lr / 100, lr × 10], the bounds GreedyLR uses by default: without
                 // them a constraint that keeps pushing back (the projection of NMF) grows the rate forever.
                 return new HypergradientSGD(groups.Select(g => new HypergradientSGD.ParamGroup(g.Parameters)), lr, c.HypergradLr, scope,
-                    momentum: 0.9, rule: HypergradientRule.Normalized, lr_min: lr / 100, lr_max: lr * 10);
+                    momentum: SgdMomentum, rule: HypergradientRule.Normalized, lr_min: lr / 100, lr_max: lr * 10);
         }
     }
 

@@ -37,8 +37,9 @@ internal static class Plots
     {
         var panels = new[]
         {
-            ("FusedSGD schedules and hypergradient descent", runs.Where(r => r.Seed == 0 && r.Method.Family != Family.Adam).ToList()),
+            ("FusedSGD schedules and hypergradient descent", runs.Where(r => r.Seed == 0 && r.Method.Family is Family.Sgd or Family.Hd).ToList()),
             ("Adam schedules", runs.Where(r => r.Seed == 0 && r.Method.Family == Family.Adam).ToList()),
+            ("AdamW schedules", runs.Where(r => r.Seed == 0 && r.Method.Family == Family.AdamW).ToList()),
         }.Where(p => p.Item2.Count > 0).ToList();
         if (panels.Count == 0)
         {
@@ -72,7 +73,7 @@ internal static class Plots
     /// <summary>Evaluation loss against step, mean over seeds (log scale), for the paper's comparison.</summary>
     private static bool LossHistories(TaskPlan plan, List<RunResult> runs, string path)
     {
-        var names = new[] { "sgd-constant", "sgd-greedylr", "sgd-greedylr-trend", "hd-parameter", "hd-group", "adam-constant", "adam-greedylr" };
+        var names = new[] { "sgd-constant", "sgd-greedylr", "sgd-greedylr-trend", "hd-parameter", "hd-group", "adam-constant", "adam-greedylr", "adamw-constant", "adamw-cosine", "adamw-greedylr", "sgd-constant-bounded" };
         var plt = new Plot();
         bool any = false;
         foreach (var name in names)

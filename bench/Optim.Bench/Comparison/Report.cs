@@ -88,7 +88,7 @@ internal sealed partial class Report
         }
         foreach (var plan in _plans.Where(p => !_sweep.Any(s => s.Task == p.Task.Name)))
         {
-            sb.AppendLine($"- {plan.Task.Name}: given on the command line: " + string.Join(", ", plan.BaseLr.Select(kv => $"{kv.Key.ToString().ToLowerInvariant()} {kv.Value.ToString("g3", Inv)}")));
+            sb.AppendLine($"- {plan.Task.Name}: given on the command line or the task's usual rate (not swept): " + string.Join(", ", plan.BaseLr.Select(kv => $"{kv.Key.ToString().ToLowerInvariant()} {kv.Value.ToString("g3", Inv)}")));
         }
         foreach (var plan in _plans)
         {
@@ -100,12 +100,14 @@ internal sealed partial class Report
                 "(the best mean final loss of the constant-rate methods × 1.05), averaged over the seeds that reached it.");
             sb.AppendLine();
             TaskTable(sb, plan);
+            PerplexityLine(sb, plan);
             foreach (var png in _plots.GetValueOrDefault(plan.Task.Name) ?? new List<string>())
             {
                 sb.AppendLine();
                 sb.AppendLine(Inv, $"![{Path.GetFileNameWithoutExtension(png)}](plots/{png})");
             }
         }
+        BoundSection(sb);
         sb.AppendLine();
         sb.AppendLine("## How often GreedyLR was equal or better");
         sb.AppendLine();
@@ -159,7 +161,7 @@ internal sealed partial class Report
         var greedyNames = new[] { "greedylr", "greedylr-trend" };
         var others = _results.Select(r => r.Method).Distinct().ToList();
         sb.AppendLine($"Per task and seed, GreedyLR counts as equal or better when its final evaluation loss ≤ the other method's × {1 + tol:0.###} " +
-            $"(tolerance {tol * 100:0.##}%); it is compared with the methods of the same optimizer (Adam with Adam; FusedSGD and HD with FusedSGD). " +
+            $"(tolerance {tol * 100:0.##}%); it is compared with the methods of the same optimizer (Adam with Adam, AdamW with AdamW; FusedSGD and HD with FusedSGD). " +
             "The paper reports GreedyLR equal or better more than 90% of the time; this is what we measured.");
         sb.AppendLine();
         sb.AppendLine("| against | GreedyLR | GreedyLR (trend) |");
@@ -170,7 +172,7 @@ internal sealed partial class Report
             var cells = new List<string>();
             foreach (var schedule in greedyNames)
             {
-                string family = other.Family == Family.Adam ? "adam" : "sgd";
+                string family = other.Family switch { Family.Adam => "adam", Family.AdamW => "adamw", _ => "sgd" };
                 string greedyName = $"{family}-{schedule}";
                 if (other.Name == greedyName)
                 {
@@ -202,6 +204,62 @@ internal sealed partial class Report
         }
         string Total(string s) => totals[s].Count == 0 ? "—" : $"**{totals[s].Wins}/{totals[s].Count} ({100.0 * totals[s].Wins / totals[s].Count:0}%)**";
         sb.AppendLine(Inv, $"| all | {Total("greedylr")} | {Total("greedylr-trend")} |");
+    }
+
+    /// <summary>For the language model: the validation perplexity (e to the loss in nats per character) of each method, mean over seeds.</summary>
+    private void PerplexityLine(StringBuilder sb, TaskPlan plan)
+    {
+        if (plan.Task is not CharLanguageModel)
+        {
+            return;
+        }
+        var cells = _results.Where(r => r.Task == plan.Task.Name).GroupBy(r => r.Method.Name)
+            .Select(g => $"{g.Key} {MeanSpread(g.Select(r => Math.Exp(r.FinalLoss)), "0.00")}");
+        sb.AppendLine();
+        sb.AppendLine($"Validation perplexity (e^loss): {string.Join("; ", cells)}.");
+    }
+
+    /// <summary>
+    /// Each FusedSGD schedule beside its <c>-bounded</c> variant (the NMF stability clip, docs/nmf-bound.md):
+    /// final losses, their ratio, and in how many seeds the clip was equal or better.
+    /// </summary>
+    private void BoundSection(StringBuilder sb)
+    {
+        var bounded = _results.Where(r => r.Method.Bounded).ToList();
+        if (bounded.Count == 0)
+        {
+            return;
+        }
+        sb.AppendLine();
+        sb.AppendLine("## The NMF stability clip");
+        sb.AppendLine();
+        sb.AppendLine($"Each `-bounded` method is its FusedSGD schedule with the rate clipped at every step to {Method.BoundFraction.ToString(Inv)} × 2(1 + β) / L, L the curvature bound " +
+            "of the step's minibatch loss at the current factors (docs/nmf-bound.md); the schedule itself is unchanged. " +
+            $"*Clip equal or better*: seeds where the bounded run's final loss ≤ the plain run's × {1 + _o.Tolerance:0.###}.");
+        sb.AppendLine();
+        sb.AppendLine("| task | schedule | plain final | bounded final | bounded / plain | clip equal or better |");
+        sb.AppendLine("|---|---|---:|---:|---:|---:|");
+        foreach (var group in bounded.GroupBy(r => (r.Task, r.Method.Schedule)))
+        {
+            var plain = _results.Where(r => r.Task == group.Key.Task && !r.Method.Bounded && r.Method.Family == Family.Sgd && r.Method.Schedule == group.Key.Schedule).ToList();
+            var clipped = group.ToList();
+            int wins = 0, count = 0;
+            foreach (var c in clipped)
+            {
+                var p = plain.FirstOrDefault(r => r.Seed == c.Seed);
+                if (p is not null)
+                {
+                    count++;
+                    wins += EqualOrBetter(c.FinalLoss, p.FinalLoss, _o.Tolerance) ? 1 : 0;
+                }
+            }
+            double plainMean = plain.Count == 0 ? double.NaN : plain.Average(r => r.FinalLoss);
+            double clippedMean = clipped.Average(r => r.FinalLoss);
+            string ratio = double.IsFinite(plainMean) && double.IsFinite(clippedMean) ? (clippedMean / plainMean).ToString("0.000", Inv) : "—";
+            string plainCell = plain.Count == 0 ? "not run" : MeanSpread(plain.Select(r => r.FinalLoss), "0.0000");
+            string seeds = count == 0 ? "—" : $"{wins}/{count}";
+            sb.AppendLine(Inv, $"| {group.Key.Task} | {group.Key.Schedule} | {plainCell} | {MeanSpread(clipped.Select(r => r.FinalLoss), "0.0000")} | {ratio} | {seeds} |");
+        }
     }
 
     public static bool EqualOrBetter(double greedy, double other, double tolerance) =>

@@ -55,10 +55,13 @@ internal sealed class Runner
     /// <summary>Steps and evaluation interval of a task under the options (about 40 evaluations per run unless told).</summary>
     public (int Steps, int EvalEvery) Budget(TrainingTask task)
     {
-        int perEpoch = (int)(task.TrainExamples / _o.BatchSize);
-        int steps = perEpoch * (_o.Epochs ?? task.DefaultEpochs);
+        int perEpoch = (int)(task.TrainExamples / BatchSize(task));
+        int steps = _o.Epochs is null && task.DefaultSteps is int fixedSteps ? fixedSteps : perEpoch * (_o.Epochs ?? task.DefaultEpochs);
         return (steps, _o.EvalEvery ?? Math.Max(1, steps / 40));
     }
+
+    /// <summary>The minibatch size of a task: its own where it has one, else --batch.</summary>
+    public int BatchSize(TrainingTask task) => task.Batch ?? _o.BatchSize;
 
     public int SweepSteps(int steps, int evalEvery) => Math.Max(evalEvery, (int)Math.Round(steps * _o.SweepFraction));
 
@@ -70,7 +73,7 @@ internal sealed class Runner
             return SlsInitialStepSize;
         }
         double? given = family == Family.Adam ? _o.AdamLr : _o.SgdLr;
-        if (given is double lr)
+        if ((given ?? task.UsualRate(family)) is double lr)
         {
             return lr;
         }
@@ -101,10 +104,11 @@ internal sealed class Runner
         // The batch order depends on the seed only: every method of a seed sees the same minibatches.
         using var gen = new torch.Generator((ulong)(1000 + seed));
         long n = task.TrainExamples;
-        int perEpoch = (int)(n / _o.BatchSize);
+        int batchSize = BatchSize(task);
+        int perEpoch = (int)(n / batchSize);
         if (perEpoch < 1)
         {
-            throw new ArgumentException($"--batch {_o.BatchSize} is larger than the {n} training examples of {task.Name}.");
+            throw new ArgumentException($"--batch {batchSize} is larger than the {n} training examples of {task.Name}.");
         }
         var curve = new List<Point>();
         var costs = new List<Cost>();
@@ -132,7 +136,7 @@ internal sealed class Runner
             training.Start();
             using (var inner = torch.NewDisposeScope())
             {
-                using var batch = order!.narrow(0, (long)b * _o.BatchSize, _o.BatchSize);
+                using var batch = order!.narrow(0, (long)b * batchSize, batchSize);
                 opt.zero_grad();
                 if (opt is Sls sls)
                 {
@@ -149,7 +153,17 @@ internal sealed class Runner
                     if (double.IsFinite(trainLoss))
                     {
                         loss.backward();
-                        opt.step();
+                        if (method.Bounded)
+                        {
+                            var curvature = learner.MeasureCurvature(batch)
+                                ?? throw new InvalidOperationException($"{method.Name} needs a task with a stability bound (NMF); {task.Name} has none.");
+                            using var clip = RateClip.Apply(opt, Method.BoundFraction * curvature.StableRate(Method.SgdMomentum));
+                            opt.step();
+                        }
+                        else
+                        {
+                            opt.step();
+                        }
                     }
                 }
                 if (!double.IsFinite(trainLoss))

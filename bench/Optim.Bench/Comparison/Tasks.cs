@@ -24,6 +24,9 @@ internal abstract class Learner : IDisposable
     /// <summary>The evaluation loss and accuracy (NaN where a task has no accuracy).</summary>
     public abstract (double Loss, double Accuracy) Evaluate();
 
+    /// <summary>The curvature bound of the minibatch loss at the current parameters, where the task has one (NMF; docs/nmf-bound.md), else null.</summary>
+    public virtual Curvature? MeasureCurvature(Tensor batch) => null;
+
     public abstract void Dispose();
 }
 
@@ -47,16 +50,47 @@ internal abstract class TrainingTask : IDisposable
     /// <summary>A learner initialised from <paramref name="seed"/> (the same seed gives the same start).</summary>
     public abstract Learner Create(int seed);
 
+    /// <summary>Steps of the default budget when the task sets them instead of epochs (the language model), else null.</summary>
+    public virtual int? DefaultSteps => null;
+
+    /// <summary>The most seeds the task runs where it limits them for the time budget (the default language model), else null: --seeds.</summary>
+    public virtual int? Seeds => null;
+
+    /// <summary>The task's own minibatch size, where it has one (the language model), else null: --batch.</summary>
+    public virtual int? Batch => null;
+
+    /// <summary>The base rate of <paramref name="family"/> where the task fixes the usual one instead of sweeping (the language model), else null.</summary>
+    public virtual double? UsualRate(Family family) => null;
+
+    /// <summary>
+    /// Whether <paramref name="method"/> is one this task runs: the AdamW methods run where Adam is the
+    /// usual choice (<see cref="AdamIsUsual"/>); the language model runs the AdamW methods only.
+    /// </summary>
+    public virtual bool Suits(Method method) => method.Family != Family.AdamW || AdamIsUsual;
+
+    /// <summary>True for the tasks where Adam is the usual optimizer (the MLP, the CNN, the language model).</summary>
+    public virtual bool AdamIsUsual => Name is "mnist-mlp" or "mnist-cnn";
+
+    /// <summary>True when its learners measure a curvature bound (<see cref="Learner.MeasureCurvature"/>): the <c>-bounded</c> methods run on it.</summary>
+    public virtual bool HasStabilityBound => false;
+
     public abstract void Dispose();
 
-    public static readonly string[] DefaultNames = { "mnist-mlp", "mnist-logreg", "nmf-digits", "nmf-synthetic" };
+    public static readonly string[] DefaultNames = { "mnist-mlp", "mnist-logreg", "nmf-digits", "nmf-synthetic", "char-lm" };
 
-    public static readonly string[] HeavyNames = { "mnist-cnn" };
+    public static readonly string[] HeavyNames = { "mnist-cnn", "char-lm-long" };
 
     public static IEnumerable<string> AllNames => DefaultNames.Concat(HeavyNames);
 
-    public static TrainingTask Create(string name, Lazy<Digits> digits) => name switch
+    /// <summary>Steps of the language model in the default run and in its long variant.</summary>
+    public const int LanguageModelSteps = 100, LongLanguageModelSteps = 1000;
+
+    public static TrainingTask Create(string name, Lazy<Digits> digits) => Create(name, digits, new Lazy<CharText>(() => throw new InvalidOperationException("no text given")));
+
+    public static TrainingTask Create(string name, Lazy<Digits> digits, Lazy<CharText> text) => name switch
     {
+        "char-lm" => new CharLanguageModel(name, text, LanguageModelSteps, seeds: 1),
+        "char-lm-long" => new CharLanguageModel(name, text, LongLanguageModelSteps, seeds: null),
         "mnist-mlp" => new DigitClassification(name, "MLP 784-128-10 (ReLU), cross-entropy, 8,000 training / 2,000 held-out digits", digits.Value, 10, Mlp),
         "mnist-logreg" => new DigitClassification(name, "multinomial logistic regression 784-10 (convex), 8,000 training / 2,000 held-out digits", digits.Value, 10, LogReg),
         "mnist-cnn" => new DigitClassification(name, "CNN conv(8)-pool-conv(16)-pool-linear, cross-entropy, 8,000 training / 2,000 held-out digits", digits.Value, 6, Cnn),
@@ -270,6 +304,11 @@ internal sealed class Factorisation : TrainingTask
 
     public override int DefaultEpochs { get; }
 
+    public override bool HasStabilityBound => true;
+
+    /// <summary>The factorised matrix (rows are the examples).</summary>
+    public Tensor X => _x;
+
     public override Learner Create(int seed)
     {
         // Uniform factors scaled so that W H starts at the mean of X (the usual NMF initialisation).
@@ -294,6 +333,7 @@ internal sealed class Factorisation : TrainingTask
         private readonly Parameter _w;
         private readonly Parameter _h;
         private readonly Scalar _zero = 0.0;
+        private readonly NmfStability _stability = new();
 
         public Factors(Tensor x, Parameter w, Parameter h)
         {
@@ -311,6 +351,14 @@ internal sealed class Factorisation : TrainingTask
             using var sq = r.square();
             using var rows = sq.sum(1);
             return rows.mean();
+        }
+
+        public override Curvature? MeasureCurvature(Tensor batch)
+        {
+            using var noGrad = torch.no_grad();
+            using var xb = _x.index_select(0, batch);
+            using var wb = _w.index_select(0, batch);
+            return _stability.Measure(xb, wb, _h);
         }
 
         public override void AfterStep()
@@ -332,6 +380,7 @@ internal sealed class Factorisation : TrainingTask
             _w.Dispose();
             _h.Dispose();
             _zero.Dispose();
+            _stability.Dispose();
         }
     }
 }
