@@ -107,15 +107,23 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper
     /// the update reads it there: no step waits for the host. Setting an invalid value changes nothing.
     /// </summary>
     /// <exception cref="ArgumentException">A value that is not finite and &gt; 0.</exception>
+    /// <exception cref="NotSupportedException">A value on an optimizer that does not clip (<see cref="Sls"/>).</exception>
     public double? MaxGradNorm
     {
         get => _maxGradNorm;
         set
         {
             CheckMaxGradNorm(value);
+            if (value is not null && !ClipsGradients)
+            {
+                throw new NotSupportedException($"{Name} does not clip gradients: its step has no max_grad_norm.");
+            }
             _maxGradNorm = value;
         }
     }
+
+    /// <summary>Whether this optimizer's native step applies <see cref="MaxGradNorm"/> (Sls's line search does not).</summary>
+    private protected virtual bool ClipsGradients => true;
 
     /// <summary>
     /// The global gradient norm of the last clipped step (before clipping), as a float64 scalar on the

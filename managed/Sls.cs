@@ -105,6 +105,9 @@ public sealed partial class Sls : FusedOptimizer<Sls.Options, Sls.State>
 
     private protected override string Name => nameof(Sls);
 
+    // The Armijo test is made with the raw gradient; a clipped one would change the method.
+    private protected override bool ClipsGradients => false;
+
     /// <summary>
     /// One step: evaluates the closure and its gradient at θ, then searches the step size along −g (see
     /// the class remarks). Checks every parameter before anything is written.

@@ -53,7 +53,7 @@ extern "C" {
 /* Bumped whenever a signature, struct layout or enum value below changes. The managed bindings
  * refuse to run against a library whose optim_abi_version() differs from the one they were built
  * for. */
-#define OPTIM_ABI_VERSION 5
+#define OPTIM_ABI_VERSION 6
 
 /* ---- Status codes ---------------------------------------------------------------------------- */
 typedef int32_t optim_status;

@@ -209,6 +209,17 @@ public class SlsTests
     }
 
     [Test]
+    public void MaxGradNormIsRefusedAndChangesNothing()
+    {
+        var theta = new Parameter(torch.tensor(new[] { 1.0, -2.0 }, dtype: ScalarType.Float64));
+        using var sls = new Sls(new[] { theta });
+        var e = Assert.Throws<NotSupportedException>(() => sls.MaxGradNorm = 1.0);
+        Assert.That(e!.Message, Does.Contain("Sls does not clip gradients"));
+        Assert.That(sls.MaxGradNorm, Is.Null);
+        Assert.DoesNotThrow(() => sls.MaxGradNorm = null);
+    }
+
+    [Test]
     public void SaveAndLoadResumesTheSameRun()
     {
         using var first = Harness.Mlp(8);

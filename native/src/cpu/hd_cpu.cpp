@@ -71,13 +71,14 @@ OPTIM_CPU_CLONES HdPartial reduce_lanes(const T* __restrict p, const T* __restri
 // (counted from the piece's start, so fixed by the data) in 16 float lanes, each block's lanes
 // added in double: float arithmetic keeps this pass at memory speed where double conversions did
 // not, and a lane adds only kFloatBlock / 16 products in float (the error bound is in
-// docs/design.md). A block whose float sums overflowed is summed again in double.
+// docs/design.md). A block whose float sums overflowed is summed again in double. With clipping
+// every element type sums in double, so the clipped norm is the one FusedSGD and FusedAdam compute.
 constexpr int64_t kFloatBlock = 512;
 
 template <typename T, unsigned Flags, bool HasUp, bool Norms, bool Clip>
 HdPartial reduce_blocks(const T* p, const T* g, const T* up, int64_t n, const SgdCoeffs<T>& c)
 {
-    if constexpr (!std::is_same_v<T, float>) {
+    if constexpr (!std::is_same_v<T, float> || Clip) {
         return reduce_lanes<double, 8, T, Flags, HasUp, Norms, Clip>(p, g, up, n, c);
     } else {
         HdPartial r;
