@@ -240,6 +240,27 @@ void report_greedy_problem(const char* fn, GreedyCheck check, const optim_greedy
     }
 }
 
+// Runs a validated call on its backend: the CUDA path, or the CPU kernel of the element type.
+template <typename Call>
+void run_on_backend(int32_t device, int32_t device_index, int32_t dtype, const Call& call,
+                    void (*cuda_path)(int32_t, int32_t, const Call&), void (*f32)(const Call&),
+                    void (*f64)(const Call&))
+{
+    if (device == OPTIM_DEVICE_CUDA)
+        cuda_path(device_index, dtype, call);
+    else if (dtype == OPTIM_DTYPE_FLOAT32)
+        f32(call);
+    else
+        f64(call);
+}
+
+// The clip of a step: required by the _clipped entry points, checked when given.
+void check_clip(const char* fn, const optim_grad_clip* clip, bool clipped)
+{
+    OPTIM_REQUIRE(!clipped || clip != nullptr, fn, "clip is NULL");
+    if (clip != nullptr) validate_clip(fn, *clip);
+}
+
 // One SGD step (clipped: the _clipped entry point, whose clip may not be NULL); fn names the entry
 // point in messages.
 optim_status sgd_entry(const char* fn, int32_t device, int32_t device_index, int32_t dtype,
@@ -247,21 +268,15 @@ optim_status sgd_entry(const char* fn, int32_t device, int32_t device_index, int
                        const optim_sgd_params* groups, const optim_grad_clip* clip, bool clipped)
 {
     return guard(fn, [&] {
-        OPTIM_REQUIRE(!clipped || clip != nullptr, fn, "clip is NULL");
+        check_clip(fn, clip, clipped);
         require_step_target(fn, device, dtype);
         validate_sgd(fn, device, tensors, n_groups, groups);
-        if (clip != nullptr) validate_clip(fn, *clip);
         if (tensors->count == 0) return;
         SgdCall call{tensors, n_groups, groups};
         call.clip = clip;
         call.fn = fn;
-        if (device == OPTIM_DEVICE_CUDA) {
-            cuda::sgd_step(device_index, dtype, call);
-        } else if (dtype == OPTIM_DTYPE_FLOAT32) {
-            cpu::sgd_step_f32(call);
-        } else {
-            cpu::sgd_step_f64(call);
-        }
+        run_on_backend(device, device_index, dtype, call, cuda::sgd_step, cpu::sgd_step_f32,
+                       cpu::sgd_step_f64);
     });
 }
 
@@ -272,21 +287,15 @@ optim_status adam_entry(const char* fn, int32_t device, int32_t device_index, in
                         const optim_adam_params* groups, const optim_grad_clip* clip, bool clipped)
 {
     return guard(fn, [&] {
-        OPTIM_REQUIRE(!clipped || clip != nullptr, fn, "clip is NULL");
+        check_clip(fn, clip, clipped);
         require_step_target(fn, device, dtype);
         validate_adam(fn, tensors, n_groups, groups);
-        if (clip != nullptr) validate_clip(fn, *clip);
         if (tensors->count == 0) return;
         AdamCall call{tensors, n_groups, groups};
         call.clip = clip;
         call.fn = fn;
-        if (device == OPTIM_DEVICE_CUDA) {
-            cuda::adam_step(device_index, dtype, call);
-        } else if (dtype == OPTIM_DTYPE_FLOAT32) {
-            cpu::adam_step_f32(call);
-        } else {
-            cpu::adam_step_f64(call);
-        }
+        run_on_backend(device, device_index, dtype, call, cuda::adam_step, cpu::adam_step_f32,
+                       cpu::adam_step_f64);
     });
 }
 
@@ -298,7 +307,7 @@ optim_status hd_entry(const char* fn, int32_t device, int32_t device_index, int3
                       int64_t* skipped, const optim_grad_clip* clip, bool clipped)
 {
     return guard(fn, [&] {
-        OPTIM_REQUIRE(!clipped || clip != nullptr, fn, "clip is NULL");
+        check_clip(fn, clip, clipped);
         require_step_target(fn, device, dtype);
         OPTIM_REQUIRE(params != nullptr && tensors != nullptr && groups != nullptr, fn,
                       "tensors, groups and params must not be NULL");
@@ -366,7 +375,6 @@ optim_status hd_entry(const char* fn, int32_t device, int32_t device_index, int3
                                   "rate " + std::to_string(s) + " is invalid: " + num(rates[s]));
             }
         }
-        if (clip != nullptr) validate_clip(fn, *clip);
         if (t.count == 0) {
             if (skipped && device == OPTIM_DEVICE_CPU) *skipped = 0;
             return;
@@ -374,12 +382,8 @@ optim_status hd_entry(const char* fn, int32_t device, int32_t device_index, int3
         HdCall call{tensors, n_groups, groups, params, rates, skipped};
         call.clip = clip;
         call.fn = fn;
-        if (device == OPTIM_DEVICE_CUDA)
-            cuda::hd_step(device_index, dtype, call);
-        else if (dtype == OPTIM_DTYPE_FLOAT32)
-            cpu::hd_step_f32(call);
-        else
-            cpu::hd_step_f64(call);
+        run_on_backend(device, device_index, dtype, call, cuda::hd_step, cpu::hd_step_f32,
+                       cpu::hd_step_f64);
     });
 }
 
@@ -427,12 +431,8 @@ void sls_pass(const char* fn, int32_t device, int32_t device_index, int32_t dtyp
                       "invalid step size: " + num(step_size));
     if (tensors->count == 0) return;
     const SlsCall call{tensors, op, step_size, fn};
-    if (device == OPTIM_DEVICE_CUDA)
-        cuda::sls_pass(device_index, dtype, call);
-    else if (dtype == OPTIM_DTYPE_FLOAT32)
-        cpu::sls_pass_f32(call);
-    else
-        cpu::sls_pass_f64(call);
+    run_on_backend(device, device_index, dtype, call, cuda::sls_pass, cpu::sls_pass_f32,
+                   cpu::sls_pass_f64);
 }
 
 } // namespace
