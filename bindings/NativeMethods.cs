@@ -95,6 +95,8 @@ internal unsafe struct GradClip
 {
     public double MaxNorm;
     public double* TotalNorm;
+    /// <summary>1: the squared norm is summed over every rank of the MPI job (sharded state).</summary>
+    public int AcrossRanks;
 }
 
 /// <summary>Mirror of <c>optim_tensor_list</c>.</summary>
@@ -183,6 +185,8 @@ internal struct HdStepOptions
     public int FirstStep;
     /// <summary>1: the caller has checked the gradients; no step is skipped and no finiteness pass is made.</summary>
     public int AssumeFinite;
+    /// <summary>1: the step's sums (scalar scopes, non-finite count, norm) are summed over every rank of the MPI job.</summary>
+    public int AcrossRanks;
 }
 
 /// <summary>Mirror of <c>optim_hd_tensors</c>.</summary>

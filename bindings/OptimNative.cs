@@ -86,7 +86,7 @@ internal struct AdamGroupParams
 internal static unsafe class OptimNative
 {
     /// <summary>The <c>OPTIM_ABI_VERSION</c> these bindings were written for.</summary>
-    public const int ExpectedAbiVersion = 6;
+    public const int ExpectedAbiVersion = 7;
 
     private static volatile bool s_checked;
     private static readonly object s_lock = new();
@@ -244,12 +244,14 @@ internal static unsafe class OptimNative
     /// <paramref name="groupIndex"/> (each tensor's group, non-decreasing; empty when there is one group).
     /// With <paramref name="totalNorm"/> not 0 the gradients are clipped to global norm
     /// <paramref name="maxNorm"/> inside the step (<c>optim_grad_clip</c>) and the norm is written to
-    /// <paramref name="totalNorm"/>, a double in the memory of the device that runs the step.
+    /// <paramref name="totalNorm"/>, a double in the memory of the device that runs the step. With
+    /// <paramref name="acrossRanks"/> the tensors are this rank's shard and the norm is that of every rank's
+    /// tensors (a collective: every rank calls, with or without tensors; CPU only).
     /// </summary>
     public static void SgdStep(NativeDevice device, int deviceIndex, NativeDType dtype,
         ReadOnlySpan<nint> parameters, ReadOnlySpan<nint> gradients, ReadOnlySpan<nint> momentumBuffers,
         ReadOnlySpan<long> numels, ReadOnlySpan<byte> bufferFresh, ReadOnlySpan<int> groupIndex, ReadOnlySpan<SgdGroupParams> groups,
-        double maxNorm = 0, nint totalNorm = 0)
+        double maxNorm = 0, nint totalNorm = 0, bool acrossRanks = false)
     {
         EnsureLoaded();
         int n = parameters.Length;
@@ -287,7 +289,7 @@ internal static unsafe class OptimNative
                 BufferFresh = bufferFresh.Length == 0 ? null : f,
                 GroupIndex = groupIndex.Length == 0 ? null : gi,
             };
-            var clip = new GradClip { MaxNorm = maxNorm, TotalNorm = (double*)totalNorm };
+            var clip = new GradClip { MaxNorm = maxNorm, TotalNorm = (double*)totalNorm, AcrossRanks = acrossRanks ? 1 : 0 };
             ThrowIfFailed(totalNorm == 0
                 ? NativeMethods.optim_sgd_step((int)device, deviceIndex, (int)dtype, &list, groups.Length, sp)
                 : NativeMethods.optim_sgd_step_clipped((int)device, deviceIndex, (int)dtype, &list, groups.Length, sp, &clip));
@@ -300,12 +302,12 @@ internal static unsafe class OptimNative
     /// written. Every per-tensor span has one entry per tensor, except <paramref name="maxExpAvgSqs"/>, which
     /// is empty when no group uses AMSGrad, and <paramref name="groupIndex"/>, which is empty for one group.
     /// <paramref name="steps"/> holds each tensor's step number after this update (≥ 1). Clipping with
-    /// <paramref name="maxNorm"/> and <paramref name="totalNorm"/> as in <see cref="SgdStep(NativeDevice, int, NativeDType, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{long}, ReadOnlySpan{byte}, ReadOnlySpan{int}, ReadOnlySpan{SgdGroupParams}, double, nint)"/>.
+    /// <paramref name="maxNorm"/> and <paramref name="totalNorm"/> as in <see cref="SgdStep(NativeDevice, int, NativeDType, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{long}, ReadOnlySpan{byte}, ReadOnlySpan{int}, ReadOnlySpan{SgdGroupParams}, double, nint, bool)"/>.
     /// </summary>
     public static void AdamStep(NativeDevice device, int deviceIndex, NativeDType dtype,
         ReadOnlySpan<nint> parameters, ReadOnlySpan<nint> gradients, ReadOnlySpan<nint> expAvgs, ReadOnlySpan<nint> expAvgSqs,
         ReadOnlySpan<nint> maxExpAvgSqs, ReadOnlySpan<long> numels, ReadOnlySpan<long> steps, ReadOnlySpan<int> groupIndex,
-        ReadOnlySpan<AdamGroupParams> groups, double maxNorm = 0, nint totalNorm = 0)
+        ReadOnlySpan<AdamGroupParams> groups, double maxNorm = 0, nint totalNorm = 0, bool acrossRanks = false)
     {
         EnsureLoaded();
         int n = parameters.Length;
@@ -336,7 +338,7 @@ internal static unsafe class OptimNative
                 Steps = st,
                 GroupIndex = groupIndex.Length == 0 ? null : gi,
             };
-            var clip = new GradClip { MaxNorm = maxNorm, TotalNorm = (double*)totalNorm };
+            var clip = new GradClip { MaxNorm = maxNorm, TotalNorm = (double*)totalNorm, AcrossRanks = acrossRanks ? 1 : 0 };
             ThrowIfFailed(totalNorm == 0
                 ? NativeMethods.optim_adam_step((int)device, deviceIndex, (int)dtype, &list, groups.Length, ap)
                 : NativeMethods.optim_adam_step_clipped((int)device, deviceIndex, (int)dtype, &list, groups.Length, ap, &clip));
@@ -416,12 +418,13 @@ internal static unsafe class OptimNative
     /// <paramref name="skipped"/> are addresses in the memory of the device that runs the step: a host
     /// array of doubles and a host long for the CPU (skipped is set to 1 or 0), device memory for CUDA
     /// (skipped is a counter there). On failure nothing was written. Clipping with <paramref name="maxNorm"/>
-    /// and <paramref name="totalNorm"/> as in <see cref="SgdStep(NativeDevice, int, NativeDType, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{long}, ReadOnlySpan{byte}, ReadOnlySpan{int}, ReadOnlySpan{SgdGroupParams}, double, nint)"/>.
+    /// and <paramref name="totalNorm"/> as in <see cref="SgdStep(NativeDevice, int, NativeDType, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{long}, ReadOnlySpan{byte}, ReadOnlySpan{int}, ReadOnlySpan{SgdGroupParams}, double, nint, bool)"/>.
     /// </summary>
     public static void HdStep(NativeDevice device, int deviceIndex, NativeDType dtype,
         ReadOnlySpan<nint> parameters, ReadOnlySpan<nint> gradients, ReadOnlySpan<nint> momentumBuffers, ReadOnlySpan<nint> prevUpdates,
         ReadOnlySpan<nint> parameterRates, ReadOnlySpan<long> numels, ReadOnlySpan<int> groupIndex, ReadOnlySpan<byte> bufferFresh,
-        ReadOnlySpan<HdGroupOptions> groups, in HdStepOptions options, nint rates, nint skipped, double maxNorm = 0, nint totalNorm = 0)
+        ReadOnlySpan<HdGroupOptions> groups, HdStepOptions options, nint rates, nint skipped, double maxNorm = 0, nint totalNorm = 0,
+        bool acrossRanks = false)
     {
         EnsureLoaded();
         int n = parameters.Length;
@@ -430,6 +433,8 @@ internal static unsafe class OptimNative
         {
             throw new ArgumentException($"HdStep: every per-tensor span must have {n} entries.");
         }
+        options.AcrossRanks = acrossRanks ? 1 : 0;
+        HdStepOptions* o = &options;
         fixed (nint* p = parameters)
         fixed (nint* g = gradients)
         fixed (nint* b = momentumBuffers)
@@ -439,7 +444,6 @@ internal static unsafe class OptimNative
         fixed (int* gi = groupIndex)
         fixed (byte* f = bufferFresh)
         fixed (HdGroupOptions* go = groups)
-        fixed (HdStepOptions* o = &options)
         {
             var list = new HdTensors
             {
@@ -453,7 +457,7 @@ internal static unsafe class OptimNative
                 GroupIndex = gi,
                 BufferFresh = f,
             };
-            var clip = new GradClip { MaxNorm = maxNorm, TotalNorm = (double*)totalNorm };
+            var clip = new GradClip { MaxNorm = maxNorm, TotalNorm = (double*)totalNorm, AcrossRanks = acrossRanks ? 1 : 0 };
             ThrowIfFailed(totalNorm == 0
                 ? NativeMethods.optim_hd_step((int)device, deviceIndex, (int)dtype, &list, groups.Length, go, o, (double*)rates, (long*)skipped)
                 : NativeMethods.optim_hd_step_clipped((int)device, deviceIndex, (int)dtype, &list, groups.Length, go, o, (double*)rates, (long*)skipped,

@@ -292,7 +292,7 @@ public partial class FusedAdam : FusedOptimizer<FusedAdam.Options, FusedAdam.Sta
         OptimNative.AdamStep(checks.Device, checks.DeviceIndex, checks.DType,
             batch.Params.AsSpan(0, n), batch.Grads.AsSpan(0, n), batch.Buffers.AsSpan(0, n), batch.ExpAvgSqs.AsSpan(0, n),
             _anyAmsgrad ? batch.MaxExpAvgSqs.AsSpan(0, n) : default, batch.Numels.AsSpan(0, n), batch.Steps.AsSpan(0, n),
-            batch.GroupIndex.AsSpan(0, n), _groupParams.AsSpan(0, _parameter_groups.Count), maxNorm, totalNorm);
+            batch.GroupIndex.AsSpan(0, n), _groupParams.AsSpan(0, _parameter_groups.Count), maxNorm, totalNorm, ReducesAcrossRanks);
         // The step happened: each parameter that took part has taken one more.
         for (int k = 0; k < n; k++)
         {

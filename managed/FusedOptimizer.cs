@@ -71,7 +71,11 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper
             var checks = Gather();
             if (checks.Empty)
             {
-                return loss!;
+                if (_shardDType is not ScalarType dtype)
+                {
+                    return loss!;
+                }
+                checks.AssumeForEmptyStep(dtype);
             }
             PrepareStep(checks);
             try
@@ -121,6 +125,21 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper
             _maxGradNorm = value;
         }
     }
+
+    /// <summary>
+    /// Whether this optimizer's parameters are one rank's shard of a model split over the ranks of an MPI
+    /// job (set by <see cref="Distributed.ShardedOptimizer"/> with <see cref="ReduceAcrossRanks"/>): its
+    /// step then sums what it reduces over every rank (the clipping norm; HD's global and per-group
+    /// hypergradients and its non-finite check), so every rank clips by the whole model's norm and moves
+    /// its rates alike. Every rank then steps together, with or without gradients of its own. CPU only.
+    /// </summary>
+    internal bool ReducesAcrossRanks => _shardDType is not null;
+
+    private ScalarType? _shardDType;
+
+    /// <summary>Makes the step reduce across ranks (<see cref="ReducesAcrossRanks"/>); <paramref name="dtype"/> is the
+    /// model's, which a rank without tensors of its own steps in (null: a job of one, nothing to reduce).</summary>
+    internal void ReduceAcrossRanks(ScalarType? dtype) => _shardDType = dtype;
 
     /// <summary>Whether this optimizer's native step applies <see cref="MaxGradNorm"/> (Sls's line search does not).</summary>
     private protected virtual bool ClipsGradients => true;

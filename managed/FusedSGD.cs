@@ -194,6 +194,6 @@ public partial class FusedSGD : FusedOptimizer<FusedSGD.Options, FusedSGD.State>
         OptimNative.SgdStep(checks.Device, checks.DeviceIndex, checks.DType,
             batch.Params.AsSpan(0, n), batch.Grads.AsSpan(0, n), batch.Buffers.AsSpan(0, n),
             batch.Numels.AsSpan(0, n), batch.Fresh.AsSpan(0, n), batch.GroupIndex.AsSpan(0, n),
-            _groupParams.AsSpan(0, _parameter_groups.Count), maxNorm, totalNorm);
+            _groupParams.AsSpan(0, _parameter_groups.Count), maxNorm, totalNorm, ReducesAcrossRanks);
     }
 }

@@ -425,7 +425,7 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
         var (maxNorm, totalNorm) = GradClip(checks);
         OptimNative.HdStep(device, checks.DeviceIndex, checks.DType, b.Params.AsSpan(0, n), b.Grads.AsSpan(0, n), b.Buffers.AsSpan(0, n),
             b.PrevUpdates.AsSpan(0, n), b.Rates.AsSpan(0, n), b.Numels.AsSpan(0, n), b.GroupIndex.AsSpan(0, n), b.Fresh.AsSpan(0, n),
-            _groupOptions.AsSpan(0, _parameter_groups.Count), _options, rates, skipped, maxNorm, totalNorm);
+            _groupOptions.AsSpan(0, _parameter_groups.Count), _options, rates, skipped, maxNorm, totalNorm, ReducesAcrossRanks);
     }
 
     // The host value of a device rate slot's owner: a param group (global, per group) or a tensor's state.

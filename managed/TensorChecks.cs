@@ -31,6 +31,18 @@ internal struct TensorChecks
     /// <summary>True until the first parameter has been checked.</summary>
     public readonly bool Empty => !_any;
 
+    /// <summary>
+    /// The dtype of a step without tensors (a shard that owns none, which still takes part in the sums
+    /// across ranks): the dtype the other ranks' tensors have, so that every rank rounds alike. CPU.
+    /// </summary>
+    public void AssumeForEmptyStep(ScalarType dtype)
+    {
+        if (!_any)
+        {
+            _first = new TensorInfo(0, 0, (int)dtype, TorchSharpNative.CpuDeviceType, -1, true, false);
+        }
+    }
+
     private readonly ArgumentException Fail(int group, int index, string problem) =>
         new($"{_optimizer}: parameter {index} of param group {group} {problem}", "parameters");
 

@@ -26,11 +26,13 @@ namespace Optim.Distributed;
 /// Whole tensors, not flat slices, so that every per-tensor quantity (per-tensor hypergradient rates,
 /// Adam's per-tensor step counts, PerParameter rates) stays with one rank and needs no communication;
 /// tensors go to ranks largest first, each to the least-loaded rank (docs/distributed.md says what that
-/// balance costs). Supported: <see cref="FusedSGD"/>, <see cref="FusedAdam"/>, <see cref="FusedAdamW"/>,
-/// and <see cref="HypergradientSGD"/> at the per-tensor and per-parameter scopes; its global and
-/// per-group scopes, whose rates sum over tensors of several ranks, throw <see cref="NotSupportedException"/>
-/// (not written yet). A HypergradientSGD that skips non-finite steps skips on every rank when any rank's
-/// shard of the averaged gradient is non-finite (one 8-byte all-reduce a step). Learning-rate schedulers
+/// balance costs). Supported: <see cref="FusedSGD"/>, <see cref="FusedAdam"/>, <see cref="FusedAdamW"/>
+/// and <see cref="HypergradientSGD"/> at every scope. What a step sums over all parameters is summed over
+/// every rank inside the wrapped optimizer's native step, between its read pass and its update (one small
+/// collective of a few doubles, combined in rank order so that every rank gets the same bits): the
+/// clipping norm of <c>max_grad_norm</c> (every rank clips by the whole model's norm), HD's global and
+/// per-group hypergradients (every rank moves its rates alike) and HD's non-finite check (a non-finite
+/// gradient on any rank's shard skips the step on every rank). Learning-rate schedulers
 /// work on <see cref="Inner"/> as on any optimizer, stepped the same way on every rank.
 /// <see cref="SaveCheckpoint"/> and <see cref="LoadCheckpoint"/> move the state between jobs of different
 /// sizes. If one rank's wrapped step throws, the others wait in the all-gather until
@@ -42,7 +44,6 @@ public sealed class ShardedOptimizer
     private readonly Parameter[] _parameters;
     private readonly int[] _owners;
     private readonly Func<Parameter[][], OptimizerHelper> _create;
-    private readonly HypergradientSGD? _skipsNonFinite;
 
     /// <summary>Shards <paramref name="groups"/> over the ranks of <paramref name="group"/> and wraps the optimizer <paramref name="create"/> makes of this rank's share.</summary>
     /// <param name="groups">The param groups, in the same order and shapes on every rank; only parameters that require a gradient take part.</param>
@@ -71,17 +72,21 @@ public sealed class ShardedOptimizer
         var owned = new HashSet<Parameter>(_parameters.Where((_, k) => _owners[k] == group.Rank), ReferenceEqualityComparer.Instance);
         Inner = create(byGroup.Select(g => g.Where(owned.Contains).ToArray()).ToArray())
             ?? throw new ArgumentException("create returned null.", nameof(create));
+        // A job of one has nothing to sum across (and may run without MPI).
+        ScalarType? shard = group.Size > 1 ? (_parameters.Length > 0 ? _parameters[0].dtype : ScalarType.Float32) : null;
         switch (Inner)
         {
-            case FusedSGD or FusedAdam:
+            case FusedSGD sgd:
+                sgd.ReduceAcrossRanks(shard);
                 break;
-            case HypergradientSGD hd when hd.Scope is HypergradientScope.PerTensor or HypergradientScope.PerParameter:
-                _skipsNonFinite = hd.SkipsNonFinite ? hd : null;
+            case FusedAdam adam:
+                adam.ReduceAcrossRanks(shard);
                 break;
             case HypergradientSGD hd:
-                throw new NotSupportedException($"ShardedOptimizer: HypergradientSGD's {hd.Scope} scope sums its hypergradient over tensors of several ranks; not supported yet (use PerTensor or PerParameter, or replicated state with DataParallel).");
+                hd.ReduceAcrossRanks(shard);
+                break;
             default:
-                throw new NotSupportedException($"ShardedOptimizer: {Inner.GetType().Name} is not supported (FusedSGD, FusedAdam, FusedAdamW, HypergradientSGD per tensor or per parameter).");
+                throw new NotSupportedException($"ShardedOptimizer: {Inner.GetType().Name} is not supported (FusedSGD, FusedAdam, FusedAdamW, HypergradientSGD).");
         }
     }
 
@@ -104,7 +109,7 @@ public sealed class ShardedOptimizer
     public long OwnedElements => OwnedParameters.Sum(p => p.numel());
 
     /// <summary>Steps skipped on every rank because some rank's gradient shard was not finite (HypergradientSGD only).</summary>
-    public long SkippedSteps { get; private set; }
+    public long SkippedSteps => Inner is HypergradientSGD hd ? hd.SkippedSteps : 0;
 
     /// <summary>The bytes of all parameters (each of the two collectives moves this list).</summary>
     public long ParameterBytes => _parameters.Sum(p => p.numel() * p.element_size());
@@ -138,11 +143,6 @@ public sealed class ShardedOptimizer
                     $"ShardedOptimizer: parameter {k} has no gradient on rank {Group.Rank}; every rank must reduce the same gradients.");
             }
             Group.ReduceScatter(grads, _owners, ReduceOp.Mean, BucketBytes);
-            if (_skipsNonFinite is not null && AnyShardNonFinite(grads))
-            {
-                SkippedSteps++;
-                return;
-            }
             Inner.step();
         }
         finally
@@ -306,21 +306,6 @@ public sealed class ShardedOptimizer
                 k++;
             }
         }
-    }
-
-    // Whether any rank's own gradients (the reduced ones) hold a NaN or an infinity: the same answer everywhere.
-    private bool AnyShardNonFinite(Tensor[] grads)
-    {
-        bool local = false;
-        for (int k = 0; k < grads.Length && !local; k++)
-        {
-            if (_owners[k] == Group.Rank && grads[k].numel() > 0)
-            {
-                using var finite = grads[k].isfinite().all();
-                local = !finite.item<bool>();
-            }
-        }
-        return Group.AllReduce(local ? 1.0 : 0.0, ReduceOp.Max) != 0;
     }
 
     /// <summary>

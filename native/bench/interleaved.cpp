@@ -70,8 +70,8 @@ int main(int argc, char** argv)
                               rp.data(), numels.data(), group.data(), nullptr};
     const optim_hd_group hd_group{0.9, 0.0, 0.0, 0, 0};
     auto hd_params = [](int scope, int assume_finite) {
-        return optim_hd_params{1e-12, 0.0,          1.0, 1e-12, scope, OPTIM_HD_RULE_ADDITIVE,
-                               0,     assume_finite};
+        return optim_hd_params{1e-12, 0.0,           1.0, 1e-12, scope, OPTIM_HD_RULE_ADDITIVE,
+                               0,     assume_finite, 0};
     };
     std::vector<double> rate(1, 1e-9);
     double sink = 0;

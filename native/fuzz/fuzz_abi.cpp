@@ -280,7 +280,8 @@ const optim_grad_clip* pick_clip(FuzzedDataProvider& in, Arena& arena, bool& cli
     auto* norm = arena.array<double>(1, false);
     *norm = 0;
     auto* clip = arena.array<optim_grad_clip>(1, true);
-    *clip = optim_grad_clip{value(in, {1.0, 0.5, 1e3}), maybe(in, norm)};
+    *clip =
+        optim_grad_clip{value(in, {1.0, 0.5, 1e3}), maybe(in, norm), pick_i32(in, {0, 0, 0, 1, 2})};
     return maybe(in, clip);
 }
 
@@ -509,6 +510,7 @@ void fuzz_hd(FuzzedDataProvider& in)
     hp->rule = pick_i32(in, {OPTIM_HD_RULE_ADDITIVE, OPTIM_HD_RULE_NORMALIZED});
     hp->first_step = pick_i32(in, {0, 1});
     hp->assume_finite = pick_i32(in, {0, 0, 1});
+    hp->across_ranks = pick_i32(in, {0, 0, 0, 1, 2});
     const int32_t n_groups = in.ConsumeIntegralInRange<int32_t>(-1, 4);
     auto* groups = arena.array<optim_hd_group>(n_groups, true);
     for (int32_t g = 0; g < n_groups; ++g) {

@@ -53,7 +53,7 @@ extern "C" {
 /* Bumped whenever a signature, struct layout or enum value below changes. The managed bindings
  * refuse to run against a library whose optim_abi_version() differs from the one they were built
  * for. */
-#define OPTIM_ABI_VERSION 6
+#define OPTIM_ABI_VERSION 7
 
 /* ---- Status codes ---------------------------------------------------------------------------- */
 typedef int32_t optim_status;
@@ -161,10 +161,16 @@ typedef struct optim_tensor_list {
  *   max_norm:   finite, > 0.
  *   total_norm: one double, written with the norm: host memory for OPTIM_DEVICE_CPU, device memory
  *               of the step's device for OPTIM_DEVICE_CUDA (the update kernels read the norm there,
- *               so a CUDA step never waits for the host). Not NULL. */
+ *               so a CUDA step never waits for the host). Not NULL.
+ *   across_ranks: 0 or 1. 1: the tensors are this rank's shard of a model split over the ranks of
+ *               the MPI job (optim_mpi_init; sharded optimizer state): the squared norm is summed
+ *               over every rank (optim_mpi_allreduce_scalars) before the coefficient, so every rank
+ *               clips by the norm of the whole model. A collective: every rank makes the call, with
+ *               or without tensors. CPU only (the MPI layer has no CUDA path). */
 typedef struct optim_grad_clip {
     double max_norm;
     double* total_norm;
+    int32_t across_ranks;
 } optim_grad_clip;
 
 /* ---- Fused SGD ------------------------------------------------------------------------------- */
@@ -351,6 +357,14 @@ typedef struct optim_hd_params {
      * of its 32 bytes per fp32 element). A non-finite gradient element then reaches its parameter
      * as in plain SGD; a non-finite hypergradient still leaves its rate unchanged. */
     int32_t assume_finite;
+    /* 0 (the default) or 1. 1: the tensors are this rank's shard of a model split over the ranks
+     * of the MPI job (sharded optimizer state). The step's sums are then summed over every rank
+     * (optim_mpi_allreduce_scalars) before they are used: the global and per-group scopes'
+     * hypergradients and norms, the non-finite count (a non-finite gradient on any rank skips the
+     * step on every rank) and, with clipping, the squared norm. The per-tensor and per-parameter
+     * scopes' sums stay local. Every rank holding the same rates then gets the same new rates. A
+     * collective: every rank makes the call, with or without tensors. CPU only. */
+    int32_t across_ranks;
 } optim_hd_params;
 
 /* The tensors of one step, in param-group order (host arrays; data on the step's device). */
@@ -642,7 +656,8 @@ OPTIM_API optim_status optim_mpi_allreduce(int32_t device, int32_t dtype,
                                            int64_t bucket_bytes);
 
 /* Reduces `count` doubles (host memory) across ranks in place with `op` (OPTIM_REDUCE_*): a
- * metric's mean, a flag's maximum. count in [0, 2^31). */
+ * metric's mean, a flag's maximum. count in [0, 2^31). The values are gathered and combined in rank
+ * order, so every rank gets the same bits (rates derived from them stay identical everywhere). */
 OPTIM_API optim_status optim_mpi_allreduce_scalars(double* values, int64_t count, int32_t op);
 
 /* Sharded optimizer state (ZeRO stage 1, docs/distributed.md): whole tensors are owned by ranks,

@@ -254,11 +254,30 @@ void run_on_backend(int32_t device, int32_t device_index, int32_t dtype, const C
         f64(call);
 }
 
+// A step's across_ranks flag: 0 or 1, and 1 only on the CPU (the MPI layer has no CUDA path).
+void check_across_ranks(const char* fn, int32_t device, int32_t across_ranks, const char* field)
+{
+    OPTIM_REQUIRE(across_ranks == 0 || across_ranks == 1, fn,
+                  std::string(field) + " must be 0 or 1, not " + std::to_string(across_ranks));
+    if (across_ranks == 1 && device == OPTIM_DEVICE_CUDA)
+        fail(OPTIM_STATUS_UNSUPPORTED,
+             std::string(fn) + ": " + field +
+                 " is CPU only (the MPI layer has no CUDA path yet); reduce on the host");
+}
+
 // The clip of a step: required by the _clipped entry points, checked when given.
-void check_clip(const char* fn, const optim_grad_clip* clip, bool clipped)
+void check_clip(const char* fn, int32_t device, const optim_grad_clip* clip, bool clipped)
 {
     OPTIM_REQUIRE(!clipped || clip != nullptr, fn, "clip is NULL");
-    if (clip != nullptr) validate_clip(fn, *clip);
+    if (clip == nullptr) return;
+    validate_clip(fn, *clip);
+    check_across_ranks(fn, device, clip->across_ranks, "clip->across_ranks");
+}
+
+// Whether a step reduces across ranks, and so must run even without tensors (a collective).
+bool clip_across_ranks(const optim_grad_clip* clip)
+{
+    return clip != nullptr && clip->across_ranks == 1;
 }
 
 // One SGD step (clipped: the _clipped entry point, whose clip may not be NULL); fn names the entry
@@ -268,10 +287,10 @@ optim_status sgd_entry(const char* fn, int32_t device, int32_t device_index, int
                        const optim_sgd_params* groups, const optim_grad_clip* clip, bool clipped)
 {
     return guard(fn, [&] {
-        check_clip(fn, clip, clipped);
+        check_clip(fn, device, clip, clipped);
         require_step_target(fn, device, dtype);
         validate_sgd(fn, device, tensors, n_groups, groups);
-        if (tensors->count == 0) return;
+        if (tensors->count == 0 && !clip_across_ranks(clip)) return;
         SgdCall call{tensors, n_groups, groups};
         call.clip = clip;
         call.fn = fn;
@@ -287,10 +306,10 @@ optim_status adam_entry(const char* fn, int32_t device, int32_t device_index, in
                         const optim_adam_params* groups, const optim_grad_clip* clip, bool clipped)
 {
     return guard(fn, [&] {
-        check_clip(fn, clip, clipped);
+        check_clip(fn, device, clip, clipped);
         require_step_target(fn, device, dtype);
         validate_adam(fn, tensors, n_groups, groups);
-        if (tensors->count == 0) return;
+        if (tensors->count == 0 && !clip_across_ranks(clip)) return;
         AdamCall call{tensors, n_groups, groups};
         call.clip = clip;
         call.fn = fn;
@@ -307,7 +326,7 @@ optim_status hd_entry(const char* fn, int32_t device, int32_t device_index, int3
                       int64_t* skipped, const optim_grad_clip* clip, bool clipped)
 {
     return guard(fn, [&] {
-        check_clip(fn, clip, clipped);
+        check_clip(fn, device, clip, clipped);
         require_step_target(fn, device, dtype);
         OPTIM_REQUIRE(params != nullptr && tensors != nullptr && groups != nullptr, fn,
                       "tensors, groups and params must not be NULL");
@@ -326,6 +345,12 @@ optim_status hd_entry(const char* fn, int32_t device, int32_t device_index, int3
         OPTIM_REQUIRE(std::isfinite(hp.eps) && hp.eps > 0.0, fn, "invalid eps: " + num(hp.eps));
         OPTIM_REQUIRE(hp.assume_finite == 0 || hp.assume_finite == 1, fn,
                       "assume_finite must be 0 or 1, not " + std::to_string(hp.assume_finite));
+        check_across_ranks(fn, device, hp.across_ranks, "across_ranks");
+        OPTIM_REQUIRE(clip == nullptr || clip->across_ranks == hp.across_ranks, fn,
+                      "clip->across_ranks (" + std::to_string(clip ? clip->across_ranks : 0) +
+                          ") differs from params->across_ranks (" +
+                          std::to_string(hp.across_ranks) +
+                          "): the step reduces across ranks or not");
         OPTIM_REQUIRE(n_groups >= 1, fn, "n_groups must be >= 1");
         for (int32_t g = 0; g < n_groups; ++g) {
             const optim_hd_group& o = groups[g];
@@ -375,7 +400,7 @@ optim_status hd_entry(const char* fn, int32_t device, int32_t device_index, int3
                                   "rate " + std::to_string(s) + " is invalid: " + num(rates[s]));
             }
         }
-        if (t.count == 0) {
+        if (t.count == 0 && hp.across_ranks == 0) {
             if (skipped && device == OPTIM_DEVICE_CPU) *skipped = 0;
             return;
         }

@@ -129,7 +129,7 @@ void sgd_matches_reference(double max_norm)
             fused.grad[k] = ref.grad[k] = random_vector<float>(kSizes[k], rng, 0.01 * (step + 1));
         const std::vector<uint8_t> fresh(kSizes.size(), step == 0 ? 1 : 0);
         double norm = -1;
-        const optim_grad_clip clip{max_norm, &norm};
+        const optim_grad_clip clip{max_norm, &norm, 0};
         optim_tensor_list a = fused.list(fresh);
         ASSERT_EQ(optim_sgd_step_clipped(OPTIM_DEVICE_CPU, 0, kFloat, &a, 2, groups, &clip),
                   OPTIM_STATUS_OK)
@@ -189,7 +189,7 @@ TEST(GradClipCpu, AdamMatchesClipThenStep)
             fused.grad[k] = ref.grad[k] = random_vector<double>(kSizes[k], rng, 0.02);
         std::vector<int64_t> steps(kSizes.size(), step);
         double norm = 0;
-        const optim_grad_clip clip{1.0, &norm};
+        const optim_grad_clip clip{1.0, &norm, 0};
         optim_adam_tensors a = list(fused, vf, vsf, steps);
         ASSERT_EQ(
             optim_adam_step_clipped(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT64, &a, 1, &o, &clip),
@@ -209,7 +209,7 @@ TEST(GradClipCpu, HypergradientUsesTheClippedGradient)
     for (int32_t rule : {OPTIM_HD_RULE_ADDITIVE, OPTIM_HD_RULE_NORMALIZED}) {
         Model<double> fused(3), ref(3);
         optim_hd_group groups[2] = {{0.9, 0, 0.01, 0, 0}, {0, 0, 0.02, 0, 1}};
-        optim_hd_params hp{0.5, 0, 1, 1e-8, OPTIM_HD_SCOPE_PER_GROUP, rule, 1, 0};
+        optim_hd_params hp{0.5, 0, 1, 1e-8, OPTIM_HD_SCOPE_PER_GROUP, rule, 1, 0, 0};
         double rates_f[2] = {0.01, 0.02}, rates_r[2] = {0.01, 0.02};
         std::mt19937_64 rng(9);
         for (int step = 0; step < 5; ++step) {
@@ -218,7 +218,7 @@ TEST(GradClipCpu, HypergradientUsesTheClippedGradient)
                 fused.grad[k] = ref.grad[k] = random_vector<double>(kSizes[k], rng, 0.05);
             const std::vector<uint8_t> fresh(kSizes.size(), step == 0 ? 1 : 0);
             double norm = 0;
-            const optim_grad_clip clip{0.3, &norm};
+            const optim_grad_clip clip{0.3, &norm, 0};
             optim_hd_tensors a = fused.hd_list(fresh);
             ASSERT_EQ(optim_hd_step_clipped(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT64, &a, 2, groups,
                                             &hp, rates_f, nullptr, &clip),
@@ -249,7 +249,7 @@ TEST(GradClipCpu, NormAndResultsAreBitwiseIdenticalForAnyNumberOfThreads)
         Model<float> m(4);
         const std::vector<uint8_t> fresh(kSizes.size(), 1);
         double norm = 0;
-        const optim_grad_clip clip{0.1, &norm};
+        const optim_grad_clip clip{0.1, &norm, 0};
         optim_tensor_list list = m.list(fresh);
         ASSERT_EQ(optim_sgd_step_clipped(OPTIM_DEVICE_CPU, 0, kFloat, &list, 2, groups, &clip),
                   OPTIM_STATUS_OK);
@@ -278,17 +278,24 @@ TEST(GradClipValidation, BadClipIsNamedAndWritesNothing)
         optim_grad_clip clip;
         const char* fragment;
     };
-    const Case cases[] = {{{0.0, &norm}, "invalid max_norm"},
-                          {{-1.0, &norm}, "invalid max_norm"},
-                          {{NAN, &norm}, "invalid max_norm"},
-                          {{INFINITY, &norm}, "invalid max_norm"},
-                          {{1.0, nullptr}, "total_norm is NULL"}};
+    const Case cases[] = {{{0.0, &norm, 0}, "invalid max_norm"},
+                          {{-1.0, &norm, 0}, "invalid max_norm"},
+                          {{NAN, &norm, 0}, "invalid max_norm"},
+                          {{INFINITY, &norm, 0}, "invalid max_norm"},
+                          {{1.0, nullptr, 0}, "total_norm is NULL"},
+                          {{1.0, &norm, 2}, "clip->across_ranks must be 0 or 1"}};
     for (const Case& c : cases) {
         EXPECT_EQ(optim_sgd_step_clipped(OPTIM_DEVICE_CPU, 0, kFloat, &list, 2, groups, &c.clip),
                   OPTIM_STATUS_INVALID_ARGUMENT);
         EXPECT_NE(std::string(optim_last_error()).find(c.fragment), std::string::npos)
             << optim_last_error();
     }
+    // across_ranks without a job (optim_mpi_init): the norm pass runs, the sum across ranks fails.
+    const optim_grad_clip across{1.0, &norm, 1};
+    EXPECT_NE(optim_sgd_step_clipped(OPTIM_DEVICE_CPU, 0, kFloat, &list, 2, groups, &across),
+              OPTIM_STATUS_OK);
+    EXPECT_NE(std::string(optim_last_error()).find("optim_sgd_step_clipped"), std::string::npos)
+        << optim_last_error();
     EXPECT_EQ(optim_sgd_step_clipped(OPTIM_DEVICE_CPU, 0, kFloat, &list, 2, groups, nullptr),
               OPTIM_STATUS_INVALID_ARGUMENT);
     EXPECT_NE(std::string(optim_last_error()).find("optim_sgd_step_clipped: clip is NULL"),
@@ -316,7 +323,7 @@ TEST(GradClipValidation, CudaRequestWithoutADeviceNamesTheClippedEntryPoint)
     const std::vector<uint8_t> fresh(kSizes.size(), 1);
     optim_tensor_list list = m.list(fresh);
     double norm = 0;
-    const optim_grad_clip clip{1.0, &norm};
+    const optim_grad_clip clip{1.0, &norm, 0};
     EXPECT_EQ(optim_sgd_step_clipped(OPTIM_DEVICE_CUDA, 0, kFloat, &list, 2, groups, &clip),
               OPTIM_STATUS_CUDA_UNAVAILABLE);
     EXPECT_NE(std::string(optim_last_error()).find("optim_sgd_step_clipped: "), std::string::npos)

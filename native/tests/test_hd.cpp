@@ -72,7 +72,7 @@ struct HdModel {
 
 optim_hd_params hd_params(int scope, int rule, bool first)
 {
-    return optim_hd_params{1e-3, 0.0, 1.0, 1e-12, scope, rule, first ? 1 : 0, 0};
+    return optim_hd_params{1e-3, 0.0, 1.0, 1e-12, scope, rule, first ? 1 : 0, 0, 0};
 }
 
 // The bound on the error of an fp32 reduction sum(x_i) stated in docs/design.md: each lane adds at
@@ -137,7 +137,7 @@ double global_hypergradient(const std::vector<float>& g, const std::vector<float
     m.group[0] = 0;
     const optim_hd_group plain[1] = {{0, 0, 0, 0, 0}};
     optim_hd_params params{1.0, 0.0, 1e300, 1e-12, OPTIM_HD_SCOPE_GLOBAL, OPTIM_HD_RULE_ADDITIVE,
-                           0,   0};
+                           0,   0,   0};
     auto list = m.list();
     EXPECT_EQ(optim_hd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, 1, plain, &params,
                             m.rates.data(), nullptr),
@@ -366,7 +366,41 @@ TEST(HdCpu, ValidationNamesTheProblem)
     p = hd_params(OPTIM_HD_SCOPE_PER_PARAMETER, OPTIM_HD_RULE_ADDITIVE, false);
     p.assume_finite = 2;
     expect(p, good, "assume_finite must be 0 or 1");
+    p.assume_finite = 0;
+    p.across_ranks = 2;
+    expect(p, good, "across_ranks must be 0 or 1");
     EXPECT_EQ(m.p[0][0], HdModel({10}, 7, 0.1).p[0][0]) << "nothing may change";
+}
+
+// across_ranks needs a job (optim_mpi_init): without one the step fails with the reason, after its
+// read pass and before anything is written.
+TEST(HdCpu, AcrossRanksWithoutAJobFailsAndChangesNothing)
+{
+    HdModel m({300, 70000}, 11, 0.1);
+    std::mt19937_64 rng(5);
+    m.grads(rng);
+    const HdModel before = m;
+    auto list = m.list();
+    const optim_hd_group groups[2] = {{0.9, 0, 0, 0, 0}, {0.9, 0, 0, 0, 0}};
+    for (int32_t scope : {OPTIM_HD_SCOPE_GLOBAL, OPTIM_HD_SCOPE_PER_TENSOR}) {
+        auto params = hd_params(scope, OPTIM_HD_RULE_ADDITIVE, false);
+        params.across_ranks = 1;
+        EXPECT_NE(optim_hd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, 2, groups, &params,
+                                m.rates.data(), nullptr),
+                  OPTIM_STATUS_OK);
+        EXPECT_NE(std::string(optim_last_error()).find("optim_hd_step"), std::string::npos)
+            << optim_last_error();
+        EXPECT_EQ(m.p, before.p) << "nothing may change";
+        EXPECT_EQ(m.b, before.b) << "nothing may change";
+        EXPECT_EQ(m.rates, before.rates) << "nothing may change";
+    }
+    auto params = hd_params(OPTIM_HD_SCOPE_GLOBAL, OPTIM_HD_RULE_ADDITIVE, false);
+    params.across_ranks = 1;
+    EXPECT_EQ(optim_hd_step(OPTIM_DEVICE_CUDA, 0, OPTIM_DTYPE_FLOAT32, &list, 2, groups, &params,
+                            m.rates.data(), nullptr),
+              OPTIM_STATUS_UNSUPPORTED);
+    EXPECT_NE(std::string(optim_last_error()).find("across_ranks is CPU only"), std::string::npos)
+        << optim_last_error();
 }
 
 TEST(HdCpu, AnArrayTheStepWritesMayNotBeAnotherOfTheSameTensor)

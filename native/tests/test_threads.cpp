@@ -72,7 +72,7 @@ struct Model {
         optim_hd_tensors hd{kTensors, ps, gs, nullptr, us, nullptr, ns, groups, nullptr};
         optim_hd_group group{};
         optim_hd_params hp{1e-4,   0.0, 1.0, 1e-8, OPTIM_HD_SCOPE_GLOBAL, OPTIM_HD_RULE_ADDITIVE,
-                           i == 0, 0};
+                           i == 0, 0,   0};
         ASSERT_EQ(optim_hd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &hd, 1, &group, &hp,
                                 &rate, nullptr),
                   OPTIM_STATUS_OK)

@@ -365,22 +365,46 @@ internal sealed partial class Checks
         }
         Sharded("HypergradientSGD PerTensor no momentum", 256, ScalarType.Float64,
             l => new HypergradientSGD(l.Select(p => new HypergradientSGD.ParamGroup(p)), 0.05, 1e-3, HypergradientScope.PerTensor));
+        // The scopes whose rates sum over tensors of several ranks, and clipping by the whole model's norm
+        // (max_grad_norm small enough to clip on every step).
+        foreach (var scope in new[] { HypergradientScope.Global, HypergradientScope.PerGroup })
+        {
+            foreach (var rule in Enum.GetValues<HypergradientRule>())
+            {
+                double beta = rule == HypergradientRule.Additive ? 1e-3 : 1e-2;
+                Sharded($"HypergradientSGD {scope} {rule}", 384, ScalarType.Float32,
+                    l => new HypergradientSGD(l.Select(p => new HypergradientSGD.ParamGroup(p)), 0.05, beta, scope, momentum: 0.9, rule: rule));
+            }
+            Sharded($"HypergradientSGD {scope} clipped", 384, ScalarType.Float64,
+                l => new HypergradientSGD(l.Select(p => new HypergradientSGD.ParamGroup(p)), 0.05, 1e-3, scope, momentum: 0.9, max_grad_norm: 0.05));
+        }
+        Sharded("HypergradientSGD PerTensor clipped", 384, ScalarType.Float32,
+            l => new HypergradientSGD(l.Select(p => new HypergradientSGD.ParamGroup(p)), 0.05, 1e-3, HypergradientScope.PerTensor, max_grad_norm: 0.05));
+        Sharded("FusedSGD clipped", 384, ScalarType.Float32,
+            l => new FusedSGD(l.Select(p => new FusedSGD.ParamGroup(p)), 0.05, momentum: 0.9, max_grad_norm: 0.05));
+        Sharded("FusedAdamW clipped", ProcessGroup.DefaultBucketBytes, ScalarType.Float64,
+            l => new FusedAdamW(l.Select(p => new FusedAdamW.ParamGroup(p)), 1e-2, weight_decay: 0.05, max_grad_norm: 0.05));
+        // One tensor over every rank: the ranks without a tensor still take part in the step's sums.
+        Sharded("HypergradientSGD Global clipped, one tensor (ranks without a tensor)", 384, ScalarType.Float64,
+            l => new HypergradientSGD(l.Select(p => new HypergradientSGD.ParamGroup(p)), 0.05, 1e-3, HypergradientScope.Global, momentum: 0.9, max_grad_norm: 0.05),
+            model => new[] { new[] { model.parameters().First() } });
         ShardedNonFiniteSkip();
-        ShardedRefusesGlobalScope();
     }
 
     // The same training with sharded and with replicated state, `Steps` steps: the parameters, and each
     // state tensor and rate this rank owns against the replicated optimizer's for the same parameter.
-    private void Sharded(string name, long bucketBytes, ScalarType dtype, Func<Parameter[][], OptimizerHelper> optimizer)
+    private void Sharded(string name, long bucketBytes, ScalarType dtype, Func<Parameter[][], OptimizerHelper> optimizer,
+        Func<Sequential, Parameter[][]>? select = null)
     {
+        select ??= Layers;
         string label = $"sharded {name} {dtype} bucket {bucketBytes} B: equals replicated state on {_group.Size} ranks, {Steps} steps";
         using var scope = torch.NewDisposeScope();
         var model = Model(100 + _group.Rank, dtype);
         var replica = Model(100 + _group.Rank, dtype);
         var dp = new DataParallel(model, _group, bucketBytes);
         var dpReplica = new DataParallel(replica, _group, bucketBytes);
-        var sharded = new ShardedOptimizer(Layers(model), _group, optimizer, bucketBytes);
-        var replicated = optimizer(Layers(replica));
+        var sharded = new ShardedOptimizer(select(model), _group, optimizer, bucketBytes);
+        var replicated = optimizer(select(replica));
         for (int step = 0; step < Steps; step++)
         {
             using var stepScope = torch.NewDisposeScope();
@@ -410,11 +434,30 @@ internal sealed partial class Checks
             (worst, where) = (worstState, whereState);
         }
         long owned = sharded.OwnedElements;
-        long total = model.parameters().Sum(p => p.numel());
-        bool split = _group.Size == 1 || (owned < total && _group.AllReduce(owned, ReduceOp.Sum) == total);
+        long total = select(model).SelectMany(g => g).Sum(p => p.numel());
+        // Every rank holds part of the model and none holds all of it (with one tensor: rank 0 holds it).
+        bool whole = _group.AllReduce(owned, ReduceOp.Sum) == total;
+        bool split = _group.Size == 1 || (whole && (owned < total || select(model).SelectMany(g => g).Count() == 1));
         double spread = dp.MaxParameterDifference();
-        Check(label, worst <= 1 && spread == 0 && split,
-            $"worst error {worst:G3} x tolerance ({where}); largest difference between ranks {spread:G3}; owns {owned} of {total} elements");
+        // Every rank's rates (global and per-group scopes: all of them) and clipping norm are the same bits.
+        // (A fixed number of collectives on every rank: a missing norm counts as -1, and no short-circuit.)
+        var groupRates = sharded.Inner.ParamGroups.Select(g => g.LearningRate).ToList();
+        using var norm = sharded.Inner switch
+        {
+            FusedSGD f => f.GradNorm,
+            FusedAdam a => a.GradNorm,
+            HypergradientSGD h => h.GradNorm,
+            _ => null,
+        };
+        groupRates.Add(norm?.item<double>() ?? -1);
+        var highest = groupRates.ToArray();
+        var lowest = groupRates.ToArray();
+        _group.AllReduce(highest, ReduceOp.Max);
+        _group.AllReduce(lowest, ReduceOp.Min);
+        bool sameRates = groupRates.Select((r, i) => highest[i] == r && lowest[i] == r).All(same => same);
+        Check(label, worst <= 1 && spread == 0 && split && sameRates,
+            $"worst error {worst:G3} x tolerance ({where}); largest difference between ranks {spread:G3}; owns {owned} of {total} elements; " +
+            $"group rates and norm identical on every rank: {sameRates} ({string.Join(", ", groupRates.Select(r => r.ToString("R")))})");
     }
 
     // A NaN in one rank's gradient of a tensor another rank owns: every rank skips the step.
@@ -452,22 +495,6 @@ internal sealed partial class Checks
         Check("sharded: a non-finite gradient on one rank skips the step on every rank",
             agreed && unchanged && spread == 0,
             $"skipped {skipped} here, agreed: {agreed}; unchanged by the skipped step: {unchanged}; largest difference between ranks {spread:G3}");
-    }
-
-    private void ShardedRefusesGlobalScope()
-    {
-        using var scope = torch.NewDisposeScope();
-        var model = Model(100, ScalarType.Float32);
-        string? message = null;
-        try
-        {
-            _ = new ShardedOptimizer(Layers(model), _group, l => new HypergradientSGD(l.Select(p => new HypergradientSGD.ParamGroup(p)), 0.05, 1e-3));
-        }
-        catch (NotSupportedException e)
-        {
-            message = e.Message;
-        }
-        Check("sharded: HypergradientSGD's global scope is refused with a clear message", message?.Contains("Global scope") == true, $"message: {message ?? "none"}");
     }
 
     // The optimizers whose sharded checkpoints are checked, by directory name.

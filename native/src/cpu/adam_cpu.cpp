@@ -55,7 +55,7 @@ void adam_step(const AdamCall& call)
 
     WorkPlan& plan = WorkPlan::for_this_thread();
     plan.build(t.numels, t.count);
-    const T clip = clip_pass<T>(plan, t.grads, call.clip);
+    const T clip = clip_pass<T>(call.fn, plan, t.grads, call.clip);
     const AdamTensor<T>* A = tensors.data();
     plan.parallel_for_pieces([&](const Piece& piece) {
         const AdamTensor<T>& a = A[piece.tensor];

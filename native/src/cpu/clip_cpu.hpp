@@ -4,6 +4,7 @@
 #pragma once
 
 #include "../clip_math.hpp"
+#include "../cross_rank.hpp"
 #include "work_plan.hpp"
 
 #include <optim.h>
@@ -48,9 +49,11 @@ T finish_clip(const optim_grad_clip* clip, double squared)
 }
 
 // The clipping coefficient of a step over the tensors of `plan` (built): one read pass over the
-// gradients, per-piece sums combined in piece order. 1 without clipping (no pass).
+// gradients, per-piece sums combined in piece order (then over every rank, with across_ranks). 1
+// without clipping (no pass). fn names the entry point in messages.
 template <typename T>
-T clip_pass(const WorkPlan& plan, const void* const* grads, const optim_grad_clip* clip)
+T clip_pass(const char* fn, const WorkPlan& plan, const void* const* grads,
+            const optim_grad_clip* clip)
 {
     if (clip == nullptr) return T(1);
     // A reference: worker threads must see the caller's vector, not their own thread_local copy.
@@ -63,6 +66,7 @@ T clip_pass(const WorkPlan& plan, const void* const* grads, const optim_grad_cli
     });
     double squared = 0;
     for (const double part : partials) squared += part;
+    if (clip->across_ranks) sum_across_ranks(fn, &squared, 1);
     return finish_clip<T>(clip, squared);
 }
 

@@ -5,6 +5,7 @@
 // clipping the reduction pass also sums the squared norm (the per-parameter scope then always makes
 // it). Every per-element operation is hd_math.hpp's.
 #include "../backend.hpp"
+#include "../cross_rank.hpp"
 #include "../hd_math.hpp"
 #include "clip_cpu.hpp"
 #include "work_plan.hpp"
@@ -171,6 +172,33 @@ void per_parameter_piece(T* p, const T* g, T* buf, T* up, T* alpha, int64_t n,
         per_parameter_loop<T, Flags, Fresh, kHdAdditive>(p, g, buf, up, alpha, n, c, hc, clip);
 }
 
+std::vector<HdPartial>& no_sums()
+{
+    thread_local std::vector<HdPartial> none;
+    return none;
+}
+
+// across_ranks: sums the non-finite count, the squared norm and `sums` (the slots every rank
+// shares) over every rank of the job, in one collective.
+void sum_over_ranks(const char* fn, double& nonfinite, double& squared,
+                    std::vector<HdPartial>& sums)
+{
+    constexpr double HdPartial::*kFields[] = {&HdPartial::h,  &HdPartial::gg, &HdPartial::uu,
+                                              &HdPartial::hd, &HdPartial::sd, &HdPartial::dd};
+    constexpr size_t kCount = sizeof(kFields) / sizeof(kFields[0]);
+    thread_local std::vector<double> values;
+    values.resize(2 + kCount * sums.size());
+    values[0] = nonfinite;
+    values[1] = squared;
+    for (size_t s = 0; s < sums.size(); ++s)
+        for (size_t f = 0; f < kCount; ++f) values[2 + kCount * s + f] = sums[s].*kFields[f];
+    sum_across_ranks(fn, values.data(), static_cast<int64_t>(values.size()));
+    nonfinite = values[0];
+    squared = values[1];
+    for (size_t s = 0; s < sums.size(); ++s)
+        for (size_t f = 0; f < kCount; ++f) sums[s].*kFields[f] = values[2 + kCount * s + f];
+}
+
 template <typename T>
 void hd_step(const HdCall& call)
 {
@@ -221,21 +249,19 @@ void hd_step(const HdCall& call)
             });
         });
 
-    // Finish: a non-finite gradient skips the whole step (unless the caller vouched for the
-    // gradients); else combine in piece order.
+    // Finish: combine in piece order (each scalar rate's sums by its slot); with across_ranks, sum
+    // over every rank; a non-finite gradient then skips the whole step (unless the caller vouched
+    // for the gradients), else the rates move.
     double nonfinite = 0, squared = 0;
     for (const HdPartial& part : partials) {
         nonfinite += check ? part.nonfinite : 0.0;
         squared += part.gg; // the squared norm, when clipping
     }
-    const T coef = finish_clip<T>(call.clip, squared);
-    if (call.skipped) *call.skipped = nonfinite > 0 ? 1 : 0;
-    if (nonfinite > 0) return;
-
-    if (!per_parameter) {
-        const int64_t slots = hd_slot_count(hp.scope, call.n_groups, t.count);
-        thread_local std::vector<HdPartial> sums;
-        sums.assign(static_cast<size_t>(slots), HdPartial{});
+    thread_local std::vector<HdPartial> sums;
+    sums.assign(
+        static_cast<size_t>(per_parameter ? 0 : hd_slot_count(hp.scope, call.n_groups, t.count)),
+        HdPartial{});
+    if (!per_parameter)
         for (int64_t i = 0; i < plan.pieces(); ++i) {
             const int64_t slot = hd_rate_slot(hp.scope, t, plan.piece_tensor(i));
             HdPartial& s = sums[static_cast<size_t>(slot)];
@@ -247,11 +273,20 @@ void hd_step(const HdCall& call)
             s.sd += part.sd;
             s.dd += part.dd;
         }
+    if (hp.across_ranks) {
+        const bool shared_slots =
+            hp.scope == OPTIM_HD_SCOPE_GLOBAL || hp.scope == OPTIM_HD_SCOPE_PER_GROUP;
+        sum_over_ranks(call.fn, nonfinite, squared, shared_slots ? sums : no_sums());
+    }
+    const T coef = finish_clip<T>(call.clip, squared);
+    if (call.skipped) *call.skipped = nonfinite > 0 ? 1 : 0;
+    if (nonfinite > 0) return;
+
+    if (!per_parameter) {
         const HdCoeffs<double> hc{hp.hypergrad_lr, hp.lr_min, hp.lr_max,
                                   hp.eps,          norms,     hp.first_step == 0};
-        for (int64_t s = 0; s < slots; ++s) {
-            const HdPartial sum = clip ? hd_clipped(sums[static_cast<size_t>(s)], coef)
-                                       : sums[static_cast<size_t>(s)];
+        for (size_t s = 0; s < sums.size(); ++s) {
+            const HdPartial sum = clip ? hd_clipped(sums[s], coef) : sums[s];
             call.rates[s] =
                 hd_rate<double>(call.rates[s], sum.h, std::sqrt(sum.gg) * std::sqrt(sum.uu), hc);
         }

@@ -47,7 +47,7 @@ void sgd_step(const SgdCall& call)
     const optim_tensor_list& t = *call.tensors;
     WorkPlan& plan = WorkPlan::for_this_thread();
     plan.build(t.numels, t.count);
-    const T clip = clip_pass<T>(plan, t.grads, call.clip);
+    const T clip = clip_pass<T>(call.fn, plan, t.grads, call.clip);
     const SgdGroup<T>* G = groups.data();
     const T* lr = rates.data();
     plan.parallel_for_pieces([&](const Piece& piece) {

@@ -1,6 +1,7 @@
 // The optim_mpi_* entry points of optim.h: argument checks, then the call forwarded to the MPI
 // plugin (mpi_plugin.h), loaded from this library's directory at the first call. Built with or
 // without MPI: without it (OPTIM_MPI_PLUGIN_BUILT 0) every call reports OPTIM_STATUS_UNSUPPORTED.
+#include "../cross_rank.hpp"
 #include "../error.hpp"
 #include "mpi_plugin.h"
 
@@ -172,6 +173,16 @@ OPTIM_API optim_status optim_mpi_allreduce(int32_t device, int32_t dtype,
             return mpi.allreduce(dtype, tensors, op, bucket_bytes, m, c);
         });
     });
+}
+
+void optim::sum_across_ranks(const char* fn, double* values, int64_t count)
+{
+    const auto& mpi = plugin(fn);
+    char message[kMessageCapacity] = {0};
+    const optim_status status =
+        mpi.allreduce_scalars(values, count, OPTIM_REDUCE_SUM, message, kMessageCapacity);
+    if (status != OPTIM_STATUS_OK)
+        optim::fail(status, std::string(fn) + ": the sum across ranks failed: " + message);
 }
 
 OPTIM_API optim_status optim_mpi_allreduce_scalars(double* values, int64_t count, int32_t op)

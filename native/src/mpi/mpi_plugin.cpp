@@ -60,6 +60,7 @@ int g_rank = 0;
 int g_size = 1;
 std::vector<unsigned char> g_bucket;  // the packing buffer, kept between calls
 std::vector<unsigned char> g_receive; // a rank's segment of a reduce-scattered bucket
+std::vector<double> g_scalars;        // every rank's scalars, gathered
 // How long a collective may wait for the other ranks (optim_mpi_set_timeout); the default is
 // PyTorch's process-group default, 30 minutes.
 std::atomic<double> g_timeout_seconds{1800}; // not under g_mutex: settable during a wait
@@ -380,8 +381,31 @@ optim_status plugin_allreduce_scalars(double* values, int64_t count, int32_t op,
     return boundary(message, capacity, [&] {
         require_initialised("optim_mpi_allreduce_scalars");
         if (count == 0) return;
-        OPTIM_COLLECTIVE(MPI_Iallreduce, MPI_IN_PLACE, values, int(count), MPI_DOUBLE, mpi_op(op),
-                         g_comm);
+        // Gathered and combined in rank order on every rank, so every rank gets the same bits (an
+        // MPI_Allreduce may round differently on different ranks): rates derived from these sums
+        // stay identical across the job.
+        std::vector<double>& all = g_scalars;
+        all.resize(size_t(count) * size_t(g_size));
+        OPTIM_COLLECTIVE(MPI_Iallgather, values, int(count), MPI_DOUBLE, all.data(), int(count),
+                         MPI_DOUBLE, g_comm);
+        for (int64_t i = 0; i < count; ++i) {
+            double r = all[size_t(i)];
+            for (int rank = 1; rank < g_size; ++rank) {
+                const double v = all[size_t(rank) * size_t(count) + size_t(i)];
+                switch (op) {
+                case OPTIM_REDUCE_MAX:
+                    r = std::max(r, v);
+                    break;
+                case OPTIM_REDUCE_MIN:
+                    r = std::min(r, v);
+                    break;
+                default:
+                    r += v;
+                    break;
+                }
+            }
+            values[i] = r;
+        }
         if (op == OPTIM_REDUCE_MEAN) divide_by_size(values, count);
     });
 }
