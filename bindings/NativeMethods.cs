@@ -50,6 +50,14 @@ internal static unsafe partial class NativeMethods
         GradClip* clip);
 
     [LibraryImport(Library)]
+    internal static partial int optim_sgd_step_scaled(int device, int deviceIndex, int dtype, TensorList* tensors, int nGroups, SgdGroupParams* groups,
+        GradClip* clip, GradScale* scale);
+
+    [LibraryImport(Library)]
+    internal static partial int optim_adam_step_scaled(int device, int deviceIndex, int dtype, AdamTensors* tensors, int nGroups, AdamGroupParams* groups,
+        GradClip* clip, GradScale* scale);
+
+    [LibraryImport(Library)]
     internal static partial int optim_sls_save(int device, int deviceIndex, int dtype, SlsTensors* tensors);
 
     [LibraryImport(Library)]
@@ -77,6 +85,10 @@ internal static unsafe partial class NativeMethods
         HdGroupOptions* groups, HdStepOptions* options, double* rates, long* skipped, GradClip* clip);
 
     [LibraryImport(Library)]
+    internal static partial int optim_hd_step_scaled(int device, int deviceIndex, int dtype, HdTensors* tensors, int nGroups,
+        HdGroupOptions* groups, HdStepOptions* options, double* rates, long* skipped, GradClip* clip, GradScale* scale);
+
+    [LibraryImport(Library)]
     internal static partial long optim_hd_rate_count(int scope, int nGroups, long nTensors);
 
     [LibraryImport(Library)]
@@ -97,6 +109,14 @@ internal unsafe struct GradClip
     public double* TotalNorm;
     /// <summary>1: the squared norm is summed over every rank of the MPI job (sharded state).</summary>
     public int AcrossRanks;
+}
+
+/// <summary>Mirror of <c>optim_grad_scale</c>: a gradient scaler's inverse scale and found-inf flag, read by a step.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct GradScale
+{
+    public float* InvScale;
+    public float* FoundInf;
 }
 
 /// <summary>Mirror of <c>optim_tensor_list</c>.</summary>

@@ -246,12 +246,16 @@ internal static unsafe class OptimNative
     /// <paramref name="maxNorm"/> inside the step (<c>optim_grad_clip</c>) and the norm is written to
     /// <paramref name="totalNorm"/>, a double in the memory of the device that runs the step. With
     /// <paramref name="acrossRanks"/> the tensors are this rank's shard and the norm is that of every rank's
-    /// tensors (a collective: every rank calls, with or without tensors; CPU only).
+    /// tensors (a collective: every rank calls, with or without tensors; CPU only). With
+    /// <paramref name="invScale"/> not 0 the step applies a gradient scaler (<c>optim_grad_scale</c>):
+    /// <paramref name="invScale"/> and <paramref name="foundInf"/> are float32 scalars in that same memory;
+    /// the step multiplies each gradient element by the inverse scale and is skipped whole (nothing
+    /// written but the flag, set to 1) when a gradient element is not finite or the flag is nonzero.
     /// </summary>
     public static void SgdStep(NativeDevice device, int deviceIndex, NativeDType dtype,
         ReadOnlySpan<nint> parameters, ReadOnlySpan<nint> gradients, ReadOnlySpan<nint> momentumBuffers,
         ReadOnlySpan<long> numels, ReadOnlySpan<byte> bufferFresh, ReadOnlySpan<int> groupIndex, ReadOnlySpan<SgdGroupParams> groups,
-        double maxNorm = 0, nint totalNorm = 0, bool acrossRanks = false)
+        double maxNorm = 0, nint totalNorm = 0, nint invScale = 0, nint foundInf = 0, bool acrossRanks = false)
     {
         EnsureLoaded();
         int n = parameters.Length;
@@ -290,7 +294,10 @@ internal static unsafe class OptimNative
                 GroupIndex = groupIndex.Length == 0 ? null : gi,
             };
             var clip = new GradClip { MaxNorm = maxNorm, TotalNorm = (double*)totalNorm, AcrossRanks = acrossRanks ? 1 : 0 };
-            ThrowIfFailed(totalNorm == 0
+            var scale = new GradScale { InvScale = (float*)invScale, FoundInf = (float*)foundInf };
+            ThrowIfFailed(invScale != 0
+                ? NativeMethods.optim_sgd_step_scaled((int)device, deviceIndex, (int)dtype, &list, groups.Length, sp, totalNorm == 0 ? null : &clip, &scale)
+                : totalNorm == 0
                 ? NativeMethods.optim_sgd_step((int)device, deviceIndex, (int)dtype, &list, groups.Length, sp)
                 : NativeMethods.optim_sgd_step_clipped((int)device, deviceIndex, (int)dtype, &list, groups.Length, sp, &clip));
         }
@@ -302,12 +309,13 @@ internal static unsafe class OptimNative
     /// written. Every per-tensor span has one entry per tensor, except <paramref name="maxExpAvgSqs"/>, which
     /// is empty when no group uses AMSGrad, and <paramref name="groupIndex"/>, which is empty for one group.
     /// <paramref name="steps"/> holds each tensor's step number after this update (≥ 1). Clipping with
-    /// <paramref name="maxNorm"/> and <paramref name="totalNorm"/> as in <see cref="SgdStep(NativeDevice, int, NativeDType, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{long}, ReadOnlySpan{byte}, ReadOnlySpan{int}, ReadOnlySpan{SgdGroupParams}, double, nint, bool)"/>.
+    /// <paramref name="maxNorm"/> and <paramref name="totalNorm"/>, scaling with <paramref name="invScale"/>
+    /// and <paramref name="foundInf"/> as in <see cref="SgdStep(NativeDevice, int, NativeDType, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{long}, ReadOnlySpan{byte}, ReadOnlySpan{int}, ReadOnlySpan{SgdGroupParams}, double, nint, nint, nint, bool)"/>.
     /// </summary>
     public static void AdamStep(NativeDevice device, int deviceIndex, NativeDType dtype,
         ReadOnlySpan<nint> parameters, ReadOnlySpan<nint> gradients, ReadOnlySpan<nint> expAvgs, ReadOnlySpan<nint> expAvgSqs,
         ReadOnlySpan<nint> maxExpAvgSqs, ReadOnlySpan<long> numels, ReadOnlySpan<long> steps, ReadOnlySpan<int> groupIndex,
-        ReadOnlySpan<AdamGroupParams> groups, double maxNorm = 0, nint totalNorm = 0, bool acrossRanks = false)
+        ReadOnlySpan<AdamGroupParams> groups, double maxNorm = 0, nint totalNorm = 0, nint invScale = 0, nint foundInf = 0, bool acrossRanks = false)
     {
         EnsureLoaded();
         int n = parameters.Length;
@@ -339,7 +347,10 @@ internal static unsafe class OptimNative
                 GroupIndex = groupIndex.Length == 0 ? null : gi,
             };
             var clip = new GradClip { MaxNorm = maxNorm, TotalNorm = (double*)totalNorm, AcrossRanks = acrossRanks ? 1 : 0 };
-            ThrowIfFailed(totalNorm == 0
+            var scale = new GradScale { InvScale = (float*)invScale, FoundInf = (float*)foundInf };
+            ThrowIfFailed(invScale != 0
+                ? NativeMethods.optim_adam_step_scaled((int)device, deviceIndex, (int)dtype, &list, groups.Length, ap, totalNorm == 0 ? null : &clip, &scale)
+                : totalNorm == 0
                 ? NativeMethods.optim_adam_step((int)device, deviceIndex, (int)dtype, &list, groups.Length, ap)
                 : NativeMethods.optim_adam_step_clipped((int)device, deviceIndex, (int)dtype, &list, groups.Length, ap, &clip));
         }
@@ -418,13 +429,14 @@ internal static unsafe class OptimNative
     /// <paramref name="skipped"/> are addresses in the memory of the device that runs the step: a host
     /// array of doubles and a host long for the CPU (skipped is set to 1 or 0), device memory for CUDA
     /// (skipped is a counter there). On failure nothing was written. Clipping with <paramref name="maxNorm"/>
-    /// and <paramref name="totalNorm"/> as in <see cref="SgdStep(NativeDevice, int, NativeDType, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{long}, ReadOnlySpan{byte}, ReadOnlySpan{int}, ReadOnlySpan{SgdGroupParams}, double, nint, bool)"/>.
+    /// and <paramref name="totalNorm"/>, scaling with <paramref name="invScale"/> and <paramref name="foundInf"/>
+    /// (a step the scaler skips is not counted in <paramref name="skipped"/>) as in <see cref="SgdStep(NativeDevice, int, NativeDType, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{long}, ReadOnlySpan{byte}, ReadOnlySpan{int}, ReadOnlySpan{SgdGroupParams}, double, nint, nint, nint, bool)"/>.
     /// </summary>
     public static void HdStep(NativeDevice device, int deviceIndex, NativeDType dtype,
         ReadOnlySpan<nint> parameters, ReadOnlySpan<nint> gradients, ReadOnlySpan<nint> momentumBuffers, ReadOnlySpan<nint> prevUpdates,
         ReadOnlySpan<nint> parameterRates, ReadOnlySpan<long> numels, ReadOnlySpan<int> groupIndex, ReadOnlySpan<byte> bufferFresh,
         ReadOnlySpan<HdGroupOptions> groups, HdStepOptions options, nint rates, nint skipped, double maxNorm = 0, nint totalNorm = 0,
-        bool acrossRanks = false)
+        nint invScale = 0, nint foundInf = 0, bool acrossRanks = false)
     {
         EnsureLoaded();
         int n = parameters.Length;
@@ -458,7 +470,11 @@ internal static unsafe class OptimNative
                 BufferFresh = f,
             };
             var clip = new GradClip { MaxNorm = maxNorm, TotalNorm = (double*)totalNorm, AcrossRanks = acrossRanks ? 1 : 0 };
-            ThrowIfFailed(totalNorm == 0
+            var scale = new GradScale { InvScale = (float*)invScale, FoundInf = (float*)foundInf };
+            ThrowIfFailed(invScale != 0
+                ? NativeMethods.optim_hd_step_scaled((int)device, deviceIndex, (int)dtype, &list, groups.Length, go, o, (double*)rates, (long*)skipped,
+                    totalNorm == 0 ? null : &clip, &scale)
+                : totalNorm == 0
                 ? NativeMethods.optim_hd_step((int)device, deviceIndex, (int)dtype, &list, groups.Length, go, o, (double*)rates, (long*)skipped)
                 : NativeMethods.optim_hd_step_clipped((int)device, deviceIndex, (int)dtype, &list, groups.Length, go, o, (double*)rates, (long*)skipped,
                     &clip));

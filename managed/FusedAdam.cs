@@ -289,10 +289,15 @@ public partial class FusedAdam : FusedOptimizer<FusedAdam.Options, FusedAdam.Sta
         var batch = Batch;
         int n = batch.Count;
         var (maxNorm, totalNorm) = GradClip(checks);
+        var (invScale, foundInf) = GradScale(checks);
         OptimNative.AdamStep(checks.Device, checks.DeviceIndex, checks.DType,
             batch.Params.AsSpan(0, n), batch.Grads.AsSpan(0, n), batch.Buffers.AsSpan(0, n), batch.ExpAvgSqs.AsSpan(0, n),
             _anyAmsgrad ? batch.MaxExpAvgSqs.AsSpan(0, n) : default, batch.Numels.AsSpan(0, n), batch.Steps.AsSpan(0, n),
-            batch.GroupIndex.AsSpan(0, n), _groupParams.AsSpan(0, _parameter_groups.Count), maxNorm, totalNorm, ReducesAcrossRanks);
+            batch.GroupIndex.AsSpan(0, n), _groupParams.AsSpan(0, _parameter_groups.Count), maxNorm, totalNorm, invScale, foundInf, ReducesAcrossRanks);
+        if (ScaledStepSkipped())
+        {
+            return;
+        }
         // The step happened: each parameter that took part has taken one more.
         for (int k = 0; k < n; k++)
         {

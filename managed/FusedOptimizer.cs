@@ -7,7 +7,9 @@ namespace Optim;
 
 /// <summary>
 /// What Optim's fused optimizers share: param groups whose unset options take the optimizer's defaults,
-/// the closure step, the checks and pointer gather of every parameter before anything is written, the
+/// the closure step, the checks and pointer gather of every parameter before anything is written, clipping
+/// and <see cref="GradScaler"/>'s fused path (the inverse scale and the overflow flag read by the native
+/// step; a skipped step leaves every state as it was), the
 /// state tensors created on a parameter's first step and their rollback when the step does not happen,
 /// the autograd version bumps, all-or-nothing loading and disposal. A derived optimizer supplies only
 /// what is its own: its options, its per-parameter state, and its native step. It is derived only
@@ -15,13 +17,17 @@ namespace Optim;
 /// </summary>
 /// <typeparam name="TOptions">The optimizer's per-group options.</typeparam>
 /// <typeparam name="TState">The optimizer's per-parameter state.</typeparam>
-public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper
+public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper, IFusedGradScaling
     where TOptions : OptimizerOptions, new()
     where TState : OptimizerState, IDisposable
 {
     private readonly List<(Tensor Tensor, Action Undo)> _created = new();
     private double? _maxGradNorm;
     private Tensor? _gradNorm;
+    // The GradScaler's tensors during a scaled step (null otherwise), their copies on the step's
+    // device when they live elsewhere, and whether the step was found to be skipped (read once).
+    private Tensor? _invScale, _foundInf, _invScaleHere, _foundInfHere;
+    private bool? _scaledSkip;
 
     private protected FusedOptimizer()
     {
@@ -83,6 +89,11 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper
                 CreateMissingState(checks);
                 batch.Written.BumpVersions();
                 NativeStep(checks);
+                if (ScaledStepSkipped())
+                {
+                    // The native step changed nothing: neither may the state made for it.
+                    UndoCreatedState();
+                }
             }
             catch
             {
@@ -150,6 +161,68 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper
     /// for the step on CUDA. Null before the first step with <see cref="MaxGradNorm"/> set.
     /// </summary>
     public Tensor? GradNorm => _gradNorm?.clone();
+
+    bool IFusedGradScaling.SupportsGradScaling => ClipsGradients;
+
+    void IFusedGradScaling.ScaledStep(Tensor invScale, Tensor foundInf)
+    {
+        _invScale = invScale;
+        _foundInf = foundInf;
+        _scaledSkip = null;
+        try
+        {
+            step();
+            if (_foundInfHere is not null)
+            {
+                _foundInf.copy_(_foundInfHere);
+            }
+        }
+        finally
+        {
+            _invScale = _foundInf = null;
+            _invScaleHere?.Dispose();
+            _foundInfHere?.Dispose();
+            _invScaleHere = _foundInfHere = null;
+            _scaledSkip = null;
+        }
+    }
+
+    /// <summary>The GradScaler of this step for the native call: (address of the float32 inverse scale,
+    /// address of the float32 found-inf flag), both on the step's device, or (0, 0) for an unscaled step.</summary>
+    private protected (nint InvScale, nint FoundInf) GradScale(in TensorChecks checks)
+    {
+        if (_invScale is null || _foundInf is null)
+        {
+            return (0, 0);
+        }
+        var type = checks.Device == NativeDevice.Cuda ? DeviceType.CUDA : DeviceType.CPU;
+        int index = checks.DeviceIndex;
+        var device = type == DeviceType.CUDA ? new Device(type, index) : torch.CPU;
+        bool Here(Tensor t) => t.device_type == type && (type == DeviceType.CPU || t.device_index == index);
+        if (!Here(_invScale) && _invScaleHere is null)
+        {
+            _invScaleHere = _invScale.to(device).DetachFromDisposeScope();
+        }
+        if (!Here(_foundInf) && _foundInfHere is null)
+        {
+            _foundInfHere = _foundInf.to(device).DetachFromDisposeScope();
+        }
+        var inv = _invScaleHere ?? _invScale;
+        var found = _foundInfHere ?? _foundInf;
+        return (TorchSharpNative.DataPointer(inv.Handle), TorchSharpNative.DataPointer(found.Handle));
+    }
+
+    /// <summary>Whether this step is a scaled one that the native step skipped (its found-inf flag is set;
+    /// on CUDA reading it waits for the step). False for an unscaled step.</summary>
+    private protected bool ScaledStepSkipped()
+    {
+        if (_foundInf is null)
+        {
+            return false;
+        }
+        _scaledSkip ??= (_foundInfHere ?? _foundInf).item<float>() != 0;
+        return _scaledSkip.Value;
+    }
 
     /// <summary>Checks a <c>max_grad_norm</c> value: null, or finite and &gt; 0.</summary>
     private protected static void CheckMaxGradNorm(double? value)

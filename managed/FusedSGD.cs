@@ -191,9 +191,10 @@ public partial class FusedSGD : FusedOptimizer<FusedSGD.Options, FusedSGD.State>
         var batch = Batch;
         int n = batch.Count;
         var (maxNorm, totalNorm) = GradClip(checks);
+        var (invScale, foundInf) = GradScale(checks);
         OptimNative.SgdStep(checks.Device, checks.DeviceIndex, checks.DType,
             batch.Params.AsSpan(0, n), batch.Grads.AsSpan(0, n), batch.Buffers.AsSpan(0, n),
             batch.Numels.AsSpan(0, n), batch.Fresh.AsSpan(0, n), batch.GroupIndex.AsSpan(0, n),
-            _groupParams.AsSpan(0, _parameter_groups.Count), maxNorm, totalNorm, ReducesAcrossRanks);
+            _groupParams.AsSpan(0, _parameter_groups.Count), maxNorm, totalNorm, invScale, foundInf, ReducesAcrossRanks);
     }
 }

@@ -174,7 +174,8 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
     /// <summary>Steps taken (skipped steps not counted; reads the device's skip counter on CUDA).</summary>
     public long Steps => _steps + _device.Attempts - _device.Skipped();
 
-    /// <summary>Steps skipped because a gradient had a NaN or infinite element (reads the device counter on CUDA).</summary>
+    /// <summary>Steps skipped because a gradient had a NaN or infinite element (reads the device counter on CUDA).
+    /// A step a <see cref="GradScaler"/> skips is the scaler's and is not counted here (nor in <see cref="Steps"/>).</summary>
     public long SkippedSteps => _skipped + _device.Skipped();
 
     // Steps taken on the host plus steps attempted on CUDA, where whether a step was skipped is known
@@ -333,8 +334,9 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
             bool heavyBall = o.momentum!.Value != 0 && !o.nesterov!.Value;
             if (!heavyBall && state.prev_update is null)
             {
-                // Zero is also "no previous update": kept even if the step does not happen.
-                state.prev_update = torch.zeros_like(p).DetachFromDisposeScope();
+                // Zero is also "no previous update"; a skipped step still forgets it, so that it changes
+                // no state at all (GradScaler's promise).
+                state.prev_update = Created(torch.zeros_like(p), ForgetPrevUpdate(state));
                 batch.PrevUpdates[k] = TorchSharpNative.DataPointer(state.prev_update.Handle);
             }
         }
@@ -342,6 +344,8 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
 
     // A closure made only for a new buffer (one captured in the loop would be allocated per tensor and step).
     private static Action ForgetBuffer(State state) => () => state.momentum_buffer = null;
+
+    private static Action ForgetPrevUpdate(State state) => () => state.prev_update = null;
 
     private protected override void NativeStep(in TensorChecks checks)
     {
@@ -376,6 +380,10 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
         fixed (double* rates = _rates)
         {
             HdStep(NativeDevice.Cpu, checks, (nint)rates, (nint)(&skipped));
+        }
+        if (ScaledStepSkipped())
+        {
+            return; // the scaler's skip: not HD's own, so not counted (the base undoes the new state)
         }
         if (skipped != 0)
         {
@@ -415,7 +423,10 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
         }
         var (rates, skipped) = _device.Prepare(_slotOwners, new Device(DeviceType.CUDA, checks.DeviceIndex));
         HdStep(NativeDevice.Cuda, checks, rates, skipped);
-        _device.Launched();
+        if (!ScaledStepSkipped())
+        {
+            _device.Launched(); // a step the scaler skipped is no attempt (the device counted nothing)
+        }
     }
 
     private void HdStep(NativeDevice device, in TensorChecks checks, nint rates, nint skipped)
@@ -423,9 +434,10 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
         var b = Batch;
         int n = b.Count;
         var (maxNorm, totalNorm) = GradClip(checks);
+        var (invScale, foundInf) = GradScale(checks);
         OptimNative.HdStep(device, checks.DeviceIndex, checks.DType, b.Params.AsSpan(0, n), b.Grads.AsSpan(0, n), b.Buffers.AsSpan(0, n),
             b.PrevUpdates.AsSpan(0, n), b.Rates.AsSpan(0, n), b.Numels.AsSpan(0, n), b.GroupIndex.AsSpan(0, n), b.Fresh.AsSpan(0, n),
-            _groupOptions.AsSpan(0, _parameter_groups.Count), _options, rates, skipped, maxNorm, totalNorm, ReducesAcrossRanks);
+            _groupOptions.AsSpan(0, _parameter_groups.Count), _options, rates, skipped, maxNorm, totalNorm, invScale, foundInf, ReducesAcrossRanks);
     }
 
     // The host value of a device rate slot's owner: a param group (global, per group) or a tensor's state.

@@ -162,6 +162,16 @@ clipSteps.SetAction(r =>
     return 0;
 });
 root.Add(clipSteps);
+var scalerSteps = new Command("scaler-steps", "Times FusedSGD (momentum 0.9) and FusedAdamW stepped through GradScaler's fused path, through its unfused path, TorchSharp's SGD / AdamW through the unfused path, and the plain fused step, in interleaved rounds (4 and 1000 tensors): what fused loss scaling costs next to its one read pass.")
+{
+    parameters, rounds, stepsPerRound,
+};
+scalerSteps.SetAction(r =>
+{
+    ScalerTiming.Run(r.GetValue(parameters), new[] { 4, 1000 }, r.GetValue(rounds), r.GetValue(stepsPerRound), Console.Out);
+    return 0;
+});
+root.Add(scalerSteps);
 var manyTensors = new Command("many-tensors", "Times FusedSGD momentum right after TorchSharp's SGD step and right after its own, each next to the bandwidth reference under the same condition, in interleaved rounds (4 and 1000 tensors): the per-tensor cost of the managed gather, warm and cold.")
 {
     parameters, rounds, stepsPerRound,

@@ -1,11 +1,11 @@
 // libFuzzer harness over the C ABI (docs/reliability.md). Each input is decoded into a few calls:
-// SGD and Adam/AdamW steps (several groups), Sls passes and norms, HD steps (every scope and rule),
-// GreedyLR init and steps (corrupt state, non-finite metrics), thread counts, version bumps (count
-// and NULL cases: no LibTorch here), the bandwidth reference and the information functions, with
-// random counts and sizes, NULL and aliased pointers, extreme and non-finite values and
-// inconsistent arguments. The harness owns every byte it passes, each buffer sized exactly, so
-// AddressSanitizer catches any access outside them. Assertions (a failure aborts, which the fuzzer
-// reports as a crash):
+// SGD and Adam/AdamW steps (several groups; plain, clipped and scaled), Sls passes and norms, HD
+// steps (every scope and rule), GreedyLR init and steps (corrupt state, non-finite metrics), thread
+// counts, version bumps (count and NULL cases: no LibTorch here), the bandwidth reference and the
+// information functions, with random counts and sizes, NULL and aliased pointers, extreme and
+// non-finite values and inconsistent arguments. The harness owns every byte it passes, each buffer
+// sized exactly, so AddressSanitizer catches any access outside them. Assertions (a failure aborts,
+// which the fuzzer reports as a crash):
 //  - every call returns a status a CPU-only build can return (INTERNAL is a bug);
 //  - after a non-OK status every buffer is byte for byte as it was (a failed check writes nothing)
 //    and optim_last_error() names the function;
@@ -285,6 +285,21 @@ const optim_grad_clip* pick_clip(FuzzedDataProvider& in, Arena& arena, bool& cli
     return maybe(in, clip);
 }
 
+// The scale of a _scaled entry point (its flag is written), or null with `scaled` false. NULL
+// pointers, a flag set on entry and bad inverse scales where the input asks for them.
+const optim_grad_scale* pick_scale(FuzzedDataProvider& in, Arena& arena, bool& scaled)
+{
+    scaled = in.ConsumeIntegral<uint8_t>() >= 170;
+    if (!scaled) return nullptr;
+    auto* inv = arena.array<float>(1, true);
+    *inv = static_cast<float>(value(in, {1.0, 0.5, 1.0 / 65536}));
+    auto* found = arena.array<float>(1, false);
+    *found = in.ConsumeBool() ? 0.0f : 1.0f;
+    auto* scale = arena.array<optim_grad_scale>(1, true);
+    *scale = optim_grad_scale{maybe(in, inv), maybe(in, found)};
+    return maybe(in, scale);
+}
+
 void fuzz_sgd(FuzzedDataProvider& in)
 {
     Arena arena;
@@ -345,16 +360,23 @@ void fuzz_sgd(FuzzedDataProvider& in)
                               maybe(in, numel_array),
                               maybe(in, fresh),
                               maybe(in, group_index)};
-    bool clipped = false;
+    bool clipped = false, scaled = false;
     const optim_grad_clip* clip = pick_clip(in, arena, clipped);
+    const optim_grad_scale* scale = pick_scale(in, arena, scaled);
     mark_written(arena, tensors, written);
     arena.snapshot();
     const optim_status status =
-        clipped ? optim_sgd_step_clipped(device, device_index, dtype, maybe(in, list), n_groups,
-                                         maybe(in, groups), clip)
-                : optim_sgd_step(device, device_index, dtype, maybe(in, list), n_groups,
-                                 maybe(in, groups));
-    expect_status(status, clipped ? "optim_sgd_step_clipped" : "optim_sgd_step", arena);
+        scaled    ? optim_sgd_step_scaled(device, device_index, dtype, maybe(in, list), n_groups,
+                                          maybe(in, groups), clip, scale)
+        : clipped ? optim_sgd_step_clipped(device, device_index, dtype, maybe(in, list), n_groups,
+                                           maybe(in, groups), clip)
+                  : optim_sgd_step(device, device_index, dtype, maybe(in, list), n_groups,
+                                   maybe(in, groups));
+    expect_status(status,
+                  scaled    ? "optim_sgd_step_scaled"
+                  : clipped ? "optim_sgd_step_clipped"
+                            : "optim_sgd_step",
+                  arena);
 }
 
 void fuzz_adam(FuzzedDataProvider& in)
@@ -422,16 +444,23 @@ void fuzz_adam(FuzzedDataProvider& in)
                                maybe(in, numel_array),
                                maybe(in, steps),
                                maybe(in, group_index)};
-    bool clipped = false;
+    bool clipped = false, scaled = false;
     const optim_grad_clip* clip = pick_clip(in, arena, clipped);
+    const optim_grad_scale* scale = pick_scale(in, arena, scaled);
     mark_written(arena, tensors, written);
     arena.snapshot();
     const optim_status status =
-        clipped ? optim_adam_step_clipped(device, device_index, dtype, maybe(in, list), n_groups,
-                                          maybe(in, groups), clip)
-                : optim_adam_step(device, device_index, dtype, maybe(in, list), n_groups,
-                                  maybe(in, groups));
-    expect_status(status, clipped ? "optim_adam_step_clipped" : "optim_adam_step", arena);
+        scaled    ? optim_adam_step_scaled(device, device_index, dtype, maybe(in, list), n_groups,
+                                           maybe(in, groups), clip, scale)
+        : clipped ? optim_adam_step_clipped(device, device_index, dtype, maybe(in, list), n_groups,
+                                            maybe(in, groups), clip)
+                  : optim_adam_step(device, device_index, dtype, maybe(in, list), n_groups,
+                                    maybe(in, groups));
+    expect_status(status,
+                  scaled    ? "optim_adam_step_scaled"
+                  : clipped ? "optim_adam_step_clipped"
+                            : "optim_adam_step",
+                  arena);
 }
 
 // The stochastic line search's passes (save, trial, restore) and its gradient norm.
@@ -564,19 +593,27 @@ void fuzz_hd(FuzzedDataProvider& in)
                           maybe(in, numel_array),
                           maybe(in, group_index),
                           maybe(in, fresh)};
-    bool clipped = false;
+    bool clipped = false, scaled = false;
     const optim_grad_clip* clip = pick_clip(in, arena, clipped);
+    const optim_grad_scale* scale = pick_scale(in, arena, scaled);
     mark_written(arena, tensors, written);
     arena.snapshot();
     int64_t* skip_out = maybe(in, skipped);
     const int32_t device_index = in.ConsumeIntegralInRange<int32_t>(-1, 1);
     const optim_status status =
-        clipped ? optim_hd_step_clipped(device, device_index, dtype, maybe(in, t), n_groups,
-                                        maybe(in, groups), maybe(in, hp), maybe(in, rates),
-                                        skip_out, clip)
-                : optim_hd_step(device, device_index, dtype, maybe(in, t), n_groups,
-                                maybe(in, groups), maybe(in, hp), maybe(in, rates), skip_out);
-    expect_status(status, clipped ? "optim_hd_step_clipped" : "optim_hd_step", arena);
+        scaled    ? optim_hd_step_scaled(device, device_index, dtype, maybe(in, t), n_groups,
+                                         maybe(in, groups), maybe(in, hp), maybe(in, rates), skip_out,
+                                         clip, scale)
+        : clipped ? optim_hd_step_clipped(device, device_index, dtype, maybe(in, t), n_groups,
+                                          maybe(in, groups), maybe(in, hp), maybe(in, rates),
+                                          skip_out, clip)
+                  : optim_hd_step(device, device_index, dtype, maybe(in, t), n_groups,
+                                  maybe(in, groups), maybe(in, hp), maybe(in, rates), skip_out);
+    expect_status(status,
+                  scaled    ? "optim_hd_step_scaled"
+                  : clipped ? "optim_hd_step_clipped"
+                            : "optim_hd_step",
+                  arena);
     // The CPU path reports the skip as 0 or 1 (a CUDA call with no tensors does nothing at all).
     if (status == OPTIM_STATUS_OK && skip_out && device == OPTIM_DEVICE_CPU)
         FUZZ_CHECK(*skipped == 0 || *skipped == 1, "skipped");

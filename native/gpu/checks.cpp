@@ -225,6 +225,46 @@ class ClipPair {
     bool on_;
 };
 
+// The gradient scaler of a case's two calls (none unless on): inverse scale 1/1024 and the
+// found-inf flag, in host memory for the CPU path and target memory for the checked path. reset()
+// clears both flags before a step; compare() checks that both paths found the same. Scaled cases
+// make their gradients 1024 times larger and put one infinity in them on the step bad_step() names,
+// which both paths must skip whole.
+class ScalePair {
+  public:
+    explicit ScalePair(bool on)
+        : inv_on_target_(on ? 1 : 0), found_on_target_(on ? 1 : 0), host_{&inv_, &found_on_host_},
+          on_(on)
+    {
+        if (on) inv_on_target_.upload(&inv_);
+        target_ = optim_grad_scale{inv_on_target_.get(), found_on_target_.get()};
+    }
+    const optim_grad_scale* on_host() const { return on_ ? &host_ : nullptr; }
+    const optim_grad_scale* on_target() const { return on_ ? &target_ : nullptr; }
+    double gradient_factor() const { return on_ ? 1024.0 : 1.0; }
+    bool bad_step(int step, int steps) const { return on_ && step == steps - 1; }
+    void reset()
+    {
+        found_on_host_ = 0.0f;
+        if (on_) found_on_target_.upload(&found_on_host_);
+    }
+    void compare(Report& r, const std::string& at, bool expect_skip)
+    {
+        if (!on_) return;
+        float got = -1.0f;
+        found_on_target_.download(&got);
+        r.same(at + "found_inf (cpu)", int64_t(expect_skip ? 1 : 0), int64_t(found_on_host_));
+        r.same(at + "found_inf (checked)", int64_t(expect_skip ? 1 : 0), int64_t(got));
+    }
+
+  private:
+    float inv_ = 1.0f / 1024.0f;
+    float found_on_host_ = 0.0f;
+    DeviceBuffer<float> inv_on_target_, found_on_target_;
+    optim_grad_scale host_, target_{};
+    bool on_;
+};
+
 // ---- Fused SGD ---------------------------------------------------------------------------------
 
 struct SgdConfig {
@@ -263,9 +303,10 @@ std::vector<SgdConfig> sgd_configs()
 // contiguous run of the tensors (group_index), so groups of every flag combination share a call.
 template <typename T>
 void sgd_case(Report& r, const TensorSet& set, const std::vector<optim_sgd_params>& groups,
-              int steps, uint64_t seed, double max_norm = 0)
+              int steps, uint64_t seed, double max_norm = 0, bool scaled = false)
 {
     ClipPair clip(max_norm);
+    ScalePair scale(scaled);
     const size_t K = set.sizes.size();
     const size_t G = groups.size();
     std::vector<int32_t> group_index(K);
@@ -292,8 +333,13 @@ void sgd_case(Report& r, const TensorSet& set, const std::vector<optim_sgd_param
         for (size_t k = 0; k < K; ++k)
             fresh[k] = step == 0 || (static_cast<int64_t>(k) == set.late && step == late_step);
         for (auto& v : g.host)
-            for (T& x : v) x = static_cast<T>(0.5 * rng.uniform());
+            for (T& x : v) x = static_cast<T>(0.5 * scale.gradient_factor() * rng.uniform());
+        const bool bad = scale.bad_step(step, steps);
+        if (bad)
+            g.host.at(static_cast<size_t>(set.inf_tensor))
+                .at(static_cast<size_t>(set.inf_element)) = std::numeric_limits<T>::infinity();
         g.upload();
+        scale.reset();
 
         std::vector<void*> hp = p.host_ptrs(), hb = b.host_ptrs(), dp = p.dev_ptrs(),
                            db = b.dev_ptrs();
@@ -310,16 +356,19 @@ void sgd_case(Report& r, const TensorSet& set, const std::vector<optim_sgd_param
         for (optim_sgd_params& g : on_host) g.lr_ptr = nullptr;
         // The first group's rate from target memory on odd steps.
         on_target[0].lr_ptr = step % 2 ? lr_on_target.get() : nullptr;
-        optim_ok(sgd_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, on_host, clip.on_host()),
+        optim_ok(sgd_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, on_host, clip.on_host(),
+                          scale.on_host()),
                  "optim_sgd_step (cpu)");
-        optim_ok(sgd_step(Target::device(), dtype_of<T>(), dev, on_target, clip.on_target()),
+        optim_ok(sgd_step(Target::device(), dtype_of<T>(), dev, on_target, clip.on_target(),
+                          scale.on_target()),
                  "optim_sgd_step (checked)");
         Target::sync();
 
-        const std::string at = "step " + std::to_string(step) + ": ";
+        const std::string at = "step " + std::to_string(step) + (bad ? " (skipped)" : "") + ": ";
         clip.compare(r, at);
-        p.compare_and_adopt(r, at + "param", tol);
-        if (momentum) b.compare_and_adopt(r, at + "momentum buffer", tol);
+        scale.compare(r, at, bad);
+        p.compare_and_adopt(r, at + "param", bad ? kExact : tol);
+        if (momentum) b.compare_and_adopt(r, at + "momentum buffer", bad ? kExact : tol);
         if (r.case_failed()) return;
     }
 }
@@ -362,9 +411,10 @@ std::vector<AdamConfig> adam_configs()
 // the middle of the run, with zero moments, as a parameter whose first gradient comes late).
 template <typename T>
 void adam_case(Report& r, const TensorSet& set, const std::vector<optim_adam_params>& groups,
-               int steps, uint64_t seed, double max_norm = 0)
+               int steps, uint64_t seed, double max_norm = 0, bool scaled = false)
 {
     ClipPair clip(max_norm);
+    ScalePair scale(scaled);
     const size_t K = set.sizes.size();
     const size_t G = groups.size();
     std::vector<int32_t> group_index(K);
@@ -392,8 +442,13 @@ void adam_case(Report& r, const TensorSet& set, const std::vector<optim_adam_par
             step_of[k] = taken[k] > 0 ? taken[k] : 1; // an empty tensor's step is never used
         }
         for (auto& x : g.host)
-            for (T& e : x) e = static_cast<T>(0.5 * rng.uniform());
+            for (T& e : x) e = static_cast<T>(0.5 * scale.gradient_factor() * rng.uniform());
+        const bool bad = scale.bad_step(step, steps);
+        if (bad)
+            g.host.at(static_cast<size_t>(set.inf_tensor))
+                .at(static_cast<size_t>(set.inf_element)) = std::numeric_limits<T>::infinity();
         g.upload();
+        scale.reset();
 
         std::vector<void*> hp = p.host_ptrs(), hm = m.host_ptrs(), hv = v.host_ptrs(),
                            hw = w.host_ptrs(), dp = p.dev_ptrs(), dm = m.dev_ptrs(),
@@ -407,14 +462,21 @@ void adam_case(Report& r, const TensorSet& set, const std::vector<optim_adam_par
         const optim_adam_tensors dev{
             static_cast<int64_t>(K),       dp.data(),     dg.data(),      dm.data(), dv.data(),
             amsgrad ? dw.data() : nullptr, numels.data(), step_of.data(), gi};
-        optim_ok(adam_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, groups, clip.on_host()),
+        optim_ok(adam_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, groups, clip.on_host(),
+                           scale.on_host()),
                  "optim_adam_step (cpu)");
-        optim_ok(adam_step(Target::device(), dtype_of<T>(), dev, groups, clip.on_target()),
+        optim_ok(adam_step(Target::device(), dtype_of<T>(), dev, groups, clip.on_target(),
+                           scale.on_target()),
                  "optim_adam_step (checked)");
         Target::sync();
+        // A skipped step is no step: the counts go back (the caller keeps them on the host).
+        if (bad)
+            for (size_t k = 0; k < K; ++k)
+                if (static_cast<int64_t>(k) != set.late || step >= late_step) --taken[k];
 
-        const std::string at = "step " + std::to_string(step) + ": ";
+        const std::string at = "step " + std::to_string(step) + (bad ? " (skipped)" : "") + ": ";
         clip.compare(r, at);
+        scale.compare(r, at, bad);
         p.compare_and_adopt(r, at + "param", tol);
         m.compare_and_adopt(r, at + "exp_avg", tol);
         v.compare_and_adopt(r, at + "exp_avg_sq", tol);
@@ -953,6 +1015,10 @@ int run_checks(const CheckOptions& options, Report& r)
                  [&] { sgd_case<float>(r, set, all, sgd_steps, ++seed, 1.0); });
         run_case(r, "float64 every combination as a param group, clipped, " + set.name,
                  [&] { sgd_case<double>(r, set, all, sgd_steps, ++seed, 1.0); });
+        run_case(r, "float32 every combination as a param group, scaled, " + set.name,
+                 [&] { sgd_case<float>(r, set, all, sgd_steps, ++seed, 0, true); });
+        run_case(r, "float64 every combination as a param group, scaled and clipped, " + set.name,
+                 [&] { sgd_case<double>(r, set, all, sgd_steps, ++seed, 1.0, true); });
     }
 
     r.suite("fused Adam/AdamW: CUDA vs CPU, every flag combination");
@@ -984,6 +1050,10 @@ int run_checks(const CheckOptions& options, Report& r)
                  [&] { adam_case<float>(r, set, all, sgd_steps, ++seed, 1.0); });
         run_case(r, "float64 every combination as a param group, clipped, " + set.name,
                  [&] { adam_case<double>(r, set, all, sgd_steps, ++seed, 1.0); });
+        run_case(r, "float32 every combination as a param group, scaled, " + set.name,
+                 [&] { adam_case<float>(r, set, all, sgd_steps, ++seed, 0, true); });
+        run_case(r, "float64 every combination as a param group, scaled and clipped, " + set.name,
+                 [&] { adam_case<double>(r, set, all, sgd_steps, ++seed, 1.0, true); });
     }
 
     r.suite("stochastic line search: CUDA vs CPU, save, trials, restore and norm");

@@ -173,6 +173,35 @@ typedef struct optim_grad_clip {
     int32_t across_ranks;
 } optim_grad_clip;
 
+/* ---- Gradient scaling (dynamic loss scaling) ------------------------------------------------- */
+
+/* A gradient scaler fused into a step (optim_sgd_step_scaled, optim_adam_step_scaled,
+ * optim_hd_step_scaled): the gradients hold loss-scaled values, and the step equals PyTorch's
+ * GradScaler.unscale_ (each gradient multiplied by the inverse scale, a non-finite element found)
+ * followed by the optimizer step when no element was non-finite:
+ *   before anything is written, one read pass over every gradient of the call finds whether any
+ *   element is infinite or NaN (checked before the multiply, as PyTorch checks) and, when clipping,
+ *   sums the squared norm of the unscaled gradient (inv_scale * grad, rounded to the element type);
+ *   skip = (*found_inf != 0 on entry) or a non-finite element; a non-finite element sets *found_inf
+ *   to 1 (the flag is never cleared, so several calls can share it);
+ *   a skipped step writes nothing else at all (parameters, buffers, moments, rates, the skip report
+ *   of hypergradient descent); the clipping norm is still written;
+ *   otherwise the step uses (inv_scale * grad) * coef wherever it uses grad, in the element type
+ *   (inv_scale converted to it: exact for float32 and float64), coef being clipping's coefficient
+ *   of that unscaled gradient (1 without clipping).
+ * The gradients themselves are never written (PyTorch's unscale_ writes them). With inv_scale 1
+ * the step is the unscaled step that honours the flag: what a caller that has unscaled the
+ * gradients itself (and recorded the flag) passes.
+ *   inv_scale: one float, read: host memory for OPTIM_DEVICE_CPU (finite and > 0), device memory of
+ *              the step's device for OPTIM_DEVICE_CUDA (not validated; the kernels read it there).
+ *   found_inf: one float, read and written, in the same memory as inv_scale.
+ * On CUDA the decision stays on the device: every kernel of the step reads the flag, so a step
+ * never waits for the host. Neither may be NULL. */
+typedef struct optim_grad_scale {
+    const float* inv_scale;
+    float* found_inf;
+} optim_grad_scale;
+
 /* ---- Fused SGD ------------------------------------------------------------------------------- */
 
 /* Hyperparameters of one SGD step, with PyTorch's meaning and PyTorch's order of operations:
@@ -227,6 +256,14 @@ OPTIM_API optim_status optim_sgd_step_clipped(int32_t device, int32_t device_ind
                                               const optim_tensor_list* tensors, int32_t n_groups,
                                               const optim_sgd_params* groups,
                                               const optim_grad_clip* clip);
+
+/* optim_sgd_step with a gradient scaler (optim_grad_scale above; scale not NULL) and optionally
+ * clipping (clip may be NULL). */
+OPTIM_API optim_status optim_sgd_step_scaled(int32_t device, int32_t device_index, int32_t dtype,
+                                             const optim_tensor_list* tensors, int32_t n_groups,
+                                             const optim_sgd_params* groups,
+                                             const optim_grad_clip* clip,
+                                             const optim_grad_scale* scale);
 
 /* ---- Fused Adam and AdamW -------------------------------------------------------------------- */
 
@@ -306,6 +343,16 @@ OPTIM_API optim_status optim_adam_step_clipped(int32_t device, int32_t device_in
                                                const optim_adam_tensors* tensors, int32_t n_groups,
                                                const optim_adam_params* groups,
                                                const optim_grad_clip* clip);
+
+/* optim_adam_step with a gradient scaler (optim_grad_scale above; scale not NULL) and optionally
+ * clipping (clip may be NULL). steps[k] is the count after this update if it happens: a skipped
+ * step leaves the caller to keep the old counts (on CUDA the caller learns of the skip only by
+ * reading found_inf). */
+OPTIM_API optim_status optim_adam_step_scaled(int32_t device, int32_t device_index, int32_t dtype,
+                                              const optim_adam_tensors* tensors, int32_t n_groups,
+                                              const optim_adam_params* groups,
+                                              const optim_grad_clip* clip,
+                                              const optim_grad_scale* scale);
 
 /* ---- Hypergradient descent ------------------------------------------------------------------- */
 
@@ -410,6 +457,17 @@ OPTIM_API optim_status optim_hd_step_clipped(int32_t device, int32_t device_inde
                                              const optim_hd_group* groups,
                                              const optim_hd_params* params, double* rates,
                                              int64_t* skipped, const optim_grad_clip* clip);
+
+/* optim_hd_step with a gradient scaler (optim_grad_scale above; scale not NULL) and optionally
+ * clipping (clip may be NULL). The gradients are always checked (assume_finite is ignored): a step
+ * the scaler skips is reported through found_inf alone, never in `skipped` (set to 0 on the CPU,
+ * not incremented on CUDA). The hypergradient uses the unscaled (and clipped) gradient. */
+OPTIM_API optim_status optim_hd_step_scaled(int32_t device, int32_t device_index, int32_t dtype,
+                                            const optim_hd_tensors* tensors, int32_t n_groups,
+                                            const optim_hd_group* groups,
+                                            const optim_hd_params* params, double* rates,
+                                            int64_t* skipped, const optim_grad_clip* clip,
+                                            const optim_grad_scale* scale);
 
 /* ---- GreedyLR -------------------------------------------------------------------------------- */
 

@@ -280,53 +280,79 @@ bool clip_across_ranks(const optim_grad_clip* clip)
     return clip != nullptr && clip->across_ranks == 1;
 }
 
-// One SGD step (clipped: the _clipped entry point, whose clip may not be NULL); fn names the entry
-// point in messages.
+// The gradient scaler of a _scaled entry point: required, both pointers present; on the CPU the
+// inverse scale is read and must be finite and > 0 (on CUDA it is device memory).
+void check_scale(const char* fn, int32_t device, const optim_grad_scale* scale)
+{
+    OPTIM_REQUIRE(scale != nullptr, fn, "scale is NULL");
+    OPTIM_REQUIRE(scale->inv_scale != nullptr, fn, "scale->inv_scale is NULL");
+    OPTIM_REQUIRE(scale->found_inf != nullptr, fn, "scale->found_inf is NULL");
+    if (device == OPTIM_DEVICE_CPU)
+        OPTIM_REQUIRE(std::isfinite(*scale->inv_scale) && *scale->inv_scale > 0.0f, fn,
+                      "invalid inverse scale: " + num(*scale->inv_scale) +
+                          " (must be finite and > 0)");
+}
+
+// Which variant of a step an entry point is: plain, _clipped (clip required) or _scaled (scale
+// required, clip optional).
+enum class Variant { Plain, Clipped, Scaled };
+
+void check_variant(const char* fn, int32_t device, Variant v, const optim_grad_clip* clip,
+                   const optim_grad_scale* scale)
+{
+    check_clip(fn, device, clip, v == Variant::Clipped);
+    if (v == Variant::Scaled) check_scale(fn, device, scale);
+}
+
+// One SGD step of a variant; fn names the entry point in messages.
 optim_status sgd_entry(const char* fn, int32_t device, int32_t device_index, int32_t dtype,
                        const optim_tensor_list* tensors, int32_t n_groups,
-                       const optim_sgd_params* groups, const optim_grad_clip* clip, bool clipped)
+                       const optim_sgd_params* groups, const optim_grad_clip* clip,
+                       const optim_grad_scale* scale, Variant variant)
 {
     return guard(fn, [&] {
-        check_clip(fn, device, clip, clipped);
+        check_variant(fn, device, variant, clip, scale);
         require_step_target(fn, device, dtype);
         validate_sgd(fn, device, tensors, n_groups, groups);
         if (tensors->count == 0 && !clip_across_ranks(clip)) return;
         SgdCall call{tensors, n_groups, groups};
         call.clip = clip;
+        call.scale = variant == Variant::Scaled ? scale : nullptr;
         call.fn = fn;
         run_on_backend(device, device_index, dtype, call, cuda::sgd_step, cpu::sgd_step_f32,
                        cpu::sgd_step_f64);
     });
 }
 
-// One Adam/AdamW step (clipped: the _clipped entry point, whose clip may not be NULL); fn names the
-// entry point in messages.
+// One Adam/AdamW step of a variant; fn names the entry point in messages.
 optim_status adam_entry(const char* fn, int32_t device, int32_t device_index, int32_t dtype,
                         const optim_adam_tensors* tensors, int32_t n_groups,
-                        const optim_adam_params* groups, const optim_grad_clip* clip, bool clipped)
+                        const optim_adam_params* groups, const optim_grad_clip* clip,
+                        const optim_grad_scale* scale, Variant variant)
 {
     return guard(fn, [&] {
-        check_clip(fn, device, clip, clipped);
+        check_variant(fn, device, variant, clip, scale);
         require_step_target(fn, device, dtype);
         validate_adam(fn, tensors, n_groups, groups);
         if (tensors->count == 0 && !clip_across_ranks(clip)) return;
         AdamCall call{tensors, n_groups, groups};
         call.clip = clip;
+        call.scale = variant == Variant::Scaled ? scale : nullptr;
         call.fn = fn;
         run_on_backend(device, device_index, dtype, call, cuda::adam_step, cpu::adam_step_f32,
                        cpu::adam_step_f64);
     });
 }
 
-// One hypergradient step (clipped: the _clipped entry point, whose clip may not be NULL); fn names
-// the entry point in messages.
+// One hypergradient step of a variant; fn names the entry point in messages.
 optim_status hd_entry(const char* fn, int32_t device, int32_t device_index, int32_t dtype,
                       const optim_hd_tensors* tensors, int32_t n_groups,
                       const optim_hd_group* groups, const optim_hd_params* params, double* rates,
-                      int64_t* skipped, const optim_grad_clip* clip, bool clipped)
+                      int64_t* skipped, const optim_grad_clip* clip, const optim_grad_scale* scale,
+                      Variant variant)
 {
     return guard(fn, [&] {
-        check_clip(fn, device, clip, clipped);
+        check_variant(fn, device, variant, clip, scale);
         require_step_target(fn, device, dtype);
         OPTIM_REQUIRE(params != nullptr && tensors != nullptr && groups != nullptr, fn,
                       "tensors, groups and params must not be NULL");
@@ -406,6 +432,7 @@ optim_status hd_entry(const char* fn, int32_t device, int32_t device_index, int3
         }
         HdCall call{tensors, n_groups, groups, params, rates, skipped};
         call.clip = clip;
+        call.scale = variant == Variant::Scaled ? scale : nullptr;
         call.fn = fn;
         run_on_backend(device, device_index, dtype, call, cuda::hd_step, cpu::hd_step_f32,
                        cpu::hd_step_f64);
@@ -560,7 +587,7 @@ OPTIM_API optim_status optim_sgd_step(int32_t device, int32_t device_index, int3
                                       const optim_sgd_params* groups)
 {
     return sgd_entry("optim_sgd_step", device, device_index, dtype, tensors, n_groups, groups,
-                     nullptr, false);
+                     nullptr, nullptr, Variant::Plain);
 }
 
 OPTIM_API optim_status optim_sgd_step_clipped(int32_t device, int32_t device_index, int32_t dtype,
@@ -569,7 +596,17 @@ OPTIM_API optim_status optim_sgd_step_clipped(int32_t device, int32_t device_ind
                                               const optim_grad_clip* clip)
 {
     return sgd_entry("optim_sgd_step_clipped", device, device_index, dtype, tensors, n_groups,
-                     groups, clip, true);
+                     groups, clip, nullptr, Variant::Clipped);
+}
+
+OPTIM_API optim_status optim_sgd_step_scaled(int32_t device, int32_t device_index, int32_t dtype,
+                                             const optim_tensor_list* tensors, int32_t n_groups,
+                                             const optim_sgd_params* groups,
+                                             const optim_grad_clip* clip,
+                                             const optim_grad_scale* scale)
+{
+    return sgd_entry("optim_sgd_step_scaled", device, device_index, dtype, tensors, n_groups,
+                     groups, clip, scale, Variant::Scaled);
 }
 
 OPTIM_API void optim_adam_params_default(optim_adam_params* params)
@@ -587,7 +624,7 @@ OPTIM_API optim_status optim_adam_step(int32_t device, int32_t device_index, int
                                        const optim_adam_params* groups)
 {
     return adam_entry("optim_adam_step", device, device_index, dtype, tensors, n_groups, groups,
-                      nullptr, false);
+                      nullptr, nullptr, Variant::Plain);
 }
 
 OPTIM_API optim_status optim_adam_step_clipped(int32_t device, int32_t device_index, int32_t dtype,
@@ -596,7 +633,17 @@ OPTIM_API optim_status optim_adam_step_clipped(int32_t device, int32_t device_in
                                                const optim_grad_clip* clip)
 {
     return adam_entry("optim_adam_step_clipped", device, device_index, dtype, tensors, n_groups,
-                      groups, clip, true);
+                      groups, clip, nullptr, Variant::Clipped);
+}
+
+OPTIM_API optim_status optim_adam_step_scaled(int32_t device, int32_t device_index, int32_t dtype,
+                                              const optim_adam_tensors* tensors, int32_t n_groups,
+                                              const optim_adam_params* groups,
+                                              const optim_grad_clip* clip,
+                                              const optim_grad_scale* scale)
+{
+    return adam_entry("optim_adam_step_scaled", device, device_index, dtype, tensors, n_groups,
+                      groups, clip, scale, Variant::Scaled);
 }
 
 OPTIM_API int64_t optim_hd_rate_count(int32_t scope, int32_t n_groups, int64_t n_tensors)
@@ -613,7 +660,7 @@ OPTIM_API optim_status optim_hd_step(int32_t device, int32_t device_index, int32
                                      double* rates, int64_t* skipped)
 {
     return hd_entry("optim_hd_step", device, device_index, dtype, tensors, n_groups, groups, params,
-                    rates, skipped, nullptr, false);
+                    rates, skipped, nullptr, nullptr, Variant::Plain);
 }
 
 OPTIM_API optim_status optim_hd_step_clipped(int32_t device, int32_t device_index, int32_t dtype,
@@ -623,7 +670,18 @@ OPTIM_API optim_status optim_hd_step_clipped(int32_t device, int32_t device_inde
                                              int64_t* skipped, const optim_grad_clip* clip)
 {
     return hd_entry("optim_hd_step_clipped", device, device_index, dtype, tensors, n_groups, groups,
-                    params, rates, skipped, clip, true);
+                    params, rates, skipped, clip, nullptr, Variant::Clipped);
+}
+
+OPTIM_API optim_status optim_hd_step_scaled(int32_t device, int32_t device_index, int32_t dtype,
+                                            const optim_hd_tensors* tensors, int32_t n_groups,
+                                            const optim_hd_group* groups,
+                                            const optim_hd_params* params, double* rates,
+                                            int64_t* skipped, const optim_grad_clip* clip,
+                                            const optim_grad_scale* scale)
+{
+    return hd_entry("optim_hd_step_scaled", device, device_index, dtype, tensors, n_groups, groups,
+                    params, rates, skipped, clip, scale, Variant::Scaled);
 }
 
 OPTIM_API optim_status optim_sls_save(int32_t device, int32_t device_index, int32_t dtype,

@@ -16,8 +16,9 @@ struct SgdCall {
     const optim_tensor_list* tensors;
     int32_t n_groups;
     const optim_sgd_params* groups;
-    const optim_grad_clip* clip = nullptr; // null: no clipping
-    const char* fn = "optim_sgd_step";     // the entry point, for messages
+    const optim_grad_clip* clip = nullptr;   // null: no clipping
+    const optim_grad_scale* scale = nullptr; // null: no gradient scaler
+    const char* fn = "optim_sgd_step";       // the entry point, for messages
     // The param group of tensor k (group_index may be NULL: one group).
     int32_t group_of(int64_t k) const { return tensors->group_index ? tensors->group_index[k] : 0; }
 };
@@ -27,8 +28,9 @@ struct AdamCall {
     const optim_adam_tensors* tensors;
     int32_t n_groups;
     const optim_adam_params* groups;
-    const optim_grad_clip* clip = nullptr; // null: no clipping
-    const char* fn = "optim_adam_step";    // the entry point, for messages
+    const optim_grad_clip* clip = nullptr;   // null: no clipping
+    const optim_grad_scale* scale = nullptr; // null: no gradient scaler
+    const char* fn = "optim_adam_step";      // the entry point, for messages
     int32_t group_of(int64_t k) const { return tensors->group_index ? tensors->group_index[k] : 0; }
 };
 
@@ -40,8 +42,9 @@ struct HdCall {
     const optim_hd_params* params;
     double* rates;
     int64_t* skipped;
-    const optim_grad_clip* clip = nullptr; // null: no clipping
-    const char* fn = "optim_hd_step";      // the entry point, for messages
+    const optim_grad_clip* clip = nullptr;   // null: no clipping
+    const optim_grad_scale* scale = nullptr; // null: no gradient scaler
+    const char* fn = "optim_hd_step";        // the entry point, for messages
 };
 
 // A validated pass of the stochastic line search (optim_sls_save/_trial/_restore): op is a SlsOp

@@ -29,6 +29,7 @@ public class PublicSurfaceTests
             "Optim.FusedSGD+Options",
             "Optim.FusedSGD+ParamGroup",
             "Optim.FusedSGD+State",
+            "Optim.GradScaler",
             "Optim.GreedyLR",
             "Optim.GreedyLRSettings",
             "Optim.GreedyLRState",

@@ -1,8 +1,9 @@
 // The CPU path of the fused Adam/AdamW step: WorkPlan's multi-tensor loop over the pieces of all
 // tensors of every param group, each piece updated by the per-element math of adam_element() from
 // adam_math.hpp (shared with the CUDA kernel). Each element is read and written once: 28 bytes per
-// fp32 element (read p, g, m, v; write p, m, v), 36 with amsgrad; clipping adds one read pass over
-// the gradients (clip_cpu.hpp) and scales each gradient element as it is read.
+// fp32 element (read p, g, m, v; write p, m, v), 36 with amsgrad; clipping or a gradient scaler
+// adds one read pass over the gradients (clip_cpu.hpp) and scales each gradient element as it is
+// read.
 #include "../adam_math.hpp"
 #include "../backend.hpp"
 #include "clip_cpu.hpp"
@@ -18,15 +19,15 @@ namespace {
 template <typename T, unsigned Flags>
 OPTIM_CPU_CLONES void adam_range(T* __restrict p, const T* __restrict g, T* __restrict m,
                                  T* __restrict v, T* __restrict vmax, int64_t n,
-                                 const AdamCoeffs<T>& c, T clip)
+                                 const AdamCoeffs<T>& c, T inv, T clip)
 {
     if constexpr ((Flags & kAdamAmsgrad) != 0) {
         for (int64_t i = 0; i < n; ++i)
-            adam_element<T, Flags>(p[i], g[i] * clip, m[i], v[i], vmax[i], c);
+            adam_element<T, Flags>(p[i], g[i] * inv * clip, m[i], v[i], vmax[i], c);
     } else {
         T unused = T(0);
         for (int64_t i = 0; i < n; ++i)
-            adam_element<T, Flags>(p[i], g[i] * clip, m[i], v[i], unused, c);
+            adam_element<T, Flags>(p[i], g[i] * inv * clip, m[i], v[i], unused, c);
     }
 }
 
@@ -55,7 +56,9 @@ void adam_step(const AdamCall& call)
 
     WorkPlan& plan = WorkPlan::for_this_thread();
     plan.build(t.numels, t.count);
-    const T clip = clip_pass<T>(call.fn, plan, t.grads, call.clip);
+    const GradFactors<T> f = grad_pass<T>(call.fn, plan, t.grads, call.clip, call.scale);
+    if (f.skip) return; // the scaler's skip: nothing is written
+    const T inv = f.inv, clip = f.coef;
     const AdamTensor<T>* A = tensors.data();
     plan.parallel_for_pieces([&](const Piece& piece) {
         const AdamTensor<T>& a = A[piece.tensor];
@@ -63,7 +66,7 @@ void adam_step(const AdamCall& call)
         dispatch_adam_flags(a.flags, [&](auto F) {
             adam_range<T, decltype(F)::value>(piece.at<T>(t.params), piece.at<const T>(t.grads),
                                               piece.at<T>(t.exp_avgs), piece.at<T>(t.exp_avg_sqs),
-                                              vmax, piece.length, a.c, clip);
+                                              vmax, piece.length, a.c, inv, clip);
         });
     });
 }

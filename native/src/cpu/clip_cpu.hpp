@@ -1,6 +1,8 @@
-// The CPU side of gradient clipping by global norm (optim_grad_clip): the read pass that sums the
-// squared gradients, and the coefficient the update then applies. Hypergradient descent sums the
-// norm inside its own reduction pass instead (hd_cpu.cpp) and uses only finish_clip().
+// The CPU side of gradient clipping by global norm (optim_grad_clip) and of a fused gradient scaler
+// (optim_grad_scale): the one read pass before an update that sums the squared (unscaled) gradients
+// and finds non-finite elements, and the factors the update then applies. Hypergradient descent
+// makes these sums inside its own reduction pass instead (hd_cpu.cpp) and uses only finish_clip()
+// and the scale helpers.
 #pragma once
 
 #include "../clip_math.hpp"
@@ -48,26 +50,106 @@ T finish_clip(const optim_grad_clip* clip, double squared)
     return clip_coefficient<T>(norm, clip->max_norm);
 }
 
-// The clipping coefficient of a step over the tensors of `plan` (built): one read pass over the
-// gradients, per-piece sums combined in piece order (then over every rank, with across_ranks). 1
-// without clipping (no pass). fn names the entry point in messages.
+// The gradient scaler's inverse scale in T (1 without a scaler: multiplying by it is exact).
 template <typename T>
-T clip_pass(const char* fn, const WorkPlan& plan, const void* const* grads,
-            const optim_grad_clip* clip)
+T inverse_scale(const optim_grad_scale* scale)
 {
-    if (clip == nullptr) return T(1);
+    return scale == nullptr ? T(1) : static_cast<T>(*scale->inv_scale);
+}
+
+// Whether a scaled step is skipped: the flag was set on entry or a gradient element was not finite
+// (which sets it). Never skipped without a scaler.
+inline bool scaled_skip(const optim_grad_scale* scale, bool nonfinite)
+{
+    if (scale == nullptr) return false;
+    if (nonfinite) *scale->found_inf = 1.0f;
+    return *scale->found_inf != 0.0f;
+}
+
+// One piece of the scaled read pass: the squared sum of the unscaled gradient (inv * g rounded to
+// T, summed in double in kNormLanes lanes as squared_sum) when Norm, and whether an element of g
+// itself was not finite.
+template <typename T, bool Norm>
+OPTIM_CPU_CLONES void scaled_piece(const T* __restrict g, int64_t n, T inv, double& squared,
+                                   bool& nonfinite)
+{
+    double lanes[kNormLanes] = {};
+    T bad[kNormLanes] = {}; // sums of exact zeros or NaN (nonfinite_mark)
+    const int64_t whole = n - n % kNormLanes;
+    auto one = [&](int lane, int64_t i) {
+        bad[lane] += nonfinite_mark(g[i]);
+        if (Norm) {
+            const double v = static_cast<T>(g[i] * inv);
+            lanes[lane] += v * v;
+        }
+    };
+    for (int64_t i = 0; i < whole; i += kNormLanes)
+        for (int lane = 0; lane < kNormLanes; ++lane) one(lane, i + lane);
+    for (int64_t i = whole; i < n; ++i) one(static_cast<int>(i - whole), i);
+    double sum = 0;
+    T flag = 0;
+    for (int lane = 0; lane < kNormLanes; ++lane) {
+        sum += lanes[lane];
+        flag += bad[lane];
+    }
+    squared = sum;
+    nonfinite = flag != T(0);
+}
+
+// What the update applies to each gradient element: g * inv * coef. skip: the scaler skips the
+// step.
+template <typename T>
+struct GradFactors {
+    T inv = T(1);
+    T coef = T(1);
+    bool skip = false;
+};
+
+// The read pass of a step over the tensors of `plan` (built), before anything is written: the
+// clipping norm (written to clip->total_norm) and, with a scaler, the non-finite check; per-piece
+// results combined in piece order, then over every rank with clip->across_ranks. No pass when
+// neither clips nor scales. fn names the entry point in messages.
+template <typename T>
+GradFactors<T> grad_pass(const char* fn, const WorkPlan& plan, const void* const* grads,
+                         const optim_grad_clip* clip, const optim_grad_scale* scale)
+{
+    GradFactors<T> f;
+    if (clip == nullptr && scale == nullptr) return f;
+    f.inv = inverse_scale<T>(scale);
+    struct Part {
+        double squared;
+        bool nonfinite;
+    };
     // A reference: worker threads must see the caller's vector, not their own thread_local copy.
-    thread_local std::vector<double> partials_storage;
-    std::vector<double>& partials = partials_storage;
-    partials.assign(static_cast<size_t>(plan.pieces()), 0.0);
+    thread_local std::vector<Part> partials_storage;
+    std::vector<Part>& partials = partials_storage;
+    partials.assign(static_cast<size_t>(plan.pieces()), Part{0.0, false});
+    const T inv = f.inv;
     plan.parallel_for_pieces([&](const Piece& piece) {
-        partials[static_cast<size_t>(piece.index)] =
-            squared_sum<T>(piece.at<const T>(grads), piece.length);
+        Part& part = partials[static_cast<size_t>(piece.index)];
+        const T* g = piece.at<const T>(grads);
+        if (scale == nullptr)
+            part.squared = squared_sum<T>(g, piece.length);
+        else if (clip != nullptr)
+            scaled_piece<T, true>(g, piece.length, inv, part.squared, part.nonfinite);
+        else
+            scaled_piece<T, false>(g, piece.length, inv, part.squared, part.nonfinite);
     });
     double squared = 0;
-    for (const double part : partials) squared += part;
-    if (clip->across_ranks) sum_across_ranks(fn, &squared, 1);
-    return finish_clip<T>(clip, squared);
+    bool nonfinite = false;
+    for (const Part& part : partials) {
+        squared += part.squared;
+        nonfinite = nonfinite || part.nonfinite;
+    }
+    if (clip != nullptr && clip->across_ranks) {
+        double sums[2] = {squared, nonfinite ? 1.0 : 0.0};
+        sum_across_ranks(fn, sums, 2);
+        squared = sums[0];
+        nonfinite = sums[1] > 0;
+    }
+    f.coef = finish_clip<T>(clip, squared);
+    f.skip = scaled_skip(scale, nonfinite);
+    return f;
 }
 
 } // namespace optim::cpu

@@ -3,7 +3,8 @@
 // combines them in piece order and updates the rates, then the update pass with the new rates.
 // Per-parameter scope: a finiteness pass over the gradients, then one elementwise pass. With
 // clipping the reduction pass also sums the squared norm (the per-parameter scope then always makes
-// it). Every per-element operation is hd_math.hpp's.
+// it). With a gradient scaler every pass reads inv_scale * grad and the gradients are always
+// checked. Every per-element operation is hd_math.hpp's.
 #include "../backend.hpp"
 #include "../cross_rank.hpp"
 #include "../hd_math.hpp"
@@ -26,7 +27,8 @@ namespace {
 // reassociating floating-point sums.
 template <typename Acc, int Lanes, typename T, unsigned Flags, bool HasUp, bool Norms, bool Clip>
 OPTIM_CPU_CLONES HdPartial reduce_lanes(const T* __restrict p, const T* __restrict g,
-                                        const T* __restrict up, int64_t n, const SgdCoeffs<T>& c)
+                                        const T* __restrict up, int64_t n, const SgdCoeffs<T>& c,
+                                        T inv)
 {
     // Clipping: the signed raw gradient s here, the decay term d below (HdPartial).
     constexpr unsigned kGradFlags = Clip ? Flags & kSgdMaximize : Flags;
@@ -37,8 +39,8 @@ OPTIM_CPU_CLONES HdPartial reduce_lanes(const T* __restrict p, const T* __restri
     // Summing nonfinite_mark() flags a non-finite element without a branch (a compare-and-branch
     // per element kept this loop scalar).
     auto one = [&](int lane, int64_t i) {
-        bad[lane] += nonfinite_mark(g[i]);
-        const Acc gt = sgd_effective_grad<T, kGradFlags>(p[i], g[i], c);
+        bad[lane] += nonfinite_mark(g[i]); // the raw gradient, as a scaler checks it
+        const Acc gt = sgd_effective_grad<T, kGradFlags>(p[i], g[i] * inv, c);
         const Acc u = HasUp ? static_cast<Acc>(up[i]) : Acc(0);
         h[lane] += gt * u;
         if (Norms || Clip) gg[lane] += gt * gt;
@@ -77,10 +79,11 @@ OPTIM_CPU_CLONES HdPartial reduce_lanes(const T* __restrict p, const T* __restri
 constexpr int64_t kFloatBlock = 512;
 
 template <typename T, unsigned Flags, bool HasUp, bool Norms, bool Clip>
-HdPartial reduce_blocks(const T* p, const T* g, const T* up, int64_t n, const SgdCoeffs<T>& c)
+HdPartial reduce_blocks(const T* p, const T* g, const T* up, int64_t n, const SgdCoeffs<T>& c,
+                        T inv)
 {
     if constexpr (!std::is_same_v<T, float> || Clip) {
-        return reduce_lanes<double, 8, T, Flags, HasUp, Norms, Clip>(p, g, up, n, c);
+        return reduce_lanes<double, 8, T, Flags, HasUp, Norms, Clip>(p, g, up, n, c, inv);
     } else {
         HdPartial r;
         for (int64_t b = 0; b < n; b += kFloatBlock) {
@@ -88,9 +91,10 @@ HdPartial reduce_blocks(const T* p, const T* g, const T* up, int64_t n, const Sg
             const T* pb = p + b;
             const T* ub = HasUp ? up + b : up;
             HdPartial part =
-                reduce_lanes<float, 16, T, Flags, HasUp, Norms, Clip>(pb, g + b, ub, len, c);
+                reduce_lanes<float, 16, T, Flags, HasUp, Norms, Clip>(pb, g + b, ub, len, c, inv);
             if (!is_finite(part.h + part.gg + part.uu + part.hd + part.sd + part.dd))
-                part = reduce_lanes<double, 8, T, Flags, HasUp, Norms, Clip>(pb, g + b, ub, len, c);
+                part = reduce_lanes<double, 8, T, Flags, HasUp, Norms, Clip>(pb, g + b, ub, len, c,
+                                                                             inv);
             r.h += part.h;
             r.gg += part.gg;
             r.uu += part.uu;
@@ -124,27 +128,29 @@ OPTIM_CPU_CLONES HdPartial count_nonfinite(const T* __restrict g, int64_t n)
 }
 
 template <typename T, unsigned Flags, bool Clip>
-HdPartial reduce_piece(const T* p, const T* g, const T* up, int64_t n, const SgdCoeffs<T>& c,
+HdPartial reduce_piece(const T* p, const T* g, const T* up, int64_t n, const SgdCoeffs<T>& c, T inv,
                        bool norms, bool only_finiteness)
 {
     if (only_finiteness && !Clip) return count_nonfinite<T>(g, n);
-    if (only_finiteness) return reduce_blocks<T, Flags, false, false, true>(p, g, nullptr, n, c);
+    if (only_finiteness)
+        return reduce_blocks<T, Flags, false, false, true>(p, g, nullptr, n, c, inv);
     if (up != nullptr)
-        return norms ? reduce_blocks<T, Flags, true, true, Clip>(p, g, up, n, c)
-                     : reduce_blocks<T, Flags, true, false, Clip>(p, g, up, n, c);
-    return norms ? reduce_blocks<T, Flags, false, true, Clip>(p, g, up, n, c)
-                 : reduce_blocks<T, Flags, false, false, Clip>(p, g, up, n, c);
+        return norms ? reduce_blocks<T, Flags, true, true, Clip>(p, g, up, n, c, inv)
+                     : reduce_blocks<T, Flags, true, false, Clip>(p, g, up, n, c, inv);
+    return norms ? reduce_blocks<T, Flags, false, true, Clip>(p, g, up, n, c, inv)
+                 : reduce_blocks<T, Flags, false, false, Clip>(p, g, up, n, c, inv);
 }
 
 template <typename T, unsigned Flags, bool Fresh>
 OPTIM_CPU_CLONES void update_piece(T* __restrict p, const T* __restrict g, T* __restrict buf,
-                                   T* __restrict up, int64_t n, const SgdCoeffs<T>& c, T lr, T clip)
+                                   T* __restrict up, int64_t n, const SgdCoeffs<T>& c, T lr, T inv,
+                                   T clip)
 {
     T unused_b = T(0), unused_u = T(0);
     for (int64_t i = 0; i < n; ++i) {
         T& b = (Flags & kSgdMomentum) ? buf[i] : unused_b;
         T& u = sgd_heavy_ball(Flags) ? unused_u : up[i];
-        hd_update_element<T, Flags>(p[i], g[i] * clip, b, u, Fresh, c, lr);
+        hd_update_element<T, Flags>(p[i], g[i] * inv * clip, b, u, Fresh, c, lr);
     }
 }
 
@@ -152,24 +158,27 @@ OPTIM_CPU_CLONES void update_piece(T* __restrict p, const T* __restrict g, T* __
 template <typename T, unsigned Flags, bool Fresh, int Rule>
 OPTIM_CPU_CLONES void per_parameter_loop(T* __restrict p, const T* __restrict g, T* __restrict buf,
                                          T* __restrict up, T* __restrict alpha, int64_t n,
-                                         const SgdCoeffs<T>& c, const HdCoeffs<T>& hc, T clip)
+                                         const SgdCoeffs<T>& c, const HdCoeffs<T>& hc, T inv,
+                                         T clip)
 {
     T unused_b = T(0), unused_u = T(0);
     for (int64_t i = 0; i < n; ++i) {
         T& b = (Flags & kSgdMomentum) ? buf[i] : unused_b;
         T& u = sgd_heavy_ball(Flags) ? unused_u : up[i];
-        hd_per_parameter_element<T, Flags, Rule>(p[i], g[i] * clip, b, u, alpha[i], Fresh, c, hc);
+        hd_per_parameter_element<T, Flags, Rule>(p[i], g[i] * inv * clip, b, u, alpha[i], Fresh, c,
+                                                 hc);
     }
 }
 
 template <typename T, unsigned Flags, bool Fresh>
 void per_parameter_piece(T* p, const T* g, T* buf, T* up, T* alpha, int64_t n,
-                         const SgdCoeffs<T>& c, const HdCoeffs<T>& hc, T clip)
+                         const SgdCoeffs<T>& c, const HdCoeffs<T>& hc, T inv, T clip)
 {
     if (hc.normalized)
-        per_parameter_loop<T, Flags, Fresh, kHdNormalized>(p, g, buf, up, alpha, n, c, hc, clip);
+        per_parameter_loop<T, Flags, Fresh, kHdNormalized>(p, g, buf, up, alpha, n, c, hc, inv,
+                                                           clip);
     else
-        per_parameter_loop<T, Flags, Fresh, kHdAdditive>(p, g, buf, up, alpha, n, c, hc, clip);
+        per_parameter_loop<T, Flags, Fresh, kHdAdditive>(p, g, buf, up, alpha, n, c, hc, inv, clip);
 }
 
 std::vector<HdPartial>& no_sums()
@@ -225,8 +234,10 @@ void hd_step(const HdCall& call)
 
     // Pass 1: partial sums (or only finiteness, for the per-parameter scope, which makes no pass
     // at all when the caller vouches for the gradients), and with clipping the squared norm.
-    const bool check = hp.assume_finite == 0;
+    // A gradient scaler always checks (its flag reports the skip) and unscales as the passes read.
+    const bool check = hp.assume_finite == 0 || call.scale != nullptr;
     const bool clip = call.clip != nullptr;
+    const T inv = inverse_scale<T>(call.scale);
     if (check || !per_parameter || clip)
         plan.parallel_for_pieces([&](const Piece& piece) {
             const int64_t k = piece.tensor;
@@ -242,9 +253,9 @@ void hd_step(const HdCall& call)
                 const T* pp = piece.at<const T>(t.params);
                 const T* gp = piece.at<const T>(t.grads);
                 partials[static_cast<size_t>(piece.index)] =
-                    clip ? reduce_piece<T, Flags, true>(pp, gp, up, piece.length, g.c, norms,
+                    clip ? reduce_piece<T, Flags, true>(pp, gp, up, piece.length, g.c, inv, norms,
                                                         per_parameter)
-                         : reduce_piece<T, Flags, false>(pp, gp, up, piece.length, g.c, norms,
+                         : reduce_piece<T, Flags, false>(pp, gp, up, piece.length, g.c, inv, norms,
                                                          per_parameter);
             });
         });
@@ -279,8 +290,14 @@ void hd_step(const HdCall& call)
         sum_over_ranks(call.fn, nonfinite, squared, shared_slots ? sums : no_sums());
     }
     const T coef = finish_clip<T>(call.clip, squared);
-    if (call.skipped) *call.skipped = nonfinite > 0 ? 1 : 0;
-    if (nonfinite > 0) return;
+    if (call.scale != nullptr) {
+        // The scaler's skip is reported through its flag alone.
+        if (call.skipped) *call.skipped = 0;
+        if (scaled_skip(call.scale, nonfinite > 0)) return;
+    } else {
+        if (call.skipped) *call.skipped = nonfinite > 0 ? 1 : 0;
+        if (nonfinite > 0) return;
+    }
 
     if (!per_parameter) {
         const HdCoeffs<double> hc{hp.hypergrad_lr, hp.lr_min, hp.lr_max,
@@ -313,15 +330,16 @@ void hd_step(const HdCall& call)
             if (per_parameter) {
                 T* a = piece.at<T>(t.param_rates);
                 if (f)
-                    per_parameter_piece<T, Flags, true>(p, grad, b, up, a, n, g.c, hc_t, coef);
+                    per_parameter_piece<T, Flags, true>(p, grad, b, up, a, n, g.c, hc_t, inv, coef);
                 else
-                    per_parameter_piece<T, Flags, false>(p, grad, b, up, a, n, g.c, hc_t, coef);
+                    per_parameter_piece<T, Flags, false>(p, grad, b, up, a, n, g.c, hc_t, inv,
+                                                         coef);
             } else {
                 const T lr = static_cast<T>(call.rates[hd_rate_slot(hp.scope, t, k)]);
                 if (f)
-                    update_piece<T, Flags, true>(p, grad, b, up, n, g.c, lr, coef);
+                    update_piece<T, Flags, true>(p, grad, b, up, n, g.c, lr, inv, coef);
                 else
-                    update_piece<T, Flags, false>(p, grad, b, up, n, g.c, lr, coef);
+                    update_piece<T, Flags, false>(p, grad, b, up, n, g.c, lr, inv, coef);
             }
         });
     });

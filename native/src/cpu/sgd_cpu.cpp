@@ -1,8 +1,8 @@
 // The CPU path of the fused SGD step: WorkPlan's multi-tensor loop over the pieces of all tensors
 // of every param group, each piece updated by sgd_element() from sgd_math.hpp (shared with the CUDA
 // kernels). Each element is read and written once (12 bytes per fp32 element without momentum, 20
-// with); clipping adds one read pass over the gradients (clip_cpu.hpp) and scales each gradient
-// element as it is read.
+// with); clipping or a gradient scaler adds one read pass over the gradients (clip_cpu.hpp) and
+// scales each gradient element as it is read.
 #include "../backend.hpp"
 #include "../sgd_math.hpp"
 #include "clip_cpu.hpp"
@@ -17,15 +17,15 @@ namespace {
 
 template <typename T, unsigned Flags, bool Fresh>
 OPTIM_CPU_CLONES void sgd_range(T* __restrict p, const T* __restrict g, T* __restrict buf,
-                                int64_t n, const SgdCoeffs<T>& c, T lr, T clip)
+                                int64_t n, const SgdCoeffs<T>& c, T lr, T inv, T clip)
 {
     if constexpr ((Flags & kSgdMomentum) != 0) {
         for (int64_t i = 0; i < n; ++i)
-            sgd_element<T, Flags>(p[i], g[i] * clip, buf[i], Fresh, c, lr);
+            sgd_element<T, Flags>(p[i], g[i] * inv * clip, buf[i], Fresh, c, lr);
     } else {
         T unused = T(0);
         for (int64_t i = 0; i < n; ++i)
-            sgd_element<T, Flags>(p[i], g[i] * clip, unused, Fresh, c, lr);
+            sgd_element<T, Flags>(p[i], g[i] * inv * clip, unused, Fresh, c, lr);
     }
 }
 
@@ -47,7 +47,9 @@ void sgd_step(const SgdCall& call)
     const optim_tensor_list& t = *call.tensors;
     WorkPlan& plan = WorkPlan::for_this_thread();
     plan.build(t.numels, t.count);
-    const T clip = clip_pass<T>(call.fn, plan, t.grads, call.clip);
+    const GradFactors<T> f = grad_pass<T>(call.fn, plan, t.grads, call.clip, call.scale);
+    if (f.skip) return; // the scaler's skip: nothing is written
+    const T inv = f.inv, clip = f.coef;
     const SgdGroup<T>* G = groups.data();
     const T* lr = rates.data();
     plan.parallel_for_pieces([&](const Piece& piece) {
@@ -61,9 +63,9 @@ void sgd_step(const SgdCall& call)
         dispatch_sgd_flags(g.flags, [&](auto F) {
             constexpr unsigned Flags = decltype(F)::value;
             if (fresh)
-                sgd_range<T, Flags, true>(p, grad, b, piece.length, g.c, lr[gi], clip);
+                sgd_range<T, Flags, true>(p, grad, b, piece.length, g.c, lr[gi], inv, clip);
             else
-                sgd_range<T, Flags, false>(p, grad, b, piece.length, g.c, lr[gi], clip);
+                sgd_range<T, Flags, false>(p, grad, b, piece.length, g.c, lr[gi], inv, clip);
         });
     });
 }

@@ -1,8 +1,8 @@
 // The CUDA path of the fused Adam/AdamW step: per param group, one multi-tensor launch
 // (multi_tensor.cuh) whose functor applies adam_element() from adam_math.hpp to each element of its
 // chunk, with each tensor's own bias corrections. Compiled in CI; see docs/design.md for what has
-// run on a GPU. With clipping, grad_norm() runs first and each block reads the norm from device
-// memory (grad_norm.cuh).
+// run on a GPU. With clipping or a gradient scaler, grad_norm() runs first and each block reads the
+// norm, the inverse scale and the scaler's flag from device memory (grad_norm.cuh).
 #include "../adam_math.hpp"
 #include "grad_norm.cuh"
 #include "multi_tensor.cuh"
@@ -26,9 +26,13 @@ struct AdamFunctor {
     AdamCoeffs<T> group; // step_size and bc2_sqrt come per tensor from the table
     const double* norm;  // clipping: the gradients' norm in device memory, else null
     double max_norm;
+    const float* inv_scale; // a gradient scaler's, in device memory, else null
+    const float* found_inf; // the scaler's flag (set: write nothing), else null
 
     __device__ void operator()(const typename AdamTables<T>::Table& table, const Chunk& ch) const
     {
+        if (scaled_skip(found_inf)) return;
+        const T inv = scale_factor<T>(inv_scale);
         const T clip = clip_factor<T>(norm, max_norm);
         AdamCoeffs<T> c = group;
         c.step_size = table.meta[ch.t].step_size;
@@ -43,7 +47,7 @@ struct AdamFunctor {
             T mi = m[i];
             T vi = v[i];
             T wi = (Flags & kAdamAmsgrad) ? vmax[i] : T(0);
-            adam_element<T, Flags>(pi, g[i] * clip, mi, vi, wi, c);
+            adam_element<T, Flags>(pi, g[i] * inv * clip, mi, vi, wi, c);
             p[i] = pi;
             m[i] = mi;
             v[i] = vi;
@@ -70,7 +74,10 @@ void launch_group(const AdamCall& call, int64_t first, int64_t last, const AdamC
     }
     const double* norm = call.clip ? call.clip->total_norm : nullptr;
     const double max_norm = call.clip ? call.clip->max_norm : 0.0;
-    tables.launch(AdamFunctor<T, Flags>{group, norm, max_norm}, nullptr, call.fn, "kernel launch");
+    const float* inv_scale = call.scale ? call.scale->inv_scale : nullptr;
+    const float* found_inf = call.scale ? call.scale->found_inf : nullptr;
+    tables.launch(AdamFunctor<T, Flags>{group, norm, max_norm, inv_scale, found_inf}, nullptr,
+                  call.fn, "kernel launch");
 }
 
 // One group's launches per param group, in group order (the tensors are in group order).
@@ -103,8 +110,9 @@ void adam_step(int device_index, int32_t dtype, const AdamCall& call)
     require_device(device_index, call.fn);
     DeviceGuard guard(device_index, call.fn);
     const optim_adam_tensors& t = *call.tensors;
-    if (call.clip)
-        grad_norm(device_index, dtype, t.grads, t.numels, t.count, call.clip->total_norm, call.fn);
+    if (call.clip || call.scale)
+        grad_norm(device_index, dtype, t.grads, t.numels, t.count,
+                  call.clip ? call.clip->total_norm : nullptr, call.fn, call.scale);
     if (dtype == OPTIM_DTYPE_FLOAT32)
         adam_typed<float>(call);
     else

@@ -12,7 +12,9 @@
 // coefficients and the functors switch on the flags (uniform per block). Every per-element
 // operation is hd_math.hpp's / sgd_math.hpp's. With clipping the reduction also sums the squared
 // norm (and the weight-decay terms apart, HdPartial), the finishing kernel writes the norm and
-// forms h from the clipped gradient, and the update reads the norm (grad_norm.cuh). Compiled in CI;
+// forms h from the clipped gradient, and the update reads the norm (grad_norm.cuh). With a gradient
+// scaler every kernel reads inv_scale * grad, and the finishing kernel also skips the step when the
+// scaler's flag is set or a gradient is not finite (setting the flag). Compiled in CI;
 // see docs/design.md for what has run on a GPU.
 #include "../hd_math.hpp"
 #include "block_sum.cuh"
@@ -77,15 +79,15 @@ __device__ __forceinline__ HdPartial count_nonfinite(const T* __restrict g, int6
 template <typename T, unsigned Flags, bool Norms, bool Clip>
 __device__ __forceinline__ HdPartial reduce_elements(const T* __restrict p, const T* __restrict g,
                                                      const T* __restrict up, int64_t begin,
-                                                     int64_t end, const SgdCoeffs<T>& c)
+                                                     int64_t end, const SgdCoeffs<T>& c, T inv)
 {
     HdPartial r;
     constexpr unsigned GradFlags = Clip ? Flags & kSgdMaximize : Flags;
     for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
         const T gi = g[i];
-        r.nonfinite += is_finite(gi) ? 0.0 : 1.0;
+        r.nonfinite += is_finite(gi) ? 0.0 : 1.0; // the raw gradient, as a scaler checks it
         if (up == nullptr && !Norms && !Clip) continue;
-        const double gt = sgd_effective_grad<T, GradFlags>(p[i], gi, c);
+        const double gt = sgd_effective_grad<T, GradFlags>(p[i], gi * inv, c);
         const double u = up != nullptr ? static_cast<double>(up[i]) : 0.0;
         if (up != nullptr) r.h += gt * u;
         if (Norms || Clip) r.gg += gt * gt;
@@ -119,6 +121,7 @@ __device__ __forceinline__ HdPartial block_sum_all(const HdPartial& r)
 template <typename T, int Mode, bool Clip>
 struct HdReduceFunctor {
     HdRecord* records;
+    const float* inv_scale; // a gradient scaler's, in device memory, else null
 
     __device__ void operator()(const typename HdTables<T>::Table& table, const Chunk& ch) const
     {
@@ -127,6 +130,7 @@ struct HdReduceFunctor {
         const T* g = static_cast<const T*>(table.ptr[kGrad][ch.t]);
         const T* buf = m.fresh ? nullptr : static_cast<const T*>(table.ptr[kBuf][ch.t]);
         const T* prev = static_cast<const T*>(table.ptr[kPrev][ch.t]);
+        const T inv = scale_factor<T>(inv_scale);
         HdPartial r;
         if constexpr (Mode == kOnlyFiniteness && !Clip) {
             r = count_nonfinite<T>(g, ch.begin, ch.end);
@@ -140,7 +144,7 @@ struct HdReduceFunctor {
                                                           !scalar             ? nullptr            \
                                                           : sgd_heavy_ball(F) ? buf                \
                                                                               : prev,              \
-                                                          ch.begin, ch.end, m.coeffs);             \
+                                                          ch.begin, ch.end, m.coeffs, inv);        \
         break;
                 OPTIM_SGD_FLAG_LIST(OPTIM_HD_CASE)
 #undef OPTIM_HD_CASE
@@ -165,8 +169,11 @@ template <typename T>
 __global__ void __launch_bounds__(kFinishThreads)
     hd_finish_kernel(const HdRecord* records, int64_t n_records, int64_t slots, double* rates,
                      int64_t* skipped, int* skip_flag, HdCoeffs<double> hc, int check, double* norm,
-                     double max_norm)
+                     double max_norm, float* found_inf)
 {
+    // A scaler's flag as it was on entry, read by every thread before thread 0 may write it (the
+    // barriers below separate the two).
+    const bool flagged = found_inf != nullptr && *found_inf != 0.0f;
     __shared__ double bad[kFinishThreads];
     __shared__ double squared[kFinishThreads];
     double b = 0, q = 0;
@@ -187,6 +194,14 @@ __global__ void __launch_bounds__(kFinishThreads)
     const double total_norm = sqrt(squared[0]);
     if (norm != nullptr && threadIdx.x == 0) *norm = total_norm;
     const double coef = static_cast<double>(clip_coefficient<T>(total_norm, max_norm));
+    if (found_inf != nullptr && (flagged || bad[0] > 0)) {
+        // The scaler's skip: reported through its flag alone, not counted in skipped.
+        if (threadIdx.x == 0) {
+            *skip_flag = 1;
+            *found_inf = 1.0f;
+        }
+        return;
+    }
     if (check && bad[0] > 0) {
         if (threadIdx.x == 0) {
             *skip_flag = 1;
@@ -225,7 +240,7 @@ template <typename T, unsigned Flags, bool PerParameter>
 __device__ __forceinline__ void
 update_elements(T* __restrict p, const T* __restrict g, T* __restrict buf, T* __restrict up,
                 T* __restrict alpha, int64_t begin, int64_t end, bool fresh, const SgdCoeffs<T>& c,
-                T lr, const HdCoeffs<T>& hc, T clip)
+                T lr, const HdCoeffs<T>& hc, T inv, T clip)
 {
     constexpr bool heavy_ball = sgd_heavy_ball(Flags);
     for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
@@ -236,10 +251,10 @@ update_elements(T* __restrict p, const T* __restrict g, T* __restrict buf, T* __
         T ui = (PerParameter && !heavy_ball) ? up[i] : T(0);
         if constexpr (PerParameter) {
             T ai = alpha[i];
-            hd_per_parameter_element<T, Flags>(pi, g[i] * clip, bi, ui, ai, fresh, c, hc);
+            hd_per_parameter_element<T, Flags>(pi, g[i] * inv * clip, bi, ui, ai, fresh, c, hc);
             alpha[i] = ai;
         } else {
-            hd_update_element<T, Flags>(pi, g[i] * clip, bi, ui, fresh, c, lr);
+            hd_update_element<T, Flags>(pi, g[i] * inv * clip, bi, ui, fresh, c, lr);
         }
         if (Flags & kSgdMomentum) buf[i] = bi;
         if (!heavy_ball) up[i] = ui;
@@ -253,10 +268,12 @@ struct HdUpdateFunctor {
     HdCoeffs<T> hc;
     const double* norm; // clipping: the gradients' norm in device memory, else null
     double max_norm;
+    const float* inv_scale; // a gradient scaler's, in device memory, else null
 
     __device__ void operator()(const typename HdTables<T>::Table& table, const Chunk& ch) const
     {
         const HdMeta<T>& m = table.meta[ch.t];
+        const T inv = scale_factor<T>(inv_scale);
         const T clip = clip_factor<T>(norm, max_norm);
         T* p = static_cast<T*>(table.ptr[kParam][ch.t]);
         const T* g = static_cast<const T*>(table.ptr[kGrad][ch.t]);
@@ -269,7 +286,7 @@ struct HdUpdateFunctor {
 #define OPTIM_HD_CASE(F)                                                                           \
     case (F):                                                                                      \
         update_elements<T, (F), PerParameter>(p, g, buf, up, alpha, ch.begin, ch.end, fresh,       \
-                                              m.coeffs, lr, hc, clip);                             \
+                                              m.coeffs, lr, hc, inv, clip);                        \
         break;
             OPTIM_SGD_FLAG_LIST(OPTIM_HD_CASE)
 #undef OPTIM_HD_CASE
@@ -286,19 +303,20 @@ constexpr size_t kRecordsOffset = 256;
 
 // The reduction launch of a mode (ReduceMode), with or without the clipping sums.
 template <typename T>
-void launch_reduce(const HdTables<T>& tables, HdRecord* recs, int mode, bool clip, const char* fn)
+void launch_reduce(const HdTables<T>& tables, HdRecord* recs, int mode, bool clip, const float* inv,
+                   const char* fn)
 {
     static const char* what = "reduction kernel launch";
     auto go = [&](auto functor) { tables.launch(functor, nullptr, fn, what); };
     if (mode == kOnlyFiniteness)
-        clip ? go(HdReduceFunctor<T, kOnlyFiniteness, true>{recs})
-             : go(HdReduceFunctor<T, kOnlyFiniteness, false>{recs});
+        clip ? go(HdReduceFunctor<T, kOnlyFiniteness, true>{recs, inv})
+             : go(HdReduceFunctor<T, kOnlyFiniteness, false>{recs, inv});
     else if (mode == kNorms)
-        clip ? go(HdReduceFunctor<T, kNorms, true>{recs})
-             : go(HdReduceFunctor<T, kNorms, false>{recs});
+        clip ? go(HdReduceFunctor<T, kNorms, true>{recs, inv})
+             : go(HdReduceFunctor<T, kNorms, false>{recs, inv});
     else
-        clip ? go(HdReduceFunctor<T, kDotOnly, true>{recs})
-             : go(HdReduceFunctor<T, kDotOnly, false>{recs});
+        clip ? go(HdReduceFunctor<T, kDotOnly, true>{recs, inv})
+             : go(HdReduceFunctor<T, kDotOnly, false>{recs, inv});
 }
 
 template <typename T>
@@ -350,23 +368,26 @@ void hd_typed(int device_index, const HdCall& call, const char* fn)
 
     // The caller vouches for the gradients (assume_finite): the per-parameter scope then needs no
     // reduction at all, and the finishing kernel, given no records, only clears the skip flag.
-    const bool check_finite = hp.assume_finite == 0;
+    // A gradient scaler always checks (its flag reports the skip).
+    const bool check_finite = hp.assume_finite == 0 || call.scale != nullptr;
     const bool clip = call.clip != nullptr;
     const bool reduce = check_finite || !per_parameter || clip;
     const int mode = per_parameter ? kOnlyFiniteness : norms ? kNorms : kDotOnly;
-    if (reduce) launch_reduce<T>(tables, recs, mode, clip, fn);
+    const float* inv = call.scale ? call.scale->inv_scale : nullptr;
+    float* found_inf = call.scale ? call.scale->found_inf : nullptr;
+    if (reduce) launch_reduce<T>(tables, recs, mode, clip, inv, fn);
     double* norm = clip ? call.clip->total_norm : nullptr;
     const double max_norm = clip ? call.clip->max_norm : 0.0;
-    hd_finish_kernel<T><<<1, kFinishThreads, 0, 0>>>(recs, reduce ? tables.chunks() : 0, slots,
-                                                     call.rates, call.skipped, skip_flag, hc,
-                                                     check_finite ? 1 : 0, norm, max_norm);
+    hd_finish_kernel<T><<<1, kFinishThreads, 0, 0>>>(
+        recs, reduce ? tables.chunks() : 0, slots, call.rates, call.skipped, skip_flag, hc,
+        check_finite ? 1 : 0, norm, max_norm, found_inf);
     check(cudaGetLastError(), fn, "finishing kernel launch");
     if (per_parameter)
-        tables.launch(HdUpdateFunctor<T, true>{call.rates, hc_t, norm, max_norm}, skip_flag, fn,
-                      "update kernel launch");
+        tables.launch(HdUpdateFunctor<T, true>{call.rates, hc_t, norm, max_norm, inv}, skip_flag,
+                      fn, "update kernel launch");
     else
-        tables.launch(HdUpdateFunctor<T, false>{call.rates, hc_t, norm, max_norm}, skip_flag, fn,
-                      "update kernel launch");
+        tables.launch(HdUpdateFunctor<T, false>{call.rates, hc_t, norm, max_norm, inv}, skip_flag,
+                      fn, "update kernel launch");
 }
 
 } // namespace

@@ -1,7 +1,8 @@
 // The CUDA path of the fused SGD step: per param group, one multi-tensor launch (multi_tensor.cuh)
 // whose functor applies sgd_element() from sgd_math.hpp to each element of its chunk; the rate is
-// optionally read from device memory. With clipping, grad_norm() runs first and each block reads
-// the norm from device memory (grad_norm.cuh). Compiled in CI; see docs/design.md for what has run
+// optionally read from device memory. With clipping or a gradient scaler, grad_norm() runs first
+// and each block reads the norm, the inverse scale and the scaler's flag from device memory
+// (grad_norm.cuh). Compiled in CI; see docs/design.md for what has run
 // on a GPU.
 #include "../sgd_math.hpp"
 #include "grad_norm.cuh"
@@ -24,10 +25,14 @@ struct SgdFunctor {
     const double* lr_ptr; // device memory, or null: lr_value
     const double* norm;   // clipping: the gradients' norm in device memory, else null
     double max_norm;
+    const float* inv_scale; // a gradient scaler's, in device memory, else null
+    const float* found_inf; // the scaler's flag (set: write nothing), else null
 
     __device__ void operator()(const SgdTables::Table& table, const Chunk& ch) const
     {
+        if (scaled_skip(found_inf)) return;
         const T lr = lr_ptr ? static_cast<T>(*lr_ptr) : lr_value;
+        const T inv = scale_factor<T>(inv_scale);
         const T clip = clip_factor<T>(norm, max_norm);
         T* __restrict p = static_cast<T*>(table.ptr[0][ch.t]);
         const T* __restrict g = static_cast<const T*>(table.ptr[1][ch.t]);
@@ -38,10 +43,10 @@ struct SgdFunctor {
             T pi = p[i];
             if (Flags & kSgdMomentum) {
                 T bi = fresh ? T(0) : b[i];
-                sgd_element<T, Flags>(pi, g[i] * clip, bi, fresh, c, lr);
+                sgd_element<T, Flags>(pi, g[i] * inv * clip, bi, fresh, c, lr);
                 b[i] = bi;
             } else {
-                sgd_element<T, Flags>(pi, g[i] * clip, unused, false, c, lr);
+                sgd_element<T, Flags>(pi, g[i] * inv * clip, unused, false, c, lr);
             }
             p[i] = pi;
         }
@@ -65,8 +70,10 @@ void launch_group(const SgdCall& call, int64_t first, int64_t last, const SgdCoe
     }
     const double* norm = call.clip ? call.clip->total_norm : nullptr;
     const double max_norm = call.clip ? call.clip->max_norm : 0.0;
-    tables.launch(SgdFunctor<T, Flags>{c, lr, lr_ptr, norm, max_norm}, nullptr, call.fn,
-                  "kernel launch");
+    const float* inv_scale = call.scale ? call.scale->inv_scale : nullptr;
+    const float* found_inf = call.scale ? call.scale->found_inf : nullptr;
+    tables.launch(SgdFunctor<T, Flags>{c, lr, lr_ptr, norm, max_norm, inv_scale, found_inf},
+                  nullptr, call.fn, "kernel launch");
 }
 
 // One group's launches per param group, in group order (the tensors are in group order).
@@ -114,8 +121,9 @@ void sgd_step(int device_index, int32_t dtype, const SgdCall& call)
     require_device(device_index, call.fn);
     DeviceGuard guard(device_index, call.fn);
     const optim_tensor_list& t = *call.tensors;
-    if (call.clip)
-        grad_norm(device_index, dtype, t.grads, t.numels, t.count, call.clip->total_norm, call.fn);
+    if (call.clip || call.scale)
+        grad_norm(device_index, dtype, t.grads, t.numels, t.count,
+                  call.clip ? call.clip->total_norm : nullptr, call.fn, call.scale);
     if (dtype == OPTIM_DTYPE_FLOAT32)
         sgd_typed<float>(call);
     else
