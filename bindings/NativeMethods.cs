@@ -89,6 +89,14 @@ internal static unsafe partial class NativeMethods
         HdGroupOptions* groups, HdStepOptions* options, double* rates, long* skipped, GradClip* clip, GradScale* scale);
 
     [LibraryImport(Library)]
+    internal static partial int optim_hd_adam_step(int device, int deviceIndex, int dtype, HdAdamTensors* tensors, int nGroups,
+        HdAdamGroupOptions* groups, HdStepOptions* options, double* rates, long* skipped);
+
+    [LibraryImport(Library)]
+    internal static partial int optim_hd_adam_step_clipped(int device, int deviceIndex, int dtype, HdAdamTensors* tensors, int nGroups,
+        HdAdamGroupOptions* groups, HdStepOptions* options, double* rates, long* skipped, GradClip* clip);
+
+    [LibraryImport(Library)]
     internal static partial long optim_hd_rate_count(int scope, int nGroups, long nTensors);
 
     [LibraryImport(Library)]
@@ -222,4 +230,39 @@ internal unsafe struct HdTensors
     public long* Numels;
     public int* GroupIndex;
     public byte* BufferFresh;
+}
+
+/// <summary>Mirror of <c>optim_hd_adam_group</c>.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct HdAdamGroupOptions
+{
+    /// <summary>Coefficient of the running average of the gradient.</summary>
+    public double Beta1;
+    /// <summary>Coefficient of the running average of the squared gradient.</summary>
+    public double Beta2;
+    /// <summary>Term added to the denominator.</summary>
+    public double Eps;
+    /// <summary>Weight decay (coupled L2).</summary>
+    public double WeightDecay;
+    /// <summary>1 for AMSGrad.</summary>
+    public int Amsgrad;
+    /// <summary>1 to maximize.</summary>
+    public int Maximize;
+}
+
+/// <summary>Mirror of <c>optim_hd_adam_tensors</c>.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct HdAdamTensors
+{
+    public long Count;
+    public nint* Params;
+    public nint* Grads;
+    public nint* ExpAvgs;
+    public nint* ExpAvgSqs;
+    public nint* MaxExpAvgSqs;
+    public nint* PrevUpdates;
+    public nint* ParamRates;
+    public long* Numels;
+    public long* Steps;
+    public int* GroupIndex;
 }

@@ -482,6 +482,60 @@ internal static unsafe class OptimNative
     }
 
     /// <summary>
+    /// One hypergradient Adam step over many tensors (see <c>optim_hd_adam_step</c> in <c>optim.h</c>). Every
+    /// per-tensor span has one entry per tensor (entries a tensor does not need may be 0; <paramref name="steps"/>
+    /// holds each tensor's step number after this update, ≥ 1). Rates, skip report and clipping as in
+    /// <see cref="HdStep"/>. On failure nothing was written.
+    /// </summary>
+    public static void HdAdamStep(NativeDevice device, int deviceIndex, NativeDType dtype,
+        ReadOnlySpan<nint> parameters, ReadOnlySpan<nint> gradients, ReadOnlySpan<nint> expAvgs, ReadOnlySpan<nint> expAvgSqs,
+        ReadOnlySpan<nint> maxExpAvgSqs, ReadOnlySpan<nint> prevUpdates, ReadOnlySpan<nint> parameterRates, ReadOnlySpan<long> numels,
+        ReadOnlySpan<long> steps, ReadOnlySpan<int> groupIndex, ReadOnlySpan<HdAdamGroupOptions> groups, in HdStepOptions options,
+        nint rates, nint skipped, double maxNorm = 0, nint totalNorm = 0)
+    {
+        EnsureLoaded();
+        int n = parameters.Length;
+        if (gradients.Length != n || expAvgs.Length != n || expAvgSqs.Length != n || maxExpAvgSqs.Length != n || prevUpdates.Length != n ||
+            parameterRates.Length != n || numels.Length != n || steps.Length != n || groupIndex.Length != n)
+        {
+            throw new ArgumentException($"HdAdamStep: every per-tensor span must have {n} entries.");
+        }
+        fixed (nint* p = parameters)
+        fixed (nint* g = gradients)
+        fixed (nint* m = expAvgs)
+        fixed (nint* v = expAvgSqs)
+        fixed (nint* w = maxExpAvgSqs)
+        fixed (nint* u = prevUpdates)
+        fixed (nint* r = parameterRates)
+        fixed (long* ne = numels)
+        fixed (long* st = steps)
+        fixed (int* gi = groupIndex)
+        fixed (HdAdamGroupOptions* go = groups)
+        fixed (HdStepOptions* o = &options)
+        {
+            var list = new HdAdamTensors
+            {
+                Count = n,
+                Params = p,
+                Grads = g,
+                ExpAvgs = m,
+                ExpAvgSqs = v,
+                MaxExpAvgSqs = w,
+                PrevUpdates = u,
+                ParamRates = r,
+                Numels = ne,
+                Steps = st,
+                GroupIndex = gi,
+            };
+            var clip = new GradClip { MaxNorm = maxNorm, TotalNorm = (double*)totalNorm };
+            ThrowIfFailed(totalNorm == 0
+                ? NativeMethods.optim_hd_adam_step((int)device, deviceIndex, (int)dtype, &list, groups.Length, go, o, (double*)rates, (long*)skipped)
+                : NativeMethods.optim_hd_adam_step_clipped((int)device, deviceIndex, (int)dtype, &list, groups.Length, go, o, (double*)rates,
+                    (long*)skipped, &clip));
+        }
+    }
+
+    /// <summary>
     /// Bumps the autograd version counter of each tensor (LibTorch handles, as <c>Tensor.Handle</c>; 0
     /// entries are skipped), as LibTorch's in-place operations do, so that a graph that saved one of
     /// them before a native step refuses to run backward instead of silently using the new values.

@@ -168,7 +168,8 @@ public partial class FusedAdam
 
         Action IStagedLoad.CopyStaged(object source, Staging staging) => CopyStaged(source);
 
-        private Action ReadStaged(StateReader r)
+        /// <summary>Reads and checks the options; returns the action that applies them (which cannot fail).</summary>
+        private protected virtual Action ReadStaged(StateReader r)
         {
             double initial = r.ReadNonNegative("the initial learning rate");
             double lr = r.ReadNonNegative("the learning rate");
@@ -189,7 +190,8 @@ public partial class FusedAdam
             return () => (InitialLearningRate, LearningRate, beta1, beta2, eps, weight_decay, amsgrad, maximize) = (initial, lr, b1, b2, e, wd, ams, max);
         }
 
-        private Action CopyStaged(object source)
+        /// <summary>Checks another instance's options; returns the action that copies them (which cannot fail).</summary>
+        private protected virtual Action CopyStaged(object source)
         {
             if (source is not Options o)
             {

@@ -7,7 +7,8 @@ namespace Optim.Bench;
 
 /// <summary>
 /// Side-by-side step times of HypergradientSGD at each scope against FusedSGD and TorchSharp's SGD, all
-/// with heavy-ball momentum 0.9, and of the bandwidth references that make the same passes
+/// with heavy-ball momentum 0.9 (or, <c>hd-adam-steps</c>, of HypergradientAdam against FusedAdam and
+/// TorchSharp's Adam), and of the bandwidth references that make the same passes
 /// (<c>optim_stream_reference</c>), in interleaved rounds within one process, so that the machine's
 /// drift hits every contender alike; medians, ratios, and the bandwidth each implies at the bytes its
 /// update must move. The BenchmarkDotNet suite (bench/Optim.Benchmarks) measures one case after another
@@ -44,6 +45,31 @@ internal static class HdTiming
         new(Ref32, 32, Ref32, c => Reference(c, (1, 0), (1, 3))),
         new(Ref28, 28, Ref28, c => Reference(c, (1, 3))),
     };
+
+    private const string RefAdam = "reference: 1 read + 3 updates";
+    private const string RefAdamScalar = "reference: 2 reads; then 1 read + 4 updates";
+    private const string RefAdamPerParameter = "reference: 1 read; then 1 read + 4 updates; then 1 update";
+
+    // Adam: the first two rows are what the others are compared with (TorchSharp's, then the fused one).
+    private static readonly Contender[] AdamContenders =
+    {
+        // TorchSharp's Adam: counted at the 28 bytes the update must move (its separate operations move several times that).
+        new("torch.optim.Adam", 28, null, c => Optimizer(c, ps => torch.optim.Adam(ps, 1e-6))),
+        // Reads g; reads and writes θ, m, v.
+        new("FusedAdam", 28, RefAdam, c => Optimizer(c, ps => new FusedAdam(ps, 1e-6))),
+        // Reduction pass reads g and u_prev (8); update pass reads θ, g, m, v and writes θ, m, v, u_prev (32).
+        // Its reference moves 44: it also reads u_prev in the update pass (it has no write-only arrays).
+        new("HD-Adam global", 40, RefAdamScalar, c => Optimizer(c, ps => HdAdam(ps, HypergradientScope.Global))),
+        new("HD-Adam per tensor", 40, RefAdamScalar, c => Optimizer(c, ps => HdAdam(ps, HypergradientScope.PerTensor))),
+        // Finiteness pass reads g (4); one pass reads θ, g, m, v, u_prev, α and writes θ, m, v, u_prev, α (44).
+        new("HD-Adam per parameter", 48, RefAdamPerParameter, c => Optimizer(c, ps => HdAdam(ps, HypergradientScope.PerParameter))),
+        new(RefAdam, 28, RefAdam, c => Reference(c, (1, 3))),
+        new(RefAdamScalar, 44, RefAdamScalar, c => Reference(c, (2, 0), (1, 4))),
+        // The reference kernel updates at most 4 arrays a pass: the fifth (α) gets a pass of its own, same bytes.
+        new(RefAdamPerParameter, 48, RefAdamPerParameter, c => Reference(c, (1, 0), (1, 4), (0, 1))),
+    };
+
+    private static HypergradientAdam HdAdam(List<TorchSharp.Modules.Parameter> ps, HypergradientScope scope) => new(ps, 1e-6, 1e-12, scope);
 
     private static HypergradientSGD Hd(List<TorchSharp.Modules.Parameter> ps, HypergradientScope scope, bool skipNonFinite = true) =>
         new(ps, 1e-6, 1e-9, scope, momentum: 0.9, skip_nonfinite: skipNonFinite);
@@ -97,24 +123,29 @@ internal static class HdTiming
         return new Timed(Step, tensors.SelectMany(t => t).ToList<IDisposable>());
     }
 
-    public static void Run(long parameters, int[] tensorCounts, int rounds, int stepsPerRound, TextWriter output)
+    /// <param name="adam">HypergradientAdam against FusedAdam and TorchSharp's Adam instead of the SGD family.</param>
+    public static void Run(long parameters, int[] tensorCounts, int rounds, int stepsPerRound, TextWriter output, bool adam = false)
     {
         using (torch.ones(1))
         {
         }
-        output.WriteLine($"# Step timing: HypergradientSGD by scope vs FusedSGD vs torch.optim.SGD, next to bandwidth references (momentum 0.9; median of {rounds} interleaved rounds x {stepsPerRound} steps)");
+        var contenders = adam ? AdamContenders : Contenders;
+        var (title, torchName, fusedName) = adam
+            ? ("HypergradientAdam by scope vs FusedAdam vs torch.optim.Adam", "torch Adam", "FusedAdam")
+            : ("HypergradientSGD by scope vs FusedSGD vs torch.optim.SGD", "torch SGD", "FusedSGD");
+        output.WriteLine($"# Step timing: {title}, next to bandwidth references ({(adam ? "default betas" : "momentum 0.9")}; median of {rounds} interleaved rounds x {stepsPerRound} steps)");
         output.WriteLine();
         output.WriteLine($"Machine: {Environment.ProcessorCount} logical CPUs, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}; " +
             $"native: {OptimNative.BuildInfo}, {OptimNative.NumThreads} threads ({OptimNative.ThreadingInfo})");
         output.WriteLine();
         output.WriteLine("*of ref*: the reference's time ÷ this time (the reference makes the same passes over as many arrays with the least arithmetic).");
         output.WriteLine();
-        output.WriteLine("| params | tensors | step | bytes/element | ms/step | vs torch SGD | vs FusedSGD | GB/s | of ref |");
+        output.WriteLine($"| params | tensors | step | bytes/element | ms/step | vs {torchName} | vs {fusedName} | GB/s | of ref |");
         output.WriteLine("|---:|---:|---|---:|---:|---:|---:|---:|---:|");
         foreach (int tensors in tensorCounts)
         {
             var c = new StepTiming.Case("momentum", parameters, tensors, 0.9, false, 0);
-            var timed = Contenders.Select(k => k.Make(c)).ToList();
+            var timed = contenders.Select(k => k.Make(c)).ToList();
             foreach (var t in timed)
             {
                 for (int i = 0; i < 3; i++)
@@ -143,9 +174,9 @@ internal static class HdTiming
             int torchRow = 0, fusedRow = 1;
             for (int i = 0; i < timed.Count; i++)
             {
-                var k = Contenders[i];
+                var k = contenders[i];
                 double bytes = (double)parameters * k.BytesPerElement;
-                int refRow = k.Reference is null ? -1 : Array.FindIndex(Contenders, x => x.Name == k.Reference);
+                int refRow = k.Reference is null ? -1 : Array.FindIndex(contenders, x => x.Name == k.Reference);
                 string ofRef = refRow < 0 ? "–" : $"{100 * medians[refRow] / medians[i]:0}%";
                 output.WriteLine($"| {parameters / 1e6:0.#}M | {tensors} | {k.Name} | {k.BytesPerElement} | {medians[i]:0.000} | " +
                     $"{medians[torchRow] / medians[i]:0.00}x faster | {medians[i] / medians[fusedRow]:0.00}x the time | {bytes / (medians[i] * 1e6):0.0} | {ofRef} |");

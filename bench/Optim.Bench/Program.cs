@@ -152,6 +152,16 @@ hdSteps.SetAction(r =>
     return 0;
 });
 root.Add(hdSteps);
+var hdAdamSteps = new Command("hd-adam-steps", "Times HypergradientAdam (global, per tensor, per parameter) against FusedAdam and torch.optim.Adam, next to the bandwidth references of their passes, in interleaved rounds (4 and 1000 tensors), with the bytes each update must move.")
+{
+    parameters, rounds, stepsPerRound,
+};
+hdAdamSteps.SetAction(r =>
+{
+    HdTiming.Run(r.GetValue(parameters), new[] { 4, 1000 }, r.GetValue(rounds), r.GetValue(stepsPerRound), Console.Out, adam: true);
+    return 0;
+});
+root.Add(hdAdamSteps);
 var clipSteps = new Command("clip-steps", "Times FusedSGD (momentum 0.9) and FusedAdamW with and without max_grad_norm against TorchSharp's clip_grad_norm_ + SGD / AdamW step and its step alone, in interleaved rounds (4 and 1000 tensors): what fused clipping costs next to its one read pass.")
 {
     parameters, rounds, stepsPerRound,

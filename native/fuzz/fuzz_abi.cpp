@@ -522,13 +522,9 @@ void fuzz_sls(FuzzedDataProvider& in)
     }
 }
 
-void fuzz_hd(FuzzedDataProvider& in)
+// The rate options of a hypergradient step (SGD or Adam).
+optim_hd_params* hd_params(FuzzedDataProvider& in, Arena& arena)
 {
-    Arena arena;
-    const int32_t device = pick_device(in);
-    const int32_t dtype = pick_dtype(in);
-    const bool f64 = dtype == OPTIM_DTYPE_FLOAT64;
-    const size_t esize = f64 ? 8 : 4;
     auto* hp = arena.array<optim_hd_params>(1, true);
     hp->hypergrad_lr = value(in, {1e-3, 0.0, 1.0});
     hp->lr_min = value(in, {0.0, 1e-4});
@@ -540,6 +536,30 @@ void fuzz_hd(FuzzedDataProvider& in)
     hp->first_step = pick_i32(in, {0, 1});
     hp->assume_finite = pick_i32(in, {0, 0, 1});
     hp->across_ranks = pick_i32(in, {0, 0, 0, 1, 2});
+    return hp;
+}
+
+// The scalar rates of a scope (host doubles; a per-parameter call gets a few anyway).
+double* hd_rates(FuzzedDataProvider& in, Arena& arena, int32_t scope, int32_t n_groups,
+                 int64_t count)
+{
+    const int64_t slots = scope == OPTIM_HD_SCOPE_GLOBAL       ? 1
+                          : scope == OPTIM_HD_SCOPE_PER_GROUP  ? n_groups
+                          : scope == OPTIM_HD_SCOPE_PER_TENSOR ? count
+                                                               : in.ConsumeIntegralInRange(0, 2);
+    auto* rates = arena.array<double>(slots, false);
+    for (int64_t s = 0; s < slots; ++s) rates[s] = value(in, {0.01, 0.1, 0.0});
+    return rates;
+}
+
+void fuzz_hd(FuzzedDataProvider& in)
+{
+    Arena arena;
+    const int32_t device = pick_device(in);
+    const int32_t dtype = pick_dtype(in);
+    const bool f64 = dtype == OPTIM_DTYPE_FLOAT64;
+    const size_t esize = f64 ? 8 : 4;
+    optim_hd_params* hp = hd_params(in, arena);
     const int32_t n_groups = in.ConsumeIntegralInRange<int32_t>(-1, 4);
     auto* groups = arena.array<optim_hd_group>(n_groups, true);
     for (int32_t g = 0; g < n_groups; ++g) {
@@ -573,14 +593,7 @@ void fuzz_hd(FuzzedDataProvider& in)
     for (auto& a : arrays) a = arena.array<void*>(count, true);
     for (int64_t k = 0; k < count; ++k)
         for (int j = 0; j < 5; ++j) arrays[j][k] = tensors[static_cast<size_t>(k)].ptr[j];
-    // The scalar rates: as many as the scope has slots (host doubles).
-    const int64_t slots = hp->scope == OPTIM_HD_SCOPE_GLOBAL      ? 1
-                          : hp->scope == OPTIM_HD_SCOPE_PER_GROUP ? n_groups
-                          : hp->scope == OPTIM_HD_SCOPE_PER_TENSOR
-                              ? count
-                              : in.ConsumeIntegralInRange(0, 2);
-    auto* rates = arena.array<double>(slots, false);
-    for (int64_t s = 0; s < slots; ++s) rates[s] = value(in, {0.01, 0.1, 0.0});
+    double* rates = hd_rates(in, arena, hp->scope, n_groups, count);
     auto* skipped = arena.array<int64_t>(1, false);
     *skipped = 7;
     auto* t = arena.array<optim_hd_tensors>(1, true);
@@ -615,6 +628,82 @@ void fuzz_hd(FuzzedDataProvider& in)
                             : "optim_hd_step",
                   arena);
     // The CPU path reports the skip as 0 or 1 (a CUDA call with no tensors does nothing at all).
+    if (status == OPTIM_STATUS_OK && skip_out && device == OPTIM_DEVICE_CPU)
+        FUZZ_CHECK(*skipped == 0 || *skipped == 1, "skipped");
+}
+
+// Hypergradient Adam: Adam's groups and tensors (with u_prev and per-parameter rates), HD's
+// options.
+void fuzz_hd_adam(FuzzedDataProvider& in)
+{
+    Arena arena;
+    const int32_t device = pick_device(in);
+    const int32_t device_index = in.ConsumeIntegralInRange<int32_t>(-1, 1);
+    const int32_t dtype = pick_dtype(in);
+    const bool f64 = dtype == OPTIM_DTYPE_FLOAT64;
+    const size_t esize = f64 ? 8 : 4;
+    optim_hd_params* hp = hd_params(in, arena);
+    const int32_t n_groups = in.ConsumeIntegralInRange<int32_t>(-1, 4);
+    auto* groups = arena.array<optim_hd_adam_group>(n_groups, true);
+    for (int32_t g = 0; g < n_groups; ++g) {
+        groups[g].beta1 = value(in, {0.9, 0.0, 1.0});
+        groups[g].beta2 = value(in, {0.999, 0.5, 1.0});
+        groups[g].eps = value(in, {1e-8, 0.0});
+        groups[g].weight_decay = value(in, {0.0, 1e-2});
+        groups[g].amsgrad = pick_i32(in, {0, 1});
+        groups[g].maximize = pick_i32(in, {0, 1});
+    }
+    const int64_t count = in.ConsumeIntegralInRange<int64_t>(-1, 6);
+    int64_t budget = 200000;
+    // param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, previous update, per-parameter rates
+    const std::vector<bool> written = {true, false, true, true, true, true, true};
+    std::vector<TensorArrays> tensors;
+    std::vector<int64_t> numels;
+    auto* numel_array = arena.array<int64_t>(count, true);
+    auto* steps = arena.array<int64_t>(count, true);
+    auto* group_index = arena.array<int32_t>(count, true);
+    int32_t group = 0;
+    for (int64_t k = 0; k < count; ++k) {
+        const uint8_t step = in.ConsumeIntegral<uint8_t>();
+        group += step < 160 ? 0 : step < 250 ? 1 : -1;
+        group_index[k] = step == 255 ? in.ConsumeIntegral<int32_t>() : group;
+        steps[k] = pick_i64(in, {1, 2, 1000, 0});
+        const int64_t n = numel(in, budget);
+        numel_array[k] = in.ConsumeIntegral<uint8_t>() >= 250 ? -n - 1 : n;
+        tensors.push_back(tensor_arrays(in, arena, n, esize, written, tensors, numels, f64));
+        numels.push_back(n);
+    }
+    void** arrays[7];
+    for (auto& a : arrays) a = arena.array<void*>(count, true);
+    for (int64_t k = 0; k < count; ++k)
+        for (int j = 0; j < 7; ++j) arrays[j][k] = tensors[static_cast<size_t>(k)].ptr[j];
+    double* rates = hd_rates(in, arena, hp->scope, n_groups, count);
+    auto* skipped = arena.array<int64_t>(1, false);
+    *skipped = 7;
+    auto* t = arena.array<optim_hd_adam_tensors>(1, true);
+    *t = optim_hd_adam_tensors{count,
+                               maybe(in, arrays[0]),
+                               maybe(in, const_cast<const void* const*>(arrays[1])),
+                               maybe(in, arrays[2]),
+                               maybe(in, arrays[3]),
+                               maybe(in, arrays[4]),
+                               maybe(in, arrays[5]),
+                               maybe(in, arrays[6]),
+                               maybe(in, numel_array),
+                               maybe(in, steps),
+                               maybe(in, group_index)};
+    bool clipped = false;
+    const optim_grad_clip* clip = pick_clip(in, arena, clipped);
+    mark_written(arena, tensors, written);
+    arena.snapshot();
+    int64_t* skip_out = maybe(in, skipped);
+    const optim_status status =
+        clipped ? optim_hd_adam_step_clipped(device, device_index, dtype, maybe(in, t), n_groups,
+                                             maybe(in, groups), maybe(in, hp), maybe(in, rates),
+                                             skip_out, clip)
+                : optim_hd_adam_step(device, device_index, dtype, maybe(in, t), n_groups,
+                                     maybe(in, groups), maybe(in, hp), maybe(in, rates), skip_out);
+    expect_status(status, clipped ? "optim_hd_adam_step_clipped" : "optim_hd_adam_step", arena);
     if (status == OPTIM_STATUS_OK && skip_out && device == OPTIM_DEVICE_CPU)
         FUZZ_CHECK(*skipped == 0 || *skipped == 1, "skipped");
 }
@@ -902,7 +991,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
 {
     FuzzedDataProvider in(data, size);
     for (int calls = 0; calls < 6 && in.remaining_bytes() > 0; ++calls) {
-        switch (in.ConsumeIntegral<uint8_t>() % 10) {
+        switch (in.ConsumeIntegral<uint8_t>() % 11) {
         case 0:
             fuzz_sgd(in);
             break;
@@ -929,6 +1018,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
             break;
         case 8:
             fuzz_sls(in);
+            break;
+        case 9:
+            fuzz_hd_adam(in);
             break;
         default:
             fuzz_info(in);

@@ -711,6 +711,124 @@ void hd_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, int32
     }
 }
 
+// ---- Hypergradient Adam -------------------------------------------------------------------------
+
+// Ordinary steps (the late tensor joins halfway, its step count starting at 1), then a NaN step
+// that is skipped and writes nothing, then an ordinary one; every array and rate after each call
+// against the CPU path's (then adopted).
+template <typename T>
+void hd_adam_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, int steps,
+                  uint64_t seed, double max_norm = 0)
+{
+    ClipPair clip(max_norm);
+    const std::vector<optim_hd_adam_group> groups = {
+        {0.9, 0.999, 1e-8, 1e-2, 0, 0}, // weight decay
+        {0.5, 0.9, 1e-6, 0.0, 1, 1},    // amsgrad, maximize, lerp's other branch
+        {0.9, 0.999, 1e-8, 0.0, 0, 0},  // plain
+        {0.9, 0.999, 1e-8, 0.0, 1, 0},  // only empty tensors: a per-group slot without elements
+    };
+    const size_t K = set.sizes.size();
+    const bool per_parameter = scope == OPTIM_HD_SCOPE_PER_PARAMETER;
+    optim_hd_params hp{};
+    hp.hypergrad_lr = rule == OPTIM_HD_RULE_NORMALIZED ? 0.05 : per_parameter ? 1e-3 : 1e-8;
+    hp.lr_min = 1e-4;
+    hp.lr_max = 0.1;
+    hp.eps = 1e-8;
+    hp.scope = scope;
+    hp.rule = rule;
+    const size_t slots = per_parameter                       ? 0
+                         : scope == OPTIM_HD_SCOPE_GLOBAL    ? 1
+                         : scope == OPTIM_HD_SCOPE_PER_GROUP ? groups.size()
+                                                             : K;
+    std::vector<double> rates(slots);
+    for (size_t s = 0; s < slots; ++s) rates[s] = 0.01 + 0.001 * static_cast<double>(s);
+
+    Rng rng(seed);
+    Mirror<T> p(set.sizes, T(0)), g(set.sizes, T(0)), m(set.sizes, T(0)), v(set.sizes, T(0)),
+        w(set.sizes, T(0)), u(set.sizes, T(0)), a(set.sizes, T(0.01));
+    for (auto& x : p.host)
+        for (T& e : x) e = static_cast<T>(rng.uniform());
+    for (Mirror<T>* x : {&p, &m, &v, &w, &u, &a}) x->upload();
+    DeviceBuffer<double> target_rates(slots);
+    target_rates.upload(rates.data());
+    DeviceBuffer<int64_t> target_skipped(1);
+    const int64_t zero = 0;
+    target_skipped.upload(&zero);
+    int64_t skips = 0;
+    std::vector<int64_t> taken(K, 0);
+    const Tolerance tol = state_tolerance<T>();
+    const int late_step = steps / 2;
+    auto step = [&](int index, bool nan) {
+        const std::vector<int64_t> numels = set.numels_at(index, late_step);
+        std::vector<int64_t> step_of(K);
+        for (size_t k = 0; k < K; ++k) step_of[k] = taken[k] + 1; // an empty tensor's is unused
+        for (size_t k = 0; k < K; ++k)
+            for (size_t i = 0; i < g.host[k].size(); ++i)
+                g.host[k][i] =
+                    static_cast<T>(0.5 * static_cast<double>(p.host[k][i]) + 0.1 * rng.uniform());
+        if (nan)
+            g.host.at(static_cast<size_t>(set.nan_tensor))
+                .at(static_cast<size_t>(set.nan_element)) = std::numeric_limits<T>::quiet_NaN();
+        g.upload();
+        hp.first_step = index == 0;
+        std::vector<void*> h[6] = {p.host_ptrs(), m.host_ptrs(), v.host_ptrs(),
+                                   w.host_ptrs(), u.host_ptrs(), a.host_ptrs()};
+        std::vector<void*> d[6] = {p.dev_ptrs(), m.dev_ptrs(), v.dev_ptrs(),
+                                   w.dev_ptrs(), u.dev_ptrs(), a.dev_ptrs()};
+        const std::vector<const void*> hg = const_ptrs(g.host_ptrs()),
+                                       dg = const_ptrs(g.dev_ptrs());
+        const auto list = [&](std::vector<void*>(&x)[6], const std::vector<const void*>& grads) {
+            return optim_hd_adam_tensors{static_cast<int64_t>(K),
+                                         x[0].data(),
+                                         grads.data(),
+                                         x[1].data(),
+                                         x[2].data(),
+                                         x[3].data(),
+                                         x[4].data(),
+                                         x[5].data(),
+                                         numels.data(),
+                                         step_of.data(),
+                                         set.group.data()};
+        };
+        const optim_hd_adam_tensors host = list(h, hg), dev = list(d, dg);
+        int64_t skipped = -1;
+        optim_ok(hd_adam_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, groups, hp,
+                              per_parameter ? nullptr : rates.data(), &skipped, clip.on_host()),
+                 "optim_hd_adam_step (cpu)");
+        optim_ok(hd_adam_step(Target::device(), dtype_of<T>(), dev, groups, hp,
+                              per_parameter ? nullptr : target_rates.get(), target_skipped.get(),
+                              clip.on_target()),
+                 "optim_hd_adam_step (checked)");
+        Target::sync();
+        const std::string at =
+            "step " + std::to_string(index) + (nan ? " (NaN gradient)" : "") + ": ";
+        r.same(at + "CPU skip report", int64_t(nan ? 1 : 0), skipped);
+        skips += nan ? 1 : 0;
+        int64_t reported = -1;
+        target_skipped.download(&reported);
+        r.same(at + "skip counter", Target::dry_run() ? int64_t(nan ? 1 : 0) : skips, reported);
+        if (!nan)
+            for (size_t k = 0; k < K; ++k) taken[k] += numels[k] > 0 ? 1 : 0;
+        const Tolerance t = nan ? kExact : tol;
+        clip.compare(r, at);
+        p.compare_and_adopt(r, at + "param", t);
+        m.compare_and_adopt(r, at + "exp_avg", t);
+        v.compare_and_adopt(r, at + "exp_avg_sq", t);
+        w.compare_and_adopt(r, at + "max_exp_avg_sq", t);
+        u.compare_and_adopt(r, at + "prev update", t);
+        a.compare_and_adopt(r, at + "param rate", t);
+        if (slots > 0) {
+            const std::vector<double> got = target_rates.download();
+            r.close(at + "rates", rates.data(), got.data(), slots,
+                    nan ? kExact : rate_tolerance<T>());
+            rates = got;
+        }
+    };
+    for (int i = 0; i < steps && !r.case_failed(); ++i) step(i, false);
+    for (bool nan : {true, false})
+        if (!r.case_failed()) step(steps + (nan ? 0 : 1), nan);
+}
+
 // ---- GreedyLR ----------------------------------------------------------------------------------
 
 struct GreedyConfig {
@@ -1107,6 +1225,25 @@ int run_checks(const CheckOptions& options, Report& r)
         run_case(r, "float64 per-group additive, " + big.name, [&] {
             hd_case<double>(r, big, OPTIM_HD_SCOPE_PER_GROUP, OPTIM_HD_RULE_ADDITIVE, 0, 3, ++seed);
         });
+    }
+
+    r.suite("hypergradient Adam: CUDA vs CPU, every scope and rule");
+    for (int32_t scope = OPTIM_HD_SCOPE_GLOBAL; scope <= OPTIM_HD_SCOPE_PER_PARAMETER; ++scope) {
+        for (int32_t rule : {OPTIM_HD_RULE_ADDITIVE, OPTIM_HD_RULE_NORMALIZED}) {
+            const std::string name =
+                std::string(scope_name(scope)) + " " + (rule ? "normalized" : "additive") + ", ";
+            const TensorSet& set = sets[0];
+            run_case(r, "float32 " + name + set.name,
+                     [&] { hd_adam_case<float>(r, set, scope, rule, hd_steps, ++seed); });
+            run_case(r, "float64 " + name + set.name,
+                     [&] { hd_adam_case<double>(r, set, scope, rule, hd_steps, ++seed); });
+        }
+        run_case(
+            r, "float32 " + std::string(scope_name(scope)) + " additive, clipped, " + sets[0].name,
+            [&] {
+                hd_adam_case<float>(r, sets[0], scope, OPTIM_HD_RULE_ADDITIVE, hd_steps, ++seed,
+                                    1.0);
+            });
     }
 
     r.suite("GreedyLR: device step vs CPU state machine");

@@ -59,4 +59,17 @@ inline optim_status hd_step(int32_t device, int32_t dtype, const optim_hd_tensor
                                 skipped);
 }
 
+inline optim_status hd_adam_step(int32_t device, int32_t dtype,
+                                 const optim_hd_adam_tensors& tensors,
+                                 const std::vector<optim_hd_adam_group>& groups,
+                                 const optim_hd_params& params, double* rates, int64_t* skipped,
+                                 const optim_grad_clip* clip = nullptr)
+{
+    const int32_t n = static_cast<int32_t>(groups.size());
+    return clip ? optim_hd_adam_step_clipped(device, 0, dtype, &tensors, n, groups.data(), &params,
+                                             rates, skipped, clip)
+                : optim_hd_adam_step(device, 0, dtype, &tensors, n, groups.data(), &params, rates,
+                                     skipped);
+}
+
 } // namespace optim_gpu

@@ -469,6 +469,70 @@ OPTIM_API optim_status optim_hd_step_scaled(int32_t device, int32_t device_index
                                             int64_t* skipped, const optim_grad_clip* clip,
                                             const optim_grad_scale* scale);
 
+/* ---- Hypergradient Adam ---------------------------------------------------------------------- */
+
+/* Adam whose learning rate adapts online by hypergradient descent (Adam-HD of Baydin et al., ICLR
+ * 2018; docs/hypergradient.md). One step, for a tensor at its own step t (t >= 1):
+ *   g~ = (maximize ? -g : g) + weight_decay * theta                       (coupled L2, as Adam)
+ *   h  = sum of g~ * u_prev over the scope of each rate
+ *   alpha: the rule of optim_hd_step (optim_hd_params: additive or normalized, bounds, not on the
+ *          first step nor for a non-finite h)
+ *   exp_avg, exp_avg_sq[, max_exp_avg_sq] and denom = sqrt(v) / sqrt(1 - beta2^t) + eps as
+ *          optim_adam_step (v: max_exp_avg_sq with amsgrad)
+ *   u_prev = (exp_avg / (1 - beta1^t)) / denom            (the direction the rate multiplies)
+ *   theta  = theta - alpha / (1 - beta1^t) * exp_avg / denom            (optim_adam_step's order)
+ * With hypergrad_lr 0 every scope is optim_adam_step with decoupled 0 and lr = alpha. u_prev is a
+ * buffer like the parameter (prev_updates), zero before a tensor's first step. If any gradient
+ * element is not finite the whole step is skipped (unless params->assume_finite is set): nothing is
+ * written except the skip report. */
+
+/* Options of one param group (host memory): Adam's, with optim_adam_params' meaning and checks. */
+typedef struct optim_hd_adam_group {
+    double beta1;        /* in [0, 1) */
+    double beta2;        /* in [0, 1) */
+    double eps;          /* finite, >= 0 */
+    double weight_decay; /* finite, >= 0: coupled L2 */
+    int32_t amsgrad;     /* 0 or 1 */
+    int32_t maximize;    /* 0 or 1 */
+} optim_hd_adam_group;
+
+/* The tensors of one step, in param-group order (host arrays; data on the step's device). Element i
+ * of every array of tensor k belongs together; a tensor with numel 0 may have NULL pointers. */
+typedef struct optim_hd_adam_tensors {
+    int64_t count;
+    void* const* params;
+    const void* const* grads;
+    void* const* exp_avgs;        /* zeros before a tensor's first step */
+    void* const* exp_avg_sqs;     /* zeros before a tensor's first step */
+    void* const* max_exp_avg_sqs; /* entry k used when its group has amsgrad; may be NULL if none */
+    void* const* prev_updates;    /* u_prev: zeros before a tensor's first step */
+    void* const* param_rates;     /* per-parameter scope: the rates of tensor k (element type) */
+    const int64_t* numels;
+    const int64_t* steps;       /* t of this update of each tensor (>= 1), as optim_adam_tensors */
+    const int32_t* group_index; /* group of tensor k, in [0, n_groups), non-decreasing */
+} optim_hd_adam_tensors;
+
+/* One hypergradient Adam step over every tensor of every group. params, rates (sized by
+ * optim_hd_rate_count), skipped and the CUDA behaviour are those of optim_hd_step; the reduction
+ * pass (h, the norms of the normalized rule, the finiteness check and, clipped, the squared norm)
+ * is optim_hd_step's, then one update pass reads theta, g, exp_avg, exp_avg_sq, u_prev[,
+ * max_exp_avg_sq][, rates] and writes theta, exp_avg, exp_avg_sq, u_prev[, max_exp_avg_sq][,
+ * rates]. Validation, before anything is written: everything optim_adam_step and optim_hd_step
+ * check of their parts, prev_updates present for every tensor. */
+OPTIM_API optim_status optim_hd_adam_step(int32_t device, int32_t device_index, int32_t dtype,
+                                          const optim_hd_adam_tensors* tensors, int32_t n_groups,
+                                          const optim_hd_adam_group* groups,
+                                          const optim_hd_params* params, double* rates,
+                                          int64_t* skipped);
+
+/* optim_hd_adam_step with gradient clipping by global norm (optim_grad_clip; clip not NULL), as
+ * optim_hd_step_clipped: the norm summed in the reduction pass, the hypergradient of the clipped
+ * gradient (coef * grad + weight_decay * param). */
+OPTIM_API optim_status optim_hd_adam_step_clipped(
+    int32_t device, int32_t device_index, int32_t dtype, const optim_hd_adam_tensors* tensors,
+    int32_t n_groups, const optim_hd_adam_group* groups, const optim_hd_params* params,
+    double* rates, int64_t* skipped, const optim_grad_clip* clip);
+
 /* ---- GreedyLR -------------------------------------------------------------------------------- */
 
 /* GreedyLR (docs/greedylr.md): raises every group's rate while the monitored metric keeps

@@ -32,6 +32,7 @@ struct AdamCoeffs {
     T step_size;    // lr / (1 - beta1^t)
     T bc2_sqrt;     // sqrt(1 - beta2^t)
     T eps;
+    T bc1; // 1 - beta1^t (hypergradient Adam's update direction divides by it)
 };
 
 // PyTorch's lerp(a, b, w): a + w * (b - a) for |w| < 0.5, else b - (b - a) * (1 - w).
@@ -58,8 +59,11 @@ OPTIM_HOST_DEVICE T adam_sqrt(T x)
 //   m = lerp(m, g, 1 - beta1);  v = beta2 * v + (1 - beta2) * g * g
 //   amsgrad: vmax = max(vmax, v), and vmax replaces v below
 //   p -= step_size * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+// Everything of the step but the parameter's own update: the decay, the moments and the
+// denominator sqrt(v) / sqrt(1 - beta2^t) + eps, which it returns. Hypergradient Adam
+// (hd_adam_math.hpp) shares it.
 template <typename T, unsigned Flags>
-OPTIM_HOST_DEVICE void adam_element(T& p, T grad, T& m, T& v, T& vmax, const AdamCoeffs<T>& c)
+OPTIM_HOST_DEVICE T adam_moments(T& p, T grad, T& m, T& v, T& vmax, const AdamCoeffs<T>& c)
 {
     if (Flags & kAdamDecoupled) p = p * c.decay;
     T g = (Flags & kAdamMaximize) ? -grad : grad;
@@ -71,7 +75,13 @@ OPTIM_HOST_DEVICE void adam_element(T& p, T grad, T& m, T& v, T& vmax, const Ada
         vmax = (v > vmax || v != v) ? v : vmax; // torch.maximum: a NaN in either propagates
         second = vmax;
     }
-    const T denom = adam_sqrt(second) / c.bc2_sqrt + c.eps;
+    return adam_sqrt(second) / c.bc2_sqrt + c.eps;
+}
+
+template <typename T, unsigned Flags>
+OPTIM_HOST_DEVICE void adam_element(T& p, T grad, T& m, T& v, T& vmax, const AdamCoeffs<T>& c)
+{
+    const T denom = adam_moments<T, Flags>(p, grad, m, v, vmax, c);
     p = p - c.step_size * m / denom;
 }
 
@@ -91,6 +101,7 @@ AdamCoeffs<T> adam_coeffs(double lr, double beta1, double beta2, double eps, dou
     c.step_size = static_cast<T>(lr / (1.0 - std::pow(beta1, t)));
     c.bc2_sqrt = static_cast<T>(std::sqrt(1.0 - std::pow(beta2, t)));
     c.eps = static_cast<T>(eps);
+    c.bc1 = static_cast<T>(1.0 - std::pow(beta1, t));
     return c;
 }
 

@@ -344,6 +344,39 @@ optim_status adam_entry(const char* fn, int32_t device, int32_t device_index, in
     });
 }
 
+// The rate options of a hypergradient step (SGD or Adam), its clip's agreement on across_ranks,
+// and its scalar rates on the CPU.
+void validate_hd_params(const char* fn, int32_t device, const optim_hd_params& hp, int32_t n_groups,
+                        int64_t n_tensors, const double* rates, const optim_grad_clip* clip)
+{
+    OPTIM_REQUIRE(hp.scope >= OPTIM_HD_SCOPE_GLOBAL && hp.scope <= OPTIM_HD_SCOPE_PER_PARAMETER, fn,
+                  "unknown scope " + std::to_string(hp.scope));
+    OPTIM_REQUIRE(hp.rule == OPTIM_HD_RULE_ADDITIVE || hp.rule == OPTIM_HD_RULE_NORMALIZED, fn,
+                  "unknown rule " + std::to_string(hp.rule));
+    OPTIM_REQUIRE(std::isfinite(hp.hypergrad_lr) && hp.hypergrad_lr >= 0.0, fn,
+                  "invalid hypergrad_lr: " + num(hp.hypergrad_lr));
+    OPTIM_REQUIRE(std::isfinite(hp.lr_min) && hp.lr_min >= 0.0, fn,
+                  "invalid lr_min: " + num(hp.lr_min));
+    OPTIM_REQUIRE(hp.lr_max >= hp.lr_min, fn,
+                  "lr_min (" + num(hp.lr_min) + ") is greater than lr_max (" + num(hp.lr_max) +
+                      ")");
+    OPTIM_REQUIRE(std::isfinite(hp.eps) && hp.eps > 0.0, fn, "invalid eps: " + num(hp.eps));
+    OPTIM_REQUIRE(hp.assume_finite == 0 || hp.assume_finite == 1, fn,
+                  "assume_finite must be 0 or 1, not " + std::to_string(hp.assume_finite));
+    check_across_ranks(fn, device, hp.across_ranks, "across_ranks");
+    OPTIM_REQUIRE(clip == nullptr || clip->across_ranks == hp.across_ranks, fn,
+                  "clip->across_ranks (" + std::to_string(clip ? clip->across_ranks : 0) +
+                      ") differs from params->across_ranks (" + std::to_string(hp.across_ranks) +
+                      "): the step reduces across ranks or not");
+    if (hp.scope == OPTIM_HD_SCOPE_PER_PARAMETER) return;
+    OPTIM_REQUIRE(rates != nullptr, fn, "rates is NULL");
+    if (device != OPTIM_DEVICE_CPU) return;
+    const int64_t slots = hd_slot_count(hp.scope, n_groups, n_tensors);
+    for (int64_t s = 0; s < slots; ++s)
+        OPTIM_REQUIRE(std::isfinite(rates[s]) && rates[s] >= 0.0, fn,
+                      "rate " + std::to_string(s) + " is invalid: " + num(rates[s]));
+}
+
 // One hypergradient step of a variant; fn names the entry point in messages.
 optim_status hd_entry(const char* fn, int32_t device, int32_t device_index, int32_t dtype,
                       const optim_hd_tensors* tensors, int32_t n_groups,
@@ -357,26 +390,7 @@ optim_status hd_entry(const char* fn, int32_t device, int32_t device_index, int3
         OPTIM_REQUIRE(params != nullptr && tensors != nullptr && groups != nullptr, fn,
                       "tensors, groups and params must not be NULL");
         const optim_hd_params& hp = *params;
-        OPTIM_REQUIRE(hp.scope >= OPTIM_HD_SCOPE_GLOBAL && hp.scope <= OPTIM_HD_SCOPE_PER_PARAMETER,
-                      fn, "unknown scope " + std::to_string(hp.scope));
-        OPTIM_REQUIRE(hp.rule == OPTIM_HD_RULE_ADDITIVE || hp.rule == OPTIM_HD_RULE_NORMALIZED, fn,
-                      "unknown rule " + std::to_string(hp.rule));
-        OPTIM_REQUIRE(std::isfinite(hp.hypergrad_lr) && hp.hypergrad_lr >= 0.0, fn,
-                      "invalid hypergrad_lr: " + num(hp.hypergrad_lr));
-        OPTIM_REQUIRE(std::isfinite(hp.lr_min) && hp.lr_min >= 0.0, fn,
-                      "invalid lr_min: " + num(hp.lr_min));
-        OPTIM_REQUIRE(hp.lr_max >= hp.lr_min, fn,
-                      "lr_min (" + num(hp.lr_min) + ") is greater than lr_max (" + num(hp.lr_max) +
-                          ")");
-        OPTIM_REQUIRE(std::isfinite(hp.eps) && hp.eps > 0.0, fn, "invalid eps: " + num(hp.eps));
-        OPTIM_REQUIRE(hp.assume_finite == 0 || hp.assume_finite == 1, fn,
-                      "assume_finite must be 0 or 1, not " + std::to_string(hp.assume_finite));
-        check_across_ranks(fn, device, hp.across_ranks, "across_ranks");
-        OPTIM_REQUIRE(clip == nullptr || clip->across_ranks == hp.across_ranks, fn,
-                      "clip->across_ranks (" + std::to_string(clip ? clip->across_ranks : 0) +
-                          ") differs from params->across_ranks (" +
-                          std::to_string(hp.across_ranks) +
-                          "): the step reduces across ranks or not");
+        validate_hd_params(fn, device, hp, n_groups, tensors->count, rates, clip);
         OPTIM_REQUIRE(n_groups >= 1, fn, "n_groups must be >= 1");
         for (int32_t g = 0; g < n_groups; ++g) {
             const optim_hd_group& o = groups[g];
@@ -417,15 +431,6 @@ optim_status hd_entry(const char* fn, int32_t device, int32_t device_index, int3
                 {t.grads[k], "gradient"}};
             require_unaliased(fn, k, arrays, 5, 4);
         }
-        if (!per_parameter) {
-            OPTIM_REQUIRE(rates != nullptr, fn, "rates is NULL");
-            if (device == OPTIM_DEVICE_CPU) {
-                const int64_t slots = hd_slot_count(hp.scope, n_groups, t.count);
-                for (int64_t s = 0; s < slots; ++s)
-                    OPTIM_REQUIRE(std::isfinite(rates[s]) && rates[s] >= 0.0, fn,
-                                  "rate " + std::to_string(s) + " is invalid: " + num(rates[s]));
-            }
-        }
         if (t.count == 0 && hp.across_ranks == 0) {
             if (skipped && device == OPTIM_DEVICE_CPU) *skipped = 0;
             return;
@@ -436,6 +441,93 @@ optim_status hd_entry(const char* fn, int32_t device, int32_t device_index, int3
         call.fn = fn;
         run_on_backend(device, device_index, dtype, call, cuda::hd_step, cpu::hd_step_f32,
                        cpu::hd_step_f64);
+    });
+}
+
+// Every group's Adam options (optim_adam_step's checks and messages), then every tensor.
+void validate_hd_adam(const char* fn, const optim_hd_adam_tensors& t, int32_t n_groups,
+                      const optim_hd_adam_group* groups, bool per_parameter)
+{
+    OPTIM_REQUIRE(n_groups >= 1, fn, "n_groups must be >= 1, got " + std::to_string(n_groups));
+    for (int32_t g = 0; g < n_groups; ++g) {
+        const optim_hd_adam_group& o = groups[g];
+        OPTIM_REQUIRE(std::isfinite(o.eps) && o.eps >= 0.0, fn,
+                      "invalid epsilon value: " + num(o.eps) + group(g));
+        OPTIM_REQUIRE(o.beta1 >= 0.0 && o.beta1 < 1.0, fn,
+                      "invalid beta parameter at index 0: " + num(o.beta1) + group(g));
+        OPTIM_REQUIRE(o.beta2 >= 0.0 && o.beta2 < 1.0, fn,
+                      "invalid beta parameter at index 1: " + num(o.beta2) + group(g));
+        OPTIM_REQUIRE(std::isfinite(o.weight_decay) && o.weight_decay >= 0.0, fn,
+                      "invalid weight_decay value: " + num(o.weight_decay) + group(g));
+        OPTIM_REQUIRE(o.amsgrad == 0 || o.amsgrad == 1, fn, "amsgrad must be 0 or 1" + group(g));
+        OPTIM_REQUIRE(o.maximize == 0 || o.maximize == 1, fn, "maximize must be 0 or 1" + group(g));
+    }
+    OPTIM_REQUIRE(t.count >= 0, fn, "tensors->count is negative (" + std::to_string(t.count) + ")");
+    if (t.count == 0) return;
+    OPTIM_REQUIRE(t.params && t.grads && t.exp_avgs && t.exp_avg_sqs && t.prev_updates &&
+                      t.numels && t.steps && t.group_index,
+                  fn,
+                  "tensors->params, grads, exp_avgs, exp_avg_sqs, prev_updates, numels, steps and "
+                  "group_index must not be NULL");
+    for (int64_t k = 0; k < t.count; ++k) {
+        const int32_t g = t.group_index[k];
+        OPTIM_REQUIRE(g >= 0 && g < n_groups, fn,
+                      at(k) + ": group index " + std::to_string(g) + " is out of range");
+        OPTIM_REQUIRE(k == 0 || g >= t.group_index[k - 1], fn,
+                      at(k) + ": tensors must be in param-group order");
+        OPTIM_REQUIRE(t.steps[k] >= 1, fn,
+                      at(k) + ": step must be >= 1 (the step count after this update), got " +
+                          std::to_string(t.steps[k]));
+        const int64_t n = t.numels[k];
+        OPTIM_REQUIRE(n >= 0, fn, at(k) + ": numel is negative (" + std::to_string(n) + ")");
+        if (n == 0) continue;
+        OPTIM_REQUIRE(t.params[k] != nullptr, fn, at(k) + ": parameter pointer is NULL");
+        OPTIM_REQUIRE(t.grads[k] != nullptr, fn, at(k) + ": gradient pointer is NULL");
+        OPTIM_REQUIRE(t.exp_avgs[k] != nullptr, fn, at(k) + ": exp_avg pointer is NULL");
+        OPTIM_REQUIRE(t.exp_avg_sqs[k] != nullptr, fn, at(k) + ": exp_avg_sq pointer is NULL");
+        OPTIM_REQUIRE(t.prev_updates[k] != nullptr, fn, at(k) + ": prev_updates pointer is NULL");
+        const bool amsgrad = groups[g].amsgrad != 0;
+        if (amsgrad)
+            OPTIM_REQUIRE(t.max_exp_avg_sqs && t.max_exp_avg_sqs[k], fn,
+                          at(k) + ": max_exp_avg_sq pointer is NULL but its group has amsgrad");
+        if (per_parameter)
+            OPTIM_REQUIRE(t.param_rates && t.param_rates[k], fn,
+                          at(k) + ": param_rates pointer is NULL (per-parameter scope)");
+        const Array arrays[] = {{t.params[k], "parameter"},
+                                {t.exp_avgs[k], "exp_avg"},
+                                {t.exp_avg_sqs[k], "exp_avg_sq"},
+                                {amsgrad ? t.max_exp_avg_sqs[k] : nullptr, "max_exp_avg_sq"},
+                                {t.prev_updates[k], "previous update"},
+                                {per_parameter ? t.param_rates[k] : nullptr, "parameter rates"},
+                                {t.grads[k], "gradient"}};
+        require_unaliased(fn, k, arrays, 7, 6);
+    }
+}
+
+// One hypergradient Adam step (clipped: the _clipped entry point, whose clip may not be NULL).
+optim_status hd_adam_entry(const char* fn, int32_t device, int32_t device_index, int32_t dtype,
+                           const optim_hd_adam_tensors* tensors, int32_t n_groups,
+                           const optim_hd_adam_group* groups, const optim_hd_params* params,
+                           double* rates, int64_t* skipped, const optim_grad_clip* clip,
+                           bool clipped)
+{
+    return guard(fn, [&] {
+        check_clip(fn, device, clip, clipped);
+        require_step_target(fn, device, dtype);
+        OPTIM_REQUIRE(params != nullptr && tensors != nullptr && groups != nullptr, fn,
+                      "tensors, groups and params must not be NULL");
+        const optim_hd_params& hp = *params;
+        validate_hd_params(fn, device, hp, n_groups, tensors->count, rates, clip);
+        validate_hd_adam(fn, *tensors, n_groups, groups, hp.scope == OPTIM_HD_SCOPE_PER_PARAMETER);
+        if (tensors->count == 0 && hp.across_ranks == 0) {
+            if (skipped && device == OPTIM_DEVICE_CPU) *skipped = 0;
+            return;
+        }
+        HdAdamCall call{tensors, n_groups, groups, params, rates, skipped};
+        call.clip = clip;
+        call.fn = fn;
+        run_on_backend(device, device_index, dtype, call, cuda::hd_adam_step, cpu::hd_adam_step_f32,
+                       cpu::hd_adam_step_f64);
     });
 }
 
@@ -682,6 +774,25 @@ OPTIM_API optim_status optim_hd_step_scaled(int32_t device, int32_t device_index
 {
     return hd_entry("optim_hd_step_scaled", device, device_index, dtype, tensors, n_groups, groups,
                     params, rates, skipped, clip, scale, Variant::Scaled);
+}
+
+OPTIM_API optim_status optim_hd_adam_step(int32_t device, int32_t device_index, int32_t dtype,
+                                          const optim_hd_adam_tensors* tensors, int32_t n_groups,
+                                          const optim_hd_adam_group* groups,
+                                          const optim_hd_params* params, double* rates,
+                                          int64_t* skipped)
+{
+    return hd_adam_entry("optim_hd_adam_step", device, device_index, dtype, tensors, n_groups,
+                         groups, params, rates, skipped, nullptr, false);
+}
+
+OPTIM_API optim_status optim_hd_adam_step_clipped(
+    int32_t device, int32_t device_index, int32_t dtype, const optim_hd_adam_tensors* tensors,
+    int32_t n_groups, const optim_hd_adam_group* groups, const optim_hd_params* params,
+    double* rates, int64_t* skipped, const optim_grad_clip* clip)
+{
+    return hd_adam_entry("optim_hd_adam_step_clipped", device, device_index, dtype, tensors,
+                         n_groups, groups, params, rates, skipped, clip, true);
 }
 
 OPTIM_API optim_status optim_sls_save(int32_t device, int32_t device_index, int32_t dtype,

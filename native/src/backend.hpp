@@ -2,6 +2,7 @@
 #pragma once
 
 #include "error.hpp"
+#include "hd_math.hpp"
 #include "sgd_math.hpp"
 
 #include <optim.h>
@@ -47,6 +48,18 @@ struct HdCall {
     const char* fn = "optim_hd_step";        // the entry point, for messages
 };
 
+// A validated hypergradient Adam step.
+struct HdAdamCall {
+    const optim_hd_adam_tensors* tensors;
+    int32_t n_groups;
+    const optim_hd_adam_group* groups;
+    const optim_hd_params* params;
+    double* rates;
+    int64_t* skipped;
+    const optim_grad_clip* clip = nullptr; // null: no clipping
+    const char* fn = "optim_hd_adam_step"; // the entry point, for messages
+};
+
 // A validated pass of the stochastic line search (optim_sls_save/_trial/_restore): op is a SlsOp
 // of sls_math.hpp; step_size is used by the trial pass only.
 struct SlsCall {
@@ -85,12 +98,22 @@ inline int64_t hd_slot_count(int32_t scope, int32_t n_groups, int64_t n_tensors)
            : scope == OPTIM_HD_SCOPE_PER_TENSOR ? n_tensors
                                                 : 0;
 }
-inline int64_t hd_rate_slot(int32_t scope, const optim_hd_tensors& t, int64_t k)
+inline int64_t hd_rate_slot(int32_t scope, const int32_t* group_index, int64_t k)
 {
     return scope == OPTIM_HD_SCOPE_GLOBAL       ? 0
-           : scope == OPTIM_HD_SCOPE_PER_GROUP  ? t.group_index[k]
+           : scope == OPTIM_HD_SCOPE_PER_GROUP  ? group_index[k]
            : scope == OPTIM_HD_SCOPE_PER_TENSOR ? k
                                                 : 0;
+}
+
+// The rate rule's coefficients of a step, rounded to R (double for the scalar rates, the element
+// type for the per-parameter ones): written once for both optimizers and both back ends.
+template <typename R>
+HdCoeffs<R> hd_coeffs(const optim_hd_params& hp)
+{
+    return HdCoeffs<R>{static_cast<R>(hp.hypergrad_lr),     static_cast<R>(hp.lr_min),
+                       static_cast<R>(hp.lr_max),           static_cast<R>(hp.eps),
+                       hp.rule == OPTIM_HD_RULE_NORMALIZED, hp.first_step == 0};
 }
 
 namespace cpu {
@@ -100,6 +123,8 @@ void adam_step_f32(const AdamCall& call);
 void adam_step_f64(const AdamCall& call);
 void hd_step_f32(const HdCall& call);
 void hd_step_f64(const HdCall& call);
+void hd_adam_step_f32(const HdAdamCall& call);
+void hd_adam_step_f64(const HdAdamCall& call);
 void sls_pass_f32(const SlsCall& call);
 void sls_pass_f64(const SlsCall& call);
 // The sum of the squared gradient elements, in double, combined in piece order.
@@ -117,6 +142,8 @@ void sgd_step(int device_index, int32_t dtype, const SgdCall& call);
 void adam_step(int device_index, int32_t dtype, const AdamCall& call);
 // One hypergradient step on the device (stream 0, no host round trip).
 void hd_step(int device_index, int32_t dtype, const HdCall& call);
+// One hypergradient Adam step on the device (stream 0, no host round trip).
+void hd_adam_step(int device_index, int32_t dtype, const HdAdamCall& call);
 // One pass of the stochastic line search on the device (stream 0).
 void sls_pass(int device_index, int32_t dtype, const SlsCall& call);
 // The squared gradient norm on the device, copied to the host (waits for stream 0).

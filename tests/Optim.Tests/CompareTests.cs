@@ -221,6 +221,25 @@ public class CompareTests
     }
 
     [Test]
+    public void AdamHdMethodsDriveHypergradientAdamFromTheAdamRate()
+    {
+        Assert.That(Method.All.Where(x => x.Family == Family.AdamHd).Select(x => x.Name), Is.EquivalentTo(new[] { "adam-hd-tensor", "adam-hd-param" }));
+        using var p = new Parameter(torch.ones(4));
+        foreach (var (name, scope) in new[] { ("adam-hd-tensor", HypergradientScope.PerTensor), ("adam-hd-param", HypergradientScope.PerParameter) })
+        {
+            var m = Method.Find(name);
+            Assert.That((m.Family, m.RateFamily), Is.EqualTo((Family.AdamHd, Family.Adam)));
+            using var opt = m.CreateOptimizer(new[] { new ParameterGroup("p", new[] { p }) }, 0.003, new MethodContext(100, 10, MetricStepping.Eval, 0.02));
+            Assert.That(opt, Is.InstanceOf<HypergradientAdam>());
+            Assert.That(((HypergradientAdam)opt).Scope, Is.EqualTo(scope));
+            Assert.That(Method.CurrentRate(opt), Is.EqualTo(0.003).Within(1e-9));
+            // They run where Adam is the usual choice, not on NMF.
+            using var nmf = Synthetic();
+            Assert.That(Compare.Runs(nmf, m), Is.False);
+        }
+    }
+
+    [Test]
     public void TheLanguageModelNeedsItsText()
     {
         string dir = Path.Combine(Path.GetTempPath(), $"optim-lm-{Guid.NewGuid():N}");

@@ -21,6 +21,9 @@ internal enum Family
     Sls,
     /// <summary>Optim.FusedAdamW (β = 0.9, 0.999, decoupled weight decay 0.01), starting from the swept Adam rate.</summary>
     AdamW,
+
+    /// <summary>Optim.HypergradientAdam (β = 0.9, 0.999; normalized rule), starting from the swept Adam rate.</summary>
+    AdamHd,
 }
 
 /// <summary>How a method's metric-driven scheduler is fed.</summary>
@@ -62,11 +65,11 @@ internal sealed record Method(string Name, Family Family, string Schedule, strin
     /// <summary>Decoupled weight decay of the AdamW methods (PyTorch's default for AdamW).</summary>
     public const double AdamWWeightDecay = 0.01;
 
-    /// <summary>The family whose base rate this method starts from: HD from FusedSGD's, AdamW from Adam's, else its own.</summary>
+    /// <summary>The family whose base rate this method starts from: HD from FusedSGD's, AdamW and HD-Adam from Adam's, else its own.</summary>
     public Family RateFamily => Family switch
     {
         Family.Hd => Family.Sgd,
-        Family.AdamW => Family.Adam,
+        Family.AdamW or Family.AdamHd => Family.Adam,
         _ => Family,
     };
 
@@ -96,6 +99,8 @@ internal sealed record Method(string Name, Family Family, string Schedule, strin
         yield return new("adamw-constant", Family.AdamW, "constant", "FusedAdamW (weight decay 0.01), constant rate");
         yield return new("adamw-cosine", Family.AdamW, "cosine", "FusedAdamW (weight decay 0.01), cosine annealing to 0 after a linear warmup over 5% of the steps (LambdaLR)");
         yield return new("adamw-greedylr", Family.AdamW, "greedylr", "FusedAdamW (weight decay 0.01), Optim.GreedyLR (factor 0.9, patience 2)");
+        yield return new("adam-hd-tensor", Family.AdamHd, "tensor", "HypergradientAdam, one rate per tensor (normalized rule, rate kept within [base / 100, base × 10])");
+        yield return new("adam-hd-param", Family.AdamHd, "parameter", "HypergradientAdam, one rate per scalar weight (normalized rule, same bounds)");
         yield return new("hd-global", Family.Hd, "global", "HypergradientSGD, one rate (normalized rule, rate kept within [base / 100, base × 10])");
         yield return new("hd-group", Family.Hd, "group", "HypergradientSGD, one rate per param group (layer / factor)");
         yield return new("hd-tensor", Family.Hd, "tensor", "HypergradientSGD, one rate per tensor");
@@ -117,20 +122,26 @@ internal sealed record Method(string Name, Family Family, string Schedule, strin
                 return new Sls(groups.SelectMany(g => g.Parameters), n_batches_per_epoch: c.BatchesPerEpoch, init_step_size: lr);
             case Family.AdamW:
                 return new FusedAdamW(groups.Select(g => new FusedAdam.ParamGroup(g.Parameters)), lr, weight_decay: AdamWWeightDecay);
+            case Family.AdamHd:
+                return new HypergradientAdam(groups.Select(g => new HypergradientAdam.ParamGroup(g.Parameters)), lr, c.HypergradLr, HdScope,
+                    rule: HypergradientRule.Normalized, lr_min: lr / 100, lr_max: lr * 10);
             default:
-                var scope = Schedule switch
-                {
-                    "global" => HypergradientScope.Global,
-                    "group" => HypergradientScope.PerGroup,
-                    "tensor" => HypergradientScope.PerTensor,
-                    _ => HypergradientScope.PerParameter,
-                };
+                var scope = HdScope;
                 // The rate stays within [lr / 100, lr × 10], the bounds GreedyLR uses by default: without
                 // them a constraint that keeps pushing back (the projection of NMF) grows the rate forever.
                 return new HypergradientSGD(groups.Select(g => new HypergradientSGD.ParamGroup(g.Parameters)), lr, c.HypergradLr, scope,
                     momentum: SgdMomentum, rule: HypergradientRule.Normalized, lr_min: lr / 100, lr_max: lr * 10);
         }
     }
+
+    /// <summary>The hypergradient scope a HD method names in its schedule.</summary>
+    private HypergradientScope HdScope => Schedule switch
+    {
+        "global" => HypergradientScope.Global,
+        "group" => HypergradientScope.PerGroup,
+        "tensor" => HypergradientScope.PerTensor,
+        _ => HypergradientScope.PerParameter,
+    };
 
     /// <summary>The scheduler of this method, or null (constant rate, hypergradient descent).</summary>
     public LRScheduler? CreateScheduler(optim.Optimizer opt, MethodContext c)
@@ -168,12 +179,17 @@ internal sealed record Method(string Name, Family Family, string Schedule, strin
     /// <summary>The rate the method uses now: the group rate, or for hypergradient descent the mean rate per scalar weight.</summary>
     public static double CurrentRate(optim.Optimizer opt)
     {
-        if (opt is HypergradientSGD hd)
+        var rates = opt switch
         {
-            var rates = hd.TensorLearningRates();
+            HypergradientSGD hd => hd.TensorLearningRates(),
+            HypergradientAdam hda => hda.TensorLearningRates(),
+            _ => null,
+        };
+        if (rates is not null)
+        {
             double sum = 0, count = 0;
             int k = 0;
-            foreach (var p in hd.parameters())
+            foreach (var p in opt.parameters())
             {
                 long n = p.numel();
                 sum += rates[k++] * n;

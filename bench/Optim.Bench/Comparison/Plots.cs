@@ -39,7 +39,7 @@ internal static class Plots
         {
             ("FusedSGD schedules and hypergradient descent", runs.Where(r => r.Seed == 0 && r.Method.Family is Family.Sgd or Family.Hd).ToList()),
             ("Adam schedules", runs.Where(r => r.Seed == 0 && r.Method.Family == Family.Adam).ToList()),
-            ("AdamW schedules", runs.Where(r => r.Seed == 0 && r.Method.Family == Family.AdamW).ToList()),
+            ("AdamW schedules and hypergradient Adam", runs.Where(r => r.Seed == 0 && r.Method.Family is Family.AdamW or Family.AdamHd).ToList()),
         }.Where(p => p.Item2.Count > 0).ToList();
         if (panels.Count == 0)
         {
@@ -62,7 +62,7 @@ internal static class Plots
                 var line = plt.Add.ScatterLine(pts.Select(p => (double)p.Step).ToArray(), pts.Select(p => Math.Log10(p.Lr)).ToArray());
                 line.LegendText = r.Method.Name;
                 line.LineWidth = 2;
-                line.LinePattern = r.Method.Family == Family.Hd ? LinePattern.Dashed : LinePattern.Solid;
+                line.LinePattern = r.Method.Family is Family.Hd or Family.AdamHd ? LinePattern.Dashed : LinePattern.Solid;
             }
             Style(plt, $"{plan.Task.Name}: {title} (seed 0)", "learning rate (log scale)");
         }

@@ -63,10 +63,11 @@ internal abstract class TrainingTask : IDisposable
     public virtual double? UsualRate(Family family) => null;
 
     /// <summary>
-    /// Whether <paramref name="method"/> is one this task runs: the AdamW methods run where Adam is the
-    /// usual choice (<see cref="AdamIsUsual"/>); the language model runs the AdamW methods only.
+    /// Whether <paramref name="method"/> is one this task runs: the AdamW and HD-Adam methods run where Adam
+    /// is the usual choice (<see cref="AdamIsUsual"/>); the language model runs the AdamW methods only (its
+    /// runs are the default run's longest: HD-Adam there would exceed its time budget).
     /// </summary>
-    public virtual bool Suits(Method method) => method.Family != Family.AdamW || AdamIsUsual;
+    public virtual bool Suits(Method method) => method.Family is not (Family.AdamW or Family.AdamHd) || AdamIsUsual;
 
     /// <summary>True for the tasks where Adam is the usual optimizer (the MLP, the CNN, the language model).</summary>
     public virtual bool AdamIsUsual => Name is "mnist-mlp" or "mnist-cnn";

@@ -39,6 +39,11 @@ void hd_step(int, int32_t, const HdCall& call)
     no_cuda(call.fn);
 }
 
+void hd_adam_step(int, int32_t, const HdAdamCall& call)
+{
+    no_cuda(call.fn);
+}
+
 void sls_pass(int, int32_t, const SlsCall& call)
 {
     fail(

@@ -1,0 +1,255 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.optim;
+
+namespace Optim;
+
+// HypergradientAdam's per-parameter state, per-group options (with the step counters) and param group.
+public partial class HypergradientAdam
+{
+    /// <summary>
+    /// Per-parameter state: Adam's step count and moments (TorchSharp's names), the previous Adam direction
+    /// and the rates of the per-tensor or per-parameter scope. The tensors are null until the parameter's
+    /// first step.
+    /// </summary>
+    public sealed class State : OptimizerState, IDisposable, IStagedLoad
+    {
+        /// <summary>The scope of the optimizer this state belongs to (what a loaded state must hold).</summary>
+        internal HypergradientScope Scope { get; init; }
+
+        /// <summary>The steps this parameter has taken (counted per parameter, as Adam does).</summary>
+        public long step;
+        /// <summary>The running average of the gradient.</summary>
+        public Tensor? exp_avg;
+        /// <summary>The running average of the squared gradient.</summary>
+        public Tensor? exp_avg_sq;
+        /// <summary>The running maximum of <see cref="exp_avg_sq"/> (AMSGrad).</summary>
+        public Tensor? max_exp_avg_sq;
+        /// <summary>The previous update direction m̂/(√v̂ + ε), zero before the first step.</summary>
+        public Tensor? prev_update;
+        /// <summary>The per-parameter scope's rates, shaped like the parameter.</summary>
+        public Tensor? parameter_rates;
+        /// <summary>The per-tensor scope's rate of this tensor.</summary>
+        public double tensor_rate;
+
+        /// <summary>Creates the state of one parameter.</summary>
+        public State(Parameter parameter) : base(parameter)
+        {
+        }
+
+        /// <summary>Disposes the tensors.</summary>
+        public void Dispose() => Replace(step, null, null, null, null, null, tensor_rate);
+
+        /// <summary>Moves the tensors to <paramref name="device"/>.</summary>
+        public override void to(Device device)
+        {
+            exp_avg = StateTensors.Move(exp_avg, device);
+            exp_avg_sq = StateTensors.Move(exp_avg_sq, device);
+            max_exp_avg_sq = StateTensors.Move(max_exp_avg_sq, device);
+            prev_update = StateTensors.Move(prev_update, device);
+            parameter_rates = StateTensors.Move(parameter_rates, device);
+        }
+
+        /// <summary>Reads the state written by <see cref="SaveStateDict(BinaryWriter)"/>; nothing changes if it is invalid.</summary>
+        /// <exception cref="InvalidDataException">A tensor does not fit the parameter, a rate is invalid, or the data ends early.</exception>
+        public override void LoadStateDict(BinaryReader reader)
+        {
+            using var r = new StateReader(reader, nameof(HypergradientAdam)) { Part = "parameter state" };
+            var apply = ReadStaged(r);
+            r.Staged.Commit();
+            apply();
+        }
+
+        Action IStagedLoad.ReadStaged(StateReader reader) => ReadStaged(reader);
+
+        Action IStagedLoad.CopyStaged(object source, Staging staging) => CopyStaged(source, staging);
+
+        private Action ReadStaged(StateReader r)
+        {
+            long s = r.ReadCount("the step count");
+            var m = r.ReadOptionalTensor("exp_avg", _parameter);
+            var v = r.ReadOptionalTensor("exp_avg_sq", _parameter);
+            var w = r.ReadOptionalTensor("max_exp_avg_sq", _parameter);
+            var u = r.ReadOptionalTensor("previous update", _parameter);
+            var rates = r.ReadOptionalTensor("per-parameter rates", _parameter);
+            double rate = r.ReadNonNegative("per-tensor rate");
+            CheckRates(rates, r.Invalid);
+            if (rates is not null)
+            {
+                r.RequireNonNegative(rates, "per-parameter rates");
+            }
+            return () => Replace(s, m, v, w, u, rates, rate);
+        }
+
+        private Action CopyStaged(object source, Staging staging)
+        {
+            if (source is not State o)
+            {
+                throw new ArgumentException($"Expected a HypergradientAdam.State, got {source?.GetType().Name ?? "null"}.", nameof(source));
+            }
+            const string owner = nameof(HypergradientAdam);
+            if (o.step < 0)
+            {
+                throw new ArgumentException($"{owner}: the source's step count is negative ({o.step}).", nameof(source));
+            }
+            if (!double.IsFinite(o.tensor_rate) || o.tensor_rate < 0)
+            {
+                throw new ArgumentException($"{owner}: the source's per-tensor rate {o.tensor_rate} is invalid.", nameof(source));
+            }
+            var m = StateLoad.CopyTensor(o.exp_avg, _parameter, staging, owner, "exp_avg");
+            var v = StateLoad.CopyTensor(o.exp_avg_sq, _parameter, staging, owner, "exp_avg_sq");
+            var w = StateLoad.CopyTensor(o.max_exp_avg_sq, _parameter, staging, owner, "max_exp_avg_sq");
+            var u = StateLoad.CopyTensor(o.prev_update, _parameter, staging, owner, "previous update");
+            var rates = StateLoad.CopyTensor(o.parameter_rates, _parameter, staging, owner, "per-parameter rates");
+            CheckRates(rates, msg => new ArgumentException($"{owner}: {msg}", nameof(source)));
+            var (s, rate) = (o.step, o.tensor_rate);
+            return () => Replace(s, m, v, w, u, rates, rate);
+        }
+
+        // The per-parameter scope needs a rate tensor; the other scopes have none.
+        private void CheckRates<TException>(Tensor? rates, Func<string, TException> fail) where TException : Exception
+        {
+            if (Scope == HypergradientScope.PerParameter && rates is null)
+            {
+                throw fail("the per-parameter scope needs per-parameter rates, and the state has none.");
+            }
+            if (Scope != HypergradientScope.PerParameter && rates is not null)
+            {
+                throw fail($"the state has per-parameter rates, but this optimizer's scope is {Scope}.");
+            }
+        }
+
+        private void Replace(long s, Tensor? m, Tensor? v, Tensor? w, Tensor? u, Tensor? rates, double rate)
+        {
+            foreach (var t in (ReadOnlySpan<Tensor?>)[exp_avg, exp_avg_sq, max_exp_avg_sq, prev_update, parameter_rates])
+            {
+                t?.Dispose();
+            }
+            (step, exp_avg, exp_avg_sq, max_exp_avg_sq, prev_update, parameter_rates, tensor_rate) = (s, m, v, w, u, rates, rate);
+        }
+
+        /// <summary>Writes the step count, the tensors (each optional) and the per-tensor rate.</summary>
+        public override void SaveStateDict(BinaryWriter writer)
+        {
+            writer.Write(step);
+            SaveConditionalStateTensor(writer, exp_avg!);
+            SaveConditionalStateTensor(writer, exp_avg_sq!);
+            SaveConditionalStateTensor(writer, max_exp_avg_sq!);
+            SaveConditionalStateTensor(writer, prev_update!);
+            SaveConditionalStateTensor(writer, parameter_rates!);
+            writer.Write(tensor_rate);
+        }
+
+        /// <summary>Copies another <see cref="State"/>; nothing changes if it does not fit the parameter.</summary>
+        public override void LoadStateDict(OptimizerState source)
+        {
+            using var staging = new Staging();
+            var apply = CopyStaged(source, staging);
+            staging.Commit();
+            apply();
+        }
+
+        /// <summary>Equal step counts and rates, and every tensor absent in both or approximately equal.</summary>
+        public override bool ApproximatelyEquals(OptimizerState other)
+        {
+            static bool Eq(Tensor? a, Tensor? b) => a is null ? b is null : b is not null && a.allclose(b);
+            return other is State o && step == o.step && Eq(exp_avg, o.exp_avg) && Eq(exp_avg_sq, o.exp_avg_sq) &&
+                Eq(max_exp_avg_sq, o.max_exp_avg_sq) && Eq(prev_update, o.prev_update) && Eq(parameter_rates, o.parameter_rates) &&
+                tensor_rate == o.tensor_rate;
+        }
+
+        /// <summary>Clears Adam's state and the previous update (the rates are kept).</summary>
+        public override void Initialize(OptimizerOptions options)
+        {
+            var rates = parameter_rates;
+            parameter_rates = null;
+            Replace(0, null, null, null, null, rates, tensor_rate);
+        }
+    }
+
+    /// <summary>Options of a param group (<see cref="FusedAdam.Options"/>'s); null values take the optimizer's
+    /// defaults. Also carries the optimizer's step and skipped counts through <c>state_dict</c>.</summary>
+    public class Options : FusedAdam.Options
+    {
+        internal long steps;
+        internal long skipped;
+        internal bool loaded;
+
+        private protected override Action ReadStaged(StateReader r)
+        {
+            var options = base.ReadStaged(r);
+            long s = r.ReadCount("the step count");
+            long k = r.ReadCount("the skipped step count");
+            return () =>
+            {
+                options();
+                (steps, skipped, loaded) = (s, k, true);
+            };
+        }
+
+        private protected override Action CopyStaged(object source)
+        {
+            if (source is not Options o)
+            {
+                throw new ArgumentException($"Expected HypergradientAdam options, got {source?.GetType().Name ?? "null"}.", nameof(source));
+            }
+            var options = base.CopyStaged(source);
+            if (o.steps < 0 || o.skipped < 0)
+            {
+                throw new ArgumentException("The source options have negative step counts.", nameof(source));
+            }
+            var (s, k) = (o.steps, o.skipped);
+            return () =>
+            {
+                options();
+                (steps, skipped, loaded) = (s, k, true);
+            };
+        }
+
+        /// <summary>Writes the options, the step count and the skipped count.</summary>
+        public override void SaveStateDict(BinaryWriter writer)
+        {
+            base.SaveStateDict(writer);
+            writer.Write(steps);
+            writer.Write(skipped);
+        }
+    }
+
+    /// <summary>A param group of <see cref="HypergradientAdam"/>, with optional per-group options.</summary>
+    public class ParamGroup : ParamGroup<Options>, IBetas
+    {
+        /// <summary>An empty group (set <c>Parameters</c> and <c>Options</c>).</summary>
+        public ParamGroup()
+        {
+        }
+
+        /// <summary>A group with explicit options (null fields take the optimizer's defaults).</summary>
+        public ParamGroup(IEnumerable<Parameter> parameters, Options options) : base(parameters, options)
+        {
+        }
+
+        /// <summary>A group; each option left null takes the optimizer's default.</summary>
+        public ParamGroup(IEnumerable<Parameter> parameters, double? lr = null, double? beta1 = null, double? beta2 = null, double? eps = null,
+            double? weight_decay = null, bool? amsgrad = null, bool? maximize = null)
+            : base(parameters, new Options
+            {
+                LearningRate = lr,
+                beta1 = beta1,
+                beta2 = beta2,
+                eps = eps,
+                weight_decay = weight_decay,
+                amsgrad = amsgrad,
+                maximize = maximize,
+            })
+        {
+        }
+
+        /// <summary>The group's (beta1, beta2), for beta schedulers such as <c>OneCycleLR</c>; checked at the next step.</summary>
+        public (double, double) Betas
+        {
+            get => (Options.beta1 ?? 0.9, Options.beta2 ?? 0.999);
+            set => (Options.beta1, Options.beta2) = value;
+        }
+    }
+}

@@ -1,0 +1,207 @@
+// The CUDA path of hypergradient Adam (cpu/hd_adam_cpu.cpp is the CPU twin; optim.h states the
+// semantics). Hypergradient SGD's reduction pass and finishing kernel (hd_reduce.cuh), with Adam's
+// gradient and u_prev the previous Adam direction, then one multi-tensor launch of the update
+// (hd_adam_math.hpp) with the skip flag as its no-op flag. Each block reads its tensor's scalar
+// rate from device memory and divides it by 1 - beta1^t, so no step waits for the host. Compiled
+// in CI; see docs/design.md for what has run on a GPU.
+#include "../hd_adam_math.hpp"
+#include "device_scratch.cuh"
+#include "hd_reduce.cuh"
+
+#include <cmath>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace optim::cuda {
+
+namespace {
+
+// Per tensor: its coefficients at its own step (step_size unused: it comes from the rate), 1 -
+// beta1^t unrounded, its Adam flags and its rate slot (scalar scopes).
+template <typename T>
+struct HdAdamMeta {
+    AdamCoeffs<T> c;
+    double bc1;
+    int64_t slot;
+    unsigned flags;
+};
+// parameter, gradient, exp_avg, exp_avg_sq, max_exp_avg_sq (amsgrad, else null), u_prev,
+// per-parameter rates (that scope, else null)
+enum HdAdamList { kParam, kGrad, kAvg, kAvgSq, kMaxAvgSq, kPrev, kRates, kLists };
+template <typename T>
+using HdAdamTables = TensorTables<kLists, HdAdamMeta<T>>;
+
+template <typename T, int Mode, bool Clip>
+struct HdAdamReduceFunctor {
+    HdRecord* records;
+
+    __device__ void operator()(const typename HdAdamTables<T>::Table& table, const Chunk& ch) const
+    {
+        const HdAdamMeta<T>& m = table.meta[ch.t];
+        const HdPartial r = hd_reduce_chunk<T, Mode, Clip>(
+            hd_adam_grad_flags(m.flags), static_cast<const T*>(table.ptr[kParam][ch.t]),
+            static_cast<const T*>(table.ptr[kGrad][ch.t]),
+            static_cast<const T*>(table.ptr[kPrev][ch.t]), ch.begin, ch.end,
+            hd_adam_grad_coeffs(m.c), T(1));
+        if (threadIdx.x == 0) records[ch.index] = HdRecord{r, m.slot};
+    }
+};
+
+template <typename T, unsigned Flags, bool PerParameter>
+__device__ __forceinline__ void update_elements(const typename HdAdamTables<T>::Table& table,
+                                                const Chunk& ch, const AdamCoeffs<T>& c, double bc1,
+                                                const HdCoeffs<T>& hc, T clip)
+{
+    T* __restrict p = static_cast<T*>(table.ptr[kParam][ch.t]);
+    const T* __restrict g = static_cast<const T*>(table.ptr[kGrad][ch.t]);
+    T* __restrict m = static_cast<T*>(table.ptr[kAvg][ch.t]);
+    T* __restrict v = static_cast<T*>(table.ptr[kAvgSq][ch.t]);
+    T* __restrict vmax = static_cast<T*>(table.ptr[kMaxAvgSq][ch.t]);
+    T* __restrict up = static_cast<T*>(table.ptr[kPrev][ch.t]);
+    T* __restrict alpha = static_cast<T*>(table.ptr[kRates][ch.t]);
+    for (int64_t i = ch.begin + threadIdx.x; i < ch.end; i += kThreads) {
+        // u_prev is read only by the per-parameter rule; hd_adam_element only writes it.
+        T pi = p[i], mi = m[i], vi = v[i], ui = PerParameter ? up[i] : T(0);
+        T wi = (Flags & kAdamAmsgrad) ? vmax[i] : T(0);
+        if constexpr (PerParameter) {
+            T ai = alpha[i];
+            hd_adam_per_parameter_element<T, Flags>(pi, g[i] * clip, mi, vi, wi, ui, ai, c, bc1,
+                                                    hc);
+            alpha[i] = ai;
+        } else {
+            hd_adam_element<T, Flags>(pi, g[i] * clip, mi, vi, wi, ui, c);
+        }
+        p[i] = pi;
+        m[i] = mi;
+        v[i] = vi;
+        up[i] = ui;
+        if (Flags & kAdamAmsgrad) vmax[i] = wi;
+    }
+}
+
+template <typename T, bool PerParameter>
+struct HdAdamUpdateFunctor {
+    const double* rates; // device memory: the scalar scopes' rates, after the finish kernel
+    HdCoeffs<T> hc;
+    const double* norm; // clipping: the gradients' norm in device memory, else null
+    double max_norm;
+
+    __device__ void operator()(const typename HdAdamTables<T>::Table& table, const Chunk& ch) const
+    {
+        const HdAdamMeta<T>& m = table.meta[ch.t];
+        const T clip = clip_factor<T>(norm, max_norm);
+        AdamCoeffs<T> c = m.c;
+        if (!PerParameter) c.step_size = static_cast<T>(rates[m.slot] / m.bc1);
+        switch (m.flags) {
+#define OPTIM_HD_ADAM_CASE(F)                                                                      \
+    case (F):                                                                                      \
+        update_elements<T, (F), PerParameter>(table, ch, c, m.bc1, hc, clip);                      \
+        break;
+            OPTIM_HD_ADAM_CASE(0)
+            OPTIM_HD_ADAM_CASE(kAdamWeightDecay)
+            OPTIM_HD_ADAM_CASE(kAdamAmsgrad)
+            OPTIM_HD_ADAM_CASE(kAdamWeightDecay | kAdamAmsgrad)
+            OPTIM_HD_ADAM_CASE(kAdamMaximize)
+            OPTIM_HD_ADAM_CASE(kAdamWeightDecay | kAdamMaximize)
+            OPTIM_HD_ADAM_CASE(kAdamAmsgrad | kAdamMaximize)
+            OPTIM_HD_ADAM_CASE(kAdamWeightDecay | kAdamAmsgrad | kAdamMaximize)
+#undef OPTIM_HD_ADAM_CASE
+        default:
+            break;
+        }
+    }
+};
+
+// The reduction launch of a mode (ReduceMode), with or without the clipping sums.
+template <typename T>
+void launch_reduce(const HdAdamTables<T>& tables, HdRecord* recs, int mode, bool clip,
+                   const char* fn)
+{
+    static const char* what = "reduction kernel launch";
+    auto go = [&](auto functor) { tables.launch(functor, nullptr, fn, what); };
+    if (mode == kOnlyFiniteness)
+        clip ? go(HdAdamReduceFunctor<T, kOnlyFiniteness, true>{recs})
+             : go(HdAdamReduceFunctor<T, kOnlyFiniteness, false>{recs});
+    else if (mode == kNorms)
+        clip ? go(HdAdamReduceFunctor<T, kNorms, true>{recs})
+             : go(HdAdamReduceFunctor<T, kNorms, false>{recs});
+    else
+        clip ? go(HdAdamReduceFunctor<T, kDotOnly, true>{recs})
+             : go(HdAdamReduceFunctor<T, kDotOnly, false>{recs});
+}
+
+template <typename T>
+void hd_adam_typed(int device_index, const HdAdamCall& call, const char* fn)
+{
+    const optim_hd_adam_tensors& t = *call.tensors;
+    const optim_hd_params& hp = *call.params;
+    const bool per_parameter = hp.scope == OPTIM_HD_SCOPE_PER_PARAMETER;
+    const bool norms = hp.rule == OPTIM_HD_RULE_NORMALIZED;
+
+    // The chunk tables; chunks (and so records) are numbered in tensor order, then chunk order.
+    HdAdamTables<T>& tables = HdAdamTables<T>::for_this_thread();
+    for (int64_t k = 0; k < t.count; ++k) {
+        if (t.numels[k] == 0) continue; // its pointers may be null
+        const optim_hd_adam_group& o = call.groups[t.group_index[k]];
+        HdAdamMeta<T> m;
+        m.flags = adam_flags(o.weight_decay, false, o.amsgrad != 0, o.maximize != 0);
+        m.c = adam_coeffs<T>(0.0, o.beta1, o.beta2, o.eps, o.weight_decay, t.steps[k]);
+        m.bc1 = 1.0 - std::pow(o.beta1, static_cast<double>(t.steps[k]));
+        m.slot = hd_rate_slot(hp.scope, t.group_index, k);
+        if (!dispatch_adam_flags(m.flags, [](auto) {}))
+            fail(OPTIM_STATUS_INTERNAL, std::string(fn) + ": unexpected flag combination");
+        void* const ptrs[kLists] = {t.params[k],
+                                    const_cast<void*>(t.grads[k]),
+                                    t.exp_avgs[k],
+                                    t.exp_avg_sqs[k],
+                                    o.amsgrad ? t.max_exp_avg_sqs[k] : nullptr,
+                                    t.prev_updates[k],
+                                    per_parameter ? t.param_rates[k] : nullptr};
+        tables.add(ptrs, t.numels[k], m);
+    }
+
+    const int64_t slots = hd_slot_count(hp.scope, call.n_groups, t.count);
+    const HdCoeffs<double> hc = hd_coeffs<double>(hp);
+    const HdCoeffs<T> hc_t = hd_coeffs<T>(hp);
+
+    Scratch& s = scratch_for<kHdScratch>(device_index);
+    std::lock_guard<std::mutex> lock(s.mutex);
+    reserve(s, kRecordsOffset + sizeof(HdRecord) * static_cast<size_t>(tables.chunks()), fn);
+    int* skip_flag = static_cast<int*>(s.data);
+    HdRecord* recs = reinterpret_cast<HdRecord*>(static_cast<char*>(s.data) + kRecordsOffset);
+
+    const bool check_finite = hp.assume_finite == 0;
+    const bool clip = call.clip != nullptr;
+    const bool reduce = check_finite || !per_parameter || clip;
+    const int mode = per_parameter ? kOnlyFiniteness : norms ? kNorms : kDotOnly;
+    if (reduce) launch_reduce<T>(tables, recs, mode, clip, fn);
+    double* norm = clip ? call.clip->total_norm : nullptr;
+    const double max_norm = clip ? call.clip->max_norm : 0.0;
+    hd_finish_kernel<T><<<1, kFinishThreads, 0, 0>>>(recs, reduce ? tables.chunks() : 0, slots,
+                                                     call.rates, call.skipped, skip_flag, hc,
+                                                     check_finite ? 1 : 0, norm, max_norm, nullptr);
+    check(cudaGetLastError(), fn, "finishing kernel launch");
+    if (per_parameter)
+        tables.launch(HdAdamUpdateFunctor<T, true>{call.rates, hc_t, norm, max_norm}, skip_flag, fn,
+                      "update kernel launch");
+    else
+        tables.launch(HdAdamUpdateFunctor<T, false>{call.rates, hc_t, norm, max_norm}, skip_flag,
+                      fn, "update kernel launch");
+}
+
+} // namespace
+
+void hd_adam_step(int device_index, int32_t dtype, const HdAdamCall& call)
+{
+    const char* fn = call.fn;
+    require_device(device_index, fn);
+    DeviceGuard guard(device_index, fn);
+    if (dtype == OPTIM_DTYPE_FLOAT32)
+        hd_adam_typed<float>(device_index, call, fn);
+    else
+        hd_adam_typed<double>(device_index, call, fn);
+}
+
+} // namespace optim::cuda
