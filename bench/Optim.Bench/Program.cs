@@ -126,7 +126,7 @@ var scheduleTasks = new Option<string[]>("--tasks")
     AllowMultipleArgumentsPerToken = true,
     DefaultValueFactory = _ => ScheduleTraining.DefaultTasks,
 };
-var iterations = new Option<int>("--iterations") { Description = "PPO iterations (one update each).", DefaultValueFactory = _ => 40 };
+var iterations = new Option<int>("--iterations") { Description = "PPO iterations (one update each; the shipped policy had 60).", DefaultValueFactory = _ => 60 };
 var episodesPerTask = new Option<int>("--episodes") { Description = "Episodes (whole runs) of each task per iteration.", DefaultValueFactory = _ => 2 };
 var policySeed = new Option<int>("--seed") { Description = "Seed of the network's initialisation, the action sampling and PPO's minibatches.", DefaultValueFactory = _ => 0 };
 var policyOut = new Option<string>("--out")
