@@ -241,6 +241,38 @@ public class LearnedScheduleTests
         Assert.That((int?)policy.Training["iterations"], Is.GreaterThan(0));
     }
 
+    /// <summary>A comparison with sgd-learned reports it against step, cosine and GreedyLR and plots its rates beside GreedyLR's.</summary>
+    [Test]
+    public void AComparisonReportsTheLearnedScheduleBesideItsRivals()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"optim-learned-{Guid.NewGuid():N}");
+        try
+        {
+            var methods = new[] { "sgd-step", "sgd-cosine", "sgd-greedylr", "sgd-learned" };
+            var settings = new CompareSettings("/nonexistent", dir, new[] { "nmf-synthetic" }, methods, 2, 1, 100, 5, 0.1, null, 0.02,
+                MetricStepping.Eval, 0.5, 0.01, true, "test");
+            var output = new StringWriter();
+            Assert.That(Compare.Run(settings, output), Is.Zero, output.ToString());
+            string report = File.ReadAllText(Path.Combine(dir, "report.md"));
+            Assert.That(report, Does.Contain("## The learned schedule"));
+            foreach (var rival in new[] { "sgd-step", "sgd-cosine", "sgd-greedylr" })
+            {
+                Assert.That(report, Does.Match($@"\| nmf-synthetic \| yes \| [0-9.]+ ± [0-9.]+ \| {rival} \| [0-9.]+ ± [0-9.]+ \| [0-2]/2 \|"), rival);
+            }
+            string png = Plots.LearnedFileName("nmf-synthetic");
+            var bytes = File.ReadAllBytes(Path.Combine(dir, "plots", png));
+            Assert.That(bytes.Take(4), Is.EqualTo(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G' }));
+            Assert.That(report, Does.Contain($"plots/{png}"));
+        }
+        finally
+        {
+            if (Directory.Exists(dir))
+            {
+                Directory.Delete(dir, recursive: true);
+            }
+        }
+    }
+
     [Test]
     public void TheTrainingBaseRatesAreTheRecordedSweeps()
     {
