@@ -43,7 +43,7 @@ internal static class ScheduleTraining
     {
         var clock = Stopwatch.StartNew();
         // One intra-op thread: the models are small, and on a shared machine two spinning threads per
-        // process made a run about 60 times slower; one also makes training repeat on any machine.
+        // process made a run about 60 times slower; one also keeps the result independent of the core count.
         torch.set_num_threads(1);
         var digits = new Lazy<Digits>(() => Digits.Load(s.DataDir));
         var tasks = s.Tasks.Select(name => TrainingTask.Create(name, digits)).ToList();
