@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using Optim.Bench;
 using Optim.Bench.Comparison;
+using Optim.Bench.Comparison.Learned;
 
 // Reports and CSV files use invariant formatting whatever the machine's culture.
 CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
@@ -117,6 +118,47 @@ nmfBound.SetAction(r =>
     return NmfBoundSweep.Run(new NmfBoundSettings(r.GetValue(data)!, r.GetValue(boundOut)!, names, ks, r.GetValue(boundEpochs), r.GetValue(batch), beta, 0, !r.GetValue(noPlots)), Console.Out);
 });
 root.Add(nmfBound);
+
+// ---- train-schedule --------------------------------------------------------------------------------
+var scheduleTasks = new Option<string[]>("--tasks")
+{
+    Description = $"Tasks to train on, comma- or space-separated (default: {string.Join(", ", ScheduleTraining.DefaultTasks)}; mnist-logreg stays unseen).",
+    AllowMultipleArgumentsPerToken = true,
+    DefaultValueFactory = _ => ScheduleTraining.DefaultTasks,
+};
+var iterations = new Option<int>("--iterations") { Description = "PPO iterations (one update each; the shipped policy had 60).", DefaultValueFactory = _ => 60 };
+var episodesPerTask = new Option<int>("--episodes") { Description = "Episodes (whole runs) of each task per iteration.", DefaultValueFactory = _ => 2 };
+var policySeed = new Option<int>("--seed") { Description = "Seed of the network's initialisation, the action sampling and PPO's minibatches.", DefaultValueFactory = _ => 0 };
+var policyOut = new Option<string>("--out")
+{
+    Description = "Where the policy (JSON) goes; the default replaces the one shipped with compare.",
+    DefaultValueFactory = _ => Path.Combine(repo, "bench", "Optim.Bench", "Comparison", "Learned", "learned-schedule.json"),
+};
+var trainSchedule = new Command("train-schedule", """
+    Trains the policy of compare's sgd-learned method with PPO (docs/learned-schedules.md): every iteration runs whole
+    compare-budget runs of each training task from fresh training seeds with the sampled policy setting the rate at every
+    evaluation, then updates the actor-critic; prints one line per iteration and writes the policy.
+    """)
+{
+    scheduleTasks, iterations, episodesPerTask, policySeed, data, policyOut,
+};
+trainSchedule.SetAction(r =>
+{
+    var names = r.GetValue(scheduleTasks)!.SelectMany(v => v.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)).ToArray();
+    string? problem = names.Length == 0 ? "--tasks names no task"
+        : names.FirstOrDefault(t => !ScheduleTraining.SweptBaseRates.ContainsKey(t)) is string t ? $"'{t}' is not a task the learned schedule trains on; known: {string.Join(", ", ScheduleTraining.SweptBaseRates.Keys)}"
+        : r.GetValue(iterations) < 1 ? "--iterations must be at least 1"
+        : r.GetValue(episodesPerTask) < 1 ? "--episodes must be at least 1"
+        : null;
+    if (problem is not null)
+    {
+        Console.Error.WriteLine($"train-schedule: {problem}");
+        return 2;
+    }
+    return ScheduleTraining.Run(new ScheduleTrainingSettings(r.GetValue(data)!, r.GetValue(policyOut)!, names, r.GetValue(iterations), r.GetValue(episodesPerTask),
+        r.GetValue(policySeed), "dotnet run -c Release --project bench/Optim.Bench -- " + string.Join(' ', args)), Console.Out);
+});
+root.Add(trainSchedule);
 
 // ---- steps, hd-steps ----------------------------------------------------------------------------------
 var parameters = new Option<long>("--params") { Description = "Parameters in total.", DefaultValueFactory = _ => 10_000_000 };

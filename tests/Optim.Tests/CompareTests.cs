@@ -34,6 +34,7 @@ public class CompareTests
     [TestCase("adamw-cosine", false)]
     [TestCase("adamw-greedylr", true)]
     [TestCase("sgd-cosine-bounded", false)]
+    [TestCase("sgd-learned", false)]
     public void RunsAreDeterministicForASeed(string method, bool metricPerStep)
     {
         var stepping = metricPerStep ? MetricStepping.Step : MetricStepping.Eval;

@@ -73,6 +73,9 @@ internal sealed record Method(string Name, Family Family, string Schedule, strin
         _ => Family,
     };
 
+    /// <summary>True for the learned schedule (a PPO-trained policy sets the rate every evaluation; Learned/).</summary>
+    public bool Learned => Schedule == "learned";
+
     /// <summary>True for schedulers stepped with a metric (ReduceLROnPlateau, GreedyLR).</summary>
     public bool MetricDriven => Schedule is "plateau" or "greedylr" or "greedylr-trend";
 
@@ -105,6 +108,8 @@ internal sealed record Method(string Name, Family Family, string Schedule, strin
         yield return new("hd-group", Family.Hd, "group", "HypergradientSGD, one rate per param group (layer / factor)");
         yield return new("hd-tensor", Family.Hd, "tensor", "HypergradientSGD, one rate per tensor");
         yield return new("hd-parameter", Family.Hd, "parameter", "HypergradientSGD, one rate per scalar weight");
+        yield return new("sgd-learned", Family.Sgd, "learned", "FusedSGD (momentum 0.9), the shipped PPO-trained policy multiplies the rate by 0.5, 1 or 2 at every evaluation " +
+            "(rate clipped to half the stability bound on NMF; docs/learned-schedules.md)");
         yield return new("sgd-sls", Family.Sls, "sls", "Optim.Sls: SGD whose step size a stochastic Armijo line search finds on every minibatch " +
             "(the reference's defaults: initial step size 1, c 0.1, β_b 0.9, γ 2 per epoch; charged for every forward pass of its searches)");
     }

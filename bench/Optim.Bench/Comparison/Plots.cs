@@ -27,6 +27,11 @@ internal static class Plots
             {
                 files.Add(loss);
             }
+            string learned = LearnedFileName(plan.Task.Name);
+            if (LearnedBesideGreedy(plan, runs, Path.Combine(dir, learned)))
+            {
+                files.Add(learned);
+            }
             written[plan.Task.Name] = files;
         }
         return written;
@@ -67,6 +72,30 @@ internal static class Plots
             Style(plt, $"{plan.Task.Name}: {title} (seed 0)", "learning rate (log scale)");
         }
         multiplot.SavePng(path, 900 * panels.Count, 600);
+        return true;
+    }
+
+    public static string LearnedFileName(string task) => $"lr-learned-{task}.png";
+
+    /// <summary>The learned policy's rates (every seed, solid) beside GreedyLR's (every seed, dashed), FusedSGD, log scale.</summary>
+    private static bool LearnedBesideGreedy(TaskPlan plan, List<RunResult> runs, string path)
+    {
+        var learned = runs.Where(r => r.Method.Learned).ToList();
+        if (learned.Count == 0)
+        {
+            return false;
+        }
+        var plt = new Plot();
+        foreach (var r in learned.Concat(runs.Where(r => r.Method.Name is "sgd-greedylr" or "sgd-greedylr-bounded")))
+        {
+            var pts = r.Curve.Where(p => p.Lr > 0 && double.IsFinite(p.Lr)).ToList();
+            var line = plt.Add.ScatterLine(pts.Select(p => (double)p.Step).ToArray(), pts.Select(p => Math.Log10(p.Lr)).ToArray());
+            line.LegendText = $"{r.Method.Name} seed {r.Seed}";
+            line.LineWidth = 2;
+            line.LinePattern = r.Method.Learned ? LinePattern.Solid : LinePattern.Dashed;
+        }
+        Style(plt, $"{plan.Task.Name}: the learned schedule beside GreedyLR (FusedSGD, every seed)", "learning rate (log scale)");
+        plt.SavePng(path, 900, 600);
         return true;
     }
 

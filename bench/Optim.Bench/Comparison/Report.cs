@@ -108,6 +108,7 @@ internal sealed partial class Report
             }
         }
         BoundSection(sb);
+        LearnedSection(sb);
         sb.AppendLine();
         sb.AppendLine("## How often GreedyLR was equal or better");
         sb.AppendLine();

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Optim.Bench.Comparison.Learned;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -91,9 +92,22 @@ internal sealed class Runner
         return best;
     }
 
-    /// <summary>Trains one method on one task from one seed for <paramref name="steps"/> steps.</summary>
-    public RunResult Train(TrainingTask task, Method method, int seed, double lr, int steps, int evalEvery, string label)
+    /// <summary>
+    /// Trains one method on one task from one seed for <paramref name="steps"/> steps. The learned method
+    /// runs <paramref name="learned"/> where given (training it), else the shipped policy.
+    /// </summary>
+    public RunResult Train(TrainingTask task, Method method, int seed, double lr, int steps, int evalEvery, string label, LearnedSchedule? learned = null)
     {
+        if (method.Learned)
+        {
+            learned ??= LearnedSchedule.FromShippedPolicy();
+        }
+        else if (learned is not null)
+        {
+            throw new ArgumentException($"{method.Name} is not the learned schedule.");
+        }
+        // The learned schedule's rates are clipped to the stability bound where the task has one.
+        bool bounded = method.Bounded || (method.Learned && task.HasStabilityBound);
         var sw = Stopwatch.StartNew();
         var training = new Stopwatch();
         var context = new MethodContext(steps, evalEvery, _o.Stepping, _o.HypergradLr) { BatchesPerEpoch = Math.Max(1, (int)(task.TrainExamples / _o.BatchSize)) };
@@ -153,16 +167,19 @@ internal sealed class Runner
                     if (double.IsFinite(trainLoss))
                     {
                         loss.backward();
-                        if (method.Bounded)
+                        double gradNorm = learned is null ? 0 : GradientNorm(learner);
+                        if (bounded)
                         {
                             var curvature = learner.MeasureCurvature(batch)
                                 ?? throw new InvalidOperationException($"{method.Name} needs a task with a stability bound (NMF); {task.Name} has none.");
                             using var clip = RateClip.Apply(opt, Method.BoundFraction * curvature.StableRate(Method.SgdMomentum));
                             opt.step();
+                            learned?.ObserveStep(gradNorm, clip.Clipped);
                         }
                         else
                         {
                             opt.step();
+                            learned?.ObserveStep(gradNorm, clipped: false);
                         }
                     }
                 }
@@ -208,12 +225,33 @@ internal sealed class Runner
                 curve.Add(new Point(step, lossSum / lossCount, evalLoss, accuracy, rate));
                 Charge();
                 (lossSum, lossCount) = (0, 0);
+                if (step < steps)
+                {
+                    learned?.Decide(opt, curve, steps, lr);
+                }
                 _progress.Update(step, evalLoss, rate);
             }
         }
         order?.Dispose();
         _progress.EndRun(steps);
         return new RunResult(task.Name, method, seed, lr, curve, sw.Elapsed.TotalSeconds, diverged) { Costs = costs };
+    }
+
+    /// <summary>The norm of the whole gradient of the learner's parameters (the learned schedule's state).</summary>
+    private static double GradientNorm(Learner learner)
+    {
+        using var noGrad = torch.no_grad();
+        double sum = 0;
+        foreach (var p in learner.Groups.SelectMany(g => g.Parameters))
+        {
+            var g = p.grad;
+            if (g is not null)
+            {
+                using var sq = g.square().sum();
+                sum += sq.ToDouble();
+            }
+        }
+        return Math.Sqrt(sum);
     }
 
     private static void StepWithMetric(torch.optim.lr_scheduler.LRScheduler scheduler, double metric)
