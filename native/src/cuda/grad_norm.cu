@@ -2,6 +2,7 @@
 // squared gradients in double in a fixed tree and writes one record; one finishing block sums the
 // records in a fixed tree and writes the norm. No atomics, so the norm is the same on every run.
 // Compiled in CI; see docs/design.md for what has run on a GPU.
+#include "../precision.hpp"
 #include "block_sum.cuh"
 #include "device_scratch.cuh"
 #include "grad_norm.cuh"
@@ -18,16 +19,16 @@ struct NoMeta {
 };
 using NormTables = TensorTables<1, NoMeta>; // gradient
 
-template <typename T>
+template <typename S>
 struct SquaredSumFunctor {
     double* records;
 
     __device__ void operator()(const NormTables::Table& table, const Chunk& ch) const
     {
-        const T* __restrict g = static_cast<const T*>(table.ptr[0][ch.t]);
+        const S* __restrict g = static_cast<const S*>(table.ptr[0][ch.t]);
         double s[1] = {0.0};
         for (int64_t i = ch.begin + threadIdx.x; i < ch.end; i += kThreads) {
-            const double v = g[i];
+            const double v = load_value(g[i]);
             s[0] += v * v;
         }
         block_sum(s);
@@ -74,10 +75,9 @@ void grad_norm_typed(int device_index, const void* const* grads, const int64_t* 
 void grad_norm(int device_index, int32_t dtype, const void* const* grads, const int64_t* numels,
                int64_t count, double* total_norm, const char* fn)
 {
-    if (dtype == OPTIM_DTYPE_FLOAT32)
-        grad_norm_typed<float>(device_index, grads, numels, count, total_norm, fn);
-    else
-        grad_norm_typed<double>(device_index, grads, numels, count, total_norm, fn);
+    dispatch_storage(dtype, [&](auto storage) {
+        grad_norm_typed<decltype(storage)>(device_index, grads, numels, count, total_norm, fn);
+    });
 }
 
 } // namespace optim::cuda
