@@ -528,3 +528,52 @@ TEST(MixedPrecision, BadOptionsAreRejectedAndWriteNothing)
 }
 
 } // namespace
+
+namespace {
+
+// Clipping with 16-bit gradients: the norm is the float32 path's norm of the same values (summed in
+// double from the exact float32 values), and the clipped step is its clipped step, rounded.
+TEST(MixedAdam, ClippedBFloat16IsTheClippedFloat32Step)
+{
+    auto ts = make_tensors<BFloat16>(31);
+    std::mt19937_64 rng(37);
+    new_gradients(ts, rng);
+    const size_t n = ts.size();
+    std::vector<void*> p(n), m(n), v(n), rp(n), rm(n), rv(n);
+    std::vector<const void*> g(n), rg(n);
+    std::vector<int64_t> numels(n), steps(n, 1);
+    for (size_t k = 0; k < n; ++k) {
+        auto& t = ts[k];
+        p[k] = t.param.data(), g[k] = t.grad.data(), m[k] = t.m.data(), v[k] = t.v.data();
+        rp[k] = t.ref_param.data(), rg[k] = t.ref_grad.data(), rm[k] = t.ref_m.data();
+        rv[k] = t.ref_v.data();
+        numels[k] = static_cast<int64_t>(t.param.size());
+    }
+    optim_adam_params group;
+    optim_adam_params_default(&group);
+    group.decoupled = 1, group.weight_decay = 0.01;
+    const optim_adam_tensors low{
+        static_cast<int64_t>(n), p.data(),     g.data(), m.data(), v.data(), nullptr,
+        numels.data(),           steps.data(), nullptr};
+    const optim_adam_tensors ref{
+        static_cast<int64_t>(n), rp.data(),    rg.data(), rm.data(), rv.data(), nullptr,
+        numels.data(),           steps.data(), nullptr};
+    double norm = 0, ref_norm = 0;
+    const optim_grad_clip clip{1.0, &norm}, ref_clip{1.0, &ref_norm};
+    ASSERT_EQ(
+        optim_adam_step_clipped(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_BFLOAT16, &low, 1, &group, &clip),
+        OPTIM_STATUS_OK)
+        << optim_last_error();
+    ASSERT_EQ(optim_adam_step_clipped(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &ref, 1, &group,
+                                      &ref_clip),
+              OPTIM_STATUS_OK);
+    EXPECT_EQ(norm, ref_norm);
+    EXPECT_GT(norm, 1.0); // the clip is active
+    for (size_t k = 0; k < n; ++k) {
+        ASSERT_TRUE(same_bits(ts[k].m, ts[k].ref_m)) << k;
+        for (size_t i = 0; i < ts[k].param.size(); ++i)
+            ASSERT_EQ(ts[k].param[i].bits, optim::float_to_bfloat16(ts[k].ref_param[i]).bits);
+    }
+}
+
+} // namespace
