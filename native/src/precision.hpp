@@ -129,8 +129,10 @@ OPTIM_HOST_DEVICE BFloat16 float_to_bfloat16(float x)
     return BFloat16{__bfloat16_as_ushort(__float2bfloat16_rn(x))};
 #else
     const uint32_t u = float_to_bits(x);
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return BFloat16{static_cast<uint16_t>((u >> 16) | 0x40u)};
-    return BFloat16{static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16)};
+    const uint32_t nearest = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t nan = (u >> 16) | 0x40u;
+    // A select, not a branch: the CPU loops vectorise it.
+    return BFloat16{static_cast<uint16_t>((u & 0x7FFFFFFFu) > 0x7F800000u ? nan : nearest)};
 #endif
 }
 
@@ -141,8 +143,9 @@ OPTIM_HOST_DEVICE BFloat16 float_to_bfloat16(float x)
 OPTIM_HOST_DEVICE BFloat16 float_to_bfloat16_stochastic(float x, uint32_t noise)
 {
     const uint32_t u = float_to_bits(x);
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return BFloat16{static_cast<uint16_t>((u >> 16) | 0x40u)};
-    return BFloat16{static_cast<uint16_t>((u + (noise & 0xFFFFu)) >> 16)};
+    const uint32_t rounded = (u + (noise & 0xFFFFu)) >> 16;
+    const uint32_t nan = (u >> 16) | 0x40u;
+    return BFloat16{static_cast<uint16_t>((u & 0x7FFFFFFFu) > 0x7F800000u ? nan : rounded)};
 }
 
 // ---- Stochastic rounding's random bits: a counter-based hash, no generator state ----

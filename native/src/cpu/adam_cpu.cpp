@@ -26,6 +26,8 @@ OPTIM_CPU_CLONES void adam_range(ParamAccess<S, Master, Round> p, const S* __res
 {
     using T = compute_t<S>;
     T unused = T(0);
+    // The arrays are distinct (api.cpp checks; optim.h: partial overlaps are unspecified).
+    OPTIM_DISTINCT_ARRAYS
     for (int64_t i = 0; i < n; ++i) {
         T pi = p.load(i);
         T& w = (Flags & kAdamAmsgrad) ? vmax[i] : unused;

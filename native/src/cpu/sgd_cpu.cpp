@@ -24,6 +24,8 @@ sgd_range(ParamAccess<S, Master, Round> p, const S* __restrict g, compute_t<S>* 
 {
     using T = compute_t<S>;
     T unused = T(0);
+    // The arrays are distinct (api.cpp checks; optim.h: partial overlaps are unspecified).
+    OPTIM_DISTINCT_ARRAYS
     for (int64_t i = 0; i < n; ++i) {
         T pi = p.load(i);
         T& b = (Flags & kSgdMomentum) ? buf[i] : unused;
