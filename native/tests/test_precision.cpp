@@ -32,6 +32,9 @@ float float_of(uint32_t u)
     std::memcpy(&x, &u, sizeof x);
     return x;
 }
+// The compiler's own float16 (libgcc's software conversions) is the reference; a compiler without
+// _Float16 on this target (clang before 15 on x86-64) skips these two tests.
+#if defined(__FLT16_MAX__)
 uint16_t bits_of(_Float16 h)
 {
     uint16_t u;
@@ -96,6 +99,16 @@ TEST(Precision, FloatToHalfRoundsToNearestEven)
     for (uint64_t u = 0; u < (uint64_t(1) << 32); u += 4093) // a sweep of all float32 patterns
         ASSERT_TRUE(half_matches(float_of(static_cast<uint32_t>(u))));
 }
+#else
+TEST(Precision, HalfToFloatIsExactForEveryPattern)
+{
+    GTEST_SKIP() << "this compiler has no _Float16 on this target";
+}
+TEST(Precision, FloatToHalfRoundsToNearestEven)
+{
+    GTEST_SKIP() << "this compiler has no _Float16 on this target";
+}
+#endif
 
 // bfloat16 to float32, decoded from sign, exponent and mantissa in double.
 double bfloat16_value(uint16_t b)
