@@ -58,6 +58,14 @@ internal static unsafe partial class NativeMethods
         GradClip* clip, GradScale* scale);
 
     [LibraryImport(Library)]
+    internal static partial int optim_sgd_step_mixed(int device, int deviceIndex, int dtype, TensorList* tensors, int nGroups, SgdGroupParams* groups,
+        GradClip* clip, PrecisionOptions* precision);
+
+    [LibraryImport(Library)]
+    internal static partial int optim_adam_step_mixed(int device, int deviceIndex, int dtype, AdamTensors* tensors, int nGroups, AdamGroupParams* groups,
+        GradClip* clip, PrecisionOptions* precision);
+
+    [LibraryImport(Library)]
     internal static partial int optim_sls_save(int device, int deviceIndex, int dtype, SlsTensors* tensors);
 
     [LibraryImport(Library)]
@@ -125,6 +133,16 @@ internal unsafe struct GradScale
 {
     public float* InvScale;
     public float* FoundInf;
+}
+
+/// <summary>Mirror of <c>optim_precision</c>: master weights and rounding of 16-bit parameters.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct PrecisionOptions
+{
+    public nint* MasterParams;
+    public long Seed;
+    public long Step;
+    public int Rounding;
 }
 
 /// <summary>Mirror of <c>optim_tensor_list</c>.</summary>

@@ -18,6 +18,21 @@ internal enum NativeDType
     Float32 = 0,
     /// <summary>IEEE float64.</summary>
     Float64 = 1,
+    /// <summary>IEEE binary16 parameters and gradients (float32 math and state).</summary>
+    Float16 = 2,
+    /// <summary>bfloat16 parameters and gradients (float32 math and state).</summary>
+    BFloat16 = 3,
+}
+
+/// <summary>
+/// The mixed-precision options of one step (<c>optim_precision</c>): float32 master copies of 16-bit
+/// parameters, or stochastic rounding of bfloat16 parameters updated in place, with its seed and step.
+/// <see cref="Plain"/> (no master weights, rounding to nearest) takes the plain entry points.
+/// </summary>
+internal readonly record struct MixedPrecision(bool StochasticRounding, long Seed, long Step)
+{
+    /// <summary>In place, rounded to nearest (the plain entry points).</summary>
+    public static MixedPrecision Plain => default;
 }
 
 /// <summary>Hyperparameters of one fused SGD step (PyTorch's meaning; see <c>optim_sgd_params</c>).</summary>
@@ -255,7 +270,8 @@ internal static unsafe class OptimNative
     public static void SgdStep(NativeDevice device, int deviceIndex, NativeDType dtype,
         ReadOnlySpan<nint> parameters, ReadOnlySpan<nint> gradients, ReadOnlySpan<nint> momentumBuffers,
         ReadOnlySpan<long> numels, ReadOnlySpan<byte> bufferFresh, ReadOnlySpan<int> groupIndex, ReadOnlySpan<SgdGroupParams> groups,
-        double maxNorm = 0, nint totalNorm = 0, nint invScale = 0, nint foundInf = 0, bool acrossRanks = false)
+        double maxNorm = 0, nint totalNorm = 0, nint invScale = 0, nint foundInf = 0, bool acrossRanks = false,
+        ReadOnlySpan<nint> masterParams = default, MixedPrecision precision = default)
     {
         EnsureLoaded();
         int n = parameters.Length;
@@ -294,6 +310,20 @@ internal static unsafe class OptimNative
                 GroupIndex = groupIndex.Length == 0 ? null : gi,
             };
             var clip = new GradClip { MaxNorm = maxNorm, TotalNorm = (double*)totalNorm, AcrossRanks = acrossRanks ? 1 : 0 };
+            if (masterParams.Length != 0 || precision.StochasticRounding)
+            {
+                if (invScale != 0)
+                {
+                    throw new NotSupportedException("SgdStep: a gradient scaler with master weights or stochastic rounding has no fused step; unscale the gradients first.");
+                }
+                fixed (nint* mp = masterParams)
+                {
+                    var options = Precision(masterParams, mp, n, precision);
+                    ThrowIfFailed(NativeMethods.optim_sgd_step_mixed((int)device, deviceIndex, (int)dtype, &list, groups.Length, sp,
+                        totalNorm == 0 ? null : &clip, &options));
+                }
+                return;
+            }
             var scale = new GradScale { InvScale = (float*)invScale, FoundInf = (float*)foundInf };
             ThrowIfFailed(invScale != 0
                 ? NativeMethods.optim_sgd_step_scaled((int)device, deviceIndex, (int)dtype, &list, groups.Length, sp, totalNorm == 0 ? null : &clip, &scale)
@@ -310,12 +340,13 @@ internal static unsafe class OptimNative
     /// is empty when no group uses AMSGrad, and <paramref name="groupIndex"/>, which is empty for one group.
     /// <paramref name="steps"/> holds each tensor's step number after this update (≥ 1). Clipping with
     /// <paramref name="maxNorm"/> and <paramref name="totalNorm"/>, scaling with <paramref name="invScale"/>
-    /// and <paramref name="foundInf"/> as in <see cref="SgdStep(NativeDevice, int, NativeDType, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{long}, ReadOnlySpan{byte}, ReadOnlySpan{int}, ReadOnlySpan{SgdGroupParams}, double, nint, nint, nint, bool)"/>.
+    /// and <paramref name="foundInf"/> as in <see cref="SgdStep(NativeDevice, int, NativeDType, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{long}, ReadOnlySpan{byte}, ReadOnlySpan{int}, ReadOnlySpan{SgdGroupParams}, double, nint, nint, nint, bool, ReadOnlySpan{nint}, MixedPrecision)"/>.
     /// </summary>
     public static void AdamStep(NativeDevice device, int deviceIndex, NativeDType dtype,
         ReadOnlySpan<nint> parameters, ReadOnlySpan<nint> gradients, ReadOnlySpan<nint> expAvgs, ReadOnlySpan<nint> expAvgSqs,
         ReadOnlySpan<nint> maxExpAvgSqs, ReadOnlySpan<long> numels, ReadOnlySpan<long> steps, ReadOnlySpan<int> groupIndex,
-        ReadOnlySpan<AdamGroupParams> groups, double maxNorm = 0, nint totalNorm = 0, nint invScale = 0, nint foundInf = 0, bool acrossRanks = false)
+        ReadOnlySpan<AdamGroupParams> groups, double maxNorm = 0, nint totalNorm = 0, nint invScale = 0, nint foundInf = 0, bool acrossRanks = false,
+        ReadOnlySpan<nint> masterParams = default, MixedPrecision precision = default)
     {
         EnsureLoaded();
         int n = parameters.Length;
@@ -347,6 +378,20 @@ internal static unsafe class OptimNative
                 GroupIndex = groupIndex.Length == 0 ? null : gi,
             };
             var clip = new GradClip { MaxNorm = maxNorm, TotalNorm = (double*)totalNorm, AcrossRanks = acrossRanks ? 1 : 0 };
+            if (masterParams.Length != 0 || precision.StochasticRounding)
+            {
+                if (invScale != 0)
+                {
+                    throw new NotSupportedException("AdamStep: a gradient scaler with master weights or stochastic rounding has no fused step; unscale the gradients first.");
+                }
+                fixed (nint* mp = masterParams)
+                {
+                    var options = Precision(masterParams, mp, n, precision);
+                    ThrowIfFailed(NativeMethods.optim_adam_step_mixed((int)device, deviceIndex, (int)dtype, &list, groups.Length, ap,
+                        totalNorm == 0 ? null : &clip, &options));
+                }
+                return;
+            }
             var scale = new GradScale { InvScale = (float*)invScale, FoundInf = (float*)foundInf };
             ThrowIfFailed(invScale != 0
                 ? NativeMethods.optim_adam_step_scaled((int)device, deviceIndex, (int)dtype, &list, groups.Length, ap, totalNorm == 0 ? null : &clip, &scale)
@@ -354,6 +399,22 @@ internal static unsafe class OptimNative
                 ? NativeMethods.optim_adam_step((int)device, deviceIndex, (int)dtype, &list, groups.Length, ap)
                 : NativeMethods.optim_adam_step_clipped((int)device, deviceIndex, (int)dtype, &list, groups.Length, ap, &clip));
         }
+    }
+
+    // The optim_precision of a _mixed step: master weights (one per tensor, or none) and the rounding.
+    private static PrecisionOptions Precision(ReadOnlySpan<nint> masterParams, nint* pointers, int n, in MixedPrecision precision)
+    {
+        if (masterParams.Length != 0 && masterParams.Length != n)
+        {
+            throw new ArgumentException($"{n} parameters but {masterParams.Length} master weights.", nameof(masterParams));
+        }
+        return new PrecisionOptions
+        {
+            MasterParams = masterParams.Length == 0 ? null : pointers,
+            Seed = precision.Seed,
+            Step = precision.Step,
+            Rounding = precision.StochasticRounding ? 1 : 0,
+        };
     }
 
     /// <summary>What one pass of the stochastic line search does (<c>optim_sls_save</c>, <c>_trial</c>, <c>_restore</c>).</summary>
@@ -430,7 +491,7 @@ internal static unsafe class OptimNative
     /// array of doubles and a host long for the CPU (skipped is set to 1 or 0), device memory for CUDA
     /// (skipped is a counter there). On failure nothing was written. Clipping with <paramref name="maxNorm"/>
     /// and <paramref name="totalNorm"/>, scaling with <paramref name="invScale"/> and <paramref name="foundInf"/>
-    /// (a step the scaler skips is not counted in <paramref name="skipped"/>) as in <see cref="SgdStep(NativeDevice, int, NativeDType, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{long}, ReadOnlySpan{byte}, ReadOnlySpan{int}, ReadOnlySpan{SgdGroupParams}, double, nint, nint, nint, bool)"/>.
+    /// (a step the scaler skips is not counted in <paramref name="skipped"/>) as in <see cref="SgdStep(NativeDevice, int, NativeDType, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{long}, ReadOnlySpan{byte}, ReadOnlySpan{int}, ReadOnlySpan{SgdGroupParams}, double, nint, nint, nint, bool, ReadOnlySpan{nint}, MixedPrecision)"/>.
     /// </summary>
     public static void HdStep(NativeDevice device, int deviceIndex, NativeDType dtype,
         ReadOnlySpan<nint> parameters, ReadOnlySpan<nint> gradients, ReadOnlySpan<nint> momentumBuffers, ReadOnlySpan<nint> prevUpdates,

@@ -11,7 +11,8 @@ public partial class FusedAdam
     /// <summary>
     /// Per-parameter state: the step count and the moments (TorchSharp's and PyTorch's names). The moments
     /// are null until the parameter's first step, then zeros updated by every step; <c>max_exp_avg_sq</c>
-    /// exists once a step with <c>amsgrad</c> has run.
+    /// exists once a step with <c>amsgrad</c> has run. For a float16 or bfloat16 parameter the moments are
+    /// float32, and with <c>master_weights</c> <see cref="master_param"/> holds its float32 master copy.
     /// </summary>
     public sealed class State : OptimizerState, IDisposable, IStagedLoad
     {
@@ -23,6 +24,8 @@ public partial class FusedAdam
         public Tensor? exp_avg_sq;
         /// <summary>The running maximum of <see cref="exp_avg_sq"/> (AMSGrad).</summary>
         public Tensor? max_exp_avg_sq;
+        /// <summary>The float32 master copy of a float16 or bfloat16 parameter (<c>master_weights</c>), from its first step on.</summary>
+        public Tensor? master_param;
 
         /// <summary>Creates the state of one parameter.</summary>
         public State(Parameter parameter) : base(parameter)
@@ -30,7 +33,7 @@ public partial class FusedAdam
         }
 
         /// <summary>Disposes the moments.</summary>
-        public void Dispose() => Replace(step, null, null, null);
+        public void Dispose() => Replace(step, null, null, null, null);
 
         /// <summary>Moves the moments to <paramref name="device"/>.</summary>
         public override void to(Device device)
@@ -38,7 +41,13 @@ public partial class FusedAdam
             exp_avg = StateTensors.Move(exp_avg, device);
             exp_avg_sq = StateTensors.Move(exp_avg_sq, device);
             max_exp_avg_sq = StateTensors.Move(max_exp_avg_sq, device);
+            master_param = StateTensors.Move(master_param, device);
         }
+
+        // float16 and bfloat16 parameters: float32 moments, and a master copy in the saved state.
+        private bool LowPrecision => TensorChecks.IsLowPrecision(_parameter.dtype);
+
+        private ScalarType MomentType => TensorChecks.StateType(_parameter.dtype);
 
         /// <summary>Reads the state written by <see cref="SaveStateDict(BinaryWriter)"/> (TorchSharp's Adam format); nothing changes if it is invalid.</summary>
         /// <exception cref="InvalidDataException">A tensor does not fit the parameter, the step is negative, or the data ends early.</exception>
@@ -52,7 +61,8 @@ public partial class FusedAdam
 
         /// <summary>
         /// Writes the step, both moments and the optional running maximum, as TorchSharp's Adam does (moments not
-        /// created yet are written as zeros, which is what they start as).
+        /// created yet are written as zeros, which is what they start as); for a float16 or bfloat16 parameter,
+        /// then a flag and the float32 master copy when there is one.
         /// </summary>
         public override void SaveStateDict(BinaryWriter writer)
         {
@@ -61,6 +71,11 @@ public partial class FusedAdam
             SaveOrZeros(writer, exp_avg_sq);
             writer.Write(max_exp_avg_sq is not null);
             max_exp_avg_sq?.Save(writer);
+            if (LowPrecision)
+            {
+                writer.Write(master_param is not null);
+                master_param?.Save(writer);
+            }
         }
 
         private void SaveOrZeros(BinaryWriter writer, Tensor? t)
@@ -70,7 +85,7 @@ public partial class FusedAdam
                 t.Save(writer);
                 return;
             }
-            using var zeros = torch.zeros_like(_parameter, device: torch.CPU);
+            using var zeros = torch.zeros_like(_parameter, MomentType, device: torch.CPU);
             zeros.Save(writer);
         }
 
@@ -90,10 +105,11 @@ public partial class FusedAdam
         private Action ReadStaged(StateReader r)
         {
             long s = r.ReadCount("the step count");
-            var m = r.ReadTensor("exp_avg", _parameter);
-            var v = r.ReadTensor("exp_avg_sq", _parameter);
-            var w = r.ReadOptionalTensor("max_exp_avg_sq", _parameter);
-            return () => Replace(s, m, v, w);
+            var m = r.ReadTensor("exp_avg", _parameter, MomentType);
+            var v = r.ReadTensor("exp_avg_sq", _parameter, MomentType);
+            var w = r.ReadOptionalTensor("max_exp_avg_sq", _parameter, MomentType);
+            var master = LowPrecision ? r.ReadOptionalTensor("master_param", _parameter, ScalarType.Float32) : null;
+            return () => Replace(s, m, v, w, master);
         }
 
         private Action CopyStaged(object source, Staging staging)
@@ -107,33 +123,35 @@ public partial class FusedAdam
                 throw new ArgumentException($"FusedAdam: the source's step count is negative ({other.step}).", nameof(source));
             }
             long s = other.step;
-            var m = StateLoad.CopyTensor(other.exp_avg, _parameter, staging, nameof(FusedAdam), "exp_avg");
-            var v = StateLoad.CopyTensor(other.exp_avg_sq, _parameter, staging, nameof(FusedAdam), "exp_avg_sq");
-            var w = StateLoad.CopyTensor(other.max_exp_avg_sq, _parameter, staging, nameof(FusedAdam), "max_exp_avg_sq");
+            var m = StateLoad.CopyTensor(other.exp_avg, _parameter, staging, nameof(FusedAdam), "exp_avg", MomentType);
+            var v = StateLoad.CopyTensor(other.exp_avg_sq, _parameter, staging, nameof(FusedAdam), "exp_avg_sq", MomentType);
+            var w = StateLoad.CopyTensor(other.max_exp_avg_sq, _parameter, staging, nameof(FusedAdam), "max_exp_avg_sq", MomentType);
+            var master = StateLoad.CopyTensor(other.master_param, _parameter, staging, nameof(FusedAdam), "master_param", ScalarType.Float32);
             if ((m is null) != (v is null))
             {
                 throw new ArgumentException("FusedAdam: the source has one moment but not the other.", nameof(source));
             }
-            return () => Replace(s, m, v, w);
+            return () => Replace(s, m, v, w, master);
         }
 
-        private void Replace(long s, Tensor? m, Tensor? v, Tensor? w)
+        private void Replace(long s, Tensor? m, Tensor? v, Tensor? w, Tensor? master)
         {
             exp_avg?.Dispose();
             exp_avg_sq?.Dispose();
             max_exp_avg_sq?.Dispose();
-            (step, exp_avg, exp_avg_sq, max_exp_avg_sq) = (s, m, v, w);
+            master_param?.Dispose();
+            (step, exp_avg, exp_avg_sq, max_exp_avg_sq, master_param) = (s, m, v, w, master);
         }
 
         /// <summary>True when the step counts are equal and every moment is absent in both or approximately equal.</summary>
         public override bool ApproximatelyEquals(OptimizerState other) =>
             other is State rhs && step == rhs.step && Close(exp_avg, rhs.exp_avg) && Close(exp_avg_sq, rhs.exp_avg_sq) &&
-            Close(max_exp_avg_sq, rhs.max_exp_avg_sq);
+            Close(max_exp_avg_sq, rhs.max_exp_avg_sq) && Close(master_param, rhs.master_param);
 
         private static bool Close(Tensor? a, Tensor? b) => a is null ? b is null : b is not null && a.allclose(b);
 
         /// <summary>Clears the state: the next step starts from step 0 with zero moments.</summary>
-        public override void Initialize(OptimizerOptions options) => Replace(0, null, null, null);
+        public override void Initialize(OptimizerOptions options) => Replace(0, null, null, null, null);
     }
 
     /// <summary>Hyperparameters of a param group (TorchSharp's names). Unset (null) values take the optimizer's defaults.</summary>

@@ -22,7 +22,10 @@ namespace Optim;
 /// the weights instead (<c>p *= 1 - lr * weight_decay</c> first). The step count t is kept per parameter and
 /// advances only on steps where the parameter has a gradient, as in PyTorch.</para>
 /// <para>Requirements, checked before anything is written: every parameter and gradient is dense, contiguous,
-/// float32 or float64; all parameters share one dtype and one device. CPU tensors use the native CPU path;
+/// float32, float64, float16 or bfloat16 (a gradient of its parameter's dtype); all parameters share one dtype and
+/// one device. Float16 and bfloat16 parameters are updated in float32 with float32 moments and written back rounded
+/// to nearest, or kept as float32 master copies (<c>master_weights</c>), or for bfloat16 rounded stochastically
+/// (<c>stochastic_rounding</c>). CPU tensors use the native CPU path;
 /// CUDA tensors use the CUDA kernels when the native library was built with them and a device exists,
 /// otherwise <see cref="NotSupportedException"/> (never a silent fallback). Threads: as <see cref="FusedSGD"/>.</para>
 /// </remarks>
@@ -31,6 +34,7 @@ public partial class FusedAdam : FusedOptimizer<FusedAdam.Options, FusedAdam.Sta
     private const int ExpAvgMissing = 1;
     private const int ExpAvgSqMissing = 2;
     private const int MaximumMissing = 4;
+    private const int MasterMissing = 8;
     private AdamGroupParams[] _groupParams = Array.Empty<AdamGroupParams>();
     private bool _anyAmsgrad;
 
@@ -44,11 +48,15 @@ public partial class FusedAdam : FusedOptimizer<FusedAdam.Options, FusedAdam.Sta
     /// <param name="amsgrad">Use the AMSGrad variant.</param>
     /// <param name="maximize">Maximize the objective instead of minimizing it.</param>
     /// <param name="max_grad_norm">Clips the gradients to this global norm inside each step (finite, &gt; 0; null: no clipping); see <see cref="FusedOptimizer{TOptions, TState}.MaxGradNorm"/>.</param>
+    /// <param name="master_weights">Keep float32 master copies of float16/bfloat16 parameters; see <see cref="FusedOptimizer{TOptions, TState}.MasterWeights"/>.</param>
+    /// <param name="stochastic_rounding">Round bfloat16 parameters updated in place stochastically; see <see cref="FusedOptimizer{TOptions, TState}.StochasticRounding"/>.</param>
+    /// <param name="rounding_seed">The seed of stochastic rounding; see <see cref="FusedOptimizer{TOptions, TState}.RoundingSeed"/>.</param>
     /// <exception cref="ArgumentException">An invalid hyperparameter or an unsupported tensor.</exception>
     public FusedAdam(IEnumerable<Parameter> parameters, double lr = 0.001, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8,
-        double weight_decay = 0, bool amsgrad = false, bool maximize = false, double? max_grad_norm = null)
+        double weight_decay = 0, bool amsgrad = false, bool maximize = false, double? max_grad_norm = null,
+        bool master_weights = false, bool stochastic_rounding = false, long rounding_seed = 0)
         : this(new[] { new ParamGroup(parameters ?? throw new ArgumentNullException(nameof(parameters))) },
-               lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, max_grad_norm)
+               lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, max_grad_norm, master_weights, stochastic_rounding, rounding_seed)
     {
     }
 
@@ -65,9 +73,13 @@ public partial class FusedAdam : FusedOptimizer<FusedAdam.Options, FusedAdam.Sta
     /// <param name="amsgrad">Default for AMSGrad.</param>
     /// <param name="maximize">Default for maximization.</param>
     /// <param name="max_grad_norm">Clips the gradients to this global norm inside each step (finite, &gt; 0; null: no clipping); see <see cref="FusedOptimizer{TOptions, TState}.MaxGradNorm"/>.</param>
+    /// <param name="master_weights">Keep float32 master copies of float16/bfloat16 parameters; see <see cref="FusedOptimizer{TOptions, TState}.MasterWeights"/>.</param>
+    /// <param name="stochastic_rounding">Round bfloat16 parameters updated in place stochastically; see <see cref="FusedOptimizer{TOptions, TState}.StochasticRounding"/>.</param>
+    /// <param name="rounding_seed">The seed of stochastic rounding; see <see cref="FusedOptimizer{TOptions, TState}.RoundingSeed"/>.</param>
     /// <exception cref="ArgumentException">An invalid hyperparameter or an unsupported tensor.</exception>
     public FusedAdam(IEnumerable<ParamGroup> parameters, double lr = 0.001, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8,
-        double weight_decay = 0, bool amsgrad = false, bool maximize = false, double? max_grad_norm = null)
+        double weight_decay = 0, bool amsgrad = false, bool maximize = false, double? max_grad_norm = null,
+        bool master_weights = false, bool stochastic_rounding = false, long rounding_seed = 0)
     {
         ArgumentNullException.ThrowIfNull(parameters);
         var defaults = new Options
@@ -83,6 +95,7 @@ public partial class FusedAdam : FusedOptimizer<FusedAdam.Options, FusedAdam.Sta
         };
         ValidateOptions(defaults, null);
         MaxGradNorm = max_grad_norm;
+        SetPrecision(master_weights, stochastic_rounding, rounding_seed);
         Initialize(defaults, parameters);
     }
 
@@ -111,6 +124,8 @@ public partial class FusedAdam : FusedOptimizer<FusedAdam.Options, FusedAdam.Sta
     private protected virtual bool Decoupled => false;
 
     private protected override string Name => nameof(FusedAdam);
+
+    private protected override bool TakesLowPrecision => true;
 
     private protected override Action PrepareGroupOptions(Options given, int group)
     {
@@ -170,7 +185,7 @@ public partial class FusedAdam : FusedOptimizer<FusedAdam.Options, FusedAdam.Sta
 
     private protected override void AddStateRecords(State state, HandleList records)
     {
-        foreach (var t in (ReadOnlySpan<Tensor?>)[state.exp_avg, state.exp_avg_sq, state.max_exp_avg_sq])
+        foreach (var t in (ReadOnlySpan<Tensor?>)[state.exp_avg, state.exp_avg_sq, state.max_exp_avg_sq, state.master_param])
         {
             if (t is not null)
             {
@@ -183,6 +198,17 @@ public partial class FusedAdam : FusedOptimizer<FusedAdam.Options, FusedAdam.Sta
     {
         var batch = Batch;
         batch.Steps[k] = state.step + 1;
+        if (MasterWeights && TensorChecks.IsLowPrecision((ScalarType)parameter.ScalarType))
+        {
+            if (state.master_param is null)
+            {
+                batch.Fresh[k] |= MasterMissing;
+            }
+            else
+            {
+                batch.Masters[k] = CheckState(ref checks, state.master_param, parameter, group, index, "master_param");
+            }
+        }
         if (state.exp_avg is null)
         {
             batch.Fresh[k] |= ExpAvgMissing;
@@ -267,19 +293,25 @@ public partial class FusedAdam : FusedOptimizer<FusedAdam.Options, FusedAdam.Sta
         var batch = Batch;
         var state = batch.States[k];
         var p = batch.ParamTensors[k];
+        var dtype = TensorChecks.StateType(p.dtype); // float32 for 16-bit parameters
+        if ((missing & MasterMissing) != 0)
+        {
+            state.master_param = Created(p.detach().to(ScalarType.Float32, copy: true), () => state.master_param = null);
+            batch.Masters[k] = TorchSharpNative.DataPointer(state.master_param.Handle);
+        }
         if ((missing & ExpAvgMissing) != 0)
         {
-            state.exp_avg = Created(torch.zeros_like(p), () => state.exp_avg = null);
+            state.exp_avg = Created(torch.zeros_like(p, dtype), () => state.exp_avg = null);
             batch.Buffers[k] = TorchSharpNative.DataPointer(state.exp_avg.Handle);
         }
         if ((missing & ExpAvgSqMissing) != 0)
         {
-            state.exp_avg_sq = Created(torch.zeros_like(p), () => state.exp_avg_sq = null);
+            state.exp_avg_sq = Created(torch.zeros_like(p, dtype), () => state.exp_avg_sq = null);
             batch.ExpAvgSqs[k] = TorchSharpNative.DataPointer(state.exp_avg_sq.Handle);
         }
         if ((missing & MaximumMissing) != 0)
         {
-            state.max_exp_avg_sq = Created(torch.zeros_like(p), () => state.max_exp_avg_sq = null);
+            state.max_exp_avg_sq = Created(torch.zeros_like(p, dtype), () => state.max_exp_avg_sq = null);
             batch.MaxExpAvgSqs[k] = TorchSharpNative.DataPointer(state.max_exp_avg_sq.Handle);
         }
     }
@@ -293,7 +325,8 @@ public partial class FusedAdam : FusedOptimizer<FusedAdam.Options, FusedAdam.Sta
         OptimNative.AdamStep(checks.Device, checks.DeviceIndex, checks.DType,
             batch.Params.AsSpan(0, n), batch.Grads.AsSpan(0, n), batch.Buffers.AsSpan(0, n), batch.ExpAvgSqs.AsSpan(0, n),
             _anyAmsgrad ? batch.MaxExpAvgSqs.AsSpan(0, n) : default, batch.Numels.AsSpan(0, n), batch.Steps.AsSpan(0, n),
-            batch.GroupIndex.AsSpan(0, n), _groupParams.AsSpan(0, _parameter_groups.Count), maxNorm, totalNorm, invScale, foundInf, ReducesAcrossRanks);
+            batch.GroupIndex.AsSpan(0, n), _groupParams.AsSpan(0, _parameter_groups.Count), maxNorm, totalNorm, invScale, foundInf, ReducesAcrossRanks,
+            UsesMasters(checks) ? batch.Masters.AsSpan(0, n) : default, Rounding(checks));
         if (ScaledStepSkipped())
         {
             return;

@@ -26,10 +26,14 @@ public class FusedAdamW : FusedAdam
     /// <param name="amsgrad">Use the AMSGrad variant.</param>
     /// <param name="maximize">Maximize the objective instead of minimizing it.</param>
     /// <param name="max_grad_norm">Clips the gradients to this global norm inside each step (finite, &gt; 0; null: no clipping); see <see cref="FusedOptimizer{TOptions, TState}.MaxGradNorm"/>.</param>
+    /// <param name="master_weights">Keep float32 master copies of float16/bfloat16 parameters; see <see cref="FusedOptimizer{TOptions, TState}.MasterWeights"/>.</param>
+    /// <param name="stochastic_rounding">Round bfloat16 parameters updated in place stochastically; see <see cref="FusedOptimizer{TOptions, TState}.StochasticRounding"/>.</param>
+    /// <param name="rounding_seed">The seed of stochastic rounding; see <see cref="FusedOptimizer{TOptions, TState}.RoundingSeed"/>.</param>
     /// <exception cref="ArgumentException">An invalid hyperparameter or an unsupported tensor.</exception>
     public FusedAdamW(IEnumerable<Parameter> parameters, double lr = 0.001, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8,
-        double weight_decay = 0, bool amsgrad = false, bool maximize = false, double? max_grad_norm = null)
-        : base(parameters, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, max_grad_norm)
+        double weight_decay = 0, bool amsgrad = false, bool maximize = false, double? max_grad_norm = null,
+        bool master_weights = false, bool stochastic_rounding = false, long rounding_seed = 0)
+        : base(parameters, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, max_grad_norm, master_weights, stochastic_rounding, rounding_seed)
     {
     }
 
@@ -43,10 +47,14 @@ public class FusedAdamW : FusedAdam
     /// <param name="amsgrad">Default for AMSGrad.</param>
     /// <param name="maximize">Default for maximization.</param>
     /// <param name="max_grad_norm">Clips the gradients to this global norm inside each step (finite, &gt; 0; null: no clipping); see <see cref="FusedOptimizer{TOptions, TState}.MaxGradNorm"/>.</param>
+    /// <param name="master_weights">Keep float32 master copies of float16/bfloat16 parameters; see <see cref="FusedOptimizer{TOptions, TState}.MasterWeights"/>.</param>
+    /// <param name="stochastic_rounding">Round bfloat16 parameters updated in place stochastically; see <see cref="FusedOptimizer{TOptions, TState}.StochasticRounding"/>.</param>
+    /// <param name="rounding_seed">The seed of stochastic rounding; see <see cref="FusedOptimizer{TOptions, TState}.RoundingSeed"/>.</param>
     /// <exception cref="ArgumentException">An invalid hyperparameter or an unsupported tensor.</exception>
     public FusedAdamW(IEnumerable<ParamGroup> parameters, double lr = 0.001, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8,
-        double weight_decay = 0, bool amsgrad = false, bool maximize = false, double? max_grad_norm = null)
-        : base(parameters, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, max_grad_norm)
+        double weight_decay = 0, bool amsgrad = false, bool maximize = false, double? max_grad_norm = null,
+        bool master_weights = false, bool stochastic_rounding = false, long rounding_seed = 0)
+        : base(parameters, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, max_grad_norm, master_weights, stochastic_rounding, rounding_seed)
     {
     }
 

@@ -28,6 +28,10 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper, IFused
     // device when they live elsewhere, and whether the step was found to be skipped (read once).
     private Tensor? _invScale, _foundInf, _invScaleHere, _foundInfHere;
     private bool? _scaledSkip;
+    private bool _masterWeights;
+    private bool _stochasticRounding;
+    private long _roundingSeed;
+    private long _roundingStep;
 
     private protected FusedOptimizer()
     {
@@ -38,6 +42,53 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper, IFused
 
     /// <summary>The optimizer's name in messages.</summary>
     private protected abstract string Name { get; }
+
+    /// <summary>Whether the optimizer takes float16 and bfloat16 parameters (float32 math and state).</summary>
+    private protected virtual bool TakesLowPrecision => false;
+
+    /// <summary>
+    /// Whether float16 and bfloat16 parameters have float32 master copies (the constructors'
+    /// <c>master_weights</c>): each step updates the copy and writes the parameter as the copy rounded to
+    /// nearest, so small updates accumulate in float32 (the mixed-precision recipe of apex and DeepSpeed). The
+    /// copy is made from the parameter on its first step, kept in the parameter's state (saved and loaded with
+    /// it) and is what the optimizer follows from then on: a parameter changed from outside afterwards is
+    /// overwritten by the next step (load the optimizer's state with the model's). Float32 and float64
+    /// parameters have nothing to copy: the option changes nothing for them.
+    /// </summary>
+    public bool MasterWeights => _masterWeights;
+
+    /// <summary>
+    /// Whether bfloat16 parameters updated in place (without <see cref="MasterWeights"/>) are rounded
+    /// stochastically (the constructors' <c>stochastic_rounding</c>): up with probability equal to the dropped
+    /// fraction of the last place, so the rounding is unbiased and updates below half a place still move the
+    /// parameter on average. The random bits are a hash of (<see cref="RoundingSeed"/>, the optimizer's step
+    /// count, the tensor's index in the step, the element's index): the same seed gives the same run, with no
+    /// generator state. The step count is this object's number of steps taken (not saved: a resumed run draws
+    /// other bits than an uninterrupted one). Other dtypes are rounded to nearest (float16 parameters with this
+    /// option are refused).
+    /// </summary>
+    public bool StochasticRounding => _stochasticRounding;
+
+    /// <summary>The seed of <see cref="StochasticRounding"/> (the constructors' <c>rounding_seed</c>).</summary>
+    public long RoundingSeed => _roundingSeed;
+
+    /// <summary>Sets the mixed-precision options of the constructors, checked first.</summary>
+    private protected void SetPrecision(bool masterWeights, bool stochasticRounding, long roundingSeed)
+    {
+        if (masterWeights && stochasticRounding)
+        {
+            throw new ArgumentException($"{Name}: stochastic_rounding is for parameters updated in place; with master_weights the " +
+                "parameter is its float32 master copy rounded to nearest. Choose one.", "stochastic_rounding");
+        }
+        (_masterWeights, _stochasticRounding, _roundingSeed) = (masterWeights, stochasticRounding, roundingSeed);
+    }
+
+    /// <summary>Whether this step keeps master copies: <see cref="MasterWeights"/> with 16-bit parameters.</summary>
+    private protected bool UsesMasters(in TensorChecks checks) => _masterWeights && checks.LowPrecision;
+
+    /// <summary>The rounding of this step for the native call (stochastic for bfloat16 parameters in place with <see cref="StochasticRounding"/>).</summary>
+    private protected MixedPrecision Rounding(in TensorChecks checks) =>
+        _stochasticRounding && checks.DType == NativeDType.BFloat16 ? new MixedPrecision(true, _roundingSeed, _roundingStep) : MixedPrecision.Plain;
 
     /// <summary>Whether parameters without a gradient take part in a step as empty entries (keeping per-tensor slots fixed).</summary>
     private protected virtual bool KeepsParametersWithoutGradients => false;
@@ -83,6 +134,11 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper, IFused
                 }
                 checks.AssumeForEmptyStep(dtype);
             }
+            if (_stochasticRounding && checks.DType == NativeDType.Float16)
+            {
+                throw new ArgumentException($"{Name}: stochastic_rounding is for bfloat16 parameters; these are Float16 " +
+                    "(use master_weights, or bfloat16 parameters).", "parameters");
+            }
             PrepareStep(checks);
             try
             {
@@ -94,6 +150,7 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper, IFused
                     // The native step changed nothing: neither may the state made for it.
                     UndoCreatedState();
                 }
+                _roundingStep++;
             }
             catch
             {
@@ -162,7 +219,12 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper, IFused
     /// </summary>
     public Tensor? GradNorm => _gradNorm?.clone();
 
-    bool IFusedGradScaling.SupportsGradScaling => ClipsGradients;
+    // Master weights and stochastic rounding have no scaled native step: the scaler takes the unfused path.
+    bool IFusedGradScaling.SupportsGradScaling => FusesGradScaling && !_masterWeights && !_stochasticRounding;
+
+    /// <summary>Whether this optimizer's native step applies a gradient scaler (Sls's line search and
+    /// HypergradientAdam's step do not: the scaler then unscales the gradients itself).</summary>
+    private protected virtual bool FusesGradScaling => ClipsGradients;
 
     void IFusedGradScaling.ScaledStep(Tensor invScale, Tensor foundInf)
     {
@@ -312,7 +374,7 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper, IFused
     {
         var batch = Batch;
         batch.Reset();
-        var checks = new TensorChecks(Name);
+        var checks = new TensorChecks(Name, TakesLowPrecision);
         var pending = batch.Pending;
         // Index loops: _parameter_groups is an IList, and foreach over it allocates an enumerator.
         for (int gi = 0; gi < _parameter_groups.Count; gi++)
@@ -396,7 +458,8 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper, IFused
         int index = _parameter_groups.Count;
         var completeOptions = PrepareGroupOptions(options, index);
         var parameters = param_group.Parameters.ToList();
-        TensorChecks.CheckNewGroup(Name, parameters, index, _state.ContainsKey, _parameter_groups.SelectMany(g => g.Parameters).FirstOrDefault());
+        TensorChecks.CheckNewGroup(Name, parameters, index, _state.ContainsKey, _parameter_groups.SelectMany(g => g.Parameters).FirstOrDefault(),
+            TakesLowPrecision);
         // Every check passed: now change the group and the optimizer.
         completeOptions();
         param_group.Options = options;

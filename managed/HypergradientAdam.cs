@@ -188,6 +188,9 @@ public partial class HypergradientAdam : FusedOptimizer<HypergradientAdam.Option
     // Every parameter takes part, those without a gradient as empty entries: per-tensor rate slots stay fixed.
     private protected override bool KeepsParametersWithoutGradients => true;
 
+    // Its native step takes no gradient scaler yet: GradScaler unscales the gradients itself.
+    private protected override bool FusesGradScaling => false;
+
     private static void ValidateOptions(Options o, int? group) =>
         FusedAdam.ValidateOptions(o.LearningRate!.Value, o.beta1!.Value, o.beta2!.Value, o.eps!.Value, o.weight_decay!.Value, group);
 

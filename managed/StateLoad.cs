@@ -97,16 +97,17 @@ internal static class StateLoad
     }
 
     /// <summary>A staged copy of a state tensor on <paramref name="parameter"/>'s device, checked against it.</summary>
-    public static TorchSharp.torch.Tensor? CopyTensor(TorchSharp.torch.Tensor? t, Parameter parameter, Staging staging, string owner, string what)
+    public static TorchSharp.torch.Tensor? CopyTensor(TorchSharp.torch.Tensor? t, Parameter parameter, Staging staging, string owner, string what,
+        TorchSharp.torch.ScalarType? dtype = null)
     {
         if (t is null)
         {
             return null;
         }
-        if (t.dtype != parameter.dtype || !t.shape.SequenceEqual(parameter.shape))
+        if (t.dtype != (dtype ?? parameter.dtype) || !t.shape.SequenceEqual(parameter.shape))
         {
             throw new ArgumentException($"{owner}: the source's {what} ({t.dtype}, [{string.Join(", ", t.shape)}]) does not match its parameter " +
-                $"({parameter.dtype}, [{string.Join(", ", parameter.shape)}]).", "source");
+                $"({dtype ?? parameter.dtype}, [{string.Join(", ", parameter.shape)}]).", "source");
         }
         var copy = staging.Own(t.to(parameter.device, copy: true));
         if (copy.is_contiguous())

@@ -137,26 +137,29 @@ internal sealed class StateReader : IDisposable
     /// have <paramref name="like"/>'s dtype and shape; null when the flag says there is none. The tensor is
     /// new, contiguous, on <paramref name="like"/>'s device and outside any dispose scope.
     /// </summary>
-    public Tensor? ReadOptionalTensor(string what, Tensor like)
+    public Tensor? ReadOptionalTensor(string what, Tensor like, ScalarType? dtype = null)
     {
         if (!ReadBool($"the presence flag of the {what}"))
         {
             return null;
         }
-        return ReadTensor(what, like);
+        return ReadTensor(what, like, dtype);
     }
 
     /// <summary>
     /// A tensor saved by <c>Tensor.Save</c> (dtype, shape and raw data, no flag) that must have
-    /// <paramref name="like"/>'s dtype and shape; new, contiguous, on <paramref name="like"/>'s device and outside
-    /// any dispose scope.
+    /// <paramref name="like"/>'s dtype (or <paramref name="dtype"/> when given: float32 state of a 16-bit parameter) and
+    /// shape; new, contiguous, on <paramref name="like"/>'s device and outside any dispose scope.
     /// </summary>
-    public Tensor ReadTensor(string what, Tensor like)
+    public Tensor ReadTensor(string what, Tensor like, ScalarType? dtype = null)
     {
+        var type = dtype ?? like.dtype;
         long code = ReadEncoded($"the dtype of the {what}");
-        if (code != (long)like.dtype)
+        if (code != (long)type)
         {
-            throw Invalid($"the {what} has dtype code {code} but its parameter is {like.dtype}.");
+            throw Invalid(dtype is null
+                ? $"the {what} has dtype code {code} but its parameter is {like.dtype}."
+                : $"the {what} has dtype code {code} but must be {type} (its parameter is {like.dtype}).");
         }
         long ndim = ReadEncoded($"the rank of the {what}");
         if (ndim != like.shape.Length || ndim > MaxDimensions)
@@ -172,7 +175,7 @@ internal sealed class StateReader : IDisposable
         {
             throw Invalid($"the {what} has shape [{string.Join(", ", shape)}] but its parameter has [{string.Join(", ", like.shape)}].");
         }
-        var cpu = Staged.Own(torch.empty(shape, like.dtype));
+        var cpu = Staged.Own(torch.empty(shape, type));
         ReadInto(cpu, what);
         if (like.device_type == DeviceType.CPU)
         {

@@ -22,6 +22,8 @@ internal sealed class TensorBatch<TState> where TState : class
     /// <summary>Adam's second moments and their running maxima (0 where there is none); Adam's first moments use <see cref="Buffers"/>.</summary>
     public nint[] ExpAvgSqs = new nint[16];
     public nint[] MaxExpAvgSqs = new nint[16];
+    /// <summary>Float32 master copies of 16-bit parameters (0 where there is none).</summary>
+    public nint[] Masters = new nint[16];
     /// <summary>Per-tensor step counts after this step (Adam).</summary>
     public long[] Steps = new long[16];
     public long[] Numels = new long[16];
@@ -85,7 +87,7 @@ internal sealed class TensorBatch<TState> where TState : class
             Grow();
         }
         int k = Count++;
-        Params[k] = Grads[k] = Buffers[k] = PrevUpdates[k] = Rates[k] = ExpAvgSqs[k] = MaxExpAvgSqs[k] = 0;
+        Params[k] = Grads[k] = Buffers[k] = PrevUpdates[k] = Rates[k] = ExpAvgSqs[k] = MaxExpAvgSqs[k] = Masters[k] = 0;
         Numels[k] = Steps[k] = 0;
         Fresh[k] = 0;
         HasGradient[k] = false;
@@ -105,6 +107,7 @@ internal sealed class TensorBatch<TState> where TState : class
         Array.Resize(ref Rates, n);
         Array.Resize(ref ExpAvgSqs, n);
         Array.Resize(ref MaxExpAvgSqs, n);
+        Array.Resize(ref Masters, n);
         Array.Resize(ref Steps, n);
         Array.Resize(ref Numels, n);
         Array.Resize(ref Fresh, n);

@@ -6,23 +6,43 @@ namespace Optim;
 
 /// <summary>
 /// The checks every fused optimizer makes before it touches memory: each tensor must be dense,
-/// contiguous, float32 or float64, on the CPU or a CUDA device, and every tensor of one optimizer must
-/// share one dtype and one device. Messages name the optimizer, the param group and the parameter.
+/// contiguous, float32 or float64 (float16 and bfloat16 too for the optimizers that take them, with
+/// float32 state), on the CPU or a CUDA device, and every tensor of one optimizer must share one dtype
+/// and one device. Messages name the optimizer, the param group and the parameter.
 /// </summary>
 internal struct TensorChecks
 {
     private readonly string _optimizer;
+    private readonly bool _lowPrecision;
     private TensorInfo _first;
     private bool _any;
 
-    public TensorChecks(string optimizer)
+    /// <param name="optimizer">The optimizer's name in messages.</param>
+    /// <param name="lowPrecision">Whether float16 and bfloat16 parameters are accepted.</param>
+    public TensorChecks(string optimizer, bool lowPrecision = false)
     {
         _optimizer = optimizer;
+        _lowPrecision = lowPrecision;
         _first = default;
         _any = false;
     }
 
-    public readonly NativeDType DType => (ScalarType)_first.ScalarType == ScalarType.Float64 ? NativeDType.Float64 : NativeDType.Float32;
+    public readonly NativeDType DType => (ScalarType)_first.ScalarType switch
+    {
+        ScalarType.Float64 => NativeDType.Float64,
+        ScalarType.Float16 => NativeDType.Float16,
+        ScalarType.BFloat16 => NativeDType.BFloat16,
+        _ => NativeDType.Float32,
+    };
+
+    /// <summary>Whether the parameters are float16 or bfloat16.</summary>
+    public readonly bool LowPrecision => IsLowPrecision((ScalarType)_first.ScalarType);
+
+    /// <summary>Whether a dtype is one of the 16-bit floating types.</summary>
+    public static bool IsLowPrecision(ScalarType dtype) => dtype is ScalarType.Float16 or ScalarType.BFloat16;
+
+    /// <summary>The dtype of the optimizer state of a parameter of this dtype: float32 for 16-bit parameters, else the parameter's.</summary>
+    public static ScalarType StateType(ScalarType parameter) => IsLowPrecision(parameter) ? ScalarType.Float32 : parameter;
 
     public readonly NativeDevice Device => _first.DeviceType == TorchSharpNative.CudaDeviceType ? NativeDevice.Cuda : NativeDevice.Cpu;
 
@@ -57,9 +77,11 @@ internal struct TensorChecks
     public void CheckParameter(in TensorInfo p, int group, int index)
     {
         var dtype = (ScalarType)p.ScalarType;
-        if (dtype != ScalarType.Float32 && dtype != ScalarType.Float64)
+        if (dtype != ScalarType.Float32 && dtype != ScalarType.Float64 && !(_lowPrecision && IsLowPrecision(dtype)))
         {
-            throw Fail(group, index, $"has dtype {dtype}; only Float32 and Float64 parameters are supported.");
+            throw Fail(group, index, _lowPrecision
+                ? $"has dtype {dtype}; only Float32, Float64, Float16 and BFloat16 parameters are supported."
+                : $"has dtype {dtype}; only Float32 and Float64 parameters are supported.");
         }
         if (p.Sparse)
         {
@@ -109,9 +131,9 @@ internal struct TensorChecks
     /// and none already optimized (by an earlier group or twice in this one).
     /// </summary>
     public static void CheckNewGroup(string optimizer, IList<TorchSharp.Modules.Parameter> parameters, int group, Func<IntPtr, bool> alreadyOptimized,
-        TorchSharp.Modules.Parameter? existing)
+        TorchSharp.Modules.Parameter? existing, bool lowPrecision = false)
     {
-        var checks = new TensorChecks(optimizer);
+        var checks = new TensorChecks(optimizer, lowPrecision);
         if (existing is not null && !existing.IsInvalid)
         {
             checks._first = TorchSharpNative.Describe(existing.Handle);
@@ -158,10 +180,10 @@ internal struct TensorChecks
         }
     }
 
-    /// <summary>Checks an optimizer state tensor (for example a momentum buffer) against its parameter.</summary>
+    /// <summary>Checks an optimizer state tensor (for example a momentum buffer) against its parameter: the parameter's dtype (float32 for a 16-bit parameter), device and size.</summary>
     public readonly void CheckState(in TensorInfo state, in TensorInfo p, int group, int index, string name)
     {
-        if (state.ScalarType != p.ScalarType || !SameDevice(state, p) || state.Numel != p.Numel || !state.Contiguous || state.Sparse)
+        if (state.ScalarType != (int)StateType((ScalarType)p.ScalarType) || !SameDevice(state, p) || state.Numel != p.Numel || !state.Contiguous || state.Sparse)
         {
             throw Fail(group, index, $"has a {name} ({Dtype(state)}, {Where(state)}, {state.Numel} elements" +
                 $"{(state.Contiguous ? "" : ", non-contiguous")}) that does not match it ({Dtype(p)}, {Where(p)}, {p.Numel} elements).");

@@ -224,6 +224,17 @@ scalerSteps.SetAction(r =>
     return 0;
 });
 root.Add(scalerSteps);
+
+var mixedSteps = new Command("mixed-steps", "Times FusedAdamW on float32 parameters and on bfloat16 parameters (in place, with master weights, with stochastic rounding) against TorchSharp's AdamW on the bfloat16 parameters, in interleaved rounds (4 and 1000 tensors), with the bytes each fused update must move.")
+{
+    parameters, rounds, stepsPerRound,
+};
+mixedSteps.SetAction(r =>
+{
+    MixedTiming.Run(r.GetValue(parameters), new[] { 4, 1000 }, r.GetValue(rounds), r.GetValue(stepsPerRound), Console.Out);
+    return 0;
+});
+root.Add(mixedSteps);
 var manyTensors = new Command("many-tensors", "Times FusedSGD momentum right after TorchSharp's SGD step and right after its own, each next to the bandwidth reference under the same condition, in interleaved rounds (4 and 1000 tensors): the per-tensor cost of the managed gather, warm and cold.")
 {
     parameters, rounds, stepsPerRound,

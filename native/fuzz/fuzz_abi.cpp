@@ -209,6 +209,14 @@ int32_t pick_dtype(FuzzedDataProvider& in)
     return pick_i32(in, {OPTIM_DTYPE_FLOAT32, OPTIM_DTYPE_FLOAT64});
 }
 
+// The dtypes of the SGD and Adam steps, 16-bit ones included (their arrays are allocated as
+// float32: the state is float32, and 16-bit parameters then stay inside their blocks).
+int32_t pick_step_dtype(FuzzedDataProvider& in)
+{
+    return pick_i32(
+        in, {OPTIM_DTYPE_FLOAT32, OPTIM_DTYPE_FLOAT64, OPTIM_DTYPE_FLOAT16, OPTIM_DTYPE_BFLOAT16});
+}
+
 // One tensor's arrays: `kinds` arrays of n elements, allocated exactly, possibly aliased with each
 // other or with an earlier tensor's, possibly NULL. out[j] is array j; written[j] says whether the
 // call may write it.
@@ -300,12 +308,39 @@ const optim_grad_scale* pick_scale(FuzzedDataProvider& in, Arena& arena, bool& s
     return maybe(in, scale);
 }
 
+// The precision of a _mixed entry point, or null with `mixed` false: the plain or _clipped one.
+// Master weights (float32, written; sometimes a parameter's own memory or NULL), a rounding mode,
+// seed and step, where the input asks for them.
+const optim_precision* pick_precision(FuzzedDataProvider& in, Arena& arena,
+                                      const std::vector<int64_t>& numels, void* const* params,
+                                      bool& mixed)
+{
+    mixed = in.ConsumeIntegral<uint8_t>() >= 170;
+    if (!mixed) return nullptr;
+    const int64_t count = static_cast<int64_t>(numels.size());
+    auto* masters = arena.array<void*>(count, true);
+    for (int64_t k = 0; k < count; ++k) {
+        const int64_t n = numels[static_cast<size_t>(k)];
+        masters[k] = arena.alloc(static_cast<size_t>(n) * 4, false);
+        fill(in, masters[k], n, false);
+        arena.written(masters[k]);
+        const uint8_t b = in.ConsumeIntegral<uint8_t>();
+        if (b >= 250) masters[k] = nullptr;
+        if (b >= 240 && b < 250) masters[k] = params[k];
+    }
+    auto* precision = arena.array<optim_precision>(1, true);
+    *precision = optim_precision{in.ConsumeBool() ? masters : nullptr,
+                                 in.ConsumeIntegral<int64_t>(), in.ConsumeIntegral<int64_t>(),
+                                 pick_i32(in, {OPTIM_ROUNDING_NEAREST, OPTIM_ROUNDING_STOCHASTIC})};
+    return maybe(in, precision);
+}
+
 void fuzz_sgd(FuzzedDataProvider& in)
 {
     Arena arena;
     const int32_t device = pick_device(in);
     const int32_t device_index = in.ConsumeIntegralInRange<int32_t>(-1, 1);
-    const int32_t dtype = pick_dtype(in);
+    const int32_t dtype = pick_step_dtype(in);
     const bool f64 = dtype == OPTIM_DTYPE_FLOAT64;
     const size_t esize = f64 ? 8 : 4;
     const int32_t n_groups = in.ConsumeIntegralInRange<int32_t>(-1, 4);
@@ -363,17 +398,22 @@ void fuzz_sgd(FuzzedDataProvider& in)
     bool clipped = false, scaled = false;
     const optim_grad_clip* clip = pick_clip(in, arena, clipped);
     const optim_grad_scale* scale = pick_scale(in, arena, scaled);
+    bool mixed = false;
+    const optim_precision* precision = pick_precision(in, arena, numels, ps, mixed);
     mark_written(arena, tensors, written);
     arena.snapshot();
     const optim_status status =
         scaled    ? optim_sgd_step_scaled(device, device_index, dtype, maybe(in, list), n_groups,
                                           maybe(in, groups), clip, scale)
+        : mixed   ? optim_sgd_step_mixed(device, device_index, dtype, maybe(in, list), n_groups,
+                                         maybe(in, groups), clip, precision)
         : clipped ? optim_sgd_step_clipped(device, device_index, dtype, maybe(in, list), n_groups,
                                            maybe(in, groups), clip)
                   : optim_sgd_step(device, device_index, dtype, maybe(in, list), n_groups,
                                    maybe(in, groups));
     expect_status(status,
                   scaled    ? "optim_sgd_step_scaled"
+                  : mixed   ? "optim_sgd_step_mixed"
                   : clipped ? "optim_sgd_step_clipped"
                             : "optim_sgd_step",
                   arena);
@@ -384,7 +424,7 @@ void fuzz_adam(FuzzedDataProvider& in)
     Arena arena;
     const int32_t device = pick_device(in);
     const int32_t device_index = in.ConsumeIntegralInRange<int32_t>(-1, 1);
-    const int32_t dtype = pick_dtype(in);
+    const int32_t dtype = pick_step_dtype(in);
     const bool f64 = dtype == OPTIM_DTYPE_FLOAT64;
     const size_t esize = f64 ? 8 : 4;
     const int32_t n_groups = in.ConsumeIntegralInRange<int32_t>(-1, 4);
@@ -447,17 +487,22 @@ void fuzz_adam(FuzzedDataProvider& in)
     bool clipped = false, scaled = false;
     const optim_grad_clip* clip = pick_clip(in, arena, clipped);
     const optim_grad_scale* scale = pick_scale(in, arena, scaled);
+    bool mixed = false;
+    const optim_precision* precision = pick_precision(in, arena, numels, ps, mixed);
     mark_written(arena, tensors, written);
     arena.snapshot();
     const optim_status status =
         scaled    ? optim_adam_step_scaled(device, device_index, dtype, maybe(in, list), n_groups,
                                            maybe(in, groups), clip, scale)
+        : mixed   ? optim_adam_step_mixed(device, device_index, dtype, maybe(in, list), n_groups,
+                                          maybe(in, groups), clip, precision)
         : clipped ? optim_adam_step_clipped(device, device_index, dtype, maybe(in, list), n_groups,
                                             maybe(in, groups), clip)
                   : optim_adam_step(device, device_index, dtype, maybe(in, list), n_groups,
                                     maybe(in, groups));
     expect_status(status,
                   scaled    ? "optim_adam_step_scaled"
+                  : mixed   ? "optim_adam_step_mixed"
                   : clipped ? "optim_adam_step_clipped"
                             : "optim_adam_step",
                   arena);

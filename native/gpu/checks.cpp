@@ -203,8 +203,8 @@ void run_case(Report& r, const std::string& name, Fn&& fn)
 class ClipPair {
   public:
     explicit ClipPair(double max_norm)
-        : norm_on_target_(max_norm > 0 ? 1 : 0), host_{max_norm, &norm_on_host_},
-          target_{max_norm, norm_on_target_.get()}, on_(max_norm > 0)
+        : norm_on_target_(max_norm > 0 ? 1 : 0), host_{max_norm, &norm_on_host_, 0},
+          target_{max_norm, norm_on_target_.get(), 0}, on_(max_norm > 0)
     {
     }
     const optim_grad_clip* on_host() const { return on_ ? &host_ : nullptr; }

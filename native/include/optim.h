@@ -69,7 +69,15 @@ enum {
 };
 
 /* ---- Element types and devices --------------------------------------------------------------- */
-enum { OPTIM_DTYPE_FLOAT32 = 0, OPTIM_DTYPE_FLOAT64 = 1 };
+/* FLOAT16 (IEEE 754 binary16) and BFLOAT16 are accepted by the SGD and Adam steps only, for
+ * parameters and gradients: the math is done in float32 and the optimizer state (momentum buffers,
+ * moments) is float32 (see "Mixed precision" below). */
+enum {
+    OPTIM_DTYPE_FLOAT32 = 0,
+    OPTIM_DTYPE_FLOAT64 = 1,
+    OPTIM_DTYPE_FLOAT16 = 2,
+    OPTIM_DTYPE_BFLOAT16 = 3
+};
 enum { OPTIM_DEVICE_CPU = 0, OPTIM_DEVICE_CUDA = 1 };
 
 /* ---- Library information (never fail) -------------------------------------------------------- */
@@ -202,6 +210,38 @@ typedef struct optim_grad_scale {
     float* found_inf;
 } optim_grad_scale;
 
+/* ---- Mixed precision --------------------------------------------------------------------------
+ */
+
+/* Parameters and gradients of dtype OPTIM_DTYPE_FLOAT16 or OPTIM_DTYPE_BFLOAT16 (optim_sgd_step,
+ * optim_adam_step and their _clipped and _mixed forms): every element is converted to float32
+ * (exactly), updated in float32 with float32 state (momentum buffers, exp_avg, exp_avg_sq,
+ * max_exp_avg_sq: float32 arrays), and written back rounded. Hyperparameters are rounded to
+ * float32. The plain and _clipped entry points write back in place, rounded to nearest (ties to
+ * even). The _mixed entry points add, through optim_precision: master_params: float32 copies of the
+ * parameters (the mixed-precision recipe of apex and DeepSpeed): the update reads and writes the
+ * copy, and writes the parameter as the copy rounded to nearest; the 16-bit parameter itself is
+ * then never read. rounding = OPTIM_ROUNDING_STOCHASTIC (bfloat16, without master_params): each
+ * element is rounded up with probability (its 16 dropped bits) / 2^16, so the rounding is unbiased.
+ * The random bits come from a counter-based hash of (seed, step, the tensor's index k in the call,
+ * the element's index in its tensor) (SplitMix64's finalizer, docs/design.md): no generator state,
+ * the same bits for the same four numbers on any thread count and device, different ones for
+ * another seed or step. A value above the largest finite bfloat16 may round up to infinity. Float16
+ * conversions round to nearest even, keep subnormals, overflow to infinity (at 65520 and above) and
+ * keep NaNs NaN; CPU conversions are done in software, bit for bit those of the CUDA intrinsics
+ * (__float2half_rn, __float2bfloat16_rn). */
+enum { OPTIM_ROUNDING_NEAREST = 0, OPTIM_ROUNDING_STOCHASTIC = 1 };
+
+typedef struct optim_precision {
+    /* NULL: no master weights. Otherwise `count` entries (one per tensor of the call, in its order,
+     * host memory), each the float32 copy of that parameter (numel elements, on the step's device;
+     * may be NULL for a tensor with numel 0). Only with FLOAT16 or BFLOAT16 parameters. */
+    void* const* master_params;
+    int64_t seed;     /* stochastic rounding: any value */
+    int64_t step;     /* stochastic rounding: the step's number, any value (callers count steps) */
+    int32_t rounding; /* OPTIM_ROUNDING_*: STOCHASTIC needs BFLOAT16 and no master_params */
+} optim_precision;
+
 /* ---- Fused SGD ------------------------------------------------------------------------------- */
 
 /* Hyperparameters of one SGD step, with PyTorch's meaning and PyTorch's order of operations:
@@ -237,7 +277,9 @@ OPTIM_API void optim_sgd_params_default(optim_sgd_params* params);
  *   device:       OPTIM_DEVICE_CPU or OPTIM_DEVICE_CUDA.
  *   device_index: CUDA device ordinal (ignored for the CPU). The calling thread's current CUDA
  *                 device is restored before returning.
- *   dtype:        OPTIM_DTYPE_FLOAT32 or OPTIM_DTYPE_FLOAT64.
+ *   dtype:        OPTIM_DTYPE_FLOAT32 or OPTIM_DTYPE_FLOAT64; or OPTIM_DTYPE_FLOAT16 or
+ *                 OPTIM_DTYPE_BFLOAT16 for params and grads, with float32 momentum buffers (see
+ *                 "Mixed precision").
  * Validation (of every group and every tensor, before anything is written): counts, group indices,
  * NULL pointers, finite and non-negative lr, momentum and weight_decay, finite dampening,
  * Nesterov's requirements, momentum buffers present where a group's momentum != 0.
@@ -264,6 +306,14 @@ OPTIM_API optim_status optim_sgd_step_scaled(int32_t device, int32_t device_inde
                                              const optim_sgd_params* groups,
                                              const optim_grad_clip* clip,
                                              const optim_grad_scale* scale);
+
+/* optim_sgd_step with the mixed-precision options of `precision` (not NULL; see "Mixed precision")
+ * and optional clipping (clip may be NULL: no clipping). */
+OPTIM_API optim_status optim_sgd_step_mixed(int32_t device, int32_t device_index, int32_t dtype,
+                                            const optim_tensor_list* tensors, int32_t n_groups,
+                                            const optim_sgd_params* groups,
+                                            const optim_grad_clip* clip,
+                                            const optim_precision* precision);
 
 /* ---- Fused Adam and AdamW -------------------------------------------------------------------- */
 
@@ -324,7 +374,8 @@ typedef struct optim_adam_tensors {
 
 /* One fused Adam/AdamW step over every tensor of `tensors`, each with the hyperparameters of its
  * param group: groups[group_index[k]] for tensor k (n_groups >= 1 entries, host memory).
- * device, device_index and dtype as for optim_sgd_step.
+ * device, device_index and dtype as for optim_sgd_step (FLOAT16 and BFLOAT16 parameters and
+ * gradients with float32 moments included).
  * Validation (of every group and every tensor, before anything is written): counts, group indices,
  * NULL pointers, finite and non-negative lr, eps and weight_decay, betas in [0, 1), flags 0 or 1,
  * steps >= 1, max_exp_avg_sqs present where a group has amsgrad, no array written passed twice for
@@ -353,6 +404,14 @@ OPTIM_API optim_status optim_adam_step_scaled(int32_t device, int32_t device_ind
                                               const optim_adam_params* groups,
                                               const optim_grad_clip* clip,
                                               const optim_grad_scale* scale);
+
+/* optim_adam_step with the mixed-precision options of `precision` (not NULL; see "Mixed precision")
+ * and optional clipping (clip may be NULL: no clipping). */
+OPTIM_API optim_status optim_adam_step_mixed(int32_t device, int32_t device_index, int32_t dtype,
+                                             const optim_adam_tensors* tensors, int32_t n_groups,
+                                             const optim_adam_params* groups,
+                                             const optim_grad_clip* clip,
+                                             const optim_precision* precision);
 
 /* ---- Hypergradient descent ------------------------------------------------------------------- */
 

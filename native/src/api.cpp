@@ -53,14 +53,59 @@ void validate_momentum_options(const char* fn, int32_t g, double momentum, doubl
 }
 
 // Every group's hyperparameters, then every tensor (with its group's momentum) and the group order.
-// The device and element type every optimizer step accepts.
-void require_step_target(const char* fn, int32_t device, int32_t dtype)
+// The device and element type of an optimizer step: float32 and float64 everywhere; float16 and
+// bfloat16 where the step has them (low_precision: SGD and Adam).
+void require_step_target(const char* fn, int32_t device, int32_t dtype, bool low_precision = false)
 {
     OPTIM_REQUIRE(device == OPTIM_DEVICE_CPU || device == OPTIM_DEVICE_CUDA, fn,
                   "unknown device " + std::to_string(device));
-    if (dtype != OPTIM_DTYPE_FLOAT32 && dtype != OPTIM_DTYPE_FLOAT64)
-        fail(OPTIM_STATUS_UNSUPPORTED, std::string(fn) + ": unsupported dtype " +
-                                           std::to_string(dtype) + " (only float32 and float64)");
+    if (dtype == OPTIM_DTYPE_FLOAT32 || dtype == OPTIM_DTYPE_FLOAT64) return;
+    if (dtype == OPTIM_DTYPE_FLOAT16 || dtype == OPTIM_DTYPE_BFLOAT16) {
+        if (low_precision) return;
+        fail(OPTIM_STATUS_UNSUPPORTED,
+             std::string(fn) + ": unsupported dtype " + std::to_string(dtype) +
+                 " (float16 and bfloat16 are supported by the SGD and Adam steps only)");
+    }
+    fail(
+        OPTIM_STATUS_UNSUPPORTED,
+        std::string(fn) + ": unsupported dtype " + std::to_string(dtype) +
+            (low_precision ? " (float32, float64, float16 or bfloat16)" : " (float32 or float64)"));
+}
+
+// The mixed-precision options of a _mixed step (precision not NULL there; NULL for the others),
+// after the tensors were validated: master weights only for 16-bit parameters, one float32 copy per
+// tensor that is neither its parameter nor its gradient; stochastic rounding only for bfloat16
+// parameters updated in place.
+void validate_precision(const char* fn, int32_t dtype, const optim_precision* p, bool mixed,
+                        int64_t count, const int64_t* numels, void* const* params,
+                        const void* const* grads)
+{
+    OPTIM_REQUIRE(!mixed || p != nullptr, fn, "precision is NULL");
+    if (p == nullptr) return;
+    const bool low = dtype == OPTIM_DTYPE_FLOAT16 || dtype == OPTIM_DTYPE_BFLOAT16;
+    OPTIM_REQUIRE(p->rounding == OPTIM_ROUNDING_NEAREST || p->rounding == OPTIM_ROUNDING_STOCHASTIC,
+                  fn, "unknown rounding " + std::to_string(p->rounding));
+    if (p->rounding == OPTIM_ROUNDING_STOCHASTIC) {
+        OPTIM_REQUIRE(dtype == OPTIM_DTYPE_BFLOAT16, fn,
+                      "stochastic rounding needs bfloat16 parameters (dtype " +
+                          std::to_string(dtype) + ")");
+        OPTIM_REQUIRE(p->master_params == nullptr, fn,
+                      "stochastic rounding is for parameters updated in place: with master "
+                      "weights the parameter is the master copy rounded to nearest");
+    }
+    if (p->master_params == nullptr) return;
+    OPTIM_REQUIRE(low, fn,
+                  "master weights need float16 or bfloat16 parameters (dtype " +
+                      std::to_string(dtype) + ")");
+    for (int64_t k = 0; k < count; ++k) {
+        if (numels[k] == 0) continue;
+        OPTIM_REQUIRE(p->master_params[k] != nullptr, fn,
+                      at(k) + ": master weight pointer is NULL");
+        const Array arrays[] = {{p->master_params[k], "master weights"},
+                                {params[k], "parameter"},
+                                {grads[k], "gradient"}};
+        require_unaliased(fn, k, arrays, 3, 2);
+    }
 }
 
 // The clipping options of a clipped step.
@@ -240,18 +285,27 @@ void report_greedy_problem(const char* fn, GreedyCheck check, const optim_greedy
     }
 }
 
-// Runs a validated call on its backend: the CUDA path, or the CPU kernel of the element type.
+// Runs a validated call on its backend: the CUDA path, or the CPU kernel of the element type (f16
+// and bf16 only for the steps that take 16-bit parameters; require_step_target rejects them for
+// the others).
 template <typename Call>
 void run_on_backend(int32_t device, int32_t device_index, int32_t dtype, const Call& call,
                     void (*cuda_path)(int32_t, int32_t, const Call&), void (*f32)(const Call&),
-                    void (*f64)(const Call&))
+                    void (*f64)(const Call&), void (*f16)(const Call&) = nullptr,
+                    void (*bf16)(const Call&) = nullptr)
 {
     if (device == OPTIM_DEVICE_CUDA)
         cuda_path(device_index, dtype, call);
     else if (dtype == OPTIM_DTYPE_FLOAT32)
         f32(call);
-    else
+    else if (dtype == OPTIM_DTYPE_FLOAT64)
         f64(call);
+    else if (dtype == OPTIM_DTYPE_FLOAT16 && f16 != nullptr)
+        f16(call);
+    else if (dtype == OPTIM_DTYPE_BFLOAT16 && bf16 != nullptr)
+        bf16(call);
+    else
+        fail(OPTIM_STATUS_INTERNAL, std::string(call.fn) + ": dtype reached no back end");
 }
 
 // A step's across_ranks flag: 0 or 1, and 1 only on the CPU (the MPI layer has no CUDA path).
@@ -293,9 +347,9 @@ void check_scale(const char* fn, int32_t device, const optim_grad_scale* scale)
                           " (must be finite and > 0)");
 }
 
-// Which variant of a step an entry point is: plain, _clipped (clip required) or _scaled (scale
-// required, clip optional).
-enum class Variant { Plain, Clipped, Scaled };
+// Which variant of a step an entry point is: plain, _clipped (clip required), _scaled (scale
+// required, clip optional) or _mixed (precision required, clip optional).
+enum class Variant { Plain, Clipped, Scaled, Mixed };
 
 void check_variant(const char* fn, int32_t device, Variant v, const optim_grad_clip* clip,
                    const optim_grad_scale* scale)
@@ -304,43 +358,53 @@ void check_variant(const char* fn, int32_t device, Variant v, const optim_grad_c
     if (v == Variant::Scaled) check_scale(fn, device, scale);
 }
 
-// One SGD step of a variant; fn names the entry point in messages.
+// One SGD step of a variant (precision: the _mixed variant's); fn names the entry point in
+// messages.
 optim_status sgd_entry(const char* fn, int32_t device, int32_t device_index, int32_t dtype,
                        const optim_tensor_list* tensors, int32_t n_groups,
                        const optim_sgd_params* groups, const optim_grad_clip* clip,
-                       const optim_grad_scale* scale, Variant variant)
+                       const optim_grad_scale* scale, Variant variant,
+                       const optim_precision* precision = nullptr)
 {
     return guard(fn, [&] {
         check_variant(fn, device, variant, clip, scale);
-        require_step_target(fn, device, dtype);
+        require_step_target(fn, device, dtype, true);
         validate_sgd(fn, device, tensors, n_groups, groups);
+        validate_precision(fn, dtype, precision, variant == Variant::Mixed, tensors->count,
+                           tensors->numels, tensors->params, tensors->grads);
         if (tensors->count == 0 && !clip_across_ranks(clip)) return;
         SgdCall call{tensors, n_groups, groups};
         call.clip = clip;
         call.scale = variant == Variant::Scaled ? scale : nullptr;
+        call.precision = precision;
         call.fn = fn;
         run_on_backend(device, device_index, dtype, call, cuda::sgd_step, cpu::sgd_step_f32,
-                       cpu::sgd_step_f64);
+                       cpu::sgd_step_f64, cpu::sgd_step_f16, cpu::sgd_step_bf16);
     });
 }
 
-// One Adam/AdamW step of a variant; fn names the entry point in messages.
+// One Adam/AdamW step of a variant (precision: the _mixed variant's); fn names the entry point in
+// messages.
 optim_status adam_entry(const char* fn, int32_t device, int32_t device_index, int32_t dtype,
                         const optim_adam_tensors* tensors, int32_t n_groups,
                         const optim_adam_params* groups, const optim_grad_clip* clip,
-                        const optim_grad_scale* scale, Variant variant)
+                        const optim_grad_scale* scale, Variant variant,
+                        const optim_precision* precision = nullptr)
 {
     return guard(fn, [&] {
         check_variant(fn, device, variant, clip, scale);
-        require_step_target(fn, device, dtype);
+        require_step_target(fn, device, dtype, true);
         validate_adam(fn, tensors, n_groups, groups);
+        validate_precision(fn, dtype, precision, variant == Variant::Mixed, tensors->count,
+                           tensors->numels, tensors->params, tensors->grads);
         if (tensors->count == 0 && !clip_across_ranks(clip)) return;
         AdamCall call{tensors, n_groups, groups};
         call.clip = clip;
         call.scale = variant == Variant::Scaled ? scale : nullptr;
+        call.precision = precision;
         call.fn = fn;
         run_on_backend(device, device_index, dtype, call, cuda::adam_step, cpu::adam_step_f32,
-                       cpu::adam_step_f64);
+                       cpu::adam_step_f64, cpu::adam_step_f16, cpu::adam_step_bf16);
     });
 }
 
@@ -701,6 +765,16 @@ OPTIM_API optim_status optim_sgd_step_scaled(int32_t device, int32_t device_inde
                      groups, clip, scale, Variant::Scaled);
 }
 
+OPTIM_API optim_status optim_sgd_step_mixed(int32_t device, int32_t device_index, int32_t dtype,
+                                            const optim_tensor_list* tensors, int32_t n_groups,
+                                            const optim_sgd_params* groups,
+                                            const optim_grad_clip* clip,
+                                            const optim_precision* precision)
+{
+    return sgd_entry("optim_sgd_step_mixed", device, device_index, dtype, tensors, n_groups, groups,
+                     clip, nullptr, Variant::Mixed, precision);
+}
+
 OPTIM_API void optim_adam_params_default(optim_adam_params* params)
 {
     if (!params) return;
@@ -736,6 +810,16 @@ OPTIM_API optim_status optim_adam_step_scaled(int32_t device, int32_t device_ind
 {
     return adam_entry("optim_adam_step_scaled", device, device_index, dtype, tensors, n_groups,
                       groups, clip, scale, Variant::Scaled);
+}
+
+OPTIM_API optim_status optim_adam_step_mixed(int32_t device, int32_t device_index, int32_t dtype,
+                                             const optim_adam_tensors* tensors, int32_t n_groups,
+                                             const optim_adam_params* groups,
+                                             const optim_grad_clip* clip,
+                                             const optim_precision* precision)
+{
+    return adam_entry("optim_adam_step_mixed", device, device_index, dtype, tensors, n_groups,
+                      groups, clip, nullptr, Variant::Mixed, precision);
 }
 
 OPTIM_API int64_t optim_hd_rate_count(int32_t scope, int32_t n_groups, int64_t n_tensors)

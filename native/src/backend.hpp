@@ -3,23 +3,89 @@
 
 #include "error.hpp"
 #include "hd_math.hpp"
+#include "precision.hpp"
 #include "sgd_math.hpp"
 
 #include <optim.h>
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 namespace optim {
+
+// The mixed-precision options of a validated call (optim_precision; none for the plain and
+// _clipped entry points): master weights or the rounding of an in-place update.
+struct PrecisionCall {
+    void* const* master = nullptr; // float32 copies, one per tensor; null: none
+    bool stochastic = false;       // bfloat16 in place: stochastic rounding
+    int64_t seed = 0;
+    int64_t step = 0;
+
+    explicit PrecisionCall(const optim_precision* p)
+    {
+        if (p == nullptr) return;
+        master = p->master_params;
+        stochastic = p->rounding == OPTIM_ROUNDING_STOCHASTIC;
+        seed = p->seed;
+        step = p->step;
+    }
+    // The stochastic rounding key of tensor k (0 when the rounding is to nearest).
+    uint64_t key(int64_t k) const { return stochastic ? rounding_key(seed, step, k) : 0; }
+};
+
+// The one dispatch of a validated dtype to its storage type: fn(S{}) with S float, double, Half or
+// BFloat16 (precision.hpp; the CPU path takes one function per type through run_on_backend).
+template <class Fn>
+void dispatch_storage(int32_t dtype, Fn&& fn)
+{
+    switch (dtype) {
+    case OPTIM_DTYPE_FLOAT32:
+        fn(float{});
+        return;
+    case OPTIM_DTYPE_FLOAT64:
+        fn(double{});
+        return;
+    case OPTIM_DTYPE_FLOAT16:
+        fn(Half{});
+        return;
+    case OPTIM_DTYPE_BFLOAT16:
+        fn(BFloat16{});
+        return;
+    default:
+        fail(OPTIM_STATUS_INTERNAL, "dtype " + std::to_string(dtype) + " reached no back end");
+    }
+}
+
+// The one dispatch of a call's precision options to the compile-time form the element loops take:
+// fn(std::bool_constant<Master>{}, std::integral_constant<int, Round>{}), only with the forms valid
+// for storage type S (float32 and float64: neither; float16: master weights or not; bfloat16:
+// master weights, or in place to nearest or stochastically).
+template <typename S, class Fn>
+void dispatch_precision(const PrecisionCall& p, Fn&& fn)
+{
+    using Nearest = std::integral_constant<int, kRoundNearest>;
+    if constexpr (!is_low_precision<S>) {
+        fn(std::false_type{}, Nearest{});
+    } else {
+        if (p.master != nullptr)
+            fn(std::true_type{}, Nearest{});
+        else if (std::is_same_v<S, BFloat16> && p.stochastic)
+            fn(std::false_type{}, std::integral_constant<int, kRoundStochastic>{});
+        else
+            fn(std::false_type{}, Nearest{});
+    }
+}
 
 // A validated SGD step: the back ends may assume every check of optim_sgd_step has passed.
 struct SgdCall {
     const optim_tensor_list* tensors;
     int32_t n_groups;
     const optim_sgd_params* groups;
-    const optim_grad_clip* clip = nullptr;   // null: no clipping
-    const optim_grad_scale* scale = nullptr; // null: no gradient scaler
-    const char* fn = "optim_sgd_step";       // the entry point, for messages
+    const optim_grad_clip* clip = nullptr;      // null: no clipping
+    const optim_grad_scale* scale = nullptr;    // null: no gradient scaler
+    const optim_precision* precision = nullptr; // null: in place, to nearest
+    const char* fn = "optim_sgd_step";          // the entry point, for messages
     // The param group of tensor k (group_index may be NULL: one group).
     int32_t group_of(int64_t k) const { return tensors->group_index ? tensors->group_index[k] : 0; }
 };
@@ -29,9 +95,10 @@ struct AdamCall {
     const optim_adam_tensors* tensors;
     int32_t n_groups;
     const optim_adam_params* groups;
-    const optim_grad_clip* clip = nullptr;   // null: no clipping
-    const optim_grad_scale* scale = nullptr; // null: no gradient scaler
-    const char* fn = "optim_adam_step";      // the entry point, for messages
+    const optim_grad_clip* clip = nullptr;      // null: no clipping
+    const optim_grad_scale* scale = nullptr;    // null: no gradient scaler
+    const optim_precision* precision = nullptr; // null: in place, to nearest
+    const char* fn = "optim_adam_step";         // the entry point, for messages
     int32_t group_of(int64_t k) const { return tensors->group_index ? tensors->group_index[k] : 0; }
 };
 
@@ -121,6 +188,10 @@ void sgd_step_f32(const SgdCall& call);
 void sgd_step_f64(const SgdCall& call);
 void adam_step_f32(const AdamCall& call);
 void adam_step_f64(const AdamCall& call);
+void sgd_step_f16(const SgdCall& call);
+void sgd_step_bf16(const SgdCall& call);
+void adam_step_f16(const AdamCall& call);
+void adam_step_bf16(const AdamCall& call);
 void hd_step_f32(const HdCall& call);
 void hd_step_f64(const HdCall& call);
 void hd_adam_step_f32(const HdAdamCall& call);

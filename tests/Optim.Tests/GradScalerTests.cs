@@ -98,16 +98,25 @@ public class GradScalerTests
         Assert.That(odd.get_scale(), Is.EqualTo(5.0));
     }
 
-    [Test]
-    public void UnfusedPathOnTorchSharpAdamEqualsUnscalingByHand()
+    // The optimizers that take GradScaler's unfused path: TorchSharp's, and ours whose native step takes no scaler.
+    private static OptimizerHelper UnfusedOptimizer(string name, IList<Parameter> ps) => name switch
+    {
+        "torch Adam" => torch.optim.Adam(ps, 0.01),
+        "HypergradientAdam" => new HypergradientAdam(ps, 0.01, hypergrad_lr: 1e-4, scope: HypergradientScope.PerTensor),
+        _ => throw new ArgumentException(name),
+    };
+
+    [TestCase("torch Adam")]
+    [TestCase("HypergradientAdam")]
+    public void UnfusedPathEqualsUnscalingByHand(string optimizer)
     {
         var model = Harness.Mlp(3);
         var twin = Harness.Mlp(3);
         var (x, y) = Harness.Data(4);
         var ps = model.parameters().ToList();
         var tp = twin.parameters().ToList();
-        using var opt = torch.optim.Adam(ps, 0.01);
-        using var reference = torch.optim.Adam(tp, 0.01);
+        using var opt = UnfusedOptimizer(optimizer, ps);
+        using var reference = UnfusedOptimizer(optimizer, tp);
         var scaler = new GradScaler(init_scale: 256, growth_interval: 4);
         for (int step = 0; step < 20; step++)
         {

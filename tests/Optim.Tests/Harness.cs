@@ -239,6 +239,7 @@ internal static class Harness
                     AssertSame(sa.exp_avg, se.exp_avg, $"{what}: exp_avg {i}");
                     AssertSame(sa.exp_avg_sq, se.exp_avg_sq, $"{what}: exp_avg_sq {i}");
                     AssertSame(sa.max_exp_avg_sq, se.max_exp_avg_sq, $"{what}: max_exp_avg_sq {i}");
+                    AssertSame(sa.master_param, se.master_param, $"{what}: master_param {i}");
                 }
                 break;
             default:

@@ -7,6 +7,7 @@
 
 #include "../clip_math.hpp"
 #include "../cross_rank.hpp"
+#include "../precision.hpp"
 #include "work_plan.hpp"
 
 #include <optim.h>
@@ -16,22 +17,23 @@
 
 namespace optim::cpu {
 
-// Sum of g * g over one piece in double, in kNormLanes independent lanes combined in lane order: a
-// fixed order, so the result does not depend on the thread count, that still vectorizes.
+// Sum of g * g over one piece (of storage type S, read exactly as its compute type) in double, in
+// kNormLanes independent lanes combined in lane order: a fixed order, so the result does not depend
+// on the thread count, that still vectorizes.
 constexpr int kNormLanes = 8;
 
-template <typename T>
-OPTIM_CPU_CLONES double squared_sum(const T* __restrict g, int64_t n)
+template <typename S>
+OPTIM_CPU_CLONES double squared_sum(const S* __restrict g, int64_t n)
 {
     double lanes[kNormLanes] = {};
     const int64_t whole = n - n % kNormLanes;
     for (int64_t i = 0; i < whole; i += kNormLanes)
         for (int lane = 0; lane < kNormLanes; ++lane) {
-            const double v = g[i + lane];
+            const double v = load_value(g[i + lane]);
             lanes[lane] += v * v;
         }
     for (int64_t i = whole; i < n; ++i) {
-        const double v = g[i];
+        const double v = load_value(g[i]);
         lanes[i - whole] += v * v;
     }
     double sum = 0;
@@ -69,17 +71,19 @@ inline bool scaled_skip(const optim_grad_scale* scale, bool nonfinite)
 // One piece of the scaled read pass: the squared sum of the unscaled gradient (inv * g rounded to
 // T, summed in double in kNormLanes lanes as squared_sum) when Norm, and whether an element of g
 // itself was not finite.
-template <typename T, bool Norm>
-OPTIM_CPU_CLONES void scaled_piece(const T* __restrict g, int64_t n, T inv, double& squared,
-                                   bool& nonfinite)
+template <typename S, bool Norm>
+OPTIM_CPU_CLONES void scaled_piece(const S* __restrict g, int64_t n, compute_t<S> inv,
+                                   double& squared, bool& nonfinite)
 {
+    using T = compute_t<S>;
     double lanes[kNormLanes] = {};
     T bad[kNormLanes] = {}; // sums of exact zeros or NaN (nonfinite_mark)
     const int64_t whole = n - n % kNormLanes;
     auto one = [&](int lane, int64_t i) {
-        bad[lane] += nonfinite_mark(g[i]);
+        const T gi = load_value(g[i]);
+        bad[lane] += nonfinite_mark(gi);
         if (Norm) {
-            const double v = static_cast<T>(g[i] * inv);
+            const double v = static_cast<T>(gi * inv);
             lanes[lane] += v * v;
         }
     };
@@ -105,14 +109,16 @@ struct GradFactors {
     bool skip = false;
 };
 
-// The read pass of a step over the tensors of `plan` (built), before anything is written: the
+// The read pass of a step over the tensors of `plan` (built; gradients of storage type S, read as
+// its compute type T), before anything is written: the
 // clipping norm (written to clip->total_norm) and, with a scaler, the non-finite check; per-piece
 // results combined in piece order, then over every rank with clip->across_ranks. No pass when
 // neither clips nor scales. fn names the entry point in messages.
-template <typename T>
-GradFactors<T> grad_pass(const char* fn, const WorkPlan& plan, const void* const* grads,
-                         const optim_grad_clip* clip, const optim_grad_scale* scale)
+template <typename S>
+GradFactors<compute_t<S>> grad_pass(const char* fn, const WorkPlan& plan, const void* const* grads,
+                                    const optim_grad_clip* clip, const optim_grad_scale* scale)
 {
+    using T = compute_t<S>;
     GradFactors<T> f;
     if (clip == nullptr && scale == nullptr) return f;
     f.inv = inverse_scale<T>(scale);
@@ -127,13 +133,13 @@ GradFactors<T> grad_pass(const char* fn, const WorkPlan& plan, const void* const
     const T inv = f.inv;
     plan.parallel_for_pieces([&](const Piece& piece) {
         Part& part = partials[static_cast<size_t>(piece.index)];
-        const T* g = piece.at<const T>(grads);
+        const S* g = piece.at<const S>(grads);
         if (scale == nullptr)
-            part.squared = squared_sum<T>(g, piece.length);
+            part.squared = squared_sum<S>(g, piece.length);
         else if (clip != nullptr)
-            scaled_piece<T, true>(g, piece.length, inv, part.squared, part.nonfinite);
+            scaled_piece<S, true>(g, piece.length, inv, part.squared, part.nonfinite);
         else
-            scaled_piece<T, false>(g, piece.length, inv, part.squared, part.nonfinite);
+            scaled_piece<S, false>(g, piece.length, inv, part.squared, part.nonfinite);
     });
     double squared = 0;
     bool nonfinite = false;

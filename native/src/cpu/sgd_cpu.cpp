@@ -1,9 +1,11 @@
 // The CPU path of the fused SGD step: WorkPlan's multi-tensor loop over the pieces of all tensors
 // of every param group, each piece updated by sgd_element() from sgd_math.hpp (shared with the CUDA
 // kernels). Each element is read and written once (12 bytes per fp32 element without momentum, 20
-// with); clipping or a gradient scaler adds one read pass over the gradients (clip_cpu.hpp) and
-// scales each gradient element as it is read.
+// with; 16-bit parameters (precision.hpp) keep float32 momentum buffers: 6 and 14 bytes in place,
+// 14 and 22 with master weights); clipping or a gradient scaler adds one read pass over the
+// gradients (clip_cpu.hpp) and scales each gradient element as it is read.
 #include "../backend.hpp"
+#include "../precision.hpp"
 #include "../sgd_math.hpp"
 #include "clip_cpu.hpp"
 #include "thread_pool.hpp"
@@ -15,23 +17,29 @@ namespace optim::cpu {
 
 namespace {
 
-template <typename T, unsigned Flags, bool Fresh>
-OPTIM_CPU_CLONES void sgd_range(T* __restrict p, const T* __restrict g, T* __restrict buf,
-                                int64_t n, const SgdCoeffs<T>& c, T lr, T inv, T clip)
+template <typename S, unsigned Flags, bool Fresh, bool Master, int Round>
+OPTIM_CPU_CLONES void sgd_range(ParamAccess<S, Master, Round> p, const S* __restrict g,
+                                compute_t<S>* __restrict buf, int64_t n,
+                                const SgdCoeffs<compute_t<S>>& c, compute_t<S> lr, compute_t<S> inv,
+                                compute_t<S> clip)
 {
-    if constexpr ((Flags & kSgdMomentum) != 0) {
-        for (int64_t i = 0; i < n; ++i)
-            sgd_element<T, Flags>(p[i], g[i] * inv * clip, buf[i], Fresh, c, lr);
-    } else {
-        T unused = T(0);
-        for (int64_t i = 0; i < n; ++i)
-            sgd_element<T, Flags>(p[i], g[i] * inv * clip, unused, Fresh, c, lr);
+    using T = compute_t<S>;
+    T unused = T(0);
+    // The arrays are distinct (api.cpp checks; optim.h: partial overlaps are unspecified).
+    OPTIM_DISTINCT_ARRAYS
+    for (int64_t i = 0; i < n; ++i) {
+        T pi = p.load(i);
+        T& b = (Flags & kSgdMomentum) ? buf[i] : unused;
+        sgd_element<T, Flags>(pi, load_value(g[i]) * inv * clip, b, Fresh, c, lr);
+        p.store(i, pi);
     }
 }
 
-template <typename T>
+template <typename S>
 void sgd_step(const SgdCall& call)
 {
+    using T = compute_t<S>;
+    const PrecisionCall precision(call.precision);
     // Per calling thread and reused, so a warm step allocates nothing; filled before any write.
     thread_local std::vector<SgdGroup<T>> groups;
     groups.resize(static_cast<size_t>(call.n_groups));
@@ -47,7 +55,7 @@ void sgd_step(const SgdCall& call)
     const optim_tensor_list& t = *call.tensors;
     WorkPlan& plan = WorkPlan::for_this_thread();
     plan.build(t.numels, t.count);
-    const GradFactors<T> f = grad_pass<T>(call.fn, plan, t.grads, call.clip, call.scale);
+    const GradFactors<T> f = grad_pass<S>(call.fn, plan, t.grads, call.clip, call.scale);
     if (f.skip) return; // the scaler's skip: nothing is written
     const T inv = f.inv, clip = f.coef;
     const SgdGroup<T>* G = groups.data();
@@ -55,17 +63,26 @@ void sgd_step(const SgdCall& call)
     plan.parallel_for_pieces([&](const Piece& piece) {
         const int32_t gi = call.group_of(piece.tensor);
         const SgdGroup<T>& g = G[gi];
-        T* p = piece.at<T>(t.params);
-        const T* grad = piece.at<const T>(t.grads);
+        const S* grad = piece.at<const S>(t.grads);
         const bool momentum = (g.flags & kSgdMomentum) != 0;
         T* b = momentum ? piece.at<T>(t.momentum_buffers) : nullptr;
         const bool fresh = momentum && t.buffer_fresh && t.buffer_fresh[piece.tensor];
-        dispatch_sgd_flags(g.flags, [&](auto F) {
-            constexpr unsigned Flags = decltype(F)::value;
-            if (fresh)
-                sgd_range<T, Flags, true>(p, grad, b, piece.length, g.c, lr[gi], inv, clip);
-            else
-                sgd_range<T, Flags, false>(p, grad, b, piece.length, g.c, lr[gi], inv, clip);
+        const uint64_t key = precision.key(piece.tensor);
+        dispatch_precision<S>(precision, [&](auto master, auto round) {
+            constexpr bool Master = decltype(master)::value;
+            constexpr int Round = decltype(round)::value;
+            const ParamAccess<S, Master, Round> p{piece.at<S>(t.params),
+                                                  Master ? piece.at<T>(precision.master) : nullptr,
+                                                  key, piece.begin};
+            dispatch_sgd_flags(g.flags, [&](auto F) {
+                constexpr unsigned Flags = decltype(F)::value;
+                if (fresh)
+                    sgd_range<S, Flags, true, Master, Round>(p, grad, b, piece.length, g.c, lr[gi],
+                                                             inv, clip);
+                else
+                    sgd_range<S, Flags, false, Master, Round>(p, grad, b, piece.length, g.c, lr[gi],
+                                                              inv, clip);
+            });
         });
     });
 }
@@ -79,6 +96,14 @@ void sgd_step_f32(const SgdCall& call)
 void sgd_step_f64(const SgdCall& call)
 {
     sgd_step<double>(call);
+}
+void sgd_step_f16(const SgdCall& call)
+{
+    sgd_step<Half>(call);
+}
+void sgd_step_bf16(const SgdCall& call)
+{
+    sgd_step<BFloat16>(call);
 }
 
 } // namespace optim::cpu

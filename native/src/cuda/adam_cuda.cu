@@ -2,8 +2,11 @@
 // (multi_tensor.cuh) whose functor applies adam_element() from adam_math.hpp to each element of its
 // chunk, with each tensor's own bias corrections. Compiled in CI; see docs/design.md for what has
 // run on a GPU. With clipping or a gradient scaler, grad_norm() runs first and each block reads the
-// norm, the inverse scale and the scaler's flag from device memory (grad_norm.cuh).
+// norm, the inverse scale and the scaler's flag from device memory (grad_norm.cuh). 16-bit
+// parameters (precision.hpp) are updated in float32 with float32 moments, in place or through
+// master weights, by the same functor.
 #include "../adam_math.hpp"
+#include "../precision.hpp"
 #include "grad_norm.cuh"
 #include "multi_tensor.cuh"
 
@@ -11,18 +14,21 @@ namespace optim::cuda {
 
 namespace {
 
-// Per tensor: the coefficients that depend on its own step count.
+// Per tensor: the coefficients that depend on its own step count, and its stochastic rounding key.
 template <typename T>
 struct AdamMeta {
     T step_size;
     T bc2_sqrt;
+    uint64_t key;
 };
-// parameter, gradient, exp_avg, exp_avg_sq, max_exp_avg_sq
+// parameter, gradient, exp_avg, exp_avg_sq, max_exp_avg_sq, master weights
 template <typename T>
-using AdamTables = TensorTables<5, AdamMeta<T>>;
+using AdamTables = TensorTables<6, AdamMeta<T>>;
 
-template <typename T, unsigned Flags>
+// S: the parameters' storage type; the math and the moments are in compute_t<S>.
+template <typename S, unsigned Flags, bool Master, int Round>
 struct AdamFunctor {
+    using T = compute_t<S>;
     AdamCoeffs<T> group; // step_size and bc2_sqrt come per tensor from the table
     const double* norm;  // clipping: the gradients' norm in device memory, else null
     double max_norm;
@@ -37,18 +43,20 @@ struct AdamFunctor {
         AdamCoeffs<T> c = group;
         c.step_size = table.meta[ch.t].step_size;
         c.bc2_sqrt = table.meta[ch.t].bc2_sqrt;
-        T* __restrict p = static_cast<T*>(table.ptr[0][ch.t]);
-        const T* __restrict g = static_cast<const T*>(table.ptr[1][ch.t]);
+        const ParamAccess<S, Master, Round> p{static_cast<S*>(table.ptr[0][ch.t]),
+                                              static_cast<T*>(table.ptr[5][ch.t]),
+                                              table.meta[ch.t].key, 0};
+        const S* __restrict g = static_cast<const S*>(table.ptr[1][ch.t]);
         T* __restrict m = static_cast<T*>(table.ptr[2][ch.t]);
         T* __restrict v = static_cast<T*>(table.ptr[3][ch.t]);
         T* __restrict vmax = static_cast<T*>(table.ptr[4][ch.t]);
         for (int64_t i = ch.begin + threadIdx.x; i < ch.end; i += kThreads) {
-            T pi = p[i];
+            T pi = p.load(i);
             T mi = m[i];
             T vi = v[i];
             T wi = (Flags & kAdamAmsgrad) ? vmax[i] : T(0);
-            adam_element<T, Flags>(pi, g[i] * inv * clip, mi, vi, wi, c);
-            p[i] = pi;
+            adam_element<T, Flags>(pi, load_value(g[i]) * inv * clip, mi, vi, wi, c);
+            p.store(i, pi);
             m[i] = mi;
             v[i] = vi;
             if (Flags & kAdamAmsgrad) vmax[i] = wi;
@@ -57,9 +65,11 @@ struct AdamFunctor {
 };
 
 // Launches the update of tensors [first, last) (one param group) with its hyperparameters.
-template <typename T, unsigned Flags>
-void launch_group(const AdamCall& call, int64_t first, int64_t last, const AdamCoeffs<T>& group)
+template <typename S, unsigned Flags, bool Master, int Round>
+void launch_group(const AdamCall& call, const PrecisionCall& precision, int64_t first, int64_t last,
+                  const AdamCoeffs<compute_t<S>>& group)
 {
+    using T = compute_t<S>;
     const optim_adam_tensors& t = *call.tensors;
     const optim_adam_params& o = call.groups[call.group_of(first)];
     AdamTables<T>& tables = AdamTables<T>::for_this_thread();
@@ -67,24 +77,29 @@ void launch_group(const AdamCall& call, int64_t first, int64_t last, const AdamC
         if (t.numels[k] == 0) continue; // its pointers may be null
         const AdamCoeffs<T> c =
             adam_coeffs<T>(o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, t.steps[k]);
-        void* const ptrs[5] = {t.params[k], const_cast<void*>(t.grads[k]), t.exp_avgs[k],
+        void* const ptrs[6] = {t.params[k],
+                               const_cast<void*>(t.grads[k]),
+                               t.exp_avgs[k],
                                t.exp_avg_sqs[k],
-                               (Flags & kAdamAmsgrad) ? t.max_exp_avg_sqs[k] : nullptr};
-        tables.add(ptrs, t.numels[k], AdamMeta<T>{c.step_size, c.bc2_sqrt});
+                               (Flags & kAdamAmsgrad) ? t.max_exp_avg_sqs[k] : nullptr,
+                               Master ? precision.master[k] : nullptr};
+        tables.add(ptrs, t.numels[k], AdamMeta<T>{c.step_size, c.bc2_sqrt, precision.key(k)});
     }
     const double* norm = call.clip ? call.clip->total_norm : nullptr;
     const double max_norm = call.clip ? call.clip->max_norm : 0.0;
     const float* inv_scale = call.scale ? call.scale->inv_scale : nullptr;
     const float* found_inf = call.scale ? call.scale->found_inf : nullptr;
-    tables.launch(AdamFunctor<T, Flags>{group, norm, max_norm, inv_scale, found_inf}, nullptr,
-                  call.fn, "kernel launch");
+    tables.launch(AdamFunctor<S, Flags, Master, Round>{group, norm, max_norm, inv_scale, found_inf},
+                  nullptr, call.fn, "kernel launch");
 }
 
 // One group's launches per param group, in group order (the tensors are in group order).
-template <typename T>
+template <typename S>
 void adam_typed(const AdamCall& call)
 {
+    using T = compute_t<S>;
     const optim_adam_tensors& t = *call.tensors;
+    const PrecisionCall precision(call.precision);
     int64_t first = 0;
     while (first < t.count) {
         const int32_t g = call.group_of(first);
@@ -96,8 +111,15 @@ void adam_typed(const AdamCall& call)
             adam_coeffs<T>(o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, 1);
         const unsigned flags =
             adam_flags(o.weight_decay, o.decoupled != 0, o.amsgrad != 0, o.maximize != 0);
-        const bool known = dispatch_adam_flags(
-            flags, [&](auto F) { launch_group<T, decltype(F)::value>(call, first, last, group); });
+        bool known = true;
+        dispatch_precision<S>(precision, [&](auto master, auto round) {
+            constexpr bool Master = decltype(master)::value;
+            constexpr int Round = decltype(round)::value;
+            known = dispatch_adam_flags(flags, [&](auto F) {
+                launch_group<S, decltype(F)::value, Master, Round>(call, precision, first, last,
+                                                                   group);
+            });
+        });
         if (!known) fail(OPTIM_STATUS_INTERNAL, "optim_adam_step: unexpected flag combination");
         first = last;
     }
@@ -113,10 +135,7 @@ void adam_step(int device_index, int32_t dtype, const AdamCall& call)
     if (call.clip || call.scale)
         grad_norm(device_index, dtype, t.grads, t.numels, t.count,
                   call.clip ? call.clip->total_norm : nullptr, call.fn, call.scale);
-    if (dtype == OPTIM_DTYPE_FLOAT32)
-        adam_typed<float>(call);
-    else
-        adam_typed<double>(call);
+    dispatch_storage(dtype, [&](auto storage) { adam_typed<decltype(storage)>(call); });
 }
 
 } // namespace optim::cuda

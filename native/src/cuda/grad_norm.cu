@@ -2,7 +2,9 @@
 // (multi_tensor.cuh) sums its squared (unscaled) gradients in double in a fixed tree, and with a
 // scaler counts its non-finite elements, and writes one record; one finishing block sums the
 // records in a fixed tree, writes the norm and sets the scaler's flag. No atomics, so the norm is
-// the same on every run. Compiled in CI; see docs/design.md for what has run on a GPU.
+// the same on every run. Gradients of any storage type are read as their
+// compute type (precision.hpp). Compiled in CI; see docs/design.md for what has run on a GPU.
+#include "../precision.hpp"
 #include "block_sum.cuh"
 #include "device_scratch.cuh"
 #include "grad_norm.cuh"
@@ -26,18 +28,19 @@ struct NormRecord {
 };
 
 // inv_scale: a scaler's inverse scale in device memory, or null (no scaler: no finiteness count).
-template <typename T>
+template <typename S>
 struct SquaredSumFunctor {
     NormRecord* records;
     const float* inv_scale;
 
     __device__ void operator()(const NormTables::Table& table, const Chunk& ch) const
     {
-        const T* __restrict g = static_cast<const T*>(table.ptr[0][ch.t]);
+        using T = compute_t<S>;
+        const S* __restrict g = static_cast<const S*>(table.ptr[0][ch.t]);
         const T inv = scale_factor<T>(inv_scale);
         double s[2] = {0.0, 0.0};
         for (int64_t i = ch.begin + threadIdx.x; i < ch.end; i += kThreads) {
-            const T gi = g[i];
+            const T gi = load_value(g[i]);
             if (inv_scale != nullptr) s[1] += is_finite(gi) ? 0.0 : 1.0;
             const double v = static_cast<T>(gi * inv);
             s[0] += v * v;
@@ -74,7 +77,7 @@ __global__ void __launch_bounds__(kFinishThreads)
     if (found_inf != nullptr && bad[0] > 0) *found_inf = 1.0f;
 }
 
-template <typename T>
+template <typename S>
 void grad_norm_typed(int device_index, const void* const* grads, const int64_t* numels,
                      int64_t count, double* total_norm, const char* fn,
                      const optim_grad_scale* scale)
@@ -91,7 +94,7 @@ void grad_norm_typed(int device_index, const void* const* grads, const int64_t* 
             fn);
     NormRecord* records = static_cast<NormRecord*>(s.data);
     const float* inv_scale = scale != nullptr ? scale->inv_scale : nullptr;
-    tables.launch(SquaredSumFunctor<T>{records, inv_scale}, nullptr, fn, "norm kernel launch");
+    tables.launch(SquaredSumFunctor<S>{records, inv_scale}, nullptr, fn, "norm kernel launch");
     norm_finish_kernel<<<1, kFinishThreads, 0, 0>>>(records, tables.chunks(), total_norm,
                                                     scale != nullptr ? scale->found_inf : nullptr);
     check(cudaGetLastError(), fn, "norm finishing kernel launch");
@@ -102,10 +105,10 @@ void grad_norm_typed(int device_index, const void* const* grads, const int64_t* 
 void grad_norm(int device_index, int32_t dtype, const void* const* grads, const int64_t* numels,
                int64_t count, double* total_norm, const char* fn, const optim_grad_scale* scale)
 {
-    if (dtype == OPTIM_DTYPE_FLOAT32)
-        grad_norm_typed<float>(device_index, grads, numels, count, total_norm, fn, scale);
-    else
-        grad_norm_typed<double>(device_index, grads, numels, count, total_norm, fn, scale);
+    dispatch_storage(dtype, [&](auto storage) {
+        grad_norm_typed<decltype(storage)>(device_index, grads, numels, count, total_norm, fn,
+                                           scale);
+    });
 }
 
 } // namespace optim::cuda

@@ -2,8 +2,10 @@
 // whose functor applies sgd_element() from sgd_math.hpp to each element of its chunk; the rate is
 // optionally read from device memory. With clipping or a gradient scaler, grad_norm() runs first
 // and each block reads the norm, the inverse scale and the scaler's flag from device memory
-// (grad_norm.cuh). Compiled in CI; see docs/design.md for what has run
-// on a GPU.
+// (grad_norm.cuh). Compiled in CI; see docs/design.md for what has run on a GPU. 16-bit parameters
+// (precision.hpp) are updated in float32 with float32 momentum buffers, in place or through master
+// weights, by the same functor.
+#include "../precision.hpp"
 #include "../sgd_math.hpp"
 #include "grad_norm.cuh"
 #include "multi_tensor.cuh"
@@ -12,14 +14,18 @@ namespace optim::cuda {
 
 namespace {
 
-// Per tensor: whether its momentum buffer has no history yet (PyTorch's first step).
+// Per tensor: whether its momentum buffer has no history yet (PyTorch's first step), and its
+// stochastic rounding key.
 struct SgdMeta {
     unsigned char fresh;
+    uint64_t key;
 };
-using SgdTables = TensorTables<3, SgdMeta>; // parameter, gradient, momentum buffer
+using SgdTables = TensorTables<4, SgdMeta>; // parameter, gradient, momentum buffer, master weights
 
-template <typename T, unsigned Flags>
+// S: the parameters' storage type; the math and the momentum buffers are in compute_t<S>.
+template <typename S, unsigned Flags, bool Master, int Round>
 struct SgdFunctor {
+    using T = compute_t<S>;
     SgdCoeffs<T> c;
     T lr_value;
     const double* lr_ptr; // device memory, or null: lr_value
@@ -34,53 +40,60 @@ struct SgdFunctor {
         const T lr = lr_ptr ? static_cast<T>(*lr_ptr) : lr_value;
         const T inv = scale_factor<T>(inv_scale);
         const T clip = clip_factor<T>(norm, max_norm);
-        T* __restrict p = static_cast<T*>(table.ptr[0][ch.t]);
-        const T* __restrict g = static_cast<const T*>(table.ptr[1][ch.t]);
+        const ParamAccess<S, Master, Round> p{static_cast<S*>(table.ptr[0][ch.t]),
+                                              static_cast<T*>(table.ptr[3][ch.t]),
+                                              table.meta[ch.t].key, 0};
+        const S* __restrict g = static_cast<const S*>(table.ptr[1][ch.t]);
         T* __restrict b = static_cast<T*>(table.ptr[2][ch.t]);
         const bool fresh = table.meta[ch.t].fresh != 0;
         T unused = T(0);
         for (int64_t i = ch.begin + threadIdx.x; i < ch.end; i += kThreads) {
-            T pi = p[i];
+            T pi = p.load(i);
             if (Flags & kSgdMomentum) {
                 T bi = fresh ? T(0) : b[i];
-                sgd_element<T, Flags>(pi, g[i] * inv * clip, bi, fresh, c, lr);
+                sgd_element<T, Flags>(pi, load_value(g[i]) * inv * clip, bi, fresh, c, lr);
                 b[i] = bi;
             } else {
-                sgd_element<T, Flags>(pi, g[i] * inv * clip, unused, false, c, lr);
+                sgd_element<T, Flags>(pi, load_value(g[i]) * inv * clip, unused, false, c, lr);
             }
-            p[i] = pi;
+            p.store(i, pi);
         }
     }
 };
 
 // Launches the update of tensors [first, last) (one param group) with its hyperparameters.
-template <typename T, unsigned Flags>
-void launch_group(const SgdCall& call, int64_t first, int64_t last, const SgdCoeffs<T>& c, T lr,
-                  const double* lr_ptr)
+template <typename S, unsigned Flags, bool Master, int Round>
+void launch_group(const SgdCall& call, const PrecisionCall& precision, int64_t first, int64_t last,
+                  const SgdCoeffs<compute_t<S>>& c, compute_t<S> lr, const double* lr_ptr)
 {
     const optim_tensor_list& t = *call.tensors;
     SgdTables& tables = SgdTables::for_this_thread();
     for (int64_t k = first; k < last; ++k) {
         if (t.numels[k] == 0) continue; // its pointers may be null
         const bool momentum = (Flags & kSgdMomentum) != 0;
-        void* const ptrs[3] = {t.params[k], const_cast<void*>(t.grads[k]),
-                               momentum ? t.momentum_buffers[k] : nullptr};
+        void* const ptrs[4] = {t.params[k], const_cast<void*>(t.grads[k]),
+                               momentum ? t.momentum_buffers[k] : nullptr,
+                               Master ? precision.master[k] : nullptr};
         const bool fresh = momentum && t.buffer_fresh && t.buffer_fresh[k];
-        tables.add(ptrs, t.numels[k], SgdMeta{static_cast<unsigned char>(fresh ? 1 : 0)});
+        tables.add(ptrs, t.numels[k],
+                   SgdMeta{static_cast<unsigned char>(fresh ? 1 : 0), precision.key(k)});
     }
     const double* norm = call.clip ? call.clip->total_norm : nullptr;
     const double max_norm = call.clip ? call.clip->max_norm : 0.0;
     const float* inv_scale = call.scale ? call.scale->inv_scale : nullptr;
     const float* found_inf = call.scale ? call.scale->found_inf : nullptr;
-    tables.launch(SgdFunctor<T, Flags>{c, lr, lr_ptr, norm, max_norm, inv_scale, found_inf},
-                  nullptr, call.fn, "kernel launch");
+    tables.launch(
+        SgdFunctor<S, Flags, Master, Round>{c, lr, lr_ptr, norm, max_norm, inv_scale, found_inf},
+        nullptr, call.fn, "kernel launch");
 }
 
 // One group's launches per param group, in group order (the tensors are in group order).
-template <typename T>
+template <typename S>
 void sgd_typed(const SgdCall& call)
 {
+    using T = compute_t<S>;
     const optim_tensor_list& t = *call.tensors;
+    const PrecisionCall precision(call.precision);
     int64_t first = 0;
     while (first < t.count) {
         const int32_t g = call.group_of(first);
@@ -88,9 +101,14 @@ void sgd_typed(const SgdCall& call)
         while (last < t.count && call.group_of(last) == g) ++last;
         const optim_sgd_params& p = call.groups[g];
         const SgdGroup<T> group = sgd_group<T>(p, "optim_sgd_step");
-        dispatch_sgd_flags(group.flags, [&](auto F) {
-            constexpr unsigned Flags = decltype(F)::value;
-            launch_group<T, Flags>(call, first, last, group.c, static_cast<T>(p.lr), p.lr_ptr);
+        dispatch_precision<S>(precision, [&](auto master, auto round) {
+            constexpr bool Master = decltype(master)::value;
+            constexpr int Round = decltype(round)::value;
+            dispatch_sgd_flags(group.flags, [&](auto F) {
+                constexpr unsigned Flags = decltype(F)::value;
+                launch_group<S, Flags, Master, Round>(call, precision, first, last, group.c,
+                                                      static_cast<T>(p.lr), p.lr_ptr);
+            });
         });
         first = last;
     }
@@ -124,10 +142,7 @@ void sgd_step(int device_index, int32_t dtype, const SgdCall& call)
     if (call.clip || call.scale)
         grad_norm(device_index, dtype, t.grads, t.numels, t.count,
                   call.clip ? call.clip->total_norm : nullptr, call.fn, call.scale);
-    if (dtype == OPTIM_DTYPE_FLOAT32)
-        sgd_typed<float>(call);
-    else
-        sgd_typed<double>(call);
+    dispatch_storage(dtype, [&](auto storage) { sgd_typed<decltype(storage)>(call); });
 }
 
 } // namespace optim::cuda
