@@ -371,6 +371,8 @@ public class CompareTests
             Assert.That(report, Does.Contain("How often GreedyLR was equal or better"));
             Assert.That(report, Does.Contain("## The NMF stability clip"));
             Assert.That(report, Does.Contain("| nmf-synthetic | constant |"), "the bounded method beside its plain schedule");
+            Assert.That(report, Does.Contain("## Where each method wins and loses"));
+            Assert.That(report, Does.Match(@"- \*\*nmf-synthetic\*\* \(\d+ methods\): best .*GreedyLR's best: [a-z-]+, rank \d+\."));
             foreach (var m in methods)
             {
                 Assert.That(report, Does.Contain($"| {m} |"), m);

@@ -118,6 +118,8 @@ internal sealed partial class Report
         sb.AppendLine();
         CostToTarget(sb);
         sb.AppendLine();
+        WinsAndLosses(sb);
+        sb.AppendLine();
         sb.AppendLine("Files: `curves.csv` (every evaluation of every run), `runs.csv` (final values), `sweep.csv` (the base-rate sweep).");
         return sb.ToString();
     }

@@ -121,4 +121,43 @@ internal sealed partial class Report
         }
         return null;
     }
+
+    /// <summary>
+    /// Where each method wins and loses, from this run's numbers alone: per task, the methods ranked by
+    /// their final evaluation loss (mean over seeds; a diverged run counts as +∞), the best and worst three
+    /// and GreedyLR's best rank; then per method, its mean rank and how often it was in the top or bottom
+    /// three of a task.
+    /// </summary>
+    private void WinsAndLosses(StringBuilder sb)
+    {
+        sb.AppendLine("## Where each method wins and loses");
+        sb.AppendLine();
+        sb.AppendLine("Methods ranked per task by final evaluation loss (mean over seeds; a diverged run counts as +∞; rank 1 is best). " +
+            "Generated from this run's numbers, not written by hand.");
+        sb.AppendLine();
+        var ranks = new Dictionary<Method, List<(int Rank, int Of)>>();
+        foreach (var task in _results.Select(r => r.Task).Distinct())
+        {
+            var order = _results.Where(r => r.Task == task).GroupBy(r => r.Method)
+                .Select(g => (Method: g.Key, Loss: g.Average(r => r.FinalLoss)))
+                .OrderBy(m => double.IsNaN(m.Loss) ? double.PositiveInfinity : m.Loss).ToList();
+            for (int i = 0; i < order.Count; i++)
+            {
+                (ranks.TryGetValue(order[i].Method, out var l) ? l : ranks[order[i].Method] = new()).Add((i + 1, order.Count));
+            }
+            static string Name((Method Method, double Loss) m) => $"{m.Method.Name} ({Loss(m.Loss)})";
+            int greedy = order.FindIndex(m => m.Method.Schedule is "greedylr" or "greedylr-trend");
+            sb.AppendLine($"- **{task}** ({order.Count} methods): best {string.Join(", ", order.Take(3).Select(Name))}; " +
+                $"worst {string.Join(", ", order.TakeLast(Math.Min(3, order.Count)).Reverse().Select(Name))}" +
+                (greedy < 0 ? "." : $"; GreedyLR's best: {order[greedy].Method.Name}, rank {greedy + 1}."));
+        }
+        sb.AppendLine();
+        sb.AppendLine("| method | tasks | mean rank | top 3 | bottom 3 |");
+        sb.AppendLine("|---|---:|---:|---:|---:|");
+        foreach (var (method, list) in ranks.OrderBy(kv => kv.Value.Average(r => (double)r.Rank / r.Of)))
+        {
+            sb.AppendLine($"| {method.Name} | {list.Count} | {list.Average(r => r.Rank):0.0} | {list.Count(r => r.Rank <= 3)} | " +
+                $"{list.Count(r => r.Rank > r.Of - 3)} |");
+        }
+    }
 }
