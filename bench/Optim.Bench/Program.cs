@@ -52,7 +52,7 @@ var compare = new Command("compare", """
     ReduceLROnPlateau, GreedyLR reference and trend, on FusedSGD and on Adam; hypergradient descent at each scope; AdamW
     constant, warmup-cosine and GreedyLR where Adam is the usual choice; each FusedSGD schedule clipped to half the NMF
     stability bound on the NMF tasks) from base rates chosen by a recorded sweep, on the same data, seeds and minibatches,
-    and writes a Markdown report with tables and plots, and every curve as CSV. About five minutes on two cores with the
+    and writes a Markdown report with tables and plots, and every curve as CSV. About six minutes on two cores with the
     defaults.
     """)
 {

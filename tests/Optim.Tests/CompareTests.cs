@@ -1,3 +1,4 @@
+using System.Text.RegularExpressions;
 using Optim.Bench.Comparison;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -373,6 +374,14 @@ public class CompareTests
             Assert.That(report, Does.Contain("| nmf-synthetic | constant |"), "the bounded method beside its plain schedule");
             Assert.That(report, Does.Contain("## Where each method wins and loses"));
             Assert.That(report, Does.Match(@"- \*\*nmf-synthetic\*\* \(\d+ methods\): best .*GreedyLR's best: [a-z-]+, rank \d+\."));
+            Assert.That(report, Does.Contain("| method | tasks | mean rank | mean relative rank | top 3 | bottom 3 |"));
+            foreach (var line in report.Split('\n').Where(l => l.StartsWith("- **") && l.Contains(" methods): best ")))
+            {
+                var parts = line.Split("; ");
+                var best = Regex.Matches(parts[0], @"([a-z0-9-]+) \(").Select(m => m.Groups[1].Value).ToHashSet();
+                var worst = parts.Where(p => p.StartsWith("worst ")).SelectMany(p => Regex.Matches(p, @"([a-z0-9-]+) \(").Select(m => m.Groups[1].Value));
+                Assert.That(best.Intersect(worst), Is.Empty, $"a method named both best and worst: {line}");
+            }
             foreach (var m in methods)
             {
                 Assert.That(report, Does.Contain($"| {m} |"), m);

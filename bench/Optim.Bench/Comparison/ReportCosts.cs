@@ -147,17 +147,22 @@ internal sealed partial class Report
             }
             static string Name((Method Method, double Loss) m) => $"{m.Method.Name} ({Loss(m.Loss)})";
             int greedy = order.FindIndex(m => m.Method.Schedule is "greedylr" or "greedylr-trend");
-            sb.AppendLine($"- **{task}** ({order.Count} methods): best {string.Join(", ", order.Take(3).Select(Name))}; " +
-                $"worst {string.Join(", ", order.TakeLast(Math.Min(3, order.Count)).Reverse().Select(Name))}" +
+            // The worst three are listed only beyond the best three, so a task of few methods names each once.
+            var worst = order.Skip(Math.Max(3, order.Count - 3)).Reverse().ToList();
+            sb.AppendLine($"- **{task}** ({order.Count} methods): best {string.Join(", ", order.Take(3).Select(Name))}" +
+                (worst.Count == 0 ? "" : $"; worst {string.Join(", ", worst.Select(Name))}") +
                 (greedy < 0 ? "." : $"; GreedyLR's best: {order[greedy].Method.Name}, rank {greedy + 1}."));
         }
         sb.AppendLine();
-        sb.AppendLine("| method | tasks | mean rank | top 3 | bottom 3 |");
-        sb.AppendLine("|---|---:|---:|---:|---:|");
+        sb.AppendLine("Sorted by the mean relative rank (rank ÷ the task's number of methods, so tasks with more methods do not weigh more); " +
+            "bottom 3 counts only ranks below the top 3.");
+        sb.AppendLine();
+        sb.AppendLine("| method | tasks | mean rank | mean relative rank | top 3 | bottom 3 |");
+        sb.AppendLine("|---|---:|---:|---:|---:|---:|");
         foreach (var (method, list) in ranks.OrderBy(kv => kv.Value.Average(r => (double)r.Rank / r.Of)))
         {
-            sb.AppendLine($"| {method.Name} | {list.Count} | {list.Average(r => r.Rank):0.0} | {list.Count(r => r.Rank <= 3)} | " +
-                $"{list.Count(r => r.Rank > r.Of - 3)} |");
+            sb.AppendLine($"| {method.Name} | {list.Count} | {list.Average(r => r.Rank):0.0} | {list.Average(r => (double)r.Rank / r.Of):0.00} | " +
+                $"{list.Count(r => r.Rank <= 3)} | {list.Count(r => r.Rank > Math.Max(3, r.Of - 3))} |");
         }
     }
 }
