@@ -22,7 +22,7 @@ var tasks = new Option<string[]>("--tasks")
     AllowMultipleArgumentsPerToken = true,
     DefaultValueFactory = _ => TrainingTask.DefaultNames,
 };
-var heavy = new Option<bool>("--heavy") { Description = "Add the heavier task(s) (mnist-cnn: a small CNN; several times the time of the default set)." };
+var heavy = new Option<bool>("--heavy", "--full") { Description = "Add the heavier tasks (mnist-cnn: a small CNN; char-lm-long: the language model for 1,000 steps on every seed); several times the time of the default set." };
 var methods = new Option<string[]>("--methods")
 {
     Description = $"Methods, comma- or space-separated (default: all): {string.Join(", ", Method.All.Select(m => m.Name))}.",
