@@ -111,7 +111,7 @@ internal sealed class CharLanguageModel : TrainingTask
 
     public override bool AdamIsUsual => true;
 
-    public override bool Suits(Method method) => method.Family == Family.AdamW;
+    public override bool Suits(Method method) => method.Family is Family.AdamW or Family.AdamHd;
 
     /// <summary>Parameters of the model for a vocabulary (embeddings, blocks, final norm and head).</summary>
     public static long ParameterCount(int vocabulary)

@@ -64,8 +64,8 @@ internal abstract class TrainingTask : IDisposable
 
     /// <summary>
     /// Whether <paramref name="method"/> is one this task runs: the AdamW and HD-Adam methods run where Adam
-    /// is the usual choice (<see cref="AdamIsUsual"/>); the language model runs the AdamW methods only (its
-    /// runs are the default run's longest: HD-Adam there would exceed its time budget).
+    /// is the usual choice (<see cref="AdamIsUsual"/>); the language model runs only those (no SGD or
+    /// TorchSharp Adam methods: AdamW is its usual optimizer).
     /// </summary>
     public virtual bool Suits(Method method) => method.Family is not (Family.AdamW or Family.AdamHd) || AdamIsUsual;
 
