@@ -34,7 +34,8 @@ namespace Optim.Distributed;
 /// equal averaged gradients, <see cref="HypergradientSGD"/>'s hypergradients (at every scope) and its
 /// non-finite check see the same values on every rank, so the rates stay equal and a non-finite
 /// gradient on any rank (it makes the mean non-finite) skips the step on all. Gradients are reduced
-/// after the backward pass, not overlapped with it. Every parameter that requires a gradient must have
+/// after the backward pass, not overlapped with it: TorchSharp 0.107 has no hook that signals a
+/// gradient is ready (docs/distributed.md, "Overlap with the backward pass"). Every parameter that requires a gradient must have
 /// one on every rank when gradients are synchronised.
 /// </remarks>
 public sealed class DataParallel

@@ -16,6 +16,7 @@ using static TorchSharp.torch;
 //   mpirun -np 2 dotnet Optim.MpiTests.dll collectives  all-reduce vs reduce-scatter + all-gather, interleaved
 //   mpirun -np 2 dotnet Optim.MpiTests.dll hang      rank 1 sleeps at its third step; rank 0's 5 s timeout ends the job
 //   mpirun -np 2 dotnet Optim.MpiTests.dll mnist     the README's MNIST MLP on N ranks (--sharded: ZeRO-1)
+//   mpirun -np N dotnet Optim.MpiTests.dll buckets   step and gradient all-reduce times at 5, 25 and 100 MiB buckets, interleaved
 // Each rank prints "rank R: N passed, M failed" last and exits 1 if any check failed.
 CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
 torch.set_num_threads(1);
@@ -30,7 +31,8 @@ int status = mode switch
     "checkpoint" => new Checks(group).Checkpoint(args[1], args[2]),
     "collectives" => CollectiveTimes.Run(group),
     "mnist" => MnistDemo.Run(group, args.Skip(1).ToArray()),
-    _ => throw new ArgumentException($"unknown mode '{mode}' (checks, fault, kill, hang, mnist)"),
+    "buckets" => BucketTimes.Run(group),
+    _ => throw new ArgumentException($"unknown mode '{mode}' (checks, fault, kill, hang, checkpoint, collectives, mnist, buckets)"),
 };
 return status;
 
@@ -777,5 +779,128 @@ internal static class MnistDemo
     {
         int i = Array.IndexOf(args, name);
         return i >= 0 && i + 1 < args.Length ? args[i + 1] : fallback;
+    }
+}
+
+/// <summary>
+/// The bucket-size trade-off of the gradient all-reduce (docs/distributed.md): for each model, one
+/// <see cref="DataParallel"/> per bucket size over the same replica, used in turn within every
+/// repetition (interleaved); rank 0 prints the median time of forward + backward, of the wait for
+/// the slower rank (a scalar all-reduce, timed apart) and of
+/// <see cref="DataParallel.SynchronizeGradients"/> per bucket size. On one rank the all-reduce is
+/// skipped, which gives the compute-only step time: the all-reduce's share of a step is the most an
+/// all-reduce overlapped with the backward pass could hide.
+/// </summary>
+internal static class BucketTimes
+{
+    private const int Repetitions = 9; // a multiple of the bucket sizes' count, for the rotation
+    private const long MiB = 1L << 20;
+
+    public static int Run(ProcessGroup group)
+    {
+        long[] buckets = { 5 * MiB, 25 * MiB, 100 * MiB };
+        var models = new (string Name, Func<nn.Module<Tensor, Tensor>> Make, int Inputs, int Batch)[]
+        {
+            ("MNIST MLP 784-128-10", () => nn.Sequential(("fc1", nn.Linear(784, 128)), ("relu", nn.ReLU()), ("fc2", nn.Linear(128, 10))), 784, 64),
+            ("deep MLP 48 x 512-512", () => DeepMlp(48, 512), 512, 64),
+        };
+        foreach (var (name, make, inputs, batch) in models)
+        {
+            using var scope = torch.NewDisposeScope();
+            torch.manual_seed(7);
+            var model = make();
+            var dps = buckets.Select(b => new DataParallel(model, group, b)).ToArray();
+            var compute = buckets.Select(_ => new List<double>()).ToArray();
+            var wait = buckets.Select(_ => new List<double>()).ToArray();
+            var sync = buckets.Select(_ => new List<double>()).ToArray();
+            var watch = new Stopwatch();
+            for (int rep = 0; rep < Repetitions + 1; rep++) // the first repetition warms up and is dropped
+            {
+                for (int turn = 0; turn < buckets.Length; turn++)
+                {
+                    int b = (turn + rep) % buckets.Length; // each size takes each position in turn
+                    using var stepScope = torch.NewDisposeScope();
+                    using var generator = new torch.Generator((ulong)(rep * 10 + group.Rank));
+                    var x = torch.randn(batch, inputs, generator: generator);
+                    group.AllReduce(0.0, ReduceOp.Max); // start together
+                    watch.Restart();
+                    model.zero_grad();
+                    model.call(x).square().mean().backward();
+                    watch.Stop();
+                    double forwardBackward = watch.Elapsed.TotalMilliseconds;
+                    watch.Restart();
+                    group.AllReduce(0.0, ReduceOp.Max); // the wait for the slower rank's backward, apart
+                    watch.Stop();
+                    double skew = watch.Elapsed.TotalMilliseconds;
+                    watch.Restart();
+                    dps[b].SynchronizeGradients();
+                    watch.Stop();
+                    if (rep > 0)
+                    {
+                        compute[b].Add(forwardBackward);
+                        wait[b].Add(skew);
+                        sync[b].Add(watch.Elapsed.TotalMilliseconds);
+                    }
+                }
+            }
+            var parameters = model.parameters().ToArray();
+            if (group.Rank == 0)
+            {
+                long bytes = dps[0].GradientBytes;
+                Console.WriteLine($"{name}: {parameters.Length} tensors, gradients {bytes:N0} bytes, {group.Size} rank(s), batch {batch} per rank, median of {Repetitions}");
+                for (int b = 0; b < buckets.Length; b++)
+                {
+                    double c = Median(compute[b]), w = Median(wait[b]), s = Median(sync[b]);
+                    Console.WriteLine($"  bucket {buckets[b] / MiB,3} MiB ({Collectives(parameters, buckets[b])} all-reduces): forward+backward {c:F2} ms, " +
+                        $"wait for the other rank {w:F2} ms, gradient all-reduce {s:F2} ms ({s / (c + w + s):P1} of the step's {c + w + s:F2} ms)");
+                }
+            }
+        }
+        return 0;
+    }
+
+    private static nn.Module<Tensor, Tensor> DeepMlp(int layers, int width)
+    {
+        var modules = new List<(string, nn.Module<Tensor, Tensor>)>();
+        for (int i = 0; i < layers; i++)
+        {
+            modules.Add(($"fc{i}", nn.Linear(width, width)));
+            modules.Add(($"act{i}", nn.Tanh()));
+        }
+        return nn.Sequential(modules);
+    }
+
+    // The MPI_Allreduce calls of one synchronisation, counted as the native packing does: tensors below a
+    // bucket fill it in order (a full bucket is one call), larger ones go in place (one call each).
+    private static int Collectives(Parameter[] parameters, long bucketBytes)
+    {
+        long capacity = bucketBytes / 4, fill = 0;
+        int calls = 0;
+        foreach (var p in parameters)
+        {
+            long n = p.numel();
+            if (n == 0)
+            {
+                continue;
+            }
+            if (n >= capacity)
+            {
+                calls++;
+                continue;
+            }
+            if (fill + n > capacity)
+            {
+                calls++;
+                fill = 0;
+            }
+            fill += n;
+        }
+        return calls + (fill > 0 ? 1 : 0);
+    }
+
+    private static double Median(List<double> values)
+    {
+        var sorted = values.Order().ToArray();
+        return sorted[sorted.Length / 2];
     }
 }
