@@ -13,7 +13,7 @@ public partial class HypergradientAdam
     /// and the rates of the per-tensor or per-parameter scope. The tensors are null until the parameter's
     /// first step.
     /// </summary>
-    public sealed class State : OptimizerState, IDisposable, IStagedLoad
+    public sealed class State : OptimizerState, IDisposable, IStagedLoad, IHypergradientState
     {
         /// <summary>The scope of the optimizer this state belongs to (what a loaded state must hold).</summary>
         internal HypergradientScope Scope { get; init; }
@@ -37,6 +37,10 @@ public partial class HypergradientAdam
         public State(Parameter parameter) : base(parameter)
         {
         }
+
+        double IHypergradientState.TensorRate { get => tensor_rate; set => tensor_rate = value; }
+
+        Tensor? IHypergradientState.ParameterRates => parameter_rates;
 
         /// <summary>Disposes the tensors.</summary>
         public void Dispose() => Replace(step, null, null, null, null, null, tensor_rate);
@@ -74,7 +78,7 @@ public partial class HypergradientAdam
             var u = r.ReadOptionalTensor("previous update", _parameter);
             var rates = r.ReadOptionalTensor("per-parameter rates", _parameter);
             double rate = r.ReadNonNegative("per-tensor rate");
-            CheckRates(rates, r.Invalid);
+            HypergradientStateRules.CheckRates(Scope, rates, r.Invalid);
             if (rates is not null)
             {
                 r.RequireNonNegative(rates, "per-parameter rates");
@@ -93,31 +97,15 @@ public partial class HypergradientAdam
             {
                 throw new ArgumentException($"{owner}: the source's step count is negative ({o.step}).", nameof(source));
             }
-            if (!double.IsFinite(o.tensor_rate) || o.tensor_rate < 0)
-            {
-                throw new ArgumentException($"{owner}: the source's per-tensor rate {o.tensor_rate} is invalid.", nameof(source));
-            }
+            double rate = HypergradientStateRules.CopiedTensorRate(o.tensor_rate, owner);
             var m = StateLoad.CopyTensor(o.exp_avg, _parameter, staging, owner, "exp_avg");
             var v = StateLoad.CopyTensor(o.exp_avg_sq, _parameter, staging, owner, "exp_avg_sq");
             var w = StateLoad.CopyTensor(o.max_exp_avg_sq, _parameter, staging, owner, "max_exp_avg_sq");
             var u = StateLoad.CopyTensor(o.prev_update, _parameter, staging, owner, "previous update");
             var rates = StateLoad.CopyTensor(o.parameter_rates, _parameter, staging, owner, "per-parameter rates");
-            CheckRates(rates, msg => new ArgumentException($"{owner}: {msg}", nameof(source)));
-            var (s, rate) = (o.step, o.tensor_rate);
+            HypergradientStateRules.CheckRates(Scope, rates, msg => new ArgumentException($"{owner}: {msg}", nameof(source)));
+            long s = o.step;
             return () => Replace(s, m, v, w, u, rates, rate);
-        }
-
-        // The per-parameter scope needs a rate tensor; the other scopes have none.
-        private void CheckRates<TException>(Tensor? rates, Func<string, TException> fail) where TException : Exception
-        {
-            if (Scope == HypergradientScope.PerParameter && rates is null)
-            {
-                throw fail("the per-parameter scope needs per-parameter rates, and the state has none.");
-            }
-            if (Scope != HypergradientScope.PerParameter && rates is not null)
-            {
-                throw fail($"the state has per-parameter rates, but this optimizer's scope is {Scope}.");
-            }
         }
 
         private void Replace(long s, Tensor? m, Tensor? v, Tensor? w, Tensor? u, Tensor? rates, double rate)
@@ -170,21 +158,18 @@ public partial class HypergradientAdam
 
     /// <summary>Options of a param group (<see cref="FusedAdam.Options"/>'s); null values take the optimizer's
     /// defaults. Also carries the optimizer's step and skipped counts through <c>state_dict</c>.</summary>
-    public class Options : FusedAdam.Options
+    public class Options : FusedAdam.Options, IHypergradientOptions
     {
-        internal long steps;
-        internal long skipped;
-        internal bool loaded;
+        SavedStepCounts IHypergradientOptions.Counts { get; set; }
 
         private protected override Action ReadStaged(StateReader r)
         {
             var options = base.ReadStaged(r);
-            long s = r.ReadCount("the step count");
-            long k = r.ReadCount("the skipped step count");
+            var counts = SavedStepCounts.Read(r);
             return () =>
             {
                 options();
-                (steps, skipped, loaded) = (s, k, true);
+                ((IHypergradientOptions)this).Counts = counts;
             };
         }
 
@@ -195,15 +180,11 @@ public partial class HypergradientAdam
                 throw new ArgumentException($"Expected HypergradientAdam options, got {source?.GetType().Name ?? "null"}.", nameof(source));
             }
             var options = base.CopyStaged(source);
-            if (o.steps < 0 || o.skipped < 0)
-            {
-                throw new ArgumentException("The source options have negative step counts.", nameof(source));
-            }
-            var (s, k) = (o.steps, o.skipped);
+            var counts = SavedStepCounts.Copied(((IHypergradientOptions)o).Counts);
             return () =>
             {
                 options();
-                (steps, skipped, loaded) = (s, k, true);
+                ((IHypergradientOptions)this).Counts = counts;
             };
         }
 
@@ -211,8 +192,7 @@ public partial class HypergradientAdam
         public override void SaveStateDict(BinaryWriter writer)
         {
             base.SaveStateDict(writer);
-            writer.Write(steps);
-            writer.Write(skipped);
+            ((IHypergradientOptions)this).Counts.Write(writer);
         }
     }
 

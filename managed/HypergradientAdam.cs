@@ -1,4 +1,3 @@
-using System.Globalization;
 using Optim.Interop;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -37,24 +36,12 @@ public partial class HypergradientAdam : FusedOptimizer<HypergradientAdam.Option
     /// <summary>The normalized rule's guard ε (as <see cref="HypergradientSGD.NormalizedEpsilon"/>).</summary>
     public const double NormalizedEpsilon = HypergradientSGD.NormalizedEpsilon;
 
-    private readonly HypergradientScope _scope;
-    private readonly HypergradientRule _rule;
-    private readonly double _hypergradLr;
-    private readonly double _lrMin;
-    private readonly double _lrMax;
-    private readonly bool _skipNonFinite;
-    private long _steps;   // steps taken on the host path, and before the device counters were created
-    private long _skipped; // steps skipped on the host path
-    private bool _lastSkipped; // the last CPU step was skipped (its parameters' step counts stay)
+    // The hypergradient options, the scalar rates (host or CUDA) and the step counters.
+    private readonly HypergradientRates<State> _hd;
 
-    // Reused per step: the scalar rates (CPU), each group's options in native form.
-    private double[] _rates = Array.Empty<double>();
+    // Reused per step: each group's options in native form.
     private HdAdamGroupOptions[] _groupOptions = Array.Empty<HdAdamGroupOptions>();
     private HdStepOptions _options;
-
-    // CUDA: the scalar rates and the skip counter in device memory, and the owners of this step's slots.
-    private readonly HypergradientDeviceRates _device;
-    private readonly List<object> _slotOwners = new();
 
     /// <summary>Creates the optimizer over one group of parameters.</summary>
     /// <param name="parameters">The parameters to optimize.</param>
@@ -100,27 +87,7 @@ public partial class HypergradientAdam : FusedOptimizer<HypergradientAdam.Option
         double lr_min = 0, double lr_max = double.PositiveInfinity, bool skip_nonfinite = true, double? max_grad_norm = null)
     {
         ArgumentNullException.ThrowIfNull(parameters);
-        static string F(double v) => v.ToString("R", CultureInfo.InvariantCulture);
-        if (!(hypergrad_lr >= 0) || double.IsInfinity(hypergrad_lr))
-        {
-            throw new ArgumentException($"Invalid hypergrad_lr value: {F(hypergrad_lr)}", nameof(hypergrad_lr));
-        }
-        if (!(lr_min >= 0) || double.IsInfinity(lr_min))
-        {
-            throw new ArgumentException($"Invalid lr_min value: {F(lr_min)}", nameof(lr_min));
-        }
-        if (!(lr_max >= lr_min))
-        {
-            throw new ArgumentException($"lr_min ({F(lr_min)}) must not be greater than lr_max ({F(lr_max)})", nameof(lr_min));
-        }
-        if (!Enum.IsDefined(scope))
-        {
-            throw new ArgumentException($"Unknown scope {scope}", nameof(scope));
-        }
-        if (!Enum.IsDefined(rule))
-        {
-            throw new ArgumentException($"Unknown rule {rule}", nameof(rule));
-        }
+        _hd = new HypergradientRates<State>(Name, () => _parameter_groups, hypergrad_lr, scope, rule, lr_min, lr_max, skip_nonfinite);
         var defaults = new Options
         {
             LearningRate = lr,
@@ -133,34 +100,24 @@ public partial class HypergradientAdam : FusedOptimizer<HypergradientAdam.Option
             maximize = maximize,
         };
         ValidateOptions(defaults, null);
-        _scope = scope;
-        _rule = rule;
-        _hypergradLr = hypergrad_lr;
-        _lrMin = lr_min;
-        _lrMax = lr_max;
-        _skipNonFinite = skip_nonfinite;
         MaxGradNorm = max_grad_norm;
-        _device = new HypergradientDeviceRates(ReadSlotRate, WriteSlotRate);
         Initialize(defaults, parameters);
     }
 
     /// <summary>The granularity of the rates.</summary>
-    public HypergradientScope Scope => _scope;
+    public HypergradientScope Scope => _hd.Scope;
 
     /// <summary>The rate update rule.</summary>
-    public HypergradientRule Rule => _rule;
+    public HypergradientRule Rule => _hd.Rule;
 
     /// <summary>Whether a step with a non-finite gradient is skipped (the <c>skip_nonfinite</c> argument).</summary>
-    public bool SkipsNonFinite => _skipNonFinite;
+    public bool SkipsNonFinite => _hd.SkipsNonFinite;
 
     /// <summary>Steps taken (skipped steps not counted; reads the device's skip counter on CUDA).</summary>
-    public long Steps => _steps + _device.Attempts - _device.Skipped();
+    public long Steps => _hd.Steps;
 
     /// <summary>Steps skipped because a gradient had a NaN or infinite element (reads the device counter on CUDA).</summary>
-    public long SkippedSteps => _skipped + _device.Skipped();
-
-    // Steps taken on the host plus steps attempted on CUDA (see HypergradientSGD).
-    private long Attempts => _steps + _device.Attempts;
+    public long SkippedSteps => _hd.SkippedSteps;
 
     /// <summary>
     /// The default (beta1, beta2); setting it also sets every param group's (for beta schedulers such as
@@ -198,7 +155,7 @@ public partial class HypergradientAdam : FusedOptimizer<HypergradientAdam.Option
     {
         var def = (Options)_defaults;
         // With the global scope every group starts at the optimizer's rate.
-        double lr = _scope == HypergradientScope.Global ? def.LearningRate!.Value : given.LearningRate ?? def.LearningRate!.Value;
+        double lr = Scope == HypergradientScope.Global ? def.LearningRate!.Value : given.LearningRate ?? def.LearningRate!.Value;
         var filled = new Options
         {
             LearningRate = lr,
@@ -221,14 +178,7 @@ public partial class HypergradientAdam : FusedOptimizer<HypergradientAdam.Option
     private protected override State CreateState(Parameter parameter, Options options)
     {
         double lr = options.LearningRate!.Value;
-        var state = new State(parameter) { tensor_rate = lr, Scope = _scope };
-        if (_scope == HypergradientScope.PerParameter)
-        {
-            // An explicit Scalar kept alive by `using` (see HypergradientSGD.CreateState).
-            using var rate = lr.ToScalar();
-            state.parameter_rates = torch.full_like(parameter, rate).DetachFromDisposeScope();
-        }
-        return state;
+        return new State(parameter) { tensor_rate = lr, Scope = Scope, parameter_rates = _hd.NewParameterRates(parameter, lr) };
     }
 
     private protected override void CheckGroupOptions(Options o, int group) => ValidateOptions(o, group);
@@ -260,7 +210,7 @@ public partial class HypergradientAdam : FusedOptimizer<HypergradientAdam.Option
         {
             batch.MaxExpAvgSqs[k] = Describe(ref checks, state.max_exp_avg_sq, parameter, group, index, "max_exp_avg_sq");
         }
-        if (_scope == HypergradientScope.PerParameter)
+        if (Scope == HypergradientScope.PerParameter)
         {
             if (state.parameter_rates is null)
             {
@@ -285,7 +235,7 @@ public partial class HypergradientAdam : FusedOptimizer<HypergradientAdam.Option
 
     private protected override void PrepareStep(in TensorChecks checks)
     {
-        AdoptLoadedCounters();
+        _hd.AdoptLoadedCounts();
         if (_groupOptions.Length != _parameter_groups.Count)
         {
             _groupOptions = new HdAdamGroupOptions[_parameter_groups.Count];
@@ -312,17 +262,7 @@ public partial class HypergradientAdam : FusedOptimizer<HypergradientAdam.Option
                 batch.Steps[k] = 1;
             }
         }
-        _options = new HdStepOptions
-        {
-            HypergradLr = _hypergradLr,
-            LrMin = _lrMin,
-            LrMax = _lrMax,
-            Eps = NormalizedEpsilon,
-            Scope = (int)_scope,
-            Rule = (int)_rule,
-            FirstStep = Attempts == 0 ? 1 : 0,
-            AssumeFinite = _skipNonFinite ? 0 : 1,
-        };
+        _options = _hd.StepOptions();
     }
 
     // Zero moments, previous update and running maximum on a parameter's first step (as PyTorch creates
@@ -370,193 +310,48 @@ public partial class HypergradientAdam : FusedOptimizer<HypergradientAdam.Option
 
     private protected override void NativeStep(in TensorChecks checks)
     {
-        if (checks.Device == NativeDevice.Cuda)
-        {
-            StepOnDevice(checks);
-        }
-        else
-        {
-            StepOnHost(checks);
-        }
-        // The step was taken (CPU) or launched (CUDA): each parameter with a gradient has taken one more.
-        var batch = Batch;
-        for (int k = 0; k < batch.Count; k++)
-        {
-            if (batch.HasGradient[k] && !_lastSkipped)
-            {
-                batch.States[k].step = batch.Steps[k];
-            }
-        }
-    }
-
-    // The number of scalar rates, by the native library's one rule (none for the per-parameter scope).
-    private int Slots => OptimNative.HdRateCount((int)_scope, _parameter_groups.Count, Batch.Count);
-
-    private unsafe void StepOnHost(in TensorChecks checks)
-    {
-        var batch = Batch;
-        int slots = Slots;
-        if (_rates.Length < Math.Max(slots, 1))
-        {
-            _rates = new double[Math.Max(slots, 1)];
-        }
-        // The rates' home on the CPU: the groups' LearningRate (global, per group; a scheduler's change
-        // is adopted) and each State's tensor_rate (per tensor).
-        for (int s = 0; s < slots; s++)
-        {
-            _rates[s] = _scope == HypergradientScope.PerTensor ? batch.States[s].tensor_rate : _parameter_groups[s].LearningRate;
-        }
-        long skipped = 0;
-        fixed (double* rates = _rates)
-        {
-            Step(NativeDevice.Cpu, checks, (nint)rates, (nint)(&skipped));
-        }
-        _lastSkipped = skipped != 0;
-        if (_lastSkipped)
-        {
-            _skipped++;
-            UndoCreatedState();
-            return;
-        }
-        _steps++;
-        for (int s = 0; s < slots; s++)
-        {
-            WriteSlotRate(_scope == HypergradientScope.PerTensor ? batch.States[s] : _parameter_groups[s], _rates[s]);
-        }
-    }
-
-    private void StepOnDevice(in TensorChecks checks)
-    {
-        var batch = Batch;
-        _slotOwners.Clear();
-        int slots = Slots;
-        for (int s = 0; s < slots; s++)
-        {
-            _slotOwners.Add(_scope == HypergradientScope.PerTensor ? batch.States[s] : _parameter_groups[s]);
-        }
-        var (rates, skipped) = _device.Prepare(_slotOwners, new Device(DeviceType.CUDA, checks.DeviceIndex));
-        Step(NativeDevice.Cuda, checks, rates, skipped);
-        _device.Launched();
-        _lastSkipped = false; // known only on the device
-    }
-
-    private void Step(NativeDevice device, in TensorChecks checks, nint rates, nint skipped)
-    {
+        var (rates, skipped) = _hd.Prepare(checks, Batch);
         var b = Batch;
         int n = b.Count;
         var (maxNorm, totalNorm) = GradClip(checks);
-        OptimNative.HdAdamStep(device, checks.DeviceIndex, checks.DType, b.Params.AsSpan(0, n), b.Grads.AsSpan(0, n),
+        OptimNative.HdAdamStep(checks.Device, checks.DeviceIndex, checks.DType, b.Params.AsSpan(0, n), b.Grads.AsSpan(0, n),
             b.Buffers.AsSpan(0, n), b.ExpAvgSqs.AsSpan(0, n), b.MaxExpAvgSqs.AsSpan(0, n), b.PrevUpdates.AsSpan(0, n),
             b.Rates.AsSpan(0, n), b.Numels.AsSpan(0, n), b.Steps.AsSpan(0, n), b.GroupIndex.AsSpan(0, n),
             _groupOptions.AsSpan(0, _parameter_groups.Count), _options, rates, skipped, maxNorm, totalNorm);
-    }
-
-    // The host value of a device rate slot's owner: a param group (global, per group) or a tensor's state.
-    private double ReadSlotRate(object owner) => owner is State s ? s.tensor_rate : ((TorchSharp.Modules.ParamGroup)owner).LearningRate;
-
-    private void WriteSlotRate(object owner, double rate)
-    {
-        if (owner is State s)
+        // Skipped: known on the CPU only; its parameters' step counts stay.
+        if (_hd.Finish(checks.Device, ScaledStepSkipped()))
         {
-            s.tensor_rate = rate;
+            UndoCreatedState();
+            return;
         }
-        else if (_scope == HypergradientScope.Global)
+        // The step was taken (CPU) or launched (CUDA): each parameter with a gradient has taken one more.
+        for (int k = 0; k < n; k++)
         {
-            for (int gi = 0; gi < _parameter_groups.Count; gi++)
+            if (b.HasGradient[k])
             {
-                _parameter_groups[gi].LearningRate = rate;
+                b.States[k].step = b.Steps[k];
             }
         }
-        else
-        {
-            ((TorchSharp.Modules.ParamGroup)owner).LearningRate = rate;
-        }
     }
 
-    /// <summary>
-    /// Copies CUDA-resident rates back to the param groups' <c>LearningRate</c> (global and per-group
-    /// scopes) and to the per-tensor state (a device synchronization). A no-op on the CPU.
-    /// </summary>
-    public void SyncLearningRates()
-    {
-        AdoptLoadedCounters();
-        _device.CopyBack();
-    }
+    /// <inheritdoc cref="HypergradientSGD.SyncLearningRates"/>
+    public void SyncLearningRates() => _hd.Sync();
 
-    /// <summary>
-    /// The current rate of every parameter tensor, in parameter order across groups: its own rate for the
-    /// per-tensor scope, its group's (or the global) rate for the scalar scopes, and the mean of its rates for
-    /// the per-parameter scope. Copies from the device on CUDA.
-    /// </summary>
-    public IReadOnlyList<double> TensorLearningRates()
-    {
-        SyncLearningRates();
-        var result = new List<double>();
-        foreach (var g in _parameter_groups)
-        {
-            foreach (var p in ParametersOf(g))
-            {
-                var s = (State)_state[p.Handle];
-                result.Add(_scope switch
-                {
-                    HypergradientScope.PerTensor => s.tensor_rate,
-                    HypergradientScope.PerParameter => s.parameter_rates!.mean().ToDouble(),
-                    _ => g.LearningRate,
-                });
-            }
-        }
-        return result;
-    }
+    /// <inheritdoc cref="HypergradientSGD.TensorLearningRates"/>
+    public IReadOnlyList<double> TensorLearningRates() => _hd.TensorLearningRates(ParametersOf, p => (State)_state[p.Handle]);
 
-    /// <summary>A copy of the per-parameter rates of <paramref name="parameter"/> (per-parameter scope only).</summary>
-    /// <exception cref="InvalidOperationException">Another scope.</exception>
-    /// <exception cref="ArgumentException">The parameter is not optimized by this optimizer.</exception>
-    public Tensor ParameterLearningRates(Parameter parameter)
-    {
-        ArgumentNullException.ThrowIfNull(parameter);
-        if (_scope != HypergradientScope.PerParameter)
-        {
-            throw new InvalidOperationException($"HypergradientAdam: per-parameter rates exist only for the PerParameter scope, not {_scope}.");
-        }
-        if (!_state.ContainsKey(parameter.Handle))
-        {
-            throw new ArgumentException("HypergradientAdam: the parameter is not optimized by this optimizer.", nameof(parameter));
-        }
-        return ((State)_state[parameter.Handle]).parameter_rates!.clone();
-    }
+    /// <inheritdoc cref="HypergradientSGD.ParameterLearningRates"/>
+    public Tensor ParameterLearningRates(Parameter parameter) =>
+        _hd.ParameterLearningRates(parameter, p => _state.TryGetValue(p.Handle, out var s) ? (State)s : null);
 
-    /// <summary>The state, with CUDA-resident rates copied back first so that saving captures them.</summary>
+    /// <inheritdoc cref="HypergradientSGD.state_dict"/>
     public override StateDictionary state_dict()
     {
-        SyncLearningRates();
-        foreach (var g in _parameter_groups)
-        {
-            var o = (Options)g.Options;
-            o.steps = Steps;
-            o.skipped = SkippedSteps;
-        }
+        _hd.BeforeSave();
         return base.state_dict();
     }
 
-    // Adopts counters restored by a load (set on the options by the loader; the next step or rate read
-    // adopts them).
-    private void AdoptLoadedCounters()
-    {
-        var o = (Options)_parameter_groups[0].Options;
-        if (o.loaded)
-        {
-            _steps = o.steps;
-            _skipped = o.skipped;
-            foreach (var g in _parameter_groups)
-            {
-                ((Options)g.Options).loaded = false;
-            }
-            // The loaded host values are the truth now: the device copies are rebuilt from them.
-            _device.Reset();
-        }
-    }
-
-    private protected override void AfterLoad() => AdoptLoadedCounters();
+    private protected override void AfterLoad() => _hd.AdoptLoadedCounts();
 
     /// <inheritdoc/>
     protected override void Dispose(bool disposing)
@@ -564,7 +359,7 @@ public partial class HypergradientAdam : FusedOptimizer<HypergradientAdam.Option
         base.Dispose(disposing);
         if (disposing)
         {
-            _device.Dispose();
+            _hd.Dispose();
         }
     }
 }

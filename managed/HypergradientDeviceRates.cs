@@ -4,9 +4,10 @@ using static TorchSharp.torch;
 namespace Optim;
 
 /// <summary>
-/// The CUDA residency of <see cref="HypergradientSGD"/>'s scalar rates and skip counter: the rates live
-/// in device memory between steps (a step never waits for the host) and are copied back to their
-/// owners (a param group's <c>LearningRate</c>, or a tensor's <c>tensor_rate</c>) only when asked, or
+/// The CUDA residency of the hypergradient optimizers' scalar rates and skip counter (for
+/// <see cref="HypergradientRates{TState}"/>): the rates live in device memory between steps (a step never
+/// waits for the host) and are copied back to their owners (a param group's <c>LearningRate</c>, or a
+/// tensor's <c>tensor_rate</c>) only when asked, or
 /// when the layout of the rates changes, before the device copy is rebuilt from the host. Each slot
 /// remembers its owner, so a copy back always reaches the group or tensor the rate belongs to.
 /// Compiled and reasoned about, not yet run on a GPU.

@@ -9,7 +9,7 @@ namespace Optim;
 public partial class HypergradientSGD
 {
     /// <summary>Per-parameter state.</summary>
-    public sealed class State : OptimizerState, IDisposable, IStagedLoad
+    public sealed class State : OptimizerState, IDisposable, IStagedLoad, IHypergradientState
     {
         /// <summary>The scope of the optimizer this state belongs to (what a loaded state must hold).</summary>
         internal HypergradientScope Scope { get; init; }
@@ -27,6 +27,10 @@ public partial class HypergradientSGD
         public State(Parameter parameter) : base(parameter)
         {
         }
+
+        double IHypergradientState.TensorRate { get => tensor_rate; set => tensor_rate = value; }
+
+        Tensor? IHypergradientState.ParameterRates => parameter_rates;
 
         /// <summary>Disposes the tensors.</summary>
         public void Dispose()
@@ -65,7 +69,7 @@ public partial class HypergradientSGD
             var u = r.ReadOptionalTensor("previous update", _parameter);
             var rates = r.ReadOptionalTensor("per-parameter rates", _parameter);
             double rate = r.ReadNonNegative("per-tensor rate");
-            CheckRates(rates, r.Invalid);
+            HypergradientStateRules.CheckRates(Scope, rates, r.Invalid);
             if (rates is not null)
             {
                 r.RequireNonNegative(rates, "per-parameter rates");
@@ -83,26 +87,9 @@ public partial class HypergradientSGD
             var b = StateLoad.CopyTensor(o.momentum_buffer, _parameter, staging, owner, "momentum buffer");
             var u = StateLoad.CopyTensor(o.prev_update, _parameter, staging, owner, "previous update");
             var rates = StateLoad.CopyTensor(o.parameter_rates, _parameter, staging, owner, "per-parameter rates");
-            if (!double.IsFinite(o.tensor_rate) || o.tensor_rate < 0)
-            {
-                throw new ArgumentException($"{owner}: the source's per-tensor rate {o.tensor_rate} is invalid.", nameof(source));
-            }
-            CheckRates(rates, m => new ArgumentException($"{owner}: {m}", nameof(source)));
-            double rate = o.tensor_rate;
+            double rate = HypergradientStateRules.CopiedTensorRate(o.tensor_rate, owner);
+            HypergradientStateRules.CheckRates(Scope, rates, m => new ArgumentException($"{owner}: {m}", nameof(source)));
             return () => Replace(b, u, rates, rate);
-        }
-
-        // The per-parameter scope needs a rate tensor; the other scopes have none.
-        private void CheckRates<TException>(Tensor? rates, Func<string, TException> fail) where TException : Exception
-        {
-            if (Scope == HypergradientScope.PerParameter && rates is null)
-            {
-                throw fail("the per-parameter scope needs per-parameter rates, and the state has none.");
-            }
-            if (Scope != HypergradientScope.PerParameter && rates is not null)
-            {
-                throw fail($"the state has per-parameter rates, but this optimizer's scope is {Scope}.");
-            }
         }
 
         private void Replace(Tensor? b, Tensor? u, Tensor? rates, double rate)
@@ -148,21 +135,18 @@ public partial class HypergradientSGD
 
     /// <summary>Options of a param group; null values take the optimizer's defaults. Also carries the
     /// optimizer's step and skipped counts through <c>state_dict</c>.</summary>
-    public class Options : SgdOptionsBase
+    public class Options : SgdOptionsBase, IHypergradientOptions
     {
-        internal long steps;
-        internal long skipped;
-        internal bool loaded;
+        SavedStepCounts IHypergradientOptions.Counts { get; set; }
 
         private protected override Action ReadStaged(StateReader r)
         {
             var options = base.ReadStaged(r);
-            long s = r.ReadCount("the step count");
-            long k = r.ReadCount("the skipped step count");
+            var counts = SavedStepCounts.Read(r);
             return () =>
             {
                 options();
-                (steps, skipped, loaded) = (s, k, true);
+                ((IHypergradientOptions)this).Counts = counts;
             };
         }
 
@@ -170,15 +154,11 @@ public partial class HypergradientSGD
         {
             var options = base.CopyStaged(source);
             var o = (Options)source;
-            if (o.steps < 0 || o.skipped < 0)
-            {
-                throw new ArgumentException("The source options have negative step counts.", nameof(source));
-            }
-            var (s, k) = (o.steps, o.skipped);
+            var counts = SavedStepCounts.Copied(((IHypergradientOptions)o).Counts);
             return () =>
             {
                 options();
-                (steps, skipped, loaded) = (s, k, true);
+                ((IHypergradientOptions)this).Counts = counts;
             };
         }
 
@@ -186,8 +166,7 @@ public partial class HypergradientSGD
         public override void SaveStateDict(BinaryWriter writer)
         {
             base.SaveStateDict(writer);
-            writer.Write(steps);
-            writer.Write(skipped);
+            ((IHypergradientOptions)this).Counts.Write(writer);
         }
     }
 

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Optim.Interop;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -18,14 +17,7 @@ internal static class ClipTiming
 
     public static void Run(long parameters, int[] tensorCounts, int rounds, int stepsPerRound, TextWriter output)
     {
-        using (torch.ones(1))
-        {
-        }
-        output.WriteLine($"# Clipping cost: fused max_grad_norm vs clip_grad_norm_ + step (median of {rounds} interleaved rounds x {stepsPerRound} steps)");
-        output.WriteLine();
-        output.WriteLine($"Machine: {Environment.ProcessorCount} logical CPUs, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}; " +
-            $"native: {OptimNative.BuildInfo}, {OptimNative.NumThreads} threads ({OptimNative.ThreadingInfo}); TorchSharp threads: {torch.get_num_threads()}");
-        output.WriteLine();
+        InterleavedTiming.WriteHeader(output, $"# Clipping cost: fused max_grad_norm vs clip_grad_norm_ + step (median of {rounds} interleaved rounds x {stepsPerRound} steps)");
         output.WriteLine("| optimizer | params | tensors | fused ms | fused + clip ms | clip adds | one read pass adds (bytes) | TorchSharp step ms | clip_grad_norm_ + step ms | fused + clip speed-up |");
         output.WriteLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         foreach (bool adam in new[] { false, true })
@@ -74,27 +66,7 @@ internal static class ClipTiming
             },
             Restore,
         };
-        foreach (var run in runs)
-        {
-            for (int i = 0; i < 3; i++)
-            {
-                run();
-            }
-        }
-        var times = runs.Select(_ => new List<double>()).ToArray();
-        for (int r = 0; r < rounds; r++)
-        {
-            for (int k = 0; k < runs.Length; k++)
-            {
-                var sw = Stopwatch.StartNew();
-                for (int i = 0; i < steps; i++)
-                {
-                    runs[k]();
-                }
-                times[k].Add(sw.Elapsed.TotalMilliseconds / steps);
-            }
-        }
-        var m = times.Select(StepTiming.Median).ToArray();
+        var m = InterleavedTiming.MedianMilliseconds(runs, rounds, steps);
         return (m[0], m[1], m[2], m[3] - m[4]);
     }
 }

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Optim.Interop;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -17,14 +16,7 @@ internal static class MixedTiming
 {
     public static void Run(long parameters, int[] tensorCounts, int rounds, int stepsPerRound, TextWriter output)
     {
-        using (torch.ones(1))
-        {
-        }
-        output.WriteLine($"# 16-bit parameters: FusedAdamW float32 vs bfloat16 (in place, master weights, stochastic rounding) vs TorchSharp's AdamW on bfloat16 (median of {rounds} interleaved rounds x {stepsPerRound} steps)");
-        output.WriteLine();
-        output.WriteLine($"Machine: {Environment.ProcessorCount} logical CPUs, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}; " +
-            $"native: {OptimNative.BuildInfo}, {OptimNative.NumThreads} threads ({OptimNative.ThreadingInfo}); TorchSharp threads: {torch.get_num_threads()}");
-        output.WriteLine();
+        InterleavedTiming.WriteHeader(output, $"# 16-bit parameters: FusedAdamW float32 vs bfloat16 (in place, master weights, stochastic rounding) vs TorchSharp's AdamW on bfloat16 (median of {rounds} interleaved rounds x {stepsPerRound} steps)");
         output.WriteLine("Bytes per element each fused update must move: float32 28, bfloat16 in place 22, bfloat16 + master weights 28, bfloat16 stochastic 22.");
         output.WriteLine();
         output.WriteLine("| params | tensors | fp32 ms | bf16 ms | bf16 + master ms | bf16 stochastic ms | TorchSharp AdamW bf16 ms | master / fp32 | master / TorchSharp bf16 |");
@@ -57,26 +49,6 @@ internal static class MixedTiming
         using var stochastic = new FusedAdamW(BFloat16(fp32), 1e-9, weight_decay: 0.01, stochastic_rounding: true);
         using var torchAdamW = torch.optim.AdamW(BFloat16(fp32), 1e-9, weight_decay: 0.01);
         torch.optim.Optimizer[] runs = { fused, inPlace, master, stochastic, torchAdamW };
-        foreach (var run in runs)
-        {
-            for (int i = 0; i < 3; i++)
-            {
-                run.step();
-            }
-        }
-        var times = runs.Select(_ => new List<double>()).ToArray();
-        for (int r = 0; r < rounds; r++)
-        {
-            for (int k = 0; k < runs.Length; k++)
-            {
-                var sw = Stopwatch.StartNew();
-                for (int i = 0; i < steps; i++)
-                {
-                    runs[k].step();
-                }
-                times[k].Add(sw.Elapsed.TotalMilliseconds / steps);
-            }
-        }
-        return times.Select(StepTiming.Median).ToArray();
+        return InterleavedTiming.MedianMilliseconds(runs.Select(o => (Action)(() => o.step())).ToArray(), rounds, steps);
     }
 }

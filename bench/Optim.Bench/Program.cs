@@ -164,87 +164,36 @@ root.Add(trainSchedule);
 var parameters = new Option<long>("--params") { Description = "Parameters in total.", DefaultValueFactory = _ => 10_000_000 };
 var rounds = new Option<int>("--rounds") { Description = "Interleaved timing rounds; the median is reported.", DefaultValueFactory = _ => 15 };
 var stepsPerRound = new Option<int>("--steps") { Description = "Steps per round.", DefaultValueFactory = _ => 5 };
-var steps = new Command("steps", "Times Optim.FusedSGD.step() against torch.optim.SGD.step() side by side (plain and momentum; the parameters split into 4 and into 1000 tensors).")
+// Each timing command over (parameters, rounds, steps per round): its name, its help line and its run.
+(string Name, string Help, Action<long, int, int> Run)[] timingCommands =
+[
+    ("steps", "Times Optim.FusedSGD.step() against torch.optim.SGD.step() side by side (plain and momentum; the parameters split into 4 and into 1000 tensors).",
+        (p, n, s) => StepTiming.Run(StepTiming.DefaultCases(p), n, s, Console.Out)),
+    ("sls-steps", "Times one trial point of Sls's line search (p = θ − η·g over every tensor) as the fused native pass against the same with TorchSharp ops (the reference's order, and copy_ + add_), in interleaved rounds (4 and 1000 tensors), with the bytes each moves.",
+        (p, n, s) => SlsTiming.Run(p, n, s, Console.Out)),
+    ("hd-steps", "Times HypergradientSGD at each scope (and per parameter with skip_nonfinite: false) against FusedSGD and torch.optim.SGD, next to the bandwidth references of their passes, in interleaved rounds (momentum 0.9; 4 and 1000 tensors), with the bytes each update must move.",
+        (p, n, s) => HdTiming.Run(p, new[] { 4, 1000 }, n, s, Console.Out)),
+    ("hd-adam-steps", "Times HypergradientAdam (global, per tensor, per parameter) against FusedAdam and torch.optim.Adam, next to the bandwidth references of their passes, in interleaved rounds (4 and 1000 tensors), with the bytes each update must move.",
+        (p, n, s) => HdTiming.Run(p, new[] { 4, 1000 }, n, s, Console.Out, adam: true)),
+    ("clip-steps", "Times FusedSGD (momentum 0.9) and FusedAdamW with and without max_grad_norm against TorchSharp's clip_grad_norm_ + SGD / AdamW step and its step alone, in interleaved rounds (4 and 1000 tensors): what fused clipping costs next to its one read pass.",
+        (p, n, s) => ClipTiming.Run(p, new[] { 4, 1000 }, n, s, Console.Out)),
+    ("scaler-steps", "Times FusedSGD (momentum 0.9) and FusedAdamW stepped through GradScaler's fused path, through its unfused path, TorchSharp's SGD / AdamW through the unfused path, and the plain fused step, in interleaved rounds (4 and 1000 tensors): what fused loss scaling costs next to its one read pass.",
+        (p, n, s) => ScalerTiming.Run(p, new[] { 4, 1000 }, n, s, Console.Out)),
+    ("mixed-steps", "Times FusedAdamW on float32 parameters and on bfloat16 parameters (in place, with master weights, with stochastic rounding) against TorchSharp's AdamW on the bfloat16 parameters, in interleaved rounds (4 and 1000 tensors), with the bytes each fused update must move.",
+        (p, n, s) => MixedTiming.Run(p, new[] { 4, 1000 }, n, s, Console.Out)),
+    ("many-tensors", "Times FusedSGD momentum right after TorchSharp's SGD step and right after its own, each next to the bandwidth reference under the same condition, in interleaved rounds (4 and 1000 tensors): the per-tensor cost of the managed gather, warm and cold.",
+        (p, n, s) => ManyTensorTiming.Run(p, new[] { 4, 1000 }, n, s, Console.Out)),
+];
+foreach (var (name, help, run) in timingCommands)
 {
-    parameters, rounds, stepsPerRound,
-};
-steps.SetAction(r =>
-{
-    StepTiming.Run(StepTiming.DefaultCases(r.GetValue(parameters)), r.GetValue(rounds), r.GetValue(stepsPerRound), Console.Out);
-    return 0;
-});
-root.Add(steps);
-var slsSteps = new Command("sls-steps", "Times one trial point of Sls's line search (p = θ − η·g over every tensor) as the fused native pass against the same with TorchSharp ops (the reference's order, and copy_ + add_), in interleaved rounds (4 and 1000 tensors), with the bytes each moves.")
-{
-    parameters, rounds, stepsPerRound,
-};
-slsSteps.SetAction(r =>
-{
-    SlsTiming.Run(r.GetValue(parameters), r.GetValue(rounds), r.GetValue(stepsPerRound), Console.Out);
-    return 0;
-});
-root.Add(slsSteps);
-var hdSteps = new Command("hd-steps", "Times HypergradientSGD at each scope (and per parameter with skip_nonfinite: false) against FusedSGD and torch.optim.SGD, next to the bandwidth references of their passes, in interleaved rounds (momentum 0.9; 4 and 1000 tensors), with the bytes each update must move.")
-{
-    parameters, rounds, stepsPerRound,
-};
-hdSteps.SetAction(r =>
-{
-    HdTiming.Run(r.GetValue(parameters), new[] { 4, 1000 }, r.GetValue(rounds), r.GetValue(stepsPerRound), Console.Out);
-    return 0;
-});
-root.Add(hdSteps);
-var hdAdamSteps = new Command("hd-adam-steps", "Times HypergradientAdam (global, per tensor, per parameter) against FusedAdam and torch.optim.Adam, next to the bandwidth references of their passes, in interleaved rounds (4 and 1000 tensors), with the bytes each update must move.")
-{
-    parameters, rounds, stepsPerRound,
-};
-hdAdamSteps.SetAction(r =>
-{
-    HdTiming.Run(r.GetValue(parameters), new[] { 4, 1000 }, r.GetValue(rounds), r.GetValue(stepsPerRound), Console.Out, adam: true);
-    return 0;
-});
-root.Add(hdAdamSteps);
-var clipSteps = new Command("clip-steps", "Times FusedSGD (momentum 0.9) and FusedAdamW with and without max_grad_norm against TorchSharp's clip_grad_norm_ + SGD / AdamW step and its step alone, in interleaved rounds (4 and 1000 tensors): what fused clipping costs next to its one read pass.")
-{
-    parameters, rounds, stepsPerRound,
-};
-clipSteps.SetAction(r =>
-{
-    ClipTiming.Run(r.GetValue(parameters), new[] { 4, 1000 }, r.GetValue(rounds), r.GetValue(stepsPerRound), Console.Out);
-    return 0;
-});
-root.Add(clipSteps);
-var scalerSteps = new Command("scaler-steps", "Times FusedSGD (momentum 0.9) and FusedAdamW stepped through GradScaler's fused path, through its unfused path, TorchSharp's SGD / AdamW through the unfused path, and the plain fused step, in interleaved rounds (4 and 1000 tensors): what fused loss scaling costs next to its one read pass.")
-{
-    parameters, rounds, stepsPerRound,
-};
-scalerSteps.SetAction(r =>
-{
-    ScalerTiming.Run(r.GetValue(parameters), new[] { 4, 1000 }, r.GetValue(rounds), r.GetValue(stepsPerRound), Console.Out);
-    return 0;
-});
-root.Add(scalerSteps);
-
-var mixedSteps = new Command("mixed-steps", "Times FusedAdamW on float32 parameters and on bfloat16 parameters (in place, with master weights, with stochastic rounding) against TorchSharp's AdamW on the bfloat16 parameters, in interleaved rounds (4 and 1000 tensors), with the bytes each fused update must move.")
-{
-    parameters, rounds, stepsPerRound,
-};
-mixedSteps.SetAction(r =>
-{
-    MixedTiming.Run(r.GetValue(parameters), new[] { 4, 1000 }, r.GetValue(rounds), r.GetValue(stepsPerRound), Console.Out);
-    return 0;
-});
-root.Add(mixedSteps);
-var manyTensors = new Command("many-tensors", "Times FusedSGD momentum right after TorchSharp's SGD step and right after its own, each next to the bandwidth reference under the same condition, in interleaved rounds (4 and 1000 tensors): the per-tensor cost of the managed gather, warm and cold.")
-{
-    parameters, rounds, stepsPerRound,
-};
-manyTensors.SetAction(r =>
-{
-    ManyTensorTiming.Run(r.GetValue(parameters), new[] { 4, 1000 }, r.GetValue(rounds), r.GetValue(stepsPerRound), Console.Out);
-    return 0;
-});
-root.Add(manyTensors);
+    var command = new Command(name, help) { parameters, rounds, stepsPerRound };
+    command.SetAction(r =>
+    {
+        run(r.GetValue(parameters), r.GetValue(rounds), r.GetValue(stepsPerRound));
+        return 0;
+    });
+    root.Add(command);
+}
 var trainSteps = new Command("train-steps", "Times whole training steps (zero_grad, forward, backward, step) of two deep MLPs (24 x Linear(512, 512) at batch 32, 8 x Linear(2048, 2048) at batch 16) with FusedSGD and torch.optim.SGD (momentum 0.9), phase by phase, in interleaved rounds, next to the bandwidth reference of the step.")
 {
     rounds, stepsPerRound,

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Optim.Interop;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -18,14 +17,7 @@ internal static class ScalerTiming
 {
     public static void Run(long parameters, int[] tensorCounts, int rounds, int stepsPerRound, TextWriter output)
     {
-        using (torch.ones(1))
-        {
-        }
-        output.WriteLine($"# Loss-scaling cost: GradScaler fused vs unfused (median of {rounds} interleaved rounds x {stepsPerRound} steps)");
-        output.WriteLine();
-        output.WriteLine($"Machine: {Environment.ProcessorCount} logical CPUs, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}; " +
-            $"native: {OptimNative.BuildInfo}, {OptimNative.NumThreads} threads ({OptimNative.ThreadingInfo}); TorchSharp threads: {torch.get_num_threads()}");
-        output.WriteLine();
+        InterleavedTiming.WriteHeader(output, $"# Loss-scaling cost: GradScaler fused vs unfused (median of {rounds} interleaved rounds x {stepsPerRound} steps)");
         output.WriteLine("Bytes per fp32 element: the fused step moves 20 (SGD momentum) or 28 (AdamW); the fused scaler adds one read pass (4);");
         output.WriteLine("the unfused unscale_ adds isfinite (read 4, write 1), all (read 1) and mul_ (read 4, write 4): 14.");
         output.WriteLine();
@@ -69,27 +61,7 @@ internal static class ScalerTiming
             () => { sUnfused.step(unfused); sUnfused.update(); },
             () => { sTorch.step(torchOpt); sTorch.update(); },
         };
-        foreach (var run in runs)
-        {
-            for (int i = 0; i < 3; i++)
-            {
-                run();
-            }
-        }
-        var times = runs.Select(_ => new List<double>()).ToArray();
-        for (int r = 0; r < rounds; r++)
-        {
-            for (int k = 0; k < runs.Length; k++)
-            {
-                var sw = Stopwatch.StartNew();
-                for (int i = 0; i < steps; i++)
-                {
-                    runs[k]();
-                }
-                times[k].Add(sw.Elapsed.TotalMilliseconds / steps);
-            }
-        }
-        var m = times.Select(StepTiming.Median).ToArray();
+        var m = InterleavedTiming.MedianMilliseconds(runs, rounds, steps);
         return (m[0], m[1], m[2], m[3]);
     }
 }

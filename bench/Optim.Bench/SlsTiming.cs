@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Optim.Interop;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -18,14 +17,7 @@ internal static class SlsTiming
 {
     public static void Run(long parameters, int rounds, int trialsPerRound, TextWriter output)
     {
-        using (torch.ones(1))
-        {
-        }
-        output.WriteLine($"# Sls trial step: fused vs TorchSharp ops (median of {rounds} interleaved rounds x {trialsPerRound} trials, fp32)");
-        output.WriteLine();
-        output.WriteLine($"Machine: {Environment.ProcessorCount} logical CPUs, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}; " +
-            $"native: {OptimNative.BuildInfo}, {OptimNative.NumThreads} threads ({OptimNative.ThreadingInfo}); TorchSharp threads: {torch.get_num_threads()}");
-        output.WriteLine();
+        InterleavedTiming.WriteHeader(output, $"# Sls trial step: fused vs TorchSharp ops (median of {rounds} interleaved rounds x {trialsPerRound} trials, fp32)");
         output.WriteLine("| params | tensors | fused ms (12 B/elem) | reference order ms (28 B) | copy_+add_ ms (20 B) | vs reference order | vs copy_+add_ | fused GB/s | reference GB/s | copy_+add_ GB/s |");
         output.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         foreach (int tensors in new[] { 4, 1000 })
@@ -60,24 +52,8 @@ internal static class SlsTiming
                 }
             }
             var runs = new Action[] { Fused, ReferenceOrder, CopyAdd };
-            var times = runs.Select(_ => new List<double>()).ToArray();
-            foreach (var run in runs)
-            {
-                run(); // warm up
-            }
-            for (int r = 0; r < rounds; r++)
-            {
-                for (int i = 0; i < runs.Length; i++)
-                {
-                    var sw = Stopwatch.StartNew();
-                    for (int t = 0; t < trialsPerRound; t++)
-                    {
-                        runs[i]();
-                    }
-                    times[i].Add(sw.Elapsed.TotalMilliseconds / trialsPerRound);
-                }
-            }
-            var (f, refOrder, copyAdd) = (StepTiming.Median(times[0]), StepTiming.Median(times[1]), StepTiming.Median(times[2]));
+            var m = InterleavedTiming.MedianMilliseconds(runs, rounds, trialsPerRound, warmUp: 1);
+            var (f, refOrder, copyAdd) = (m[0], m[1], m[2]);
             double n = parameters;
             output.WriteLine($"| {parameters / 1e6:0.#}M | {tensors} | {f:0.000} | {refOrder:0.000} | {copyAdd:0.000} | {refOrder / f:0.00}x | {copyAdd / f:0.00}x | " +
                 $"{12 * n / (f * 1e6):0.0} | {28 * n / (refOrder * 1e6):0.0} | {20 * n / (copyAdd * 1e6):0.0} |");

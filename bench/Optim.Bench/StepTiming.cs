@@ -26,14 +26,7 @@ internal static class StepTiming
     public static void Run(IReadOnlyList<Case> cases, int rounds, int stepsPerRound, TextWriter output)
     {
         // Load LibTorch first, so that the threading line below reports the runtime the steps will use.
-        using (torch.ones(1))
-        {
-        }
-        output.WriteLine($"# Step timing: Optim.FusedSGD vs torch.optim.SGD (median of {rounds} interleaved rounds x {stepsPerRound} steps)");
-        output.WriteLine();
-        output.WriteLine($"Machine: {Environment.ProcessorCount} logical CPUs, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}; " +
-            $"native: {OptimNative.BuildInfo}, {OptimNative.NumThreads} threads ({OptimNative.ThreadingInfo}); TorchSharp threads: {torch.get_num_threads()}");
-        output.WriteLine();
+        InterleavedTiming.WriteHeader(output, $"# Step timing: Optim.FusedSGD vs torch.optim.SGD (median of {rounds} interleaved rounds x {stepsPerRound} steps)");
         output.WriteLine("| case | params | tensors | bytes/step (ours) | FusedSGD ms | SGD ms | speed-up | FusedSGD GB/s | SGD GB/s (at its ~bytes) |");
         output.WriteLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         foreach (var c in cases)

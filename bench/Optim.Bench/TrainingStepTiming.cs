@@ -84,14 +84,7 @@ internal static class TrainingStepTiming
 
     public static void Run(IReadOnlyList<Mlp> models, int rounds, int stepsPerRound, TextWriter output)
     {
-        using (torch.ones(1))
-        {
-        }
-        output.WriteLine($"# Whole training step of a deep MLP: FusedSGD vs torch.optim.SGD, momentum 0.9 (median of {rounds} interleaved rounds x {stepsPerRound} steps)");
-        output.WriteLine();
-        output.WriteLine($"Machine: {Environment.ProcessorCount} logical CPUs, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}; " +
-            $"native: {OptimNative.BuildInfo}, {OptimNative.NumThreads} threads ({OptimNative.ThreadingInfo}); TorchSharp threads: {torch.get_num_threads()}");
-        output.WriteLine();
+        InterleavedTiming.WriteHeader(output, $"# Whole training step of a deep MLP: FusedSGD vs torch.optim.SGD, momentum 0.9 (median of {rounds} interleaved rounds x {stepsPerRound} steps)");
         output.WriteLine("Phases in ms per step (each the median over rounds of its own mean; the total is the median of whole steps). " +
             "*reference*: the bandwidth reference of a fused momentum step over the same parameters (1 read + 2 updates, " +
             "pointers gathered once), timed in the same rounds. *limit*: torch.optim.SGD's whole step ÷ the same with its " +
