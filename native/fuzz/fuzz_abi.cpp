@@ -335,14 +335,160 @@ const optim_precision* pick_precision(FuzzedDataProvider& in, Arena& arena,
     return maybe(in, precision);
 }
 
+// The per-tensor field a step reads besides its arrays: none, the fresh flags (SGD and HD's
+// momentum start) or the step counts (Adam's bias corrections).
+enum class PerTensor { None, Fresh, Steps };
+
+// The tensors of one call, decoded tensor by tensor: with a group (non-decreasing unless the input
+// says otherwise) and the per-tensor field where the step has them, then a numel (sometimes
+// negative) and `written.size()` arrays.
+struct TensorSet {
+    int64_t count;
+    std::vector<TensorArrays> tensors;
+    std::vector<int64_t> numels;
+    int64_t* numel_array;
+    int32_t* group_index = nullptr;
+    uint8_t* fresh = nullptr;
+    int64_t* steps = nullptr;
+
+    // Array j of every tensor, as the pointer array of a tensor struct.
+    void** column(Arena& arena, size_t j) const
+    {
+        auto* out = arena.array<void*>(count, true);
+        for (int64_t k = 0; k < count; ++k) out[k] = tensors[static_cast<size_t>(k)].ptr[j];
+        return out;
+    }
+};
+
+TensorSet decode_tensors(FuzzedDataProvider& in, Arena& arena, int64_t count, int64_t budget,
+                         size_t esize, const std::vector<bool>& written, bool f64, bool grouped,
+                         PerTensor field)
+{
+    TensorSet s{count, {}, {}, arena.array<int64_t>(count, true)};
+    if (grouped) s.group_index = arena.array<int32_t>(count, true);
+    if (field == PerTensor::Fresh) s.fresh = arena.array<uint8_t>(count, true);
+    if (field == PerTensor::Steps) s.steps = arena.array<int64_t>(count, true);
+    int32_t group = 0;
+    for (int64_t k = 0; k < count; ++k) {
+        if (grouped) {
+            const uint8_t step = in.ConsumeIntegral<uint8_t>();
+            group += step < 160 ? 0 : step < 250 ? 1 : -1;
+            s.group_index[k] = step == 255 ? in.ConsumeIntegral<int32_t>() : group;
+        }
+        if (field == PerTensor::Fresh) s.fresh[k] = in.ConsumeIntegral<uint8_t>() % 3 == 0;
+        if (field == PerTensor::Steps) s.steps[k] = pick_i64(in, {1, 2, 1000, 0});
+        const int64_t n = numel(in, budget);
+        s.numel_array[k] = in.ConsumeIntegral<uint8_t>() >= 250 ? -n - 1 : n;
+        s.tensors.push_back(tensor_arrays(in, arena, n, esize, written, s.tensors, s.numels, f64));
+        s.numels.push_back(n);
+    }
+    return s;
+}
+
+// The device, device index and element type of a call (16-bit types: the SGD and Adam steps).
+struct Target {
+    int32_t device, device_index, dtype;
+    bool f64() const { return dtype == OPTIM_DTYPE_FLOAT64; }
+    size_t esize() const { return f64() ? 8 : 4; }
+};
+
+Target pick_target(FuzzedDataProvider& in, bool low_precision)
+{
+    const int32_t device = pick_device(in);
+    const int32_t device_index = in.ConsumeIntegralInRange<int32_t>(-1, 1);
+    return {device, device_index, low_precision ? pick_step_dtype(in) : pick_dtype(in)};
+}
+
+// One optimizer's step entry points by variant, with their names: one row per optimizer, NULL
+// where it has no such variant. Args: what every variant takes before its own arguments.
+template <class... Args>
+struct StepEntries {
+    optim_status (*plain)(Args...);
+    optim_status (*clipped)(Args..., const optim_grad_clip*);
+    optim_status (*scaled)(Args..., const optim_grad_clip*, const optim_grad_scale*);
+    optim_status (*mixed)(Args..., const optim_grad_clip*, const optim_precision*);
+    const char* names[4]; // plain, clipped, scaled, mixed
+};
+
+#define FUZZ_STEP_ARGS(Tensors, Groups)                                                            \
+    int32_t, int32_t, int32_t, const Tensors*, int32_t, const Groups*
+#define FUZZ_HD_ARGS(Tensors, Groups)                                                              \
+    FUZZ_STEP_ARGS(Tensors, Groups), const optim_hd_params*, double*, int64_t*
+
+const StepEntries<FUZZ_STEP_ARGS(optim_tensor_list, optim_sgd_params)> kSgdEntries{
+    optim_sgd_step,
+    optim_sgd_step_clipped,
+    optim_sgd_step_scaled,
+    optim_sgd_step_mixed,
+    {"optim_sgd_step", "optim_sgd_step_clipped", "optim_sgd_step_scaled", "optim_sgd_step_mixed"}};
+const StepEntries<FUZZ_STEP_ARGS(optim_adam_tensors, optim_adam_params)> kAdamEntries{
+    optim_adam_step,
+    optim_adam_step_clipped,
+    optim_adam_step_scaled,
+    optim_adam_step_mixed,
+    {"optim_adam_step", "optim_adam_step_clipped", "optim_adam_step_scaled",
+     "optim_adam_step_mixed"}};
+const StepEntries<FUZZ_HD_ARGS(optim_hd_tensors, optim_hd_group)> kHdEntries{
+    optim_hd_step,
+    optim_hd_step_clipped,
+    optim_hd_step_scaled,
+    nullptr,
+    {"optim_hd_step", "optim_hd_step_clipped", "optim_hd_step_scaled", nullptr}};
+const StepEntries<FUZZ_HD_ARGS(optim_hd_adam_tensors, optim_hd_adam_group)> kHdAdamEntries{
+    optim_hd_adam_step,
+    optim_hd_adam_step_clipped,
+    nullptr,
+    nullptr,
+    {"optim_hd_adam_step", "optim_hd_adam_step_clipped", nullptr, nullptr}};
+
+// The variant of one call and its inputs: a clip, then a scale and a precision where the step has
+// those variants (the first chosen of scaled, mixed and clipped wins; else the plain step).
+struct VariantInputs {
+    bool clipped = false, scaled = false, mixed = false;
+    const optim_grad_clip* clip = nullptr;
+    const optim_grad_scale* scale = nullptr;
+    const optim_precision* precision = nullptr;
+};
+
+template <class... Args>
+VariantInputs pick_variant(FuzzedDataProvider& in, Arena& arena, const StepEntries<Args...>& e,
+                           const TensorSet& s, void* const* params)
+{
+    VariantInputs v;
+    v.clip = pick_clip(in, arena, v.clipped);
+    if (e.scaled) v.scale = pick_scale(in, arena, v.scaled);
+    if (e.mixed) v.precision = pick_precision(in, arena, s.numels, params, v.mixed);
+    return v;
+}
+
+// Calls the chosen variant and checks its status; returns the status.
+template <class... Args, class... Given>
+optim_status call_step(const StepEntries<Args...>& e, const VariantInputs& v, const Arena& arena,
+                       Given... args)
+{
+    optim_status status;
+    const char* name;
+    if (v.scaled) {
+        status = e.scaled(args..., v.clip, v.scale);
+        name = e.names[2];
+    } else if (v.mixed) {
+        status = e.mixed(args..., v.clip, v.precision);
+        name = e.names[3];
+    } else if (v.clipped) {
+        status = e.clipped(args..., v.clip);
+        name = e.names[1];
+    } else {
+        status = e.plain(args...);
+        name = e.names[0];
+    }
+    expect_status(status, name, arena);
+    return status;
+}
+
 void fuzz_sgd(FuzzedDataProvider& in)
 {
     Arena arena;
-    const int32_t device = pick_device(in);
-    const int32_t device_index = in.ConsumeIntegralInRange<int32_t>(-1, 1);
-    const int32_t dtype = pick_step_dtype(in);
-    const bool f64 = dtype == OPTIM_DTYPE_FLOAT64;
-    const size_t esize = f64 ? 8 : 4;
+    const Target at = pick_target(in, true);
     const int32_t n_groups = in.ConsumeIntegralInRange<int32_t>(-1, 4);
     auto* groups = arena.array<optim_sgd_params>(n_groups, true);
     for (int32_t g = 0; g < n_groups; ++g) {
@@ -361,72 +507,29 @@ void fuzz_sgd(FuzzedDataProvider& in)
         }
     }
     const int64_t count = in.ConsumeIntegralInRange<int64_t>(-1, 6);
-    int64_t budget = 200000;
     const std::vector<bool> written = {true, false, true}; // param, grad, momentum buffer
-    std::vector<TensorArrays> tensors;
-    std::vector<int64_t> numels;
-    auto* numel_array = arena.array<int64_t>(count, true);
-    auto* group_index = arena.array<int32_t>(count, true);
-    auto* fresh = arena.array<uint8_t>(count, true);
-    int32_t group = 0;
-    for (int64_t k = 0; k < count; ++k) {
-        const uint8_t step = in.ConsumeIntegral<uint8_t>();
-        group += step < 160 ? 0 : step < 250 ? 1 : -1; // non-decreasing, unless the input says
-        group_index[k] = step == 255 ? in.ConsumeIntegral<int32_t>() : group;
-        fresh[k] = in.ConsumeIntegral<uint8_t>() % 3 == 0;
-        const int64_t n = numel(in, budget);
-        numel_array[k] = in.ConsumeIntegral<uint8_t>() >= 250 ? -n - 1 : n;
-        tensors.push_back(tensor_arrays(in, arena, n, esize, written, tensors, numels, f64));
-        numels.push_back(n);
-    }
-    auto* ps = arena.array<void*>(count, true);
-    auto* gs = arena.array<const void*>(count, true);
-    auto* bs = arena.array<void*>(count, true);
-    for (int64_t k = 0; k < count; ++k) {
-        ps[k] = tensors[static_cast<size_t>(k)].ptr[0];
-        gs[k] = tensors[static_cast<size_t>(k)].ptr[1];
-        bs[k] = tensors[static_cast<size_t>(k)].ptr[2];
-    }
+    const TensorSet s = decode_tensors(in, arena, count, 200000, at.esize(), written, at.f64(),
+                                       true, PerTensor::Fresh);
+    void** ps = s.column(arena, 0);
     auto* list = arena.array<optim_tensor_list>(1, true);
     *list = optim_tensor_list{count,
                               maybe(in, ps),
-                              maybe(in, gs),
-                              maybe(in, bs),
-                              maybe(in, numel_array),
-                              maybe(in, fresh),
-                              maybe(in, group_index)};
-    bool clipped = false, scaled = false;
-    const optim_grad_clip* clip = pick_clip(in, arena, clipped);
-    const optim_grad_scale* scale = pick_scale(in, arena, scaled);
-    bool mixed = false;
-    const optim_precision* precision = pick_precision(in, arena, numels, ps, mixed);
-    mark_written(arena, tensors, written);
+                              maybe(in, s.column(arena, 1)),
+                              maybe(in, s.column(arena, 2)),
+                              maybe(in, s.numel_array),
+                              maybe(in, s.fresh),
+                              maybe(in, s.group_index)};
+    const VariantInputs v = pick_variant(in, arena, kSgdEntries, s, ps);
+    mark_written(arena, s.tensors, written);
     arena.snapshot();
-    const optim_status status =
-        scaled    ? optim_sgd_step_scaled(device, device_index, dtype, maybe(in, list), n_groups,
-                                          maybe(in, groups), clip, scale)
-        : mixed   ? optim_sgd_step_mixed(device, device_index, dtype, maybe(in, list), n_groups,
-                                         maybe(in, groups), clip, precision)
-        : clipped ? optim_sgd_step_clipped(device, device_index, dtype, maybe(in, list), n_groups,
-                                           maybe(in, groups), clip)
-                  : optim_sgd_step(device, device_index, dtype, maybe(in, list), n_groups,
-                                   maybe(in, groups));
-    expect_status(status,
-                  scaled    ? "optim_sgd_step_scaled"
-                  : mixed   ? "optim_sgd_step_mixed"
-                  : clipped ? "optim_sgd_step_clipped"
-                            : "optim_sgd_step",
-                  arena);
+    call_step(kSgdEntries, v, arena, at.device, at.device_index, at.dtype, maybe(in, list),
+              n_groups, maybe(in, groups));
 }
 
 void fuzz_adam(FuzzedDataProvider& in)
 {
     Arena arena;
-    const int32_t device = pick_device(in);
-    const int32_t device_index = in.ConsumeIntegralInRange<int32_t>(-1, 1);
-    const int32_t dtype = pick_step_dtype(in);
-    const bool f64 = dtype == OPTIM_DTYPE_FLOAT64;
-    const size_t esize = f64 ? 8 : 4;
+    const Target at = pick_target(in, true);
     const int32_t n_groups = in.ConsumeIntegralInRange<int32_t>(-1, 4);
     auto* groups = arena.array<optim_adam_params>(n_groups, true);
     for (int32_t g = 0; g < n_groups; ++g) {
@@ -442,109 +545,46 @@ void fuzz_adam(FuzzedDataProvider& in)
         p.decoupled = pick_i32(in, {0, 1});
     }
     const int64_t count = in.ConsumeIntegralInRange<int64_t>(-1, 6);
-    int64_t budget = 200000;
     // param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq
     const std::vector<bool> written = {true, false, true, true, true};
-    std::vector<TensorArrays> tensors;
-    std::vector<int64_t> numels;
-    auto* numel_array = arena.array<int64_t>(count, true);
-    auto* steps = arena.array<int64_t>(count, true);
-    auto* group_index = arena.array<int32_t>(count, true);
-    int32_t group = 0;
-    for (int64_t k = 0; k < count; ++k) {
-        const uint8_t step = in.ConsumeIntegral<uint8_t>();
-        group += step < 160 ? 0 : step < 250 ? 1 : -1; // non-decreasing, unless the input says
-        group_index[k] = step == 255 ? in.ConsumeIntegral<int32_t>() : group;
-        steps[k] = pick_i64(in, {1, 2, 1000, 0});
-        const int64_t n = numel(in, budget);
-        numel_array[k] = in.ConsumeIntegral<uint8_t>() >= 250 ? -n - 1 : n;
-        tensors.push_back(tensor_arrays(in, arena, n, esize, written, tensors, numels, f64));
-        numels.push_back(n);
-    }
-    auto* ps = arena.array<void*>(count, true);
-    auto* gs = arena.array<const void*>(count, true);
-    auto* ms = arena.array<void*>(count, true);
-    auto* vs = arena.array<void*>(count, true);
-    auto* ws = arena.array<void*>(count, true);
-    for (int64_t k = 0; k < count; ++k) {
-        const TensorArrays& t = tensors[static_cast<size_t>(k)];
-        ps[k] = t.ptr[0];
-        gs[k] = t.ptr[1];
-        ms[k] = t.ptr[2];
-        vs[k] = t.ptr[3];
-        ws[k] = t.ptr[4];
-    }
+    const TensorSet s = decode_tensors(in, arena, count, 200000, at.esize(), written, at.f64(),
+                                       true, PerTensor::Steps);
+    void** ps = s.column(arena, 0);
     auto* list = arena.array<optim_adam_tensors>(1, true);
     *list = optim_adam_tensors{count,
                                maybe(in, ps),
-                               maybe(in, gs),
-                               maybe(in, ms),
-                               maybe(in, vs),
-                               maybe(in, ws),
-                               maybe(in, numel_array),
-                               maybe(in, steps),
-                               maybe(in, group_index)};
-    bool clipped = false, scaled = false;
-    const optim_grad_clip* clip = pick_clip(in, arena, clipped);
-    const optim_grad_scale* scale = pick_scale(in, arena, scaled);
-    bool mixed = false;
-    const optim_precision* precision = pick_precision(in, arena, numels, ps, mixed);
-    mark_written(arena, tensors, written);
+                               maybe(in, s.column(arena, 1)),
+                               maybe(in, s.column(arena, 2)),
+                               maybe(in, s.column(arena, 3)),
+                               maybe(in, s.column(arena, 4)),
+                               maybe(in, s.numel_array),
+                               maybe(in, s.steps),
+                               maybe(in, s.group_index)};
+    const VariantInputs v = pick_variant(in, arena, kAdamEntries, s, ps);
+    mark_written(arena, s.tensors, written);
     arena.snapshot();
-    const optim_status status =
-        scaled    ? optim_adam_step_scaled(device, device_index, dtype, maybe(in, list), n_groups,
-                                           maybe(in, groups), clip, scale)
-        : mixed   ? optim_adam_step_mixed(device, device_index, dtype, maybe(in, list), n_groups,
-                                          maybe(in, groups), clip, precision)
-        : clipped ? optim_adam_step_clipped(device, device_index, dtype, maybe(in, list), n_groups,
-                                            maybe(in, groups), clip)
-                  : optim_adam_step(device, device_index, dtype, maybe(in, list), n_groups,
-                                    maybe(in, groups));
-    expect_status(status,
-                  scaled    ? "optim_adam_step_scaled"
-                  : mixed   ? "optim_adam_step_mixed"
-                  : clipped ? "optim_adam_step_clipped"
-                            : "optim_adam_step",
-                  arena);
+    call_step(kAdamEntries, v, arena, at.device, at.device_index, at.dtype, maybe(in, list),
+              n_groups, maybe(in, groups));
 }
 
 // The stochastic line search's passes (save, trial, restore) and its gradient norm.
 void fuzz_sls(FuzzedDataProvider& in)
 {
     Arena arena;
-    const int32_t device = pick_device(in);
-    const int32_t device_index = in.ConsumeIntegralInRange<int32_t>(-1, 1);
-    const int32_t dtype = pick_dtype(in);
-    const bool f64 = dtype == OPTIM_DTYPE_FLOAT64;
-    const size_t esize = f64 ? 8 : 4;
+    const Target at = pick_target(in, false);
+    const int32_t device = at.device, device_index = at.device_index, dtype = at.dtype;
     const int op = in.ConsumeIntegralInRange<int>(0, 3); // save, trial, restore, norm
     const double step_size = value(in, {1.0, 0.5, 0.0, 1e-6});
     const int64_t count = in.ConsumeIntegralInRange<int64_t>(-1, 6);
-    int64_t budget = 200000;
     // param, origin, grad: save writes the origins, trial and restore the parameters.
     const std::vector<bool> written = {op == 1 || op == 2, op == 0, false};
-    std::vector<TensorArrays> tensors;
-    std::vector<int64_t> numels;
-    auto* numel_array = arena.array<int64_t>(count, true);
-    for (int64_t k = 0; k < count; ++k) {
-        const int64_t n = numel(in, budget);
-        numel_array[k] = in.ConsumeIntegral<uint8_t>() >= 250 ? -n - 1 : n;
-        tensors.push_back(tensor_arrays(in, arena, n, esize, written, tensors, numels, f64));
-        numels.push_back(n);
-    }
-    auto* ps = arena.array<void*>(count, true);
-    auto* os = arena.array<void*>(count, true);
-    auto* gs = arena.array<const void*>(count, true);
-    for (int64_t k = 0; k < count; ++k) {
-        ps[k] = tensors[static_cast<size_t>(k)].ptr[0];
-        os[k] = tensors[static_cast<size_t>(k)].ptr[1];
-        gs[k] = tensors[static_cast<size_t>(k)].ptr[2];
-    }
+    const TensorSet s = decode_tensors(in, arena, count, 200000, at.esize(), written, at.f64(),
+                                       false, PerTensor::None);
     auto* list = arena.array<optim_sls_tensors>(1, true);
-    *list = optim_sls_tensors{count, maybe(in, ps), maybe(in, os), maybe(in, gs),
-                              maybe(in, numel_array)};
+    *list = optim_sls_tensors{count, maybe(in, s.column(arena, 0)), maybe(in, s.column(arena, 1)),
+                              maybe(in, s.column(arena, 2)), maybe(in, s.numel_array)};
     auto* result = arena.array<double>(1, true);
-    mark_written(arena, tensors, written);
+    mark_written(arena, s.tensors, written);
     if (op == 3) arena.written(result);
     arena.snapshot();
     const optim_sls_tensors* t = maybe(in, list);
@@ -597,13 +637,25 @@ double* hd_rates(FuzzedDataProvider& in, Arena& arena, int32_t scope, int32_t n_
     return rates;
 }
 
+// The skip flag of an HD step, set to a value no step writes.
+int64_t* skip_flag(Arena& arena)
+{
+    auto* skipped = arena.array<int64_t>(1, false);
+    *skipped = 7;
+    return skipped;
+}
+
+// The CPU path reports the skip as 0 or 1 (a CUDA call with no tensors does nothing at all).
+void expect_skip_flag(optim_status status, const int64_t* skip_out, int32_t device)
+{
+    if (status == OPTIM_STATUS_OK && skip_out && device == OPTIM_DEVICE_CPU)
+        FUZZ_CHECK(*skip_out == 0 || *skip_out == 1, "skipped");
+}
+
 void fuzz_hd(FuzzedDataProvider& in)
 {
     Arena arena;
-    const int32_t device = pick_device(in);
-    const int32_t dtype = pick_dtype(in);
-    const bool f64 = dtype == OPTIM_DTYPE_FLOAT64;
-    const size_t esize = f64 ? 8 : 4;
+    const Target at = pick_target(in, false);
     optim_hd_params* hp = hd_params(in, arena);
     const int32_t n_groups = in.ConsumeIntegralInRange<int32_t>(-1, 4);
     auto* groups = arena.array<optim_hd_group>(n_groups, true);
@@ -615,66 +667,30 @@ void fuzz_hd(FuzzedDataProvider& in)
         groups[g].maximize = pick_i32(in, {0, 1});
     }
     const int64_t count = in.ConsumeIntegralInRange<int64_t>(-1, 6);
-    int64_t budget = 200000;
     // param, grad, momentum buffer, previous update, per-parameter rates
     const std::vector<bool> written = {true, false, true, true, true};
-    std::vector<TensorArrays> tensors;
-    std::vector<int64_t> numels;
-    auto* numel_array = arena.array<int64_t>(count, true);
-    auto* group_index = arena.array<int32_t>(count, true);
-    auto* fresh = arena.array<uint8_t>(count, true);
-    int32_t group = 0;
-    for (int64_t k = 0; k < count; ++k) {
-        const uint8_t step = in.ConsumeIntegral<uint8_t>();
-        group += step < 160 ? 0 : step < 250 ? 1 : -1;
-        group_index[k] = step == 255 ? in.ConsumeIntegral<int32_t>() : group;
-        fresh[k] = in.ConsumeIntegral<uint8_t>() % 3 == 0;
-        const int64_t n = numel(in, budget);
-        numel_array[k] = in.ConsumeIntegral<uint8_t>() >= 250 ? -n - 1 : n;
-        tensors.push_back(tensor_arrays(in, arena, n, esize, written, tensors, numels, f64));
-        numels.push_back(n);
-    }
-    void** arrays[5];
-    for (auto& a : arrays) a = arena.array<void*>(count, true);
-    for (int64_t k = 0; k < count; ++k)
-        for (int j = 0; j < 5; ++j) arrays[j][k] = tensors[static_cast<size_t>(k)].ptr[j];
+    const TensorSet s = decode_tensors(in, arena, count, 200000, at.esize(), written, at.f64(),
+                                       true, PerTensor::Fresh);
     double* rates = hd_rates(in, arena, hp->scope, n_groups, count);
-    auto* skipped = arena.array<int64_t>(1, false);
-    *skipped = 7;
+    int64_t* skipped = skip_flag(arena);
     auto* t = arena.array<optim_hd_tensors>(1, true);
     *t = optim_hd_tensors{count,
-                          maybe(in, arrays[0]),
-                          maybe(in, const_cast<const void* const*>(arrays[1])),
-                          maybe(in, arrays[2]),
-                          maybe(in, arrays[3]),
-                          maybe(in, arrays[4]),
-                          maybe(in, numel_array),
-                          maybe(in, group_index),
-                          maybe(in, fresh)};
-    bool clipped = false, scaled = false;
-    const optim_grad_clip* clip = pick_clip(in, arena, clipped);
-    const optim_grad_scale* scale = pick_scale(in, arena, scaled);
-    mark_written(arena, tensors, written);
+                          maybe(in, s.column(arena, 0)),
+                          maybe(in, s.column(arena, 1)),
+                          maybe(in, s.column(arena, 2)),
+                          maybe(in, s.column(arena, 3)),
+                          maybe(in, s.column(arena, 4)),
+                          maybe(in, s.numel_array),
+                          maybe(in, s.group_index),
+                          maybe(in, s.fresh)};
+    const VariantInputs v = pick_variant(in, arena, kHdEntries, s, nullptr);
+    mark_written(arena, s.tensors, written);
     arena.snapshot();
     int64_t* skip_out = maybe(in, skipped);
-    const int32_t device_index = in.ConsumeIntegralInRange<int32_t>(-1, 1);
     const optim_status status =
-        scaled    ? optim_hd_step_scaled(device, device_index, dtype, maybe(in, t), n_groups,
-                                         maybe(in, groups), maybe(in, hp), maybe(in, rates), skip_out,
-                                         clip, scale)
-        : clipped ? optim_hd_step_clipped(device, device_index, dtype, maybe(in, t), n_groups,
-                                          maybe(in, groups), maybe(in, hp), maybe(in, rates),
-                                          skip_out, clip)
-                  : optim_hd_step(device, device_index, dtype, maybe(in, t), n_groups,
-                                  maybe(in, groups), maybe(in, hp), maybe(in, rates), skip_out);
-    expect_status(status,
-                  scaled    ? "optim_hd_step_scaled"
-                  : clipped ? "optim_hd_step_clipped"
-                            : "optim_hd_step",
-                  arena);
-    // The CPU path reports the skip as 0 or 1 (a CUDA call with no tensors does nothing at all).
-    if (status == OPTIM_STATUS_OK && skip_out && device == OPTIM_DEVICE_CPU)
-        FUZZ_CHECK(*skipped == 0 || *skipped == 1, "skipped");
+        call_step(kHdEntries, v, arena, at.device, at.device_index, at.dtype, maybe(in, t),
+                  n_groups, maybe(in, groups), maybe(in, hp), maybe(in, rates), skip_out);
+    expect_skip_flag(status, skip_out, at.device);
 }
 
 // Hypergradient Adam: Adam's groups and tensors (with u_prev and per-parameter rates), HD's
@@ -682,11 +698,7 @@ void fuzz_hd(FuzzedDataProvider& in)
 void fuzz_hd_adam(FuzzedDataProvider& in)
 {
     Arena arena;
-    const int32_t device = pick_device(in);
-    const int32_t device_index = in.ConsumeIntegralInRange<int32_t>(-1, 1);
-    const int32_t dtype = pick_dtype(in);
-    const bool f64 = dtype == OPTIM_DTYPE_FLOAT64;
-    const size_t esize = f64 ? 8 : 4;
+    const Target at = pick_target(in, false);
     optim_hd_params* hp = hd_params(in, arena);
     const int32_t n_groups = in.ConsumeIntegralInRange<int32_t>(-1, 4);
     auto* groups = arena.array<optim_hd_adam_group>(n_groups, true);
@@ -699,58 +711,32 @@ void fuzz_hd_adam(FuzzedDataProvider& in)
         groups[g].maximize = pick_i32(in, {0, 1});
     }
     const int64_t count = in.ConsumeIntegralInRange<int64_t>(-1, 6);
-    int64_t budget = 200000;
     // param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, previous update, per-parameter rates
     const std::vector<bool> written = {true, false, true, true, true, true, true};
-    std::vector<TensorArrays> tensors;
-    std::vector<int64_t> numels;
-    auto* numel_array = arena.array<int64_t>(count, true);
-    auto* steps = arena.array<int64_t>(count, true);
-    auto* group_index = arena.array<int32_t>(count, true);
-    int32_t group = 0;
-    for (int64_t k = 0; k < count; ++k) {
-        const uint8_t step = in.ConsumeIntegral<uint8_t>();
-        group += step < 160 ? 0 : step < 250 ? 1 : -1;
-        group_index[k] = step == 255 ? in.ConsumeIntegral<int32_t>() : group;
-        steps[k] = pick_i64(in, {1, 2, 1000, 0});
-        const int64_t n = numel(in, budget);
-        numel_array[k] = in.ConsumeIntegral<uint8_t>() >= 250 ? -n - 1 : n;
-        tensors.push_back(tensor_arrays(in, arena, n, esize, written, tensors, numels, f64));
-        numels.push_back(n);
-    }
-    void** arrays[7];
-    for (auto& a : arrays) a = arena.array<void*>(count, true);
-    for (int64_t k = 0; k < count; ++k)
-        for (int j = 0; j < 7; ++j) arrays[j][k] = tensors[static_cast<size_t>(k)].ptr[j];
+    const TensorSet s = decode_tensors(in, arena, count, 200000, at.esize(), written, at.f64(),
+                                       true, PerTensor::Steps);
     double* rates = hd_rates(in, arena, hp->scope, n_groups, count);
-    auto* skipped = arena.array<int64_t>(1, false);
-    *skipped = 7;
+    int64_t* skipped = skip_flag(arena);
     auto* t = arena.array<optim_hd_adam_tensors>(1, true);
     *t = optim_hd_adam_tensors{count,
-                               maybe(in, arrays[0]),
-                               maybe(in, const_cast<const void* const*>(arrays[1])),
-                               maybe(in, arrays[2]),
-                               maybe(in, arrays[3]),
-                               maybe(in, arrays[4]),
-                               maybe(in, arrays[5]),
-                               maybe(in, arrays[6]),
-                               maybe(in, numel_array),
-                               maybe(in, steps),
-                               maybe(in, group_index)};
-    bool clipped = false;
-    const optim_grad_clip* clip = pick_clip(in, arena, clipped);
-    mark_written(arena, tensors, written);
+                               maybe(in, s.column(arena, 0)),
+                               maybe(in, s.column(arena, 1)),
+                               maybe(in, s.column(arena, 2)),
+                               maybe(in, s.column(arena, 3)),
+                               maybe(in, s.column(arena, 4)),
+                               maybe(in, s.column(arena, 5)),
+                               maybe(in, s.column(arena, 6)),
+                               maybe(in, s.numel_array),
+                               maybe(in, s.steps),
+                               maybe(in, s.group_index)};
+    const VariantInputs v = pick_variant(in, arena, kHdAdamEntries, s, nullptr);
+    mark_written(arena, s.tensors, written);
     arena.snapshot();
     int64_t* skip_out = maybe(in, skipped);
     const optim_status status =
-        clipped ? optim_hd_adam_step_clipped(device, device_index, dtype, maybe(in, t), n_groups,
-                                             maybe(in, groups), maybe(in, hp), maybe(in, rates),
-                                             skip_out, clip)
-                : optim_hd_adam_step(device, device_index, dtype, maybe(in, t), n_groups,
-                                     maybe(in, groups), maybe(in, hp), maybe(in, rates), skip_out);
-    expect_status(status, clipped ? "optim_hd_adam_step_clipped" : "optim_hd_adam_step", arena);
-    if (status == OPTIM_STATUS_OK && skip_out && device == OPTIM_DEVICE_CPU)
-        FUZZ_CHECK(*skipped == 0 || *skipped == 1, "skipped");
+        call_step(kHdAdamEntries, v, arena, at.device, at.device_index, at.dtype, maybe(in, t),
+                  n_groups, maybe(in, groups), maybe(in, hp), maybe(in, rates), skip_out);
+    expect_skip_flag(status, skip_out, at.device);
 }
 
 void fuzz_greedylr(FuzzedDataProvider& in)
@@ -855,33 +841,25 @@ void fuzz_stream(FuzzedDataProvider& in)
     const int32_t nr = n_read < 0 ? 0 : n_read > OPTIM_STREAM_MAX_ARRAYS ? 0 : n_read;
     const int32_t nu = n_update < 0 ? 0 : n_update > OPTIM_STREAM_MAX_ARRAYS ? 0 : n_update;
     const int64_t count = in.ConsumeIntegralInRange<int64_t>(-1, 5);
-    int64_t budget = 150000;
     std::vector<bool> written;
     for (int j = 0; j < nr; ++j) written.push_back(false);
     for (int j = 0; j < nu; ++j) written.push_back(true);
     if (written.empty()) written.push_back(false);
-    std::vector<TensorArrays> tensors;
-    std::vector<int64_t> numels;
-    auto* numel_array = arena.array<int64_t>(count, true);
-    for (int64_t k = 0; k < count; ++k) {
-        const int64_t n = numel(in, budget);
-        numel_array[k] = in.ConsumeIntegral<uint8_t>() >= 250 ? -n - 1 : n;
-        tensors.push_back(tensor_arrays(in, arena, n, esize, written, tensors, numels, f64));
-        numels.push_back(n);
-    }
+    const TensorSet s =
+        decode_tensors(in, arena, count, 150000, esize, written, f64, false, PerTensor::None);
     auto* read = arena.array<const void*>(count * nr, true);
     auto* update = arena.array<void*>(count * nu, true);
     for (int64_t k = 0; k < count; ++k) {
-        for (int j = 0; j < nr; ++j) read[k * nr + j] = tensors[static_cast<size_t>(k)].ptr[j];
+        for (int j = 0; j < nr; ++j) read[k * nr + j] = s.tensors[static_cast<size_t>(k)].ptr[j];
         for (int j = 0; j < nu; ++j)
-            update[k * nu + j] = tensors[static_cast<size_t>(k)].ptr[nr + j];
+            update[k * nu + j] = s.tensors[static_cast<size_t>(k)].ptr[nr + j];
     }
     auto* t = arena.array<optim_stream_tensors>(1, true);
     *t = optim_stream_tensors{
-        count, n_read, n_update, maybe(in, read), maybe(in, update), maybe(in, numel_array)};
+        count, n_read, n_update, maybe(in, read), maybe(in, update), maybe(in, s.numel_array)};
     auto* sum = arena.array<double>(1, false);
     *sum = -1.0;
-    mark_written(arena, tensors, written);
+    mark_written(arena, s.tensors, written);
     arena.snapshot();
     const optim_status status =
         optim_stream_reference(dtype, maybe(in, t), value(in, {1.0, -0.5, 0.0}), maybe(in, sum));

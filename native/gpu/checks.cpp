@@ -184,6 +184,55 @@ std::vector<const void*> const_ptrs(const std::vector<void*>& p)
     return std::vector<const void*>(p.begin(), p.end());
 }
 
+// Fills every element with factor * rng.uniform() (the parameters' start: factor 1).
+template <typename T>
+void fill_uniform(Mirror<T>& x, Rng& rng, double factor = 1.0)
+{
+    for (auto& v : x.host)
+        for (T& e : v) e = static_cast<T>(factor * rng.uniform());
+}
+
+// Gradients of a quadratic plus noise: g = theta / 2 + noise.
+template <typename T>
+void quadratic_gradients(Mirror<T>& g, const Mirror<T>& p, Rng& rng)
+{
+    for (size_t k = 0; k < g.host.size(); ++k)
+        for (size_t i = 0; i < g.host[k].size(); ++i)
+            g.host[k][i] =
+                static_cast<T>(0.5 * static_cast<double>(p.host[k][i]) + 0.1 * rng.uniform());
+}
+
+// Puts a non-finite value into one gradient element; at(): a set whose bad element is out of
+// range fails its case instead of writing past it.
+template <typename T>
+void put_value(Mirror<T>& g, int64_t tensor, int64_t element, T value)
+{
+    g.host.at(static_cast<size_t>(tensor)).at(static_cast<size_t>(element)) = value;
+}
+
+// Each tensor's group when G groups take contiguous runs of the K tensors.
+std::vector<int32_t> contiguous_groups(size_t K, size_t G)
+{
+    std::vector<int32_t> group_index(K);
+    for (size_t k = 0; k < K; ++k) group_index[k] = static_cast<int32_t>(k * G / K);
+    return group_index;
+}
+
+// The fresh flags of a step: every tensor on the first, the late tensor when it joins.
+std::vector<uint8_t> fresh_flags(const TensorSet& set, int step, int late_step)
+{
+    std::vector<uint8_t> fresh(set.sizes.size(), 0);
+    for (size_t k = 0; k < fresh.size(); ++k)
+        fresh[k] = step == 0 || (static_cast<int64_t>(k) == set.late && step == late_step);
+    return fresh;
+}
+
+// The prefix of a step's messages ("step 3 (NaN gradient): ").
+std::string step_label(int step, const char* note = "")
+{
+    return "step " + std::to_string(step) + note + ": ";
+}
+
 // Runs one case: an exception (a failed CUDA or library call) ends it as failed.
 template <typename Fn>
 void run_case(Report& r, const std::string& name, Fn&& fn)
@@ -226,10 +275,10 @@ class ClipPair {
 };
 
 // The gradient scaler of a case's two calls (none unless on): inverse scale 1/1024 and the
-// found-inf flag, in host memory for the CPU path and target memory for the checked path. reset()
-// clears both flags before a step; compare() checks that both paths found the same. Scaled cases
-// make their gradients 1024 times larger and put one infinity in them on the step bad_step() names,
-// which both paths must skip whole.
+// found-inf flag, in host memory for the CPU path and target memory for the checked path.
+// gradients() draws a step's gradients and clears both flags; compare() checks that both paths
+// found the same. Scaled cases make their gradients 1024 times larger and put one infinity in them
+// on the last step, which both paths must skip whole.
 class ScalePair {
   public:
     explicit ScalePair(bool on)
@@ -241,12 +290,17 @@ class ScalePair {
     }
     const optim_grad_scale* on_host() const { return on_ ? &host_ : nullptr; }
     const optim_grad_scale* on_target() const { return on_ ? &target_ : nullptr; }
-    double gradient_factor() const { return on_ ? 1024.0 : 1.0; }
-    bool bad_step(int step, int steps) const { return on_ && step == steps - 1; }
-    void reset()
+    // A step's gradients (uploaded) and cleared flags; true on the bad step.
+    template <typename T>
+    bool gradients(Mirror<T>& g, Rng& rng, const TensorSet& set, int step, int steps)
     {
+        fill_uniform(g, rng, 0.5 * (on_ ? 1024.0 : 1.0));
+        const bool bad = on_ && step == steps - 1;
+        if (bad) put_value(g, set.inf_tensor, set.inf_element, std::numeric_limits<T>::infinity());
+        g.upload();
         found_on_host_ = 0.0f;
         if (on_) found_on_target_.upload(&found_on_host_);
+        return bad;
     }
     void compare(Report& r, const std::string& at, bool expect_skip)
     {
@@ -263,6 +317,25 @@ class ScalePair {
     DeviceBuffer<float> inv_on_target_, found_on_target_;
     optim_grad_scale host_, target_{};
     bool on_;
+};
+
+// What an SGD or Adam case holds besides its arrays: its clip and scaler pairs, and each tensor's
+// group when G groups take contiguous runs of the tensors (group_index(): NULL for one group).
+class GroupedCase {
+  public:
+    GroupedCase(const TensorSet& set, size_t groups, double max_norm, bool scaled)
+        : clip(max_norm), scale(scaled), K(set.sizes.size()), G(groups),
+          groups_(contiguous_groups(K, G))
+    {
+    }
+    const int32_t* group_index() const { return G > 1 ? groups_.data() : nullptr; }
+
+    ClipPair clip;
+    ScalePair scale;
+    const size_t K, G;
+
+  private:
+    std::vector<int32_t> groups_;
 };
 
 // ---- Fused SGD ---------------------------------------------------------------------------------
@@ -305,12 +378,10 @@ template <typename T>
 void sgd_case(Report& r, const TensorSet& set, const std::vector<optim_sgd_params>& groups,
               int steps, uint64_t seed, double max_norm = 0, bool scaled = false)
 {
-    ClipPair clip(max_norm);
-    ScalePair scale(scaled);
-    const size_t K = set.sizes.size();
-    const size_t G = groups.size();
-    std::vector<int32_t> group_index(K);
-    for (size_t k = 0; k < K; ++k) group_index[k] = static_cast<int32_t>(k * G / K);
+    GroupedCase c(set, groups.size(), max_norm, scaled);
+    ClipPair& clip = c.clip;
+    ScalePair& scale = c.scale;
+    const size_t K = c.K;
     bool momentum = false;
     for (const optim_sgd_params& g : groups) momentum = momentum || g.momentum != 0;
     const optim_sgd_params& config = groups[0];
@@ -319,8 +390,7 @@ void sgd_case(Report& r, const TensorSet& set, const std::vector<optim_sgd_param
     Mirror<T> p(set.sizes, T(0)), g(set.sizes, T(0));
     // A fresh buffer must never be read: start from NaN on both sides.
     Mirror<T> b(set.sizes, std::numeric_limits<T>::quiet_NaN());
-    for (auto& v : p.host)
-        for (T& x : v) x = static_cast<T>(rng.uniform());
+    fill_uniform(p, rng);
     p.upload();
     b.upload();
     DeviceBuffer<double> lr_on_target(1);
@@ -329,23 +399,14 @@ void sgd_case(Report& r, const TensorSet& set, const std::vector<optim_sgd_param
     const int late_step = steps / 2;
     for (int step = 0; step < steps; ++step) {
         const std::vector<int64_t> numels = set.numels_at(step, late_step);
-        std::vector<uint8_t> fresh(K, 0);
-        for (size_t k = 0; k < K; ++k)
-            fresh[k] = step == 0 || (static_cast<int64_t>(k) == set.late && step == late_step);
-        for (auto& v : g.host)
-            for (T& x : v) x = static_cast<T>(0.5 * scale.gradient_factor() * rng.uniform());
-        const bool bad = scale.bad_step(step, steps);
-        if (bad)
-            g.host.at(static_cast<size_t>(set.inf_tensor))
-                .at(static_cast<size_t>(set.inf_element)) = std::numeric_limits<T>::infinity();
-        g.upload();
-        scale.reset();
+        const std::vector<uint8_t> fresh = fresh_flags(set, step, late_step);
+        const bool bad = scale.gradients(g, rng, set, step, steps);
 
         std::vector<void*> hp = p.host_ptrs(), hb = b.host_ptrs(), dp = p.dev_ptrs(),
                            db = b.dev_ptrs();
         const std::vector<const void*> hg = const_ptrs(g.host_ptrs()),
                                        dg = const_ptrs(g.dev_ptrs());
-        const int32_t* gi = G > 1 ? group_index.data() : nullptr;
+        const int32_t* gi = c.group_index();
         const optim_tensor_list host{
             static_cast<int64_t>(K), hp.data(),    hg.data(), momentum ? hb.data() : nullptr,
             numels.data(),           fresh.data(), gi};
@@ -364,7 +425,7 @@ void sgd_case(Report& r, const TensorSet& set, const std::vector<optim_sgd_param
                  "optim_sgd_step (checked)");
         Target::sync();
 
-        const std::string at = "step " + std::to_string(step) + (bad ? " (skipped)" : "") + ": ";
+        const std::string at = step_label(step, bad ? " (skipped)" : "");
         clip.compare(r, at);
         scale.compare(r, at, bad);
         p.compare_and_adopt(r, at + "param", bad ? kExact : tol);
@@ -413,20 +474,17 @@ template <typename T>
 void adam_case(Report& r, const TensorSet& set, const std::vector<optim_adam_params>& groups,
                int steps, uint64_t seed, double max_norm = 0, bool scaled = false)
 {
-    ClipPair clip(max_norm);
-    ScalePair scale(scaled);
-    const size_t K = set.sizes.size();
-    const size_t G = groups.size();
-    std::vector<int32_t> group_index(K);
-    for (size_t k = 0; k < K; ++k) group_index[k] = static_cast<int32_t>(k * G / K);
+    GroupedCase c(set, groups.size(), max_norm, scaled);
+    ClipPair& clip = c.clip;
+    ScalePair& scale = c.scale;
+    const size_t K = c.K;
     bool amsgrad = false;
     for (const optim_adam_params& g : groups) amsgrad = amsgrad || g.amsgrad != 0;
     const Tolerance tol = state_tolerance<T>();
     Rng rng(seed);
     Mirror<T> p(set.sizes, T(0)), g(set.sizes, T(0)), m(set.sizes, T(0)), v(set.sizes, T(0)),
         w(set.sizes, T(0));
-    for (auto& x : p.host)
-        for (T& e : x) e = static_cast<T>(rng.uniform());
+    fill_uniform(p, rng);
     p.upload();
     m.upload();
     v.upload();
@@ -441,21 +499,14 @@ void adam_case(Report& r, const TensorSet& set, const std::vector<optim_adam_par
             if (joins) ++taken[k];
             step_of[k] = taken[k] > 0 ? taken[k] : 1; // an empty tensor's step is never used
         }
-        for (auto& x : g.host)
-            for (T& e : x) e = static_cast<T>(0.5 * scale.gradient_factor() * rng.uniform());
-        const bool bad = scale.bad_step(step, steps);
-        if (bad)
-            g.host.at(static_cast<size_t>(set.inf_tensor))
-                .at(static_cast<size_t>(set.inf_element)) = std::numeric_limits<T>::infinity();
-        g.upload();
-        scale.reset();
+        const bool bad = scale.gradients(g, rng, set, step, steps);
 
         std::vector<void*> hp = p.host_ptrs(), hm = m.host_ptrs(), hv = v.host_ptrs(),
                            hw = w.host_ptrs(), dp = p.dev_ptrs(), dm = m.dev_ptrs(),
                            dv = v.dev_ptrs(), dw = w.dev_ptrs();
         const std::vector<const void*> hg = const_ptrs(g.host_ptrs()),
                                        dg = const_ptrs(g.dev_ptrs());
-        const int32_t* gi = G > 1 ? group_index.data() : nullptr;
+        const int32_t* gi = c.group_index();
         const optim_adam_tensors host{
             static_cast<int64_t>(K),       hp.data(),     hg.data(),      hm.data(), hv.data(),
             amsgrad ? hw.data() : nullptr, numels.data(), step_of.data(), gi};
@@ -474,7 +525,7 @@ void adam_case(Report& r, const TensorSet& set, const std::vector<optim_adam_par
             for (size_t k = 0; k < K; ++k)
                 if (static_cast<int64_t>(k) != set.late || step >= late_step) --taken[k];
 
-        const std::string at = "step " + std::to_string(step) + (bad ? " (skipped)" : "") + ": ";
+        const std::string at = step_label(step, bad ? " (skipped)" : "");
         clip.compare(r, at);
         scale.compare(r, at, bad);
         p.compare_and_adopt(r, at + "param", tol);
@@ -498,8 +549,7 @@ void sls_case(Report& r, const TensorSet& set, int steps, uint64_t seed)
     const Tolerance tol = state_tolerance<T>();
     Rng rng(seed);
     Mirror<T> p(set.sizes, T(0)), o(set.sizes, T(0)), g(set.sizes, T(0));
-    for (auto& x : p.host)
-        for (T& e : x) e = static_cast<T>(rng.uniform());
+    fill_uniform(p, rng);
     p.upload();
     o.upload();
     // Runs `call` on the CPU path and on the side under check. The pointer lists are rebuilt for
@@ -516,10 +566,9 @@ void sls_case(Report& r, const TensorSet& set, int steps, uint64_t seed)
         Target::sync();
     };
     for (int step = 0; step < steps; ++step) {
-        for (auto& x : g.host)
-            for (T& e : x) e = static_cast<T>(0.5 * rng.uniform());
+        fill_uniform(g, rng, 0.5);
         g.upload();
-        const std::string at = "step " + std::to_string(step) + ": ";
+        const std::string at = step_label(step);
         double norms[2] = {0.0, 0.0};
         int side = 0;
         both("optim_sls_grad_norm_sq", [&](int32_t device, const optim_sls_tensors& t) {
@@ -570,6 +619,61 @@ const char* scope_name(int32_t scope)
 // a NaN step that is not skipped, whose NaN reaches the same elements on both sides.
 enum class Bad { kNone, kNan, kInf };
 
+// The scalar rates of an HD case (none for the per-parameter scope), 0.01 + 0.001 * slot, on the
+// CPU path's side (host) and the checked side; compare() checks the checked side's against the
+// host's, then adopts them.
+class RatePair {
+  public:
+    RatePair(int32_t scope, size_t groups, size_t tensors)
+        : host_(scope == OPTIM_HD_SCOPE_PER_PARAMETER ? 0
+                : scope == OPTIM_HD_SCOPE_GLOBAL      ? 1
+                : scope == OPTIM_HD_SCOPE_PER_GROUP   ? groups
+                                                      : tensors),
+          target_(host_.size())
+    {
+        for (size_t s = 0; s < host_.size(); ++s) host_[s] = 0.01 + 0.001 * static_cast<double>(s);
+        target_.upload(host_.data());
+    }
+    const std::vector<double>& host() const { return host_; }
+    double* on_host() { return host_.empty() ? nullptr : host_.data(); }
+    double* on_target() { return target_.get(); }
+    void compare(Report& r, const std::string& at, Tolerance tol)
+    {
+        if (host_.empty()) return;
+        const std::vector<double> got = target_.download();
+        r.close(at + "rates", host_.data(), got.data(), host_.size(), tol);
+        host_ = got;
+    }
+
+  private:
+    std::vector<double> host_;
+    DeviceBuffer<double> target_;
+};
+
+// HD's skip reports: the CPU path's of each call, and the checked side's counter (the CUDA path
+// counts skipped steps; the CPU path of a dry run reports the last call's).
+class SkipCounter {
+  public:
+    SkipCounter() : target_(1)
+    {
+        const int64_t zero = 0;
+        target_.upload(&zero);
+    }
+    int64_t* on_target() { return target_.get(); }
+    void check(Report& r, const std::string& at, bool skip, int64_t cpu_report)
+    {
+        r.same(at + "CPU skip report", int64_t(skip ? 1 : 0), cpu_report);
+        skips_ += skip ? 1 : 0;
+        int64_t reported = -1;
+        target_.download(&reported);
+        r.same(at + "skip counter", Target::dry_run() ? int64_t(skip ? 1 : 0) : skips_, reported);
+    }
+
+  private:
+    DeviceBuffer<int64_t> target_;
+    int64_t skips_ = 0;
+};
+
 template <typename T>
 void hd_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, int32_t assume_finite,
              int steps, uint64_t seed, double max_norm = 0)
@@ -596,51 +700,31 @@ void hd_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, int32
     hp.scope = scope;
     hp.rule = rule;
     hp.assume_finite = assume_finite;
-    const size_t slots = per_parameter                       ? 0
-                         : scope == OPTIM_HD_SCOPE_GLOBAL    ? 1
-                         : scope == OPTIM_HD_SCOPE_PER_GROUP ? groups.size()
-                                                             : K;
-    std::vector<double> rates(slots);
-    for (size_t s = 0; s < slots; ++s) rates[s] = 0.01 + 0.001 * static_cast<double>(s);
-    const std::vector<double> initial_rates = rates;
+    RatePair rates(scope, groups.size(), K);
+    const std::vector<double> initial_rates = rates.host();
     const T initial_param_rate = T(0.01);
 
     Rng rng(seed);
     Mirror<T> p(set.sizes, T(0)), u(set.sizes, T(0)), a(set.sizes, initial_param_rate),
         g(set.sizes, T(0));
     Mirror<T> b(set.sizes, std::numeric_limits<T>::quiet_NaN()); // a fresh buffer is never read
-    for (auto& v : p.host)
-        for (T& x : v) x = static_cast<T>(rng.uniform());
+    fill_uniform(p, rng);
     p.upload();
     u.upload();
     a.upload();
     b.upload();
-    DeviceBuffer<double> target_rates(slots);
-    target_rates.upload(rates.data());
-    DeviceBuffer<int64_t> target_skipped(1);
-    const int64_t zero = 0;
-    target_skipped.upload(&zero);
-    int64_t skips = 0; // steps skipped so far (the device's counter)
+    SkipCounter skips;
 
     const Tolerance tol = state_tolerance<T>();
     const int late_step = steps / 2;
     auto step = [&](int index, Bad bad) {
         const std::vector<int64_t> numels = set.numels_at(index, late_step);
-        std::vector<uint8_t> fresh(K, 0);
-        for (size_t k = 0; k < K; ++k)
-            fresh[k] = index == 0 || (static_cast<int64_t>(k) == set.late && index == late_step);
-        // Gradients of a quadratic plus noise: g = theta / 2 + noise.
-        for (size_t k = 0; k < K; ++k)
-            for (size_t i = 0; i < g.host[k].size(); ++i)
-                g.host[k][i] =
-                    static_cast<T>(0.5 * static_cast<double>(p.host[k][i]) + 0.1 * rng.uniform());
-        // at(): a set whose bad element is out of range fails its case instead of writing past it.
+        const std::vector<uint8_t> fresh = fresh_flags(set, index, late_step);
+        quadratic_gradients(g, p, rng);
         if (bad == Bad::kNan)
-            g.host.at(static_cast<size_t>(set.nan_tensor))
-                .at(static_cast<size_t>(set.nan_element)) = std::numeric_limits<T>::quiet_NaN();
+            put_value(g, set.nan_tensor, set.nan_element, std::numeric_limits<T>::quiet_NaN());
         if (bad == Bad::kInf)
-            g.host.at(static_cast<size_t>(set.inf_tensor))
-                .at(static_cast<size_t>(set.inf_element)) = std::numeric_limits<T>::infinity();
+            put_value(g, set.inf_tensor, set.inf_element, std::numeric_limits<T>::infinity());
         g.upload();
         hp.first_step = index == 0;
 
@@ -657,46 +741,33 @@ void hd_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, int32
             static_cast<int64_t>(K), dpp.data(),       dg.data(),   db.data(), du.data(), da.data(),
             numels.data(),           set.group.data(), fresh.data()};
         int64_t skipped = -1;
-        optim_ok(hd_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, groups, hp,
-                         per_parameter ? nullptr : rates.data(), &skipped, clip.on_host()),
+        optim_ok(hd_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, groups, hp, rates.on_host(),
+                         &skipped, clip.on_host()),
                  "optim_hd_step (cpu)");
-        optim_ok(hd_step(Target::device(), dtype_of<T>(), dev, groups, hp,
-                         per_parameter ? nullptr : target_rates.get(), target_skipped.get(),
-                         clip.on_target()),
+        optim_ok(hd_step(Target::device(), dtype_of<T>(), dev, groups, hp, rates.on_target(),
+                         skips.on_target(), clip.on_target()),
                  "optim_hd_step (checked)");
         Target::sync();
 
         const bool skip = bad != Bad::kNone && !assume_finite;
-        const std::string at = "step " + std::to_string(index) +
-                               (bad == Bad::kNan   ? " (NaN gradient)"
-                                : bad == Bad::kInf ? " (infinite gradient)"
-                                                   : "") +
-                               ": ";
-        r.same(at + "CPU skip report", int64_t(skip ? 1 : 0), skipped);
-        skips += skip ? 1 : 0;
-        // The CUDA path counts skipped steps; the CPU path (a dry run) reports this step's.
-        int64_t reported = -1;
-        target_skipped.download(&reported);
-        r.same(at + "skip counter", Target::dry_run() ? int64_t(skip ? 1 : 0) : skips, reported);
+        const std::string at = step_label(index, bad == Bad::kNan   ? " (NaN gradient)"
+                                                 : bad == Bad::kInf ? " (infinite gradient)"
+                                                                    : "");
+        skips.check(r, at, skip, skipped);
         // A skipped step writes nothing at all.
         const Tolerance t = skip ? kExact : tol;
         p.compare_and_adopt(r, at + "param", t);
         b.compare_and_adopt(r, at + "momentum buffer", t);
         u.compare_and_adopt(r, at + "prev update", t);
         a.compare_and_adopt(r, at + "param rate", t);
-        if (slots > 0) {
-            const std::vector<double> got = target_rates.download();
-            r.close(at + "rates", rates.data(), got.data(), slots,
-                    skip ? kExact : rate_tolerance<T>());
-            rates = got;
-        }
+        rates.compare(r, at, skip ? kExact : rate_tolerance<T>());
     };
 
     for (int i = 0; i < steps && !r.case_failed(); ++i) step(i, Bad::kNone);
     if (r.case_failed()) return;
     // The case must exercise the rate update: some rate moved.
     bool moved = false;
-    for (size_t s = 0; s < slots; ++s) moved = moved || rates[s] != initial_rates[s];
+    moved = rates.host() != initial_rates;
     for (const auto& v : a.host)
         for (T x : v) moved = moved || (per_parameter && x != initial_param_rate);
     r.expect(moved, "some rate moved during the ordinary steps");
@@ -736,25 +807,14 @@ void hd_adam_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, 
     hp.eps = 1e-8;
     hp.scope = scope;
     hp.rule = rule;
-    const size_t slots = per_parameter                       ? 0
-                         : scope == OPTIM_HD_SCOPE_GLOBAL    ? 1
-                         : scope == OPTIM_HD_SCOPE_PER_GROUP ? groups.size()
-                                                             : K;
-    std::vector<double> rates(slots);
-    for (size_t s = 0; s < slots; ++s) rates[s] = 0.01 + 0.001 * static_cast<double>(s);
+    RatePair rates(scope, groups.size(), K);
 
     Rng rng(seed);
     Mirror<T> p(set.sizes, T(0)), g(set.sizes, T(0)), m(set.sizes, T(0)), v(set.sizes, T(0)),
         w(set.sizes, T(0)), u(set.sizes, T(0)), a(set.sizes, T(0.01));
-    for (auto& x : p.host)
-        for (T& e : x) e = static_cast<T>(rng.uniform());
+    fill_uniform(p, rng);
     for (Mirror<T>* x : {&p, &m, &v, &w, &u, &a}) x->upload();
-    DeviceBuffer<double> target_rates(slots);
-    target_rates.upload(rates.data());
-    DeviceBuffer<int64_t> target_skipped(1);
-    const int64_t zero = 0;
-    target_skipped.upload(&zero);
-    int64_t skips = 0;
+    SkipCounter skips;
     std::vector<int64_t> taken(K, 0);
     const Tolerance tol = state_tolerance<T>();
     const int late_step = steps / 2;
@@ -762,13 +822,8 @@ void hd_adam_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, 
         const std::vector<int64_t> numels = set.numels_at(index, late_step);
         std::vector<int64_t> step_of(K);
         for (size_t k = 0; k < K; ++k) step_of[k] = taken[k] + 1; // an empty tensor's is unused
-        for (size_t k = 0; k < K; ++k)
-            for (size_t i = 0; i < g.host[k].size(); ++i)
-                g.host[k][i] =
-                    static_cast<T>(0.5 * static_cast<double>(p.host[k][i]) + 0.1 * rng.uniform());
-        if (nan)
-            g.host.at(static_cast<size_t>(set.nan_tensor))
-                .at(static_cast<size_t>(set.nan_element)) = std::numeric_limits<T>::quiet_NaN();
+        quadratic_gradients(g, p, rng);
+        if (nan) put_value(g, set.nan_tensor, set.nan_element, std::numeric_limits<T>::quiet_NaN());
         g.upload();
         hp.first_step = index == 0;
         std::vector<void*> h[6] = {p.host_ptrs(), m.host_ptrs(), v.host_ptrs(),
@@ -792,21 +847,15 @@ void hd_adam_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, 
         };
         const optim_hd_adam_tensors host = list(h, hg), dev = list(d, dg);
         int64_t skipped = -1;
-        optim_ok(hd_adam_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, groups, hp,
-                              per_parameter ? nullptr : rates.data(), &skipped, clip.on_host()),
+        optim_ok(hd_adam_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, groups, hp, rates.on_host(),
+                              &skipped, clip.on_host()),
                  "optim_hd_adam_step (cpu)");
-        optim_ok(hd_adam_step(Target::device(), dtype_of<T>(), dev, groups, hp,
-                              per_parameter ? nullptr : target_rates.get(), target_skipped.get(),
-                              clip.on_target()),
+        optim_ok(hd_adam_step(Target::device(), dtype_of<T>(), dev, groups, hp, rates.on_target(),
+                              skips.on_target(), clip.on_target()),
                  "optim_hd_adam_step (checked)");
         Target::sync();
-        const std::string at =
-            "step " + std::to_string(index) + (nan ? " (NaN gradient)" : "") + ": ";
-        r.same(at + "CPU skip report", int64_t(nan ? 1 : 0), skipped);
-        skips += nan ? 1 : 0;
-        int64_t reported = -1;
-        target_skipped.download(&reported);
-        r.same(at + "skip counter", Target::dry_run() ? int64_t(nan ? 1 : 0) : skips, reported);
+        const std::string at = step_label(index, nan ? " (NaN gradient)" : "");
+        skips.check(r, at, nan, skipped);
         if (!nan)
             for (size_t k = 0; k < K; ++k) taken[k] += numels[k] > 0 ? 1 : 0;
         const Tolerance t = nan ? kExact : tol;
@@ -817,12 +866,7 @@ void hd_adam_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, 
         w.compare_and_adopt(r, at + "max_exp_avg_sq", t);
         u.compare_and_adopt(r, at + "prev update", t);
         a.compare_and_adopt(r, at + "param rate", t);
-        if (slots > 0) {
-            const std::vector<double> got = target_rates.download();
-            r.close(at + "rates", rates.data(), got.data(), slots,
-                    nan ? kExact : rate_tolerance<T>());
-            rates = got;
-        }
+        rates.compare(r, at, nan ? kExact : rate_tolerance<T>());
     };
     for (int i = 0; i < steps && !r.case_failed(); ++i) step(i, false);
     for (bool nan : {true, false})

@@ -4,10 +4,30 @@
 
 #include <optim.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 namespace optim_gpu {
+
+// The variant the arguments ask for: _scaled when scale is given, else _clipped when clip is, else
+// the plain step. args: what every variant takes before its own arguments; scaled is nullptr for a
+// step without a _scaled variant.
+template <class Plain, class Clipped, class Scaled, class... Args>
+optim_status step_variant(Plain plain, Clipped clipped, Scaled scaled, const optim_grad_clip* clip,
+                          const optim_grad_scale* scale, Args... args)
+{
+    if constexpr (!std::is_same_v<Scaled, std::nullptr_t>)
+        if (scale) return scaled(args..., clip, scale);
+    return clip ? clipped(args..., clip) : plain(args...);
+}
+
+template <class Group>
+int32_t group_count(const std::vector<Group>& groups)
+{
+    return static_cast<int32_t>(groups.size());
+}
 
 inline optim_status sgd_step(int32_t device, int32_t dtype, const optim_tensor_list& tensors,
                              const optim_sgd_params& params)
@@ -22,11 +42,8 @@ inline optim_status sgd_step(int32_t device, int32_t dtype, const optim_tensor_l
                              const optim_grad_clip* clip = nullptr,
                              const optim_grad_scale* scale = nullptr)
 {
-    const int32_t n = static_cast<int32_t>(groups.size());
-    if (scale)
-        return optim_sgd_step_scaled(device, 0, dtype, &tensors, n, groups.data(), clip, scale);
-    return clip ? optim_sgd_step_clipped(device, 0, dtype, &tensors, n, groups.data(), clip)
-                : optim_sgd_step(device, 0, dtype, &tensors, n, groups.data());
+    return step_variant(optim_sgd_step, optim_sgd_step_clipped, optim_sgd_step_scaled, clip, scale,
+                        device, 0, dtype, &tensors, group_count(groups), groups.data());
 }
 
 // Several param groups in one call (tensors.group_index set, or NULL for one group); clipped when
@@ -36,11 +53,8 @@ inline optim_status adam_step(int32_t device, int32_t dtype, const optim_adam_te
                               const optim_grad_clip* clip = nullptr,
                               const optim_grad_scale* scale = nullptr)
 {
-    const int32_t n = static_cast<int32_t>(groups.size());
-    if (scale)
-        return optim_adam_step_scaled(device, 0, dtype, &tensors, n, groups.data(), clip, scale);
-    return clip ? optim_adam_step_clipped(device, 0, dtype, &tensors, n, groups.data(), clip)
-                : optim_adam_step(device, 0, dtype, &tensors, n, groups.data());
+    return step_variant(optim_adam_step, optim_adam_step_clipped, optim_adam_step_scaled, clip,
+                        scale, device, 0, dtype, &tensors, group_count(groups), groups.data());
 }
 
 inline optim_status hd_step(int32_t device, int32_t dtype, const optim_hd_tensors& tensors,
@@ -49,14 +63,9 @@ inline optim_status hd_step(int32_t device, int32_t dtype, const optim_hd_tensor
                             const optim_grad_clip* clip = nullptr,
                             const optim_grad_scale* scale = nullptr)
 {
-    const int32_t n = static_cast<int32_t>(groups.size());
-    if (scale)
-        return optim_hd_step_scaled(device, 0, dtype, &tensors, n, groups.data(), &params, rates,
-                                    skipped, clip, scale);
-    return clip ? optim_hd_step_clipped(device, 0, dtype, &tensors, n, groups.data(), &params,
-                                        rates, skipped, clip)
-                : optim_hd_step(device, 0, dtype, &tensors, n, groups.data(), &params, rates,
-                                skipped);
+    return step_variant(optim_hd_step, optim_hd_step_clipped, optim_hd_step_scaled, clip, scale,
+                        device, 0, dtype, &tensors, group_count(groups), groups.data(), &params,
+                        rates, skipped);
 }
 
 inline optim_status hd_adam_step(int32_t device, int32_t dtype,
@@ -65,11 +74,9 @@ inline optim_status hd_adam_step(int32_t device, int32_t dtype,
                                  const optim_hd_params& params, double* rates, int64_t* skipped,
                                  const optim_grad_clip* clip = nullptr)
 {
-    const int32_t n = static_cast<int32_t>(groups.size());
-    return clip ? optim_hd_adam_step_clipped(device, 0, dtype, &tensors, n, groups.data(), &params,
-                                             rates, skipped, clip)
-                : optim_hd_adam_step(device, 0, dtype, &tensors, n, groups.data(), &params, rates,
-                                     skipped);
+    return step_variant(optim_hd_adam_step, optim_hd_adam_step_clipped, nullptr, clip, nullptr,
+                        device, 0, dtype, &tensors, group_count(groups), groups.data(), &params,
+                        rates, skipped);
 }
 
 } // namespace optim_gpu

@@ -116,11 +116,43 @@ void validate_clip(const char* fn, const optim_grad_clip& clip)
     OPTIM_REQUIRE(clip.total_norm != nullptr, fn, "clip->total_norm is NULL");
 }
 
-void validate_sgd(const char* fn, int32_t device, const optim_tensor_list* t, int32_t n_groups,
-                  const optim_sgd_params* groups)
+// The group count and group array of a step.
+void require_groups(const char* fn, const void* groups, int32_t n_groups)
 {
     OPTIM_REQUIRE(groups != nullptr, fn, "groups is NULL");
     OPTIM_REQUIRE(n_groups >= 1, fn, "n_groups must be >= 1, got " + std::to_string(n_groups));
+}
+
+// The group of tensor k (group_index NULL: one group), in range and in param-group order.
+int32_t require_group_of(const char* fn, int64_t k, const int32_t* group_index, int32_t n_groups)
+{
+    const int32_t g = group_index ? group_index[k] : 0;
+    OPTIM_REQUIRE(g >= 0 && g < n_groups, fn,
+                  at(k) + ": group index " + std::to_string(g) + " is out of range");
+    OPTIM_REQUIRE(k == 0 || group_index == nullptr || g >= group_index[k - 1], fn,
+                  at(k) + ": tensors must be in param-group order");
+    return g;
+}
+
+// The step count of tensor k: the count after this update.
+void require_step_count(const char* fn, int64_t k, int64_t step)
+{
+    OPTIM_REQUIRE(step >= 1, fn,
+                  at(k) + ": step must be >= 1 (the step count after this update), got " +
+                      std::to_string(step));
+}
+
+// The element count of tensor k; true when it has elements (and so pointers to check).
+bool require_numel(const char* fn, int64_t k, int64_t n)
+{
+    OPTIM_REQUIRE(n >= 0, fn, at(k) + ": numel is negative (" + std::to_string(n) + ")");
+    return n > 0;
+}
+
+void validate_sgd(const char* fn, int32_t device, const optim_tensor_list* t, int32_t n_groups,
+                  const optim_sgd_params* groups)
+{
+    require_groups(fn, groups, n_groups);
     for (int32_t g = 0; g < n_groups; ++g) {
         const optim_sgd_params& p = groups[g];
         OPTIM_REQUIRE(p.lr_ptr != nullptr || (std::isfinite(p.lr) && p.lr >= 0.0), fn,
@@ -140,14 +172,8 @@ void validate_sgd(const char* fn, int32_t device, const optim_tensor_list* t, in
     OPTIM_REQUIRE(t->group_index != nullptr || n_groups == 1, fn,
                   "tensors->group_index is NULL but n_groups is " + std::to_string(n_groups));
     for (int64_t k = 0; k < t->count; ++k) {
-        const int32_t g = t->group_index ? t->group_index[k] : 0;
-        OPTIM_REQUIRE(g >= 0 && g < n_groups, fn,
-                      at(k) + ": group index " + std::to_string(g) + " is out of range");
-        OPTIM_REQUIRE(k == 0 || t->group_index == nullptr || g >= t->group_index[k - 1], fn,
-                      at(k) + ": tensors must be in param-group order");
-        const int64_t n = t->numels[k];
-        OPTIM_REQUIRE(n >= 0, fn, at(k) + ": numel is negative (" + std::to_string(n) + ")");
-        if (n == 0) continue;
+        const int32_t g = require_group_of(fn, k, t->group_index, n_groups);
+        if (!require_numel(fn, k, t->numels[k])) continue;
         OPTIM_REQUIRE(t->params[k] != nullptr, fn, at(k) + ": parameter pointer is NULL");
         OPTIM_REQUIRE(t->grads[k] != nullptr, fn, at(k) + ": gradient pointer is NULL");
         const bool momentum = groups[g].momentum != 0.0;
@@ -166,8 +192,7 @@ void validate_sgd(const char* fn, int32_t device, const optim_tensor_list* t, in
 void validate_adam(const char* fn, const optim_adam_tensors* t, int32_t n_groups,
                    const optim_adam_params* groups)
 {
-    OPTIM_REQUIRE(groups != nullptr, fn, "groups is NULL");
-    OPTIM_REQUIRE(n_groups >= 1, fn, "n_groups must be >= 1, got " + std::to_string(n_groups));
+    require_groups(fn, groups, n_groups);
     for (int32_t g = 0; g < n_groups; ++g) {
         const optim_adam_params& p = groups[g];
         const auto where = [&] { return " (group " + std::to_string(g) + ")"; };
@@ -197,17 +222,9 @@ void validate_adam(const char* fn, const optim_adam_tensors* t, int32_t n_groups
     OPTIM_REQUIRE(t->group_index != nullptr || n_groups == 1, fn,
                   "tensors->group_index is NULL but n_groups is " + std::to_string(n_groups));
     for (int64_t k = 0; k < t->count; ++k) {
-        const int32_t g = t->group_index ? t->group_index[k] : 0;
-        OPTIM_REQUIRE(g >= 0 && g < n_groups, fn,
-                      at(k) + ": group index " + std::to_string(g) + " is out of range");
-        OPTIM_REQUIRE(k == 0 || t->group_index == nullptr || g >= t->group_index[k - 1], fn,
-                      at(k) + ": tensors must be in param-group order");
-        OPTIM_REQUIRE(t->steps[k] >= 1, fn,
-                      at(k) + ": step must be >= 1 (the step count after this update), got " +
-                          std::to_string(t->steps[k]));
-        const int64_t n = t->numels[k];
-        OPTIM_REQUIRE(n >= 0, fn, at(k) + ": numel is negative (" + std::to_string(n) + ")");
-        if (n == 0) continue;
+        const int32_t g = require_group_of(fn, k, t->group_index, n_groups);
+        require_step_count(fn, k, t->steps[k]);
+        if (!require_numel(fn, k, t->numels[k])) continue;
         OPTIM_REQUIRE(t->params[k] != nullptr, fn, at(k) + ": parameter pointer is NULL");
         OPTIM_REQUIRE(t->grads[k] != nullptr, fn, at(k) + ": gradient pointer is NULL");
         OPTIM_REQUIRE(t->exp_avgs[k] != nullptr, fn, at(k) + ": exp_avg pointer is NULL");
@@ -348,63 +365,76 @@ void check_scale(const char* fn, int32_t device, const optim_grad_scale* scale)
 }
 
 // Which variant of a step an entry point is: plain, _clipped (clip required), _scaled (scale
-// required, clip optional) or _mixed (precision required, clip optional).
+// required, clip optional) or _mixed (precision required, clip optional), with the optional inputs
+// it was given (NULL where the variant has none).
 enum class Variant { Plain, Clipped, Scaled, Mixed };
 
-void check_variant(const char* fn, int32_t device, Variant v, const optim_grad_clip* clip,
-                   const optim_grad_scale* scale)
+struct VariantArgs {
+    Variant variant;
+    const optim_grad_clip* clip;
+    const optim_grad_scale* scale;
+    const optim_precision* precision;
+};
+
+void check_variant(const char* fn, int32_t device, const VariantArgs& v)
 {
-    check_clip(fn, device, clip, v == Variant::Clipped);
-    if (v == Variant::Scaled) check_scale(fn, device, scale);
+    check_clip(fn, device, v.clip, v.variant == Variant::Clipped);
+    if (v.variant == Variant::Scaled) check_scale(fn, device, v.scale);
 }
 
-// One SGD step of a variant (precision: the _mixed variant's); fn names the entry point in
-// messages.
-optim_status sgd_entry(const char* fn, int32_t device, int32_t device_index, int32_t dtype,
-                       const optim_tensor_list* tensors, int32_t n_groups,
-                       const optim_sgd_params* groups, const optim_grad_clip* clip,
-                       const optim_grad_scale* scale, Variant variant,
-                       const optim_precision* precision = nullptr)
-{
-    return guard(fn, [&] {
-        check_variant(fn, device, variant, clip, scale);
-        require_step_target(fn, device, dtype, true);
-        validate_sgd(fn, device, tensors, n_groups, groups);
-        validate_precision(fn, dtype, precision, variant == Variant::Mixed, tensors->count,
-                           tensors->numels, tensors->params, tensors->grads);
-        if (tensors->count == 0 && !clip_across_ranks(clip)) return;
-        SgdCall call{tensors, n_groups, groups};
-        call.clip = clip;
-        call.scale = variant == Variant::Scaled ? scale : nullptr;
-        call.precision = precision;
-        call.fn = fn;
+// What the entry points need of one optimizer step: its tensor and group structs, its validated
+// call, its checks and its back ends. step_entry does the rest, the same for every optimizer.
+struct SgdStep {
+    using Tensors = optim_tensor_list;
+    using Groups = optim_sgd_params;
+    using Call = SgdCall;
+    static void validate(const char* fn, int32_t device, const Tensors* t, int32_t n_groups,
+                         const Groups* groups)
+    {
+        validate_sgd(fn, device, t, n_groups, groups);
+    }
+    static void run(int32_t device, int32_t device_index, int32_t dtype, const Call& call)
+    {
         run_on_backend(device, device_index, dtype, call, cuda::sgd_step, cpu::sgd_step_f32,
                        cpu::sgd_step_f64, cpu::sgd_step_f16, cpu::sgd_step_bf16);
-    });
-}
+    }
+};
 
-// One Adam/AdamW step of a variant (precision: the _mixed variant's); fn names the entry point in
-// messages.
-optim_status adam_entry(const char* fn, int32_t device, int32_t device_index, int32_t dtype,
-                        const optim_adam_tensors* tensors, int32_t n_groups,
-                        const optim_adam_params* groups, const optim_grad_clip* clip,
-                        const optim_grad_scale* scale, Variant variant,
-                        const optim_precision* precision = nullptr)
-{
-    return guard(fn, [&] {
-        check_variant(fn, device, variant, clip, scale);
-        require_step_target(fn, device, dtype, true);
-        validate_adam(fn, tensors, n_groups, groups);
-        validate_precision(fn, dtype, precision, variant == Variant::Mixed, tensors->count,
-                           tensors->numels, tensors->params, tensors->grads);
-        if (tensors->count == 0 && !clip_across_ranks(clip)) return;
-        AdamCall call{tensors, n_groups, groups};
-        call.clip = clip;
-        call.scale = variant == Variant::Scaled ? scale : nullptr;
-        call.precision = precision;
-        call.fn = fn;
+struct AdamStep {
+    using Tensors = optim_adam_tensors;
+    using Groups = optim_adam_params;
+    using Call = AdamCall;
+    static void validate(const char* fn, int32_t, const Tensors* t, int32_t n_groups,
+                         const Groups* groups)
+    {
+        validate_adam(fn, t, n_groups, groups);
+    }
+    static void run(int32_t device, int32_t device_index, int32_t dtype, const Call& call)
+    {
         run_on_backend(device, device_index, dtype, call, cuda::adam_step, cpu::adam_step_f32,
                        cpu::adam_step_f64, cpu::adam_step_f16, cpu::adam_step_bf16);
+    }
+};
+
+// One step of a variant (SGD, Adam); fn names the entry point in messages.
+template <typename Step>
+optim_status step_entry(const char* fn, const VariantArgs& v, int32_t device, int32_t device_index,
+                        int32_t dtype, const typename Step::Tensors* tensors, int32_t n_groups,
+                        const typename Step::Groups* groups)
+{
+    return guard(fn, [&] {
+        check_variant(fn, device, v);
+        require_step_target(fn, device, dtype, true);
+        Step::validate(fn, device, tensors, n_groups, groups);
+        validate_precision(fn, dtype, v.precision, v.variant == Variant::Mixed, tensors->count,
+                           tensors->numels, tensors->params, tensors->grads);
+        if (tensors->count == 0 && !clip_across_ranks(v.clip)) return;
+        typename Step::Call call{tensors, n_groups, groups};
+        call.clip = v.clip;
+        call.scale = v.variant == Variant::Scaled ? v.scale : nullptr;
+        call.precision = v.precision;
+        call.fn = fn;
+        Step::run(device, device_index, dtype, call);
     });
 }
 
@@ -441,71 +471,48 @@ void validate_hd_params(const char* fn, int32_t device, const optim_hd_params& h
                       "rate " + std::to_string(s) + " is invalid: " + num(rates[s]));
 }
 
-// One hypergradient step of a variant; fn names the entry point in messages.
-optim_status hd_entry(const char* fn, int32_t device, int32_t device_index, int32_t dtype,
-                      const optim_hd_tensors* tensors, int32_t n_groups,
-                      const optim_hd_group* groups, const optim_hd_params* params, double* rates,
-                      int64_t* skipped, const optim_grad_clip* clip, const optim_grad_scale* scale,
-                      Variant variant)
+// Every group's momentum options (optim_sgd_step's checks and messages), then every tensor.
+void validate_hd_sgd(const char* fn, const optim_hd_tensors& t, int32_t n_groups,
+                     const optim_hd_group* groups, bool per_parameter)
 {
-    return guard(fn, [&] {
-        check_variant(fn, device, variant, clip, scale);
-        require_step_target(fn, device, dtype);
-        OPTIM_REQUIRE(params != nullptr && tensors != nullptr && groups != nullptr, fn,
-                      "tensors, groups and params must not be NULL");
-        const optim_hd_params& hp = *params;
-        validate_hd_params(fn, device, hp, n_groups, tensors->count, rates, clip);
-        OPTIM_REQUIRE(n_groups >= 1, fn, "n_groups must be >= 1");
-        for (int32_t g = 0; g < n_groups; ++g) {
-            const optim_hd_group& o = groups[g];
-            validate_momentum_options(fn, g, o.momentum, o.dampening, o.weight_decay, o.nesterov,
-                                      o.maximize);
-        }
-        const optim_hd_tensors& t = *tensors;
-        OPTIM_REQUIRE(t.count >= 0, fn, "tensors->count is negative");
-        const bool per_parameter = hp.scope == OPTIM_HD_SCOPE_PER_PARAMETER;
-        if (t.count > 0)
-            OPTIM_REQUIRE(t.params && t.grads && t.numels && t.group_index, fn,
-                          "tensors->params, grads, numels and group_index must not be NULL");
-        for (int64_t k = 0; k < t.count; ++k) {
-            const int32_t gi = t.group_index[k];
-            OPTIM_REQUIRE(gi >= 0 && gi < n_groups, fn, at(k) + ": group index out of range");
-            OPTIM_REQUIRE(k == 0 || gi >= t.group_index[k - 1], fn,
-                          at(k) + ": tensors must be in param-group order");
-            OPTIM_REQUIRE(t.numels[k] >= 0, fn, at(k) + ": numel is negative");
-            if (t.numels[k] == 0) continue;
-            const optim_hd_group& o = groups[gi];
-            OPTIM_REQUIRE(t.params[k] && t.grads[k], fn,
-                          at(k) + ": parameter or gradient pointer is NULL");
-            if (o.momentum != 0.0)
-                OPTIM_REQUIRE(t.momentum_buffers && t.momentum_buffers[k], fn,
-                              at(k) + ": momentum buffer pointer is NULL but momentum is nonzero");
-            if (o.momentum == 0.0 || o.nesterov)
-                OPTIM_REQUIRE(
-                    t.prev_updates && t.prev_updates[k], fn,
-                    at(k) + ": prev_updates pointer is NULL (needed without heavy-ball momentum)");
-            if (per_parameter)
-                OPTIM_REQUIRE(t.param_rates && t.param_rates[k], fn,
-                              at(k) + ": param_rates pointer is NULL (per-parameter scope)");
-            const Array arrays[] = {
-                {t.params[k], "parameter"},
-                {o.momentum != 0.0 ? t.momentum_buffers[k] : nullptr, "momentum buffer"},
-                {o.momentum == 0.0 || o.nesterov ? t.prev_updates[k] : nullptr, "previous update"},
-                {per_parameter ? t.param_rates[k] : nullptr, "parameter rates"},
-                {t.grads[k], "gradient"}};
-            require_unaliased(fn, k, arrays, 5, 4);
-        }
-        if (t.count == 0 && hp.across_ranks == 0) {
-            if (skipped && device == OPTIM_DEVICE_CPU) *skipped = 0;
-            return;
-        }
-        HdCall call{tensors, n_groups, groups, params, rates, skipped};
-        call.clip = clip;
-        call.scale = variant == Variant::Scaled ? scale : nullptr;
-        call.fn = fn;
-        run_on_backend(device, device_index, dtype, call, cuda::hd_step, cpu::hd_step_f32,
-                       cpu::hd_step_f64);
-    });
+    OPTIM_REQUIRE(n_groups >= 1, fn, "n_groups must be >= 1");
+    for (int32_t g = 0; g < n_groups; ++g) {
+        const optim_hd_group& o = groups[g];
+        validate_momentum_options(fn, g, o.momentum, o.dampening, o.weight_decay, o.nesterov,
+                                  o.maximize);
+    }
+    OPTIM_REQUIRE(t.count >= 0, fn, "tensors->count is negative");
+    if (t.count > 0)
+        OPTIM_REQUIRE(t.params && t.grads && t.numels && t.group_index, fn,
+                      "tensors->params, grads, numels and group_index must not be NULL");
+    for (int64_t k = 0; k < t.count; ++k) {
+        const int32_t gi = t.group_index[k];
+        OPTIM_REQUIRE(gi >= 0 && gi < n_groups, fn, at(k) + ": group index out of range");
+        OPTIM_REQUIRE(k == 0 || gi >= t.group_index[k - 1], fn,
+                      at(k) + ": tensors must be in param-group order");
+        OPTIM_REQUIRE(t.numels[k] >= 0, fn, at(k) + ": numel is negative");
+        if (t.numels[k] == 0) continue;
+        const optim_hd_group& o = groups[gi];
+        OPTIM_REQUIRE(t.params[k] && t.grads[k], fn,
+                      at(k) + ": parameter or gradient pointer is NULL");
+        if (o.momentum != 0.0)
+            OPTIM_REQUIRE(t.momentum_buffers && t.momentum_buffers[k], fn,
+                          at(k) + ": momentum buffer pointer is NULL but momentum is nonzero");
+        if (o.momentum == 0.0 || o.nesterov)
+            OPTIM_REQUIRE(
+                t.prev_updates && t.prev_updates[k], fn,
+                at(k) + ": prev_updates pointer is NULL (needed without heavy-ball momentum)");
+        if (per_parameter)
+            OPTIM_REQUIRE(t.param_rates && t.param_rates[k], fn,
+                          at(k) + ": param_rates pointer is NULL (per-parameter scope)");
+        const Array arrays[] = {
+            {t.params[k], "parameter"},
+            {o.momentum != 0.0 ? t.momentum_buffers[k] : nullptr, "momentum buffer"},
+            {o.momentum == 0.0 || o.nesterov ? t.prev_updates[k] : nullptr, "previous update"},
+            {per_parameter ? t.param_rates[k] : nullptr, "parameter rates"},
+            {t.grads[k], "gradient"}};
+        require_unaliased(fn, k, arrays, 5, 4);
+    }
 }
 
 // Every group's Adam options (optim_adam_step's checks and messages), then every tensor.
@@ -534,17 +541,9 @@ void validate_hd_adam(const char* fn, const optim_hd_adam_tensors& t, int32_t n_
                   "tensors->params, grads, exp_avgs, exp_avg_sqs, prev_updates, numels, steps and "
                   "group_index must not be NULL");
     for (int64_t k = 0; k < t.count; ++k) {
-        const int32_t g = t.group_index[k];
-        OPTIM_REQUIRE(g >= 0 && g < n_groups, fn,
-                      at(k) + ": group index " + std::to_string(g) + " is out of range");
-        OPTIM_REQUIRE(k == 0 || g >= t.group_index[k - 1], fn,
-                      at(k) + ": tensors must be in param-group order");
-        OPTIM_REQUIRE(t.steps[k] >= 1, fn,
-                      at(k) + ": step must be >= 1 (the step count after this update), got " +
-                          std::to_string(t.steps[k]));
-        const int64_t n = t.numels[k];
-        OPTIM_REQUIRE(n >= 0, fn, at(k) + ": numel is negative (" + std::to_string(n) + ")");
-        if (n == 0) continue;
+        const int32_t g = require_group_of(fn, k, t.group_index, n_groups);
+        require_step_count(fn, k, t.steps[k]);
+        if (!require_numel(fn, k, t.numels[k])) continue;
         OPTIM_REQUIRE(t.params[k] != nullptr, fn, at(k) + ": parameter pointer is NULL");
         OPTIM_REQUIRE(t.grads[k] != nullptr, fn, at(k) + ": gradient pointer is NULL");
         OPTIM_REQUIRE(t.exp_avgs[k] != nullptr, fn, at(k) + ": exp_avg pointer is NULL");
@@ -568,30 +567,65 @@ void validate_hd_adam(const char* fn, const optim_hd_adam_tensors& t, int32_t n_
     }
 }
 
-// One hypergradient Adam step (clipped: the _clipped entry point, whose clip may not be NULL).
-optim_status hd_adam_entry(const char* fn, int32_t device, int32_t device_index, int32_t dtype,
-                           const optim_hd_adam_tensors* tensors, int32_t n_groups,
-                           const optim_hd_adam_group* groups, const optim_hd_params* params,
-                           double* rates, int64_t* skipped, const optim_grad_clip* clip,
-                           bool clipped)
+struct HdStep {
+    using Tensors = optim_hd_tensors;
+    using Groups = optim_hd_group;
+    using Call = HdCall;
+    static constexpr bool kScaled = true; // has a _scaled variant (HdCall::scale)
+    static void validate(const char* fn, const Tensors& t, int32_t n_groups, const Groups* groups,
+                         bool per_parameter)
+    {
+        validate_hd_sgd(fn, t, n_groups, groups, per_parameter);
+    }
+    static void run(int32_t device, int32_t device_index, int32_t dtype, const Call& call)
+    {
+        run_on_backend(device, device_index, dtype, call, cuda::hd_step, cpu::hd_step_f32,
+                       cpu::hd_step_f64);
+    }
+};
+
+struct HdAdamStep {
+    using Tensors = optim_hd_adam_tensors;
+    using Groups = optim_hd_adam_group;
+    using Call = HdAdamCall;
+    static constexpr bool kScaled = false;
+    static void validate(const char* fn, const Tensors& t, int32_t n_groups, const Groups* groups,
+                         bool per_parameter)
+    {
+        validate_hd_adam(fn, t, n_groups, groups, per_parameter);
+    }
+    static void run(int32_t device, int32_t device_index, int32_t dtype, const Call& call)
+    {
+        run_on_backend(device, device_index, dtype, call, cuda::hd_adam_step, cpu::hd_adam_step_f32,
+                       cpu::hd_adam_step_f64);
+    }
+};
+
+// One hypergradient step of a variant (HD, HD-Adam; none has a _mixed variant); fn names the entry
+// point in messages.
+template <typename Step>
+optim_status step_entry(const char* fn, const VariantArgs& v, int32_t device, int32_t device_index,
+                        int32_t dtype, const typename Step::Tensors* tensors, int32_t n_groups,
+                        const typename Step::Groups* groups, const optim_hd_params* params,
+                        double* rates, int64_t* skipped)
 {
     return guard(fn, [&] {
-        check_clip(fn, device, clip, clipped);
+        check_variant(fn, device, v);
         require_step_target(fn, device, dtype);
         OPTIM_REQUIRE(params != nullptr && tensors != nullptr && groups != nullptr, fn,
                       "tensors, groups and params must not be NULL");
         const optim_hd_params& hp = *params;
-        validate_hd_params(fn, device, hp, n_groups, tensors->count, rates, clip);
-        validate_hd_adam(fn, *tensors, n_groups, groups, hp.scope == OPTIM_HD_SCOPE_PER_PARAMETER);
+        validate_hd_params(fn, device, hp, n_groups, tensors->count, rates, v.clip);
+        Step::validate(fn, *tensors, n_groups, groups, hp.scope == OPTIM_HD_SCOPE_PER_PARAMETER);
         if (tensors->count == 0 && hp.across_ranks == 0) {
             if (skipped && device == OPTIM_DEVICE_CPU) *skipped = 0;
             return;
         }
-        HdAdamCall call{tensors, n_groups, groups, params, rates, skipped};
-        call.clip = clip;
+        typename Step::Call call{tensors, n_groups, groups, params, rates, skipped};
+        call.clip = v.clip;
+        if constexpr (Step::kScaled) call.scale = v.variant == Variant::Scaled ? v.scale : nullptr;
         call.fn = fn;
-        run_on_backend(device, device_index, dtype, call, cuda::hd_adam_step, cpu::hd_adam_step_f32,
-                       cpu::hd_adam_step_f64);
+        Step::run(device, device_index, dtype, call);
     });
 }
 
@@ -610,9 +644,7 @@ void validate_sls(const char* fn, const optim_sls_tensors* t, bool moves, bool r
                       "tensors->params and tensors->origins must not be NULL");
     if (reads_grads) OPTIM_REQUIRE(t->grads != nullptr, fn, "tensors->grads is NULL");
     for (int64_t k = 0; k < t->count; ++k) {
-        const int64_t n = t->numels[k];
-        OPTIM_REQUIRE(n >= 0, fn, at(k) + ": numel is negative (" + std::to_string(n) + ")");
-        if (n == 0) continue;
+        if (!require_numel(fn, k, t->numels[k])) continue;
         if (moves) {
             OPTIM_REQUIRE(t->params[k] != nullptr, fn, at(k) + ": parameter pointer is NULL");
             OPTIM_REQUIRE(t->origins[k] != nullptr, fn, at(k) + ": origin pointer is NULL");
@@ -653,6 +685,33 @@ void set_last_error(const char* first, const char* second, const char* third) no
 } // namespace optim
 
 using namespace optim;
+
+// An exported step entry point: its parameters are those of optim.h (its family's, then its
+// variant's own), its body the one step_entry of its family. family STEP takes (device,
+// device_index, dtype, tensors, n_groups, groups) and HD adds (params, rates, skipped); each
+// variant adds its own parameters (a leading comma where there are any) and names its VariantArgs.
+#define OPTIM_STEP_PARAMS(Step)                                                                    \
+    int32_t device, int32_t device_index, int32_t dtype, const Step::Tensors *tensors,             \
+        int32_t n_groups, const Step::Groups *groups
+#define OPTIM_STEP_ARGS device, device_index, dtype, tensors, n_groups, groups
+#define OPTIM_HD_PARAMS(Step)                                                                      \
+    OPTIM_STEP_PARAMS(Step), const optim_hd_params *params, double *rates, int64_t *skipped
+#define OPTIM_HD_ARGS OPTIM_STEP_ARGS, params, rates, skipped
+
+#define OPTIM_PLAIN_PARAMS
+#define OPTIM_PLAIN_ARGS (VariantArgs{Variant::Plain, nullptr, nullptr, nullptr})
+#define OPTIM_CLIPPED_PARAMS , const optim_grad_clip* clip
+#define OPTIM_CLIPPED_ARGS (VariantArgs{Variant::Clipped, clip, nullptr, nullptr})
+#define OPTIM_SCALED_PARAMS , const optim_grad_clip *clip, const optim_grad_scale *scale
+#define OPTIM_SCALED_ARGS (VariantArgs{Variant::Scaled, clip, scale, nullptr})
+#define OPTIM_MIXED_PARAMS , const optim_grad_clip *clip, const optim_precision *precision
+#define OPTIM_MIXED_ARGS (VariantArgs{Variant::Mixed, clip, nullptr, precision})
+
+#define OPTIM_STEP_ENTRY(name, Step, family, variant)                                              \
+    OPTIM_API optim_status name(OPTIM_##family##_PARAMS(Step) OPTIM_##variant##_PARAMS)            \
+    {                                                                                              \
+        return step_entry<Step>(#name, OPTIM_##variant##_ARGS, OPTIM_##family##_ARGS);             \
+    }
 
 extern "C" {
 
@@ -738,43 +797,6 @@ OPTIM_API void optim_sgd_params_default(optim_sgd_params* params)
     params->lr = 0.01;
 }
 
-OPTIM_API optim_status optim_sgd_step(int32_t device, int32_t device_index, int32_t dtype,
-                                      const optim_tensor_list* tensors, int32_t n_groups,
-                                      const optim_sgd_params* groups)
-{
-    return sgd_entry("optim_sgd_step", device, device_index, dtype, tensors, n_groups, groups,
-                     nullptr, nullptr, Variant::Plain);
-}
-
-OPTIM_API optim_status optim_sgd_step_clipped(int32_t device, int32_t device_index, int32_t dtype,
-                                              const optim_tensor_list* tensors, int32_t n_groups,
-                                              const optim_sgd_params* groups,
-                                              const optim_grad_clip* clip)
-{
-    return sgd_entry("optim_sgd_step_clipped", device, device_index, dtype, tensors, n_groups,
-                     groups, clip, nullptr, Variant::Clipped);
-}
-
-OPTIM_API optim_status optim_sgd_step_scaled(int32_t device, int32_t device_index, int32_t dtype,
-                                             const optim_tensor_list* tensors, int32_t n_groups,
-                                             const optim_sgd_params* groups,
-                                             const optim_grad_clip* clip,
-                                             const optim_grad_scale* scale)
-{
-    return sgd_entry("optim_sgd_step_scaled", device, device_index, dtype, tensors, n_groups,
-                     groups, clip, scale, Variant::Scaled);
-}
-
-OPTIM_API optim_status optim_sgd_step_mixed(int32_t device, int32_t device_index, int32_t dtype,
-                                            const optim_tensor_list* tensors, int32_t n_groups,
-                                            const optim_sgd_params* groups,
-                                            const optim_grad_clip* clip,
-                                            const optim_precision* precision)
-{
-    return sgd_entry("optim_sgd_step_mixed", device, device_index, dtype, tensors, n_groups, groups,
-                     clip, nullptr, Variant::Mixed, precision);
-}
-
 OPTIM_API void optim_adam_params_default(optim_adam_params* params)
 {
     if (!params) return;
@@ -785,43 +807,6 @@ OPTIM_API void optim_adam_params_default(optim_adam_params* params)
     params->eps = 1e-8;
 }
 
-OPTIM_API optim_status optim_adam_step(int32_t device, int32_t device_index, int32_t dtype,
-                                       const optim_adam_tensors* tensors, int32_t n_groups,
-                                       const optim_adam_params* groups)
-{
-    return adam_entry("optim_adam_step", device, device_index, dtype, tensors, n_groups, groups,
-                      nullptr, nullptr, Variant::Plain);
-}
-
-OPTIM_API optim_status optim_adam_step_clipped(int32_t device, int32_t device_index, int32_t dtype,
-                                               const optim_adam_tensors* tensors, int32_t n_groups,
-                                               const optim_adam_params* groups,
-                                               const optim_grad_clip* clip)
-{
-    return adam_entry("optim_adam_step_clipped", device, device_index, dtype, tensors, n_groups,
-                      groups, clip, nullptr, Variant::Clipped);
-}
-
-OPTIM_API optim_status optim_adam_step_scaled(int32_t device, int32_t device_index, int32_t dtype,
-                                              const optim_adam_tensors* tensors, int32_t n_groups,
-                                              const optim_adam_params* groups,
-                                              const optim_grad_clip* clip,
-                                              const optim_grad_scale* scale)
-{
-    return adam_entry("optim_adam_step_scaled", device, device_index, dtype, tensors, n_groups,
-                      groups, clip, scale, Variant::Scaled);
-}
-
-OPTIM_API optim_status optim_adam_step_mixed(int32_t device, int32_t device_index, int32_t dtype,
-                                             const optim_adam_tensors* tensors, int32_t n_groups,
-                                             const optim_adam_params* groups,
-                                             const optim_grad_clip* clip,
-                                             const optim_precision* precision)
-{
-    return adam_entry("optim_adam_step_mixed", device, device_index, dtype, tensors, n_groups,
-                      groups, clip, nullptr, Variant::Mixed, precision);
-}
-
 OPTIM_API int64_t optim_hd_rate_count(int32_t scope, int32_t n_groups, int64_t n_tensors)
 {
     if (scope < OPTIM_HD_SCOPE_GLOBAL || scope > OPTIM_HD_SCOPE_PER_PARAMETER || n_groups < 0 ||
@@ -830,54 +815,20 @@ OPTIM_API int64_t optim_hd_rate_count(int32_t scope, int32_t n_groups, int64_t n
     return hd_slot_count(scope, n_groups, n_tensors);
 }
 
-OPTIM_API optim_status optim_hd_step(int32_t device, int32_t device_index, int32_t dtype,
-                                     const optim_hd_tensors* tensors, int32_t n_groups,
-                                     const optim_hd_group* groups, const optim_hd_params* params,
-                                     double* rates, int64_t* skipped)
-{
-    return hd_entry("optim_hd_step", device, device_index, dtype, tensors, n_groups, groups, params,
-                    rates, skipped, nullptr, nullptr, Variant::Plain);
-}
-
-OPTIM_API optim_status optim_hd_step_clipped(int32_t device, int32_t device_index, int32_t dtype,
-                                             const optim_hd_tensors* tensors, int32_t n_groups,
-                                             const optim_hd_group* groups,
-                                             const optim_hd_params* params, double* rates,
-                                             int64_t* skipped, const optim_grad_clip* clip)
-{
-    return hd_entry("optim_hd_step_clipped", device, device_index, dtype, tensors, n_groups, groups,
-                    params, rates, skipped, clip, nullptr, Variant::Clipped);
-}
-
-OPTIM_API optim_status optim_hd_step_scaled(int32_t device, int32_t device_index, int32_t dtype,
-                                            const optim_hd_tensors* tensors, int32_t n_groups,
-                                            const optim_hd_group* groups,
-                                            const optim_hd_params* params, double* rates,
-                                            int64_t* skipped, const optim_grad_clip* clip,
-                                            const optim_grad_scale* scale)
-{
-    return hd_entry("optim_hd_step_scaled", device, device_index, dtype, tensors, n_groups, groups,
-                    params, rates, skipped, clip, scale, Variant::Scaled);
-}
-
-OPTIM_API optim_status optim_hd_adam_step(int32_t device, int32_t device_index, int32_t dtype,
-                                          const optim_hd_adam_tensors* tensors, int32_t n_groups,
-                                          const optim_hd_adam_group* groups,
-                                          const optim_hd_params* params, double* rates,
-                                          int64_t* skipped)
-{
-    return hd_adam_entry("optim_hd_adam_step", device, device_index, dtype, tensors, n_groups,
-                         groups, params, rates, skipped, nullptr, false);
-}
-
-OPTIM_API optim_status optim_hd_adam_step_clipped(
-    int32_t device, int32_t device_index, int32_t dtype, const optim_hd_adam_tensors* tensors,
-    int32_t n_groups, const optim_hd_adam_group* groups, const optim_hd_params* params,
-    double* rates, int64_t* skipped, const optim_grad_clip* clip)
-{
-    return hd_adam_entry("optim_hd_adam_step_clipped", device, device_index, dtype, tensors,
-                         n_groups, groups, params, rates, skipped, clip, true);
-}
+// The step entry points, one line each: OPTIM_STEP_ENTRY(name, Step, family, variant).
+OPTIM_STEP_ENTRY(optim_sgd_step, SgdStep, STEP, PLAIN)
+OPTIM_STEP_ENTRY(optim_sgd_step_clipped, SgdStep, STEP, CLIPPED)
+OPTIM_STEP_ENTRY(optim_sgd_step_scaled, SgdStep, STEP, SCALED)
+OPTIM_STEP_ENTRY(optim_sgd_step_mixed, SgdStep, STEP, MIXED)
+OPTIM_STEP_ENTRY(optim_adam_step, AdamStep, STEP, PLAIN)
+OPTIM_STEP_ENTRY(optim_adam_step_clipped, AdamStep, STEP, CLIPPED)
+OPTIM_STEP_ENTRY(optim_adam_step_scaled, AdamStep, STEP, SCALED)
+OPTIM_STEP_ENTRY(optim_adam_step_mixed, AdamStep, STEP, MIXED)
+OPTIM_STEP_ENTRY(optim_hd_step, HdStep, HD, PLAIN)
+OPTIM_STEP_ENTRY(optim_hd_step_clipped, HdStep, HD, CLIPPED)
+OPTIM_STEP_ENTRY(optim_hd_step_scaled, HdStep, HD, SCALED)
+OPTIM_STEP_ENTRY(optim_hd_adam_step, HdAdamStep, HD, PLAIN)
+OPTIM_STEP_ENTRY(optim_hd_adam_step_clipped, HdAdamStep, HD, CLIPPED)
 
 OPTIM_API optim_status optim_sls_save(int32_t device, int32_t device_index, int32_t dtype,
                                       const optim_sls_tensors* tensors)

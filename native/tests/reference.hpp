@@ -1,7 +1,9 @@
-// A naive reference of PyTorch's SGD, written as PyTorch's torch/optim/sgd.py spells it out
-// (separate passes over a gradient copy), deliberately not sharing code with the library.
+// Naive references of PyTorch's SGD and of Adam's moment update, written as torch/optim spells them
+// out (separate passes over a gradient copy), deliberately not sharing code with the library.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <random>
@@ -65,6 +67,35 @@ bool same_bits(const std::vector<T>& a, const std::vector<T>& b)
 {
     return a.size() == b.size() &&
            (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+}
+
+// PyTorch's _single_tensor_adam after its gradient is formed (g: after maximize and Adam's coupled
+// weight decay), one operation per pass: the moments m and v (and vmax with amsgrad) advance to
+// step `step`; returns the denominator sqrt(second moment) / sqrt(1 - beta2^step) + eps, and bc1
+// = 1 - beta1^step.
+template <typename T>
+std::vector<T> reference_adam_moments(std::vector<T>& m, std::vector<T>& v, std::vector<T>& vmax,
+                                      const std::vector<T>& g, double beta1, double beta2,
+                                      double eps, bool amsgrad, int64_t step, double& bc1)
+{
+    const size_t n = g.size();
+    const T w = static_cast<T>(1 - beta1);
+    for (size_t i = 0; i < n; ++i) // torch.lerp
+        m[i] = w < T(0.5) ? m[i] + w * (g[i] - m[i]) : g[i] - (g[i] - m[i]) * (T(1) - w);
+    for (size_t i = 0; i < n; ++i) v[i] = v[i] * static_cast<T>(beta2);
+    for (size_t i = 0; i < n; ++i) v[i] = v[i] + static_cast<T>(1 - beta2) * g[i] * g[i];
+    bc1 = 1 - std::pow(beta1, static_cast<double>(step));
+    const double bc2 = 1 - std::pow(beta2, static_cast<double>(step));
+    const std::vector<T>* second = &v;
+    if (amsgrad) {
+        for (size_t i = 0; i < n; ++i) vmax[i] = std::max(vmax[i], v[i]);
+        second = &vmax;
+    }
+    std::vector<T> denom(n);
+    for (size_t i = 0; i < n; ++i) denom[i] = std::sqrt((*second)[i]);
+    for (size_t i = 0; i < n; ++i) denom[i] = denom[i] / static_cast<T>(std::sqrt(bc2));
+    for (size_t i = 0; i < n; ++i) denom[i] = denom[i] + static_cast<T>(eps);
+    return denom;
 }
 
 } // namespace optim_test

@@ -69,22 +69,9 @@ void reference_adam(HdAdamTensor<T>& s, const optim_hd_adam_group& o, StepSize s
 {
     const size_t n = s.param.size();
     const std::vector<T> g = adam_grad(s, o);
-    const T w = static_cast<T>(1 - o.beta1);
-    for (size_t i = 0; i < n; ++i) // torch.lerp
-        s.m[i] = w < T(0.5) ? s.m[i] + w * (g[i] - s.m[i]) : g[i] - (g[i] - s.m[i]) * (T(1) - w);
-    for (size_t i = 0; i < n; ++i) s.v[i] = s.v[i] * static_cast<T>(o.beta2);
-    for (size_t i = 0; i < n; ++i) s.v[i] = s.v[i] + static_cast<T>(1 - o.beta2) * g[i] * g[i];
-    const double bc1 = 1 - std::pow(o.beta1, static_cast<double>(s.step));
-    const double bc2 = 1 - std::pow(o.beta2, static_cast<double>(s.step));
-    const std::vector<T>* second = &s.v;
-    if (o.amsgrad) {
-        for (size_t i = 0; i < n; ++i) s.vmax[i] = std::max(s.vmax[i], s.v[i]);
-        second = &s.vmax;
-    }
-    std::vector<T> denom(n);
-    for (size_t i = 0; i < n; ++i) denom[i] = std::sqrt((*second)[i]);
-    for (size_t i = 0; i < n; ++i) denom[i] = denom[i] / static_cast<T>(std::sqrt(bc2));
-    for (size_t i = 0; i < n; ++i) denom[i] = denom[i] + static_cast<T>(o.eps);
+    double bc1 = 0;
+    const std::vector<T> denom = reference_adam_moments(s.m, s.v, s.vmax, g, o.beta1, o.beta2,
+                                                        o.eps, o.amsgrad != 0, s.step, bc1);
     for (size_t i = 0; i < n; ++i) s.up[i] = s.m[i] / static_cast<T>(bc1) / denom[i];
     for (size_t i = 0; i < n; ++i) s.param[i] = s.param[i] - step_size(i, bc1) * s.m[i] / denom[i];
 }

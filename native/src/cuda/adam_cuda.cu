@@ -85,12 +85,10 @@ void launch_group(const AdamCall& call, const PrecisionCall& precision, int64_t 
                                Master ? precision.master[k] : nullptr};
         tables.add(ptrs, t.numels[k], AdamMeta<T>{c.step_size, c.bc2_sqrt, precision.key(k)});
     }
-    const double* norm = call.clip ? call.clip->total_norm : nullptr;
-    const double max_norm = call.clip ? call.clip->max_norm : 0.0;
-    const float* inv_scale = call.scale ? call.scale->inv_scale : nullptr;
-    const float* found_inf = call.scale ? call.scale->found_inf : nullptr;
-    tables.launch(AdamFunctor<S, Flags, Master, Round>{group, norm, max_norm, inv_scale, found_inf},
-                  nullptr, call.fn, "kernel launch");
+    const StepScaling s = step_scaling(call);
+    tables.launch(
+        AdamFunctor<S, Flags, Master, Round>{group, s.norm, s.max_norm, s.inv_scale, s.found_inf},
+        nullptr, call.fn, "kernel launch");
 }
 
 // One group's launches per param group, in group order (the tensors are in group order).
@@ -98,13 +96,8 @@ template <typename S>
 void adam_typed(const AdamCall& call)
 {
     using T = compute_t<S>;
-    const optim_adam_tensors& t = *call.tensors;
     const PrecisionCall precision(call.precision);
-    int64_t first = 0;
-    while (first < t.count) {
-        const int32_t g = call.group_of(first);
-        int64_t last = first + 1;
-        while (last < t.count && call.group_of(last) == g) ++last;
+    for_each_group_run(call, [&](int32_t g, int64_t first, int64_t last) {
         const optim_adam_params& o = call.groups[g];
         // The group-wide coefficients; step_size and bc2_sqrt come per tensor from the table.
         const AdamCoeffs<T> group =
@@ -121,21 +114,15 @@ void adam_typed(const AdamCall& call)
             });
         });
         if (!known) fail(OPTIM_STATUS_INTERNAL, "optim_adam_step: unexpected flag combination");
-        first = last;
-    }
+    });
 }
 
 } // namespace
 
 void adam_step(int device_index, int32_t dtype, const AdamCall& call)
 {
-    require_device(device_index, call.fn);
-    DeviceGuard guard(device_index, call.fn);
-    const optim_adam_tensors& t = *call.tensors;
-    if (call.clip || call.scale)
-        grad_norm(device_index, dtype, t.grads, t.numels, t.count,
-                  call.clip ? call.clip->total_norm : nullptr, call.fn, call.scale);
-    dispatch_storage(dtype, [&](auto storage) { adam_typed<decltype(storage)>(call); });
+    step_after_norm(device_index, dtype, call,
+                    [&](auto storage) { adam_typed<decltype(storage)>(call); });
 }
 
 } // namespace optim::cuda

@@ -54,4 +54,50 @@ class DeviceGuard {
     bool changed_ = false;
 };
 
+// Runs body(T{}) with T float or double (the steps without a 16-bit path) on device_index, checked
+// and made current for the call.
+template <class Body>
+void on_device_typed(int device_index, int32_t dtype, const char* function, Body&& body)
+{
+    require_device(device_index, function);
+    DeviceGuard guard(device_index, function);
+    if (dtype == OPTIM_DTYPE_FLOAT32)
+        body(float{});
+    else
+        body(double{});
+}
+
+// Calls body(g, first, last) for each run [first, last) of the call's tensors in param group g
+// (the tensors are in group order), in order: one set of launches per group.
+template <class Call, class Body>
+void for_each_group_run(const Call& call, Body&& body)
+{
+    const int64_t count = call.tensors->count;
+    int64_t first = 0;
+    while (first < count) {
+        const int32_t g = call.group_of(first);
+        int64_t last = first + 1;
+        while (last < count && call.group_of(last) == g) ++last;
+        body(g, first, last);
+        first = last;
+    }
+}
+
+// The clipping and loss-scaling inputs of a step's update kernel (null or 0 where the call has
+// none).
+struct StepScaling {
+    const double* norm;
+    double max_norm;
+    const float* inv_scale;
+    const float* found_inf;
+};
+
+template <class Call>
+StepScaling step_scaling(const Call& call)
+{
+    return {call.clip ? call.clip->total_norm : nullptr, call.clip ? call.clip->max_norm : 0.0,
+            call.scale ? call.scale->inv_scale : nullptr,
+            call.scale ? call.scale->found_inf : nullptr};
+}
+
 } // namespace optim::cuda

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "../clip_math.hpp"
+#include "cuda_util.cuh"
 
 #include <optim.h>
 
@@ -20,6 +21,21 @@ namespace optim::cuda {
 void grad_norm(int device_index, int32_t dtype, const void* const* grads, const int64_t* numels,
                int64_t count, double* total_norm, const char* fn,
                const optim_grad_scale* scale = nullptr);
+
+// The entry of a step whose clip and scaler take a read pass first (SGD, Adam): device_index
+// checked and current, the pass when the call has a clip or a scaler, then typed(S{}) for its
+// storage type.
+template <class Call, class Typed>
+void step_after_norm(int device_index, int32_t dtype, const Call& call, Typed&& typed)
+{
+    require_device(device_index, call.fn);
+    DeviceGuard guard(device_index, call.fn);
+    const auto& t = *call.tensors;
+    if (call.clip || call.scale)
+        grad_norm(device_index, dtype, t.grads, t.numels, t.count,
+                  call.clip ? call.clip->total_norm : nullptr, call.fn, call.scale);
+    dispatch_storage(dtype, typed);
+}
 
 // The coefficient an update applies to each gradient element: 1 without clipping (norm null).
 template <typename T>

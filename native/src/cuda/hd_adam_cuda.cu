@@ -5,12 +5,10 @@
 // rate from device memory and divides it by 1 - beta1^t, so no step waits for the host. Compiled
 // in CI; see docs/design.md for what has run on a GPU.
 #include "../hd_adam_math.hpp"
-#include "device_scratch.cuh"
 #include "hd_reduce.cuh"
 
 #include <cmath>
 #include <cstdint>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -166,11 +164,9 @@ void hd_adam_typed(int device_index, const HdAdamCall& call, const char* fn)
     const HdCoeffs<double> hc = hd_coeffs<double>(hp);
     const HdCoeffs<T> hc_t = hd_coeffs<T>(hp);
 
-    Scratch& s = scratch_for<kHdScratch>(device_index);
-    std::lock_guard<std::mutex> lock(s.mutex);
-    reserve(s, kRecordsOffset + sizeof(HdRecord) * static_cast<size_t>(tables.chunks()), fn);
-    int* skip_flag = static_cast<int*>(s.data);
-    HdRecord* recs = reinterpret_cast<HdRecord*>(static_cast<char*>(s.data) + kRecordsOffset);
+    const HdWorkspace work(device_index, tables.chunks(), fn);
+    int* skip_flag = work.skip_flag;
+    HdRecord* recs = work.recs;
 
     const bool check_finite = hp.assume_finite == 0;
     const bool clip = call.clip != nullptr;
@@ -195,13 +191,8 @@ void hd_adam_typed(int device_index, const HdAdamCall& call, const char* fn)
 
 void hd_adam_step(int device_index, int32_t dtype, const HdAdamCall& call)
 {
-    const char* fn = call.fn;
-    require_device(device_index, fn);
-    DeviceGuard guard(device_index, fn);
-    if (dtype == OPTIM_DTYPE_FLOAT32)
-        hd_adam_typed<float>(device_index, call, fn);
-    else
-        hd_adam_typed<double>(device_index, call, fn);
+    on_device_typed(device_index, dtype, call.fn,
+                    [&](auto t) { hd_adam_typed<decltype(t)>(device_index, call, call.fn); });
 }
 
 } // namespace optim::cuda

@@ -17,12 +17,10 @@
 // scaler's flag is set or a gradient is not finite (setting the flag). Compiled in CI;
 // see docs/design.md for what has run on a GPU.
 #include "../hd_math.hpp"
-#include "device_scratch.cuh"
 #include "hd_reduce.cuh"
 
 #include <cstddef>
 #include <cstdint>
-#include <mutex>
 #include <vector>
 
 namespace optim::cuda {
@@ -180,11 +178,9 @@ void hd_typed(int device_index, const HdCall& call, const char* fn)
     const HdCoeffs<double> hc = hd_coeffs<double>(hp);
     const HdCoeffs<T> hc_t = hd_coeffs<T>(hp);
 
-    Scratch& s = scratch_for<kHdScratch>(device_index);
-    std::lock_guard<std::mutex> lock(s.mutex);
-    reserve(s, kRecordsOffset + sizeof(HdRecord) * static_cast<size_t>(tables.chunks()), fn);
-    int* skip_flag = static_cast<int*>(s.data);
-    HdRecord* recs = reinterpret_cast<HdRecord*>(static_cast<char*>(s.data) + kRecordsOffset);
+    const HdWorkspace work(device_index, tables.chunks(), fn);
+    int* skip_flag = work.skip_flag;
+    HdRecord* recs = work.recs;
 
     // The caller vouches for the gradients (assume_finite): the per-parameter scope then needs no
     // reduction at all, and the finishing kernel, given no records, only clears the skip flag.
@@ -214,13 +210,8 @@ void hd_typed(int device_index, const HdCall& call, const char* fn)
 
 void hd_step(int device_index, int32_t dtype, const HdCall& call)
 {
-    const char* fn = call.fn;
-    require_device(device_index, fn);
-    DeviceGuard guard(device_index, fn);
-    if (dtype == OPTIM_DTYPE_FLOAT32)
-        hd_typed<float>(device_index, call, fn);
-    else
-        hd_typed<double>(device_index, call, fn);
+    on_device_typed(device_index, dtype, call.fn,
+                    [&](auto t) { hd_typed<decltype(t)>(device_index, call, call.fn); });
 }
 
 } // namespace optim::cuda

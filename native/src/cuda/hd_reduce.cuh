@@ -6,11 +6,13 @@
 
 #include "../hd_math.hpp"
 #include "block_sum.cuh"
+#include "device_scratch.cuh"
 #include "grad_norm.cuh"
 #include "multi_tensor.cuh"
 
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 
 namespace optim::cuda {
 
@@ -194,5 +196,25 @@ __global__ void __launch_bounds__(kFinishThreads)
 
 // The skip flag lives at offset 0 of the step's scratch (device_scratch.cuh), the records after it.
 constexpr size_t kRecordsOffset = 256;
+
+// The HD scratch of the current device for one step, held (locked) while this lives: the skip
+// flag, then one record per chunk.
+class HdWorkspace {
+  public:
+    HdWorkspace(int device_index, int64_t chunks, const char* fn)
+        : scratch_(scratch_for<kHdScratch>(device_index)), lock_(scratch_.mutex)
+    {
+        reserve(scratch_, kRecordsOffset + sizeof(HdRecord) * static_cast<size_t>(chunks), fn);
+        skip_flag = static_cast<int*>(scratch_.data);
+        recs = reinterpret_cast<HdRecord*>(static_cast<char*>(scratch_.data) + kRecordsOffset);
+    }
+
+    int* skip_flag = nullptr;
+    HdRecord* recs = nullptr;
+
+  private:
+    Scratch& scratch_;
+    std::lock_guard<std::mutex> lock_;
+};
 
 } // namespace optim::cuda

@@ -78,13 +78,10 @@ void launch_group(const SgdCall& call, const PrecisionCall& precision, int64_t f
         tables.add(ptrs, t.numels[k],
                    SgdMeta{static_cast<unsigned char>(fresh ? 1 : 0), precision.key(k)});
     }
-    const double* norm = call.clip ? call.clip->total_norm : nullptr;
-    const double max_norm = call.clip ? call.clip->max_norm : 0.0;
-    const float* inv_scale = call.scale ? call.scale->inv_scale : nullptr;
-    const float* found_inf = call.scale ? call.scale->found_inf : nullptr;
-    tables.launch(
-        SgdFunctor<S, Flags, Master, Round>{c, lr, lr_ptr, norm, max_norm, inv_scale, found_inf},
-        nullptr, call.fn, "kernel launch");
+    const StepScaling s = step_scaling(call);
+    tables.launch(SgdFunctor<S, Flags, Master, Round>{c, lr, lr_ptr, s.norm, s.max_norm,
+                                                      s.inv_scale, s.found_inf},
+                  nullptr, call.fn, "kernel launch");
 }
 
 // One group's launches per param group, in group order (the tensors are in group order).
@@ -92,13 +89,8 @@ template <typename S>
 void sgd_typed(const SgdCall& call)
 {
     using T = compute_t<S>;
-    const optim_tensor_list& t = *call.tensors;
     const PrecisionCall precision(call.precision);
-    int64_t first = 0;
-    while (first < t.count) {
-        const int32_t g = call.group_of(first);
-        int64_t last = first + 1;
-        while (last < t.count && call.group_of(last) == g) ++last;
+    for_each_group_run(call, [&](int32_t g, int64_t first, int64_t last) {
         const optim_sgd_params& p = call.groups[g];
         const SgdGroup<T> group = sgd_group<T>(p, "optim_sgd_step");
         dispatch_precision<S>(precision, [&](auto master, auto round) {
@@ -110,8 +102,7 @@ void sgd_typed(const SgdCall& call)
                                                       static_cast<T>(p.lr), p.lr_ptr);
             });
         });
-        first = last;
-    }
+    });
 }
 
 } // namespace
@@ -136,13 +127,8 @@ int device_count() noexcept
 
 void sgd_step(int device_index, int32_t dtype, const SgdCall& call)
 {
-    require_device(device_index, call.fn);
-    DeviceGuard guard(device_index, call.fn);
-    const optim_tensor_list& t = *call.tensors;
-    if (call.clip || call.scale)
-        grad_norm(device_index, dtype, t.grads, t.numels, t.count,
-                  call.clip ? call.clip->total_norm : nullptr, call.fn, call.scale);
-    dispatch_storage(dtype, [&](auto storage) { sgd_typed<decltype(storage)>(call); });
+    step_after_norm(device_index, dtype, call,
+                    [&](auto storage) { sgd_typed<decltype(storage)>(call); });
 }
 
 } // namespace optim::cuda

@@ -164,20 +164,15 @@ double norm_typed(int device_index, const optim_sls_tensors& t)
 
 void sls_pass(int device_index, int32_t dtype, const SlsCall& call)
 {
-    require_device(device_index, call.fn);
-    DeviceGuard guard(device_index, call.fn);
-    if (dtype == OPTIM_DTYPE_FLOAT32)
-        pass_typed<float>(call);
-    else
-        pass_typed<double>(call);
+    on_device_typed(device_index, dtype, call.fn, [&](auto t) { pass_typed<decltype(t)>(call); });
 }
 
 double sls_grad_norm_sq(int device_index, int32_t dtype, const optim_sls_tensors& tensors)
 {
-    require_device(device_index, "optim_sls_grad_norm_sq");
-    DeviceGuard guard(device_index, "optim_sls_grad_norm_sq");
-    return dtype == OPTIM_DTYPE_FLOAT32 ? norm_typed<float>(device_index, tensors)
-                                        : norm_typed<double>(device_index, tensors);
+    double sum = 0.0;
+    on_device_typed(device_index, dtype, "optim_sls_grad_norm_sq",
+                    [&](auto t) { sum = norm_typed<decltype(t)>(device_index, tensors); });
+    return sum;
 }
 
 } // namespace optim::cuda
