@@ -308,7 +308,8 @@ const optim_grad_scale* pick_scale(FuzzedDataProvider& in, Arena& arena, bool& s
     return maybe(in, scale);
 }
 
-// The precision of a _mixed entry point, or null with `mixed` false: the plain or _clipped one.
+// The precision of a _mixed (or, with a scale, _mixed_scaled) entry point, or null with `mixed`
+// false: the plain, _clipped or _scaled one.
 // Master weights (float32, written; sometimes a parameter's own memory or NULL), a rounding mode,
 // seed and step, where the input asks for them.
 const optim_precision* pick_precision(FuzzedDataProvider& in, Arena& arena,
@@ -403,7 +404,10 @@ void fuzz_sgd(FuzzedDataProvider& in)
     mark_written(arena, tensors, written);
     arena.snapshot();
     const optim_status status =
-        scaled    ? optim_sgd_step_scaled(device, device_index, dtype, maybe(in, list), n_groups,
+        scaled && mixed
+            ? optim_sgd_step_mixed_scaled(device, device_index, dtype, maybe(in, list), n_groups,
+                                          maybe(in, groups), clip, scale, precision)
+        : scaled  ? optim_sgd_step_scaled(device, device_index, dtype, maybe(in, list), n_groups,
                                           maybe(in, groups), clip, scale)
         : mixed   ? optim_sgd_step_mixed(device, device_index, dtype, maybe(in, list), n_groups,
                                          maybe(in, groups), clip, precision)
@@ -412,10 +416,11 @@ void fuzz_sgd(FuzzedDataProvider& in)
                   : optim_sgd_step(device, device_index, dtype, maybe(in, list), n_groups,
                                    maybe(in, groups));
     expect_status(status,
-                  scaled    ? "optim_sgd_step_scaled"
-                  : mixed   ? "optim_sgd_step_mixed"
-                  : clipped ? "optim_sgd_step_clipped"
-                            : "optim_sgd_step",
+                  scaled && mixed ? "optim_sgd_step_mixed_scaled"
+                  : scaled        ? "optim_sgd_step_scaled"
+                  : mixed         ? "optim_sgd_step_mixed"
+                  : clipped       ? "optim_sgd_step_clipped"
+                                  : "optim_sgd_step",
                   arena);
 }
 
@@ -492,7 +497,10 @@ void fuzz_adam(FuzzedDataProvider& in)
     mark_written(arena, tensors, written);
     arena.snapshot();
     const optim_status status =
-        scaled    ? optim_adam_step_scaled(device, device_index, dtype, maybe(in, list), n_groups,
+        scaled && mixed
+            ? optim_adam_step_mixed_scaled(device, device_index, dtype, maybe(in, list), n_groups,
+                                           maybe(in, groups), clip, scale, precision)
+        : scaled  ? optim_adam_step_scaled(device, device_index, dtype, maybe(in, list), n_groups,
                                            maybe(in, groups), clip, scale)
         : mixed   ? optim_adam_step_mixed(device, device_index, dtype, maybe(in, list), n_groups,
                                           maybe(in, groups), clip, precision)
@@ -501,10 +509,11 @@ void fuzz_adam(FuzzedDataProvider& in)
                   : optim_adam_step(device, device_index, dtype, maybe(in, list), n_groups,
                                     maybe(in, groups));
     expect_status(status,
-                  scaled    ? "optim_adam_step_scaled"
-                  : mixed   ? "optim_adam_step_mixed"
-                  : clipped ? "optim_adam_step_clipped"
-                            : "optim_adam_step",
+                  scaled && mixed ? "optim_adam_step_mixed_scaled"
+                  : scaled        ? "optim_adam_step_scaled"
+                  : mixed         ? "optim_adam_step_mixed"
+                  : clipped       ? "optim_adam_step_clipped"
+                                  : "optim_adam_step",
                   arena);
 }
 

@@ -348,14 +348,24 @@ void check_scale(const char* fn, int32_t device, const optim_grad_scale* scale)
 }
 
 // Which variant of a step an entry point is: plain, _clipped (clip required), _scaled (scale
-// required, clip optional) or _mixed (precision required, clip optional).
-enum class Variant { Plain, Clipped, Scaled, Mixed };
+// required, clip optional), _mixed (precision required, clip optional) or _mixed_scaled (precision
+// and scale required, clip optional).
+enum class Variant { Plain, Clipped, Scaled, Mixed, MixedScaled };
+
+bool scaled(Variant v)
+{
+    return v == Variant::Scaled || v == Variant::MixedScaled;
+}
+bool mixed(Variant v)
+{
+    return v == Variant::Mixed || v == Variant::MixedScaled;
+}
 
 void check_variant(const char* fn, int32_t device, Variant v, const optim_grad_clip* clip,
                    const optim_grad_scale* scale)
 {
     check_clip(fn, device, clip, v == Variant::Clipped);
-    if (v == Variant::Scaled) check_scale(fn, device, scale);
+    if (scaled(v)) check_scale(fn, device, scale);
 }
 
 // One SGD step of a variant (precision: the _mixed variant's); fn names the entry point in
@@ -370,12 +380,12 @@ optim_status sgd_entry(const char* fn, int32_t device, int32_t device_index, int
         check_variant(fn, device, variant, clip, scale);
         require_step_target(fn, device, dtype, true);
         validate_sgd(fn, device, tensors, n_groups, groups);
-        validate_precision(fn, dtype, precision, variant == Variant::Mixed, tensors->count,
-                           tensors->numels, tensors->params, tensors->grads);
+        validate_precision(fn, dtype, precision, mixed(variant), tensors->count, tensors->numels,
+                           tensors->params, tensors->grads);
         if (tensors->count == 0 && !clip_across_ranks(clip)) return;
         SgdCall call{tensors, n_groups, groups};
         call.clip = clip;
-        call.scale = variant == Variant::Scaled ? scale : nullptr;
+        call.scale = scaled(variant) ? scale : nullptr;
         call.precision = precision;
         call.fn = fn;
         run_on_backend(device, device_index, dtype, call, cuda::sgd_step, cpu::sgd_step_f32,
@@ -395,12 +405,12 @@ optim_status adam_entry(const char* fn, int32_t device, int32_t device_index, in
         check_variant(fn, device, variant, clip, scale);
         require_step_target(fn, device, dtype, true);
         validate_adam(fn, tensors, n_groups, groups);
-        validate_precision(fn, dtype, precision, variant == Variant::Mixed, tensors->count,
-                           tensors->numels, tensors->params, tensors->grads);
+        validate_precision(fn, dtype, precision, mixed(variant), tensors->count, tensors->numels,
+                           tensors->params, tensors->grads);
         if (tensors->count == 0 && !clip_across_ranks(clip)) return;
         AdamCall call{tensors, n_groups, groups};
         call.clip = clip;
-        call.scale = variant == Variant::Scaled ? scale : nullptr;
+        call.scale = scaled(variant) ? scale : nullptr;
         call.precision = precision;
         call.fn = fn;
         run_on_backend(device, device_index, dtype, call, cuda::adam_step, cpu::adam_step_f32,
@@ -775,6 +785,17 @@ OPTIM_API optim_status optim_sgd_step_mixed(int32_t device, int32_t device_index
                      clip, nullptr, Variant::Mixed, precision);
 }
 
+OPTIM_API optim_status optim_sgd_step_mixed_scaled(int32_t device, int32_t device_index,
+                                                   int32_t dtype, const optim_tensor_list* tensors,
+                                                   int32_t n_groups, const optim_sgd_params* groups,
+                                                   const optim_grad_clip* clip,
+                                                   const optim_grad_scale* scale,
+                                                   const optim_precision* precision)
+{
+    return sgd_entry("optim_sgd_step_mixed_scaled", device, device_index, dtype, tensors, n_groups,
+                     groups, clip, scale, Variant::MixedScaled, precision);
+}
+
 OPTIM_API void optim_adam_params_default(optim_adam_params* params)
 {
     if (!params) return;
@@ -820,6 +841,15 @@ OPTIM_API optim_status optim_adam_step_mixed(int32_t device, int32_t device_inde
 {
     return adam_entry("optim_adam_step_mixed", device, device_index, dtype, tensors, n_groups,
                       groups, clip, nullptr, Variant::Mixed, precision);
+}
+
+OPTIM_API optim_status optim_adam_step_mixed_scaled(
+    int32_t device, int32_t device_index, int32_t dtype, const optim_adam_tensors* tensors,
+    int32_t n_groups, const optim_adam_params* groups, const optim_grad_clip* clip,
+    const optim_grad_scale* scale, const optim_precision* precision)
+{
+    return adam_entry("optim_adam_step_mixed_scaled", device, device_index, dtype, tensors,
+                      n_groups, groups, clip, scale, Variant::MixedScaled, precision);
 }
 
 OPTIM_API int64_t optim_hd_rate_count(int32_t scope, int32_t n_groups, int64_t n_tensors)
