@@ -66,6 +66,14 @@ internal static unsafe partial class NativeMethods
         GradClip* clip, PrecisionOptions* precision);
 
     [LibraryImport(Library)]
+    internal static partial int optim_sgd_step_mixed_scaled(int device, int deviceIndex, int dtype, TensorList* tensors, int nGroups,
+        SgdGroupParams* groups, GradClip* clip, GradScale* scale, PrecisionOptions* precision);
+
+    [LibraryImport(Library)]
+    internal static partial int optim_adam_step_mixed_scaled(int device, int deviceIndex, int dtype, AdamTensors* tensors, int nGroups,
+        AdamGroupParams* groups, GradClip* clip, GradScale* scale, PrecisionOptions* precision);
+
+    [LibraryImport(Library)]
     internal static partial int optim_sls_save(int device, int deviceIndex, int dtype, SlsTensors* tensors);
 
     [LibraryImport(Library)]

@@ -310,21 +310,20 @@ internal static unsafe class OptimNative
                 GroupIndex = groupIndex.Length == 0 ? null : gi,
             };
             var clip = new GradClip { MaxNorm = maxNorm, TotalNorm = (double*)totalNorm, AcrossRanks = acrossRanks ? 1 : 0 };
+            var scale = new GradScale { InvScale = (float*)invScale, FoundInf = (float*)foundInf };
             if (masterParams.Length != 0 || precision.StochasticRounding)
             {
-                if (invScale != 0)
-                {
-                    throw new NotSupportedException("SgdStep: a gradient scaler with master weights or stochastic rounding has no fused step; unscale the gradients first.");
-                }
                 fixed (nint* mp = masterParams)
                 {
                     var options = Precision(masterParams, mp, n, precision);
-                    ThrowIfFailed(NativeMethods.optim_sgd_step_mixed((int)device, deviceIndex, (int)dtype, &list, groups.Length, sp,
-                        totalNorm == 0 ? null : &clip, &options));
+                    ThrowIfFailed(invScale != 0
+                        ? NativeMethods.optim_sgd_step_mixed_scaled((int)device, deviceIndex, (int)dtype, &list, groups.Length, sp,
+                            totalNorm == 0 ? null : &clip, &scale, &options)
+                        : NativeMethods.optim_sgd_step_mixed((int)device, deviceIndex, (int)dtype, &list, groups.Length, sp,
+                            totalNorm == 0 ? null : &clip, &options));
                 }
                 return;
             }
-            var scale = new GradScale { InvScale = (float*)invScale, FoundInf = (float*)foundInf };
             ThrowIfFailed(invScale != 0
                 ? NativeMethods.optim_sgd_step_scaled((int)device, deviceIndex, (int)dtype, &list, groups.Length, sp, totalNorm == 0 ? null : &clip, &scale)
                 : totalNorm == 0
@@ -378,21 +377,20 @@ internal static unsafe class OptimNative
                 GroupIndex = groupIndex.Length == 0 ? null : gi,
             };
             var clip = new GradClip { MaxNorm = maxNorm, TotalNorm = (double*)totalNorm, AcrossRanks = acrossRanks ? 1 : 0 };
+            var scale = new GradScale { InvScale = (float*)invScale, FoundInf = (float*)foundInf };
             if (masterParams.Length != 0 || precision.StochasticRounding)
             {
-                if (invScale != 0)
-                {
-                    throw new NotSupportedException("AdamStep: a gradient scaler with master weights or stochastic rounding has no fused step; unscale the gradients first.");
-                }
                 fixed (nint* mp = masterParams)
                 {
                     var options = Precision(masterParams, mp, n, precision);
-                    ThrowIfFailed(NativeMethods.optim_adam_step_mixed((int)device, deviceIndex, (int)dtype, &list, groups.Length, ap,
-                        totalNorm == 0 ? null : &clip, &options));
+                    ThrowIfFailed(invScale != 0
+                        ? NativeMethods.optim_adam_step_mixed_scaled((int)device, deviceIndex, (int)dtype, &list, groups.Length, ap,
+                            totalNorm == 0 ? null : &clip, &scale, &options)
+                        : NativeMethods.optim_adam_step_mixed((int)device, deviceIndex, (int)dtype, &list, groups.Length, ap,
+                            totalNorm == 0 ? null : &clip, &options));
                 }
                 return;
             }
-            var scale = new GradScale { InvScale = (float*)invScale, FoundInf = (float*)foundInf };
             ThrowIfFailed(invScale != 0
                 ? NativeMethods.optim_adam_step_scaled((int)device, deviceIndex, (int)dtype, &list, groups.Length, ap, totalNorm == 0 ? null : &clip, &scale)
                 : totalNorm == 0

@@ -14,7 +14,7 @@ public partial class FusedAdam
     /// exists once a step with <c>amsgrad</c> has run. For a float16 or bfloat16 parameter the moments are
     /// float32, and with <c>master_weights</c> <see cref="master_param"/> holds its float32 master copy.
     /// </summary>
-    public sealed class State : OptimizerState, IDisposable, IStagedLoad
+    public sealed class State : OptimizerState, IDisposable, IStagedLoad, IRoundingStepState
     {
         /// <summary>The steps this parameter has taken (PyTorch counts per parameter: only steps where it had a gradient).</summary>
         public long step;
@@ -27,10 +27,17 @@ public partial class FusedAdam
         /// <summary>The float32 master copy of a float16 or bfloat16 parameter (<c>master_weights</c>), from its first step on.</summary>
         public Tensor? master_param;
 
+        // The optimizer's stochastic-rounding step count, saved with a float16 or bfloat16 parameter's state.
+        private long _roundingStep;
+
         /// <summary>Creates the state of one parameter.</summary>
         public State(Parameter parameter) : base(parameter)
         {
         }
+
+        long IRoundingStepState.RoundingStep { get => _roundingStep; set => _roundingStep = value; }
+
+        bool IRoundingStepState.CarriesRoundingStep => LowPrecision;
 
         /// <summary>Disposes the moments.</summary>
         public void Dispose() => Replace(step, null, null, null, null);
@@ -62,7 +69,8 @@ public partial class FusedAdam
         /// <summary>
         /// Writes the step, both moments and the optional running maximum, as TorchSharp's Adam does (moments not
         /// created yet are written as zeros, which is what they start as); for a float16 or bfloat16 parameter,
-        /// then a flag and the float32 master copy when there is one.
+        /// then a flag and the float32 master copy when there is one, and the optimizer's stochastic-rounding step
+        /// count (an int64).
         /// </summary>
         public override void SaveStateDict(BinaryWriter writer)
         {
@@ -75,6 +83,7 @@ public partial class FusedAdam
             {
                 writer.Write(master_param is not null);
                 master_param?.Save(writer);
+                writer.Write(_roundingStep);
             }
         }
 
@@ -109,7 +118,12 @@ public partial class FusedAdam
             var v = r.ReadTensor("exp_avg_sq", _parameter, MomentType);
             var w = r.ReadOptionalTensor("max_exp_avg_sq", _parameter, MomentType);
             var master = LowPrecision ? r.ReadOptionalTensor("master_param", _parameter, ScalarType.Float32) : null;
-            return () => Replace(s, m, v, w, master);
+            long rounding = LowPrecision ? r.ReadCount("the stochastic rounding step count") : 0;
+            return () =>
+            {
+                Replace(s, m, v, w, master);
+                _roundingStep = rounding;
+            };
         }
 
         private Action CopyStaged(object source, Staging staging)
@@ -131,7 +145,12 @@ public partial class FusedAdam
             {
                 throw new ArgumentException("FusedAdam: the source has one moment but not the other.", nameof(source));
             }
-            return () => Replace(s, m, v, w, master);
+            long rounding = other._roundingStep;
+            return () =>
+            {
+                Replace(s, m, v, w, master);
+                _roundingStep = rounding;
+            };
         }
 
         private void Replace(long s, Tensor? m, Tensor? v, Tensor? w, Tensor? master)

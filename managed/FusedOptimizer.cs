@@ -63,9 +63,10 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper, IFused
     /// fraction of the last place, so the rounding is unbiased and updates below half a place still move the
     /// parameter on average. The random bits are a hash of (<see cref="RoundingSeed"/>, the optimizer's step
     /// count, the tensor's index in the step, the element's index): the same seed gives the same run, with no
-    /// generator state. The step count is this object's number of steps taken (not saved: a resumed run draws
-    /// other bits than an uninterrupted one). Other dtypes are rounded to nearest (float16 parameters with this
-    /// option are refused).
+    /// generator state. The step count is the number of steps taken (a step a <see cref="GradScaler"/> skips is
+    /// not one); it is saved with the state of each float16 or bfloat16 parameter and restored by
+    /// <c>load_state_dict</c>, so a resumed run draws the bits of an uninterrupted one. Other dtypes are rounded
+    /// to nearest (float16 parameters with this option are refused).
     /// </summary>
     public bool StochasticRounding => _stochasticRounding;
 
@@ -150,7 +151,10 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper, IFused
                     // The native step changed nothing: neither may the state made for it.
                     UndoCreatedState();
                 }
-                _roundingStep++;
+                else
+                {
+                    _roundingStep++;
+                }
             }
             catch
             {
@@ -219,8 +223,8 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper, IFused
     /// </summary>
     public Tensor? GradNorm => _gradNorm?.clone();
 
-    // Master weights and stochastic rounding have no scaled native step: the scaler takes the unfused path.
-    bool IFusedGradScaling.SupportsGradScaling => FusesGradScaling && !_masterWeights && !_stochasticRounding;
+    // Master weights and stochastic rounding included (optim_*_step_mixed_scaled).
+    bool IFusedGradScaling.SupportsGradScaling => FusesGradScaling;
 
     /// <summary>Whether this optimizer's native step applies a gradient scaler (Sls's line search and
     /// HypergradientAdam's step do not: the scaler then unscales the gradients itself).</summary>
@@ -502,6 +506,7 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper, IFused
     public new void load_state_dict(BinaryReader reader)
     {
         StateLoad.Load(this, reader, _parameter_groups, _state);
+        AdoptRoundingStep();
         AfterLoad();
     }
 
@@ -519,7 +524,38 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper, IFused
     public override void load_state_dict(StateDictionary state_dict)
     {
         StateLoad.Copy(this, state_dict, this.state_dict());
+        AdoptRoundingStep();
         AfterLoad();
+    }
+
+    /// <summary>The state of every parameter, each float16 or bfloat16 one carrying the stochastic-rounding step count (saved with it).</summary>
+    public override StateDictionary state_dict()
+    {
+        foreach (var (_, state) in _state)
+        {
+            if (state is IRoundingStepState carrier)
+            {
+                carrier.RoundingStep = _roundingStep;
+            }
+        }
+        return base.state_dict();
+    }
+
+    // The stochastic-rounding step count a load restored: that of the first float16 or bfloat16 parameter
+    // (all carry the same; other dtypes carry none, and then the count stays).
+    private void AdoptRoundingStep()
+    {
+        foreach (var group in _parameter_groups)
+        {
+            foreach (var p in ParametersOf(group))
+            {
+                if (_state[p.Handle] is IRoundingStepState { CarriesRoundingStep: true } carrier)
+                {
+                    _roundingStep = carrier.RoundingStep;
+                    return;
+                }
+            }
+        }
     }
 
     /// <summary>Adopts what a load restored beyond the options and states (counters, device copies).</summary>
@@ -542,4 +578,14 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper, IFused
             _gradNorm = null;
         }
     }
+}
+
+/// <summary>A parameter's state that saves the optimizer's stochastic-rounding step count (float16 and bfloat16 parameters).</summary>
+internal interface IRoundingStepState
+{
+    /// <summary>The optimizer's step count, stamped before a save and read after a load.</summary>
+    long RoundingStep { get; set; }
+
+    /// <summary>Whether this state saves the count (its parameter is float16 or bfloat16).</summary>
+    bool CarriesRoundingStep { get; }
 }

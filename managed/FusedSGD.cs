@@ -22,9 +22,11 @@ namespace Optim;
 /// 0.107's SGD instead flips the sign of the final update, so its momentum buffers have the opposite
 /// sign and its weight decay grows the weights when maximizing (docs/design.md).</para>
 /// <para>Requirements, checked before anything is written: every parameter and gradient is dense,
-/// contiguous, float32 or float64; all parameters share one dtype and one device. CPU tensors use the
-/// native CPU path; CUDA tensors use the CUDA kernels when the native library was built with them and a
-/// device exists, otherwise <see cref="NotSupportedException"/> (never a silent fallback).</para>
+/// contiguous, float32, float64, float16 or bfloat16 (a gradient of its parameter's dtype); all parameters share
+/// one dtype and one device. Float16 and bfloat16 parameters are updated in float32 with float32 momentum buffers
+/// and written back rounded to nearest, or kept as float32 master copies (<c>master_weights</c>), or for bfloat16
+/// rounded stochastically (<c>stochastic_rounding</c>). CPU tensors use the native CPU path; CUDA tensors use the
+/// CUDA kernels when the native library was built with them and a device exists, otherwise <see cref="NotSupportedException"/> (never a silent fallback).</para>
 /// <para>Threads: one instance is used from one thread at a time (as TorchSharp's optimizers): its
 /// <c>step</c>, <c>zero_grad</c>, <c>add_param_group</c>, <c>state_dict</c> and <c>load_state_dict</c>, and a
 /// scheduler's <c>step</c> (which writes the rates a step reads), must not overlap, and nothing else may
@@ -62,11 +64,15 @@ public partial class FusedSGD : FusedOptimizer<FusedSGD.Options, FusedSGD.State>
     /// <param name="nesterov">Enables Nesterov momentum (needs momentum &gt; 0 and dampening 0).</param>
     /// <param name="maximize">Maximize the objective instead of minimizing it.</param>
     /// <param name="max_grad_norm">Clips the gradients to this global norm inside each step (finite, &gt; 0; null: no clipping); see <see cref="FusedOptimizer{TOptions, TState}.MaxGradNorm"/>.</param>
+    /// <param name="master_weights">Keep float32 master copies of float16/bfloat16 parameters; see <see cref="FusedOptimizer{TOptions, TState}.MasterWeights"/>.</param>
+    /// <param name="stochastic_rounding">Round bfloat16 parameters updated in place stochastically; see <see cref="FusedOptimizer{TOptions, TState}.StochasticRounding"/>.</param>
+    /// <param name="rounding_seed">The seed of stochastic rounding; see <see cref="FusedOptimizer{TOptions, TState}.RoundingSeed"/>.</param>
     /// <exception cref="ArgumentException">An invalid hyperparameter or an unsupported tensor.</exception>
     public FusedSGD(IEnumerable<Parameter> parameters, double lr, double momentum = 0, double dampening = 0,
-        double weight_decay = 0, bool nesterov = false, bool maximize = false, double? max_grad_norm = null)
+        double weight_decay = 0, bool nesterov = false, bool maximize = false, double? max_grad_norm = null,
+        bool master_weights = false, bool stochastic_rounding = false, long rounding_seed = 0)
         : this(new[] { new ParamGroup(parameters ?? throw new ArgumentNullException(nameof(parameters))) },
-               lr, momentum, dampening, weight_decay, nesterov, maximize, max_grad_norm)
+               lr, momentum, dampening, weight_decay, nesterov, maximize, max_grad_norm, master_weights, stochastic_rounding, rounding_seed)
     {
     }
 
@@ -82,14 +88,19 @@ public partial class FusedSGD : FusedOptimizer<FusedSGD.Options, FusedSGD.State>
     /// <param name="nesterov">Default for Nesterov momentum.</param>
     /// <param name="maximize">Default for maximization.</param>
     /// <param name="max_grad_norm">Clips the gradients to this global norm inside each step (finite, &gt; 0; null: no clipping); see <see cref="FusedOptimizer{TOptions, TState}.MaxGradNorm"/>.</param>
+    /// <param name="master_weights">Keep float32 master copies of float16/bfloat16 parameters; see <see cref="FusedOptimizer{TOptions, TState}.MasterWeights"/>.</param>
+    /// <param name="stochastic_rounding">Round bfloat16 parameters updated in place stochastically; see <see cref="FusedOptimizer{TOptions, TState}.StochasticRounding"/>.</param>
+    /// <param name="rounding_seed">The seed of stochastic rounding; see <see cref="FusedOptimizer{TOptions, TState}.RoundingSeed"/>.</param>
     /// <exception cref="ArgumentException">An invalid hyperparameter or an unsupported tensor.</exception>
     public FusedSGD(IEnumerable<ParamGroup> parameters, double lr, double momentum = 0, double dampening = 0,
-        double weight_decay = 0, bool nesterov = false, bool maximize = false, double? max_grad_norm = null)
+        double weight_decay = 0, bool nesterov = false, bool maximize = false, double? max_grad_norm = null,
+        bool master_weights = false, bool stochastic_rounding = false, long rounding_seed = 0)
     {
         ArgumentNullException.ThrowIfNull(parameters);
         var defaults = SgdOptionsBase.Create<Options>(lr, momentum, dampening, weight_decay, nesterov, maximize);
         defaults.Validate(null);
         MaxGradNorm = max_grad_norm;
+        SetPrecision(master_weights, stochastic_rounding, rounding_seed);
         Initialize(defaults, parameters);
     }
 
@@ -101,6 +112,8 @@ public partial class FusedSGD : FusedOptimizer<FusedSGD.Options, FusedSGD.State>
     }
 
     private protected override string Name => nameof(FusedSGD);
+
+    private protected override bool TakesLowPrecision => true;
 
     private protected override Action PrepareGroupOptions(Options given, int group)
     {
@@ -124,10 +137,19 @@ public partial class FusedSGD : FusedOptimizer<FusedSGD.Options, FusedSGD.State>
         {
             records.Add(buf.Handle);
         }
+        if (state.master_param is { } master)
+        {
+            records.Add(master.Handle);
+        }
     }
 
     private protected override void GatherState(int k, ref TensorChecks checks, in TensorInfo parameter, State state, Options options, int group, int index)
     {
+        // A missing master copy is made in CreateMissingState (Fresh is the native call's buffer flag, so not marked there).
+        if (MasterWeights && state.master_param is { } master && TensorChecks.IsLowPrecision((ScalarType)parameter.ScalarType))
+        {
+            Batch.Masters[k] = CheckState(ref checks, master, parameter, group, index, "master_param");
+        }
         if (options.momentum!.Value == 0)
         {
             return;
@@ -138,10 +160,16 @@ public partial class FusedSGD : FusedOptimizer<FusedSGD.Options, FusedSGD.State>
             Batch.Fresh[k] = 1;
             return;
         }
-        var bi = TorchSharpNative.Describe(buf.Handle);
-        checks.CheckState(bi, parameter, group, index, "momentum buffer");
-        Batch.Buffers[k] = bi.Data;
-        Batch.Written.Add(buf.Handle);
+        Batch.Buffers[k] = CheckState(ref checks, buf, parameter, group, index, "momentum buffer");
+    }
+
+    // A state tensor's checks (the parameter's state dtype: float32 for a 16-bit parameter) and its data pointer.
+    private nint CheckState(ref TensorChecks checks, Tensor t, in TensorInfo parameter, int group, int index, string name)
+    {
+        var info = TorchSharpNative.Describe(t.Handle);
+        checks.CheckState(info, parameter, group, index, name);
+        Batch.Written.Add(t.Handle);
+        return info.Data;
     }
 
     // The hyperparameters of every group, for one native call that checks every group before it writes.
@@ -170,19 +198,38 @@ public partial class FusedSGD : FusedOptimizer<FusedSGD.Options, FusedSGD.State>
         }
     }
 
-    // The momentum buffers of parameters on their first step with momentum (only then allocates).
+    // The momentum buffers of parameters on their first step with momentum, and the master copies of 16-bit
+    // parameters on their first step with master_weights (only then allocates).
     private protected override void CreateMissingState(in TensorChecks checks)
     {
         var batch = Batch;
+        bool masters = UsesMasters(checks);
         for (int k = 0; k < batch.Count; k++)
         {
-            if (batch.Fresh[k] != 0)
+            bool masterMissing = masters && batch.States[k].master_param is null;
+            if (masterMissing || batch.Fresh[k] != 0)
             {
-                var state = batch.States[k];
-                var buf = Created(torch.empty_like(batch.ParamTensors[k]), () => state.momentum_buffer = null);
-                state.momentum_buffer = buf;
-                batch.Buffers[k] = TorchSharpNative.DataPointer(buf.Handle);
+                CreateMissingState(k, masterMissing);
             }
+        }
+    }
+
+    // Apart from the loop: the lambdas' closure is then allocated only for a parameter that needs state.
+    private void CreateMissingState(int k, bool masterMissing)
+    {
+        var batch = Batch;
+        var state = batch.States[k];
+        var p = batch.ParamTensors[k];
+        if (masterMissing)
+        {
+            state.master_param = Created(p.detach().to(ScalarType.Float32, copy: true), () => state.master_param = null);
+            batch.Masters[k] = TorchSharpNative.DataPointer(state.master_param.Handle);
+        }
+        if (batch.Fresh[k] != 0)
+        {
+            var buf = Created(torch.empty_like(p, TensorChecks.StateType(p.dtype)), () => state.momentum_buffer = null);
+            state.momentum_buffer = buf;
+            batch.Buffers[k] = TorchSharpNative.DataPointer(buf.Handle);
         }
     }
 
@@ -195,6 +242,7 @@ public partial class FusedSGD : FusedOptimizer<FusedSGD.Options, FusedSGD.State>
         OptimNative.SgdStep(checks.Device, checks.DeviceIndex, checks.DType,
             batch.Params.AsSpan(0, n), batch.Grads.AsSpan(0, n), batch.Buffers.AsSpan(0, n),
             batch.Numels.AsSpan(0, n), batch.Fresh.AsSpan(0, n), batch.GroupIndex.AsSpan(0, n),
-            _groupParams.AsSpan(0, _parameter_groups.Count), maxNorm, totalNorm, invScale, foundInf, ReducesAcrossRanks);
+            _groupParams.AsSpan(0, _parameter_groups.Count), maxNorm, totalNorm, invScale, foundInf, ReducesAcrossRanks,
+            UsesMasters(checks) ? batch.Masters.AsSpan(0, n) : default, Rounding(checks));
     }
 }

@@ -308,7 +308,8 @@ const optim_grad_scale* pick_scale(FuzzedDataProvider& in, Arena& arena, bool& s
     return maybe(in, scale);
 }
 
-// The precision of a _mixed entry point, or null with `mixed` false: the plain or _clipped one.
+// The precision of a _mixed (or, with a scale, _mixed_scaled) entry point, or null with `mixed`
+// false: the plain, _clipped or _scaled one.
 // Master weights (float32, written; sometimes a parameter's own memory or NULL), a rounding mode,
 // seed and step, where the input asks for them.
 const optim_precision* pick_precision(FuzzedDataProvider& in, Arena& arena,
@@ -407,7 +408,9 @@ struct StepEntries {
     optim_status (*clipped)(Args..., const optim_grad_clip*);
     optim_status (*scaled)(Args..., const optim_grad_clip*, const optim_grad_scale*);
     optim_status (*mixed)(Args..., const optim_grad_clip*, const optim_precision*);
-    const char* names[4]; // plain, clipped, scaled, mixed
+    optim_status (*mixed_scaled)(Args..., const optim_grad_clip*, const optim_grad_scale*,
+                                 const optim_precision*);
+    const char* names[5]; // plain, clipped, scaled, mixed, mixed_scaled
 };
 
 #define FUZZ_STEP_ARGS(Tensors, Groups)                                                            \
@@ -420,29 +423,35 @@ const StepEntries<FUZZ_STEP_ARGS(optim_tensor_list, optim_sgd_params)> kSgdEntri
     optim_sgd_step_clipped,
     optim_sgd_step_scaled,
     optim_sgd_step_mixed,
-    {"optim_sgd_step", "optim_sgd_step_clipped", "optim_sgd_step_scaled", "optim_sgd_step_mixed"}};
+    optim_sgd_step_mixed_scaled,
+    {"optim_sgd_step", "optim_sgd_step_clipped", "optim_sgd_step_scaled", "optim_sgd_step_mixed",
+     "optim_sgd_step_mixed_scaled"}};
 const StepEntries<FUZZ_STEP_ARGS(optim_adam_tensors, optim_adam_params)> kAdamEntries{
     optim_adam_step,
     optim_adam_step_clipped,
     optim_adam_step_scaled,
     optim_adam_step_mixed,
+    optim_adam_step_mixed_scaled,
     {"optim_adam_step", "optim_adam_step_clipped", "optim_adam_step_scaled",
-     "optim_adam_step_mixed"}};
+     "optim_adam_step_mixed", "optim_adam_step_mixed_scaled"}};
 const StepEntries<FUZZ_HD_ARGS(optim_hd_tensors, optim_hd_group)> kHdEntries{
     optim_hd_step,
     optim_hd_step_clipped,
     optim_hd_step_scaled,
     nullptr,
-    {"optim_hd_step", "optim_hd_step_clipped", "optim_hd_step_scaled", nullptr}};
+    nullptr,
+    {"optim_hd_step", "optim_hd_step_clipped", "optim_hd_step_scaled", nullptr, nullptr}};
 const StepEntries<FUZZ_HD_ARGS(optim_hd_adam_tensors, optim_hd_adam_group)> kHdAdamEntries{
     optim_hd_adam_step,
     optim_hd_adam_step_clipped,
     nullptr,
     nullptr,
-    {"optim_hd_adam_step", "optim_hd_adam_step_clipped", nullptr, nullptr}};
+    nullptr,
+    {"optim_hd_adam_step", "optim_hd_adam_step_clipped", nullptr, nullptr, nullptr}};
 
 // The variant of one call and its inputs: a clip, then a scale and a precision where the step has
-// those variants (the first chosen of scaled, mixed and clipped wins; else the plain step).
+// those variants (scaled and mixed together: the mixed-scaled step; else the first chosen of
+// scaled, mixed and clipped wins; else the plain step).
 struct VariantInputs {
     bool clipped = false, scaled = false, mixed = false;
     const optim_grad_clip* clip = nullptr;
@@ -468,7 +477,10 @@ optim_status call_step(const StepEntries<Args...>& e, const VariantInputs& v, co
 {
     optim_status status;
     const char* name;
-    if (v.scaled) {
+    if (v.scaled && v.mixed && e.mixed_scaled) {
+        status = e.mixed_scaled(args..., v.clip, v.scale, v.precision);
+        name = e.names[4];
+    } else if (v.scaled) {
         status = e.scaled(args..., v.clip, v.scale);
         name = e.names[2];
     } else if (v.mixed) {

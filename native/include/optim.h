@@ -315,6 +315,15 @@ OPTIM_API optim_status optim_sgd_step_mixed(int32_t device, int32_t device_index
                                             const optim_grad_clip* clip,
                                             const optim_precision* precision);
 
+/* optim_sgd_step_mixed with a gradient scaler (optim_grad_scale above; scale not NULL): a skipped
+ * step writes nothing but the flag, master weights included. */
+OPTIM_API optim_status optim_sgd_step_mixed_scaled(int32_t device, int32_t device_index,
+                                                   int32_t dtype, const optim_tensor_list* tensors,
+                                                   int32_t n_groups, const optim_sgd_params* groups,
+                                                   const optim_grad_clip* clip,
+                                                   const optim_grad_scale* scale,
+                                                   const optim_precision* precision);
+
 /* ---- Fused Adam and AdamW -------------------------------------------------------------------- */
 
 /* Hyperparameters of one param group, with PyTorch's meaning and PyTorch's order of operations
@@ -412,6 +421,14 @@ OPTIM_API optim_status optim_adam_step_mixed(int32_t device, int32_t device_inde
                                              const optim_adam_params* groups,
                                              const optim_grad_clip* clip,
                                              const optim_precision* precision);
+
+/* optim_adam_step_mixed with a gradient scaler (optim_grad_scale above; scale not NULL): a skipped
+ * step writes nothing but the flag, master weights included; steps[k] as for
+ * optim_adam_step_scaled. */
+OPTIM_API optim_status optim_adam_step_mixed_scaled(
+    int32_t device, int32_t device_index, int32_t dtype, const optim_adam_tensors* tensors,
+    int32_t n_groups, const optim_adam_params* groups, const optim_grad_clip* clip,
+    const optim_grad_scale* scale, const optim_precision* precision);
 
 /* ---- Hypergradient descent ------------------------------------------------------------------- */
 

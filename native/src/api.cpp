@@ -365,9 +365,20 @@ void check_scale(const char* fn, int32_t device, const optim_grad_scale* scale)
 }
 
 // Which variant of a step an entry point is: plain, _clipped (clip required), _scaled (scale
-// required, clip optional) or _mixed (precision required, clip optional), with the optional inputs
-// it was given (NULL where the variant has none).
-enum class Variant { Plain, Clipped, Scaled, Mixed };
+// required, clip optional), _mixed (precision required, clip optional) or _mixed_scaled (precision
+// and scale required, clip optional), with the optional inputs it was given (NULL where it has
+// none).
+enum class Variant { Plain, Clipped, Scaled, Mixed, MixedScaled };
+
+bool scaled(Variant v)
+{
+    return v == Variant::Scaled || v == Variant::MixedScaled;
+}
+
+bool mixed(Variant v)
+{
+    return v == Variant::Mixed || v == Variant::MixedScaled;
+}
 
 struct VariantArgs {
     Variant variant;
@@ -379,7 +390,7 @@ struct VariantArgs {
 void check_variant(const char* fn, int32_t device, const VariantArgs& v)
 {
     check_clip(fn, device, v.clip, v.variant == Variant::Clipped);
-    if (v.variant == Variant::Scaled) check_scale(fn, device, v.scale);
+    if (scaled(v.variant)) check_scale(fn, device, v.scale);
 }
 
 // What the entry points need of one optimizer step: its tensor and group structs, its validated
@@ -426,12 +437,12 @@ optim_status step_entry(const char* fn, const VariantArgs& v, int32_t device, in
         check_variant(fn, device, v);
         require_step_target(fn, device, dtype, true);
         Step::validate(fn, device, tensors, n_groups, groups);
-        validate_precision(fn, dtype, v.precision, v.variant == Variant::Mixed, tensors->count,
+        validate_precision(fn, dtype, v.precision, mixed(v.variant), tensors->count,
                            tensors->numels, tensors->params, tensors->grads);
         if (tensors->count == 0 && !clip_across_ranks(v.clip)) return;
         typename Step::Call call{tensors, n_groups, groups};
         call.clip = v.clip;
-        call.scale = v.variant == Variant::Scaled ? v.scale : nullptr;
+        call.scale = scaled(v.variant) ? v.scale : nullptr;
         call.precision = v.precision;
         call.fn = fn;
         Step::run(device, device_index, dtype, call);
@@ -623,7 +634,7 @@ optim_status step_entry(const char* fn, const VariantArgs& v, int32_t device, in
         }
         typename Step::Call call{tensors, n_groups, groups, params, rates, skipped};
         call.clip = v.clip;
-        if constexpr (Step::kScaled) call.scale = v.variant == Variant::Scaled ? v.scale : nullptr;
+        if constexpr (Step::kScaled) call.scale = scaled(v.variant) ? v.scale : nullptr;
         call.fn = fn;
         Step::run(device, device_index, dtype, call);
     });
@@ -706,6 +717,9 @@ using namespace optim;
 #define OPTIM_SCALED_ARGS (VariantArgs{Variant::Scaled, clip, scale, nullptr})
 #define OPTIM_MIXED_PARAMS , const optim_grad_clip *clip, const optim_precision *precision
 #define OPTIM_MIXED_ARGS (VariantArgs{Variant::Mixed, clip, nullptr, precision})
+#define OPTIM_MIXED_SCALED_PARAMS                                                                  \
+    , const optim_grad_clip *clip, const optim_grad_scale *scale, const optim_precision *precision
+#define OPTIM_MIXED_SCALED_ARGS (VariantArgs{Variant::MixedScaled, clip, scale, precision})
 
 #define OPTIM_STEP_ENTRY(name, Step, family, variant)                                              \
     OPTIM_API optim_status name(OPTIM_##family##_PARAMS(Step) OPTIM_##variant##_PARAMS)            \
@@ -820,10 +834,12 @@ OPTIM_STEP_ENTRY(optim_sgd_step, SgdStep, STEP, PLAIN)
 OPTIM_STEP_ENTRY(optim_sgd_step_clipped, SgdStep, STEP, CLIPPED)
 OPTIM_STEP_ENTRY(optim_sgd_step_scaled, SgdStep, STEP, SCALED)
 OPTIM_STEP_ENTRY(optim_sgd_step_mixed, SgdStep, STEP, MIXED)
+OPTIM_STEP_ENTRY(optim_sgd_step_mixed_scaled, SgdStep, STEP, MIXED_SCALED)
 OPTIM_STEP_ENTRY(optim_adam_step, AdamStep, STEP, PLAIN)
 OPTIM_STEP_ENTRY(optim_adam_step_clipped, AdamStep, STEP, CLIPPED)
 OPTIM_STEP_ENTRY(optim_adam_step_scaled, AdamStep, STEP, SCALED)
 OPTIM_STEP_ENTRY(optim_adam_step_mixed, AdamStep, STEP, MIXED)
+OPTIM_STEP_ENTRY(optim_adam_step_mixed_scaled, AdamStep, STEP, MIXED_SCALED)
 OPTIM_STEP_ENTRY(optim_hd_step, HdStep, HD, PLAIN)
 OPTIM_STEP_ENTRY(optim_hd_step_clipped, HdStep, HD, CLIPPED)
 OPTIM_STEP_ENTRY(optim_hd_step_scaled, HdStep, HD, SCALED)

@@ -590,3 +590,167 @@ TEST(MixedAdam, ClippedBFloat16IsTheClippedFloat32Step)
 }
 
 } // namespace
+
+namespace {
+
+// ---- The scaled mixed steps (optim_sgd_step_mixed_scaled, optim_adam_step_mixed_scaled) ----
+
+enum class MixedKind { Sgd, Adam };
+
+// One step of `kind` over ts with master weights: through the _mixed_scaled entry point when scale
+// is not null, else through _mixed. steps: Adam's per-tensor count after this step.
+template <typename S>
+optim_status mixed_step(MixedKind kind, std::vector<MixedTensor<S>>& ts, bool fresh,
+                        int64_t adam_step, const optim_grad_scale* scale)
+{
+    const size_t n = ts.size();
+    std::vector<void*> p(n), m(n), v(n), master(n);
+    std::vector<const void*> g(n);
+    std::vector<int64_t> numels(n), steps(n, adam_step);
+    std::vector<uint8_t> fresh_flags(n, fresh ? 1 : 0);
+    for (size_t k = 0; k < n; ++k) {
+        p[k] = ts[k].param.data(), g[k] = ts[k].grad.data(), m[k] = ts[k].m.data();
+        v[k] = ts[k].v.data(), master[k] = ts[k].master.data();
+        numels[k] = static_cast<int64_t>(ts[k].param.size());
+    }
+    const optim_precision precision{master.data(), 0, 0, OPTIM_ROUNDING_NEAREST};
+    if (kind == MixedKind::Sgd) {
+        optim_sgd_params groups[2];
+        optim_sgd_params_default(&groups[0]);
+        optim_sgd_params_default(&groups[1]);
+        groups[0].lr = 0.05, groups[0].momentum = 0.9, groups[0].weight_decay = 1e-3;
+        groups[1].lr = 0.02, groups[1].momentum = 0.8, groups[1].nesterov = 1;
+        const optim_tensor_list list{
+            static_cast<int64_t>(n), p.data(),           g.data(),      m.data(),
+            numels.data(),           fresh_flags.data(), kGroups.data()};
+        return scale ? optim_sgd_step_mixed_scaled(OPTIM_DEVICE_CPU, 0, dtype_of<S>(), &list, 2,
+                                                   groups, nullptr, scale, &precision)
+                     : optim_sgd_step_mixed(OPTIM_DEVICE_CPU, 0, dtype_of<S>(), &list, 2, groups,
+                                            nullptr, &precision);
+    }
+    optim_adam_params groups[2];
+    optim_adam_params_default(&groups[0]);
+    optim_adam_params_default(&groups[1]);
+    groups[0].decoupled = 1, groups[0].weight_decay = 0.01;
+    groups[1].lr = 3e-3, groups[1].eps = 1e-4;
+    const optim_adam_tensors list{
+        static_cast<int64_t>(n), p.data(),     g.data(),      m.data(), v.data(), nullptr,
+        numels.data(),           steps.data(), kGroups.data()};
+    return scale ? optim_adam_step_mixed_scaled(OPTIM_DEVICE_CPU, 0, dtype_of<S>(), &list, 2,
+                                                groups, nullptr, scale, &precision)
+                 : optim_adam_step_mixed(OPTIM_DEVICE_CPU, 0, dtype_of<S>(), &list, 2, groups,
+                                         nullptr, &precision);
+}
+
+// 50 steps of gradients scaled by 1024 through _mixed_scaled (inverse scale 2^-10) against the same
+// gradients unscaled through _mixed, with an infinity or a NaN injected on some steps: a skipped
+// step sets the flag and writes nothing (parameters, master copies, state), and every other step is
+// bitwise the unscaled one.
+template <typename S>
+void check_mixed_scaled(MixedKind kind, int threads)
+{
+    ASSERT_EQ(optim_set_num_threads(threads), OPTIM_STATUS_OK);
+    auto ours = make_tensors<S>(41), theirs = make_tensors<S>(41);
+    std::mt19937_64 rng(43);
+    const float inv = 1.0f / 1024;
+    int64_t taken = 0;
+    for (int step = 0; step < 50; ++step) {
+        new_gradients(theirs, rng);
+        const bool bad = step % 7 == 3 || step % 11 == 5;
+        for (size_t k = 0; k < ours.size(); ++k)
+            for (size_t i = 0; i < ours[k].grad.size(); ++i)
+                ours[k].grad[i] = to_storage<S>(optim::load_value(theirs[k].grad[i]) * 1024);
+        if (bad) ours[3].grad[777] = to_storage<S>(step % 7 == 3 ? INFINITY : NAN);
+        float found = 0.0f;
+        const optim_grad_scale scale{&inv, &found};
+        ASSERT_EQ(mixed_step(kind, ours, taken == 0, taken + 1, &scale), OPTIM_STATUS_OK)
+            << optim_last_error();
+        EXPECT_EQ(found, bad ? 1.0f : 0.0f) << "step " << step;
+        if (!bad) {
+            ASSERT_EQ(mixed_step(kind, theirs, taken == 0, taken + 1, nullptr), OPTIM_STATUS_OK)
+                << optim_last_error();
+            ++taken;
+        }
+        for (size_t k = 0; k < ours.size(); ++k) {
+            ASSERT_TRUE(same_bits(ours[k].master, theirs[k].master)) << k << " step " << step;
+            ASSERT_TRUE(same_bits(ours[k].m, theirs[k].m)) << k << " step " << step;
+            ASSERT_TRUE(same_bits(ours[k].v, theirs[k].v)) << k << " step " << step;
+            for (size_t i = 0; i < ours[k].param.size(); ++i)
+                ASSERT_EQ(ours[k].param[i].bits, theirs[k].param[i].bits) << k << " step " << step;
+        }
+    }
+    EXPECT_EQ(taken, 50 - 11); // steps 3, 5, 10, 16, 17, 24, 27, 31, 38, 45 and 49 skipped
+    optim_set_num_threads(0);
+}
+
+TEST(MixedScaled, SkippedStepsWriteNothingAndTheOthersAreTheUnscaledSteps)
+{
+    for (MixedKind kind : {MixedKind::Sgd, MixedKind::Adam})
+        for (int threads = 1; threads <= 3; threads += 2) {
+            check_mixed_scaled<BFloat16>(kind, threads);
+            check_mixed_scaled<Half>(kind, threads);
+        }
+}
+
+// A _mixed_scaled step without its scale or its precision names the missing one and writes nothing.
+TEST(MixedScaled, MissingScaleOrPrecisionIsNamed)
+{
+    for (MixedKind kind : {MixedKind::Sgd, MixedKind::Adam}) {
+        auto ts = make_tensors<BFloat16>(47);
+        std::mt19937_64 rng(53);
+        new_gradients(ts, rng);
+        const auto before = ts;
+        const char* fn =
+            kind == MixedKind::Sgd ? "optim_sgd_step_mixed_scaled" : "optim_adam_step_mixed_scaled";
+        EXPECT_EQ(mixed_step(kind, ts, true, 1, nullptr), OPTIM_STATUS_OK); // the valid call
+        ts = before;
+        // No scale.
+        const size_t n = ts.size();
+        std::vector<void*> p(n), m(n), v(n), master(n);
+        std::vector<const void*> g(n);
+        std::vector<int64_t> numels(n), steps(n, 1);
+        for (size_t k = 0; k < n; ++k) {
+            p[k] = ts[k].param.data(), g[k] = ts[k].grad.data(), m[k] = ts[k].m.data();
+            v[k] = ts[k].v.data(), master[k] = ts[k].master.data();
+            numels[k] = static_cast<int64_t>(ts[k].param.size());
+        }
+        const optim_precision precision{master.data(), 0, 0, OPTIM_ROUNDING_NEAREST};
+        const float inv = 1.0f;
+        float found = 0.0f;
+        const optim_grad_scale scale{&inv, &found};
+        const auto call = [&](const optim_grad_scale* s, const optim_precision* pr) {
+            if (kind == MixedKind::Sgd) {
+                optim_sgd_params group;
+                optim_sgd_params_default(&group);
+                const optim_tensor_list list{static_cast<int64_t>(n), p.data(), g.data(), nullptr,
+                                             numels.data(),           nullptr,  nullptr};
+                return optim_sgd_step_mixed_scaled(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_BFLOAT16, &list,
+                                                   1, &group, nullptr, s, pr);
+            }
+            optim_adam_params group;
+            optim_adam_params_default(&group);
+            const optim_adam_tensors list{
+                static_cast<int64_t>(n), p.data(),     g.data(), m.data(), v.data(), nullptr,
+                numels.data(),           steps.data(), nullptr};
+            return optim_adam_step_mixed_scaled(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_BFLOAT16, &list, 1,
+                                                &group, nullptr, s, pr);
+        };
+        EXPECT_EQ(call(nullptr, &precision), OPTIM_STATUS_INVALID_ARGUMENT);
+        EXPECT_NE(std::string(optim_last_error()).find(std::string(fn) + ": scale is NULL"),
+                  std::string::npos)
+            << optim_last_error();
+        EXPECT_EQ(call(&scale, nullptr), OPTIM_STATUS_INVALID_ARGUMENT);
+        EXPECT_NE(std::string(optim_last_error()).find(std::string(fn) + ": precision is NULL"),
+                  std::string::npos)
+            << optim_last_error();
+        EXPECT_EQ(found, 0.0f);
+        for (size_t k = 0; k < n; ++k) {
+            ASSERT_TRUE(same_bits(ts[k].master, before[k].master)) << k;
+            ASSERT_TRUE(same_bits(ts[k].m, before[k].m)) << k;
+            for (size_t i = 0; i < ts[k].param.size(); ++i)
+                ASSERT_EQ(ts[k].param[i].bits, before[k].param[i].bits) << k;
+        }
+    }
+}
+
+} // namespace

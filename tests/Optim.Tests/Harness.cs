@@ -217,6 +217,7 @@ internal static class Harness
                 for (int i = 0; i < actualParams.Count; i++)
                 {
                     AssertSame(FusedState(a, i).momentum_buffer, FusedState(e, i).momentum_buffer, $"{what}: momentum buffer {i}");
+                    AssertSame(FusedState(a, i).master_param, FusedState(e, i).master_param, $"{what}: master_param {i}");
                 }
                 break;
             case (HypergradientSGD a, HypergradientSGD e):
@@ -265,6 +266,31 @@ internal static class Harness
     {
         using var scope = torch.NewDisposeScope();
         SetGradients(from.Select(p => p.grad).ToList(), to);
+    }
+
+    /// <summary>Copies the values of parameters onto others of the same shapes.</summary>
+    public static void CopyParameters(IReadOnlyList<Parameter> from, IReadOnlyList<Parameter> to)
+    {
+        using var noGrad = torch.no_grad();
+        for (int i = 0; i < from.Count; i++)
+        {
+            to[i].copy_(from[i]);
+        }
+    }
+
+    /// <summary>Saves an optimizer's state with <c>save_state_dict</c> and loads it into another through its own <c>load_state_dict</c>.</summary>
+    public static void SaveAndLoad<TOptions, TState>(FusedOptimizer<TOptions, TState> from, FusedOptimizer<TOptions, TState> to)
+        where TOptions : TorchSharp.Modules.OptimizerOptions, new()
+        where TState : TorchSharp.Modules.OptimizerState, IDisposable
+    {
+        using var stream = new MemoryStream();
+        using (var writer = new BinaryWriter(stream, System.Text.Encoding.UTF8, leaveOpen: true))
+        {
+            from.save_state_dict(writer);
+        }
+        stream.Position = 0;
+        using var reader = new BinaryReader(stream);
+        to.load_state_dict(reader);
     }
 
     /// <summary>Parameters shaped like <see cref="LargeShapes"/>, values drawn from <paramref name="seed"/> (equal seeds give equal copies).</summary>
