@@ -1,5 +1,6 @@
 // The CUDA kernels against the CPU path of the same library (which native/tests checks against
-// naive references): fused SGD and fused Adam/AdamW for every flag combination, the stochastic
+// naive references): fused SGD and fused Adam/AdamW for every flag combination, both on float16
+// and bfloat16 parameters too (master weights, rounding, clipping, scaling), the stochastic
 // line search's passes and norm, hypergradient descent at every scope and rule, GreedyLR's device
 // step over long traces, and the device-index checks.
 //
@@ -294,14 +295,21 @@ class ScalePair {
     template <typename T>
     bool gradients(Mirror<T>& g, Rng& rng, const TensorSet& set, int step, int steps)
     {
-        fill_uniform(g, rng, 0.5 * (on_ ? 1024.0 : 1.0));
-        const bool bad = on_ && step == steps - 1;
+        fill_uniform(g, rng, 0.5 * factor());
+        const bool bad = new_step(step, steps);
         if (bad) put_value(g, set.inf_tensor, set.inf_element, std::numeric_limits<T>::infinity());
         g.upload();
-        found_on_host_ = 0.0f;
-        if (on_) found_on_target_.upload(&found_on_host_);
         return bad;
     }
+    // Clears both flags for a step; true on the bad step (the last one, when on).
+    bool new_step(int step, int steps)
+    {
+        found_on_host_ = 0.0f;
+        if (on_) found_on_target_.upload(&found_on_host_);
+        return on_ && step == steps - 1;
+    }
+    // How much larger the gradients of a scaled case are.
+    double factor() const { return on_ ? 1024.0 : 1.0; }
     void compare(Report& r, const std::string& at, bool expect_skip)
     {
         if (!on_) return;
@@ -532,6 +540,274 @@ void adam_case(Report& r, const TensorSet& set, const std::vector<optim_adam_par
         m.compare_and_adopt(r, at + "exp_avg", tol);
         v.compare_and_adopt(r, at + "exp_avg_sq", tol);
         if (amsgrad) w.compare_and_adopt(r, at + "max_exp_avg_sq", tol);
+        if (r.case_failed()) return;
+    }
+}
+
+// ---- 16-bit parameters ----------------------------------------------------------------------
+
+// The value of float16 or bfloat16 bits (the library converts on its own; this decodes what the
+// steps wrote).
+float bits16_to_float(uint16_t h, int32_t dtype)
+{
+    uint32_t u = static_cast<uint32_t>(h) << 16; // bfloat16: the high half of a float32
+    if (dtype == OPTIM_DTYPE_FLOAT16) {
+        const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+        if (exp == 0) { // zero or subnormal: man * 2^-24
+            const float f = std::ldexp(static_cast<float>(man), -24);
+            return sign ? -f : f;
+        }
+        u = sign | (exp == 0x1f ? 0x7f800000u : (exp + 112) << 23) | (man << 13);
+    }
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+// The bits of f, which must be exact in both formats: zero, an infinity, or a normal number of at
+// most 8 significant bits (the test data: k / 256 times a power of two, |k| <= 256).
+uint16_t float_to_bits16(float f, int32_t dtype)
+{
+    uint32_t u;
+    std::memcpy(&u, &f, sizeof u);
+    if (dtype == OPTIM_DTYPE_BFLOAT16) return static_cast<uint16_t>(u >> 16);
+    const uint32_t sign = (u >> 16) & 0x8000u;
+    if ((u & 0x7fffffffu) == 0) return static_cast<uint16_t>(sign);
+    if ((u & 0x7f800000u) == 0x7f800000u) return static_cast<uint16_t>(sign | 0x7c00u);
+    const uint32_t exp = ((u >> 23) & 0xffu) - 112; // rebias 127 -> 15
+    return static_cast<uint16_t>(sign | (exp << 10) | ((u & 0x7fffffu) >> 13));
+}
+
+const char* dtype16_name(int32_t dtype)
+{
+    return dtype == OPTIM_DTYPE_BFLOAT16 ? "bfloat16" : "float16";
+}
+
+// One unit in the last place of the 16-bit format: the two sides round float32 values that may
+// differ in their last bit (contracted FMAs), which can move a rounding (or a stochastic rounding's
+// threshold) by one unit.
+Tolerance tolerance16(int32_t dtype)
+{
+    return dtype == OPTIM_DTYPE_BFLOAT16 ? Tolerance{1.0 / 128, 1e-6} : Tolerance{1.0 / 1024, 1e-6};
+}
+
+// A 16-bit array per tensor on both sides, compared by value.
+struct Bits16 {
+    Mirror<uint16_t> bits;
+    int32_t dtype;
+
+    Bits16(const std::vector<int64_t>& sizes, int32_t dtype_) : bits(sizes, 0), dtype(dtype_) {}
+
+    // Every element factor * k / 256 for a random k in [-256, 256] (factor a power of two).
+    void fill(Rng& rng, float factor)
+    {
+        for (auto& v : bits.host)
+            for (uint16_t& e : v)
+                e = float_to_bits16(factor * static_cast<float>(rng.below(513) - 256) / 256.0f,
+                                    dtype);
+    }
+    std::vector<float> values(const std::vector<uint16_t>& v) const
+    {
+        std::vector<float> f(v.size());
+        for (size_t i = 0; i < v.size(); ++i) f[i] = bits16_to_float(v[i], dtype);
+        return f;
+    }
+    // As Mirror::compare_and_adopt, comparing decoded values. Within one ulp is not enough: a
+    // rounding that picks the wrong neighbour (a stochastic draw of another seed or step) stays
+    // within it, so at most 1% of a tensor's elements (and one) may differ in their bits, where
+    // only a float32 value on the rounding boundary, computed differently on the two sides, can
+    // flip.
+    void compare_and_adopt(Report& r, const std::string& what, Tolerance tol)
+    {
+        for (size_t k = 0; k < bits.host.size(); ++k) {
+            std::vector<uint16_t> got = bits.dev[k].download();
+            const std::vector<float> want_f = values(bits.host[k]), got_f = values(got);
+            const std::string name = what + " tensor " + std::to_string(k);
+            r.close(name, want_f.data(), got_f.data(), got_f.size(), tol);
+            size_t differ = 0;
+            for (size_t i = 0; i < got.size(); ++i) differ += got[i] != bits.host[k][i];
+            r.expect(differ <= 1 + got.size() / 100,
+                     name + ": at most 1% of the elements rounded differently (" +
+                         std::to_string(differ) + " of " + std::to_string(got.size()) + ")");
+            bits.host[k] = std::move(got);
+        }
+    }
+};
+
+// The options of a 16-bit case: float32 master weights or rounding in place (to nearest, or
+// stochastic for bfloat16), clipping, the gradient scaler.
+struct MixedConfig {
+    std::string name;
+    bool master;
+    int32_t rounding;
+    double max_norm;
+    bool scaled;
+};
+
+std::vector<MixedConfig> mixed_configs(int32_t dtype)
+{
+    std::vector<MixedConfig> out = {
+        {"master weights", true, OPTIM_ROUNDING_NEAREST, 0, false},
+        {"master weights, clipped", true, OPTIM_ROUNDING_NEAREST, 1.0, false},
+        {"master weights, scaled", true, OPTIM_ROUNDING_NEAREST, 0, true},
+        {"round to nearest", false, OPTIM_ROUNDING_NEAREST, 0, false},
+        {"round to nearest, scaled and clipped", false, OPTIM_ROUNDING_NEAREST, 1.0, true},
+    };
+    if (dtype == OPTIM_DTYPE_BFLOAT16) {
+        out.push_back({"stochastic rounding", false, OPTIM_ROUNDING_STOCHASTIC, 0, false});
+        out.push_back(
+            {"stochastic rounding, clipped", false, OPTIM_ROUNDING_STOCHASTIC, 1.0, false});
+    }
+    return out;
+}
+
+// What every 16-bit case holds: the parameters and gradients in 16 bits, the float32 master copy,
+// the clip and scaler pairs, and each side's optim_precision for a step.
+class MixedCase {
+  public:
+    MixedCase(const TensorSet& set, int32_t dtype, const MixedConfig& config, size_t groups,
+              Rng& rng)
+        : c(set, groups, config.max_norm, config.scaled), p(set.sizes, dtype), g(set.sizes, dtype),
+          master(set.sizes, 0.0f), set_(set), config_(config), dtype_(dtype)
+    {
+        p.fill(rng, 1.0f);
+        p.bits.upload();
+        for (size_t k = 0; k < master.host.size(); ++k) master.host[k] = p.values(p.bits.host[k]);
+        master.upload();
+    }
+
+    // A step's gradients (uploaded), with one infinity on a scaled case's last step; true then.
+    bool gradients(Rng& rng, int step, int steps)
+    {
+        const bool bad = c.scale.new_step(step, steps);
+        g.fill(rng, static_cast<float>(0.5 * c.scale.factor()));
+        if (bad)
+            g.bits.host.at(static_cast<size_t>(set_.inf_tensor))
+                .at(static_cast<size_t>(set_.inf_element)) =
+                float_to_bits16(std::numeric_limits<float>::infinity(), dtype_);
+        g.bits.upload();
+        return bad;
+    }
+
+    optim_precision precision(std::vector<void*>& masters, int step) const
+    {
+        return optim_precision{config_.master ? masters.data() : nullptr, 42, step,
+                               config_.rounding};
+    }
+
+    // The parameters (and master copies) after a step; a skipped step must change nothing.
+    void compare(Report& r, const std::string& at, bool skipped)
+    {
+        c.clip.compare(r, at);
+        c.scale.compare(r, at, skipped);
+        p.compare_and_adopt(r, at + "param", skipped ? kExact : tolerance16(dtype_));
+        if (config_.master)
+            master.compare_and_adopt(r, at + "master param",
+                                     skipped ? kExact : state_tolerance<float>());
+    }
+
+    GroupedCase c;
+    Bits16 p, g;
+    Mirror<float> master;
+
+  private:
+    const TensorSet& set_;
+    MixedConfig config_;
+    int32_t dtype_;
+};
+
+// Every SGD flag combination as a param group, in one _mixed call per step.
+void sgd_mixed_case(Report& r, const TensorSet& set, int32_t dtype, const MixedConfig& config,
+                    int steps, uint64_t seed)
+{
+    std::vector<optim_sgd_params> groups;
+    for (const SgdConfig& sc : sgd_configs()) groups.push_back(sc.params);
+    Rng rng(seed);
+    MixedCase m(set, dtype, config, groups.size(), rng);
+    Mirror<float> b(set.sizes, std::numeric_limits<float>::quiet_NaN()); // never read when fresh
+    b.upload();
+    const int late_step = steps / 2;
+    for (int step = 0; step < steps; ++step) {
+        const std::vector<int64_t> numels = set.numels_at(step, late_step);
+        const std::vector<uint8_t> fresh = fresh_flags(set, step, late_step);
+        const bool bad = m.gradients(rng, step, steps);
+        std::vector<void*> hp = m.p.bits.host_ptrs(), dp = m.p.bits.dev_ptrs(), hb = b.host_ptrs(),
+                           db = b.dev_ptrs(), hw = m.master.host_ptrs(), dw = m.master.dev_ptrs();
+        const std::vector<const void*> hg = const_ptrs(m.g.bits.host_ptrs()),
+                                       dg = const_ptrs(m.g.bits.dev_ptrs());
+        const int64_t K = static_cast<int64_t>(set.sizes.size());
+        const int32_t* gi = m.c.group_index();
+        const optim_tensor_list host{
+            K, hp.data(), hg.data(), hb.data(), numels.data(), fresh.data(), gi};
+        const optim_tensor_list dev{K, dp.data(), dg.data(), db.data(), numels.data(), fresh.data(),
+                                    gi};
+        optim_ok(sgd_step_mixed(OPTIM_DEVICE_CPU, dtype, host, groups, m.precision(hw, step),
+                                m.c.clip.on_host(), m.c.scale.on_host()),
+                 "optim_sgd_step_mixed (cpu)");
+        optim_ok(sgd_step_mixed(Target::device(), dtype, dev, groups, m.precision(dw, step),
+                                m.c.clip.on_target(), m.c.scale.on_target()),
+                 "optim_sgd_step_mixed (checked)");
+        Target::sync();
+        const std::string at = step_label(step, bad ? " (skipped)" : "");
+        m.compare(r, at, bad);
+        b.compare_and_adopt(r, at + "momentum buffer", bad ? kExact : state_tolerance<float>());
+        if (r.case_failed()) return;
+    }
+}
+
+// Every Adam flag combination as a param group, in one _mixed call per step; step counts as in
+// adam_case.
+void adam_mixed_case(Report& r, const TensorSet& set, int32_t dtype, const MixedConfig& config,
+                     int steps, uint64_t seed)
+{
+    std::vector<optim_adam_params> groups;
+    for (const AdamConfig& ac : adam_configs()) groups.push_back(ac.params);
+    Rng rng(seed);
+    MixedCase m(set, dtype, config, groups.size(), rng);
+    Mirror<float> e(set.sizes, 0.0f), v(set.sizes, 0.0f), w(set.sizes, 0.0f);
+    e.upload();
+    v.upload();
+    w.upload();
+    const size_t K = set.sizes.size();
+    std::vector<int64_t> taken(K, 0);
+    const int late_step = steps / 2;
+    const Tolerance tol = state_tolerance<float>();
+    for (int step = 0; step < steps; ++step) {
+        const std::vector<int64_t> numels = set.numels_at(step, late_step);
+        std::vector<int64_t> step_of(K);
+        for (size_t k = 0; k < K; ++k) {
+            if (static_cast<int64_t>(k) != set.late || step >= late_step) ++taken[k];
+            step_of[k] = taken[k] > 0 ? taken[k] : 1;
+        }
+        const bool bad = m.gradients(rng, step, steps);
+        std::vector<void*> hp = m.p.bits.host_ptrs(), dp = m.p.bits.dev_ptrs(), he = e.host_ptrs(),
+                           de = e.dev_ptrs(), hv = v.host_ptrs(), dv = v.dev_ptrs(),
+                           hx = w.host_ptrs(), dx = w.dev_ptrs(), hw = m.master.host_ptrs(),
+                           dw = m.master.dev_ptrs();
+        const std::vector<const void*> hg = const_ptrs(m.g.bits.host_ptrs()),
+                                       dg = const_ptrs(m.g.bits.dev_ptrs());
+        const int32_t* gi = m.c.group_index();
+        const optim_adam_tensors host{
+            static_cast<int64_t>(K), hp.data(),      hg.data(), he.data(), hv.data(), hx.data(),
+            numels.data(),           step_of.data(), gi};
+        const optim_adam_tensors dev{
+            static_cast<int64_t>(K), dp.data(),      dg.data(), de.data(), dv.data(), dx.data(),
+            numels.data(),           step_of.data(), gi};
+        optim_ok(adam_step_mixed(OPTIM_DEVICE_CPU, dtype, host, groups, m.precision(hw, step),
+                                 m.c.clip.on_host(), m.c.scale.on_host()),
+                 "optim_adam_step_mixed (cpu)");
+        optim_ok(adam_step_mixed(Target::device(), dtype, dev, groups, m.precision(dw, step),
+                                 m.c.clip.on_target(), m.c.scale.on_target()),
+                 "optim_adam_step_mixed (checked)");
+        Target::sync();
+        if (bad)
+            for (size_t k = 0; k < K; ++k)
+                if (static_cast<int64_t>(k) != set.late || step >= late_step) --taken[k];
+        const std::string at = step_label(step, bad ? " (skipped)" : "");
+        m.compare(r, at, bad);
+        e.compare_and_adopt(r, at + "exp_avg", bad ? kExact : tol);
+        v.compare_and_adopt(r, at + "exp_avg_sq", bad ? kExact : tol);
+        w.compare_and_adopt(r, at + "max_exp_avg_sq", bad ? kExact : tol);
         if (r.case_failed()) return;
     }
 }
@@ -1216,6 +1492,18 @@ int run_checks(const CheckOptions& options, Report& r)
                  [&] { adam_case<float>(r, set, all, sgd_steps, ++seed, 0, true); });
         run_case(r, "float64 every combination as a param group, scaled and clipped, " + set.name,
                  [&] { adam_case<double>(r, set, all, sgd_steps, ++seed, 1.0, true); });
+    }
+
+    r.suite("16-bit parameters: CUDA vs CPU, SGD and Adam, master weights and rounding");
+    for (int32_t dtype : {OPTIM_DTYPE_FLOAT16, OPTIM_DTYPE_BFLOAT16}) {
+        for (const MixedConfig& mc : mixed_configs(dtype)) {
+            const std::string name = std::string(dtype16_name(dtype)) + " " + mc.name +
+                                     ", every combination as a param group, " + sets[0].name;
+            run_case(r, "SGD " + name,
+                     [&] { sgd_mixed_case(r, sets[0], dtype, mc, sgd_steps, ++seed); });
+            run_case(r, "Adam " + name,
+                     [&] { adam_mixed_case(r, sets[0], dtype, mc, sgd_steps, ++seed); });
+        }
     }
 
     r.suite("stochastic line search: CUDA vs CPU, save, trials, restore and norm");

@@ -57,6 +57,32 @@ inline optim_status adam_step(int32_t device, int32_t dtype, const optim_adam_te
                         scale, device, 0, dtype, &tensors, group_count(groups), groups.data());
 }
 
+// 16-bit parameters with `precision`: _mixed_scaled when scale is given, else _mixed.
+inline optim_status sgd_step_mixed(int32_t device, int32_t dtype, const optim_tensor_list& tensors,
+                                   const std::vector<optim_sgd_params>& groups,
+                                   const optim_precision& precision, const optim_grad_clip* clip,
+                                   const optim_grad_scale* scale)
+{
+    if (scale)
+        return optim_sgd_step_mixed_scaled(device, 0, dtype, &tensors, group_count(groups),
+                                           groups.data(), clip, scale, &precision);
+    return optim_sgd_step_mixed(device, 0, dtype, &tensors, group_count(groups), groups.data(),
+                                clip, &precision);
+}
+
+inline optim_status adam_step_mixed(int32_t device, int32_t dtype,
+                                    const optim_adam_tensors& tensors,
+                                    const std::vector<optim_adam_params>& groups,
+                                    const optim_precision& precision, const optim_grad_clip* clip,
+                                    const optim_grad_scale* scale)
+{
+    if (scale)
+        return optim_adam_step_mixed_scaled(device, 0, dtype, &tensors, group_count(groups),
+                                            groups.data(), clip, scale, &precision);
+    return optim_adam_step_mixed(device, 0, dtype, &tensors, group_count(groups), groups.data(),
+                                 clip, &precision);
+}
+
 inline optim_status hd_step(int32_t device, int32_t dtype, const optim_hd_tensors& tensors,
                             const std::vector<optim_hd_group>& groups,
                             const optim_hd_params& params, double* rates, int64_t* skipped,
