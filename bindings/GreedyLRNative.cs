@@ -105,7 +105,8 @@ internal static unsafe class GreedyLRNative
     /// <summary>
     /// One evaluation on a CUDA device: every pointer is device memory of <paramref name="deviceIndex"/>
     /// (the state a <see cref="GreedyLRCounters"/>, the arrays doubles, the metric one element). Launches
-    /// a one-thread kernel on stream 0 and returns without waiting.
+    /// a one-thread kernel on the calling thread's stream (<see cref="OptimNative.SetCudaStream"/>) and returns
+    /// without waiting.
     /// </summary>
     public static void StepOnDevice(int deviceIndex, in GreedyLRConfig config, nint state, nint rates, nint initialRates,
         nint minLr, nint maxLr, nint window, nint metric, NativeDType metricDtype)

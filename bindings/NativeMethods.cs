@@ -27,6 +27,15 @@ internal static unsafe partial class NativeMethods
     internal static partial int optim_cuda_device_count(int* count);
 
     [LibraryImport(Library)]
+    internal static partial int optim_cuda_set_stream(int deviceIndex, nint stream);
+
+    [LibraryImport(Library)]
+    internal static partial int optim_cuda_get_stream(int deviceIndex, nint* stream);
+
+    [LibraryImport(Library)]
+    internal static partial int optim_torch_cuda_stream(int deviceIndex, nint* stream);
+
+    [LibraryImport(Library)]
     internal static partial int optim_set_num_threads(int n);
 
     [LibraryImport(Library)]

@@ -101,7 +101,7 @@ internal struct AdamGroupParams
 internal static unsafe class OptimNative
 {
     /// <summary>The <c>OPTIM_ABI_VERSION</c> these bindings were written for.</summary>
-    public const int ExpectedAbiVersion = 7;
+    public const int ExpectedAbiVersion = 8;
 
     private static volatile bool s_checked;
     private static readonly object s_lock = new();
@@ -194,6 +194,58 @@ internal static unsafe class OptimNative
             ThrowIfFailed(NativeMethods.optim_cuda_device_count(&n));
             return n;
         }
+    }
+
+    /// <summary>
+    /// Sets the calling thread's CUDA stream for a device (<c>optim_cuda_set_stream</c>): every CUDA step
+    /// this thread makes on that device launches its kernels on <paramref name="stream"/> (a
+    /// <c>cudaStream_t</c> of that device; 0 is the legacy default stream, the initial setting).
+    /// </summary>
+    /// <exception cref="ArgumentException"><paramref name="deviceIndex"/> is outside [0, 64).</exception>
+    public static void SetCudaStream(int deviceIndex, nint stream)
+    {
+        EnsureLoaded();
+        ThrowIfFailed(NativeMethods.optim_cuda_set_stream(deviceIndex, stream));
+    }
+
+    /// <summary>The calling thread's CUDA stream for a device (0: the legacy default stream).</summary>
+    /// <exception cref="ArgumentException"><paramref name="deviceIndex"/> is outside [0, 64).</exception>
+    public static nint GetCudaStream(int deviceIndex)
+    {
+        EnsureLoaded();
+        nint stream;
+        ThrowIfFailed(NativeMethods.optim_cuda_get_stream(deviceIndex, &stream));
+        return stream;
+    }
+
+    /// <summary>
+    /// LibTorch's current CUDA stream for a device on the calling thread (<c>optim_torch_cuda_stream</c>).
+    /// False, with <paramref name="stream"/> 0, when LibTorch's CUDA library is not loaded in the process
+    /// (TorchSharp-cpu) or does not export what the look-up needs.
+    /// </summary>
+    public static bool TryGetTorchCudaStream(int deviceIndex, out nint stream)
+    {
+        EnsureLoaded();
+        nint found = 0;
+        int status = NativeMethods.optim_torch_cuda_stream(deviceIndex, &found);
+        stream = found;
+        if (status == (int)NativeStatus.Unsupported)
+        {
+            return false;
+        }
+        ThrowIfFailed(status);
+        return true;
+    }
+
+    /// <summary>
+    /// Makes the calling thread's CUDA stream for a device LibTorch's current one (the legacy default
+    /// stream when LibTorch's CUDA library is not found), so the steps that follow are ordered with the
+    /// caller's LibTorch work on that device. The optimizers call it before each CUDA step.
+    /// </summary>
+    public static void FollowTorchCudaStream(int deviceIndex)
+    {
+        TryGetTorchCudaStream(deviceIndex, out nint stream);
+        SetCudaStream(deviceIndex, stream);
     }
 
     /// <summary>

@@ -145,6 +145,10 @@ public abstract class FusedOptimizer<TOptions, TState> : OptimizerHelper, IFused
             {
                 CreateMissingState(checks);
                 batch.Written.BumpVersions();
+                if (checks.Device == NativeDevice.Cuda)
+                {
+                    OptimNative.FollowTorchCudaStream(checks.DeviceIndex);
+                }
                 NativeStep(checks);
                 if (ScaledStepSkipped())
                 {

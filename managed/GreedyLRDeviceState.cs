@@ -52,6 +52,7 @@ internal sealed class GreedyLRDeviceState : IDisposable
         using var m = metric.contiguous();
         int g = _groups;
         nint arrays = TorchSharpNative.DataPointer(_arrays.Handle);
+        OptimNative.FollowTorchCudaStream(Device.index);
         GreedyLRNative.StepOnDevice(Device.index, config, TorchSharpNative.DataPointer(_counters.Handle),
             arrays, arrays + g * sizeof(double), arrays + 2 * g * sizeof(double), arrays + 3 * g * sizeof(double), arrays + 4 * g * sizeof(double),
             TorchSharpNative.DataPointer(m.Handle), m.dtype == ScalarType.Float64 ? NativeDType.Float64 : NativeDType.Float32);

@@ -428,9 +428,11 @@ void sgd_case(Report& r, const TensorSet& set, const std::vector<optim_sgd_param
         optim_ok(sgd_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, on_host, clip.on_host(),
                           scale.on_host()),
                  "optim_sgd_step (cpu)");
-        optim_ok(sgd_step(Target::device(), dtype_of<T>(), dev, on_target, clip.on_target(),
-                          scale.on_target()),
-                 "optim_sgd_step (checked)");
+        checked_step(step, [&] {
+            optim_ok(sgd_step(Target::device(), dtype_of<T>(), dev, on_target, clip.on_target(),
+                              scale.on_target()),
+                     "optim_sgd_step (checked)");
+        });
         Target::sync();
 
         const std::string at = step_label(step, bad ? " (skipped)" : "");
@@ -524,9 +526,11 @@ void adam_case(Report& r, const TensorSet& set, const std::vector<optim_adam_par
         optim_ok(adam_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, groups, clip.on_host(),
                            scale.on_host()),
                  "optim_adam_step (cpu)");
-        optim_ok(adam_step(Target::device(), dtype_of<T>(), dev, groups, clip.on_target(),
-                           scale.on_target()),
-                 "optim_adam_step (checked)");
+        checked_step(step, [&] {
+            optim_ok(adam_step(Target::device(), dtype_of<T>(), dev, groups, clip.on_target(),
+                               scale.on_target()),
+                     "optim_adam_step (checked)");
+        });
         Target::sync();
         // A skipped step is no step: the counts go back (the caller keeps them on the host).
         if (bad)
@@ -1020,9 +1024,11 @@ void hd_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, int32
         optim_ok(hd_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, groups, hp, rates.on_host(),
                          &skipped, clip.on_host()),
                  "optim_hd_step (cpu)");
-        optim_ok(hd_step(Target::device(), dtype_of<T>(), dev, groups, hp, rates.on_target(),
-                         skips.on_target(), clip.on_target()),
-                 "optim_hd_step (checked)");
+        checked_step(index, [&] {
+            optim_ok(hd_step(Target::device(), dtype_of<T>(), dev, groups, hp, rates.on_target(),
+                             skips.on_target(), clip.on_target()),
+                     "optim_hd_step (checked)");
+        });
         Target::sync();
 
         const bool skip = bad != Bad::kNone && !assume_finite;
@@ -1126,9 +1132,11 @@ void hd_adam_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, 
         optim_ok(hd_adam_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, groups, hp, rates.on_host(),
                               &skipped, clip.on_host()),
                  "optim_hd_adam_step (cpu)");
-        optim_ok(hd_adam_step(Target::device(), dtype_of<T>(), dev, groups, hp, rates.on_target(),
-                              skips.on_target(), clip.on_target()),
-                 "optim_hd_adam_step (checked)");
+        checked_step(index, [&] {
+            optim_ok(hd_adam_step(Target::device(), dtype_of<T>(), dev, groups, hp,
+                                  rates.on_target(), skips.on_target(), clip.on_target()),
+                     "optim_hd_adam_step (checked)");
+        });
         Target::sync();
         const std::string at = step_label(index, nan ? " (NaN gradient)" : "");
         skips.check(r, at, nan, skipped);
@@ -1417,6 +1425,39 @@ void abi_checks(Report& r)
     });
 }
 
+// The steps on a non-blocking stream set with optim_cuda_set_stream, then captured in CUDA graphs
+// (checked_step), on a set whose sizes stay fixed (no late tensor: a capture cannot grow scratch).
+void stream_checks(Report& r, const TensorSet& mixed, int steps, uint64_t seed)
+{
+    TensorSet set = mixed;
+    set.late = -1;
+    std::vector<optim_sgd_params> sgd_groups;
+    for (const SgdConfig& c : sgd_configs()) sgd_groups.push_back(c.params);
+    std::vector<optim_adam_params> adam_groups;
+    for (const AdamConfig& c : adam_configs()) adam_groups.push_back(c.params);
+    for (bool graphs : {false, true}) {
+        StreamScope scope(graphs);
+        const std::string how = graphs ? "captured in CUDA graphs, " : "on a stream of its own, ";
+        run_case(r, "the thread's stream reads back as set", [&] {
+            void* got = nullptr;
+            optim_ok(optim_cuda_get_stream(0, &got), "optim_cuda_get_stream");
+            r.expect(got == static_cast<void*>(Target::stream()), "the stream set");
+        });
+        run_case(r, "SGD " + how + "every combination as a param group, clipped, scaled",
+                 [&] { sgd_case<float>(r, set, sgd_groups, steps, ++seed, 1.0, true); });
+        run_case(r, "Adam " + how + "every combination as a param group, clipped, scaled",
+                 [&] { adam_case<float>(r, set, adam_groups, steps, ++seed, 1.0, true); });
+        run_case(r, "hypergradient SGD " + how + "per-parameter normalized, clipped", [&] {
+            hd_case<float>(r, set, OPTIM_HD_SCOPE_PER_PARAMETER, OPTIM_HD_RULE_NORMALIZED, 0, steps,
+                           ++seed, 1.0);
+        });
+        run_case(r, "hypergradient Adam " + how + "per-tensor additive, clipped", [&] {
+            hd_adam_case<float>(r, set, OPTIM_HD_SCOPE_PER_TENSOR, OPTIM_HD_RULE_ADDITIVE, steps,
+                                ++seed, 1.0);
+        });
+    }
+}
+
 } // namespace
 
 int run_checks(const CheckOptions& options, Report& r)
@@ -1595,6 +1636,8 @@ int run_checks(const CheckOptions& options, Report& r)
     if (!Target::dry_run()) {
         r.suite("C ABI on CUDA");
         abi_checks(r);
+        r.suite("CUDA streams and graphs: steps on the caller's stream, captured");
+        stream_checks(r, sets[0], sgd_steps, seed);
     }
     return r.failed() == 0 ? 0 : 1;
 }

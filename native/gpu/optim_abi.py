@@ -8,7 +8,7 @@ same code drives the CPU path (CPU tensors) and the CUDA path (CUDA tensors).
 import ctypes
 import os
 
-ABI_VERSION = 7
+ABI_VERSION = 8
 DEVICE_CPU, DEVICE_CUDA = 0, 1
 DTYPE_FLOAT32, DTYPE_FLOAT64 = 0, 1
 STATUS_OK = 0
@@ -114,6 +114,10 @@ class Library:
             ctypes.c_int32,
             ctypes.POINTER(SgdParams),
         ]
+        lib.optim_cuda_set_stream.restype = ctypes.c_int32
+        lib.optim_cuda_set_stream.argtypes = [ctypes.c_int32, ctypes.c_void_p]
+        lib.optim_torch_cuda_stream.restype = ctypes.c_int32
+        lib.optim_torch_cuda_stream.argtypes = [ctypes.c_int32, ctypes.POINTER(ctypes.c_void_p)]
         self._lib = lib
         version = lib.optim_abi_version()
         if version != ABI_VERSION:
@@ -132,6 +136,17 @@ class Library:
         status = self._lib.optim_sgd_step(device, 0, dtype, ctypes.byref(tensors), 1,
                                           ctypes.byref(params))
         self._check(status, "optim_sgd_step")
+
+    def cuda_set_stream(self, stream):
+        """The calling thread's stream for device 0 (a cudaStream_t as an int; 0: the default)."""
+        self._check(self._lib.optim_cuda_set_stream(0, stream or None), "optim_cuda_set_stream")
+
+    def torch_cuda_stream(self):
+        """LibTorch's current stream for device 0 as the library finds it (an int; 0: default)."""
+        out = ctypes.c_void_p()
+        self._check(self._lib.optim_torch_cuda_stream(0, ctypes.byref(out)),
+                    "optim_torch_cuda_stream")
+        return out.value or 0
 
     def _check(self, status, what):
         if status != STATUS_OK:

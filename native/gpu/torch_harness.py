@@ -154,6 +154,31 @@ def parity_case(lib, device, dtype, config, variant_kw, steps, seed):
     return problems
 
 
+def stream_case(lib, steps):
+    """On CUDA: optim_torch_cuda_stream reads torch's current stream (the default one, then a side
+    stream), and our steps set to that side stream match torch's SGD run on it (torch writes each
+    step's gradients on that stream, so a step launched elsewhere could read stale ones)."""
+    problems = []
+    default = torch.cuda.current_stream().cuda_stream
+    if lib.torch_cuda_stream() != default:
+        problems.append(f"current stream: got {lib.torch_cuda_stream():#x}, torch has {default:#x}")
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        got = lib.torch_cuda_stream()
+        if got != side.cuda_stream:
+            problems.append(f"side stream: got {got:#x}, torch has {side.cuda_stream:#x}")
+        lib.cuda_set_stream(got)
+        try:
+            config = dict(momentum=0.9, dampening=0.0, weight_decay=1e-2, nesterov=True,
+                          maximize=False)
+            problems += parity_case(lib, "cuda", torch.float32, config, {"foreach": True}, steps,
+                                    99)
+        finally:
+            lib.cuda_set_stream(0)
+    torch.cuda.synchronize()
+    return problems
+
+
 def describe(device):
     text = f"torch {torch.__version__}"
     if device == "cuda":
@@ -201,6 +226,16 @@ def run_parity(args, lib):
                         f"| {case_failed} |")
             passed += case_passed
             failed += case_failed
+    if device == "cuda":
+        problems = stream_case(lib, args.steps)
+        print(("FAIL " if problems else "ok   ") + "torch's current stream read and followed "
+              "(optim_torch_cuda_stream, optim_cuda_set_stream; nesterov float32 on a side stream)")
+        for p in problems[:8]:
+            print("     " + p)
+        rows.append(f"| float32 | SGD(foreach) on torch's side stream | 1 | {int(not problems)} "
+                    f"| {int(bool(problems))} |")
+        passed += not problems
+        failed += bool(problems)
     md = (f"Ours through the C ABI (ctypes, data_ptr()) against torch.optim.SGD on {device}, "
           f"{describe(device)}: 12 flag combinations per row, {args.steps} steps, "
           f"{len(parity_sizes(device))} tensors, parameters and momentum buffers compared "

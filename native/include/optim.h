@@ -53,7 +53,7 @@ extern "C" {
 /* Bumped whenever a signature, struct layout or enum value below changes. The managed bindings
  * refuse to run against a library whose optim_abi_version() differs from the one they were built
  * for. */
-#define OPTIM_ABI_VERSION 7
+#define OPTIM_ABI_VERSION 8
 
 /* ---- Status codes ---------------------------------------------------------------------------- */
 typedef int32_t optim_status;
@@ -104,6 +104,32 @@ OPTIM_API int32_t optim_cuda_compiled(void);
 /* Number of usable CUDA devices in *count (0 when built without CUDA or when no device is present;
  * both are OK). Fails only for a NULL count. */
 OPTIM_API optim_status optim_cuda_device_count(int32_t* count);
+
+/* ---- CUDA streams ---------------------------------------------------------------------------- */
+
+/* Every CUDA call runs on the calling thread's stream for its device: the cudaStream_t set here,
+ * per thread and per device index, as LibTorch's current stream is (the legacy default stream,
+ * NULL, until set). A step launches its kernels on that stream and returns without waiting (except
+ * optim_sls_grad_norm_sq, which waits for that stream only), allocates nothing once warm (scratch
+ * grows on the first steps of a size, per device and stream), and so can be captured in a CUDA
+ * graph after a warm-up step on the capturing stream. Steps on one stream are ordered by it;
+ * steps on different streams that write the same memory are the caller's to order.
+ * device_index: 0 <= device_index < OPTIM_MAX_CUDA_DEVICES (not checked against the devices
+ * present, so this works in any build). stream: a cudaStream_t of that device, never
+ * dereferenced here; it must stay valid while steps use it. */
+#define OPTIM_MAX_CUDA_DEVICES 64
+OPTIM_API optim_status optim_cuda_set_stream(int32_t device_index, void* stream);
+
+/* The calling thread's stream for device_index in *stream (NULL: the legacy default stream). */
+OPTIM_API optim_status optim_cuda_get_stream(int32_t device_index, void** stream);
+
+/* LibTorch's current CUDA stream for device_index on the calling thread
+ * (c10::cuda::getCurrentCUDAStream(device_index).stream()) in *stream, so a caller can pass it to
+ * optim_cuda_set_stream and order our steps with its LibTorch work. The library does not link
+ * LibTorch; it finds libc10_cuda in the process. Returns OPTIM_STATUS_UNSUPPORTED when LibTorch's
+ * CUDA library is not loaded or does not export those functions (*stream untouched), and
+ * OPTIM_STATUS_INVALID_ARGUMENT for a device index outside [0, OPTIM_MAX_CUDA_DEVICES). */
+OPTIM_API optim_status optim_torch_cuda_stream(int32_t device_index, void** stream);
 
 /* ---- CPU threading --------------------------------------------------------------------------- */
 
@@ -285,10 +311,10 @@ OPTIM_API void optim_sgd_params_default(optim_sgd_params* params);
  * Nesterov's requirements, momentum buffers present where a group's momentum != 0.
  * CPU: one pass over memory per tensor; large calls are split over the worker pool in fixed chunks
  * spanning every group.
- * CUDA: launches on the legacy default stream (stream 0) and returns without waiting for the
- * kernels; kernel faults surface on a later synchronising call, as with any asynchronous CUDA work.
- * Returns OPTIM_STATUS_CUDA_UNAVAILABLE for a CUDA request when the library was built without CUDA
- * or no device is present. */
+ * CUDA: launches on the calling thread's stream (optim_cuda_set_stream) and returns without waiting
+ * for the kernels; kernel faults surface on a later synchronising call, as with any asynchronous
+ * CUDA work. Returns OPTIM_STATUS_CUDA_UNAVAILABLE for a CUDA request when the library was built
+ * without CUDA or no device is present. */
 OPTIM_API optim_status optim_sgd_step(int32_t device, int32_t device_index, int32_t dtype,
                                       const optim_tensor_list* tensors, int32_t n_groups,
                                       const optim_sgd_params* groups);
@@ -392,7 +418,7 @@ typedef struct optim_adam_tensors {
  * CPU: one pass over memory (read p, g, m, v[, vmax]; write p, m, v[, vmax]); large calls are split
  * over the worker pool in the fixed chunks of optim_sgd_step. Results never depend on the number of
  * threads.
- * CUDA: many tensors per launch, on the legacy default stream (stream 0), returns without waiting.
+ * CUDA: many tensors per launch, on the calling thread's stream, returns without waiting.
  */
 OPTIM_API optim_status optim_adam_step(int32_t device, int32_t device_index, int32_t dtype,
                                        const optim_adam_tensors* tensors, int32_t n_groups,
@@ -513,7 +539,7 @@ typedef struct optim_hd_tensors {
  *     each skipped step. May be NULL.
  * Reductions are deterministic: fixed chunks, partial sums in double, combined in chunk order;
  * results never depend on the number of threads. CUDA: block partial sums and a finishing kernel
- * (no atomics), launches on stream 0, no host round trip. */
+ * (no atomics), launches on the calling thread's stream, no host round trip. */
 /* How many scalar rates `rates` of optim_hd_step holds for a scope: 1 (global), n_groups (per
  * group), n_tensors (per tensor), 0 (per parameter, whose rates are tensors); -1 for an unknown
  * scope or a negative count. Never fails otherwise; callers size their rate arrays with it. */
@@ -668,14 +694,14 @@ OPTIM_API optim_status optim_greedylr_init(const optim_greedylr_config* config,
 
 /* One evaluation of `metric`. device OPTIM_DEVICE_CPU: state, buffers and metric in host memory.
  * OPTIM_DEVICE_CUDA: they are in device memory of device_index; a one-thread kernel is launched on
- * stream 0 and the call returns without waiting. metric_dtype: OPTIM_DTYPE_FLOAT32 or _FLOAT64.
- * A NaN or infinite metric counts as "not better" and never enters the smoothing window.
- * Checked on either device, before anything else: the config, the device, metric_dtype, and that
- * state, buffers, metric and the four rate arrays (and the window, when smooth) are not NULL.
- * Then the state and buffers: that the window position is inside the window (0 <= window_count
- * <= window_size, 0 <= window_next < window_size), that no counter is negative (reset_budget
- * excepted) or at its limit, that 0 <= min_lr <= max_lr with min_lr finite, and that the rates
- * and initial rates are finite and >= 0. OPTIM_DEVICE_CPU reports a problem there as
+ * the calling thread's stream and the call returns without waiting. metric_dtype:
+ * OPTIM_DTYPE_FLOAT32 or _FLOAT64. A NaN or infinite metric counts as "not better" and never enters
+ * the smoothing window. Checked on either device, before anything else: the config, the device,
+ * metric_dtype, and that state, buffers, metric and the four rate arrays (and the window, when
+ * smooth) are not NULL. Then the state and buffers: that the window position is inside the window
+ * (0 <= window_count <= window_size, 0 <= window_next < window_size), that no counter is negative
+ * (reset_budget excepted) or at its limit, that 0 <= min_lr <= max_lr with min_lr finite, and that
+ * the rates and initial rates are finite and >= 0. OPTIM_DEVICE_CPU reports a problem there as
  * OPTIM_STATUS_INVALID_ARGUMENT. OPTIM_DEVICE_CUDA cannot read them from the host: the kernel
  * makes the same check and, on a problem, writes nothing at all, so state->steps does not advance
  * (the call has already returned OK). The lengths of the arrays cannot be checked on either
@@ -711,7 +737,7 @@ typedef struct optim_sls_tensors {
 /* origins[k] = params[k] for every tensor (reads params, writes origins).
  * device, device_index and dtype as for optim_sgd_step; the same fixed chunks and threads.
  * Checked before anything is written: the device, dtype, counts, NULL pointers, a params array that
- * is its origin. CUDA: launches on stream 0 and returns without waiting. */
+ * is its origin. CUDA: launches on the calling thread's stream and returns without waiting. */
 OPTIM_API optim_status optim_sls_save(int32_t device, int32_t device_index, int32_t dtype,
                                       const optim_sls_tensors* tensors);
 
@@ -731,7 +757,7 @@ OPTIM_API optim_status optim_sls_restore(int32_t device, int32_t device_index, i
  * in chunk order, so the result never depends on the number of threads; the CUDA path sums in
  * another fixed order (a block tree per chunk), so it may differ from the CPU's in the last bits.
  * A non-finite element makes the result non-finite. result: host memory, not NULL. CUDA: waits for
- * stream 0 (the caller needs the value on the host to decide on the step). */
+ * the calling thread's stream (the caller needs the value on the host to decide on the step). */
 OPTIM_API optim_status optim_sls_grad_norm_sq(int32_t device, int32_t device_index, int32_t dtype,
                                               const optim_sls_tensors* tensors, double* result);
 

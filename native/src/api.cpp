@@ -781,6 +781,34 @@ OPTIM_API optim_status optim_cuda_device_count(int32_t* count)
     });
 }
 
+namespace {
+void require_stream_device(int32_t device_index, const char* fn)
+{
+    OPTIM_REQUIRE(device_index >= 0 && device_index < OPTIM_MAX_CUDA_DEVICES, fn,
+                  "device_index must be in [0, " + std::to_string(OPTIM_MAX_CUDA_DEVICES) +
+                      "), got " + std::to_string(device_index));
+}
+} // namespace
+
+OPTIM_API optim_status optim_cuda_set_stream(int32_t device_index, void* stream)
+{
+    static const char* fn = "optim_cuda_set_stream";
+    return guard(fn, [&] {
+        require_stream_device(device_index, fn);
+        set_cuda_stream(device_index, stream);
+    });
+}
+
+OPTIM_API optim_status optim_cuda_get_stream(int32_t device_index, void** stream)
+{
+    static const char* fn = "optim_cuda_get_stream";
+    return guard(fn, [&] {
+        require_stream_device(device_index, fn);
+        OPTIM_REQUIRE(stream != nullptr, fn, "stream is NULL");
+        *stream = cuda_stream_of(device_index);
+    });
+}
+
 OPTIM_API optim_status optim_set_num_threads(int32_t n)
 {
     return guard("optim_set_num_threads", [&] {

@@ -203,23 +203,29 @@ double sls_grad_norm_sq_f32(const optim_sls_tensors& tensors);
 double sls_grad_norm_sq_f64(const optim_sls_tensors& tensors);
 } // namespace cpu
 
+// The calling thread's stream for a CUDA device (a cudaStream_t; null: the legacy default stream),
+// set by optim_cuda_set_stream. Indices outside [0, OPTIM_MAX_CUDA_DEVICES) read null and set
+// nothing (the entry points check them).
+void* cuda_stream_of(int device_index) noexcept;
+void set_cuda_stream(int device_index, void* stream) noexcept;
+
 namespace cuda {
 bool compiled() noexcept;
 // Number of devices, 0 when none (never throws).
 int device_count() noexcept;
 // Throws optim::Error with OPTIM_STATUS_CUDA_UNAVAILABLE when not compiled or no device.
 void sgd_step(int device_index, int32_t dtype, const SgdCall& call);
-// One Adam/AdamW step on the device (stream 0).
+// One Adam/AdamW step on the device (the calling thread's stream, as every call below).
 void adam_step(int device_index, int32_t dtype, const AdamCall& call);
-// One hypergradient step on the device (stream 0, no host round trip).
+// One hypergradient step on the device (no host round trip).
 void hd_step(int device_index, int32_t dtype, const HdCall& call);
-// One hypergradient Adam step on the device (stream 0, no host round trip).
+// One hypergradient Adam step on the device (no host round trip).
 void hd_adam_step(int device_index, int32_t dtype, const HdAdamCall& call);
-// One pass of the stochastic line search on the device (stream 0).
+// One pass of the stochastic line search on the device.
 void sls_pass(int device_index, int32_t dtype, const SlsCall& call);
-// The squared gradient norm on the device, copied to the host (waits for stream 0).
+// The squared gradient norm on the device, copied to the host (waits for the stream).
 double sls_grad_norm_sq(int device_index, int32_t dtype, const optim_sls_tensors& tensors);
-// One GreedyLR evaluation on the device (one thread, stream 0).
+// One GreedyLR evaluation on the device (one thread).
 void greedylr_step(int device_index, const optim_greedylr_config& config,
                    optim_greedylr_state* state, const optim_greedylr_buffers& buffers,
                    const void* metric, int32_t metric_dtype);

@@ -4,13 +4,16 @@
 // changed after they were saved; our steps write through raw pointers, so they bump the counters
 // themselves (torch::autograd::impl::bump_version). optim_torch_gradients: each parameter's
 // gradient as the address of the at::Tensor inside its autograd record (c10::TensorImpl::grad),
-// without making a new tensor handle per parameter and step.
+// without making a new tensor handle per parameter and step. optim_torch_cuda_stream: LibTorch's
+// current CUDA stream (c10::cuda::getCurrentCUDAStream), for callers that order our steps with it.
 #include "error.hpp"
 
 #include <optim.h>
 
 #include <atomic>
+#include <cstdint>
 #include <cstring>
+#include <exception>
 #include <mutex>
 #include <string>
 
@@ -35,6 +38,20 @@ constexpr const char* kBumpVersionSymbol = "_ZN5torch8autograd4impl12bump_versio
 using GradFn = const void* (*)(const void* impl);
 constexpr const char* kGradSymbol = "_ZNK3c1010TensorImpl4gradEv";
 constexpr const char* kUndefinedSymbol = "_ZN3c1019UndefinedTensorImpl10_singletonE";
+
+// c10::cuda::getCurrentCUDAStream(DeviceIndex) returns a c10::cuda::CUDAStream by value: a
+// trivially copyable 16 bytes (device type, device index, stream id), so it comes back in two
+// integer registers like TorchStream; CUDAStream::stream() const takes its address as `this`.
+// DeviceIndex is int8_t in current LibTorch ('a'), int16_t in older ones ('s').
+struct TorchStream {
+    int64_t words[2];
+};
+using CurrentStream8Fn = TorchStream (*)(int8_t device);
+using CurrentStream16Fn = TorchStream (*)(int16_t device);
+using StreamHandleFn = void* (*)(const TorchStream* stream);
+constexpr const char* kCurrentStream8Symbol = "_ZN3c104cuda20getCurrentCUDAStreamEa";
+constexpr const char* kCurrentStream16Symbol = "_ZN3c104cuda20getCurrentCUDAStreamEs";
+constexpr const char* kStreamHandleSymbol = "_ZNK3c104cuda10CUDAStream6streamEv";
 
 #if defined(__linux__)
 struct FoundLibrary {
@@ -114,11 +131,66 @@ GradAccess grad_access()
     return a;
 }
 
+struct StreamAccess {
+    CurrentStream8Fn current8 = nullptr;
+    CurrentStream16Fn current16 = nullptr;
+    StreamHandleFn handle = nullptr;
+    bool found() const { return handle && (current8 || current16); }
+};
+
+// Looked up until found, then cached (the same rule as bump_version_function).
+StreamAccess stream_access()
+{
+    static StreamAccess cached;
+    static std::atomic<bool> done{false};
+    static std::mutex mutex;
+    if (done.load(std::memory_order_acquire)) return cached;
+    std::lock_guard<std::mutex> lock(mutex);
+    if (done.load(std::memory_order_relaxed)) return cached;
+    StreamAccess a;
+    a.current8 =
+        reinterpret_cast<CurrentStream8Fn>(loaded_symbol("libc10_cuda.", kCurrentStream8Symbol));
+    if (!a.current8)
+        a.current16 = reinterpret_cast<CurrentStream16Fn>(
+            loaded_symbol("libc10_cuda.", kCurrentStream16Symbol));
+    a.handle = reinterpret_cast<StreamHandleFn>(loaded_symbol("libc10_cuda.", kStreamHandleSymbol));
+    if (!a.found()) return StreamAccess{};
+    cached = a;
+    done.store(true, std::memory_order_release);
+    return cached;
+}
+
 } // namespace
 
 } // namespace optim
 
 using namespace optim;
+
+extern "C" OPTIM_API optim_status optim_torch_cuda_stream(int32_t device_index, void** stream)
+{
+    static const char* fn = "optim_torch_cuda_stream";
+    return guard(fn, [&] {
+        OPTIM_REQUIRE(device_index >= 0 && device_index < OPTIM_MAX_CUDA_DEVICES, fn,
+                      "device_index must be in [0, " + std::to_string(OPTIM_MAX_CUDA_DEVICES) +
+                          "), got " + std::to_string(device_index));
+        OPTIM_REQUIRE(stream != nullptr, fn, "stream is NULL");
+        const StreamAccess access = stream_access();
+        if (!access.found())
+            fail(OPTIM_STATUS_UNSUPPORTED,
+                 std::string(fn) +
+                     ": LibTorch's CUDA library (libc10_cuda) is not loaded in this process, or "
+                     "does not export c10::cuda::getCurrentCUDAStream and CUDAStream::stream");
+        try {
+            const TorchStream current = access.current8
+                                            ? access.current8(static_cast<int8_t>(device_index))
+                                            : access.current16(static_cast<int16_t>(device_index));
+            *stream = access.handle(&current);
+        } catch (const std::exception& e) {
+            fail(OPTIM_STATUS_INVALID_ARGUMENT, std::string(fn) + ": LibTorch refused device " +
+                                                    std::to_string(device_index) + ": " + e.what());
+        }
+    });
+}
 
 extern "C" OPTIM_API optim_status optim_torch_bump_versions(void* const* tensors, int64_t count)
 {

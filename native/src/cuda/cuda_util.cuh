@@ -1,5 +1,5 @@
 // Helpers shared by the CUDA sources: error checks that become optim::Error, the current-device
-// guard and the device checks every CUDA entry point makes.
+// and stream guard and the device checks every CUDA entry point makes.
 #pragma once
 
 #include "../backend.hpp"
@@ -33,23 +33,35 @@ inline void require_device(int device_index, const char* function)
                  " is out of range (" + std::to_string(n) + " devices)");
 }
 
-// Makes `device` current for its lifetime and restores the caller's device on every exit path.
+// The stream every launch of the step in progress on this thread goes to: the calling thread's
+// stream (optim_cuda_set_stream) for the device a DeviceGuard made current.
+inline cudaStream_t& active_stream()
+{
+    thread_local cudaStream_t stream = nullptr;
+    return stream;
+}
+
+// Makes `device` current, and the caller's stream for it active, for its lifetime; restores both
+// on every exit path.
 class DeviceGuard {
   public:
-    DeviceGuard(int device, const char* function)
+    DeviceGuard(int device, const char* function) : stream_(active_stream())
     {
         check(cudaGetDevice(&previous_), function, "cudaGetDevice");
         if (previous_ != device) check(cudaSetDevice(device), function, "cudaSetDevice");
         changed_ = previous_ != device;
+        active_stream() = static_cast<cudaStream_t>(cuda_stream_of(device));
     }
     ~DeviceGuard()
     {
+        active_stream() = stream_;
         if (changed_) cudaSetDevice(previous_);
     }
     DeviceGuard(const DeviceGuard&) = delete;
     DeviceGuard& operator=(const DeviceGuard&) = delete;
 
   private:
+    cudaStream_t stream_;
     int previous_ = 0;
     bool changed_ = false;
 };

@@ -95,8 +95,8 @@ void grad_norm_typed(int device_index, const void* const* grads, const int64_t* 
     NormRecord* records = static_cast<NormRecord*>(s.data);
     const float* inv_scale = scale != nullptr ? scale->inv_scale : nullptr;
     tables.launch(SquaredSumFunctor<S>{records, inv_scale}, nullptr, fn, "norm kernel launch");
-    norm_finish_kernel<<<1, kFinishThreads, 0, 0>>>(records, tables.chunks(), total_norm,
-                                                    scale != nullptr ? scale->found_inf : nullptr);
+    norm_finish_kernel<<<1, kFinishThreads, 0, active_stream()>>>(
+        records, tables.chunks(), total_norm, scale != nullptr ? scale->found_inf : nullptr);
     check(cudaGetLastError(), fn, "norm finishing kernel launch");
 }
 

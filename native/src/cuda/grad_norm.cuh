@@ -13,11 +13,11 @@
 
 namespace optim::cuda {
 
-// Launches the norm of every gradient of the call (count tensors, dtype) on stream 0 and writes it
-// to *total_norm (device memory). The call's device is current.
-// With a scaler (scale not null) the pass also finds non-finite gradient elements (setting
-// *scale->found_inf) and, when total_norm is not null, sums the squares of inv_scale * grad; with a
-// scaler and no clipping total_norm is null.
+// Launches the norm of every gradient of the call (count tensors, dtype) on the active stream and
+// writes it to *total_norm (device memory). The call's device is current. With a scaler (scale not
+// null) the pass also finds non-finite gradient elements (setting *scale->found_inf) and, when
+// total_norm is not null, sums the squares of inv_scale * grad; with a scaler and no clipping
+// total_norm is null.
 void grad_norm(int device_index, int32_t dtype, const void* const* grads, const int64_t* numels,
                int64_t count, double* total_norm, const char* fn,
                const optim_grad_scale* scale = nullptr);

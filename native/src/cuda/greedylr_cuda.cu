@@ -28,11 +28,11 @@ void greedylr_step(int device_index, const optim_greedylr_config& config,
     require_device(device_index, fn);
     DeviceGuard guard(device_index, fn);
     if (metric_dtype == OPTIM_DTYPE_FLOAT32)
-        greedylr_kernel<float>
-            <<<1, 1, 0, 0>>>(config, state, buffers, static_cast<const float*>(metric));
+        greedylr_kernel<float><<<1, 1, 0, active_stream()>>>(config, state, buffers,
+                                                             static_cast<const float*>(metric));
     else
-        greedylr_kernel<double>
-            <<<1, 1, 0, 0>>>(config, state, buffers, static_cast<const double*>(metric));
+        greedylr_kernel<double><<<1, 1, 0, active_stream()>>>(config, state, buffers,
+                                                              static_cast<const double*>(metric));
     check(cudaGetLastError(), fn, "kernel launch");
 }
 

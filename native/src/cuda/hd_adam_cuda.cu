@@ -175,9 +175,9 @@ void hd_adam_typed(int device_index, const HdAdamCall& call, const char* fn)
     if (reduce) launch_reduce<T>(tables, recs, mode, clip, fn);
     double* norm = clip ? call.clip->total_norm : nullptr;
     const double max_norm = clip ? call.clip->max_norm : 0.0;
-    hd_finish_kernel<T><<<1, kFinishThreads, 0, 0>>>(recs, reduce ? tables.chunks() : 0, slots,
-                                                     call.rates, call.skipped, skip_flag, hc,
-                                                     check_finite ? 1 : 0, norm, max_norm, nullptr);
+    hd_finish_kernel<T><<<1, kFinishThreads, 0, active_stream()>>>(
+        recs, reduce ? tables.chunks() : 0, slots, call.rates, call.skipped, skip_flag, hc,
+        check_finite ? 1 : 0, norm, max_norm, nullptr);
     check(cudaGetLastError(), fn, "finishing kernel launch");
     if (per_parameter)
         tables.launch(HdAdamUpdateFunctor<T, true>{call.rates, hc_t, norm, max_norm}, skip_flag, fn,

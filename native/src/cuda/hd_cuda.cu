@@ -1,5 +1,5 @@
 // The CUDA path of hypergradient descent (cpu/hd_cpu.cpp is the CPU twin; optim.h states the
-// semantics). Three kernels on the legacy default stream, with no host round trip:
+// semantics). Three kernels on the caller's stream, with no host round trip:
 //   reduce  one block per chunk (multi_tensor.cuh): the chunk's partial sums in double (h = sum
 //           g~ u_prev, |g~|^2, |u_prev|^2, non-finite raw gradients), reduced in a fixed tree and
 //           written to the chunk's record in a per-device scratch array (no atomics);
@@ -194,7 +194,7 @@ void hd_typed(int device_index, const HdCall& call, const char* fn)
     if (reduce) launch_reduce<T>(tables, recs, mode, clip, inv, fn);
     double* norm = clip ? call.clip->total_norm : nullptr;
     const double max_norm = clip ? call.clip->max_norm : 0.0;
-    hd_finish_kernel<T><<<1, kFinishThreads, 0, 0>>>(
+    hd_finish_kernel<T><<<1, kFinishThreads, 0, active_stream()>>>(
         recs, reduce ? tables.chunks() : 0, slots, call.rates, call.skipped, skip_flag, hc,
         check_finite ? 1 : 0, norm, max_norm, found_inf);
     check(cudaGetLastError(), fn, "finishing kernel launch");

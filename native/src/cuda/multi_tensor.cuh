@@ -105,15 +105,16 @@ class TensorTables {
 
     int64_t chunks() const { return chunks_; }
 
-    // Launches functor over every chunk on the legacy default stream; each block returns at once
-    // when noop (device memory, may be null) holds a nonzero value.
+    // Launches functor over every chunk on the active stream; each block returns at once when noop
+    // (device memory, may be null) holds a nonzero value.
     template <class Functor>
     void launch(const Functor& functor, const int* noop, const char* fn, const char* what) const
     {
         static_assert(sizeof(Table) + sizeof(Functor) + sizeof(noop) <= 4000,
                       "kernel arguments are limited to 4 KiB");
         for (const Table& tb : tables_) {
-            multi_tensor_kernel<Table, Functor><<<tb.blocks, kThreads, 0, 0>>>(tb, functor, noop);
+            multi_tensor_kernel<Table, Functor>
+                <<<tb.blocks, kThreads, 0, active_stream()>>>(tb, functor, noop);
             check(cudaGetLastError(), fn, what);
         }
     }

@@ -5,12 +5,11 @@
 // one-thread finishing kernel that adds the records in chunk order, and a copy to the host.
 // Compiled in CI; see docs/design.md for what has run on a GPU.
 #include "../sls_math.hpp"
+#include "device_scratch.cuh"
 #include "multi_tensor.cuh"
 
 #include <cstddef>
-#include <memory>
 #include <mutex>
-#include <string>
 
 namespace optim::cuda {
 
@@ -81,40 +80,6 @@ __global__ void sls_finish_kernel(double* records, int64_t n)
     records[n] = s;
 }
 
-// Per-device scratch for the records (and the total after them), grown when a call has more chunks
-// than it holds. The mutex is held for a whole call.
-struct Scratch {
-    std::mutex mutex;
-    double* data = nullptr;
-    size_t count = 0;
-};
-
-Scratch& scratch_for(int device)
-{
-    static const int devices = device_count();
-    static const std::unique_ptr<Scratch[]> all(new Scratch[devices > 0 ? devices : 1]);
-    return all[device];
-}
-
-// Caller holds s.mutex and has made the device current.
-void reserve(Scratch& s, size_t count, const char* fn)
-{
-    if (s.count >= count) return;
-    const size_t n = count > 2 * s.count ? count : 2 * s.count;
-    void* data = nullptr;
-    const cudaError_t e = cudaMalloc(&data, n * sizeof(double));
-    if (e == cudaErrorMemoryAllocation) {
-        cudaGetLastError();
-        fail(OPTIM_STATUS_OUT_OF_MEMORY, std::string(fn) + ": out of device memory (" +
-                                             std::to_string(n * sizeof(double)) +
-                                             " bytes of scratch)");
-    }
-    check(e, fn, "cudaMalloc (scratch)");
-    if (s.data != nullptr && cudaFree(s.data) != cudaSuccess) cudaGetLastError();
-    s.data = static_cast<double*>(data);
-    s.count = n;
-}
-
 SlsTables& tables_of(const optim_sls_tensors& t, bool moves, bool grads)
 {
     SlsTables& tables = SlsTables::for_this_thread();
@@ -148,15 +113,18 @@ double norm_typed(int device_index, const optim_sls_tensors& t)
     static const char* fn = "optim_sls_grad_norm_sq";
     const SlsTables& tables = tables_of(t, false, true);
     if (tables.chunks() == 0) return 0.0;
-    Scratch& s = scratch_for(device_index);
+    Scratch& s = scratch_for<kSlsScratch>(device_index);
     std::lock_guard<std::mutex> lock(s.mutex);
-    reserve(s, static_cast<size_t>(tables.chunks()) + 1, fn);
-    tables.launch(SlsNormFunctor<T>{s.data}, nullptr, fn, "reduce launch");
-    sls_finish_kernel<<<1, 1, 0, 0>>>(s.data, tables.chunks());
+    reserve(s, sizeof(double) * (static_cast<size_t>(tables.chunks()) + 1), fn);
+    double* partial = static_cast<double*>(s.data);
+    tables.launch(SlsNormFunctor<T>{partial}, nullptr, fn, "reduce launch");
+    sls_finish_kernel<<<1, 1, 0, active_stream()>>>(partial, tables.chunks());
     check(cudaGetLastError(), fn, "finish launch");
     double sum = 0.0;
-    check(cudaMemcpy(&sum, s.data + tables.chunks(), sizeof(double), cudaMemcpyDeviceToHost), fn,
-          "copy of the result");
+    check(cudaMemcpyAsync(&sum, partial + tables.chunks(), sizeof(double), cudaMemcpyDeviceToHost,
+                          active_stream()),
+          fn, "copy of the result");
+    check(cudaStreamSynchronize(active_stream()), fn, "wait for the result");
     return sum;
 }
 
