@@ -188,6 +188,7 @@ internal unsafe struct AdamTensors
     public long* Numels;
     public long* Steps;
     public int* GroupIndex;
+    public nint* StepCounts;
 }
 
 /// <summary>Mirror of <c>optim_sls_tensors</c>.</summary>

@@ -389,7 +389,10 @@ internal static unsafe class OptimNative
     /// <c>optim_adam_step</c> in <c>optim.h</c>): every group and every tensor is checked before anything is
     /// written. Every per-tensor span has one entry per tensor, except <paramref name="maxExpAvgSqs"/>, which
     /// is empty when no group uses AMSGrad, and <paramref name="groupIndex"/>, which is empty for one group.
-    /// <paramref name="steps"/> holds each tensor's step number after this update (≥ 1). Clipping with
+    /// <paramref name="steps"/> holds each tensor's step number after this update (≥ 1); or, with
+    /// <paramref name="stepCounts"/> (then <paramref name="steps"/> is empty), each tensor's count of steps taken
+    /// so far is an int64 at that address in the step's memory, read and advanced by the step itself (not on a
+    /// step the scaler skips): <c>step_counts</c>, which a CUDA step reads on the device. Clipping with
     /// <paramref name="maxNorm"/> and <paramref name="totalNorm"/>, scaling with <paramref name="invScale"/>
     /// and <paramref name="foundInf"/> as in <see cref="SgdStep(NativeDevice, int, NativeDType, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{long}, ReadOnlySpan{byte}, ReadOnlySpan{int}, ReadOnlySpan{SgdGroupParams}, double, nint, nint, nint, bool, ReadOnlySpan{nint}, MixedPrecision)"/>.
     /// </summary>
@@ -397,14 +400,17 @@ internal static unsafe class OptimNative
         ReadOnlySpan<nint> parameters, ReadOnlySpan<nint> gradients, ReadOnlySpan<nint> expAvgs, ReadOnlySpan<nint> expAvgSqs,
         ReadOnlySpan<nint> maxExpAvgSqs, ReadOnlySpan<long> numels, ReadOnlySpan<long> steps, ReadOnlySpan<int> groupIndex,
         ReadOnlySpan<AdamGroupParams> groups, double maxNorm = 0, nint totalNorm = 0, nint invScale = 0, nint foundInf = 0, bool acrossRanks = false,
-        ReadOnlySpan<nint> masterParams = default, MixedPrecision precision = default)
+        ReadOnlySpan<nint> masterParams = default, MixedPrecision precision = default, ReadOnlySpan<nint> stepCounts = default)
     {
         EnsureLoaded();
         int n = parameters.Length;
-        if (gradients.Length != n || expAvgs.Length != n || expAvgSqs.Length != n || numels.Length != n || steps.Length != n ||
+        bool counted = stepCounts.Length != 0;
+        if (gradients.Length != n || expAvgs.Length != n || expAvgSqs.Length != n || numels.Length != n ||
+            (counted ? stepCounts.Length != n || steps.Length != 0 : steps.Length != n) ||
             (maxExpAvgSqs.Length != 0 && maxExpAvgSqs.Length != n) || (groupIndex.Length != 0 && groupIndex.Length != n))
         {
-            throw new ArgumentException($"AdamStep: every per-tensor span must have {n} entries (the max_exp_avg_sq and group spans may be empty).");
+            throw new ArgumentException($"AdamStep: every per-tensor span must have {n} entries (the max_exp_avg_sq and group spans may be empty; " +
+                "one of steps and stepCounts is empty).");
         }
         fixed (nint* p = parameters)
         fixed (nint* g = gradients)
@@ -413,6 +419,7 @@ internal static unsafe class OptimNative
         fixed (nint* w = maxExpAvgSqs)
         fixed (long* ne = numels)
         fixed (long* st = steps)
+        fixed (nint* sc = stepCounts)
         fixed (int* gi = groupIndex)
         fixed (AdamGroupParams* ap = groups)
         {
@@ -425,8 +432,9 @@ internal static unsafe class OptimNative
                 ExpAvgSqs = v,
                 MaxExpAvgSqs = maxExpAvgSqs.Length == 0 ? null : w,
                 Numels = ne,
-                Steps = st,
+                Steps = counted ? null : st,
                 GroupIndex = groupIndex.Length == 0 ? null : gi,
+                StepCounts = counted ? sc : null,
             };
             var clip = new GradClip { MaxNorm = maxNorm, TotalNorm = (double*)totalNorm, AcrossRanks = acrossRanks ? 1 : 0 };
             var scale = new GradScale { InvScale = (float*)invScale, FoundInf = (float*)foundInf };

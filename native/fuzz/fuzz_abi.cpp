@@ -571,7 +571,8 @@ void fuzz_adam(FuzzedDataProvider& in)
                                maybe(in, s.column(arena, 4)),
                                maybe(in, s.numel_array),
                                maybe(in, s.steps),
-                               maybe(in, s.group_index)};
+                               maybe(in, s.group_index),
+                               nullptr};
     const VariantInputs v = pick_variant(in, arena, kAdamEntries, s, ps);
     mark_written(arena, s.tensors, written);
     arena.snapshot();

@@ -480,9 +480,12 @@ std::vector<AdamConfig> adam_configs()
 // One call over every tensor of the set per step, each group a contiguous run of the tensors; each
 // tensor's step count advances only on steps where it takes part (the late tensor starts at 1 in
 // the middle of the run, with zero moments, as a parameter whose first gradient comes late).
+// With counts_on_device (a set without a late tensor) the checked side keeps the step counts in
+// device memory (step_counts) and they are compared with the CPU side's after every step.
 template <typename T>
 void adam_case(Report& r, const TensorSet& set, const std::vector<optim_adam_params>& groups,
-               int steps, uint64_t seed, double max_norm = 0, bool scaled = false)
+               int steps, uint64_t seed, double max_norm = 0, bool scaled = false,
+               bool counts_on_device = false)
 {
     GroupedCase c(set, groups.size(), max_norm, scaled);
     ClipPair& clip = c.clip;
@@ -500,6 +503,10 @@ void adam_case(Report& r, const TensorSet& set, const std::vector<optim_adam_par
     v.upload();
     w.upload();
     std::vector<int64_t> taken(K, 0);
+    DeviceBuffer<int64_t> counts(K);
+    counts.upload(taken.data());
+    std::vector<int64_t*> count_ptrs(K);
+    for (size_t k = 0; k < K; ++k) count_ptrs[k] = counts.get() + k;
     const int late_step = steps / 2;
     for (int step = 0; step < steps; ++step) {
         const std::vector<int64_t> numels = set.numels_at(step, late_step);
@@ -519,10 +526,17 @@ void adam_case(Report& r, const TensorSet& set, const std::vector<optim_adam_par
         const int32_t* gi = c.group_index();
         const optim_adam_tensors host{
             static_cast<int64_t>(K),       hp.data(),     hg.data(),      hm.data(), hv.data(),
-            amsgrad ? hw.data() : nullptr, numels.data(), step_of.data(), gi};
-        const optim_adam_tensors dev{
-            static_cast<int64_t>(K),       dp.data(),     dg.data(),      dm.data(), dv.data(),
-            amsgrad ? dw.data() : nullptr, numels.data(), step_of.data(), gi};
+            amsgrad ? hw.data() : nullptr, numels.data(), step_of.data(), gi,        nullptr};
+        const optim_adam_tensors dev{static_cast<int64_t>(K),
+                                     dp.data(),
+                                     dg.data(),
+                                     dm.data(),
+                                     dv.data(),
+                                     amsgrad ? dw.data() : nullptr,
+                                     numels.data(),
+                                     counts_on_device ? nullptr : step_of.data(),
+                                     gi,
+                                     counts_on_device ? count_ptrs.data() : nullptr};
         optim_ok(adam_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, groups, clip.on_host(),
                            scale.on_host()),
                  "optim_adam_step (cpu)");
@@ -540,6 +554,8 @@ void adam_case(Report& r, const TensorSet& set, const std::vector<optim_adam_par
         const std::string at = step_label(step, bad ? " (skipped)" : "");
         clip.compare(r, at);
         scale.compare(r, at, bad);
+        if (counts_on_device)
+            r.close(at + "step counts", taken.data(), counts.download().data(), K, kExact);
         p.compare_and_adopt(r, at + "param", tol);
         m.compare_and_adopt(r, at + "exp_avg", tol);
         v.compare_and_adopt(r, at + "exp_avg_sq", tol);
@@ -793,10 +809,10 @@ void adam_mixed_case(Report& r, const TensorSet& set, int32_t dtype, const Mixed
         const int32_t* gi = m.c.group_index();
         const optim_adam_tensors host{
             static_cast<int64_t>(K), hp.data(),      hg.data(), he.data(), hv.data(), hx.data(),
-            numels.data(),           step_of.data(), gi};
+            numels.data(),           step_of.data(), gi,        nullptr};
         const optim_adam_tensors dev{
             static_cast<int64_t>(K), dp.data(),      dg.data(), de.data(), dv.data(), dx.data(),
-            numels.data(),           step_of.data(), gi};
+            numels.data(),           step_of.data(), gi,        nullptr};
         optim_ok(adam_step_mixed(OPTIM_DEVICE_CPU, dtype, host, groups, m.precision(hw, step),
                                  m.c.clip.on_host(), m.c.scale.on_host()),
                  "optim_adam_step_mixed (cpu)");
@@ -1447,6 +1463,8 @@ void stream_checks(Report& r, const TensorSet& mixed, int steps, uint64_t seed)
                  [&] { sgd_case<float>(r, set, sgd_groups, steps, ++seed, 1.0, true); });
         run_case(r, "Adam " + how + "every combination as a param group, clipped, scaled",
                  [&] { adam_case<float>(r, set, adam_groups, steps, ++seed, 1.0, true); });
+        run_case(r, "Adam " + how + "step counts in device memory, clipped, scaled",
+                 [&] { adam_case<float>(r, set, adam_groups, steps, ++seed, 1.0, true, true); });
         run_case(r, "hypergradient SGD " + how + "per-parameter normalized, clipped", [&] {
             hd_case<float>(r, set, OPTIM_HD_SCOPE_PER_PARAMETER, OPTIM_HD_RULE_NORMALIZED, 0, steps,
                            ++seed, 1.0);
@@ -1534,6 +1552,22 @@ int run_checks(const CheckOptions& options, Report& r)
         run_case(r, "float64 every combination as a param group, scaled and clipped, " + set.name,
                  [&] { adam_case<double>(r, set, all, sgd_steps, ++seed, 1.0, true); });
     }
+
+    // Step counts in device memory (step_counts), on a set whose tensors all take every step.
+    TensorSet all_steps = sets[0];
+    all_steps.late = -1;
+    run_case(r,
+             "float32 step counts in memory, every combination as a param group, scaled, " +
+                 sets[0].name,
+             [&] {
+                 std::vector<optim_adam_params> all;
+                 for (const AdamConfig& c : adam_configs()) all.push_back(c.params);
+                 adam_case<float>(r, all_steps, all, sgd_steps, ++seed, 0, true, true);
+             });
+    run_case(r, "float64 step counts in memory, adamw+amsgrad, clipped, " + sets[0].name, [&] {
+        adam_case<double>(r, all_steps, {adam_configs().back().params}, sgd_steps, ++seed, 1.0,
+                          false, true);
+    });
 
     r.suite("16-bit parameters: CUDA vs CPU, SGD and Adam, master weights and rounding");
     for (int32_t dtype : {OPTIM_DTYPE_FLOAT16, OPTIM_DTYPE_BFLOAT16}) {

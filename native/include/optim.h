@@ -392,9 +392,17 @@ OPTIM_API void optim_adam_params_default(optim_adam_params* params);
  * numels:          element count of each tensor.
  * steps:           the step number t of this update of each tensor (>= 1): PyTorch's state["step"]
  *                  after its increment. Counted per tensor, as PyTorch does, so a parameter whose
- *                  first gradient arrives late starts its bias corrections at t = 1.
+ *                  first gradient arrives late starts its bias corrections at t = 1. NULL when
+ *                  step_counts is given.
  * group_index:     may be NULL (= every tensor is in group 0). Otherwise the param group of each
- *                  tensor, in [0, n_groups) and non-decreasing. */
+ *                  tensor, in [0, n_groups) and non-decreasing.
+ * step_counts:     NULL: the step numbers are `steps`. Otherwise (steps NULL) `count` pointers,
+ * none NULL (numel 0 included), each to one int64 in the step's memory (device memory for
+ * OPTIM_DEVICE_CUDA): the steps tensor k has taken so far (>= 0; PyTorch's state["step"] before its
+ * increment). The update uses t = count + 1 and the step writes t back, unless a gradient scaler
+ * skips it (then no count changes either). The counts never have to visit the host, so with a
+ * scaler a CUDA step needs no host round trip, and a captured step replays with the right t
+ * (PyTorch's "capturable" Adam). On CUDA the counts are read by the kernels, not checked. */
 typedef struct optim_adam_tensors {
     int64_t count;
     void* const* params;
@@ -405,6 +413,7 @@ typedef struct optim_adam_tensors {
     const int64_t* numels;
     const int64_t* steps;
     const int32_t* group_index;
+    int64_t* const* step_counts;
 } optim_adam_tensors;
 
 /* One fused Adam/AdamW step over every tensor of `tensors`, each with the hyperparameters of its

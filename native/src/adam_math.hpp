@@ -5,6 +5,8 @@
 
 #include "sgd_math.hpp" // OPTIM_HOST_DEVICE
 
+#include <optim.h>
+
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -85,24 +87,45 @@ OPTIM_HOST_DEVICE void adam_element(T& p, T grad, T& m, T& v, T& vmax, const Ada
     p = p - c.step_size * m / denom;
 }
 
-// The coefficients of one tensor at step t (>= 1) of its group's hyperparameters, computed in
-// double as PyTorch computes its Python floats, then rounded to T.
+// The coefficients that depend on the step number t (>= 1), in double as PyTorch computes its
+// Python floats, then rounded to T; on the host, and in a kernel that reads t from device memory.
+template <typename T>
+OPTIM_HOST_DEVICE void adam_step_coeffs(AdamCoeffs<T>& c, double lr, double beta1, double beta2,
+                                        int64_t step)
+{
+    const double t = static_cast<double>(step);
+#if defined(__CUDA_ARCH__)
+    const double bc1 = 1.0 - pow(beta1, t), bc2 = 1.0 - pow(beta2, t);
+    c.bc2_sqrt = static_cast<T>(sqrt(bc2));
+#else
+    const double bc1 = 1.0 - std::pow(beta1, t), bc2 = 1.0 - std::pow(beta2, t);
+    c.bc2_sqrt = static_cast<T>(std::sqrt(bc2));
+#endif
+    c.step_size = static_cast<T>(lr / bc1);
+    c.bc1 = static_cast<T>(bc1);
+}
+
+// The coefficients of one tensor at step t (>= 1) of its group's hyperparameters.
 template <typename T>
 AdamCoeffs<T> adam_coeffs(double lr, double beta1, double beta2, double eps, double weight_decay,
                           int64_t step)
 {
-    const double t = static_cast<double>(step);
     AdamCoeffs<T> c;
     c.beta1_weight = static_cast<T>(1.0 - beta1);
     c.beta2 = static_cast<T>(beta2);
     c.one_minus_beta2 = static_cast<T>(1.0 - beta2);
     c.weight_decay = static_cast<T>(weight_decay);
     c.decay = static_cast<T>(1.0 - lr * weight_decay);
-    c.step_size = static_cast<T>(lr / (1.0 - std::pow(beta1, t)));
-    c.bc2_sqrt = static_cast<T>(std::sqrt(1.0 - std::pow(beta2, t)));
     c.eps = static_cast<T>(eps);
-    c.bc1 = static_cast<T>(1.0 - std::pow(beta1, t));
+    adam_step_coeffs(c, lr, beta1, beta2, step);
     return c;
+}
+
+// The step number t of tensor k's update: given (steps), or its count so far plus one (step_counts,
+// host memory: the CPU path).
+inline int64_t adam_step_number(const optim_adam_tensors& t, int64_t k)
+{
+    return t.steps ? t.steps[k] : *t.step_counts[k] + 1;
 }
 
 // The flags of one group's options.

@@ -10,6 +10,7 @@
 #include <optim.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <string>
 
@@ -189,7 +190,7 @@ void validate_sgd(const char* fn, int32_t device, const optim_tensor_list* t, in
 
 // Every group's hyperparameters (PyTorch's checks and messages), then every tensor and the group
 // order.
-void validate_adam(const char* fn, const optim_adam_tensors* t, int32_t n_groups,
+void validate_adam(const char* fn, int32_t device, const optim_adam_tensors* t, int32_t n_groups,
                    const optim_adam_params* groups)
 {
     require_groups(fn, groups, n_groups);
@@ -215,15 +216,29 @@ void validate_adam(const char* fn, const optim_adam_tensors* t, int32_t n_groups
     OPTIM_REQUIRE(t->count >= 0, fn,
                   "tensors->count is negative (" + std::to_string(t->count) + ")");
     if (t->count == 0) return;
-    OPTIM_REQUIRE(t->params && t->grads && t->exp_avgs && t->exp_avg_sqs && t->numels && t->steps,
-                  fn,
-                  "tensors->params, grads, exp_avgs, exp_avg_sqs, numels and steps must not be "
-                  "NULL");
+    OPTIM_REQUIRE(t->params && t->grads && t->exp_avgs && t->exp_avg_sqs && t->numels, fn,
+                  "tensors->params, grads, exp_avgs, exp_avg_sqs and numels must not be NULL");
+    OPTIM_REQUIRE((t->steps == nullptr) != (t->step_counts == nullptr), fn,
+                  t->steps
+                      ? "tensors->steps and step_counts are both given: one of them must be NULL"
+                      : "tensors->steps and step_counts are both NULL: one of them must not be "
+                        "NULL");
     OPTIM_REQUIRE(t->group_index != nullptr || n_groups == 1, fn,
                   "tensors->group_index is NULL but n_groups is " + std::to_string(n_groups));
     for (int64_t k = 0; k < t->count; ++k) {
         const int32_t g = require_group_of(fn, k, t->group_index, n_groups);
-        require_step_count(fn, k, t->steps[k]);
+        if (t->steps) {
+            require_step_count(fn, k, t->steps[k]);
+        } else {
+            OPTIM_REQUIRE(t->step_counts[k] != nullptr, fn, at(k) + ": step count pointer is NULL");
+            // Device memory cannot be read here; the CUDA kernels take the counts as they are.
+            if (device == OPTIM_DEVICE_CPU) {
+                const int64_t taken = *t->step_counts[k];
+                OPTIM_REQUIRE(taken >= 0 && taken < INT64_MAX, fn,
+                              at(k) + ": step count must be >= 0 (the steps taken so far), got " +
+                                  std::to_string(taken));
+            }
+        }
         if (!require_numel(fn, k, t->numels[k])) continue;
         OPTIM_REQUIRE(t->params[k] != nullptr, fn, at(k) + ": parameter pointer is NULL");
         OPTIM_REQUIRE(t->grads[k] != nullptr, fn, at(k) + ": gradient pointer is NULL");
@@ -415,10 +430,10 @@ struct AdamStep {
     using Tensors = optim_adam_tensors;
     using Groups = optim_adam_params;
     using Call = AdamCall;
-    static void validate(const char* fn, int32_t, const Tensors* t, int32_t n_groups,
+    static void validate(const char* fn, int32_t device, const Tensors* t, int32_t n_groups,
                          const Groups* groups)
     {
-        validate_adam(fn, t, n_groups, groups);
+        validate_adam(fn, device, t, n_groups, groups);
     }
     static void run(int32_t device, int32_t device_index, int32_t dtype, const Call& call)
     {

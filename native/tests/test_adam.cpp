@@ -93,7 +93,8 @@ struct AdamModel {
                                   vmaxs.data(),
                                   numels.data(),
                                   steps.data(),
-                                  groups.data()};
+                                  groups.data(),
+                                  nullptr};
     }
 };
 
@@ -242,7 +243,7 @@ struct AdamFixture {
     void* wss[1] = {w.data()};
     int64_t ns[1] = {3};
     int64_t steps[1] = {1};
-    optim_adam_tensors list{1, ps, gs, mss, vss, wss, ns, steps, nullptr};
+    optim_adam_tensors list{1, ps, gs, mss, vss, wss, ns, steps, nullptr, nullptr};
     optim_adam_params params;
     AdamFixture()
     {
@@ -365,7 +366,7 @@ TEST(FusedAdamValidation, AFailingLaterGroupChangesNoGroup)
     void* vs[2] = {v0.data(), v1.data()};
     int64_t ns[2] = {2, 2}, steps[2] = {1, 1};
     int32_t gi[2] = {0, 1};
-    optim_adam_tensors list{2, ps, gs, ms, vs, nullptr, ns, steps, gi};
+    optim_adam_tensors list{2, ps, gs, ms, vs, nullptr, ns, steps, gi, nullptr};
     optim_adam_params groups[2];
     optim_adam_params_default(&groups[0]);
     optim_adam_params_default(&groups[1]);

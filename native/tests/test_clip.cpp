@@ -181,6 +181,7 @@ TEST(GradClipCpu, AdamMatchesClipThenStep)
                                   nullptr,
                                   m.numels.data(),
                                   steps.data(),
+                                  nullptr,
                                   nullptr};
     };
     std::vector<void*> vsf, vsr;
@@ -304,7 +305,7 @@ TEST(GradClipValidation, BadClipIsNamedAndWritesNothing)
     optim_adam_params o;
     optim_adam_params_default(&o);
     optim_adam_tensors none{0,       nullptr, nullptr, nullptr, nullptr,
-                            nullptr, nullptr, nullptr, nullptr};
+                            nullptr, nullptr, nullptr, nullptr, nullptr};
     EXPECT_EQ(optim_adam_step_clipped(OPTIM_DEVICE_CPU, 0, kFloat, &none, 1, &o, nullptr),
               OPTIM_STATUS_INVALID_ARGUMENT);
     EXPECT_EQ(norm, 42);

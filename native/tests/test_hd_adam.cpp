@@ -370,8 +370,9 @@ void zero_hypergrad_lr_is_fused_adam()
                                          0,
                                          0};
             optim_hd_adam_tensors t = adam.list(active);
-            optim_adam_tensors at{t.count,           t.params, t.grads, t.exp_avgs,   t.exp_avg_sqs,
-                                  t.max_exp_avg_sqs, t.numels, t.steps, t.group_index};
+            optim_adam_tensors at{
+                t.count,           t.params, t.grads, t.exp_avgs,    t.exp_avg_sqs,
+                t.max_exp_avg_sqs, t.numels, t.steps, t.group_index, nullptr};
             ASSERT_EQ(optim_adam_step(OPTIM_DEVICE_CPU, 0, dtype_of<T>(), &at, 2, a),
                       OPTIM_STATUS_OK);
             for (auto& s : adam.tensors) s.step += 1;

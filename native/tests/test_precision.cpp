@@ -295,11 +295,11 @@ void check_adam(Mode mode, int threads)
             numels[k] = static_cast<int64_t>(t.param.size());
         }
         const optim_adam_tensors low{
-            static_cast<int64_t>(n), p.data(),     g.data(),      m.data(), v.data(), nullptr,
-            numels.data(),           steps.data(), kGroups.data()};
+            static_cast<int64_t>(n), p.data(),     g.data(),       m.data(), v.data(), nullptr,
+            numels.data(),           steps.data(), kGroups.data(), nullptr};
         const optim_adam_tensors ref{
-            static_cast<int64_t>(n), rp.data(),    rg.data(),     rm.data(), rv.data(), nullptr,
-            numels.data(),           steps.data(), kGroups.data()};
+            static_cast<int64_t>(n), rp.data(),    rg.data(),      rm.data(), rv.data(), nullptr,
+            numels.data(),           steps.data(), kGroups.data(), nullptr};
         optim_precision precision{mode == Mode::Master ? master.data() : nullptr, 0, 0,
                                   OPTIM_ROUNDING_NEAREST};
         ASSERT_EQ(optim_adam_step_mixed(OPTIM_DEVICE_CPU, 0, dtype_of<S>(), &low, 2, groups,
@@ -567,10 +567,10 @@ TEST(MixedAdam, ClippedBFloat16IsTheClippedFloat32Step)
     group.decoupled = 1, group.weight_decay = 0.01;
     const optim_adam_tensors low{
         static_cast<int64_t>(n), p.data(),     g.data(), m.data(), v.data(), nullptr,
-        numels.data(),           steps.data(), nullptr};
+        numels.data(),           steps.data(), nullptr,  nullptr};
     const optim_adam_tensors ref{
         static_cast<int64_t>(n), rp.data(),    rg.data(), rm.data(), rv.data(), nullptr,
-        numels.data(),           steps.data(), nullptr};
+        numels.data(),           steps.data(), nullptr,   nullptr};
     double norm = 0, ref_norm = 0;
     const optim_grad_clip clip{1.0, &norm, 0}, ref_clip{1.0, &ref_norm, 0};
     ASSERT_EQ(
@@ -634,8 +634,8 @@ optim_status mixed_step(MixedKind kind, std::vector<MixedTensor<S>>& ts, bool fr
     groups[0].decoupled = 1, groups[0].weight_decay = 0.01;
     groups[1].lr = 3e-3, groups[1].eps = 1e-4;
     const optim_adam_tensors list{
-        static_cast<int64_t>(n), p.data(),     g.data(),      m.data(), v.data(), nullptr,
-        numels.data(),           steps.data(), kGroups.data()};
+        static_cast<int64_t>(n), p.data(),     g.data(),       m.data(), v.data(), nullptr,
+        numels.data(),           steps.data(), kGroups.data(), nullptr};
     return scale ? optim_adam_step_mixed_scaled(OPTIM_DEVICE_CPU, 0, dtype_of<S>(), &list, 2,
                                                 groups, nullptr, scale, &precision)
                  : optim_adam_step_mixed(OPTIM_DEVICE_CPU, 0, dtype_of<S>(), &list, 2, groups,
@@ -731,7 +731,7 @@ TEST(MixedScaled, MissingScaleOrPrecisionIsNamed)
             optim_adam_params_default(&group);
             const optim_adam_tensors list{
                 static_cast<int64_t>(n), p.data(),     g.data(), m.data(), v.data(), nullptr,
-                numels.data(),           steps.data(), nullptr};
+                numels.data(),           steps.data(), nullptr,  nullptr};
             return optim_adam_step_mixed_scaled(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_BFLOAT16, &list, 1,
                                                 &group, nullptr, s, pr);
         };

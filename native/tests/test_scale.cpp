@@ -87,7 +87,8 @@ struct Model {
                                   nullptr,
                                   numels.data(),
                                   steps.data(),
-                                  groups.data()};
+                                  groups.data(),
+                                  nullptr};
     }
     optim_hd_tensors hd(bool per_parameter)
     {
@@ -324,6 +325,107 @@ TEST(GradScaleValidation, BadScaleIsNamedAndWritesNothing)
               std::string::npos)
         << optim_last_error();
     EXPECT_EQ(found, 0.0f);
+    const auto after = m.everything();
+    for (size_t k = 0; k < after.size(); ++k) ASSERT_TRUE(same_bits(after[k], before[k]));
+}
+
+// Adam's step counts in memory (step_counts, PyTorch's "capturable" form) against the step numbers
+// given: bitwise the same state over 50 scaled steps of which every seventh has an infinity in a
+// gradient, which the scaler skips, leaving every count as it was; 1 and 3 threads.
+TEST(GradScaleCpu, AdamStepCountsInMemoryEqualGivenStepNumbersAndSkipWithTheStep)
+{
+    for (int threads : {1, 3}) {
+        ASSERT_EQ(optim_set_num_threads(threads), OPTIM_STATUS_OK);
+        Model<float> counted(31), numbered(31);
+        std::vector<int64_t> counts(kSizes.size(), 0);
+        std::vector<int64_t*> count_ptrs;
+        for (int64_t& c : counts) count_ptrs.push_back(&c);
+        optim_adam_params groups[2];
+        optim_adam_params_default(&groups[0]);
+        optim_adam_params_default(&groups[1]);
+        groups[1].weight_decay = 0.1;
+        groups[1].decoupled = 1;
+        const float inv = 1.0f / kScale;
+        std::mt19937_64 rng(32);
+        int64_t taken = 0;
+        for (int n = 1; n <= 50; ++n) {
+            fill_gradients(counted, numbered, rng, inv);
+            numbered.grad = counted.grad;
+            const bool bad = n % 7 == 0;
+            if (bad)
+                counted.grad[3][5] = numbered.grad[3][5] = std::numeric_limits<float>::infinity();
+            float found_c = 0.0f, found_n = 0.0f;
+            const optim_grad_scale scale_c{&inv, &found_c}, scale_n{&inv, &found_n};
+            numbered.steps.assign(kSizes.size(), taken + 1);
+            optim_adam_tensors given = numbered.adam();
+            optim_adam_tensors in_memory = counted.adam();
+            in_memory.steps = nullptr;
+            in_memory.step_counts = count_ptrs.data();
+            ASSERT_EQ(optim_adam_step_scaled(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &given, 2,
+                                             groups, nullptr, &scale_n),
+                      OPTIM_STATUS_OK)
+                << optim_last_error();
+            ASSERT_EQ(optim_adam_step_scaled(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &in_memory,
+                                             2, groups, nullptr, &scale_c),
+                      OPTIM_STATUS_OK)
+                << optim_last_error();
+            EXPECT_EQ(found_c, bad ? 1.0f : 0.0f) << "step " << n;
+            EXPECT_EQ(found_n, found_c) << "step " << n;
+            if (!bad) ++taken;
+            for (int64_t c : counts) ASSERT_EQ(c, taken) << "step " << n;
+            expect_same(counted, numbered, "state");
+        }
+        EXPECT_EQ(taken, 50 - 50 / 7);
+    }
+    optim_set_num_threads(0);
+}
+
+TEST(GradScaleValidation, AdamStepCountsAreCheckedAndABadCallWritesNothing)
+{
+    Model<float> m(41), unused(41);
+    std::mt19937_64 rng(42);
+    fill_gradients(m, unused, rng, 1.0f);
+    std::vector<int64_t> counts(kSizes.size(), 3);
+    std::vector<int64_t*> count_ptrs;
+    for (int64_t& c : counts) count_ptrs.push_back(&c);
+    optim_adam_params g;
+    optim_adam_params_default(&g);
+    g.weight_decay = 0;
+    const auto before = m.everything();
+    struct Case {
+        bool steps;
+        int64_t* null_entry_at; // the entry of count_ptrs set to NULL, or none
+        int64_t first_count;
+        const char* fragment;
+    };
+    const Case cases[] = {
+        {true, nullptr, 3, "tensors->steps and step_counts are both given"},
+        {false, nullptr, -1, "step count must be >= 0 (the steps taken so far), got -1"},
+        {false, &counts[2], 3, "tensor 2: step count pointer is NULL"},
+    };
+    for (const Case& c : cases) {
+        optim_adam_tensors list = m.adam();
+        list.group_index = nullptr;
+        if (!c.steps) list.steps = nullptr;
+        std::vector<int64_t*> ptrs = count_ptrs;
+        if (c.null_entry_at) ptrs[static_cast<size_t>(c.null_entry_at - counts.data())] = nullptr;
+        list.step_counts = ptrs.data();
+        counts.assign(kSizes.size(), 3);
+        counts[0] = c.first_count;
+        EXPECT_EQ(optim_adam_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &list, 1, &g),
+                  OPTIM_STATUS_INVALID_ARGUMENT);
+        EXPECT_NE(std::string(optim_last_error()).find(c.fragment), std::string::npos)
+            << optim_last_error();
+        EXPECT_EQ(counts[0], c.first_count);
+        EXPECT_EQ(counts[1], 3);
+    }
+    optim_adam_tensors neither = m.adam();
+    neither.group_index = nullptr;
+    neither.steps = nullptr;
+    EXPECT_EQ(optim_adam_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &neither, 1, &g),
+              OPTIM_STATUS_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(optim_last_error()).find("both NULL"), std::string::npos)
+        << optim_last_error();
     const auto after = m.everything();
     for (size_t k = 0; k < after.size(); ++k) ASSERT_TRUE(same_bits(after[k], before[k]));
 }

@@ -58,7 +58,7 @@ void adam_step(const AdamCall& call)
         const optim_adam_params& o = call.groups[call.group_of(k)];
         AdamTensor<T>& a = tensors[static_cast<size_t>(k)];
         a.flags = adam_flags(o.weight_decay, o.decoupled != 0, o.amsgrad != 0, o.maximize != 0);
-        a.c = adam_coeffs<T>(o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, t.steps[k]);
+        a.c = adam_coeffs<T>(o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, adam_step_number(t, k));
         a.key = precision.key(k);
         if (!dispatch_adam_flags(a.flags, [](auto) {}))
             fail(OPTIM_STATUS_INTERNAL, "optim_adam_step: unexpected flag combination");
@@ -86,6 +86,8 @@ void adam_step(const AdamCall& call)
             });
         });
     });
+    if (t.step_counts)
+        for (int64_t k = 0; k < t.count; ++k) ++*t.step_counts[k];
 }
 
 } // namespace

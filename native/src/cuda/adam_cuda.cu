@@ -1,8 +1,9 @@
 // The CUDA path of the fused Adam/AdamW step: per param group, one multi-tensor launch
 // (multi_tensor.cuh) whose functor applies adam_element() from adam_math.hpp to each element of its
-// chunk, with each tensor's own bias corrections. Compiled in CI; see docs/design.md for what has
-// run on a GPU. With clipping or a gradient scaler, grad_norm() runs first and each block reads the
-// norm, the inverse scale and the scaler's flag from device memory (grad_norm.cuh). 16-bit
+// chunk, with each tensor's own bias corrections (from its step number, or from its step count in
+// device memory, which a last launch then advances). Compiled in CI; see docs/design.md for what
+// has run on a GPU. With clipping or a gradient scaler, grad_norm() runs first and each block reads
+// the norm, the inverse scale and the scaler's flag from device memory (grad_norm.cuh). 16-bit
 // parameters (precision.hpp) are updated in float32 with float32 moments, in place or through
 // master weights, by the same functor.
 #include "../adam_math.hpp"
@@ -14,12 +15,14 @@ namespace optim::cuda {
 
 namespace {
 
-// Per tensor: the coefficients that depend on its own step count, and its stochastic rounding key.
+// Per tensor: the coefficients that depend on its own step count (or, with step_counts, where
+// that count is in device memory), and its stochastic rounding key.
 template <typename T>
 struct AdamMeta {
     T step_size;
     T bc2_sqrt;
     uint64_t key;
+    const int64_t* count; // the steps taken so far (step_counts), else null
 };
 // parameter, gradient, exp_avg, exp_avg_sq, max_exp_avg_sq, master weights
 template <typename T>
@@ -29,8 +32,9 @@ using AdamTables = TensorTables<6, AdamMeta<T>>;
 template <typename S, unsigned Flags, bool Master, int Round>
 struct AdamFunctor {
     using T = compute_t<S>;
-    AdamCoeffs<T> group; // step_size and bc2_sqrt come per tensor from the table
-    const double* norm;  // clipping: the gradients' norm in device memory, else null
+    AdamCoeffs<T> group;     // step_size and bc2_sqrt come per tensor from the table
+    double lr, beta1, beta2; // for the step coefficients of a count in device memory
+    const double* norm;      // clipping: the gradients' norm in device memory, else null
     double max_norm;
     const float* inv_scale; // a gradient scaler's, in device memory, else null
     const float* found_inf; // the scaler's flag (set: write nothing), else null
@@ -41,8 +45,13 @@ struct AdamFunctor {
         const T inv = scale_factor<T>(inv_scale);
         const T clip = clip_factor<T>(norm, max_norm);
         AdamCoeffs<T> c = group;
-        c.step_size = table.meta[ch.t].step_size;
-        c.bc2_sqrt = table.meta[ch.t].bc2_sqrt;
+        const AdamMeta<T>& meta = table.meta[ch.t];
+        if (meta.count != nullptr) {
+            adam_step_coeffs(c, lr, beta1, beta2, *meta.count + 1);
+        } else {
+            c.step_size = meta.step_size;
+            c.bc2_sqrt = meta.bc2_sqrt;
+        }
         const ParamAccess<S, Master, Round> p{static_cast<S*>(table.ptr[0][ch.t]),
                                               static_cast<T*>(table.ptr[5][ch.t]),
                                               table.meta[ch.t].key, 0};
@@ -75,20 +84,51 @@ void launch_group(const AdamCall& call, const PrecisionCall& precision, int64_t 
     AdamTables<T>& tables = AdamTables<T>::for_this_thread();
     for (int64_t k = first; k < last; ++k) {
         if (t.numels[k] == 0) continue; // its pointers may be null
+        const bool counted = t.step_counts != nullptr;
         const AdamCoeffs<T> c =
-            adam_coeffs<T>(o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, t.steps[k]);
+            adam_coeffs<T>(o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, counted ? 1 : t.steps[k]);
         void* const ptrs[6] = {t.params[k],
                                const_cast<void*>(t.grads[k]),
                                t.exp_avgs[k],
                                t.exp_avg_sqs[k],
                                (Flags & kAdamAmsgrad) ? t.max_exp_avg_sqs[k] : nullptr,
                                Master ? precision.master[k] : nullptr};
-        tables.add(ptrs, t.numels[k], AdamMeta<T>{c.step_size, c.bc2_sqrt, precision.key(k)});
+        tables.add(ptrs, t.numels[k],
+                   AdamMeta<T>{c.step_size, c.bc2_sqrt, precision.key(k),
+                               counted ? t.step_counts[k] : nullptr});
     }
     const StepScaling s = step_scaling(call);
-    tables.launch(
-        AdamFunctor<S, Flags, Master, Round>{group, s.norm, s.max_norm, s.inv_scale, s.found_inf},
-        nullptr, call.fn, "kernel launch");
+    tables.launch(AdamFunctor<S, Flags, Master, Round>{group, o.lr, o.beta1, o.beta2, s.norm,
+                                                       s.max_norm, s.inv_scale, s.found_inf},
+                  nullptr, call.fn, "kernel launch");
+}
+
+// Adds one to `n` step counts in device memory, unless the scaler's flag (found_inf, may be null)
+// is set; launched after every update block has read them.
+constexpr int kCountsPerLaunch = 448;
+struct StepCounts {
+    int64_t* count[kCountsPerLaunch];
+    int n;
+};
+
+__global__ void count_steps_kernel(StepCounts counts, const float* found_inf)
+{
+    if (scaled_skip(found_inf)) return;
+    for (int i = threadIdx.x; i < counts.n; i += blockDim.x) ++*counts.count[i];
+}
+
+void count_steps(const AdamCall& call)
+{
+    const optim_adam_tensors& t = *call.tensors;
+    const float* found_inf = call.scale ? call.scale->found_inf : nullptr;
+    for (int64_t first = 0; first < t.count; first += kCountsPerLaunch) {
+        StepCounts counts{};
+        counts.n = static_cast<int>(t.count - first < kCountsPerLaunch ? t.count - first
+                                                                       : kCountsPerLaunch);
+        for (int i = 0; i < counts.n; ++i) counts.count[i] = t.step_counts[first + i];
+        count_steps_kernel<<<1, 128, 0, active_stream()>>>(counts, found_inf);
+        check(cudaGetLastError(), call.fn, "step count launch");
+    }
 }
 
 // One group's launches per param group, in group order (the tensors are in group order).
@@ -115,6 +155,7 @@ void adam_typed(const AdamCall& call)
         });
         if (!known) fail(OPTIM_STATUS_INTERNAL, "optim_adam_step: unexpected flag combination");
     });
+    if (call.tensors->step_counts) count_steps(call);
 }
 
 } // namespace
