@@ -27,8 +27,9 @@ public enum ReduceOp
 /// </summary>
 /// <remarks>
 /// Every rank must make the same collective calls in the same order on tensors of the same shapes
-/// and dtypes. Tensors must be dense, contiguous, float32 or float64, on the CPU (CUDA tensors throw
-/// <see cref="NotSupportedException"/>: the CUDA-aware path is not written). Calls from several
+/// and dtypes. Tensors must be dense, contiguous, float32 or float64, on the CPU or on CUDA (CUDA tensors
+/// are staged through host copies: every byte crosses PCIe there and back; the CUDA-aware path is not
+/// written, and the staging has not yet run on a GPU). Calls from several
 /// threads are serialised. An MPI failure throws <see cref="OptimNativeException"/> with status
 /// <see cref="NativeStatus.MpiError"/>; the job should then end.
 /// </remarks>
@@ -156,13 +157,15 @@ public sealed class ProcessGroup : IDisposable
         {
             throw new ArgumentOutOfRangeException(nameof(root), $"root {root} is not a rank of this job of {Size}.");
         }
-        foreach (var (dtype, data, numels) in ByDType(tensors, nameof(tensors)))
+        using var staged = new HostStaging(tensors, nameof(tensors));
+        foreach (var (dtype, data, numels) in ByDType(staged.Tensors, nameof(tensors)))
         {
             if (UsesMpi)
             {
                 MpiNative.Broadcast(dtype, data, numels, root, bucketBytes);
             }
         }
+        staged.CopyBack();
     }
 
     /// <summary>Reduces <paramref name="tensors"/> element-wise across ranks, in place: every rank then holds the result.
@@ -171,13 +174,15 @@ public sealed class ProcessGroup : IDisposable
     {
         ArgumentNullException.ThrowIfNull(tensors);
         ThrowIfDisposed();
-        foreach (var (dtype, data, numels) in ByDType(tensors, nameof(tensors)))
+        using var staged = new HostStaging(tensors, nameof(tensors));
+        foreach (var (dtype, data, numels) in ByDType(staged.Tensors, nameof(tensors)))
         {
             if (UsesMpi)
             {
                 MpiNative.AllReduce(dtype, data, numels, (int)op, bucketBytes);
             }
         }
+        staged.CopyBack();
     }
 
     /// <summary>
@@ -194,13 +199,15 @@ public sealed class ProcessGroup : IDisposable
     {
         ArgumentNullException.ThrowIfNull(tensors);
         ThrowIfDisposed();
-        foreach (var (dtype, data, numels, ranks) in ByDType(tensors, owners))
+        using var staged = new HostStaging(tensors, nameof(tensors));
+        foreach (var (dtype, data, numels, ranks) in ByDType(staged.Tensors, owners))
         {
             if (UsesMpi)
             {
                 MpiNative.ReduceScatter(dtype, data, numels, ranks, (int)op, bucketBytes);
             }
         }
+        staged.CopyBack();
     }
 
     /// <summary>
@@ -214,13 +221,15 @@ public sealed class ProcessGroup : IDisposable
     {
         ArgumentNullException.ThrowIfNull(tensors);
         ThrowIfDisposed();
-        foreach (var (dtype, data, numels, ranks) in ByDType(tensors, owners))
+        using var staged = new HostStaging(tensors, nameof(tensors));
+        foreach (var (dtype, data, numels, ranks) in ByDType(staged.Tensors, owners))
         {
             if (UsesMpi)
             {
                 MpiNative.AllGather(dtype, data, numels, ranks, bucketBytes);
             }
         }
+        staged.CopyBack();
     }
 
     /// <summary>Reduces <paramref name="values"/> across ranks, in place (metrics, flags).</summary>
@@ -321,7 +330,7 @@ public sealed class ProcessGroup : IDisposable
             }
             if (info.DeviceType != TorchSharpNative.CpuDeviceType)
             {
-                throw new NotSupportedException($"Tensor {index} is on {t.device}: only CPU tensors are supported (the CUDA-aware MPI path is not written).");
+                throw new NotSupportedException($"Tensor {index} is on {t.device}: only CPU and CUDA tensors are supported.");
             }
             var list = (ScalarType)info.ScalarType switch
             {
