@@ -179,7 +179,7 @@ var stepsPerRound = new Option<int>("--steps") { Description = "Steps per round.
         (p, n, s) => ClipTiming.Run(p, new[] { 4, 1000 }, n, s, Console.Out)),
     ("scaler-steps", "Times FusedSGD (momentum 0.9) and FusedAdamW stepped through GradScaler's fused path, through its unfused path, TorchSharp's SGD / AdamW through the unfused path, and the plain fused step, in interleaved rounds (4 and 1000 tensors): what fused loss scaling costs next to its one read pass.",
         (p, n, s) => ScalerTiming.Run(p, new[] { 4, 1000 }, n, s, Console.Out)),
-    ("mixed-steps", "Times FusedAdamW on float32 parameters and on bfloat16 parameters (in place, with master weights, with stochastic rounding) against TorchSharp's AdamW on the bfloat16 parameters, in interleaved rounds (4 and 1000 tensors), with the bytes each fused update must move.",
+    ("mixed-steps", "Times FusedAdamW and FusedSGD (momentum) on float32 parameters and on bfloat16 parameters (in place, with master weights, with stochastic rounding) against TorchSharp's AdamW and SGD on the bfloat16 parameters, in interleaved rounds (4 and 1000 tensors), with the bytes each fused update must move.",
         (p, n, s) => MixedTiming.Run(p, new[] { 4, 1000 }, n, s, Console.Out)),
     ("many-tensors", "Times FusedSGD momentum right after TorchSharp's SGD step and right after its own, each next to the bandwidth reference under the same condition, in interleaved rounds (4 and 1000 tensors): the per-tensor cost of the managed gather, warm and cold.",
         (p, n, s) => ManyTensorTiming.Run(p, new[] { 4, 1000 }, n, s, Console.Out)),
