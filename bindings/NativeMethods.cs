@@ -122,6 +122,14 @@ internal static unsafe partial class NativeMethods
         HdAdamGroupOptions* groups, HdStepOptions* options, double* rates, long* skipped, GradClip* clip);
 
     [LibraryImport(Library)]
+    internal static partial int optim_hd_step_mixed(int device, int deviceIndex, int dtype, HdTensors* tensors, int nGroups,
+        HdGroupOptions* groups, HdStepOptions* options, double* rates, long* skipped, GradClip* clip, PrecisionOptions* precision);
+
+    [LibraryImport(Library)]
+    internal static partial int optim_hd_adam_step_mixed(int device, int deviceIndex, int dtype, HdAdamTensors* tensors, int nGroups,
+        HdAdamGroupOptions* groups, HdStepOptions* options, double* rates, long* skipped, GradClip* clip, PrecisionOptions* precision);
+
+    [LibraryImport(Library)]
     internal static partial long optim_hd_rate_count(int scope, int nGroups, long nTensors);
 
     [LibraryImport(Library)]

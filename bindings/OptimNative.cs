@@ -550,12 +550,16 @@ internal static unsafe class OptimNative
     /// (skipped is a counter there). On failure nothing was written. Clipping with <paramref name="maxNorm"/>
     /// and <paramref name="totalNorm"/>, scaling with <paramref name="invScale"/> and <paramref name="foundInf"/>
     /// (a step the scaler skips is not counted in <paramref name="skipped"/>) as in <see cref="SgdStep(NativeDevice, int, NativeDType, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{nint}, ReadOnlySpan{long}, ReadOnlySpan{byte}, ReadOnlySpan{int}, ReadOnlySpan{SgdGroupParams}, double, nint, nint, nint, bool, ReadOnlySpan{nint}, MixedPrecision)"/>.
+    /// Master weights (<paramref name="masterParams"/>: one float32 copy per tensor, or empty) and stochastic
+    /// rounding (<paramref name="precision"/>) call <c>optim_hd_step_mixed</c>, which has no scaled form: they
+    /// may not be combined with <paramref name="invScale"/>.
     /// </summary>
     public static void HdStep(NativeDevice device, int deviceIndex, NativeDType dtype,
         ReadOnlySpan<nint> parameters, ReadOnlySpan<nint> gradients, ReadOnlySpan<nint> momentumBuffers, ReadOnlySpan<nint> prevUpdates,
         ReadOnlySpan<nint> parameterRates, ReadOnlySpan<long> numels, ReadOnlySpan<int> groupIndex, ReadOnlySpan<byte> bufferFresh,
         ReadOnlySpan<HdGroupOptions> groups, HdStepOptions options, nint rates, nint skipped, double maxNorm = 0, nint totalNorm = 0,
-        nint invScale = 0, nint foundInf = 0, bool acrossRanks = false)
+        nint invScale = 0, nint foundInf = 0, bool acrossRanks = false,
+        ReadOnlySpan<nint> masterParams = default, MixedPrecision precision = default)
     {
         EnsureLoaded();
         int n = parameters.Length;
@@ -590,6 +594,20 @@ internal static unsafe class OptimNative
             };
             var clip = new GradClip { MaxNorm = maxNorm, TotalNorm = (double*)totalNorm, AcrossRanks = acrossRanks ? 1 : 0 };
             var scale = new GradScale { InvScale = (float*)invScale, FoundInf = (float*)foundInf };
+            if (masterParams.Length != 0 || precision.StochasticRounding)
+            {
+                if (invScale != 0)
+                {
+                    throw new ArgumentException("HdStep: master weights and stochastic rounding have no scaled step.", nameof(invScale));
+                }
+                fixed (nint* mp = masterParams)
+                {
+                    var mixed = Precision(masterParams, mp, n, precision);
+                    ThrowIfFailed(NativeMethods.optim_hd_step_mixed((int)device, deviceIndex, (int)dtype, &list, groups.Length, go, o,
+                        (double*)rates, (long*)skipped, totalNorm == 0 ? null : &clip, &mixed));
+                }
+                return;
+            }
             ThrowIfFailed(invScale != 0
                 ? NativeMethods.optim_hd_step_scaled((int)device, deviceIndex, (int)dtype, &list, groups.Length, go, o, (double*)rates, (long*)skipped,
                     totalNorm == 0 ? null : &clip, &scale)
@@ -603,14 +621,15 @@ internal static unsafe class OptimNative
     /// <summary>
     /// One hypergradient Adam step over many tensors (see <c>optim_hd_adam_step</c> in <c>optim.h</c>). Every
     /// per-tensor span has one entry per tensor (entries a tensor does not need may be 0; <paramref name="steps"/>
-    /// holds each tensor's step number after this update, ≥ 1). Rates, skip report and clipping as in
-    /// <see cref="HdStep"/>. On failure nothing was written.
+    /// holds each tensor's step number after this update, ≥ 1). Rates, skip report, clipping, master weights and
+    /// stochastic rounding as in <see cref="HdStep"/>. On failure nothing was written.
     /// </summary>
     public static void HdAdamStep(NativeDevice device, int deviceIndex, NativeDType dtype,
         ReadOnlySpan<nint> parameters, ReadOnlySpan<nint> gradients, ReadOnlySpan<nint> expAvgs, ReadOnlySpan<nint> expAvgSqs,
         ReadOnlySpan<nint> maxExpAvgSqs, ReadOnlySpan<nint> prevUpdates, ReadOnlySpan<nint> parameterRates, ReadOnlySpan<long> numels,
         ReadOnlySpan<long> steps, ReadOnlySpan<int> groupIndex, ReadOnlySpan<HdAdamGroupOptions> groups, in HdStepOptions options,
-        nint rates, nint skipped, double maxNorm = 0, nint totalNorm = 0)
+        nint rates, nint skipped, double maxNorm = 0, nint totalNorm = 0,
+        ReadOnlySpan<nint> masterParams = default, MixedPrecision precision = default)
     {
         EnsureLoaded();
         int n = parameters.Length;
@@ -647,6 +666,16 @@ internal static unsafe class OptimNative
                 GroupIndex = gi,
             };
             var clip = new GradClip { MaxNorm = maxNorm, TotalNorm = (double*)totalNorm };
+            if (masterParams.Length != 0 || precision.StochasticRounding)
+            {
+                fixed (nint* mp = masterParams)
+                {
+                    var mixed = Precision(masterParams, mp, n, precision);
+                    ThrowIfFailed(NativeMethods.optim_hd_adam_step_mixed((int)device, deviceIndex, (int)dtype, &list, groups.Length, go, o,
+                        (double*)rates, (long*)skipped, totalNorm == 0 ? null : &clip, &mixed));
+                }
+                return;
+            }
             ThrowIfFailed(totalNorm == 0
                 ? NativeMethods.optim_hd_adam_step((int)device, deviceIndex, (int)dtype, &list, groups.Length, go, o, (double*)rates, (long*)skipped)
                 : NativeMethods.optim_hd_adam_step_clipped((int)device, deviceIndex, (int)dtype, &list, groups.Length, go, o, (double*)rates,

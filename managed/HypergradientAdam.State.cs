@@ -11,9 +11,10 @@ public partial class HypergradientAdam
     /// <summary>
     /// Per-parameter state: Adam's step count and moments (TorchSharp's names), the previous Adam direction
     /// and the rates of the per-tensor or per-parameter scope. The tensors are null until the parameter's
-    /// first step.
+    /// first step. For a float16 or bfloat16 parameter the tensors are float32, and with <c>master_weights</c>
+    /// <see cref="master_param"/> holds its float32 master copy.
     /// </summary>
-    public sealed class State : OptimizerState, IDisposable, IStagedLoad, IHypergradientState
+    public sealed class State : OptimizerState, IDisposable, IStagedLoad, IHypergradientState, IRoundingStepState
     {
         /// <summary>The scope of the optimizer this state belongs to (what a loaded state must hold).</summary>
         internal HypergradientScope Scope { get; init; }
@@ -32,18 +33,32 @@ public partial class HypergradientAdam
         public Tensor? parameter_rates;
         /// <summary>The per-tensor scope's rate of this tensor.</summary>
         public double tensor_rate;
+        /// <summary>The float32 master copy of a float16 or bfloat16 parameter (<c>master_weights</c>), from its first step on.</summary>
+        public Tensor? master_param;
+
+        // The optimizer's stochastic-rounding step count, saved with a float16 or bfloat16 parameter's state.
+        private long _roundingStep;
 
         /// <summary>Creates the state of one parameter.</summary>
         public State(Parameter parameter) : base(parameter)
         {
         }
 
+        long IRoundingStepState.RoundingStep { get => _roundingStep; set => _roundingStep = value; }
+
+        bool IRoundingStepState.CarriesRoundingStep => LowPrecision;
+
+        // float16 and bfloat16 parameters: float32 tensors, and a master copy in the saved state.
+        private bool LowPrecision => TensorChecks.IsLowPrecision(_parameter.dtype);
+
+        private ScalarType StateType => TensorChecks.StateType(_parameter.dtype);
+
         double IHypergradientState.TensorRate { get => tensor_rate; set => tensor_rate = value; }
 
         Tensor? IHypergradientState.ParameterRates => parameter_rates;
 
         /// <summary>Disposes the tensors.</summary>
-        public void Dispose() => Replace(step, null, null, null, null, null, tensor_rate);
+        public void Dispose() => Replace(step, null, null, null, null, null, tensor_rate, null);
 
         /// <summary>Moves the tensors to <paramref name="device"/>.</summary>
         public override void to(Device device)
@@ -53,6 +68,7 @@ public partial class HypergradientAdam
             max_exp_avg_sq = StateTensors.Move(max_exp_avg_sq, device);
             prev_update = StateTensors.Move(prev_update, device);
             parameter_rates = StateTensors.Move(parameter_rates, device);
+            master_param = StateTensors.Move(master_param, device);
         }
 
         /// <summary>Reads the state written by <see cref="SaveStateDict(BinaryWriter)"/>; nothing changes if it is invalid.</summary>
@@ -72,18 +88,24 @@ public partial class HypergradientAdam
         private Action ReadStaged(StateReader r)
         {
             long s = r.ReadCount("the step count");
-            var m = r.ReadOptionalTensor("exp_avg", _parameter);
-            var v = r.ReadOptionalTensor("exp_avg_sq", _parameter);
-            var w = r.ReadOptionalTensor("max_exp_avg_sq", _parameter);
-            var u = r.ReadOptionalTensor("previous update", _parameter);
-            var rates = r.ReadOptionalTensor("per-parameter rates", _parameter);
+            var m = r.ReadOptionalTensor("exp_avg", _parameter, StateType);
+            var v = r.ReadOptionalTensor("exp_avg_sq", _parameter, StateType);
+            var w = r.ReadOptionalTensor("max_exp_avg_sq", _parameter, StateType);
+            var u = r.ReadOptionalTensor("previous update", _parameter, StateType);
+            var rates = r.ReadOptionalTensor("per-parameter rates", _parameter, StateType);
             double rate = r.ReadNonNegative("per-tensor rate");
             HypergradientStateRules.CheckRates(Scope, rates, r.Invalid);
             if (rates is not null)
             {
                 r.RequireNonNegative(rates, "per-parameter rates");
             }
-            return () => Replace(s, m, v, w, u, rates, rate);
+            var master = LowPrecision ? r.ReadOptionalTensor("master_param", _parameter, ScalarType.Float32) : null;
+            long rounding = LowPrecision ? r.ReadCount("the stochastic rounding step count") : 0;
+            return () =>
+            {
+                Replace(s, m, v, w, u, rates, rate, master);
+                _roundingStep = rounding;
+            };
         }
 
         private Action CopyStaged(object source, Staging staging)
@@ -98,26 +120,37 @@ public partial class HypergradientAdam
                 throw new ArgumentException($"{owner}: the source's step count is negative ({o.step}).", nameof(source));
             }
             double rate = HypergradientStateRules.CopiedTensorRate(o.tensor_rate, owner);
-            var m = StateLoad.CopyTensor(o.exp_avg, _parameter, staging, owner, "exp_avg");
-            var v = StateLoad.CopyTensor(o.exp_avg_sq, _parameter, staging, owner, "exp_avg_sq");
-            var w = StateLoad.CopyTensor(o.max_exp_avg_sq, _parameter, staging, owner, "max_exp_avg_sq");
-            var u = StateLoad.CopyTensor(o.prev_update, _parameter, staging, owner, "previous update");
-            var rates = StateLoad.CopyTensor(o.parameter_rates, _parameter, staging, owner, "per-parameter rates");
+            var m = StateLoad.CopyTensor(o.exp_avg, _parameter, staging, owner, "exp_avg", StateType);
+            var v = StateLoad.CopyTensor(o.exp_avg_sq, _parameter, staging, owner, "exp_avg_sq", StateType);
+            var w = StateLoad.CopyTensor(o.max_exp_avg_sq, _parameter, staging, owner, "max_exp_avg_sq", StateType);
+            var u = StateLoad.CopyTensor(o.prev_update, _parameter, staging, owner, "previous update", StateType);
+            var rates = StateLoad.CopyTensor(o.parameter_rates, _parameter, staging, owner, "per-parameter rates", StateType);
+            var master = StateLoad.CopyTensor(o.master_param, _parameter, staging, owner, "master_param", ScalarType.Float32);
             HypergradientStateRules.CheckRates(Scope, rates, msg => new ArgumentException($"{owner}: {msg}", nameof(source)));
             long s = o.step;
-            return () => Replace(s, m, v, w, u, rates, rate);
+            long rounding = o._roundingStep;
+            return () =>
+            {
+                Replace(s, m, v, w, u, rates, rate, master);
+                _roundingStep = rounding;
+            };
         }
 
-        private void Replace(long s, Tensor? m, Tensor? v, Tensor? w, Tensor? u, Tensor? rates, double rate)
+        private void Replace(long s, Tensor? m, Tensor? v, Tensor? w, Tensor? u, Tensor? rates, double rate, Tensor? master)
         {
-            foreach (var t in (ReadOnlySpan<Tensor?>)[exp_avg, exp_avg_sq, max_exp_avg_sq, prev_update, parameter_rates])
+            foreach (var t in (ReadOnlySpan<Tensor?>)[exp_avg, exp_avg_sq, max_exp_avg_sq, prev_update, parameter_rates, master_param])
             {
                 t?.Dispose();
             }
             (step, exp_avg, exp_avg_sq, max_exp_avg_sq, prev_update, parameter_rates, tensor_rate) = (s, m, v, w, u, rates, rate);
+            master_param = master;
         }
 
-        /// <summary>Writes the step count, the tensors (each optional) and the per-tensor rate.</summary>
+        /// <summary>
+        /// Writes the step count, the tensors (each optional) and the per-tensor rate; for a float16 or bfloat16
+        /// parameter, then a flag and the float32 master copy when there is one, and the optimizer's
+        /// stochastic-rounding step count (an int64).
+        /// </summary>
         public override void SaveStateDict(BinaryWriter writer)
         {
             writer.Write(step);
@@ -127,6 +160,11 @@ public partial class HypergradientAdam
             SaveConditionalStateTensor(writer, prev_update!);
             SaveConditionalStateTensor(writer, parameter_rates!);
             writer.Write(tensor_rate);
+            if (LowPrecision)
+            {
+                SaveConditionalStateTensor(writer, master_param!);
+                writer.Write(_roundingStep);
+            }
         }
 
         /// <summary>Copies another <see cref="State"/>; nothing changes if it does not fit the parameter.</summary>
@@ -144,15 +182,15 @@ public partial class HypergradientAdam
             static bool Eq(Tensor? a, Tensor? b) => a is null ? b is null : b is not null && a.allclose(b);
             return other is State o && step == o.step && Eq(exp_avg, o.exp_avg) && Eq(exp_avg_sq, o.exp_avg_sq) &&
                 Eq(max_exp_avg_sq, o.max_exp_avg_sq) && Eq(prev_update, o.prev_update) && Eq(parameter_rates, o.parameter_rates) &&
-                tensor_rate == o.tensor_rate;
+                tensor_rate == o.tensor_rate && Eq(master_param, o.master_param);
         }
 
-        /// <summary>Clears Adam's state and the previous update (the rates are kept).</summary>
+        /// <summary>Clears Adam's state, the previous update and the master copy (the rates are kept).</summary>
         public override void Initialize(OptimizerOptions options)
         {
             var rates = parameter_rates;
             parameter_rates = null;
-            Replace(0, null, null, null, null, rates, tensor_rate);
+            Replace(0, null, null, null, null, rates, tensor_rate, null);
         }
     }
 

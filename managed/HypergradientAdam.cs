@@ -27,6 +27,10 @@ namespace Optim;
 /// it was on the CPU; on CUDA, where only the device knows that a step was skipped, t advances with every
 /// launched step (the bias corrections then run one step ahead after a skip). The CUDA path is compiled, not
 /// yet run on a GPU.</para>
+/// <para>Parameters are float32, float64, float16 or bfloat16, as for <see cref="HypergradientSGD"/>: float16 and
+/// bfloat16 ones are updated in float32 with float32 state (moments, previous update, per-parameter rates),
+/// written back rounded to nearest, kept as float32 master copies (<c>master_weights</c>), or for bfloat16
+/// rounded stochastically (<c>stochastic_rounding</c>).</para>
 /// <para><c>hypergrad_lr</c>, <c>scope</c>, <c>rule</c>, <c>lr_min</c> and <c>lr_max</c> apply to the whole
 /// optimizer; betas, eps, weight decay, amsgrad, maximize and the initial rate may differ per param group.
 /// With the global scope the initial rate is <c>lr</c>. Beta schedulers work through <see cref="IBetas"/>.</para>
@@ -65,26 +69,32 @@ public partial class HypergradientAdam : FusedOptimizer<HypergradientAdam.Option
     /// <param name="max_grad_norm">Clips the gradients to this global norm inside each step (finite, &gt; 0; null: no clipping); see
     /// <see cref="FusedOptimizer{TOptions, TState}.MaxGradNorm"/>. The norm is summed in the same pass as the hypergradient, which
     /// uses the clipped gradient.</param>
+    /// <param name="master_weights">Keep float32 master copies of float16/bfloat16 parameters; see <see cref="FusedOptimizer{TOptions, TState}.MasterWeights"/>.</param>
+    /// <param name="stochastic_rounding">Round bfloat16 parameters updated in place stochastically; see <see cref="FusedOptimizer{TOptions, TState}.StochasticRounding"/>.</param>
+    /// <param name="rounding_seed">The seed of stochastic rounding; see <see cref="FusedOptimizer{TOptions, TState}.RoundingSeed"/>.</param>
     /// <exception cref="ArgumentException">An invalid hyperparameter or an unsupported tensor.</exception>
     public HypergradientAdam(IEnumerable<Parameter> parameters, double lr = 0.001, double hypergrad_lr = 1e-7,
         HypergradientScope scope = HypergradientScope.Global,
         double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8, double weight_decay = 0,
         bool amsgrad = false, bool maximize = false,
         HypergradientRule rule = HypergradientRule.Additive,
-        double lr_min = 0, double lr_max = double.PositiveInfinity, bool skip_nonfinite = true, double? max_grad_norm = null)
+        double lr_min = 0, double lr_max = double.PositiveInfinity, bool skip_nonfinite = true, double? max_grad_norm = null,
+        bool master_weights = false, bool stochastic_rounding = false, long rounding_seed = 0)
         : this(new[] { new ParamGroup(parameters ?? throw new ArgumentNullException(nameof(parameters))) }, lr, hypergrad_lr, scope,
-               beta1, beta2, eps, weight_decay, amsgrad, maximize, rule, lr_min, lr_max, skip_nonfinite, max_grad_norm)
+               beta1, beta2, eps, weight_decay, amsgrad, maximize, rule, lr_min, lr_max, skip_nonfinite, max_grad_norm,
+               master_weights, stochastic_rounding, rounding_seed)
     {
     }
 
     /// <summary>Creates the optimizer over several param groups; options a group leaves null take the values given here.</summary>
-    /// <inheritdoc cref="HypergradientAdam(IEnumerable{Parameter}, double, double, HypergradientScope, double, double, double, double, bool, bool, HypergradientRule, double, double, bool, double?)"/>
+    /// <inheritdoc cref="HypergradientAdam(IEnumerable{Parameter}, double, double, HypergradientScope, double, double, double, double, bool, bool, HypergradientRule, double, double, bool, double?, bool, bool, long)"/>
     public HypergradientAdam(IEnumerable<ParamGroup> parameters, double lr = 0.001, double hypergrad_lr = 1e-7,
         HypergradientScope scope = HypergradientScope.Global,
         double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8, double weight_decay = 0,
         bool amsgrad = false, bool maximize = false,
         HypergradientRule rule = HypergradientRule.Additive,
-        double lr_min = 0, double lr_max = double.PositiveInfinity, bool skip_nonfinite = true, double? max_grad_norm = null)
+        double lr_min = 0, double lr_max = double.PositiveInfinity, bool skip_nonfinite = true, double? max_grad_norm = null,
+        bool master_weights = false, bool stochastic_rounding = false, long rounding_seed = 0)
     {
         ArgumentNullException.ThrowIfNull(parameters);
         _hd = new HypergradientRates<State>(Name, () => _parameter_groups, hypergrad_lr, scope, rule, lr_min, lr_max, skip_nonfinite);
@@ -101,6 +111,7 @@ public partial class HypergradientAdam : FusedOptimizer<HypergradientAdam.Option
         };
         ValidateOptions(defaults, null);
         MaxGradNorm = max_grad_norm;
+        SetPrecision(master_weights, stochastic_rounding, rounding_seed);
         Initialize(defaults, parameters);
     }
 
@@ -141,6 +152,8 @@ public partial class HypergradientAdam : FusedOptimizer<HypergradientAdam.Option
     }
 
     private protected override string Name => nameof(HypergradientAdam);
+
+    private protected override bool TakesLowPrecision => true;
 
     // Every parameter takes part, those without a gradient as empty entries: per-tensor rate slots stay fixed.
     private protected override bool KeepsParametersWithoutGradients => true;
@@ -185,7 +198,8 @@ public partial class HypergradientAdam : FusedOptimizer<HypergradientAdam.Option
 
     private protected override void AddStateRecords(State state, HandleList records)
     {
-        foreach (var t in (ReadOnlySpan<Tensor?>)[state.exp_avg, state.exp_avg_sq, state.max_exp_avg_sq, state.prev_update, state.parameter_rates])
+        foreach (var t in (ReadOnlySpan<Tensor?>)[state.exp_avg, state.exp_avg_sq, state.max_exp_avg_sq, state.prev_update, state.parameter_rates,
+            state.master_param])
         {
             if (t is not null)
             {
@@ -198,10 +212,15 @@ public partial class HypergradientAdam : FusedOptimizer<HypergradientAdam.Option
     {
         var batch = Batch;
         batch.Steps[k] = state.step + 1;
+        bool masters = MasterWeights && TensorChecks.IsLowPrecision((ScalarType)parameter.ScalarType);
         if (state.exp_avg is null || state.exp_avg_sq is null || state.prev_update is null ||
-            (options.amsgrad!.Value && state.max_exp_avg_sq is null))
+            (options.amsgrad!.Value && state.max_exp_avg_sq is null) || (masters && state.master_param is null))
         {
             batch.Fresh[k] = 1;
+        }
+        if (masters)
+        {
+            batch.Masters[k] = Describe(ref checks, state.master_param, parameter, group, index, "master_param");
         }
         batch.Buffers[k] = Describe(ref checks, state.exp_avg, parameter, group, index, "exp_avg");
         batch.ExpAvgSqs[k] = Describe(ref checks, state.exp_avg_sq, parameter, group, index, "exp_avg_sq");
@@ -286,24 +305,30 @@ public partial class HypergradientAdam : FusedOptimizer<HypergradientAdam.Option
         var state = batch.States[k];
         var p = batch.ParamTensors[k];
         var o = (Options)_parameter_groups[batch.GroupIndex[k]].Options;
+        var dtype = TensorChecks.StateType(p.dtype); // float32 for 16-bit parameters
+        if (MasterWeights && TensorChecks.IsLowPrecision(p.dtype) && state.master_param is null)
+        {
+            state.master_param = Created(p.detach().to(ScalarType.Float32, copy: true), () => state.master_param = null);
+            batch.Masters[k] = TorchSharpNative.DataPointer(state.master_param.Handle);
+        }
         if (state.exp_avg is null)
         {
-            state.exp_avg = Created(torch.zeros_like(p), () => state.exp_avg = null);
+            state.exp_avg = Created(torch.zeros_like(p, dtype), () => state.exp_avg = null);
             batch.Buffers[k] = TorchSharpNative.DataPointer(state.exp_avg.Handle);
         }
         if (state.exp_avg_sq is null)
         {
-            state.exp_avg_sq = Created(torch.zeros_like(p), () => state.exp_avg_sq = null);
+            state.exp_avg_sq = Created(torch.zeros_like(p, dtype), () => state.exp_avg_sq = null);
             batch.ExpAvgSqs[k] = TorchSharpNative.DataPointer(state.exp_avg_sq.Handle);
         }
         if (state.prev_update is null)
         {
-            state.prev_update = Created(torch.zeros_like(p), () => state.prev_update = null);
+            state.prev_update = Created(torch.zeros_like(p, dtype), () => state.prev_update = null);
             batch.PrevUpdates[k] = TorchSharpNative.DataPointer(state.prev_update.Handle);
         }
         if (o.amsgrad!.Value && state.max_exp_avg_sq is null)
         {
-            state.max_exp_avg_sq = Created(torch.zeros_like(p), () => state.max_exp_avg_sq = null);
+            state.max_exp_avg_sq = Created(torch.zeros_like(p, dtype), () => state.max_exp_avg_sq = null);
             batch.MaxExpAvgSqs[k] = TorchSharpNative.DataPointer(state.max_exp_avg_sq.Handle);
         }
     }
@@ -317,7 +342,8 @@ public partial class HypergradientAdam : FusedOptimizer<HypergradientAdam.Option
         OptimNative.HdAdamStep(checks.Device, checks.DeviceIndex, checks.DType, b.Params.AsSpan(0, n), b.Grads.AsSpan(0, n),
             b.Buffers.AsSpan(0, n), b.ExpAvgSqs.AsSpan(0, n), b.MaxExpAvgSqs.AsSpan(0, n), b.PrevUpdates.AsSpan(0, n),
             b.Rates.AsSpan(0, n), b.Numels.AsSpan(0, n), b.Steps.AsSpan(0, n), b.GroupIndex.AsSpan(0, n),
-            _groupOptions.AsSpan(0, _parameter_groups.Count), _options, rates, skipped, maxNorm, totalNorm);
+            _groupOptions.AsSpan(0, _parameter_groups.Count), _options, rates, skipped, maxNorm, totalNorm,
+            UsesMasters(checks) ? b.Masters.AsSpan(0, n) : default, Rounding(checks));
         // Skipped: known on the CPU only; its parameters' step counts stay.
         if (_hd.Finish(checks.Device, ScaledStepSkipped()))
         {

@@ -179,7 +179,8 @@ internal sealed class HypergradientRates<TState> : IDisposable where TState : cl
         // An explicit Scalar kept alive by `using`: TorchSharp 0.107's implicit double-to-Scalar
         // temporaries can be finalized by the GC while the native call still reads them.
         using var rate = lr.ToScalar();
-        return torch.full_like(parameter, rate).DetachFromDisposeScope();
+        // float32 for float16 and bfloat16 parameters, as all their state.
+        return torch.full_like(parameter, rate, TensorChecks.StateType(parameter.dtype)).DetachFromDisposeScope();
     }
 
     /// <summary>

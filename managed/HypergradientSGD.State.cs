@@ -8,8 +8,11 @@ namespace Optim;
 // HypergradientSGD's per-parameter state, per-group options (with the step counters) and param group.
 public partial class HypergradientSGD
 {
-    /// <summary>Per-parameter state.</summary>
-    public sealed class State : OptimizerState, IDisposable, IStagedLoad, IHypergradientState
+    /// <summary>
+    /// Per-parameter state. For a float16 or bfloat16 parameter the tensors are float32, and with
+    /// <c>master_weights</c> <see cref="master_param"/> holds its float32 master copy.
+    /// </summary>
+    public sealed class State : OptimizerState, IDisposable, IStagedLoad, IHypergradientState, IRoundingStepState
     {
         /// <summary>The scope of the optimizer this state belongs to (what a loaded state must hold).</summary>
         internal HypergradientScope Scope { get; init; }
@@ -22,11 +25,25 @@ public partial class HypergradientSGD
         public Tensor? parameter_rates;
         /// <summary>The per-tensor scope's rate of this tensor.</summary>
         public double tensor_rate;
+        /// <summary>The float32 master copy of a float16 or bfloat16 parameter (<c>master_weights</c>), from its first step on.</summary>
+        public Tensor? master_param;
+
+        // The optimizer's stochastic-rounding step count, saved with a float16 or bfloat16 parameter's state.
+        private long _roundingStep;
 
         /// <summary>Creates the state of one parameter.</summary>
         public State(Parameter parameter) : base(parameter)
         {
         }
+
+        long IRoundingStepState.RoundingStep { get => _roundingStep; set => _roundingStep = value; }
+
+        bool IRoundingStepState.CarriesRoundingStep => LowPrecision;
+
+        // float16 and bfloat16 parameters: float32 tensors, and a master copy in the saved state.
+        private bool LowPrecision => TensorChecks.IsLowPrecision(_parameter.dtype);
+
+        private ScalarType StateType => TensorChecks.StateType(_parameter.dtype);
 
         double IHypergradientState.TensorRate { get => tensor_rate; set => tensor_rate = value; }
 
@@ -38,7 +55,8 @@ public partial class HypergradientSGD
             momentum_buffer?.Dispose();
             prev_update?.Dispose();
             parameter_rates?.Dispose();
-            momentum_buffer = prev_update = parameter_rates = null;
+            master_param?.Dispose();
+            momentum_buffer = prev_update = parameter_rates = master_param = null;
         }
 
         /// <summary>Moves the tensors to <paramref name="device"/>.</summary>
@@ -47,6 +65,7 @@ public partial class HypergradientSGD
             momentum_buffer = StateTensors.Move(momentum_buffer, device);
             prev_update = StateTensors.Move(prev_update, device);
             parameter_rates = StateTensors.Move(parameter_rates, device);
+            master_param = StateTensors.Move(master_param, device);
         }
 
         /// <summary>Reads the state written by <see cref="SaveStateDict(BinaryWriter)"/>; nothing changes if it is invalid.</summary>
@@ -65,16 +84,22 @@ public partial class HypergradientSGD
 
         private Action ReadStaged(StateReader r)
         {
-            var b = r.ReadOptionalTensor("momentum buffer", _parameter);
-            var u = r.ReadOptionalTensor("previous update", _parameter);
-            var rates = r.ReadOptionalTensor("per-parameter rates", _parameter);
+            var b = r.ReadOptionalTensor("momentum buffer", _parameter, StateType);
+            var u = r.ReadOptionalTensor("previous update", _parameter, StateType);
+            var rates = r.ReadOptionalTensor("per-parameter rates", _parameter, StateType);
             double rate = r.ReadNonNegative("per-tensor rate");
             HypergradientStateRules.CheckRates(Scope, rates, r.Invalid);
             if (rates is not null)
             {
                 r.RequireNonNegative(rates, "per-parameter rates");
             }
-            return () => Replace(b, u, rates, rate);
+            var master = LowPrecision ? r.ReadOptionalTensor("master_param", _parameter, ScalarType.Float32) : null;
+            long rounding = LowPrecision ? r.ReadCount("the stochastic rounding step count") : 0;
+            return () =>
+            {
+                Replace(b, u, rates, rate, master);
+                _roundingStep = rounding;
+            };
         }
 
         private Action CopyStaged(object source, Staging staging)
@@ -84,27 +109,42 @@ public partial class HypergradientSGD
                 throw new ArgumentException($"Expected a HypergradientSGD.State, got {source?.GetType().Name ?? "null"}.", nameof(source));
             }
             const string owner = nameof(HypergradientSGD);
-            var b = StateLoad.CopyTensor(o.momentum_buffer, _parameter, staging, owner, "momentum buffer");
-            var u = StateLoad.CopyTensor(o.prev_update, _parameter, staging, owner, "previous update");
-            var rates = StateLoad.CopyTensor(o.parameter_rates, _parameter, staging, owner, "per-parameter rates");
+            var b = StateLoad.CopyTensor(o.momentum_buffer, _parameter, staging, owner, "momentum buffer", StateType);
+            var u = StateLoad.CopyTensor(o.prev_update, _parameter, staging, owner, "previous update", StateType);
+            var rates = StateLoad.CopyTensor(o.parameter_rates, _parameter, staging, owner, "per-parameter rates", StateType);
+            var master = StateLoad.CopyTensor(o.master_param, _parameter, staging, owner, "master_param", ScalarType.Float32);
             double rate = HypergradientStateRules.CopiedTensorRate(o.tensor_rate, owner);
             HypergradientStateRules.CheckRates(Scope, rates, m => new ArgumentException($"{owner}: {m}", nameof(source)));
-            return () => Replace(b, u, rates, rate);
+            long rounding = o._roundingStep;
+            return () =>
+            {
+                Replace(b, u, rates, rate, master);
+                _roundingStep = rounding;
+            };
         }
 
-        private void Replace(Tensor? b, Tensor? u, Tensor? rates, double rate)
+        private void Replace(Tensor? b, Tensor? u, Tensor? rates, double rate, Tensor? master)
         {
             Dispose();
-            (momentum_buffer, prev_update, parameter_rates, tensor_rate) = (b, u, rates, rate);
+            (momentum_buffer, prev_update, parameter_rates, tensor_rate, master_param) = (b, u, rates, rate, master);
         }
 
-        /// <summary>Writes the buffers, the rates and the per-tensor rate.</summary>
+        /// <summary>
+        /// Writes the buffers, the rates and the per-tensor rate; for a float16 or bfloat16 parameter, then a
+        /// flag and the float32 master copy when there is one, and the optimizer's stochastic-rounding step
+        /// count (an int64).
+        /// </summary>
         public override void SaveStateDict(BinaryWriter writer)
         {
             SaveConditionalStateTensor(writer, momentum_buffer!);
             SaveConditionalStateTensor(writer, prev_update!);
             SaveConditionalStateTensor(writer, parameter_rates!);
             writer.Write(tensor_rate);
+            if (LowPrecision)
+            {
+                SaveConditionalStateTensor(writer, master_param!);
+                writer.Write(_roundingStep);
+            }
         }
 
         /// <summary>Copies another <see cref="State"/>; nothing changes if it does not fit the parameter.</summary>
@@ -121,15 +161,16 @@ public partial class HypergradientSGD
         {
             static bool Eq(Tensor? a, Tensor? b) => a is null ? b is null : b is not null && a.allclose(b);
             return other is State o && Eq(momentum_buffer, o.momentum_buffer) && Eq(prev_update, o.prev_update) &&
-                Eq(parameter_rates, o.parameter_rates) && tensor_rate == o.tensor_rate;
+                Eq(parameter_rates, o.parameter_rates) && tensor_rate == o.tensor_rate && Eq(master_param, o.master_param);
         }
 
-        /// <summary>Clears the buffers (the rates are kept).</summary>
+        /// <summary>Clears the buffers and the master copy (the rates are kept).</summary>
         public override void Initialize(OptimizerOptions options)
         {
             momentum_buffer?.Dispose();
             prev_update?.Dispose();
-            momentum_buffer = prev_update = null;
+            master_param?.Dispose();
+            momentum_buffer = prev_update = master_param = null;
         }
     }
 

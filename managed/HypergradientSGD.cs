@@ -53,6 +53,11 @@ public enum HypergradientRule
 /// per-parameter rates. On CUDA the rates stay in device memory and a step never waits for the device;
 /// <see cref="SyncLearningRates"/> (and the rate readers) copy them back when asked. The CUDA path is
 /// compiled, not yet run on a GPU.</para>
+/// <para>Parameters are float32, float64, float16 or bfloat16 (a gradient of its parameter's dtype; one dtype and
+/// one device for all). Float16 and bfloat16 parameters are updated in float32 with float32 state (momentum
+/// buffers, previous updates, per-parameter rates; the scalar rates stay doubles) and written back rounded to
+/// nearest, or kept as float32 master copies (<c>master_weights</c>), or for bfloat16 rounded stochastically
+/// (<c>stochastic_rounding</c>); the hypergradient is summed from the same float32 values the update reads.</para>
 /// <para><c>hypergrad_lr</c>, <c>scope</c>, <c>rule</c>, <c>lr_min</c> and <c>lr_max</c> apply to the
 /// whole optimizer; momentum, dampening, weight decay, Nesterov, maximize and the initial rate may differ
 /// per param group. With the global scope the initial rate is <c>lr</c>.</para>
@@ -94,32 +99,39 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
     /// <param name="max_grad_norm">Clips the gradients to this global norm inside each step (finite, &gt; 0; null: no clipping); see
     /// <see cref="FusedOptimizer{TOptions, TState}.MaxGradNorm"/>. The norm is summed in the same pass as the hypergradient, which
     /// uses the clipped gradient. A step skipped for a non-finite gradient still reports its (non-finite) norm.</param>
+    /// <param name="master_weights">Keep float32 master copies of float16/bfloat16 parameters; see <see cref="FusedOptimizer{TOptions, TState}.MasterWeights"/>.</param>
+    /// <param name="stochastic_rounding">Round bfloat16 parameters updated in place stochastically; see <see cref="FusedOptimizer{TOptions, TState}.StochasticRounding"/>.</param>
+    /// <param name="rounding_seed">The seed of stochastic rounding; see <see cref="FusedOptimizer{TOptions, TState}.RoundingSeed"/>.</param>
     /// <exception cref="ArgumentException">An invalid hyperparameter or an unsupported tensor.</exception>
     public HypergradientSGD(IEnumerable<Parameter> parameters, double lr, double hypergrad_lr,
         HypergradientScope scope = HypergradientScope.Global,
         double momentum = 0, double dampening = 0, double weight_decay = 0,
         bool nesterov = false, bool maximize = false,
         HypergradientRule rule = HypergradientRule.Additive,
-        double lr_min = 0, double lr_max = double.PositiveInfinity, bool skip_nonfinite = true, double? max_grad_norm = null)
+        double lr_min = 0, double lr_max = double.PositiveInfinity, bool skip_nonfinite = true, double? max_grad_norm = null,
+        bool master_weights = false, bool stochastic_rounding = false, long rounding_seed = 0)
         : this(new[] { new ParamGroup(parameters ?? throw new ArgumentNullException(nameof(parameters))) }, lr, hypergrad_lr, scope,
-               momentum, dampening, weight_decay, nesterov, maximize, rule, lr_min, lr_max, skip_nonfinite, max_grad_norm)
+               momentum, dampening, weight_decay, nesterov, maximize, rule, lr_min, lr_max, skip_nonfinite, max_grad_norm,
+               master_weights, stochastic_rounding, rounding_seed)
     {
     }
 
     /// <summary>Creates the optimizer over several param groups; options a group leaves null take the values given here.</summary>
-    /// <inheritdoc cref="HypergradientSGD(IEnumerable{Parameter}, double, double, HypergradientScope, double, double, double, bool, bool, HypergradientRule, double, double, bool, double?)"/>
+    /// <inheritdoc cref="HypergradientSGD(IEnumerable{Parameter}, double, double, HypergradientScope, double, double, double, bool, bool, HypergradientRule, double, double, bool, double?, bool, bool, long)"/>
     public HypergradientSGD(IEnumerable<ParamGroup> parameters, double lr, double hypergrad_lr,
         HypergradientScope scope = HypergradientScope.Global,
         double momentum = 0, double dampening = 0, double weight_decay = 0,
         bool nesterov = false, bool maximize = false,
         HypergradientRule rule = HypergradientRule.Additive,
-        double lr_min = 0, double lr_max = double.PositiveInfinity, bool skip_nonfinite = true, double? max_grad_norm = null)
+        double lr_min = 0, double lr_max = double.PositiveInfinity, bool skip_nonfinite = true, double? max_grad_norm = null,
+        bool master_weights = false, bool stochastic_rounding = false, long rounding_seed = 0)
     {
         ArgumentNullException.ThrowIfNull(parameters);
         _hd = new HypergradientRates<State>(Name, () => _parameter_groups, hypergrad_lr, scope, rule, lr_min, lr_max, skip_nonfinite);
         var defaults = SgdOptionsBase.Create<Options>(lr, momentum, dampening, weight_decay, nesterov, maximize);
         defaults.Validate(null);
         MaxGradNorm = max_grad_norm;
+        SetPrecision(master_weights, stochastic_rounding, rounding_seed);
         Initialize(defaults, parameters);
     }
 
@@ -147,6 +159,12 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
     }
 
     private protected override string Name => nameof(HypergradientSGD);
+
+    private protected override bool TakesLowPrecision => true;
+
+    // optim_hd_step_mixed has no scaled form: with master weights or stochastic rounding a GradScaler takes its
+    // unfused path (unscale_, then a plain step).
+    private protected override bool FusesGradScaling => base.FusesGradScaling && !MasterWeights && !StochasticRounding;
 
     // Every parameter takes part, those without a gradient as empty entries: per-tensor rate slots stay fixed.
     private protected override bool KeepsParametersWithoutGradients => true;
@@ -176,7 +194,7 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
 
     private protected override void AddStateRecords(State state, HandleList records)
     {
-        foreach (var t in (ReadOnlySpan<Tensor?>)[state.momentum_buffer, state.prev_update, state.parameter_rates])
+        foreach (var t in (ReadOnlySpan<Tensor?>)[state.momentum_buffer, state.prev_update, state.parameter_rates, state.master_param])
         {
             if (t is not null)
             {
@@ -188,6 +206,14 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
     private protected override void GatherState(int k, ref TensorChecks checks, in TensorInfo parameter, State state, Options options, int group, int index)
     {
         var batch = Batch;
+        // A missing master copy is made in CreateMissingState (Fresh is the native call's buffer flag).
+        if (MasterWeights && state.master_param is { } master && TensorChecks.IsLowPrecision((ScalarType)parameter.ScalarType))
+        {
+            var mi = TorchSharpNative.Describe(master.Handle);
+            checks.CheckState(mi, parameter, group, index, "master_param");
+            batch.Masters[k] = mi.Data;
+            batch.Written.Add(master.Handle);
+        }
         bool momentum = options.momentum!.Value != 0;
         bool heavyBall = momentum && !options.nesterov!.Value;
         if (momentum)
@@ -252,6 +278,7 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
     {
         var batch = Batch;
         bool cuda = checks.Device == NativeDevice.Cuda;
+        bool masters = UsesMasters(checks);
         for (int k = 0; k < batch.Count; k++)
         {
             if (!batch.HasGradient[k])
@@ -261,12 +288,18 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
             var state = batch.States[k];
             var p = batch.ParamTensors[k];
             var o = (Options)_parameter_groups[batch.GroupIndex[k]].Options;
+            var dtype = TensorChecks.StateType(p.dtype); // float32 for 16-bit parameters
+            if (masters && state.master_param is null)
+            {
+                state.master_param = Created(p.detach().to(ScalarType.Float32, copy: true), ForgetMaster(state));
+                batch.Masters[k] = TorchSharpNative.DataPointer(state.master_param.Handle);
+            }
             if (batch.Fresh[k] != 0)
             {
                 // On CUDA whether the step is skipped is known only on the device, so a new buffer
                 // starts at zero: if this first step is skipped, the next one blends into zeros (exact
                 // for dampening 0; (1 - dampening)·g̃ otherwise).
-                var buf = Created(cuda ? torch.zeros_like(p) : torch.empty_like(p), ForgetBuffer(state));
+                var buf = Created(cuda ? torch.zeros_like(p, dtype) : torch.empty_like(p, dtype), ForgetBuffer(state));
                 state.momentum_buffer = buf;
                 batch.Buffers[k] = TorchSharpNative.DataPointer(buf.Handle);
             }
@@ -275,7 +308,7 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
             {
                 // Zero is also "no previous update"; a skipped step still forgets it, so that it changes
                 // no state at all (GradScaler's promise).
-                state.prev_update = Created(torch.zeros_like(p), ForgetPrevUpdate(state));
+                state.prev_update = Created(torch.zeros_like(p, dtype), ForgetPrevUpdate(state));
                 batch.PrevUpdates[k] = TorchSharpNative.DataPointer(state.prev_update.Handle);
             }
         }
@@ -286,6 +319,8 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
 
     private static Action ForgetPrevUpdate(State state) => () => state.prev_update = null;
 
+    private static Action ForgetMaster(State state) => () => state.master_param = null;
+
     private protected override void NativeStep(in TensorChecks checks)
     {
         var (rates, skipped) = _hd.Prepare(checks, Batch);
@@ -295,7 +330,8 @@ public partial class HypergradientSGD : FusedOptimizer<HypergradientSGD.Options,
         var (invScale, foundInf) = GradScale(checks);
         OptimNative.HdStep(checks.Device, checks.DeviceIndex, checks.DType, b.Params.AsSpan(0, n), b.Grads.AsSpan(0, n), b.Buffers.AsSpan(0, n),
             b.PrevUpdates.AsSpan(0, n), b.Rates.AsSpan(0, n), b.Numels.AsSpan(0, n), b.GroupIndex.AsSpan(0, n), b.Fresh.AsSpan(0, n),
-            _groupOptions.AsSpan(0, _parameter_groups.Count), _options, rates, skipped, maxNorm, totalNorm, invScale, foundInf, ReducesAcrossRanks);
+            _groupOptions.AsSpan(0, _parameter_groups.Count), _options, rates, skipped, maxNorm, totalNorm, invScale, foundInf, ReducesAcrossRanks,
+            UsesMasters(checks) ? b.Masters.AsSpan(0, n) : default, Rounding(checks));
         // A step the scaler skipped is the scaler's and not counted (the base undoes its new state).
         if (_hd.Finish(checks.Device, ScaledStepSkipped()))
         {

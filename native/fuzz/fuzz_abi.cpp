@@ -209,8 +209,8 @@ int32_t pick_dtype(FuzzedDataProvider& in)
     return pick_i32(in, {OPTIM_DTYPE_FLOAT32, OPTIM_DTYPE_FLOAT64});
 }
 
-// The dtypes of the SGD and Adam steps, 16-bit ones included (their arrays are allocated as
-// float32: the state is float32, and 16-bit parameters then stay inside their blocks).
+// The dtypes of the SGD, Adam and hypergradient steps, 16-bit ones included (their arrays are
+// allocated as float32: the state is float32, and 16-bit parameters then stay inside their blocks).
 int32_t pick_step_dtype(FuzzedDataProvider& in)
 {
     return pick_i32(
@@ -386,7 +386,8 @@ TensorSet decode_tensors(FuzzedDataProvider& in, Arena& arena, int64_t count, in
     return s;
 }
 
-// The device, device index and element type of a call (16-bit types: the SGD and Adam steps).
+// The device, device index and element type of a call (16-bit types: the SGD, Adam and
+// hypergradient steps).
 struct Target {
     int32_t device, device_index, dtype;
     bool f64() const { return dtype == OPTIM_DTYPE_FLOAT64; }
@@ -438,16 +439,18 @@ const StepEntries<FUZZ_HD_ARGS(optim_hd_tensors, optim_hd_group)> kHdEntries{
     optim_hd_step,
     optim_hd_step_clipped,
     optim_hd_step_scaled,
+    optim_hd_step_mixed,
     nullptr,
-    nullptr,
-    {"optim_hd_step", "optim_hd_step_clipped", "optim_hd_step_scaled", nullptr, nullptr}};
+    {"optim_hd_step", "optim_hd_step_clipped", "optim_hd_step_scaled", "optim_hd_step_mixed",
+     nullptr}};
 const StepEntries<FUZZ_HD_ARGS(optim_hd_adam_tensors, optim_hd_adam_group)> kHdAdamEntries{
     optim_hd_adam_step,
     optim_hd_adam_step_clipped,
     nullptr,
+    optim_hd_adam_step_mixed,
     nullptr,
-    nullptr,
-    {"optim_hd_adam_step", "optim_hd_adam_step_clipped", nullptr, nullptr, nullptr}};
+    {"optim_hd_adam_step", "optim_hd_adam_step_clipped", nullptr, "optim_hd_adam_step_mixed",
+     nullptr}};
 
 // The variant of one call and its inputs: a clip, then a scale and a precision where the step has
 // those variants (scaled and mixed together: the mixed-scaled step; else the first chosen of
@@ -668,7 +671,7 @@ void expect_skip_flag(optim_status status, const int64_t* skip_out, int32_t devi
 void fuzz_hd(FuzzedDataProvider& in)
 {
     Arena arena;
-    const Target at = pick_target(in, false);
+    const Target at = pick_target(in, true);
     optim_hd_params* hp = hd_params(in, arena);
     const int32_t n_groups = in.ConsumeIntegralInRange<int32_t>(-1, 4);
     auto* groups = arena.array<optim_hd_group>(n_groups, true);
@@ -686,9 +689,10 @@ void fuzz_hd(FuzzedDataProvider& in)
                                        true, PerTensor::Fresh);
     double* rates = hd_rates(in, arena, hp->scope, n_groups, count);
     int64_t* skipped = skip_flag(arena);
+    void** ps = s.column(arena, 0);
     auto* t = arena.array<optim_hd_tensors>(1, true);
     *t = optim_hd_tensors{count,
-                          maybe(in, s.column(arena, 0)),
+                          maybe(in, ps),
                           maybe(in, s.column(arena, 1)),
                           maybe(in, s.column(arena, 2)),
                           maybe(in, s.column(arena, 3)),
@@ -696,7 +700,7 @@ void fuzz_hd(FuzzedDataProvider& in)
                           maybe(in, s.numel_array),
                           maybe(in, s.group_index),
                           maybe(in, s.fresh)};
-    const VariantInputs v = pick_variant(in, arena, kHdEntries, s, nullptr);
+    const VariantInputs v = pick_variant(in, arena, kHdEntries, s, ps);
     mark_written(arena, s.tensors, written);
     arena.snapshot();
     int64_t* skip_out = maybe(in, skipped);
@@ -711,7 +715,7 @@ void fuzz_hd(FuzzedDataProvider& in)
 void fuzz_hd_adam(FuzzedDataProvider& in)
 {
     Arena arena;
-    const Target at = pick_target(in, false);
+    const Target at = pick_target(in, true);
     optim_hd_params* hp = hd_params(in, arena);
     const int32_t n_groups = in.ConsumeIntegralInRange<int32_t>(-1, 4);
     auto* groups = arena.array<optim_hd_adam_group>(n_groups, true);
@@ -730,9 +734,10 @@ void fuzz_hd_adam(FuzzedDataProvider& in)
                                        true, PerTensor::Steps);
     double* rates = hd_rates(in, arena, hp->scope, n_groups, count);
     int64_t* skipped = skip_flag(arena);
+    void** ps = s.column(arena, 0);
     auto* t = arena.array<optim_hd_adam_tensors>(1, true);
     *t = optim_hd_adam_tensors{count,
-                               maybe(in, s.column(arena, 0)),
+                               maybe(in, ps),
                                maybe(in, s.column(arena, 1)),
                                maybe(in, s.column(arena, 2)),
                                maybe(in, s.column(arena, 3)),
@@ -742,7 +747,7 @@ void fuzz_hd_adam(FuzzedDataProvider& in)
                                maybe(in, s.numel_array),
                                maybe(in, s.steps),
                                maybe(in, s.group_index)};
-    const VariantInputs v = pick_variant(in, arena, kHdAdamEntries, s, nullptr);
+    const VariantInputs v = pick_variant(in, arena, kHdAdamEntries, s, ps);
     mark_written(arena, s.tensors, written);
     arena.snapshot();
     int64_t* skip_out = maybe(in, skipped);

@@ -69,9 +69,10 @@ enum {
 };
 
 /* ---- Element types and devices --------------------------------------------------------------- */
-/* FLOAT16 (IEEE 754 binary16) and BFLOAT16 are accepted by the SGD and Adam steps only, for
- * parameters and gradients: the math is done in float32 and the optimizer state (momentum buffers,
- * moments) is float32 (see "Mixed precision" below). */
+/* FLOAT16 (IEEE 754 binary16) and BFLOAT16 are accepted by the SGD, Adam and hypergradient steps
+ * only, for parameters and gradients: the math is done in float32 and the optimizer state (momentum
+ * buffers, moments, previous updates, per-parameter rates) is float32 (see "Mixed precision"
+ * below). */
 enum {
     OPTIM_DTYPE_FLOAT32 = 0,
     OPTIM_DTYPE_FLOAT64 = 1,
@@ -240,9 +241,12 @@ typedef struct optim_grad_scale {
  */
 
 /* Parameters and gradients of dtype OPTIM_DTYPE_FLOAT16 or OPTIM_DTYPE_BFLOAT16 (optim_sgd_step,
- * optim_adam_step and their _clipped and _mixed forms): every element is converted to float32
- * (exactly), updated in float32 with float32 state (momentum buffers, exp_avg, exp_avg_sq,
- * max_exp_avg_sq: float32 arrays), and written back rounded. Hyperparameters are rounded to
+ * optim_adam_step, optim_hd_step, optim_hd_adam_step and their _clipped, _scaled and _mixed forms):
+ * every element is converted to float32 (exactly), updated in float32 with float32 state (momentum
+ * buffers, exp_avg, exp_avg_sq, max_exp_avg_sq, prev_updates, param_rates: float32 arrays; the
+ * hypergradient steps' scalar rates stay doubles), and written back rounded. The hypergradient
+ * steps' reduction reads the gradient and the parameter (or, with master_params, its copy) as the
+ * update does. Hyperparameters are rounded to
  * float32. The plain and _clipped entry points write back in place, rounded to nearest (ties to
  * even). The _mixed entry points add, through optim_precision: master_params: float32 copies of the
  * parameters (the mixed-precision recipe of apex and DeepSpeed): the update reads and writes the
@@ -532,7 +536,7 @@ typedef struct optim_hd_tensors {
     const void* const* grads;
     void* const* momentum_buffers; /* entry k used when its group's momentum != 0 */
     void* const* prev_updates;     /* entry k used when its group has no momentum, or Nesterov */
-    void* const* param_rates;      /* per-parameter scope: the rates of tensor k (element type) */
+    void* const* param_rates;      /* per-parameter scope: rates of tensor k (compute type) */
     const int64_t* numels;
     const int32_t* group_index;  /* group of tensor k, non-decreasing */
     const uint8_t* buffer_fresh; /* may be NULL: momentum buffer k has no history yet */
@@ -580,6 +584,17 @@ OPTIM_API optim_status optim_hd_step_scaled(int32_t device, int32_t device_index
                                             int64_t* skipped, const optim_grad_clip* clip,
                                             const optim_grad_scale* scale);
 
+/* optim_hd_step with the mixed-precision options of `precision` (not NULL; see "Mixed precision";
+ * dtype FLOAT16 or BFLOAT16 for master_params or stochastic rounding) and optional clipping (clip
+ * may be NULL). The reduction reads the master copy when there is one; a skipped step writes
+ * nothing but the skip report, master copies included. */
+OPTIM_API optim_status optim_hd_step_mixed(int32_t device, int32_t device_index, int32_t dtype,
+                                           const optim_hd_tensors* tensors, int32_t n_groups,
+                                           const optim_hd_group* groups,
+                                           const optim_hd_params* params, double* rates,
+                                           int64_t* skipped, const optim_grad_clip* clip,
+                                           const optim_precision* precision);
+
 /* ---- Hypergradient Adam ---------------------------------------------------------------------- */
 
 /* Adam whose learning rate adapts online by hypergradient descent (Adam-HD of Baydin et al., ICLR
@@ -617,7 +632,7 @@ typedef struct optim_hd_adam_tensors {
     void* const* exp_avg_sqs;     /* zeros before a tensor's first step */
     void* const* max_exp_avg_sqs; /* entry k used when its group has amsgrad; may be NULL if none */
     void* const* prev_updates;    /* u_prev: zeros before a tensor's first step */
-    void* const* param_rates;     /* per-parameter scope: the rates of tensor k (element type) */
+    void* const* param_rates;     /* per-parameter scope: rates of tensor k (compute type) */
     const int64_t* numels;
     const int64_t* steps;       /* t of this update of each tensor (>= 1), as optim_adam_tensors */
     const int32_t* group_index; /* group of tensor k, in [0, n_groups), non-decreasing */
@@ -643,6 +658,16 @@ OPTIM_API optim_status optim_hd_adam_step_clipped(
     int32_t device, int32_t device_index, int32_t dtype, const optim_hd_adam_tensors* tensors,
     int32_t n_groups, const optim_hd_adam_group* groups, const optim_hd_params* params,
     double* rates, int64_t* skipped, const optim_grad_clip* clip);
+
+/* optim_hd_adam_step with the mixed-precision options of `precision` (not NULL; see "Mixed
+ * precision"; dtype FLOAT16 or BFLOAT16 for master_params or stochastic rounding) and optional
+ * clipping (clip may be NULL). The reduction reads the master copy when there is one. */
+OPTIM_API optim_status optim_hd_adam_step_mixed(int32_t device, int32_t device_index, int32_t dtype,
+                                                const optim_hd_adam_tensors* tensors,
+                                                int32_t n_groups, const optim_hd_adam_group* groups,
+                                                const optim_hd_params* params, double* rates,
+                                                int64_t* skipped, const optim_grad_clip* clip,
+                                                const optim_precision* precision);
 
 /* ---- GreedyLR -------------------------------------------------------------------------------- */
 

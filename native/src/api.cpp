@@ -55,7 +55,7 @@ void validate_momentum_options(const char* fn, int32_t g, double momentum, doubl
 
 // Every group's hyperparameters, then every tensor (with its group's momentum) and the group order.
 // The device and element type of an optimizer step: float32 and float64 everywhere; float16 and
-// bfloat16 where the step has them (low_precision: SGD and Adam).
+// bfloat16 where the step has them (low_precision: SGD, Adam and the hypergradient steps).
 void require_step_target(const char* fn, int32_t device, int32_t dtype, bool low_precision = false)
 {
     OPTIM_REQUIRE(device == OPTIM_DEVICE_CPU || device == OPTIM_DEVICE_CUDA, fn,
@@ -65,7 +65,8 @@ void require_step_target(const char* fn, int32_t device, int32_t dtype, bool low
         if (low_precision) return;
         fail(OPTIM_STATUS_UNSUPPORTED,
              std::string(fn) + ": unsupported dtype " + std::to_string(dtype) +
-                 " (float16 and bfloat16 are supported by the SGD and Adam steps only)");
+                 " (float16 and bfloat16 are supported by the SGD, Adam and hypergradient "
+                 "steps only)");
     }
     fail(
         OPTIM_STATUS_UNSUPPORTED,
@@ -606,7 +607,7 @@ struct HdStep {
     static void run(int32_t device, int32_t device_index, int32_t dtype, const Call& call)
     {
         run_on_backend(device, device_index, dtype, call, cuda::hd_step, cpu::hd_step_f32,
-                       cpu::hd_step_f64);
+                       cpu::hd_step_f64, cpu::hd_step_f16, cpu::hd_step_bf16);
     }
 };
 
@@ -623,12 +624,11 @@ struct HdAdamStep {
     static void run(int32_t device, int32_t device_index, int32_t dtype, const Call& call)
     {
         run_on_backend(device, device_index, dtype, call, cuda::hd_adam_step, cpu::hd_adam_step_f32,
-                       cpu::hd_adam_step_f64);
+                       cpu::hd_adam_step_f64, cpu::hd_adam_step_f16, cpu::hd_adam_step_bf16);
     }
 };
 
-// One hypergradient step of a variant (HD, HD-Adam; none has a _mixed variant); fn names the entry
-// point in messages.
+// One hypergradient step of a variant (HD, HD-Adam); fn names the entry point in messages.
 template <typename Step>
 optim_status step_entry(const char* fn, const VariantArgs& v, int32_t device, int32_t device_index,
                         int32_t dtype, const typename Step::Tensors* tensors, int32_t n_groups,
@@ -637,12 +637,14 @@ optim_status step_entry(const char* fn, const VariantArgs& v, int32_t device, in
 {
     return guard(fn, [&] {
         check_variant(fn, device, v);
-        require_step_target(fn, device, dtype);
+        require_step_target(fn, device, dtype, true);
         OPTIM_REQUIRE(params != nullptr && tensors != nullptr && groups != nullptr, fn,
                       "tensors, groups and params must not be NULL");
         const optim_hd_params& hp = *params;
         validate_hd_params(fn, device, hp, n_groups, tensors->count, rates, v.clip);
         Step::validate(fn, *tensors, n_groups, groups, hp.scope == OPTIM_HD_SCOPE_PER_PARAMETER);
+        validate_precision(fn, dtype, v.precision, mixed(v.variant), tensors->count,
+                           tensors->numels, tensors->params, tensors->grads);
         if (tensors->count == 0 && hp.across_ranks == 0) {
             if (skipped && device == OPTIM_DEVICE_CPU) *skipped = 0;
             return;
@@ -650,6 +652,7 @@ optim_status step_entry(const char* fn, const VariantArgs& v, int32_t device, in
         typename Step::Call call{tensors, n_groups, groups, params, rates, skipped};
         call.clip = v.clip;
         if constexpr (Step::kScaled) call.scale = scaled(v.variant) ? v.scale : nullptr;
+        call.precision = v.precision;
         call.fn = fn;
         Step::run(device, device_index, dtype, call);
     });
@@ -886,8 +889,10 @@ OPTIM_STEP_ENTRY(optim_adam_step_mixed_scaled, AdamStep, STEP, MIXED_SCALED)
 OPTIM_STEP_ENTRY(optim_hd_step, HdStep, HD, PLAIN)
 OPTIM_STEP_ENTRY(optim_hd_step_clipped, HdStep, HD, CLIPPED)
 OPTIM_STEP_ENTRY(optim_hd_step_scaled, HdStep, HD, SCALED)
+OPTIM_STEP_ENTRY(optim_hd_step_mixed, HdStep, HD, MIXED)
 OPTIM_STEP_ENTRY(optim_hd_adam_step, HdAdamStep, HD, PLAIN)
 OPTIM_STEP_ENTRY(optim_hd_adam_step_clipped, HdAdamStep, HD, CLIPPED)
+OPTIM_STEP_ENTRY(optim_hd_adam_step_mixed, HdAdamStep, HD, MIXED)
 
 OPTIM_API optim_status optim_sls_save(int32_t device, int32_t device_index, int32_t dtype,
                                       const optim_sls_tensors* tensors)

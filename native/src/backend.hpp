@@ -110,9 +110,10 @@ struct HdCall {
     const optim_hd_params* params;
     double* rates;
     int64_t* skipped;
-    const optim_grad_clip* clip = nullptr;   // null: no clipping
-    const optim_grad_scale* scale = nullptr; // null: no gradient scaler
-    const char* fn = "optim_hd_step";        // the entry point, for messages
+    const optim_grad_clip* clip = nullptr;      // null: no clipping
+    const optim_grad_scale* scale = nullptr;    // null: no gradient scaler
+    const optim_precision* precision = nullptr; // null: in place, to nearest
+    const char* fn = "optim_hd_step";           // the entry point, for messages
 };
 
 // A validated hypergradient Adam step.
@@ -123,8 +124,9 @@ struct HdAdamCall {
     const optim_hd_params* params;
     double* rates;
     int64_t* skipped;
-    const optim_grad_clip* clip = nullptr; // null: no clipping
-    const char* fn = "optim_hd_adam_step"; // the entry point, for messages
+    const optim_grad_clip* clip = nullptr;      // null: no clipping
+    const optim_precision* precision = nullptr; // null: in place, to nearest
+    const char* fn = "optim_hd_adam_step";      // the entry point, for messages
 };
 
 // A validated pass of the stochastic line search (optim_sls_save/_trial/_restore): op is a SlsOp
@@ -196,6 +198,10 @@ void hd_step_f32(const HdCall& call);
 void hd_step_f64(const HdCall& call);
 void hd_adam_step_f32(const HdAdamCall& call);
 void hd_adam_step_f64(const HdAdamCall& call);
+void hd_step_f16(const HdCall& call);
+void hd_step_bf16(const HdCall& call);
+void hd_adam_step_f16(const HdAdamCall& call);
+void hd_adam_step_bf16(const HdAdamCall& call);
 void sls_pass_f32(const SlsCall& call);
 void sls_pass_f64(const SlsCall& call);
 // The sum of the squared gradient elements, in double, combined in piece order.

@@ -533,11 +533,10 @@ TEST(MixedPrecision, BadOptionsAreRejectedAndWriteNothing)
         EXPECT_EQ(p32[i], 1.0f);
     }
     // The steps without 16-bit support name it.
-    optim_hd_params hp{};
-    EXPECT_EQ(optim_hd_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_BFLOAT16, nullptr, 1, nullptr, &hp,
-                            nullptr, nullptr),
+    EXPECT_EQ(optim_sls_save(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_BFLOAT16, nullptr),
               OPTIM_STATUS_UNSUPPORTED);
-    EXPECT_NE(std::string(optim_last_error()).find("SGD and Adam steps only"), std::string::npos);
+    EXPECT_NE(std::string(optim_last_error()).find("SGD, Adam and hypergradient steps only"),
+              std::string::npos);
 }
 
 } // namespace

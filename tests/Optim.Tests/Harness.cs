@@ -229,6 +229,24 @@ internal static class Harness
                     AssertSame(sa.prev_update, se.prev_update, $"{what}: previous update {i}");
                     AssertSame(sa.parameter_rates, se.parameter_rates, $"{what}: rates of parameter {i}");
                     Assert.That(sa.tensor_rate, Is.EqualTo(se.tensor_rate), $"{what}: rate of tensor {i}");
+                    AssertSame(sa.master_param, se.master_param, $"{what}: master_param {i}");
+                }
+                Assert.That(a.TensorLearningRates(), Is.EqualTo(e.TensorLearningRates()), $"{what}: TensorLearningRates");
+                break;
+            case (HypergradientAdam a, HypergradientAdam e):
+                Assert.That((a.Steps, a.SkippedSteps), Is.EqualTo((e.Steps, e.SkippedSteps)), $"{what}: Steps and SkippedSteps");
+                for (int i = 0; i < actualParams.Count; i++)
+                {
+                    var sa = (HypergradientAdam.State)a.state_dict().State[i];
+                    var se = (HypergradientAdam.State)e.state_dict().State[i];
+                    Assert.That(sa.step, Is.EqualTo(se.step), $"{what}: step of parameter {i}");
+                    AssertSame(sa.exp_avg, se.exp_avg, $"{what}: exp_avg {i}");
+                    AssertSame(sa.exp_avg_sq, se.exp_avg_sq, $"{what}: exp_avg_sq {i}");
+                    AssertSame(sa.max_exp_avg_sq, se.max_exp_avg_sq, $"{what}: max_exp_avg_sq {i}");
+                    AssertSame(sa.prev_update, se.prev_update, $"{what}: previous update {i}");
+                    AssertSame(sa.parameter_rates, se.parameter_rates, $"{what}: rates of parameter {i}");
+                    Assert.That(sa.tensor_rate, Is.EqualTo(se.tensor_rate), $"{what}: rate of tensor {i}");
+                    AssertSame(sa.master_param, se.master_param, $"{what}: master_param {i}");
                 }
                 Assert.That(a.TensorLearningRates(), Is.EqualTo(e.TensorLearningRates()), $"{what}: TensorLearningRates");
                 break;

@@ -3,6 +3,9 @@
 // whose per-element math is hd_adam_math.hpp's. Global, per-group and per-tensor scopes move their
 // rates in the finish; the per-parameter scope moves each element's rate in the update pass, after
 // a finiteness pass (none when the caller vouches for the gradients and nothing is clipped).
+// 16-bit parameters and gradients are read into float32 with float32 state, as hd_cpu.cpp's (in
+// place, or through master copies). Bytes per element, scalar scope, no weight decay (reduction +
+// update): float32 8 + 32, 16-bit in place 6 + 26, master weights 6 + 32 (docs/design.md).
 #include "../hd_adam_math.hpp"
 #include "hd_reduce.hpp"
 
@@ -21,21 +24,24 @@ struct HdAdamTensor {
     double bc1;
 };
 
-template <typename T, unsigned Flags>
-OPTIM_CPU_CLONES void update_range(T* __restrict p, const T* __restrict g, T* __restrict m,
-                                   T* __restrict v, T* __restrict vmax, T* __restrict up, int64_t n,
+// P: the parameter's access (precision.hpp's ParamAccess), S the storage type, T the compute type.
+template <typename S, unsigned Flags, class P, typename T = compute_t<S>>
+OPTIM_CPU_CLONES void update_range(P p, const S* __restrict g, T* __restrict m, T* __restrict v,
+                                   T* __restrict vmax, T* __restrict up, int64_t n,
                                    const AdamCoeffs<T>& c, T clip)
 {
     T unused = T(0);
     for (int64_t i = 0; i < n; ++i) {
         T& w = (Flags & kAdamAmsgrad) ? vmax[i] : unused;
-        hd_adam_element<T, Flags>(p[i], g[i] * clip, m[i], v[i], w, up[i], c);
+        T pi = p.load(i);
+        hd_adam_element<T, Flags>(pi, load_value(g[i]) * clip, m[i], v[i], w, up[i], c);
+        p.store(i, pi);
     }
 }
 
 // The rule is a template argument so that the additive rule's loop holds no division by the norms.
-template <typename T, unsigned Flags, int Rule>
-OPTIM_CPU_CLONES void per_parameter_range(T* __restrict p, const T* __restrict g, T* __restrict m,
+template <typename S, unsigned Flags, int Rule, class P, typename T = compute_t<S>>
+OPTIM_CPU_CLONES void per_parameter_range(P p, const S* __restrict g, T* __restrict m,
                                           T* __restrict v, T* __restrict vmax, T* __restrict up,
                                           T* __restrict alpha, int64_t n, const AdamCoeffs<T>& c,
                                           double bc1, const HdCoeffs<T>& hc, T clip)
@@ -43,14 +49,18 @@ OPTIM_CPU_CLONES void per_parameter_range(T* __restrict p, const T* __restrict g
     T unused = T(0);
     for (int64_t i = 0; i < n; ++i) {
         T& w = (Flags & kAdamAmsgrad) ? vmax[i] : unused;
-        hd_adam_per_parameter_element<T, Flags, Rule>(p[i], g[i] * clip, m[i], v[i], w, up[i],
-                                                      alpha[i], c, bc1, hc);
+        T pi = p.load(i);
+        hd_adam_per_parameter_element<T, Flags, Rule>(pi, load_value(g[i]) * clip, m[i], v[i], w,
+                                                      up[i], alpha[i], c, bc1, hc);
+        p.store(i, pi);
     }
 }
 
-template <typename T>
+template <typename S>
 void hd_adam_step(const HdAdamCall& call)
 {
+    using T = compute_t<S>;
+    const PrecisionCall precision(call.precision);
     static const char* fn = "optim_hd_adam_step";
     const optim_hd_adam_tensors& t = *call.tensors;
     const optim_hd_params& hp = *call.params;
@@ -84,10 +94,18 @@ void hd_adam_step(const HdAdamCall& call)
             const HdAdamTensor<T>& a = A[piece.tensor];
             const SgdCoeffs<T> sc = hd_adam_grad_coeffs(a.c);
             dispatch_sgd_flags(hd_adam_grad_flags(a.flags), [&](auto F) {
-                partials[static_cast<size_t>(piece.index)] = hd_reduce_piece<T, decltype(F)::value>(
-                    piece.at<const T>(t.params), piece.at<const T>(t.grads),
-                    piece.at<const T>(t.prev_updates), piece.length, sc, T(1), norms, per_parameter,
-                    clip);
+                constexpr unsigned Flags = decltype(F)::value;
+                const S* g = piece.at<const S>(t.grads);
+                const T* up = piece.at<const T>(t.prev_updates);
+                HdPartial& part = partials[static_cast<size_t>(piece.index)];
+                // The parameter as the update reads it: the master copy, or the parameter.
+                if (precision.master != nullptr)
+                    part =
+                        hd_reduce_piece<Flags>(piece.at<const T>(precision.master), g, up,
+                                               piece.length, sc, T(1), norms, per_parameter, clip);
+                else
+                    part = hd_reduce_piece<Flags>(piece.at<const S>(t.params), g, up, piece.length,
+                                                  sc, T(1), norms, per_parameter, clip);
             });
         });
 
@@ -107,26 +125,32 @@ void hd_adam_step(const HdAdamCall& call)
     const HdCoeffs<T> hc = hd_coeffs<T>(hp);
     plan.parallel_for_pieces([&](const Piece& piece) {
         const HdAdamTensor<T>& a = A[piece.tensor];
-        T* p = piece.at<T>(t.params);
-        const T* g = piece.at<const T>(t.grads);
+        const S* g = piece.at<const S>(t.grads);
         T* m = piece.at<T>(t.exp_avgs);
         T* v = piece.at<T>(t.exp_avg_sqs);
         T* vmax = (a.flags & kAdamAmsgrad) ? piece.at<T>(t.max_exp_avg_sqs) : nullptr;
         T* up = piece.at<T>(t.prev_updates);
         const int64_t n = piece.length;
-        dispatch_adam_flags(a.flags, [&](auto F) {
-            constexpr unsigned Flags = decltype(F)::value;
-            if (!per_parameter) {
-                update_range<T, Flags>(p, g, m, v, vmax, up, n, a.c, coef);
-                return;
-            }
-            T* alpha = piece.at<T>(t.param_rates);
-            if (norms)
-                per_parameter_range<T, Flags, kHdNormalized>(p, g, m, v, vmax, up, alpha, n, a.c,
-                                                             a.bc1, hc, coef);
-            else
-                per_parameter_range<T, Flags, kHdAdditive>(p, g, m, v, vmax, up, alpha, n, a.c,
-                                                           a.bc1, hc, coef);
+        dispatch_precision<S>(precision, [&](auto master, auto round) {
+            constexpr bool Master = decltype(master)::value;
+            constexpr int Round = decltype(round)::value;
+            const ParamAccess<S, Master, Round> p{piece.at<S>(t.params),
+                                                  Master ? piece.at<T>(precision.master) : nullptr,
+                                                  precision.key(piece.tensor), piece.begin};
+            dispatch_adam_flags(a.flags, [&](auto F) {
+                constexpr unsigned Flags = decltype(F)::value;
+                if (!per_parameter) {
+                    update_range<S, Flags>(p, g, m, v, vmax, up, n, a.c, coef);
+                    return;
+                }
+                T* alpha = piece.at<T>(t.param_rates);
+                if (norms)
+                    per_parameter_range<S, Flags, kHdNormalized>(p, g, m, v, vmax, up, alpha, n,
+                                                                 a.c, a.bc1, hc, coef);
+                else
+                    per_parameter_range<S, Flags, kHdAdditive>(p, g, m, v, vmax, up, alpha, n, a.c,
+                                                               a.bc1, hc, coef);
+            });
         });
     });
 }
@@ -140,6 +164,14 @@ void hd_adam_step_f32(const HdAdamCall& call)
 void hd_adam_step_f64(const HdAdamCall& call)
 {
     hd_adam_step<double>(call);
+}
+void hd_adam_step_f16(const HdAdamCall& call)
+{
+    hd_adam_step<Half>(call);
+}
+void hd_adam_step_bf16(const HdAdamCall& call)
+{
+    hd_adam_step<BFloat16>(call);
 }
 
 } // namespace optim::cpu

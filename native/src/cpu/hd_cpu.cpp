@@ -6,6 +6,13 @@
 // it). With a gradient scaler every pass reads inv_scale * grad and the gradients are always
 // checked. The reduction pass and the finish are hd_reduce.hpp's (shared with hypergradient Adam);
 // every per-element operation is hd_math.hpp's.
+// 16-bit parameters and gradients (precision.hpp) are read into float32, with float32 state
+// (momentum buffers, previous updates, per-parameter rates) and rates as for float32; the update
+// writes the parameter back rounded (to nearest, or stochastically for bfloat16 in place), or with
+// master weights reads and writes the float32 copy and writes the parameter as its rounding (the
+// reduction then reads the copy too). Bytes per element with heavy-ball momentum, scalar scope, no
+// weight decay (reduction + update): float32 8 + 20, 16-bit in place 6 + 14, master weights 6 + 20
+// (docs/design.md, 2026-12-04).
 #include "hd_reduce.hpp"
 
 #include <vector>
@@ -14,22 +21,25 @@ namespace optim::cpu {
 
 namespace {
 
-template <typename T, unsigned Flags, bool Fresh>
-OPTIM_CPU_CLONES void update_piece(T* __restrict p, const T* __restrict g, T* __restrict buf,
-                                   T* __restrict up, int64_t n, const SgdCoeffs<T>& c, T lr, T inv,
-                                   T clip)
+// P: the parameter's access (precision.hpp's ParamAccess: in place, or through its master copy);
+// S its storage type, T = compute_t<S> the type of the math and the state.
+template <typename S, unsigned Flags, bool Fresh, class P, typename T = compute_t<S>>
+OPTIM_CPU_CLONES void update_piece(P p, const S* __restrict g, T* __restrict buf, T* __restrict up,
+                                   int64_t n, const SgdCoeffs<T>& c, T lr, T inv, T clip)
 {
     T unused_b = T(0), unused_u = T(0);
     for (int64_t i = 0; i < n; ++i) {
         T& b = (Flags & kSgdMomentum) ? buf[i] : unused_b;
         T& u = sgd_heavy_ball(Flags) ? unused_u : up[i];
-        hd_update_element<T, Flags>(p[i], g[i] * inv * clip, b, u, Fresh, c, lr);
+        T pi = p.load(i);
+        hd_update_element<T, Flags>(pi, load_value(g[i]) * inv * clip, b, u, Fresh, c, lr);
+        p.store(i, pi);
     }
 }
 
 // The rule is a template argument so that the additive rule's loop holds no division.
-template <typename T, unsigned Flags, bool Fresh, int Rule>
-OPTIM_CPU_CLONES void per_parameter_loop(T* __restrict p, const T* __restrict g, T* __restrict buf,
+template <typename S, unsigned Flags, bool Fresh, int Rule, class P, typename T = compute_t<S>>
+OPTIM_CPU_CLONES void per_parameter_loop(P p, const S* __restrict g, T* __restrict buf,
                                          T* __restrict up, T* __restrict alpha, int64_t n,
                                          const SgdCoeffs<T>& c, const HdCoeffs<T>& hc, T inv,
                                          T clip)
@@ -38,25 +48,29 @@ OPTIM_CPU_CLONES void per_parameter_loop(T* __restrict p, const T* __restrict g,
     for (int64_t i = 0; i < n; ++i) {
         T& b = (Flags & kSgdMomentum) ? buf[i] : unused_b;
         T& u = sgd_heavy_ball(Flags) ? unused_u : up[i];
-        hd_per_parameter_element<T, Flags, Rule>(p[i], g[i] * inv * clip, b, u, alpha[i], Fresh, c,
-                                                 hc);
+        T pi = p.load(i);
+        hd_per_parameter_element<T, Flags, Rule>(pi, load_value(g[i]) * inv * clip, b, u, alpha[i],
+                                                 Fresh, c, hc);
+        p.store(i, pi);
     }
 }
 
-template <typename T, unsigned Flags, bool Fresh>
-void per_parameter_piece(T* p, const T* g, T* buf, T* up, T* alpha, int64_t n,
-                         const SgdCoeffs<T>& c, const HdCoeffs<T>& hc, T inv, T clip)
+template <typename S, unsigned Flags, bool Fresh, class P, typename T = compute_t<S>>
+void per_parameter_piece(P p, const S* g, T* buf, T* up, T* alpha, int64_t n, const SgdCoeffs<T>& c,
+                         const HdCoeffs<T>& hc, T inv, T clip)
 {
     if (hc.normalized)
-        per_parameter_loop<T, Flags, Fresh, kHdNormalized>(p, g, buf, up, alpha, n, c, hc, inv,
+        per_parameter_loop<S, Flags, Fresh, kHdNormalized>(p, g, buf, up, alpha, n, c, hc, inv,
                                                            clip);
     else
-        per_parameter_loop<T, Flags, Fresh, kHdAdditive>(p, g, buf, up, alpha, n, c, hc, inv, clip);
+        per_parameter_loop<S, Flags, Fresh, kHdAdditive>(p, g, buf, up, alpha, n, c, hc, inv, clip);
 }
 
-template <typename T>
+template <typename S>
 void hd_step(const HdCall& call)
 {
+    using T = compute_t<S>;
+    const PrecisionCall precision(call.precision);
     const char* fn = call.fn;
     const optim_hd_tensors& t = *call.tensors;
     const optim_hd_params& hp = *call.params;
@@ -96,10 +110,16 @@ void hd_step(const HdCall& call)
                 } else {
                     up = piece.at<const T>(t.prev_updates);
                 }
-                const T* pp = piece.at<const T>(t.params);
-                const T* gp = piece.at<const T>(t.grads);
-                partials[static_cast<size_t>(piece.index)] = hd_reduce_piece<T, Flags>(
-                    pp, gp, up, piece.length, g.c, inv, norms, per_parameter, clip);
+                const S* gp = piece.at<const S>(t.grads);
+                HdPartial& part = partials[static_cast<size_t>(piece.index)];
+                // The parameter as the update reads it: the master copy, or the parameter.
+                if (precision.master != nullptr)
+                    part =
+                        hd_reduce_piece<Flags>(piece.at<const T>(precision.master), gp, up,
+                                               piece.length, g.c, inv, norms, per_parameter, clip);
+                else
+                    part = hd_reduce_piece<Flags>(piece.at<const S>(t.params), gp, up, piece.length,
+                                                  g.c, inv, norms, per_parameter, clip);
             });
         });
 
@@ -114,28 +134,36 @@ void hd_step(const HdCall& call)
     plan.parallel_for_pieces([&](const Piece& piece) {
         const int64_t k = piece.tensor;
         const SgdGroup<T>& g = G[t.group_index[k]];
-        dispatch_sgd_flags(g.flags, [&](auto F) {
-            constexpr unsigned Flags = decltype(F)::value;
-            T* p = piece.at<T>(t.params);
-            const T* grad = piece.at<const T>(t.grads);
-            T* b = (Flags & kSgdMomentum) ? piece.at<T>(t.momentum_buffers) : nullptr;
-            T* up = sgd_heavy_ball(Flags) ? nullptr : piece.at<T>(t.prev_updates);
-            const bool f = (Flags & kSgdMomentum) && fresh(k);
-            const int64_t n = piece.length;
-            if (per_parameter) {
-                T* a = piece.at<T>(t.param_rates);
-                if (f)
-                    per_parameter_piece<T, Flags, true>(p, grad, b, up, a, n, g.c, hc_t, inv, coef);
-                else
-                    per_parameter_piece<T, Flags, false>(p, grad, b, up, a, n, g.c, hc_t, inv,
-                                                         coef);
-            } else {
-                const T lr = static_cast<T>(call.rates[hd_rate_slot(hp.scope, t.group_index, k)]);
-                if (f)
-                    update_piece<T, Flags, true>(p, grad, b, up, n, g.c, lr, inv, coef);
-                else
-                    update_piece<T, Flags, false>(p, grad, b, up, n, g.c, lr, inv, coef);
-            }
+        dispatch_precision<S>(precision, [&](auto master, auto round) {
+            constexpr bool Master = decltype(master)::value;
+            constexpr int Round = decltype(round)::value;
+            const ParamAccess<S, Master, Round> p{piece.at<S>(t.params),
+                                                  Master ? piece.at<T>(precision.master) : nullptr,
+                                                  precision.key(k), piece.begin};
+            dispatch_sgd_flags(g.flags, [&](auto F) {
+                constexpr unsigned Flags = decltype(F)::value;
+                const S* grad = piece.at<const S>(t.grads);
+                T* b = (Flags & kSgdMomentum) ? piece.at<T>(t.momentum_buffers) : nullptr;
+                T* up = sgd_heavy_ball(Flags) ? nullptr : piece.at<T>(t.prev_updates);
+                const bool f = (Flags & kSgdMomentum) && fresh(k);
+                const int64_t n = piece.length;
+                if (per_parameter) {
+                    T* a = piece.at<T>(t.param_rates);
+                    if (f)
+                        per_parameter_piece<S, Flags, true>(p, grad, b, up, a, n, g.c, hc_t, inv,
+                                                            coef);
+                    else
+                        per_parameter_piece<S, Flags, false>(p, grad, b, up, a, n, g.c, hc_t, inv,
+                                                             coef);
+                } else {
+                    const T lr =
+                        static_cast<T>(call.rates[hd_rate_slot(hp.scope, t.group_index, k)]);
+                    if (f)
+                        update_piece<S, Flags, true>(p, grad, b, up, n, g.c, lr, inv, coef);
+                    else
+                        update_piece<S, Flags, false>(p, grad, b, up, n, g.c, lr, inv, coef);
+                }
+            });
         });
     });
 }
@@ -149,6 +177,14 @@ void hd_step_f32(const HdCall& call)
 void hd_step_f64(const HdCall& call)
 {
     hd_step<double>(call);
+}
+void hd_step_f16(const HdCall& call)
+{
+    hd_step<Half>(call);
+}
+void hd_step_bf16(const HdCall& call)
+{
+    hd_step<BFloat16>(call);
 }
 
 } // namespace optim::cpu

@@ -2,11 +2,14 @@
 // (hd_cpu.cpp) and hypergradient Adam (hd_adam_cpu.cpp): per-piece partial sums of g~ * u_prev (and
 // the norms of the normalized rule, the finiteness of the raw gradient, with clipping the squared
 // norm) in a fixed order, and the serial finish that decides a skip and moves the scalar rates.
+// Every element is read in its compute type (precision.hpp's load_value): 16-bit gradients, and
+// the 16-bit parameter or its float32 master copy, are summed as the float32 values they hold.
 #pragma once
 
 #include "../backend.hpp"
 #include "../cross_rank.hpp"
 #include "../hd_math.hpp"
+#include "../precision.hpp"
 #include "clip_cpu.hpp"
 #include "work_plan.hpp"
 
@@ -23,9 +26,11 @@ namespace hd_detail {
 // buffer is fresh, meaning zero) or the separate buffer. Sums use Lanes independent accumulators of
 // type Acc, element i going to lane i % Lanes, combined in double in lane order at the end: a fixed
 // order (so results do not depend on the thread count) that the compiler can vectorize without
-// reassociating floating-point sums.
-template <typename Acc, int Lanes, typename T, unsigned Flags, bool HasUp, bool Norms, bool Clip>
-OPTIM_CPU_CLONES HdPartial reduce_lanes(const T* __restrict p, const T* __restrict g,
+// reassociating floating-point sums. P and G are how the parameter (its storage type, or its
+// float32 master copy) and the gradient are stored; T, their compute type, is that of u_prev.
+template <typename Acc, int Lanes, typename P, typename G, unsigned Flags, bool HasUp, bool Norms,
+          bool Clip, typename T = compute_t<G>>
+OPTIM_CPU_CLONES HdPartial reduce_lanes(const P* __restrict p, const G* __restrict g,
                                         const T* __restrict up, int64_t n, const SgdCoeffs<T>& c,
                                         T inv)
 {
@@ -38,14 +43,16 @@ OPTIM_CPU_CLONES HdPartial reduce_lanes(const T* __restrict p, const T* __restri
     // Summing nonfinite_mark() flags a non-finite element without a branch (a compare-and-branch
     // per element kept this loop scalar).
     auto one = [&](int lane, int64_t i) {
-        bad[lane] += nonfinite_mark(g[i]); // the raw gradient, as a scaler checks it
-        const Acc gt = sgd_effective_grad<T, kGradFlags>(p[i], g[i] * inv, c);
+        const T gi = load_value(g[i]);
+        const T pi = load_value(p[i]);
+        bad[lane] += nonfinite_mark(gi); // the raw gradient, as a scaler checks it
+        const Acc gt = sgd_effective_grad<T, kGradFlags>(pi, gi * inv, c);
         const Acc u = HasUp ? static_cast<Acc>(up[i]) : Acc(0);
         h[lane] += gt * u;
         if (Norms || Clip) gg[lane] += gt * gt;
         if (Norms) uu[lane] += u * u;
         if (Clip && (Flags & kSgdWeightDecay)) {
-            const Acc d = c.weight_decay * p[i];
+            const Acc d = c.weight_decay * pi;
             hd[lane] += d * u;
             sd[lane] += gt * d;
             dd[lane] += d * d;
@@ -77,23 +84,24 @@ OPTIM_CPU_CLONES HdPartial reduce_lanes(const T* __restrict p, const T* __restri
 // every element type sums in double, so the clipped norm is the one FusedSGD and FusedAdam compute.
 constexpr int64_t kFloatBlock = 512;
 
-template <typename T, unsigned Flags, bool HasUp, bool Norms, bool Clip>
-HdPartial reduce_blocks(const T* p, const T* g, const T* up, int64_t n, const SgdCoeffs<T>& c,
+template <typename P, typename G, unsigned Flags, bool HasUp, bool Norms, bool Clip,
+          typename T = compute_t<G>>
+HdPartial reduce_blocks(const P* p, const G* g, const T* up, int64_t n, const SgdCoeffs<T>& c,
                         T inv)
 {
     if constexpr (!std::is_same_v<T, float> || Clip) {
-        return reduce_lanes<double, 8, T, Flags, HasUp, Norms, Clip>(p, g, up, n, c, inv);
+        return reduce_lanes<double, 8, P, G, Flags, HasUp, Norms, Clip>(p, g, up, n, c, inv);
     } else {
         HdPartial r;
         for (int64_t b = 0; b < n; b += kFloatBlock) {
             const int64_t len = std::min(kFloatBlock, n - b);
-            const T* pb = p + b;
+            const P* pb = p + b;
             const T* ub = HasUp ? up + b : up;
-            HdPartial part =
-                reduce_lanes<float, 16, T, Flags, HasUp, Norms, Clip>(pb, g + b, ub, len, c, inv);
+            HdPartial part = reduce_lanes<float, 16, P, G, Flags, HasUp, Norms, Clip>(pb, g + b, ub,
+                                                                                      len, c, inv);
             if (!is_finite(part.h + part.gg + part.uu + part.hd + part.sd + part.dd))
-                part = reduce_lanes<double, 8, T, Flags, HasUp, Norms, Clip>(pb, g + b, ub, len, c,
-                                                                             inv);
+                part = reduce_lanes<double, 8, P, G, Flags, HasUp, Norms, Clip>(pb, g + b, ub, len,
+                                                                                c, inv);
             r.h += part.h;
             r.gg += part.gg;
             r.uu += part.uu;
@@ -111,14 +119,15 @@ HdPartial reduce_blocks(const T* p, const T* g, const T* up, int64_t n, const Sg
 // keeps this pass at memory speed (docs/design.md).
 constexpr int kFlagLanes = 32;
 
-template <typename T>
-OPTIM_CPU_CLONES HdPartial count_nonfinite(const T* __restrict g, int64_t n)
+template <typename G, typename T = compute_t<G>>
+OPTIM_CPU_CLONES HdPartial count_nonfinite(const G* __restrict g, int64_t n)
 {
     T bad[kFlagLanes] = {};
     const int64_t whole = n - n % kFlagLanes;
     for (int64_t i = 0; i < whole; i += kFlagLanes)
-        for (int lane = 0; lane < kFlagLanes; ++lane) bad[lane] += nonfinite_mark(g[i + lane]);
-    for (int64_t i = whole; i < n; ++i) bad[0] += nonfinite_mark(g[i]);
+        for (int lane = 0; lane < kFlagLanes; ++lane)
+            bad[lane] += nonfinite_mark(load_value(g[i + lane]));
+    for (int64_t i = whole; i < n; ++i) bad[0] += nonfinite_mark(load_value(g[i]));
     T flag = 0;
     for (int lane = 0; lane < kFlagLanes; ++lane) flag += bad[lane];
     HdPartial r;
@@ -126,18 +135,19 @@ OPTIM_CPU_CLONES HdPartial count_nonfinite(const T* __restrict g, int64_t n)
     return r;
 }
 
-template <typename T, unsigned Flags, bool Clip>
-HdPartial reduce_piece_as(const T* p, const T* g, const T* up, int64_t n, const SgdCoeffs<T>& c,
+template <unsigned Flags, bool Clip, typename P, typename G, typename T = compute_t<G>>
+HdPartial reduce_piece_as(const P* p, const G* g, const T* up, int64_t n, const SgdCoeffs<T>& c,
                           T inv, bool norms, bool only_finiteness)
 {
-    if (only_finiteness && !Clip) return count_nonfinite<T>(g, n);
+    if (only_finiteness && !Clip) return count_nonfinite<G>(g, n);
     if (only_finiteness)
-        return reduce_blocks<T, Flags, false, false, true>(p, g, nullptr, n, c, inv);
+        return reduce_blocks<P, G, Flags, false, false, true>(p, g, static_cast<const T*>(nullptr),
+                                                              n, c, inv);
     if (up != nullptr)
-        return norms ? reduce_blocks<T, Flags, true, true, Clip>(p, g, up, n, c, inv)
-                     : reduce_blocks<T, Flags, true, false, Clip>(p, g, up, n, c, inv);
-    return norms ? reduce_blocks<T, Flags, false, true, Clip>(p, g, up, n, c, inv)
-                 : reduce_blocks<T, Flags, false, false, Clip>(p, g, up, n, c, inv);
+        return norms ? reduce_blocks<P, G, Flags, true, true, Clip>(p, g, up, n, c, inv)
+                     : reduce_blocks<P, G, Flags, true, false, Clip>(p, g, up, n, c, inv);
+    return norms ? reduce_blocks<P, G, Flags, false, true, Clip>(p, g, up, n, c, inv)
+                 : reduce_blocks<P, G, Flags, false, false, Clip>(p, g, up, n, c, inv);
 }
 
 } // namespace hd_detail
@@ -145,14 +155,16 @@ HdPartial reduce_piece_as(const T* p, const T* g, const T* up, int64_t n, const 
 // The partial sums of one piece: g~ from sgd_effective_grad with Flags of inv * g (inv: a gradient
 // scaler's inverse scale, else 1), u_prev at `up` (null: zero), the norms for the normalized rule;
 // only_finiteness: the per-parameter scope's pass (with clipping it also sums the squared norm).
-template <typename T, unsigned Flags>
-HdPartial hd_reduce_piece(const T* p, const T* g, const T* up, int64_t n, const SgdCoeffs<T>& c,
+// p is the parameter as the update reads it: its storage type, or its float32 master copy; g the
+// gradient in storage type G; u_prev and the sums in G's compute type T.
+template <unsigned Flags, typename P, typename G, typename T = compute_t<G>>
+HdPartial hd_reduce_piece(const P* p, const G* g, const T* up, int64_t n, const SgdCoeffs<T>& c,
                           T inv, bool norms, bool only_finiteness, bool clip)
 {
-    return clip ? hd_detail::reduce_piece_as<T, Flags, true>(p, g, up, n, c, inv, norms,
-                                                             only_finiteness)
-                : hd_detail::reduce_piece_as<T, Flags, false>(p, g, up, n, c, inv, norms,
-                                                              only_finiteness);
+    return clip ? hd_detail::reduce_piece_as<Flags, true>(p, g, up, n, c, inv, norms,
+                                                          only_finiteness)
+                : hd_detail::reduce_piece_as<Flags, false>(p, g, up, n, c, inv, norms,
+                                                           only_finiteness);
 }
 
 namespace hd_detail {

@@ -2,8 +2,9 @@
 // semantics). Hypergradient SGD's reduction pass and finishing kernel (hd_reduce.cuh), with Adam's
 // gradient and u_prev the previous Adam direction, then one multi-tensor launch of the update
 // (hd_adam_math.hpp) with the skip flag as its no-op flag. Each block reads its tensor's scalar
-// rate from device memory and divides it by 1 - beta1^t, so no step waits for the host. Compiled
-// in CI; see docs/design.md for what has run on a GPU.
+// rate from device memory and divides it by 1 - beta1^t, so no step waits for the host. 16-bit
+// parameters are read into float32 with float32 state, in place or through master copies, as
+// hd_cuda.cu's. Compiled in CI; see docs/design.md for what has run on a GPU.
 #include "../hd_adam_math.hpp"
 #include "hd_reduce.cuh"
 
@@ -17,43 +18,54 @@ namespace optim::cuda {
 namespace {
 
 // Per tensor: its coefficients at its own step (step_size unused: it comes from the rate), 1 -
-// beta1^t unrounded, its Adam flags and its rate slot (scalar scopes).
+// beta1^t unrounded, its Adam flags, its rate slot (scalar scopes) and its stochastic rounding key.
 template <typename T>
 struct HdAdamMeta {
     AdamCoeffs<T> c;
     double bc1;
     int64_t slot;
     unsigned flags;
+    uint64_t key;
 };
 // parameter, gradient, exp_avg, exp_avg_sq, max_exp_avg_sq (amsgrad, else null), u_prev,
-// per-parameter rates (that scope, else null)
-enum HdAdamList { kParam, kGrad, kAvg, kAvgSq, kMaxAvgSq, kPrev, kRates, kLists };
+// per-parameter rates (that scope, else null), master copy (master weights, else null)
+enum HdAdamList { kParam, kGrad, kAvg, kAvgSq, kMaxAvgSq, kPrev, kRates, kMaster, kLists };
 template <typename T>
 using HdAdamTables = TensorTables<kLists, HdAdamMeta<T>>;
 
-template <typename T, int Mode, bool Clip>
+// S: the parameters' storage type; Master: the reduction reads the master copy.
+template <typename S, bool Master, int Mode, bool Clip>
 struct HdAdamReduceFunctor {
+    using T = compute_t<S>;
     HdRecord* records;
 
     __device__ void operator()(const typename HdAdamTables<T>::Table& table, const Chunk& ch) const
     {
         const HdAdamMeta<T>& m = table.meta[ch.t];
-        const HdPartial r = hd_reduce_chunk<T, Mode, Clip>(
-            hd_adam_grad_flags(m.flags), static_cast<const T*>(table.ptr[kParam][ch.t]),
-            static_cast<const T*>(table.ptr[kGrad][ch.t]),
-            static_cast<const T*>(table.ptr[kPrev][ch.t]), ch.begin, ch.end,
-            hd_adam_grad_coeffs(m.c), T(1));
+        const S* g = static_cast<const S*>(table.ptr[kGrad][ch.t]);
+        const T* up = static_cast<const T*>(table.ptr[kPrev][ch.t]);
+        const unsigned flags = hd_adam_grad_flags(m.flags);
+        const SgdCoeffs<T> c = hd_adam_grad_coeffs(m.c);
+        HdPartial r;
+        if constexpr (Master)
+            r = hd_reduce_chunk<Mode, Clip>(flags, static_cast<const T*>(table.ptr[kMaster][ch.t]),
+                                            g, up, ch.begin, ch.end, c, T(1));
+        else
+            r = hd_reduce_chunk<Mode, Clip>(flags, static_cast<const S*>(table.ptr[kParam][ch.t]),
+                                            g, up, ch.begin, ch.end, c, T(1));
         if (threadIdx.x == 0) records[ch.index] = HdRecord{r, m.slot};
     }
 };
 
-template <typename T, unsigned Flags, bool PerParameter>
+template <typename S, bool Master, int Round, unsigned Flags, bool PerParameter,
+          typename T = compute_t<S>>
 __device__ __forceinline__ void update_elements(const typename HdAdamTables<T>::Table& table,
                                                 const Chunk& ch, const AdamCoeffs<T>& c, double bc1,
-                                                const HdCoeffs<T>& hc, T clip)
+                                                const HdCoeffs<T>& hc, T clip, uint64_t key)
 {
-    T* __restrict p = static_cast<T*>(table.ptr[kParam][ch.t]);
-    const T* __restrict g = static_cast<const T*>(table.ptr[kGrad][ch.t]);
+    const ParamAccess<S, Master, Round> p{static_cast<S*>(table.ptr[kParam][ch.t]),
+                                          static_cast<T*>(table.ptr[kMaster][ch.t]), key, 0};
+    const S* __restrict g = static_cast<const S*>(table.ptr[kGrad][ch.t]);
     T* __restrict m = static_cast<T*>(table.ptr[kAvg][ch.t]);
     T* __restrict v = static_cast<T*>(table.ptr[kAvgSq][ch.t]);
     T* __restrict vmax = static_cast<T*>(table.ptr[kMaxAvgSq][ch.t]);
@@ -61,17 +73,17 @@ __device__ __forceinline__ void update_elements(const typename HdAdamTables<T>::
     T* __restrict alpha = static_cast<T*>(table.ptr[kRates][ch.t]);
     for (int64_t i = ch.begin + threadIdx.x; i < ch.end; i += kThreads) {
         // u_prev is read only by the per-parameter rule; hd_adam_element only writes it.
-        T pi = p[i], mi = m[i], vi = v[i], ui = PerParameter ? up[i] : T(0);
+        T pi = p.load(i), mi = m[i], vi = v[i], ui = PerParameter ? up[i] : T(0);
         T wi = (Flags & kAdamAmsgrad) ? vmax[i] : T(0);
+        const T gi = load_value(g[i]) * clip;
         if constexpr (PerParameter) {
             T ai = alpha[i];
-            hd_adam_per_parameter_element<T, Flags>(pi, g[i] * clip, mi, vi, wi, ui, ai, c, bc1,
-                                                    hc);
+            hd_adam_per_parameter_element<T, Flags>(pi, gi, mi, vi, wi, ui, ai, c, bc1, hc);
             alpha[i] = ai;
         } else {
-            hd_adam_element<T, Flags>(pi, g[i] * clip, mi, vi, wi, ui, c);
+            hd_adam_element<T, Flags>(pi, gi, mi, vi, wi, ui, c);
         }
-        p[i] = pi;
+        p.store(i, pi);
         m[i] = mi;
         v[i] = vi;
         up[i] = ui;
@@ -79,8 +91,9 @@ __device__ __forceinline__ void update_elements(const typename HdAdamTables<T>::
     }
 }
 
-template <typename T, bool PerParameter>
+template <typename S, bool Master, int Round, bool PerParameter>
 struct HdAdamUpdateFunctor {
+    using T = compute_t<S>;
     const double* rates; // device memory: the scalar scopes' rates, after the finish kernel
     HdCoeffs<T> hc;
     const double* norm; // clipping: the gradients' norm in device memory, else null
@@ -95,7 +108,8 @@ struct HdAdamUpdateFunctor {
         switch (m.flags) {
 #define OPTIM_HD_ADAM_CASE(F)                                                                      \
     case (F):                                                                                      \
-        update_elements<T, (F), PerParameter>(table, ch, c, m.bc1, hc, clip);                      \
+        update_elements<S, Master, Round, (F), PerParameter>(table, ch, c, m.bc1, hc, clip,        \
+                                                             m.key);                               \
         break;
             OPTIM_HD_ADAM_CASE(0)
             OPTIM_HD_ADAM_CASE(kAdamWeightDecay)
@@ -113,26 +127,28 @@ struct HdAdamUpdateFunctor {
 };
 
 // The reduction launch of a mode (ReduceMode), with or without the clipping sums.
-template <typename T>
+template <typename S, bool Master, typename T = compute_t<S>>
 void launch_reduce(const HdAdamTables<T>& tables, HdRecord* recs, int mode, bool clip,
                    const char* fn)
 {
     static const char* what = "reduction kernel launch";
     auto go = [&](auto functor) { tables.launch(functor, nullptr, fn, what); };
     if (mode == kOnlyFiniteness)
-        clip ? go(HdAdamReduceFunctor<T, kOnlyFiniteness, true>{recs})
-             : go(HdAdamReduceFunctor<T, kOnlyFiniteness, false>{recs});
+        clip ? go(HdAdamReduceFunctor<S, Master, kOnlyFiniteness, true>{recs})
+             : go(HdAdamReduceFunctor<S, Master, kOnlyFiniteness, false>{recs});
     else if (mode == kNorms)
-        clip ? go(HdAdamReduceFunctor<T, kNorms, true>{recs})
-             : go(HdAdamReduceFunctor<T, kNorms, false>{recs});
+        clip ? go(HdAdamReduceFunctor<S, Master, kNorms, true>{recs})
+             : go(HdAdamReduceFunctor<S, Master, kNorms, false>{recs});
     else
-        clip ? go(HdAdamReduceFunctor<T, kDotOnly, true>{recs})
-             : go(HdAdamReduceFunctor<T, kDotOnly, false>{recs});
+        clip ? go(HdAdamReduceFunctor<S, Master, kDotOnly, true>{recs})
+             : go(HdAdamReduceFunctor<S, Master, kDotOnly, false>{recs});
 }
 
-template <typename T>
+template <typename S>
 void hd_adam_typed(int device_index, const HdAdamCall& call, const char* fn)
 {
+    using T = compute_t<S>;
+    const PrecisionCall precision(call.precision);
     const optim_hd_adam_tensors& t = *call.tensors;
     const optim_hd_params& hp = *call.params;
     const bool per_parameter = hp.scope == OPTIM_HD_SCOPE_PER_PARAMETER;
@@ -148,6 +164,7 @@ void hd_adam_typed(int device_index, const HdAdamCall& call, const char* fn)
         m.c = adam_coeffs<T>(0.0, o.beta1, o.beta2, o.eps, o.weight_decay, t.steps[k]);
         m.bc1 = 1.0 - std::pow(o.beta1, static_cast<double>(t.steps[k]));
         m.slot = hd_rate_slot(hp.scope, t.group_index, k);
+        m.key = precision.key(k);
         if (!dispatch_adam_flags(m.flags, [](auto) {}))
             fail(OPTIM_STATUS_INTERNAL, std::string(fn) + ": unexpected flag combination");
         void* const ptrs[kLists] = {t.params[k],
@@ -156,7 +173,8 @@ void hd_adam_typed(int device_index, const HdAdamCall& call, const char* fn)
                                     t.exp_avg_sqs[k],
                                     o.amsgrad ? t.max_exp_avg_sqs[k] : nullptr,
                                     t.prev_updates[k],
-                                    per_parameter ? t.param_rates[k] : nullptr};
+                                    per_parameter ? t.param_rates[k] : nullptr,
+                                    precision.master ? precision.master[k] : nullptr};
         tables.add(ptrs, t.numels[k], m);
     }
 
@@ -172,27 +190,33 @@ void hd_adam_typed(int device_index, const HdAdamCall& call, const char* fn)
     const bool clip = call.clip != nullptr;
     const bool reduce = check_finite || !per_parameter || clip;
     const int mode = per_parameter ? kOnlyFiniteness : norms ? kNorms : kDotOnly;
-    if (reduce) launch_reduce<T>(tables, recs, mode, clip, fn);
     double* norm = clip ? call.clip->total_norm : nullptr;
     const double max_norm = clip ? call.clip->max_norm : 0.0;
-    hd_finish_kernel<T><<<1, kFinishThreads, 0, active_stream()>>>(
-        recs, reduce ? tables.chunks() : 0, slots, call.rates, call.skipped, skip_flag, hc,
-        check_finite ? 1 : 0, norm, max_norm, nullptr);
-    check(cudaGetLastError(), fn, "finishing kernel launch");
-    if (per_parameter)
-        tables.launch(HdAdamUpdateFunctor<T, true>{call.rates, hc_t, norm, max_norm}, skip_flag, fn,
-                      "update kernel launch");
-    else
-        tables.launch(HdAdamUpdateFunctor<T, false>{call.rates, hc_t, norm, max_norm}, skip_flag,
-                      fn, "update kernel launch");
+    dispatch_precision<S>(precision, [&](auto master, auto round) {
+        constexpr bool Master = decltype(master)::value;
+        constexpr int Round = decltype(round)::value;
+        if (reduce) launch_reduce<S, Master>(tables, recs, mode, clip, fn);
+        hd_finish_kernel<T><<<1, kFinishThreads, 0, active_stream()>>>(
+            recs, reduce ? tables.chunks() : 0, slots, call.rates, call.skipped, skip_flag, hc,
+            check_finite ? 1 : 0, norm, max_norm, nullptr);
+        check(cudaGetLastError(), fn, "finishing kernel launch");
+        if (per_parameter)
+            tables.launch(
+                HdAdamUpdateFunctor<S, Master, Round, true>{call.rates, hc_t, norm, max_norm},
+                skip_flag, fn, "update kernel launch");
+        else
+            tables.launch(
+                HdAdamUpdateFunctor<S, Master, Round, false>{call.rates, hc_t, norm, max_norm},
+                skip_flag, fn, "update kernel launch");
+    });
 }
 
 } // namespace
 
 void hd_adam_step(int device_index, int32_t dtype, const HdAdamCall& call)
 {
-    on_device_typed(device_index, dtype, call.fn,
-                    [&](auto t) { hd_adam_typed<decltype(t)>(device_index, call, call.fn); });
+    hd_on_device(device_index, dtype, call.fn,
+                 [&](auto s) { hd_adam_typed<decltype(s)>(device_index, call, call.fn); });
 }
 
 } // namespace optim::cuda

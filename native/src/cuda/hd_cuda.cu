@@ -14,8 +14,10 @@
 // norm (and the weight-decay terms apart, HdPartial), the finishing kernel writes the norm and
 // forms h from the clipped gradient, and the update reads the norm (grad_norm.cuh). With a gradient
 // scaler every kernel reads inv_scale * grad, and the finishing kernel also skips the step when the
-// scaler's flag is set or a gradient is not finite (setting the flag). Compiled in CI;
-// see docs/design.md for what has run on a GPU.
+// scaler's flag is set or a gradient is not finite (setting the flag). 16-bit parameters
+// (precision.hpp) are read into float32 with float32 state, updated in place or through master
+// copies (the reduction then reads the copy), as on the CPU. Compiled in CI; see docs/design.md for
+// what has run on a GPU.
 #include "../hd_math.hpp"
 #include "hd_reduce.cuh"
 
@@ -27,70 +29,82 @@ namespace optim::cuda {
 
 namespace {
 
-// Per tensor: its group's coefficients and flags, its rate slot (scalar scopes) and whether its
-// momentum buffer has no history yet.
+// Per tensor: its group's coefficients and flags, its rate slot (scalar scopes), whether its
+// momentum buffer has no history yet, and its stochastic rounding key.
 template <typename T>
 struct HdMeta {
     SgdCoeffs<T> coeffs;
     int64_t slot;
     unsigned flags;
     unsigned char fresh;
+    uint64_t key;
 };
 // parameter, gradient, momentum buffer (momentum, else null), prev_updates (no heavy-ball momentum,
-// else null), per-parameter rates (that scope, else null)
-enum HdList { kParam, kGrad, kBuf, kPrev, kRates, kHdLists };
+// else null), per-parameter rates (that scope, else null), master copy (master weights, else null)
+enum HdList { kParam, kGrad, kBuf, kPrev, kRates, kMaster, kHdLists };
 template <typename T>
 using HdTables = TensorTables<kHdLists, HdMeta<T>>;
 
-template <typename T, int Mode, bool Clip>
+// S: the parameters' storage type; Master: the reduction reads the master copy.
+template <typename S, bool Master, int Mode, bool Clip>
 struct HdReduceFunctor {
+    using T = compute_t<S>;
     HdRecord* records;
     const float* inv_scale; // a gradient scaler's, in device memory, else null
 
     __device__ void operator()(const typename HdTables<T>::Table& table, const Chunk& ch) const
     {
         const HdMeta<T>& m = table.meta[ch.t];
-        const T* p = static_cast<const T*>(table.ptr[kParam][ch.t]);
-        const T* g = static_cast<const T*>(table.ptr[kGrad][ch.t]);
+        const S* g = static_cast<const S*>(table.ptr[kGrad][ch.t]);
         const T* buf = m.fresh ? nullptr : static_cast<const T*>(table.ptr[kBuf][ch.t]);
         const T* prev = static_cast<const T*>(table.ptr[kPrev][ch.t]);
         const T* up = sgd_heavy_ball(m.flags) ? buf : prev;
-        const HdPartial r = hd_reduce_chunk<T, Mode, Clip>(m.flags, p, g, up, ch.begin, ch.end,
-                                                           m.coeffs, scale_factor<T>(inv_scale));
+        const T inv = scale_factor<T>(inv_scale);
+        HdPartial r;
+        if constexpr (Master)
+            r = hd_reduce_chunk<Mode, Clip>(m.flags,
+                                            static_cast<const T*>(table.ptr[kMaster][ch.t]), g, up,
+                                            ch.begin, ch.end, m.coeffs, inv);
+        else
+            r = hd_reduce_chunk<Mode, Clip>(m.flags, static_cast<const S*>(table.ptr[kParam][ch.t]),
+                                            g, up, ch.begin, ch.end, m.coeffs, inv);
         if (threadIdx.x == 0) records[ch.index] = HdRecord{r, m.slot};
     }
 };
 
 // ---- Update ------------------------------------------------------------------------------------
 
-template <typename T, unsigned Flags, bool PerParameter>
+// P: the parameter's access (precision.hpp's ParamAccess), S its storage type, T the compute type.
+template <typename S, unsigned Flags, bool PerParameter, class P, typename T = compute_t<S>>
 __device__ __forceinline__ void
-update_elements(T* __restrict p, const T* __restrict g, T* __restrict buf, T* __restrict up,
+update_elements(P p, const S* __restrict g, T* __restrict buf, T* __restrict up,
                 T* __restrict alpha, int64_t begin, int64_t end, bool fresh, const SgdCoeffs<T>& c,
                 T lr, const HdCoeffs<T>& hc, T inv, T clip)
 {
     constexpr bool heavy_ball = sgd_heavy_ball(Flags);
     for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-        T pi = p[i];
+        T pi = p.load(i);
+        const T gi = load_value(g[i]) * inv * clip;
         // A fresh buffer is never read (it may hold anything); u_prev is read only by the
         // per-parameter rule, hd_update_element only writes it.
         T bi = ((Flags & kSgdMomentum) && !fresh) ? buf[i] : T(0);
         T ui = (PerParameter && !heavy_ball) ? up[i] : T(0);
         if constexpr (PerParameter) {
             T ai = alpha[i];
-            hd_per_parameter_element<T, Flags>(pi, g[i] * inv * clip, bi, ui, ai, fresh, c, hc);
+            hd_per_parameter_element<T, Flags>(pi, gi, bi, ui, ai, fresh, c, hc);
             alpha[i] = ai;
         } else {
-            hd_update_element<T, Flags>(pi, g[i] * inv * clip, bi, ui, fresh, c, lr);
+            hd_update_element<T, Flags>(pi, gi, bi, ui, fresh, c, lr);
         }
         if (Flags & kSgdMomentum) buf[i] = bi;
         if (!heavy_ball) up[i] = ui;
-        p[i] = pi;
+        p.store(i, pi);
     }
 }
 
-template <typename T, bool PerParameter>
+template <typename S, bool Master, int Round, bool PerParameter>
 struct HdUpdateFunctor {
+    using T = compute_t<S>;
     const double* rates; // device memory: the scalar scopes' rates, after the finish kernel
     HdCoeffs<T> hc;
     const double* norm; // clipping: the gradients' norm in device memory, else null
@@ -102,8 +116,9 @@ struct HdUpdateFunctor {
         const HdMeta<T>& m = table.meta[ch.t];
         const T clip = clip_factor<T>(norm, max_norm);
         const T inv = scale_factor<T>(inv_scale);
-        T* p = static_cast<T*>(table.ptr[kParam][ch.t]);
-        const T* g = static_cast<const T*>(table.ptr[kGrad][ch.t]);
+        const ParamAccess<S, Master, Round> p{static_cast<S*>(table.ptr[kParam][ch.t]),
+                                              static_cast<T*>(table.ptr[kMaster][ch.t]), m.key, 0};
+        const S* g = static_cast<const S*>(table.ptr[kGrad][ch.t]);
         T* buf = static_cast<T*>(table.ptr[kBuf][ch.t]);
         T* up = static_cast<T*>(table.ptr[kPrev][ch.t]);
         T* alpha = static_cast<T*>(table.ptr[kRates][ch.t]);
@@ -112,7 +127,7 @@ struct HdUpdateFunctor {
         switch (m.flags) {
 #define OPTIM_HD_CASE(F)                                                                           \
     case (F):                                                                                      \
-        update_elements<T, (F), PerParameter>(p, g, buf, up, alpha, ch.begin, ch.end, fresh,       \
+        update_elements<S, (F), PerParameter>(p, g, buf, up, alpha, ch.begin, ch.end, fresh,       \
                                               m.coeffs, lr, hc, inv, clip);                        \
         break;
             OPTIM_SGD_FLAG_LIST(OPTIM_HD_CASE)
@@ -126,26 +141,28 @@ struct HdUpdateFunctor {
 // ---- Host side ---------------------------------------------------------------------------------
 
 // The reduction launch of a mode (ReduceMode), with or without the clipping sums.
-template <typename T>
+template <typename S, bool Master, typename T = compute_t<S>>
 void launch_reduce(const HdTables<T>& tables, HdRecord* recs, int mode, bool clip, const float* inv,
                    const char* fn)
 {
     static const char* what = "reduction kernel launch";
     auto go = [&](auto functor) { tables.launch(functor, nullptr, fn, what); };
     if (mode == kOnlyFiniteness)
-        clip ? go(HdReduceFunctor<T, kOnlyFiniteness, true>{recs, inv})
-             : go(HdReduceFunctor<T, kOnlyFiniteness, false>{recs, inv});
+        clip ? go(HdReduceFunctor<S, Master, kOnlyFiniteness, true>{recs, inv})
+             : go(HdReduceFunctor<S, Master, kOnlyFiniteness, false>{recs, inv});
     else if (mode == kNorms)
-        clip ? go(HdReduceFunctor<T, kNorms, true>{recs, inv})
-             : go(HdReduceFunctor<T, kNorms, false>{recs, inv});
+        clip ? go(HdReduceFunctor<S, Master, kNorms, true>{recs, inv})
+             : go(HdReduceFunctor<S, Master, kNorms, false>{recs, inv});
     else
-        clip ? go(HdReduceFunctor<T, kDotOnly, true>{recs, inv})
-             : go(HdReduceFunctor<T, kDotOnly, false>{recs, inv});
+        clip ? go(HdReduceFunctor<S, Master, kDotOnly, true>{recs, inv})
+             : go(HdReduceFunctor<S, Master, kDotOnly, false>{recs, inv});
 }
 
-template <typename T>
+template <typename S>
 void hd_typed(int device_index, const HdCall& call, const char* fn)
 {
+    using T = compute_t<S>;
+    const PrecisionCall precision(call.precision);
     const optim_hd_tensors& t = *call.tensors;
     const optim_hd_params& hp = *call.params;
     const bool per_parameter = hp.scope == OPTIM_HD_SCOPE_PER_PARAMETER;
@@ -156,7 +173,7 @@ void hd_typed(int device_index, const HdCall& call, const char* fn)
     groups.clear();
     for (int32_t i = 0; i < call.n_groups; ++i) {
         const SgdGroup<T> g = sgd_group<T>(call.groups[i], fn);
-        groups.push_back(HdMeta<T>{g.c, 0, g.flags, 0});
+        groups.push_back(HdMeta<T>{g.c, 0, g.flags, 0, 0});
     }
 
     // The chunk tables; chunks (and so records) are numbered in tensor order, then chunk order.
@@ -167,10 +184,13 @@ void hd_typed(int device_index, const HdCall& call, const char* fn)
         const bool momentum = (m.flags & kSgdMomentum) != 0;
         m.slot = hd_rate_slot(hp.scope, t.group_index, k);
         m.fresh = (momentum && t.buffer_fresh != nullptr && t.buffer_fresh[k] != 0) ? 1 : 0;
-        void* const ptrs[kHdLists] = {t.params[k], const_cast<void*>(t.grads[k]),
+        m.key = precision.key(k);
+        void* const ptrs[kHdLists] = {t.params[k],
+                                      const_cast<void*>(t.grads[k]),
                                       momentum ? t.momentum_buffers[k] : nullptr,
                                       sgd_heavy_ball(m.flags) ? nullptr : t.prev_updates[k],
-                                      per_parameter ? t.param_rates[k] : nullptr};
+                                      per_parameter ? t.param_rates[k] : nullptr,
+                                      precision.master ? precision.master[k] : nullptr};
         tables.add(ptrs, t.numels[k], m);
     }
 
@@ -191,27 +211,33 @@ void hd_typed(int device_index, const HdCall& call, const char* fn)
     const int mode = per_parameter ? kOnlyFiniteness : norms ? kNorms : kDotOnly;
     const float* inv = call.scale ? call.scale->inv_scale : nullptr;
     float* found_inf = call.scale ? call.scale->found_inf : nullptr;
-    if (reduce) launch_reduce<T>(tables, recs, mode, clip, inv, fn);
     double* norm = clip ? call.clip->total_norm : nullptr;
     const double max_norm = clip ? call.clip->max_norm : 0.0;
-    hd_finish_kernel<T><<<1, kFinishThreads, 0, active_stream()>>>(
-        recs, reduce ? tables.chunks() : 0, slots, call.rates, call.skipped, skip_flag, hc,
-        check_finite ? 1 : 0, norm, max_norm, found_inf);
-    check(cudaGetLastError(), fn, "finishing kernel launch");
-    if (per_parameter)
-        tables.launch(HdUpdateFunctor<T, true>{call.rates, hc_t, norm, max_norm, inv}, skip_flag,
-                      fn, "update kernel launch");
-    else
-        tables.launch(HdUpdateFunctor<T, false>{call.rates, hc_t, norm, max_norm, inv}, skip_flag,
-                      fn, "update kernel launch");
+    dispatch_precision<S>(precision, [&](auto master, auto round) {
+        constexpr bool Master = decltype(master)::value;
+        constexpr int Round = decltype(round)::value;
+        if (reduce) launch_reduce<S, Master>(tables, recs, mode, clip, inv, fn);
+        hd_finish_kernel<T><<<1, kFinishThreads, 0, active_stream()>>>(
+            recs, reduce ? tables.chunks() : 0, slots, call.rates, call.skipped, skip_flag, hc,
+            check_finite ? 1 : 0, norm, max_norm, found_inf);
+        check(cudaGetLastError(), fn, "finishing kernel launch");
+        if (per_parameter)
+            tables.launch(
+                HdUpdateFunctor<S, Master, Round, true>{call.rates, hc_t, norm, max_norm, inv},
+                skip_flag, fn, "update kernel launch");
+        else
+            tables.launch(
+                HdUpdateFunctor<S, Master, Round, false>{call.rates, hc_t, norm, max_norm, inv},
+                skip_flag, fn, "update kernel launch");
+    });
 }
 
 } // namespace
 
 void hd_step(int device_index, int32_t dtype, const HdCall& call)
 {
-    on_device_typed(device_index, dtype, call.fn,
-                    [&](auto t) { hd_typed<decltype(t)>(device_index, call, call.fn); });
+    hd_on_device(device_index, dtype, call.fn,
+                 [&](auto s) { hd_typed<decltype(s)>(device_index, call, call.fn); });
 }
 
 } // namespace optim::cuda

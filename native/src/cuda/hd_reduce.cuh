@@ -1,10 +1,14 @@
 // The reduction pass and the finishing kernel of hypergradient descent on CUDA, shared by
 // hypergradient SGD (hd_cuda.cu) and hypergradient Adam (hd_adam_cuda.cu): each optimizer's reduce
 // functor hands its chunk to hd_reduce_chunk(), which writes the chunk's record; the finishing
-// kernel decides a skip and moves the scalar rates. The CPU twin is cpu/hd_reduce.hpp.
+// kernel decides a skip and moves the scalar rates. The CPU twin is cpu/hd_reduce.hpp. Elements are
+// read in their compute type (precision.hpp): 16-bit gradients, and the 16-bit parameter or its
+// float32 master copy, are summed as the float32 values they hold.
 #pragma once
 
+#include "../backend.hpp"
 #include "../hd_math.hpp"
+#include "../precision.hpp"
 #include "block_sum.cuh"
 #include "device_scratch.cuh"
 #include "grad_norm.cuh"
@@ -32,38 +36,41 @@ enum ReduceMode : int {
     kNorms = 2,          // normalized rule: h, |g~|^2, |u_prev|^2
 };
 
-template <typename T>
-__device__ __forceinline__ HdPartial count_nonfinite(const T* __restrict g, int64_t begin,
+template <typename G>
+__device__ __forceinline__ HdPartial count_nonfinite(const G* __restrict g, int64_t begin,
                                                      int64_t end)
 {
     HdPartial r;
     for (int64_t i = begin + threadIdx.x; i < end; i += kThreads)
-        r.nonfinite += is_finite(g[i]) ? 0.0 : 1.0;
+        r.nonfinite += is_finite(load_value(g[i])) ? 0.0 : 1.0;
     return r;
 }
 
 // Partial sums of this thread's elements of one chunk, in the CPU's arithmetic: g~ in the element
 // type, then products and squares in double. up == nullptr: heavy ball on a fresh buffer, u_prev is
 // zero and only |g~|^2 contributes (as on the CPU, h and |u_prev|^2 stay exactly 0). Clip: the
-// signed raw gradient in place of g~ and the decay term apart (HdPartial).
-template <typename T, unsigned Flags, bool Norms, bool Clip>
-__device__ __forceinline__ HdPartial reduce_elements(const T* __restrict p, const T* __restrict g,
+// signed raw gradient in place of g~ and the decay term apart (HdPartial). P and G: how the
+// parameter (storage type or float32 master copy) and the gradient are stored; T their compute
+// type.
+template <typename P, typename G, unsigned Flags, bool Norms, bool Clip, typename T>
+__device__ __forceinline__ HdPartial reduce_elements(const P* __restrict p, const G* __restrict g,
                                                      const T* __restrict up, int64_t begin,
                                                      int64_t end, const SgdCoeffs<T>& c, T inv)
 {
     HdPartial r;
     constexpr unsigned GradFlags = Clip ? Flags & kSgdMaximize : Flags;
     for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-        const T gi = g[i];
+        const T gi = load_value(g[i]);
         r.nonfinite += is_finite(gi) ? 0.0 : 1.0; // the raw gradient, as a scaler checks it
         if (up == nullptr && !Norms && !Clip) continue;
-        const double gt = sgd_effective_grad<T, GradFlags>(p[i], gi * inv, c);
+        const T pi = load_value(p[i]);
+        const double gt = sgd_effective_grad<T, GradFlags>(pi, gi * inv, c);
         const double u = up != nullptr ? static_cast<double>(up[i]) : 0.0;
         if (up != nullptr) r.h += gt * u;
         if (Norms || Clip) r.gg += gt * gt;
         if (Norms && up != nullptr) r.uu += u * u;
         if (Clip && (Flags & kSgdWeightDecay)) {
-            const double d = c.weight_decay * p[i];
+            const double d = c.weight_decay * pi;
             r.hd += d * u;
             r.sd += gt * d;
             r.dd += d * d;
@@ -90,22 +97,23 @@ __device__ __forceinline__ HdPartial block_sum_all(const HdPartial& r)
 
 // The partial sums of this thread's elements of one chunk under the SGD flags `flags` (uniform
 // per block), of the gradient times inv (a gradient scaler's inverse scale, else 1), with u_prev at
-// `up` (null: zero), summed over the block; valid in thread 0.
-template <typename T, int Mode, bool Clip>
-__device__ __forceinline__ HdPartial hd_reduce_chunk(unsigned flags, const T* p, const T* g,
+// `up` (null: zero), summed over the block; valid in thread 0. p is the parameter as the update
+// reads it (its storage type, or its float32 master copy), g the gradient in storage type G.
+template <int Mode, bool Clip, typename P, typename G, typename T>
+__device__ __forceinline__ HdPartial hd_reduce_chunk(unsigned flags, const P* p, const G* g,
                                                      const T* up, int64_t begin, int64_t end,
                                                      const SgdCoeffs<T>& c, T inv)
 {
     HdPartial r;
     if constexpr (Mode == kOnlyFiniteness && !Clip) {
-        r = count_nonfinite<T>(g, begin, end);
+        r = count_nonfinite<G>(g, begin, end);
     } else {
         // The per-parameter scope with clipping sums only the norm (no u_prev).
         const T* u = Mode == kOnlyFiniteness ? nullptr : up;
         switch (flags) {
 #define OPTIM_HD_CASE(F)                                                                           \
     case (F):                                                                                      \
-        r = reduce_elements<T, (F), Mode == kNorms, Clip>(p, g, u, begin, end, c, inv);            \
+        r = reduce_elements<P, G, (F), Mode == kNorms, Clip>(p, g, u, begin, end, c, inv);         \
         break;
             OPTIM_SGD_FLAG_LIST(OPTIM_HD_CASE)
 #undef OPTIM_HD_CASE
@@ -192,6 +200,16 @@ __global__ void __launch_bounds__(kFinishThreads)
         if (norm != nullptr) sum = hd_clipped(sum, coef);
         rates[s] = hd_rate<double>(rates[s], sum.h, sqrt(sum.gg) * sqrt(sum.uu), hc);
     }
+}
+
+// Runs typed(S{}) on the call's device (current until it returns), S the storage type of dtype
+// (backend.hpp's dispatch_storage: float, double, Half or BFloat16).
+template <class Typed>
+void hd_on_device(int device_index, int32_t dtype, const char* fn, Typed&& typed)
+{
+    require_device(device_index, fn);
+    DeviceGuard guard(device_index, fn);
+    dispatch_storage(dtype, typed);
 }
 
 // The skip flag lives at offset 0 of the step's scratch (device_scratch.cuh), the records after it.
