@@ -42,7 +42,10 @@ template <typename T>
 OPTIM_HOST_DEVICE T adam_lerp(T a, T b, T w)
 {
     const T d = b - a;
-    return (w < T(0.5) && w > T(-0.5)) ? a + w * d : b - d * (T(1) - w);
+    // Both computed, then one selected by |w| < 0.5: a branch (or &&) here keeps GCC from
+    // vectorising the 16-bit loops.
+    const T from_a = a + w * d, from_b = b - d * (T(1) - w);
+    return (w < T(0) ? -w : w) < T(0.5) ? from_a : from_b;
 }
 
 template <typename T>
