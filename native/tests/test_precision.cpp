@@ -4,6 +4,7 @@
 // (deterministic, unbiased within a stated bound); and the SGD and Adam steps on 16-bit parameters
 // against a float32 run over 60 steps, several groups, many chunks and thread counts 1 to 3.
 #include "../src/precision.hpp"
+#include "precision16.hpp"
 #include "reference.hpp"
 
 #include <optim.h>
@@ -202,20 +203,6 @@ TEST(Precision, StochasticRoundingIsDeterministicAndUnbiased)
 }
 
 // ---- Steps on 16-bit parameters against a float32 run ----
-
-template <typename S>
-S to_storage(float x)
-{
-    if constexpr (std::is_same_v<S, Half>)
-        return optim::float_to_half(x);
-    else
-        return optim::float_to_bfloat16(x);
-}
-template <typename S>
-constexpr int32_t dtype_of()
-{
-    return std::is_same_v<S, Half> ? OPTIM_DTYPE_FLOAT16 : OPTIM_DTYPE_BFLOAT16;
-}
 
 // One tensor in 16 bits (parameter, gradient, float32 state and master copy) and the float32 run
 // it is checked against (its own parameter and state).

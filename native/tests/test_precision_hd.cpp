@@ -3,6 +3,7 @@
 // step of the same values: every scope and both rules, 55 steps, every state buffer and rate
 // compared bit for bit.
 #include "../src/precision.hpp"
+#include "precision16.hpp"
 #include "reference.hpp"
 
 #include <optim.h>
@@ -18,21 +19,9 @@ namespace {
 
 using optim::BFloat16;
 using optim::Half;
+using optim_test::dtype_of;
 using optim_test::same_bits;
-
-template <typename S>
-S nearest(float x)
-{
-    if constexpr (std::is_same_v<S, Half>)
-        return optim::float_to_half(x);
-    else
-        return optim::float_to_bfloat16(x);
-}
-template <typename S>
-constexpr int32_t dtype_of()
-{
-    return std::is_same_v<S, Half> ? OPTIM_DTYPE_FLOAT16 : OPTIM_DTYPE_BFLOAT16;
-}
+using optim_test::to_storage;
 
 enum class Opt { Sgd, Adam };
 // InPlace: the plain (or _clipped) entry point on 16-bit parameters, rounded to nearest. Master:
@@ -68,7 +57,7 @@ struct HdRun {
         std::mt19937_64 rng(7);
         for (size_t n : kSizes) {
             std::vector<S> p;
-            for (float x : optim_test::random_vector<float>(n, rng)) p.push_back(nearest<S>(x));
+            for (float x : optim_test::random_vector<float>(n, rng)) p.push_back(to_storage<S>(x));
             Floats f;
             for (const S& x : p) f.param.push_back(optim::load_value(x));
             f.buf = f.prev = f.m = f.v = f.vmax = std::vector<float>(n, 0.0f);
@@ -89,7 +78,7 @@ struct HdRun {
         for (size_t k = 0; k < grad.size(); ++k)
             for (size_t i = 0; i < grad[k].size(); ++i) {
                 grad[k][i] =
-                    nearest<S>(static_cast<float>(std::normal_distribution<double>(0, 1)(rng)));
+                    to_storage<S>(static_cast<float>(std::normal_distribution<double>(0, 1)(rng)));
                 grad32[k][i] = optim::load_value(grad[k][i]);
             }
     }
@@ -229,7 +218,7 @@ void check(Opt opt, Mode mode, int32_t scope, int32_t rule, bool clip)
                         ? optim::float_to_bfloat16_stochastic(
                               want, optim::rounding_noise(key, static_cast<int64_t>(i)))
                               .bits
-                        : nearest<S>(want).bits;
+                        : to_storage<S>(want).bits;
                 ASSERT_EQ(r.param[k][i].bits, bits) << at << " tensor " << k << "[" << i << "]";
             }
         }
@@ -335,7 +324,7 @@ TEST(MixedHd, StochasticRoundingIsDeterministicPerSeed)
 TEST(MixedHd, BadOptionsAreRejectedAndWriteNothing)
 {
     const int64_t n = 8;
-    std::vector<BFloat16> p(n, nearest<BFloat16>(1.0f)), g(n, nearest<BFloat16>(0.5f));
+    std::vector<BFloat16> p(n, to_storage<BFloat16>(1.0f)), g(n, to_storage<BFloat16>(0.5f));
     std::vector<float> master(n, 1.0f), buf(n, 0.25f), prev(n, 0.125f), m(n, 0.5f), v(n, 0.5f),
         alpha(n, 0.01f);
     void* params[1] = {p.data()};
@@ -393,7 +382,7 @@ TEST(MixedHd, BadOptionsAreRejectedAndWriteNothing)
     EXPECT_EQ(skipped, 7);
 
     // A non-finite gradient: skipped, nothing written.
-    g[3] = nearest<BFloat16>(NAN);
+    g[3] = to_storage<BFloat16>(NAN);
     EXPECT_EQ(optim_hd_step_mixed(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_BFLOAT16, &st, 1, &sgd_group,
                                   &hp, &rate, &skipped, nullptr, &with_master),
               OPTIM_STATUS_OK);
@@ -407,7 +396,7 @@ TEST(MixedHd, BadOptionsAreRejectedAndWriteNothing)
 
     EXPECT_EQ(rate, 0.01);
     for (int64_t i = 0; i < n; ++i) {
-        EXPECT_EQ(p[i].bits, nearest<BFloat16>(1.0f).bits);
+        EXPECT_EQ(p[i].bits, to_storage<BFloat16>(1.0f).bits);
         EXPECT_EQ(master[i], 1.0f);
         EXPECT_EQ(buf[i], 0.25f);
         EXPECT_EQ(prev[i], 0.125f);

@@ -79,6 +79,16 @@ void on_device_typed(int device_index, int32_t dtype, const char* function, Body
         body(double{});
 }
 
+// Runs typed(S{}) on device_index, checked and made current (its stream active) for the call, S the
+// storage type of dtype (dispatch_storage: float, double, Half or BFloat16).
+template <class Typed>
+void on_device_storage(int device_index, int32_t dtype, const char* function, Typed&& typed)
+{
+    require_device(device_index, function);
+    DeviceGuard guard(device_index, function);
+    dispatch_storage(dtype, typed);
+}
+
 // Calls body(g, first, last) for each run [first, last) of the call's tensors in param group g
 // (the tensors are in group order), in order: one set of launches per group.
 template <class Call, class Body>

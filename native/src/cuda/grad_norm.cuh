@@ -28,13 +28,13 @@ void grad_norm(int device_index, int32_t dtype, const void* const* grads, const 
 template <class Call, class Typed>
 void step_after_norm(int device_index, int32_t dtype, const Call& call, Typed&& typed)
 {
-    require_device(device_index, call.fn);
-    DeviceGuard guard(device_index, call.fn);
-    const auto& t = *call.tensors;
-    if (call.clip || call.scale)
-        grad_norm(device_index, dtype, t.grads, t.numels, t.count,
-                  call.clip ? call.clip->total_norm : nullptr, call.fn, call.scale);
-    dispatch_storage(dtype, typed);
+    on_device_storage(device_index, dtype, call.fn, [&](auto storage) {
+        const auto& t = *call.tensors;
+        if (call.clip || call.scale)
+            grad_norm(device_index, dtype, t.grads, t.numels, t.count,
+                      call.clip ? call.clip->total_norm : nullptr, call.fn, call.scale);
+        typed(storage);
+    });
 }
 
 // The coefficient an update applies to each gradient element: 1 without clipping (norm null).

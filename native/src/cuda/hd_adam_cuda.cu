@@ -215,8 +215,8 @@ void hd_adam_typed(int device_index, const HdAdamCall& call, const char* fn)
 
 void hd_adam_step(int device_index, int32_t dtype, const HdAdamCall& call)
 {
-    hd_on_device(device_index, dtype, call.fn,
-                 [&](auto s) { hd_adam_typed<decltype(s)>(device_index, call, call.fn); });
+    on_device_storage(device_index, dtype, call.fn,
+                      [&](auto s) { hd_adam_typed<decltype(s)>(device_index, call, call.fn); });
 }
 
 } // namespace optim::cuda

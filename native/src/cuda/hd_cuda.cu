@@ -236,8 +236,8 @@ void hd_typed(int device_index, const HdCall& call, const char* fn)
 
 void hd_step(int device_index, int32_t dtype, const HdCall& call)
 {
-    hd_on_device(device_index, dtype, call.fn,
-                 [&](auto s) { hd_typed<decltype(s)>(device_index, call, call.fn); });
+    on_device_storage(device_index, dtype, call.fn,
+                      [&](auto s) { hd_typed<decltype(s)>(device_index, call, call.fn); });
 }
 
 } // namespace optim::cuda

@@ -202,16 +202,6 @@ __global__ void __launch_bounds__(kFinishThreads)
     }
 }
 
-// Runs typed(S{}) on the call's device (current until it returns), S the storage type of dtype
-// (backend.hpp's dispatch_storage: float, double, Half or BFloat16).
-template <class Typed>
-void hd_on_device(int device_index, int32_t dtype, const char* fn, Typed&& typed)
-{
-    require_device(device_index, fn);
-    DeviceGuard guard(device_index, fn);
-    dispatch_storage(dtype, typed);
-}
-
 // The skip flag lives at offset 0 of the step's scratch (device_scratch.cuh), the records after it.
 constexpr size_t kRecordsOffset = 256;
 
