@@ -910,6 +910,49 @@ const char* scope_name(int32_t scope)
     }
 }
 
+// The param groups of an HD-SGD case (the tensor set's four groups).
+std::vector<optim_hd_group> hd_sgd_groups()
+{
+    return {
+        {0.9, 0.1, 1e-2, 0, 0}, // heavy ball, dampening, weight decay: u_prev is the buffer
+        {0.8, 0.0, 1e-3, 1, 1}, // Nesterov, maximize: u_prev is prev_updates
+        {0.0, 0.0, 0.0, 0, 0},  // plain SGD: u_prev is prev_updates
+        {0.9, 0.0, 0.0, 0, 0},  // only empty tensors: a per-group rate slot without elements
+    };
+}
+
+// The param groups of an HD-Adam case.
+std::vector<optim_hd_adam_group> hd_adam_groups()
+{
+    return {
+        {0.9, 0.999, 1e-8, 1e-2, 0, 0}, // weight decay
+        {0.5, 0.9, 1e-6, 0.0, 1, 1},    // amsgrad, maximize, lerp's other branch
+        {0.9, 0.999, 1e-8, 0.0, 0, 0},  // plain
+        {0.9, 0.999, 1e-8, 0.0, 1, 0},  // only empty tensors: a per-group slot without elements
+    };
+}
+
+// Rates that move without all reaching a bound (h grows with the elements a rate covers).
+optim_hd_params hd_params(bool adam, int32_t scope, int32_t rule)
+{
+    optim_hd_params hp{};
+    const bool per_parameter = scope == OPTIM_HD_SCOPE_PER_PARAMETER;
+    if (adam)
+        hp.hypergrad_lr = rule == OPTIM_HD_RULE_NORMALIZED ? 0.05 : per_parameter ? 1e-3 : 1e-8;
+    else
+        hp.hypergrad_lr = rule == OPTIM_HD_RULE_NORMALIZED     ? 0.05
+                          : per_parameter                      ? 1e-2
+                          : scope == OPTIM_HD_SCOPE_PER_TENSOR ? 1e-7
+                          : scope == OPTIM_HD_SCOPE_PER_GROUP  ? 1e-8
+                                                               : 1e-9;
+    hp.lr_min = 1e-4;
+    hp.lr_max = 0.1;
+    hp.eps = 1e-8;
+    hp.scope = scope;
+    hp.rule = rule;
+    return hp;
+}
+
 // The steps of an HD case: ordinary ones, then (with the finiteness check) a NaN step and an
 // infinity step, each skipped and counted, each followed by an ordinary step; or (assume_finite)
 // a NaN step that is not skipped, whose NaN reaches the same elements on both sides.
@@ -975,26 +1018,10 @@ void hd_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, int32
              int steps, uint64_t seed, double max_norm = 0)
 {
     ClipPair clip(max_norm);
-    const std::vector<optim_hd_group> groups = {
-        {0.9, 0.1, 1e-2, 0, 0}, // heavy ball, dampening, weight decay: u_prev is the buffer
-        {0.8, 0.0, 1e-3, 1, 1}, // Nesterov, maximize: u_prev is prev_updates
-        {0.0, 0.0, 0.0, 0, 0},  // plain SGD: u_prev is prev_updates
-        {0.9, 0.0, 0.0, 0, 0},  // only empty tensors: a per-group rate slot without elements
-    };
+    const std::vector<optim_hd_group> groups = hd_sgd_groups();
     const size_t K = set.sizes.size();
     const bool per_parameter = scope == OPTIM_HD_SCOPE_PER_PARAMETER;
-    optim_hd_params hp{};
-    // Rates that move without all reaching a bound (h grows with the elements a rate covers).
-    hp.hypergrad_lr = rule == OPTIM_HD_RULE_NORMALIZED     ? 0.05
-                      : per_parameter                      ? 1e-2
-                      : scope == OPTIM_HD_SCOPE_PER_TENSOR ? 1e-7
-                      : scope == OPTIM_HD_SCOPE_PER_GROUP  ? 1e-8
-                                                           : 1e-9;
-    hp.lr_min = 1e-4;
-    hp.lr_max = 0.1;
-    hp.eps = 1e-8;
-    hp.scope = scope;
-    hp.rule = rule;
+    optim_hd_params hp = hd_params(false, scope, rule);
     hp.assume_finite = assume_finite;
     RatePair rates(scope, groups.size(), K);
     const std::vector<double> initial_rates = rates.host();
@@ -1090,21 +1117,9 @@ void hd_adam_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, 
                   uint64_t seed, double max_norm = 0)
 {
     ClipPair clip(max_norm);
-    const std::vector<optim_hd_adam_group> groups = {
-        {0.9, 0.999, 1e-8, 1e-2, 0, 0}, // weight decay
-        {0.5, 0.9, 1e-6, 0.0, 1, 1},    // amsgrad, maximize, lerp's other branch
-        {0.9, 0.999, 1e-8, 0.0, 0, 0},  // plain
-        {0.9, 0.999, 1e-8, 0.0, 1, 0},  // only empty tensors: a per-group slot without elements
-    };
+    const std::vector<optim_hd_adam_group> groups = hd_adam_groups();
     const size_t K = set.sizes.size();
-    const bool per_parameter = scope == OPTIM_HD_SCOPE_PER_PARAMETER;
-    optim_hd_params hp{};
-    hp.hypergrad_lr = rule == OPTIM_HD_RULE_NORMALIZED ? 0.05 : per_parameter ? 1e-3 : 1e-8;
-    hp.lr_min = 1e-4;
-    hp.lr_max = 0.1;
-    hp.eps = 1e-8;
-    hp.scope = scope;
-    hp.rule = rule;
+    optim_hd_params hp = hd_params(true, scope, rule);
     RatePair rates(scope, groups.size(), K);
 
     Rng rng(seed);
@@ -1171,6 +1186,114 @@ void hd_adam_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, 
     for (int i = 0; i < steps && !r.case_failed(); ++i) step(i, false);
     for (bool nan : {true, false})
         if (!r.case_failed()) step(steps + (nan ? 0 : 1), nan);
+}
+
+// ---- Hypergradient descent on 16-bit parameters -------------------------------------------------
+
+// HD-SGD or HD-Adam on float16/bfloat16 parameters and gradients with float32 state
+// (optim_hd_step_mixed, optim_hd_adam_step_mixed): parameters, master copies, every state array
+// and rate after each call against the CPU path's (then adopted). HD has no scaled mixed entry
+// point, so the configs are the unscaled ones.
+void hd_mixed_case(Report& r, const TensorSet& set, bool adam, int32_t scope, int32_t dtype,
+                   const MixedConfig& config, int steps, uint64_t seed)
+{
+    const int32_t rule = scope % 2 ? OPTIM_HD_RULE_NORMALIZED : OPTIM_HD_RULE_ADDITIVE;
+    const std::vector<optim_hd_group> sgd_groups = hd_sgd_groups();
+    const std::vector<optim_hd_adam_group> adam_groups = hd_adam_groups();
+    optim_hd_params hp = hd_params(adam, scope, rule);
+    const size_t K = set.sizes.size();
+    RatePair rates(scope, sgd_groups.size(), K);
+    Rng rng(seed);
+    MixedCase mc(set, dtype, config, sgd_groups.size(), rng);
+    // SGD: b, u, a; Adam: m, v, w, u, a. A fresh momentum buffer is never read.
+    Mirror<float> b(set.sizes, std::numeric_limits<float>::quiet_NaN()), m(set.sizes, 0.0f),
+        v(set.sizes, 0.0f), w(set.sizes, 0.0f), u(set.sizes, 0.0f), a(set.sizes, 0.01f);
+    for (Mirror<float>* x : {&b, &m, &v, &w, &u, &a}) x->upload();
+    SkipCounter skips;
+    std::vector<int64_t> taken(K, 0);
+    const Tolerance tol = state_tolerance<float>();
+    const int late_step = steps / 2;
+    for (int step = 0; step < steps && !r.case_failed(); ++step) {
+        const std::vector<int64_t> numels = set.numels_at(step, late_step);
+        const std::vector<uint8_t> fresh = fresh_flags(set, step, late_step);
+        std::vector<int64_t> step_of(K);
+        for (size_t k = 0; k < K; ++k) step_of[k] = taken[k] + 1; // an empty tensor's is unused
+        mc.gradients(rng, step, steps);
+        hp.first_step = step == 0;
+        std::vector<void*> hw = mc.master.host_ptrs(), dw = mc.master.dev_ptrs();
+        const optim_precision host_precision = mc.precision(hw, step),
+                              dev_precision = mc.precision(dw, step);
+        const auto sides = [&](bool host) {
+            const auto ptrs = [host](Mirror<float>& x) {
+                return host ? x.host_ptrs() : x.dev_ptrs();
+            };
+            return std::vector<std::vector<void*>>{host ? mc.p.bits.host_ptrs()
+                                                        : mc.p.bits.dev_ptrs(),
+                                                   ptrs(b),
+                                                   ptrs(m),
+                                                   ptrs(v),
+                                                   ptrs(w),
+                                                   ptrs(u),
+                                                   ptrs(a)};
+        };
+        std::vector<std::vector<void*>> h = sides(true), d = sides(false);
+        const std::vector<const void*> hg = const_ptrs(mc.g.bits.host_ptrs()),
+                                       dg = const_ptrs(mc.g.bits.dev_ptrs());
+        int64_t skipped = -1;
+        const int64_t k64 = static_cast<int64_t>(K);
+        if (!adam) {
+            const auto list = [&](std::vector<std::vector<void*>>& x,
+                                  const std::vector<const void*>& grads) {
+                return optim_hd_tensors{k64,           x[0].data(),      grads.data(),
+                                        x[1].data(),   x[5].data(),      x[6].data(),
+                                        numels.data(), set.group.data(), fresh.data()};
+            };
+            const optim_hd_tensors host = list(h, hg), dev = list(d, dg);
+            optim_ok(hd_step_mixed(OPTIM_DEVICE_CPU, dtype, host, sgd_groups, hp, rates.on_host(),
+                                   &skipped, mc.c.clip.on_host(), host_precision),
+                     "optim_hd_step_mixed (cpu)");
+            checked_step(step, [&] {
+                optim_ok(hd_step_mixed(Target::device(), dtype, dev, sgd_groups, hp,
+                                       rates.on_target(), skips.on_target(), mc.c.clip.on_target(),
+                                       dev_precision),
+                         "optim_hd_step_mixed (checked)");
+            });
+        } else {
+            const auto list = [&](std::vector<std::vector<void*>>& x,
+                                  const std::vector<const void*>& grads) {
+                return optim_hd_adam_tensors{
+                    k64,           x[0].data(),    grads.data(),    x[2].data(),
+                    x[3].data(),   x[4].data(),    x[5].data(),     x[6].data(),
+                    numels.data(), step_of.data(), set.group.data()};
+            };
+            const optim_hd_adam_tensors host = list(h, hg), dev = list(d, dg);
+            optim_ok(hd_adam_step_mixed(OPTIM_DEVICE_CPU, dtype, host, adam_groups, hp,
+                                        rates.on_host(), &skipped, mc.c.clip.on_host(),
+                                        host_precision),
+                     "optim_hd_adam_step_mixed (cpu)");
+            checked_step(step, [&] {
+                optim_ok(hd_adam_step_mixed(Target::device(), dtype, dev, adam_groups, hp,
+                                            rates.on_target(), skips.on_target(),
+                                            mc.c.clip.on_target(), dev_precision),
+                         "optim_hd_adam_step_mixed (checked)");
+            });
+        }
+        Target::sync();
+        for (size_t k = 0; k < K; ++k) taken[k] += numels[k] > 0 ? 1 : 0;
+        const std::string at = step_label(step);
+        skips.check(r, at, false, skipped);
+        mc.compare(r, at, false);
+        if (!adam) {
+            b.compare_and_adopt(r, at + "momentum buffer", tol);
+        } else {
+            m.compare_and_adopt(r, at + "exp_avg", tol);
+            v.compare_and_adopt(r, at + "exp_avg_sq", tol);
+            w.compare_and_adopt(r, at + "max_exp_avg_sq", tol);
+        }
+        u.compare_and_adopt(r, at + "prev update", tol);
+        a.compare_and_adopt(r, at + "param rate", tol);
+        rates.compare(r, at, rate_tolerance<float>());
+    }
 }
 
 // ---- GreedyLR ----------------------------------------------------------------------------------
@@ -1651,6 +1774,30 @@ int run_checks(const CheckOptions& options, Report& r)
                 hd_adam_case<float>(r, sets[0], scope, OPTIM_HD_RULE_ADDITIVE, hd_steps, ++seed,
                                     1.0);
             });
+    }
+
+    r.suite("16-bit hypergradient SGD and Adam: CUDA vs CPU, every scope, master weights and "
+            "rounding");
+    for (int32_t dtype : {OPTIM_DTYPE_FLOAT16, OPTIM_DTYPE_BFLOAT16}) {
+        std::vector<MixedConfig> unscaled;
+        for (const MixedConfig& mc : mixed_configs(dtype))
+            if (!mc.scaled) unscaled.push_back(mc);
+        for (size_t i = 0; i < unscaled.size(); ++i) {
+            const MixedConfig& mc = unscaled[i];
+            for (int32_t scope = OPTIM_HD_SCOPE_GLOBAL; scope <= OPTIM_HD_SCOPE_PER_PARAMETER;
+                 ++scope) {
+                // A quick run (the sanitizers) takes one config per scope.
+                if (quick && i != static_cast<size_t>(scope) % unscaled.size()) continue;
+                const std::string name = std::string(dtype16_name(dtype)) + " " +
+                                         scope_name(scope) + ", " + mc.name + ", " + sets[0].name;
+                run_case(r, "HD-SGD " + name, [&] {
+                    hd_mixed_case(r, sets[0], false, scope, dtype, mc, hd_steps, ++seed);
+                });
+                run_case(r, "HD-Adam " + name, [&] {
+                    hd_mixed_case(r, sets[0], true, scope, dtype, mc, hd_steps, ++seed);
+                });
+            }
+        }
     }
 
     r.suite("GreedyLR: device step vs CPU state machine");

@@ -105,4 +105,25 @@ inline optim_status hd_adam_step(int32_t device, int32_t dtype,
                         rates, skipped);
 }
 
+// 16-bit parameters with `precision` (HD has no scaled mixed entry point).
+inline optim_status hd_step_mixed(int32_t device, int32_t dtype, const optim_hd_tensors& tensors,
+                                  const std::vector<optim_hd_group>& groups,
+                                  const optim_hd_params& params, double* rates, int64_t* skipped,
+                                  const optim_grad_clip* clip, const optim_precision& precision)
+{
+    return optim_hd_step_mixed(device, 0, dtype, &tensors, group_count(groups), groups.data(),
+                               &params, rates, skipped, clip, &precision);
+}
+
+inline optim_status hd_adam_step_mixed(int32_t device, int32_t dtype,
+                                       const optim_hd_adam_tensors& tensors,
+                                       const std::vector<optim_hd_adam_group>& groups,
+                                       const optim_hd_params& params, double* rates,
+                                       int64_t* skipped, const optim_grad_clip* clip,
+                                       const optim_precision& precision)
+{
+    return optim_hd_adam_step_mixed(device, 0, dtype, &tensors, group_count(groups), groups.data(),
+                                    &params, rates, skipped, clip, &precision);
+}
+
 } // namespace optim_gpu
