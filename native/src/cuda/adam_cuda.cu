@@ -59,17 +59,22 @@ struct AdamFunctor {
         T* __restrict m = static_cast<T*>(table.ptr[2][ch.t]);
         T* __restrict v = static_cast<T*>(table.ptr[3][ch.t]);
         T* __restrict vmax = static_cast<T*>(table.ptr[4][ch.t]);
-        for (int64_t i = ch.begin + threadIdx.x; i < ch.end; i += kThreads) {
-            T pi = p.load(i);
-            T mi = m[i];
-            T vi = v[i];
-            T wi = (Flags & kAdamAmsgrad) ? vmax[i] : T(0);
-            adam_element<T, Flags>(pi, load_value(g[i]) * inv * clip, mi, vi, wi, c);
-            p.store(i, pi);
-            m[i] = mi;
-            v[i] = vi;
-            if (Flags & kAdamAmsgrad) vmax[i] = wi;
-        }
+        struct Inputs {
+            T p, g, m, v, w;
+        };
+        for_each_element(
+            ch.begin, ch.end,
+            [&](int64_t i) {
+                return Inputs{p.load(i), load_value(g[i]), m[i], v[i],
+                              (Flags & kAdamAmsgrad) ? vmax[i] : T(0)};
+            },
+            [&](int64_t i, Inputs in) {
+                adam_element<T, Flags>(in.p, in.g * inv * clip, in.m, in.v, in.w, c);
+                p.store(i, in.p);
+                m[i] = in.m;
+                v[i] = in.v;
+                if (Flags & kAdamAmsgrad) vmax[i] = in.w;
+            });
     }
 };
 

@@ -39,12 +39,13 @@ struct SquaredSumFunctor {
         const S* __restrict g = static_cast<const S*>(table.ptr[0][ch.t]);
         const T inv = scale_factor<T>(inv_scale);
         double s[2] = {0.0, 0.0};
-        for (int64_t i = ch.begin + threadIdx.x; i < ch.end; i += kThreads) {
-            const T gi = load_value(g[i]);
-            if (inv_scale != nullptr) s[1] += is_finite(gi) ? 0.0 : 1.0;
-            const double v = static_cast<T>(gi * inv);
-            s[0] += v * v;
-        }
+        for_each_element(
+            ch.begin, ch.end, [&](int64_t i) { return load_value(g[i]); },
+            [&](int64_t, T gi) {
+                if (inv_scale != nullptr) s[1] += is_finite(gi) ? 0.0 : 1.0;
+                const double v = static_cast<T>(gi * inv);
+                s[0] += v * v;
+            });
         block_sum(s);
         if (threadIdx.x == 0) records[ch.index] = NormRecord{s[0], s[1]};
     }

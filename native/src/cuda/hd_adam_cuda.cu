@@ -71,24 +71,37 @@ __device__ __forceinline__ void update_elements(const typename HdAdamTables<T>::
     T* __restrict vmax = static_cast<T*>(table.ptr[kMaxAvgSq][ch.t]);
     T* __restrict up = static_cast<T*>(table.ptr[kPrev][ch.t]);
     T* __restrict alpha = static_cast<T*>(table.ptr[kRates][ch.t]);
-    for (int64_t i = ch.begin + threadIdx.x; i < ch.end; i += kThreads) {
-        // u_prev is read only by the per-parameter rule; hd_adam_element only writes it.
-        T pi = p.load(i), mi = m[i], vi = v[i], ui = PerParameter ? up[i] : T(0);
-        T wi = (Flags & kAdamAmsgrad) ? vmax[i] : T(0);
-        const T gi = load_value(g[i]) * clip;
-        if constexpr (PerParameter) {
-            T ai = alpha[i];
-            hd_adam_per_parameter_element<T, Flags>(pi, gi, mi, vi, wi, ui, ai, c, bc1, hc);
-            alpha[i] = ai;
-        } else {
-            hd_adam_element<T, Flags>(pi, gi, mi, vi, wi, ui, c);
-        }
-        p.store(i, pi);
-        m[i] = mi;
-        v[i] = vi;
-        up[i] = ui;
-        if (Flags & kAdamAmsgrad) vmax[i] = wi;
-    }
+    struct Inputs {
+        T p, g, m, v, w, u, a;
+    };
+    for_each_element(
+        ch.begin, ch.end,
+        [&](int64_t i) {
+            // u_prev and the rate are read only by the per-parameter rule; hd_adam_element only
+            // writes u.
+            return Inputs{p.load(i),
+                          load_value(g[i]),
+                          m[i],
+                          v[i],
+                          (Flags & kAdamAmsgrad) ? vmax[i] : T(0),
+                          PerParameter ? up[i] : T(0),
+                          PerParameter ? alpha[i] : T(0)};
+        },
+        [&](int64_t i, Inputs in) {
+            const T gi = in.g * clip;
+            if constexpr (PerParameter) {
+                hd_adam_per_parameter_element<T, Flags>(in.p, gi, in.m, in.v, in.w, in.u, in.a, c,
+                                                        bc1, hc);
+                alpha[i] = in.a;
+            } else {
+                hd_adam_element<T, Flags>(in.p, gi, in.m, in.v, in.w, in.u, c);
+            }
+            p.store(i, in.p);
+            m[i] = in.m;
+            v[i] = in.v;
+            up[i] = in.u;
+            if (Flags & kAdamAmsgrad) vmax[i] = in.w;
+        });
 }
 
 template <typename S, bool Master, int Round, bool PerParameter>

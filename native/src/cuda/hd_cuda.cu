@@ -82,24 +82,30 @@ update_elements(P p, const S* __restrict g, T* __restrict buf, T* __restrict up,
                 T lr, const HdCoeffs<T>& hc, T inv, T clip)
 {
     constexpr bool heavy_ball = sgd_heavy_ball(Flags);
-    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-        T pi = p.load(i);
-        const T gi = load_value(g[i]) * inv * clip;
-        // A fresh buffer is never read (it may hold anything); u_prev is read only by the
-        // per-parameter rule, hd_update_element only writes it.
-        T bi = ((Flags & kSgdMomentum) && !fresh) ? buf[i] : T(0);
-        T ui = (PerParameter && !heavy_ball) ? up[i] : T(0);
-        if constexpr (PerParameter) {
-            T ai = alpha[i];
-            hd_per_parameter_element<T, Flags>(pi, gi, bi, ui, ai, fresh, c, hc);
-            alpha[i] = ai;
-        } else {
-            hd_update_element<T, Flags>(pi, gi, bi, ui, fresh, c, lr);
-        }
-        if (Flags & kSgdMomentum) buf[i] = bi;
-        if (!heavy_ball) up[i] = ui;
-        p.store(i, pi);
-    }
+    struct Inputs {
+        T p, g, b, u, a;
+    };
+    for_each_element(
+        begin, end,
+        [&](int64_t i) {
+            // A fresh buffer is never read (it may hold anything); u_prev and the rate are read
+            // only by the per-parameter rule, hd_update_element only writes u.
+            return Inputs{
+                p.load(i), load_value(g[i]), ((Flags & kSgdMomentum) && !fresh) ? buf[i] : T(0),
+                (PerParameter && !heavy_ball) ? up[i] : T(0), PerParameter ? alpha[i] : T(0)};
+        },
+        [&](int64_t i, Inputs in) {
+            const T gi = in.g * inv * clip;
+            if constexpr (PerParameter) {
+                hd_per_parameter_element<T, Flags>(in.p, gi, in.b, in.u, in.a, fresh, c, hc);
+                alpha[i] = in.a;
+            } else {
+                hd_update_element<T, Flags>(in.p, gi, in.b, in.u, fresh, c, lr);
+            }
+            if (Flags & kSgdMomentum) buf[i] = in.b;
+            if (!heavy_ball) up[i] = in.u;
+            p.store(i, in.p);
+        });
 }
 
 template <typename S, bool Master, int Round, bool PerParameter>

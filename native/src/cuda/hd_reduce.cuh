@@ -41,8 +41,9 @@ __device__ __forceinline__ HdPartial count_nonfinite(const G* __restrict g, int6
                                                      int64_t end)
 {
     HdPartial r;
-    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads)
-        r.nonfinite += is_finite(load_value(g[i])) ? 0.0 : 1.0;
+    for_each_element(
+        begin, end, [&](int64_t i) { return load_value(g[i]); },
+        [&](int64_t, auto gi) { r.nonfinite += is_finite(gi) ? 0.0 : 1.0; });
     return r;
 }
 
@@ -59,23 +60,32 @@ __device__ __forceinline__ HdPartial reduce_elements(const P* __restrict p, cons
 {
     HdPartial r;
     constexpr unsigned GradFlags = Clip ? Flags & kSgdMaximize : Flags;
-    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-        const T gi = load_value(g[i]);
-        r.nonfinite += is_finite(gi) ? 0.0 : 1.0; // the raw gradient, as a scaler checks it
-        if (up == nullptr && !Norms && !Clip) continue;
-        const T pi = load_value(p[i]);
-        const double gt = sgd_effective_grad<T, GradFlags>(pi, gi * inv, c);
-        const double u = up != nullptr ? static_cast<double>(up[i]) : 0.0;
-        if (up != nullptr) r.h += gt * u;
-        if (Norms || Clip) r.gg += gt * gt;
-        if (Norms && up != nullptr) r.uu += u * u;
-        if (Clip && (Flags & kSgdWeightDecay)) {
-            const double d = c.weight_decay * pi;
-            r.hd += d * u;
-            r.sd += gt * d;
-            r.dd += d * d;
-        }
-    }
+    // Without u_prev, norms or clipping only the finiteness count needs the element.
+    const bool sums = up != nullptr || Norms || Clip;
+    struct Inputs {
+        T g, p, u;
+    };
+    for_each_element(
+        begin, end,
+        [&](int64_t i) {
+            return Inputs{load_value(g[i]), sums ? load_value(p[i]) : T(0),
+                          up != nullptr ? up[i] : T(0)};
+        },
+        [&](int64_t, Inputs in) {
+            r.nonfinite += is_finite(in.g) ? 0.0 : 1.0; // the raw gradient, as a scaler checks it
+            if (!sums) return;
+            const double gt = sgd_effective_grad<T, GradFlags>(in.p, in.g * inv, c);
+            const double u = up != nullptr ? static_cast<double>(in.u) : 0.0;
+            if (up != nullptr) r.h += gt * u;
+            if (Norms || Clip) r.gg += gt * gt;
+            if (Norms && up != nullptr) r.uu += u * u;
+            if (Clip && (Flags & kSgdWeightDecay)) {
+                const double d = c.weight_decay * in.p;
+                r.hd += d * u;
+                r.sd += gt * d;
+                r.dd += d * d;
+            }
+        });
     return r;
 }
 

@@ -16,6 +16,10 @@ namespace optim::cuda {
 constexpr int kThreads = 512;         // threads per block
 constexpr int64_t kChunk = 64 * 1024; // elements per block
 constexpr int kMaxBlocks = 320;       // blocks per launch
+// Elements a thread reads before it updates any of them (instruction-level parallelism): a block
+// keeps kIlp times as many loads in flight as it has threads, which a chunk of 64 Ki elements on
+// one block per SM needs to come near the memory's bandwidth (docs/design.md).
+constexpr int kIlp = 4;
 // A table's share of the 4 KiB of kernel arguments CUDA 11 allows (the functor and the no-op
 // pointer take the rest).
 constexpr size_t kTableBytes = 3800;
@@ -40,6 +44,30 @@ struct TensorTable {
     int32_t tensors; // host bookkeeping
     int32_t blocks;
 };
+
+// Calls update(i, read(i)) for this thread's elements of [begin, end), in the order of a loop
+// over i = begin + threadIdx.x, stepping kThreads (so sums accumulate in that fixed order), but
+// with the reads of kIlp elements issued before their updates. read returns an element's inputs
+// (a value or a small struct); update computes and writes, or accumulates.
+template <class Read, class Update>
+__device__ __forceinline__ void for_each_element(int64_t begin, int64_t end, Read read,
+                                                 Update update)
+{
+    using Inputs = decltype(read(begin));
+    for (int64_t base = begin + threadIdx.x; base < end; base += int64_t{kThreads} * kIlp) {
+        Inputs in[kIlp];
+#pragma unroll
+        for (int j = 0; j < kIlp; ++j) {
+            const int64_t i = base + int64_t{j} * kThreads;
+            if (i < end) in[j] = read(i);
+        }
+#pragma unroll
+        for (int j = 0; j < kIlp; ++j) {
+            const int64_t i = base + int64_t{j} * kThreads;
+            if (i < end) update(i, in[j]);
+        }
+    }
+}
 
 // One block: its tensor t and the element range [begin, end) of it.
 struct Chunk {

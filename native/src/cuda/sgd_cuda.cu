@@ -46,18 +46,22 @@ struct SgdFunctor {
         const S* __restrict g = static_cast<const S*>(table.ptr[1][ch.t]);
         T* __restrict b = static_cast<T*>(table.ptr[2][ch.t]);
         const bool fresh = table.meta[ch.t].fresh != 0;
-        T unused = T(0);
-        for (int64_t i = ch.begin + threadIdx.x; i < ch.end; i += kThreads) {
-            T pi = p.load(i);
-            if (Flags & kSgdMomentum) {
-                T bi = fresh ? T(0) : b[i];
-                sgd_element<T, Flags>(pi, load_value(g[i]) * inv * clip, bi, fresh, c, lr);
-                b[i] = bi;
-            } else {
-                sgd_element<T, Flags>(pi, load_value(g[i]) * inv * clip, unused, false, c, lr);
-            }
-            p.store(i, pi);
-        }
+        struct Inputs {
+            T p, g, b;
+        };
+        for_each_element(
+            ch.begin, ch.end,
+            [&](int64_t i) {
+                // A fresh buffer is never read (it may hold anything).
+                return Inputs{p.load(i), load_value(g[i]),
+                              (Flags & kSgdMomentum) && !fresh ? b[i] : T(0)};
+            },
+            [&](int64_t i, Inputs in) {
+                sgd_element<T, Flags>(in.p, in.g * inv * clip, in.b,
+                                      (Flags & kSgdMomentum) && fresh, c, lr);
+                if (Flags & kSgdMomentum) b[i] = in.b;
+                p.store(i, in.p);
+            });
     }
 };
 

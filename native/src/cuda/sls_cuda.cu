@@ -29,15 +29,22 @@ struct SlsPassFunctor {
         T* __restrict p = static_cast<T*>(table.ptr[kParam][ch.t]);
         T* __restrict o = static_cast<T*>(table.ptr[kOrigin][ch.t]);
         const T* __restrict g = static_cast<const T*>(table.ptr[kGrad][ch.t]);
-        for (int64_t i = ch.begin + threadIdx.x; i < ch.end; i += kThreads) {
-            T pi = Op == kSlsSave ? p[i] : T(0);
-            T oi = Op == kSlsSave ? T(0) : o[i];
-            sls_element<T, Op>(pi, oi, Op == kSlsTrial ? g[i] : T(0), step_size);
-            if (Op == kSlsSave)
-                o[i] = oi;
-            else
-                p[i] = pi;
-        }
+        struct Inputs {
+            T p, o, g;
+        };
+        for_each_element(
+            ch.begin, ch.end,
+            [&](int64_t i) {
+                return Inputs{Op == kSlsSave ? p[i] : T(0), Op == kSlsSave ? T(0) : o[i],
+                              Op == kSlsTrial ? g[i] : T(0)};
+            },
+            [&](int64_t i, Inputs in) {
+                sls_element<T, Op>(in.p, in.o, in.g, step_size);
+                if (Op == kSlsSave)
+                    o[i] = in.o;
+                else
+                    p[i] = in.p;
+            });
     }
 };
 
@@ -59,7 +66,9 @@ struct SlsNormFunctor {
         __shared__ double partial[kWarps];
         const T* __restrict g = static_cast<const T*>(table.ptr[kGrad][ch.t]);
         double s = 0.0;
-        for (int64_t i = ch.begin + threadIdx.x; i < ch.end; i += kThreads) s += sls_square(g[i]);
+        for_each_element(
+            ch.begin, ch.end, [&](int64_t i) { return g[i]; },
+            [&](int64_t, T gi) { s += sls_square(gi); });
         s = warp_sum(s);
         const int lane = threadIdx.x & 31;
         const int warp = threadIdx.x >> 5;
