@@ -239,7 +239,7 @@ public sealed class GreedyLR : lr_scheduler.LRScheduler
     /// only when <see cref="LearningRates"/> or <see cref="State"/> is read (which copies back). With
     /// any other optimizer a CUDA metric is read back to the host first (one synchronization).
     /// </summary>
-    /// <remarks>The CUDA path is compiled and its kernel is tested against the CPU path natively, but
+    /// <remarks>The CUDA kernel is checked against the CPU state machine on an H200, but
     /// this managed wiring has not yet run on a GPU (TorchSharp-cpu cannot create CUDA tensors).</remarks>
     /// <exception cref="ArgumentException">The tensor does not hold exactly one float32 or float64 element.</exception>
     public void step(Tensor metric)

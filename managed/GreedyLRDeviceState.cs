@@ -7,8 +7,8 @@ namespace Optim;
 /// <summary>
 /// GreedyLR's state in CUDA memory for the sync-free path: the counters and the arrays (rates, initial
 /// rates, bounds, window) live on the device, a one-thread kernel updates them from a device metric, and
-/// the bound <see cref="FusedSGD"/> reads the new rates there, so no step waits for the host. Compiled
-/// and tested natively against the CPU state machine; this managed wiring has not yet run on a GPU.
+/// the bound <see cref="FusedSGD"/> reads the new rates there, so no step waits for the host. The kernel is
+/// checked against the CPU state machine on an H200; this managed wiring has not yet run on a GPU.
 /// </summary>
 internal sealed class GreedyLRDeviceState : IDisposable
 {

@@ -25,8 +25,8 @@ namespace Optim;
 /// (<see cref="TensorLearningRates"/>, <see cref="ParameterLearningRates"/>, <see cref="SyncLearningRates"/>)
 /// and threads: as <see cref="HypergradientSGD"/>. A skipped step leaves every parameter's step count t as
 /// it was on the CPU; on CUDA, where only the device knows that a step was skipped, t advances with every
-/// launched step (the bias corrections then run one step ahead after a skip). The CUDA path is compiled, not
-/// yet run on a GPU.</para>
+/// launched step (the bias corrections then run one step ahead after a skip). The CUDA kernels are checked against
+/// the CPU path on an H200; this class on CUDA tensors has not yet run on a GPU.</para>
 /// <para>Parameters are float32, float64, float16 or bfloat16, as for <see cref="HypergradientSGD"/>: float16 and
 /// bfloat16 ones are updated in float32 with float32 state (moments, previous update, per-parameter rates),
 /// written back rounded to nearest, kept as float32 master copies (<c>master_weights</c>), or for bfloat16

@@ -51,8 +51,8 @@ public enum HypergradientRule
 /// scopes (so loggers and schedulers see it, and a scheduler's change is adopted on the next step);
 /// <see cref="TensorLearningRates"/> and <see cref="ParameterLearningRates"/> read the per-tensor and
 /// per-parameter rates. On CUDA the rates stay in device memory and a step never waits for the device;
-/// <see cref="SyncLearningRates"/> (and the rate readers) copy them back when asked. The CUDA path is
-/// compiled, not yet run on a GPU.</para>
+/// <see cref="SyncLearningRates"/> (and the rate readers) copy them back when asked. The CUDA kernels are
+/// checked against the CPU path on an H200; this class on CUDA tensors has not yet run on a GPU.</para>
 /// <para>Parameters are float32, float64, float16 or bfloat16 (a gradient of its parameter's dtype; one dtype and
 /// one device for all). Float16 and bfloat16 parameters are updated in float32 with float32 state (momentum
 /// buffers, previous updates, per-parameter rates; the scalar rates stay doubles) and written back rounded to
