@@ -3,7 +3,8 @@
 #   1. configure and build the native library and optim_gpu_check for sm_90 (Release, no GoogleTest);
 #   2. every CUDA kernel against the CPU path (optim_gpu_check check);
 #   3. compute-sanitizer memcheck and racecheck over the same checks at small sizes;
-#   4. the SGD kernels against torch.optim.SGD (fused, foreach, for-loop) through the C ABI;
+#   4. the SGD and Adam kernels against torch.optim.SGD, Adam and AdamW (fused, foreach, for-loop)
+#      through the C ABI;
 #   5. the steps timed next to the device's bandwidth reference, and against SGD(fused=True) and
 #      SGD(foreach=True).
 # Writes gpu-check.log and summary.md to $OUT when set, else to artifacts/gpu/. A failed stage does
@@ -131,9 +132,9 @@ write_summary() {
     for i in "${!names[@]}"; do echo "| ${names[$i]} | ${results[$i]} | ${durations[$i]} |"; done
     section "CUDA vs CPU checks (optim_gpu_check check)" check.md
     section "compute-sanitizer (optim_gpu_check check --quick)" sanitizer.md
-    section "Against torch.optim.SGD on the GPU (native/gpu/torch_harness.py parity)" parity.md
+    section "Against torch.optim.SGD, Adam and AdamW on the GPU (native/gpu/torch_harness.py parity)" parity.md
     section "Steps next to the device's bandwidth reference (optim_gpu_check bench)" bench.md
-    section "Against torch.optim.SGD, timed (native/gpu/torch_harness.py bench)" torch-bench.md
+    section "Against torch.optim.SGD and AdamW, timed (native/gpu/torch_harness.py bench)" torch-bench.md
     echo
     echo "The full output is in gpu-check.log."
   } >"$s"
@@ -248,10 +249,10 @@ else
 fi
 
 if [ -n "$py" ]; then
-  run_stage "against torch.optim.SGD" 180 "$py" native/gpu/torch_harness.py parity --device cuda \
+  run_stage "against torch.optim.SGD/Adam/AdamW" 180 "$py" native/gpu/torch_harness.py parity --device cuda \
     --require-fused --lib "$lib" --markdown "$parts/parity.md"
 else
-  names+=("against torch.optim.SGD")
+  names+=("against torch.optim.SGD/Adam/AdamW")
   results+=("FAILED (no Python that can import torch; set OPTIM_PYTHON)")
   durations+=(0)
 fi
@@ -259,7 +260,7 @@ fi
 # ---- Timings ----------------------------------------------------------------------------------
 run_stage "timings: steps vs bandwidth reference" 120 "$bin" bench --markdown "$parts/bench.md"
 if [ -n "$py" ]; then
-  run_stage "timings: vs torch SGD fused/foreach" 180 "$py" native/gpu/torch_harness.py bench \
+  run_stage "timings: vs torch SGD/AdamW fused/foreach" 180 "$py" native/gpu/torch_harness.py bench \
     --lib "$lib" --markdown "$parts/torch-bench.md"
 fi
 

@@ -2,7 +2,7 @@
 # Builds everything and runs every test: format checks, the native suites through CTest (GoogleTest,
 # the GPU check's dry run, the CMake rules), the native suites again under AddressSanitizer +
 # UndefinedBehaviorSanitizer and the concurrency suite under ThreadSanitizer, a bounded libFuzzer run
-# over the C ABI, the C ABI against torch.optim.SGD on the CPU (when a Python can import torch),
+# over the C ABI, the C ABI against torch.optim.SGD, Adam and AdamW on the CPU (when a Python can import torch),
 # scripts/gpu-check.sh's build and loud failure without a GPU, the NUnit suite (dotnet test), the
 # data-parallel checks on 2 MPI ranks (tests/Optim.MpiTests under mpirun), and the consumer test (scripts/consumer-test.sh: the package, packed and used from a fresh project outside
 # the repository, and the examples built against it). Ends with one line of totals:
@@ -116,7 +116,7 @@ else
   fail_step
 fi
 
-step "python: the C ABI against torch.optim.SGD on the CPU (native/gpu/torch_harness.py)"
+step "python: the C ABI against torch.optim.SGD, Adam and AdamW on the CPU (native/gpu/torch_harness.py)"
 if py=$(scripts/find-torch-python); then
   "$py" native/gpu/torch_harness.py parity --device cpu --lib "$build/lib/libOptim.Native.so" \
     >"$log/torch-parity.log" 2>&1

@@ -1,7 +1,7 @@
 """ctypes bindings of the parts of native/include/optim.h that the torch harness uses.
 
-The one place Python declares the ABI's structs and calls its SGD step (a change of
-optim_sgd_step's signature is one edit here). Tensors are passed by their data_ptr(), so the
+The one place Python declares the ABI's structs and calls its SGD and Adam steps (a change of
+optim_sgd_step's or optim_adam_step's signature is one edit here). Tensors are passed by their data_ptr(), so the
 same code drives the CPU path (CPU tensors) and the CUDA path (CUDA tensors).
 """
 
@@ -45,6 +45,38 @@ class SgdParams(ctypes.Structure):
     ]
 
 
+class AdamTensors(ctypes.Structure):
+    """optim_adam_tensors"""
+
+    _fields_ = [
+        ("count", ctypes.c_int64),
+        ("params", ctypes.POINTER(ctypes.c_void_p)),
+        ("grads", ctypes.POINTER(ctypes.c_void_p)),
+        ("exp_avgs", ctypes.POINTER(ctypes.c_void_p)),
+        ("exp_avg_sqs", ctypes.POINTER(ctypes.c_void_p)),
+        ("max_exp_avg_sqs", ctypes.POINTER(ctypes.c_void_p)),
+        ("numels", ctypes.POINTER(ctypes.c_int64)),
+        ("steps", ctypes.POINTER(ctypes.c_int64)),
+        ("group_index", ctypes.POINTER(ctypes.c_int32)),
+        ("step_counts", ctypes.POINTER(ctypes.c_void_p)),
+    ]
+
+
+class AdamParams(ctypes.Structure):
+    """optim_adam_params"""
+
+    _fields_ = [
+        ("lr", ctypes.c_double),
+        ("beta1", ctypes.c_double),
+        ("beta2", ctypes.c_double),
+        ("eps", ctypes.c_double),
+        ("weight_decay", ctypes.c_double),
+        ("amsgrad", ctypes.c_int32),
+        ("maximize", ctypes.c_int32),
+        ("decoupled", ctypes.c_int32),
+    ]
+
+
 class OptimError(RuntimeError):
     pass
 
@@ -57,12 +89,13 @@ def tensor_list(params, grads, buffers=None, fresh=None):
     """An optim_tensor_list over torch tensors (dense, contiguous, one dtype and device).
 
     buffers: momentum buffers or None; fresh: one bool per tensor or None. The arrays the struct
-    points to are kept alive as attributes of the returned object.
+    points to, and the tensors, are kept alive as attributes of the returned object.
     """
     for t in list(params) + list(grads) + list(buffers or []):
         if not t.is_contiguous():
             raise ValueError("tensors passed to the C ABI must be contiguous")
     tl = TensorList()
+    tl._tensors = (params, grads, buffers)  # the memory the pointers point to stays alive too
     flags = None
     if fresh is not None:
         flags = (ctypes.c_uint8 * len(params))(*[1 if f else 0 for f in fresh])
@@ -82,6 +115,41 @@ def tensor_list(params, grads, buffers=None, fresh=None):
     if tl._keep[4] is not None:
         tl.buffer_fresh = ctypes.cast(tl._keep[4], ctypes.POINTER(ctypes.c_uint8))
     return tl
+
+
+def adam_tensors(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None):
+    """An optim_adam_tensors over torch tensors (one group); set_step(t) before each step names
+    every tensor's step number t (1 on the first). Keeps its arrays and the tensors alive as
+    attributes."""
+    for t in list(params) + list(grads) + list(exp_avgs) + list(exp_avg_sqs):
+        if not t.is_contiguous():
+            raise ValueError("tensors passed to the C ABI must be contiguous")
+    n = len(params)
+    at = AdamTensors()
+    at._steps = (ctypes.c_int64 * n)(*([1] * n))
+    at._tensors = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs)  # their memory too
+    at._keep = [_pointers(params), _pointers(grads), _pointers(exp_avgs), _pointers(exp_avg_sqs),
+                _pointers(max_exp_avg_sqs) if max_exp_avg_sqs is not None else None,
+                (ctypes.c_int64 * n)(*[t.numel() for t in params])]
+    at.count = n
+    at.params, at.grads, at.exp_avgs, at.exp_avg_sqs = (
+        ctypes.cast(a, ctypes.POINTER(ctypes.c_void_p)) for a in at._keep[:4])
+    if at._keep[4] is not None:
+        at.max_exp_avg_sqs = ctypes.cast(at._keep[4], ctypes.POINTER(ctypes.c_void_p))
+    at.numels = ctypes.cast(at._keep[5], ctypes.POINTER(ctypes.c_int64))
+    at.steps = ctypes.cast(at._steps, ctypes.POINTER(ctypes.c_int64))
+    return at
+
+
+def set_step(tensors, step):
+    for k in range(tensors.count):
+        tensors._steps[k] = step
+
+
+def adam_params(lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False,
+                maximize=False, decoupled=False):
+    return AdamParams(lr, beta1, beta2, eps, weight_decay, int(amsgrad), int(maximize),
+                      int(decoupled))
 
 
 def sgd_params(lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False,
@@ -114,6 +182,15 @@ class Library:
             ctypes.c_int32,
             ctypes.POINTER(SgdParams),
         ]
+        lib.optim_adam_step.restype = ctypes.c_int32
+        lib.optim_adam_step.argtypes = [
+            ctypes.c_int32,
+            ctypes.c_int32,
+            ctypes.c_int32,
+            ctypes.POINTER(AdamTensors),
+            ctypes.c_int32,
+            ctypes.POINTER(AdamParams),
+        ]
         lib.optim_cuda_set_stream.restype = ctypes.c_int32
         lib.optim_cuda_set_stream.argtypes = [ctypes.c_int32, ctypes.c_void_p]
         lib.optim_torch_cuda_stream.restype = ctypes.c_int32
@@ -136,6 +213,12 @@ class Library:
         status = self._lib.optim_sgd_step(device, 0, dtype, ctypes.byref(tensors), 1,
                                           ctypes.byref(params))
         self._check(status, "optim_sgd_step")
+
+    def adam_step(self, device, dtype, tensors, params):
+        """The one call of optim_adam_step (device index 0, one group)."""
+        status = self._lib.optim_adam_step(device, 0, dtype, ctypes.byref(tensors), 1,
+                                           ctypes.byref(params))
+        self._check(status, "optim_adam_step")
 
     def cuda_set_stream(self, stream):
         """The calling thread's stream for device 0 (a cudaStream_t as an int; 0: the default)."""

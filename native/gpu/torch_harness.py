@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Optim's fused SGD, through the C ABI (ctypes), against PyTorch's own SGD.
+"""Optim's fused SGD and Adam/AdamW, through the C ABI (ctypes), against PyTorch's own.
 
   torch_harness.py parity [--device auto|cpu|cuda] [--steps 60] [--require-fused] [--lib PATH]
                           [--markdown FILE]
@@ -8,13 +8,17 @@
       elements), stepped side by side with torch.optim.SGD in each of its implementations that
       this PyTorch has for the device (fused, foreach, for-loop); parameters and momentum buffers
       compared at the end. Our rate alternates between a value and a pointer (lr_ptr) to a
-      float64 tensor on the device. Works with PyTorch 1.13 (Debian's, CPU) and recent ones.
-      --require-fused: fail when SGD(fused=True) is unavailable (the GPU check asks for it).
+      float64 tensor on the device. Then Adam and AdamW likewise: the 12 combinations of decay
+      (none, L2, decoupled), amsgrad and maximize against torch.optim.Adam/AdamW in each
+      implementation, parameters and every moment compared. Works with PyTorch 1.13 (Debian's,
+      CPU) and recent ones.
+      --require-fused: fail when SGD(fused=True) or Adam(fused=True) is unavailable (the GPU
+      check asks for them).
   torch_harness.py bench [--device auto|cpu|cuda] [--params 1M,10M,100M] [--tensors 4,1000]
                          [--rounds 15] [--lib PATH] [--markdown FILE]
-      Float32 steps of ours vs SGD(fused=True) vs SGD(foreach=True), interleaved rounds,
-      medians (CUDA events; on the CPU, the wall clock and whichever of the two exist). On CUDA
-      both are required.
+      Float32 steps of ours vs SGD(fused=True) vs SGD(foreach=True), then of our AdamW vs
+      AdamW(fused=True) vs AdamW(foreach=True), interleaved rounds, medians (CUDA events; on the
+      CPU, the wall clock and whichever of the two exist). On CUDA both are required.
 
 Exit codes: 0 passed, 1 failed (or no CUDA where it was asked for), 2 bad usage.
 """
@@ -31,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import optim_abi  # noqa: E402
 
 LR = 0.05
+ADAM_LR = 0.01
 # After 60 steps from the same start: rounding differences only (a wrong term is of order lr * g).
 TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.float64: (1e-12, 1e-12)}
 
@@ -52,33 +57,52 @@ def flag_configs():
                 yield name, c
 
 
-def sgd_supports(option):
-    return option in inspect.signature(torch.optim.SGD.__init__).parameters
+def supports(cls, option):
+    return option in inspect.signature(cls.__init__).parameters
 
 
-def torch_variants(device, dtype):
-    """[(name, kwargs)] of the SGD implementations this PyTorch runs on `device`, and
-    {name: reason} of those it does not (probed with one step)."""
+def torch_variants(cls, device, dtype, **probe):
+    """[(name, kwargs)] of the implementations of optimizer class `cls` that this PyTorch runs on
+    `device`, and {name: reason} of those it does not (probed with one step, `probe` its
+    hyperparameters)."""
     candidates = []
-    if sgd_supports("fused"):
+    if supports(cls, "fused"):
         candidates.append(("fused", dict(fused=True)))
-    if sgd_supports("foreach"):
+    if supports(cls, "foreach"):
         candidates.append(("foreach", dict(foreach=True)))
         candidates.append(("for-loop", dict(foreach=False)))
     else:
         candidates.append(("for-loop", {}))
     usable, missing = [], {}
-    if not sgd_supports("fused"):
-        missing["fused"] = f"torch {torch.__version__} has no SGD(fused=...)"
+    if not supports(cls, "fused"):
+        missing["fused"] = f"torch {torch.__version__} has no {cls.__name__}(fused=...)"
     for name, kw in candidates:
         try:
             p = torch.nn.Parameter(torch.zeros(3, device=device, dtype=dtype))
             p.grad = torch.ones_like(p)
-            torch.optim.SGD([p], lr=0.1, momentum=0.9, **kw).step()
+            cls([p], lr=0.1, **probe, **kw).step()
             usable.append((name, kw))
         except (RuntimeError, ValueError, TypeError) as e:
             missing[name] = str(e).splitlines()[0]
     return usable, missing
+
+
+def sgd_variants(device, dtype):
+    return torch_variants(torch.optim.SGD, device, dtype, momentum=0.9)
+
+
+def adam_configs():
+    """The 12 combinations of decay (none, L2: Adam, decoupled: AdamW), amsgrad and maximize:
+    (name, torch class, keyword arguments of both sides)."""
+    for maximize in (False, True):
+        for amsgrad in (False, True):
+            for decay in ("none", "l2", "decoupled"):
+                name = ("adamw" if decay == "decoupled" else "adam")
+                name += ("+weight_decay" if decay != "none" else "") + ("+amsgrad" if amsgrad else "")
+                name += "+maximize" if maximize else ""
+                cls = torch.optim.AdamW if decay == "decoupled" else torch.optim.Adam
+                yield name, cls, dict(weight_decay=0.0 if decay == "none" else 1e-2,
+                                      amsgrad=amsgrad, maximize=maximize)
 
 
 def optim_dtype(dtype):
@@ -154,6 +178,52 @@ def parity_case(lib, device, dtype, config, variant_kw, steps, seed):
     return problems
 
 
+def adam_parity_case(lib, device, dtype, cls, config, variant_kw, steps, seed):
+    """Steps ours and torch's Adam or AdamW side by side; returns a list of problems. Gradients
+    are kept at least 0.1 away from zero: Adam's first direction g / (|g| + eps) turns the last bit
+    of a gradient near eps into a change of order lr, so a gradient there (PyTorch's CUDA kernels
+    round g + weight_decay * p in one fused multiply-add, ours in two steps) would test rounding,
+    not the step."""
+    sizes = parity_sizes(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    start = [torch.randn(n, generator=gen, device=device, dtype=dtype) for n in sizes]
+    ours = [t.clone() for t in start]
+    theirs = [torch.nn.Parameter(t.clone()) for t in start]
+    moments = [[torch.zeros_like(t) for t in start] for _ in range(3)]
+    opt = cls(theirs, lr=ADAM_LR, **config, **variant_kw)
+    decoupled = cls is torch.optim.AdamW
+    flat = torch.zeros(sum(sizes), device=device, dtype=dtype)
+    flat_theirs = torch.zeros_like(flat)
+    grads = list(flat.split(sizes))
+    for p, g in zip(theirs, flat_theirs.split(sizes)):
+        p.grad = g
+    tensors = optim_abi.adam_tensors(ours, grads, *moments)
+    params = optim_abi.adam_params(ADAM_LR, weight_decay=config["weight_decay"],
+                                   amsgrad=config["amsgrad"], maximize=config["maximize"],
+                                   decoupled=decoupled)
+    n = flat.numel() + 65536
+    magnitude = torch.rand(n, generator=gen, device=device, dtype=dtype) * 0.5 + 0.1
+    sign = torch.rand(n, generator=gen, device=device, dtype=dtype) < 0.5
+    pool = torch.where(sign, -magnitude, magnitude)
+    for step in range(steps):
+        shift = step * 7919 % 65536
+        flat.copy_(pool[shift:shift + flat.numel()])
+        flat_theirs.copy_(flat)
+        opt.step()
+        optim_abi.set_step(tensors, step + 1)
+        lib.adam_step(optim_device(device), optim_dtype(dtype), tensors, params)
+    sync(device)
+    problems = []
+    names = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if config["amsgrad"] else [])
+    for k, (o, t) in enumerate(zip(ours, theirs)):
+        compare(f"param tensor {k}", o, t.detach(), dtype, problems)
+        if t.numel() == 0:
+            continue
+        for name, ours_state in zip(names, moments):
+            compare(f"{name} tensor {k}", ours_state[k], opt.state[t][name], dtype, problems)
+    return problems
+
+
 def stream_case(lib, steps):
     """On CUDA: optim_torch_cuda_stream reads torch's current stream (the default one, then a side
     stream), and our steps set to that side stream match torch's SGD run on it (torch writes each
@@ -201,50 +271,57 @@ def run_parity(args, lib):
     if device == "cuda" and lib.cuda_device_count() < 1:
         raise SystemExit(f"FAILED: {lib.path} sees no CUDA device ({lib.build_info()})")
     print(f"parity on {device}: {describe(device)}; {lib.build_info()}; {args.steps} steps")
-    passed = failed = 0
-    rows = []
-    notes = []
-    for dtype in (torch.float32, torch.float64):
-        variants, missing = torch_variants(device, dtype)
-        dname = str(dtype).replace("torch.", "")
-        for name, reason in missing.items():
-            notes.append(f"- {dname}: SGD {name} not used here: {reason}")
-            if name == "fused" and args.require_fused:
-                print(f"FAIL {dname}: SGD(fused=True) is required but unavailable: {reason}")
-                failed += 1
-        for vname, kw in variants:
-            case_passed = case_failed = 0
-            for seed, (cname, config) in enumerate(flag_configs()):
-                label = f"{dname} {cname} vs torch.optim.SGD({vname})"
-                problems = parity_case(lib, device, dtype, config, kw, args.steps, seed)
-                print(("FAIL " if problems else "ok   ") + label)
-                for p in problems[:8]:
-                    print("     " + p)
-                case_failed += bool(problems)
-                case_passed += not problems
-            rows.append(f"| {dname} | SGD({vname}) | {case_passed + case_failed} | {case_passed} "
-                        f"| {case_failed} |")
-            passed += case_passed
-            failed += case_failed
-    if device == "cuda":
-        problems = stream_case(lib, args.steps)
-        print(("FAIL " if problems else "ok   ") + "torch's current stream read and followed "
-              "(optim_torch_cuda_stream, optim_cuda_set_stream; nesterov float32 on a side stream)")
+    counts = {"passed": 0, "failed": 0}
+    rows, notes = [], []
+
+    def record(label, problems):
+        print(("FAIL " if problems else "ok   ") + label)
         for p in problems[:8]:
             print("     " + p)
-        rows.append(f"| float32 | SGD(foreach) on torch's side stream | 1 | {int(not problems)} "
-                    f"| {int(bool(problems))} |")
-        passed += not problems
-        failed += bool(problems)
-    md = (f"Ours through the C ABI (ctypes, data_ptr()) against torch.optim.SGD on {device}, "
-          f"{describe(device)}: 12 flag combinations per row, {args.steps} steps, "
-          f"{len(parity_sizes(device))} tensors, parameters and momentum buffers compared "
+        counts["failed" if problems else "passed"] += 1
+        return not problems
+
+    def unavailable(dname, what, missing):
+        for name, reason in missing.items():
+            notes.append(f"- {dname}: {what} {name} not used here: {reason}")
+            if name == "fused" and args.require_fused:
+                record(f"{dname}: {what}(fused=True) is required but unavailable: {reason}", [reason])
+
+    for dtype in (torch.float32, torch.float64):
+        dname = str(dtype).replace("torch.", "")
+        variants, missing = sgd_variants(device, dtype)
+        unavailable(dname, "SGD", missing)
+        for vname, kw in variants:
+            ok = [record(f"{dname} {cname} vs torch.optim.SGD({vname})",
+                         parity_case(lib, device, dtype, config, kw, args.steps, seed))
+                  for seed, (cname, config) in enumerate(flag_configs())]
+            rows.append(f"| {dname} | SGD({vname}) | {len(ok)} | {sum(ok)} | {len(ok) - sum(ok)} |")
+    for dtype in (torch.float32, torch.float64):
+        dname = str(dtype).replace("torch.", "")
+        variants, missing = torch_variants(torch.optim.Adam, device, dtype)
+        unavailable(dname, "Adam", missing)
+        for vname, kw in variants:
+            ok = [record(f"{dname} {cname} vs torch.optim.{cls.__name__}({vname})",
+                         adam_parity_case(lib, device, dtype, cls, config, kw, args.steps,
+                                          100 + seed))
+                  for seed, (cname, cls, config) in enumerate(adam_configs())]
+            rows.append(f"| {dname} | Adam/AdamW({vname}) | {len(ok)} | {sum(ok)} | "
+                        f"{len(ok) - sum(ok)} |")
+    if device == "cuda":
+        ok = record("torch's current stream read and followed (optim_torch_cuda_stream, "
+                    "optim_cuda_set_stream; nesterov float32 on a side stream)",
+                    stream_case(lib, args.steps))
+        rows.append(f"| float32 | SGD(foreach) on torch's side stream | 1 | {int(ok)} "
+                    f"| {int(not ok)} |")
+    md = (f"Ours through the C ABI (ctypes, data_ptr()) against torch.optim.SGD, Adam and AdamW on "
+          f"{device}, {describe(device)}: 12 flag combinations per row, {args.steps} steps, "
+          f"{len(parity_sizes(device))} tensors, parameters, momentum buffers and moments compared "
           f"(rtol/atol: float32 {TOLERANCE[torch.float32]}, float64 {TOLERANCE[torch.float64]})."
           "\n\n| dtype | torch | cases | passed | failed |\n|---|---|---:|---:|---:|\n"
           + "\n".join(rows) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else ""))
     write(args.markdown, md)
-    print(f"\nparity: {passed} passed, {failed} failed")
-    return 0 if failed == 0 else 1
+    print(f"\nparity: {counts['passed']} passed, {counts['failed']} failed")
+    return 0 if counts["failed"] == 0 else 1
 
 
 def median(values):
@@ -256,37 +333,54 @@ def split(params, tensors):
     return [params // tensors + (1 if k < params % tensors else 0) for k in range(tensors)]
 
 
-def bench_size(lib, device, variants, total, tensors, momentum, rounds):
+# The timed steps: (name, bytes moved per parameter, torch class, torch's arguments). Ours takes
+# the same hyperparameters through the C ABI.
+BENCH_STEPS = [
+    ("SGD momentum", 20, torch.optim.SGD, dict(lr=1e-9, momentum=0.9)),
+    ("SGD", 12, torch.optim.SGD, dict(lr=1e-9)),
+    ("AdamW", 28, torch.optim.AdamW, dict(lr=1e-9, weight_decay=1e-2)),
+]
+
+
+def bench_size(lib, device, variants, total, tensors, step, rounds):
     """Median ms per step of ours and of each torch variant at one size (float32)."""
+    name, per_param, cls, kw = step
     sizes = split(total, tensors)
 
     def filled(value):
         return [torch.full((n,), value, device=device) for n in sizes]
 
     p, g = filled(1.0), filled(1e-3)
-    b = filled(0.0) if momentum else None
-    tl = optim_abi.tensor_list(p, g, b)
-    params = optim_abi.sgd_params(1e-9, momentum=0.9 if momentum else 0.0)
+    if cls is torch.optim.SGD:
+        b = filled(0.0) if kw.get("momentum") else None
+        tl = optim_abi.tensor_list(p, g, b)
+        params = optim_abi.sgd_params(kw["lr"], momentum=kw.get("momentum", 0.0))
 
-    def ours():
-        lib.sgd_step(optim_device(device), optim_abi.DTYPE_FLOAT32, tl, params)
+        def ours():
+            lib.sgd_step(optim_device(device), optim_abi.DTYPE_FLOAT32, tl, params)
+    else:
+        at = optim_abi.adam_tensors(p, g, filled(0.0), filled(0.0))
+        optim_abi.set_step(at, 10)
+        params = optim_abi.adam_params(kw["lr"], weight_decay=kw["weight_decay"], decoupled=True)
+
+        def ours():
+            lib.adam_step(optim_device(device), optim_abi.DTYPE_FLOAT32, at, params)
 
     contenders = {"ours": ours}
-    for name, kw in variants:
+    for vname, vkw in variants:
         ps = [torch.nn.Parameter(t) for t in filled(1.0)]
         for t in ps:
             t.grad = torch.full_like(t, 1e-3)
-        contenders[name] = torch.optim.SGD(ps, lr=1e-9, momentum=0.9 if momentum else 0.0,
-                                           **kw).step
-    nbytes = (20 if momentum else 12) * total
+        contenders[vname] = cls(ps, **kw, **vkw).step
+    nbytes = per_param * total
     reps = max(1, min(200, int(2e9 / nbytes)))
-    times = {name: [] for name in contenders}
+    times = {c: [] for c in contenders}
     for r in range(-2, rounds):  # two warm-up rounds
-        for name, run in contenders.items():
+        for c, run in contenders.items():
             elapsed = timed(run, reps, device)
             if r >= 0:
-                times[name].append(elapsed / reps)
-    return {name: median(t) for name, t in times.items()}, nbytes
+                times[c].append(elapsed / reps)
+    return {c: median(t) for c, t in times.items()}, nbytes
 
 
 def timed(run, reps, device):
@@ -319,33 +413,38 @@ def human(n):
 
 def run_bench(args, lib):
     device = choose_device(args.device)
-    usable, missing = torch_variants(device, torch.float32)
-    variants = [(n, kw) for n, kw in usable if n in ("fused", "foreach")]
-    if device == "cuda" and len(variants) < 2:
-        raise SystemExit(f"FAILED: SGD fused and foreach are both needed on CUDA: {missing}")
-    names = [n for n, _ in variants]
-    print(f"bench on {device}: {describe(device)}; {lib.build_info()}; torch: {', '.join(names)}")
-    rows = []
-    for total in parse_counts(args.params):
-        for tensors in parse_counts(args.tensors):
-            for momentum in (True, False):
-                ms, nbytes = bench_size(lib, device, variants, total, tensors, momentum,
-                                        args.rounds)
-                cells = [f"{ms[n]:.4f}" for n in ["ours"] + names]
-                cells += [f"{nbytes / (ms[n] / 1e3) / 1e9:.0f}" for n in ["ours"] + names]
-                cells += [f"{ms[n] / ms['ours']:.2f}x" for n in names]
-                rows.append(f"| {human(total)} | {tensors} | {'momentum' if momentum else 'plain'}"
-                            f" | " + " | ".join(cells) + " |")
-                print(rows[-1])
-    header = (["params", "tensors", "SGD"] + [f"{n} ms" for n in ["ours"] + names]
-              + [f"{n} GB/s" for n in ["ours"] + names] + [f"{n} / ours" for n in names])
+    print(f"bench on {device}: {describe(device)}; {lib.build_info()}")
     timer = "CUDA events" if device == "cuda" else "wall clock"
     md = (f"Float32 on {device}, {describe(device)}; median ms per step of {args.rounds} "
           f"interleaved rounds ({timer}; short steps timed over many calls); ours is one ctypes "
-          "call of optim_sgd_step, torch's is optimizer.step(). GB/s counts 12 (plain) or 20 "
-          "(momentum) bytes per parameter; \"x / ours\" above 1 means ours is faster.\n\n"
-          "| " + " | ".join(header) + " |\n|" + "---:|" * 2 + "---|" + "---:|" * (len(header) - 3)
-          + "\n" + "\n".join(rows) + "\n")
+          "call of optim_sgd_step or optim_adam_step, torch's is optimizer.step(). GB/s counts the "
+          "bytes a step must move per parameter: 20 (SGD momentum), 12 (SGD), 28 (AdamW); "
+          "\"x / ours\" above 1 means ours is faster.\n")
+    for family in ("SGD", "AdamW"):
+        cls = torch.optim.SGD if family == "SGD" else torch.optim.AdamW
+        probe = dict(momentum=0.9) if family == "SGD" else {}
+        usable, missing = torch_variants(cls, device, torch.float32, **probe)
+        variants = [(n, kw) for n, kw in usable if n in ("fused", "foreach")]
+        if device == "cuda" and len(variants) < 2:
+            raise SystemExit(f"FAILED: {family} fused and foreach are both needed on CUDA: {missing}")
+        names = [n for n, _ in variants]
+        print(f"{family}: torch {', '.join(names)}")
+        rows = []
+        for total in parse_counts(args.params):
+            for tensors in parse_counts(args.tensors):
+                for step in (s for s in BENCH_STEPS if s[2] is cls):
+                    ms, nbytes = bench_size(lib, device, variants, total, tensors, step,
+                                            args.rounds)
+                    cells = [f"{ms[n]:.4f}" for n in ["ours"] + names]
+                    cells += [f"{nbytes / (ms[n] / 1e3) / 1e9:.0f}" for n in ["ours"] + names]
+                    cells += [f"{ms[n] / ms['ours']:.2f}x" for n in names]
+                    rows.append(f"| {human(total)} | {tensors} | {step[0]} | " + " | ".join(cells)
+                                + " |")
+                    print(rows[-1])
+        header = (["params", "tensors", "step"] + [f"{n} ms" for n in ["ours"] + names]
+                  + [f"{n} GB/s" for n in ["ours"] + names] + [f"{n} / ours" for n in names])
+        md += ("\n| " + " | ".join(header) + " |\n|" + "---:|" * 2 + "---|"
+               + "---:|" * (len(header) - 3) + "\n" + "\n".join(rows) + "\n")
     write(args.markdown, md)
     return 0
 
