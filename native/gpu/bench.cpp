@@ -118,6 +118,21 @@ void bench_size(int64_t params, int64_t tensors, int rounds, std::vector<Row>& r
             optim_ok(sgd_step(OPTIM_DEVICE_CUDA, OPTIM_DTYPE_FLOAT32, list, hp), "optim_sgd_step");
         };
     };
+    // AdamW (decoupled decay) over p and g with b and u as its moments, at step 10.
+    const std::vector<int64_t> adam_steps(count, 10);
+    const optim_adam_tensors adam{tensors,   pp.data(), gc.data(),           bp.data(),
+                                  up.data(), nullptr,   layout.sizes.data(), adam_steps.data(),
+                                  nullptr,   nullptr};
+    optim_adam_params adamw;
+    optim_adam_params_default(&adamw);
+    adamw.lr = 1e-9;
+    adamw.weight_decay = 1e-2;
+    adamw.decoupled = 1;
+    const std::vector<optim_adam_params> adam_groups = {adamw};
+    auto adam_run = [&] {
+        optim_ok(adam_step(OPTIM_DEVICE_CUDA, OPTIM_DTYPE_FLOAT32, adam, adam_groups),
+                 "optim_adam_step");
+    };
     auto hd_run = [&](optim_hd_params hp) {
         return [&, hp] {
             optim_ok(hd_step(OPTIM_DEVICE_CUDA, OPTIM_DTYPE_FLOAT32, hd, hd_groups, hp, rates.get(),
@@ -169,6 +184,7 @@ void bench_size(int64_t params, int64_t tensors, int rounds, std::vector<Row>& r
         {"HD per parameter, assume_finite", 28, 11,
          hd_run(hd_params(OPTIM_HD_SCOPE_PER_PARAMETER, OPTIM_HD_RULE_ADDITIVE, 1))},
         {"reference: 1 read + 3 updates", 28, -1, r28},
+        {"AdamW", 28, 11, adam_run},
     };
 
     cudaEvent_t start, stop;
