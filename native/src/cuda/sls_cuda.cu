@@ -5,6 +5,7 @@
 // one-thread finishing kernel that adds the records in chunk order, and a copy to the host.
 // Compiled in CI; see docs/design.md for what has run on a GPU.
 #include "../sls_math.hpp"
+#include "block_sum.cuh"
 #include "device_scratch.cuh"
 #include "multi_tensor.cuh"
 
@@ -48,14 +49,6 @@ struct SlsPassFunctor {
     }
 };
 
-constexpr int kWarps = kThreads / 32;
-
-__device__ __forceinline__ double warp_sum(double v)
-{
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-    return v;
-}
-
 // One chunk's sum of squares in a fixed tree (lanes, then warps), written to its record.
 template <typename T>
 struct SlsNormFunctor {
@@ -63,21 +56,13 @@ struct SlsNormFunctor {
 
     __device__ void operator()(const SlsTables::Table& table, const Chunk& ch) const
     {
-        __shared__ double partial[kWarps];
         const T* __restrict g = static_cast<const T*>(table.ptr[kGrad][ch.t]);
-        double s = 0.0;
+        double s[1] = {0.0};
         for_each_element(
             ch.begin, ch.end, [&](int64_t i) { return g[i]; },
-            [&](int64_t, T gi) { s += sls_square(gi); });
-        s = warp_sum(s);
-        const int lane = threadIdx.x & 31;
-        const int warp = threadIdx.x >> 5;
-        if (lane == 0) partial[warp] = s;
-        __syncthreads();
-        if (warp == 0) {
-            s = warp_sum(lane < kWarps ? partial[lane] : 0.0);
-            if (lane == 0) records[ch.index] = s;
-        }
+            [&](int64_t, T gi) { s[0] += sls_square(gi); });
+        block_sum(s);
+        if (threadIdx.x == 0) records[ch.index] = s[0];
     }
 };
 
