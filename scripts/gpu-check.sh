@@ -11,8 +11,13 @@
 # not stop the later ones (one run should find everything); the exit status is non-zero when any
 # stage failed, and at once, after the build, when there is no usable CUDA device.
 #
-#   scripts/gpu-check.sh               everything; needs a CUDA GPU (meant for < 5 minutes on an H200)
+#   scripts/gpu-check.sh               everything; needs a CUDA GPU (about 6 minutes on an H200,
+#                                      2.3 of them the build)
 #   scripts/gpu-check.sh --build-only  the build alone (proves it where there is no GPU)
+#   scripts/gpu-check.sh --prebuilt DIR  everything but the build: DIR holds bin/optim_gpu_check and
+#                                      lib/libOptim.Native.so, built for the GPU elsewhere (at the
+#                                      same path, since the checker finds the library by its
+#                                      build-tree RPATH), which saves the build's GPU time
 #
 # Environment: OUT (output folder), OPTIM_CUDA_ARCHS (default 90), OPTIM_GPU_BUILD (build folder,
 # default artifacts/gpu-build), OPTIM_PYTHON (an interpreter with torch), OPTIM_COMMIT (named in the
@@ -23,16 +28,29 @@ cd "$(dirname "$0")/.." || exit 1
 root=$(pwd)
 
 build_only=0
+prebuilt=""
 command_line="scripts/gpu-check.sh"
-for arg in "$@"; do
-  case "$arg" in
+usage="usage: scripts/gpu-check.sh [--build-only | --prebuilt DIR]"
+while [ $# -gt 0 ]; do
+  case "$1" in
     --build-only)
       build_only=1
       command_line+=" --build-only"
       ;;
-    *) echo "usage: scripts/gpu-check.sh [--build-only]" >&2; exit 2 ;;
+    --prebuilt)
+      [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }
+      prebuilt=$2
+      command_line+=" --prebuilt $2"
+      shift
+      ;;
+    *) echo "$usage" >&2; exit 2 ;;
   esac
+  shift
 done
+if [ -n "$prebuilt" ] && [ "$build_only" = 1 ]; then
+  echo "$usage" >&2
+  exit 2
+fi
 
 out=${OUT:-$root/artifacts/gpu}
 build=${OPTIM_GPU_BUILD:-$root/artifacts/gpu-build}
@@ -121,7 +139,11 @@ write_summary() {
     echo "- Command: \`$command_line\` (OPTIM_CUDA_ARCHS=$archs)"
     echo "- Commit: $commit"
     echo "- Machine: $(uname -srm); $(nproc) CPUs ($cpu); $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)"
-    echo "- Toolchain: nvcc ${nvcc_version:-not found}; $(cmake --version | head -n 1); ${generator:-make}"
+    if [ -n "$prebuilt" ]; then
+      echo "- Build: prebuilt in $prebuilt (its CUDA runtime's version is in the GPU lines below)"
+    else
+      echo "- Toolchain: nvcc ${nvcc_version:-not found}; $(cmake --version | head -n 1); ${generator:-make}"
+    fi
     echo "- Python: ${torch_version:-no interpreter with torch found}"
     if [ -s "$parts/device.md" ]; then cat "$parts/device.md"; else echo "- GPU: $gpu_line"; fi
     echo
@@ -189,27 +211,34 @@ if py=$(scripts/find-torch-python); then
 fi
 echo "gpu-check: commit $commit"
 echo "gpu-check: nvcc ${nvcc_version:-not found}; GPU: $gpu_line; Python: ${torch_version:-none with torch}"
-echo "gpu-check: output in $out, build in $build"
+echo "gpu-check: output in $out, build in ${prebuilt:-$build}"
 
 # ---- Build ------------------------------------------------------------------------------------
-if [ -z "$nvcc_version" ]; then
+if [ -n "$prebuilt" ]; then
+  build=$prebuilt
+  if ! run_stage "prebuilt binaries in $prebuilt" 10 test -x "$build/bin/optim_gpu_check" \
+    -a -f "$build/lib/libOptim.Native.so"; then
+    finish "FAILED: $prebuilt has no bin/optim_gpu_check or lib/libOptim.Native.so" 1
+  fi
+elif [ -z "$nvcc_version" ]; then
   names+=("build")
   results+=("FAILED (no nvcc: not on PATH, not in /usr/local/cuda*/bin, no CUDACXX)")
   durations+=(0)
   finish "FAILED: no CUDA compiler" 1
-fi
-# A build folder made by another generator cannot be reused.
-cache=$build/CMakeCache.txt
-if [ -f "$cache" ] && ! grep -q "^CMAKE_GENERATOR:INTERNAL=${generator:-Unix Makefiles}$" "$cache"; then
-  rm -rf "$build"
-fi
-if ! run_stage "configure (sm_$archs)" 120 cmake -S . -B "$build" "${gen_args[@]}" \
-  -DCMAKE_BUILD_TYPE=Release -DOPTIM_CUDA=ON -DOPTIM_CUDA_ARCHS="$archs" -DOPTIM_BUILD_TESTS=OFF; then
-  finish "FAILED: CMake could not configure the CUDA build" 1
-fi
-if ! run_stage "build" 300 cmake --build "$build" --parallel "$(nproc)" \
-  --target optim_native optim_gpu_check; then
-  finish "FAILED: the build failed" 1
+else
+  # A build folder made by another generator cannot be reused.
+  cache=$build/CMakeCache.txt
+  if [ -f "$cache" ] && ! grep -q "^CMAKE_GENERATOR:INTERNAL=${generator:-Unix Makefiles}$" "$cache"; then
+    rm -rf "$build"
+  fi
+  if ! run_stage "configure (sm_$archs)" 120 cmake -S . -B "$build" "${gen_args[@]}" \
+    -DCMAKE_BUILD_TYPE=Release -DOPTIM_CUDA=ON -DOPTIM_CUDA_ARCHS="$archs" -DOPTIM_BUILD_TESTS=OFF; then
+    finish "FAILED: CMake could not configure the CUDA build" 1
+  fi
+  if ! run_stage "build" 300 cmake --build "$build" --parallel "$(nproc)" \
+    --target optim_native optim_gpu_check; then
+    finish "FAILED: the build failed" 1
+  fi
 fi
 bin="$build/bin/optim_gpu_check"
 lib="$build/lib/libOptim.Native.so"
