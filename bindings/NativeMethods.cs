@@ -309,4 +309,6 @@ internal unsafe struct HdAdamTensors
     public long* Numels;
     public long* Steps;
     public int* GroupIndex;
+    /// <summary>Null (the step numbers are <see cref="Steps"/>), or the addresses of each tensor's count of steps taken.</summary>
+    public nint* StepCounts;
 }

@@ -101,7 +101,7 @@ internal struct AdamGroupParams
 internal static unsafe class OptimNative
 {
     /// <summary>The <c>OPTIM_ABI_VERSION</c> these bindings were written for.</summary>
-    public const int ExpectedAbiVersion = 8;
+    public const int ExpectedAbiVersion = 9;
 
     private static volatile bool s_checked;
     private static readonly object s_lock = new();

@@ -746,7 +746,8 @@ void fuzz_hd_adam(FuzzedDataProvider& in)
                                maybe(in, s.column(arena, 6)),
                                maybe(in, s.numel_array),
                                maybe(in, s.steps),
-                               maybe(in, s.group_index)};
+                               maybe(in, s.group_index),
+                               nullptr};
     const VariantInputs v = pick_variant(in, arena, kHdAdamEntries, s, ps);
     mark_written(arena, s.tensors, written);
     arena.snapshot();

@@ -1114,7 +1114,7 @@ void hd_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, int32
 // against the CPU path's (then adopted).
 template <typename T>
 void hd_adam_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, int steps,
-                  uint64_t seed, double max_norm = 0)
+                  uint64_t seed, double max_norm = 0, bool counts_on_device = false)
 {
     ClipPair clip(max_norm);
     const std::vector<optim_hd_adam_group> groups = hd_adam_groups();
@@ -1129,6 +1129,10 @@ void hd_adam_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, 
     for (Mirror<T>* x : {&p, &m, &v, &w, &u, &a}) x->upload();
     SkipCounter skips;
     std::vector<int64_t> taken(K, 0);
+    DeviceBuffer<int64_t> counts(K);
+    counts.upload(taken.data());
+    std::vector<int64_t*> count_ptrs(K);
+    for (size_t k = 0; k < K; ++k) count_ptrs[k] = counts.get() + k;
     const Tolerance tol = state_tolerance<T>();
     const int late_step = steps / 2;
     auto step = [&](int index, bool nan) {
@@ -1145,7 +1149,9 @@ void hd_adam_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, 
                                    w.dev_ptrs(), u.dev_ptrs(), a.dev_ptrs()};
         const std::vector<const void*> hg = const_ptrs(g.host_ptrs()),
                                        dg = const_ptrs(g.dev_ptrs());
-        const auto list = [&](std::vector<void*>(&x)[6], const std::vector<const void*>& grads) {
+        // counts: the checked side's step counts in device memory (step_counts), else null.
+        const auto list = [&](std::vector<void*>(&x)[6], const std::vector<const void*>& grads,
+                              int64_t* const* counts) {
             return optim_hd_adam_tensors{static_cast<int64_t>(K),
                                          x[0].data(),
                                          grads.data(),
@@ -1155,10 +1161,13 @@ void hd_adam_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, 
                                          x[4].data(),
                                          x[5].data(),
                                          numels.data(),
-                                         step_of.data(),
-                                         set.group.data()};
+                                         counts ? nullptr : step_of.data(),
+                                         set.group.data(),
+                                         counts};
         };
-        const optim_hd_adam_tensors host = list(h, hg), dev = list(d, dg);
+        const optim_hd_adam_tensors host = list(h, hg, nullptr),
+                                    dev =
+                                        list(d, dg, counts_on_device ? count_ptrs.data() : nullptr);
         int64_t skipped = -1;
         optim_ok(hd_adam_step(OPTIM_DEVICE_CPU, dtype_of<T>(), host, groups, hp, rates.on_host(),
                               &skipped, clip.on_host()),
@@ -1171,9 +1180,13 @@ void hd_adam_case(Report& r, const TensorSet& set, int32_t scope, int32_t rule, 
         Target::sync();
         const std::string at = step_label(index, nan ? " (NaN gradient)" : "");
         skips.check(r, at, nan, skipped);
+        // Every tensor of the call takes the step, but an empty one's step number is never used;
+        // with counts in memory the step advances them all.
         if (!nan)
-            for (size_t k = 0; k < K; ++k) taken[k] += numels[k] > 0 ? 1 : 0;
+            for (size_t k = 0; k < K; ++k) taken[k] += numels[k] > 0 || counts_on_device ? 1 : 0;
         const Tolerance t = nan ? kExact : tol;
+        if (counts_on_device)
+            r.close(at + "step counts", taken.data(), counts.download().data(), K, kExact);
         clip.compare(r, at);
         p.compare_and_adopt(r, at + "param", t);
         m.compare_and_adopt(r, at + "exp_avg", t);
@@ -1262,9 +1275,9 @@ void hd_mixed_case(Report& r, const TensorSet& set, bool adam, int32_t scope, in
             const auto list = [&](std::vector<std::vector<void*>>& x,
                                   const std::vector<const void*>& grads) {
                 return optim_hd_adam_tensors{
-                    k64,           x[0].data(),    grads.data(),    x[2].data(),
-                    x[3].data(),   x[4].data(),    x[5].data(),     x[6].data(),
-                    numels.data(), step_of.data(), set.group.data()};
+                    k64,           x[0].data(),    grads.data(),     x[2].data(),
+                    x[3].data(),   x[4].data(),    x[5].data(),      x[6].data(),
+                    numels.data(), step_of.data(), set.group.data(), nullptr};
             };
             const optim_hd_adam_tensors host = list(h, hg), dev = list(d, dg);
             optim_ok(hd_adam_step_mixed(OPTIM_DEVICE_CPU, dtype, host, adam_groups, hp,
@@ -1774,6 +1787,19 @@ int run_checks(const CheckOptions& options, Report& r)
                 hd_adam_case<float>(r, sets[0], scope, OPTIM_HD_RULE_ADDITIVE, hd_steps, ++seed,
                                     1.0);
             });
+    }
+    // Step counts in device memory (step_counts), on a set whose tensors all take every step: the
+    // NaN step must leave them as they were.
+    for (int32_t scope : {OPTIM_HD_SCOPE_PER_TENSOR, OPTIM_HD_SCOPE_PER_PARAMETER}) {
+        TensorSet all_steps = sets[0];
+        all_steps.late = -1;
+        run_case(r,
+                 "float32 " + std::string(scope_name(scope)) +
+                     " normalized, step counts in memory, " + sets[0].name,
+                 [&] {
+                     hd_adam_case<float>(r, all_steps, scope, OPTIM_HD_RULE_NORMALIZED, hd_steps,
+                                         ++seed, 0, true);
+                 });
     }
 
     r.suite("16-bit hypergradient SGD and Adam: CUDA vs CPU, every scope, master weights and "

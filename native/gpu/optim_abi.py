@@ -8,7 +8,7 @@ same code drives the CPU path (CPU tensors) and the CUDA path (CUDA tensors).
 import ctypes
 import os
 
-ABI_VERSION = 8
+ABI_VERSION = 9
 DEVICE_CPU, DEVICE_CUDA = 0, 1
 DTYPE_FLOAT32, DTYPE_FLOAT64 = 0, 1
 STATUS_OK = 0

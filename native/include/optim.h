@@ -53,7 +53,7 @@ extern "C" {
 /* Bumped whenever a signature, struct layout or enum value below changes. The managed bindings
  * refuse to run against a library whose optim_abi_version() differs from the one they were built
  * for. */
-#define OPTIM_ABI_VERSION 8
+#define OPTIM_ABI_VERSION 9
 
 /* ---- Status codes ---------------------------------------------------------------------------- */
 typedef int32_t optim_status;
@@ -636,6 +636,11 @@ typedef struct optim_hd_adam_tensors {
     const int64_t* numels;
     const int64_t* steps;       /* t of this update of each tensor (>= 1), as optim_adam_tensors */
     const int32_t* group_index; /* group of tensor k, in [0, n_groups), non-decreasing */
+    /* NULL: the step numbers are `steps`. Otherwise (steps NULL) optim_adam_tensors' step_counts:
+     * one pointer per tensor to its count of steps taken, in the step's memory; t = count + 1, and
+     * the step advances every count unless it is skipped (a non-finite gradient), so on CUDA a
+     * skipped step leaves the bias corrections where they were without the host knowing. */
+    int64_t* const* step_counts;
 } optim_hd_adam_tensors;
 
 /* One hypergradient Adam step over every tensor of every group. params, rates (sized by

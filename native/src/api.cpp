@@ -144,6 +144,33 @@ void require_step_count(const char* fn, int64_t k, int64_t step)
                       std::to_string(step));
 }
 
+// Exactly one of the step numbers (steps) and the step counts in memory (step_counts) is given.
+void require_one_step_source(const char* fn, const int64_t* steps, int64_t* const* step_counts)
+{
+    OPTIM_REQUIRE((steps == nullptr) != (step_counts == nullptr), fn,
+                  steps ? "tensors->steps and step_counts are both given: one of them must be NULL"
+                        : "tensors->steps and step_counts are both NULL: one of them must not be "
+                          "NULL");
+}
+
+// Tensor k's step number, or its step count: present and (in host memory) >= 0. Device memory
+// cannot be read here; the CUDA kernels take the counts as they are.
+void require_step_of(const char* fn, int32_t device, int64_t k, const int64_t* steps,
+                     int64_t* const* step_counts)
+{
+    if (steps) {
+        require_step_count(fn, k, steps[k]);
+        return;
+    }
+    OPTIM_REQUIRE(step_counts[k] != nullptr, fn, at(k) + ": step count pointer is NULL");
+    if (device == OPTIM_DEVICE_CPU) {
+        const int64_t taken = *step_counts[k];
+        OPTIM_REQUIRE(taken >= 0 && taken < INT64_MAX, fn,
+                      at(k) + ": step count must be >= 0 (the steps taken so far), got " +
+                          std::to_string(taken));
+    }
+}
+
 // The element count of tensor k; true when it has elements (and so pointers to check).
 bool require_numel(const char* fn, int64_t k, int64_t n)
 {
@@ -219,27 +246,12 @@ void validate_adam(const char* fn, int32_t device, const optim_adam_tensors* t, 
     if (t->count == 0) return;
     OPTIM_REQUIRE(t->params && t->grads && t->exp_avgs && t->exp_avg_sqs && t->numels, fn,
                   "tensors->params, grads, exp_avgs, exp_avg_sqs and numels must not be NULL");
-    OPTIM_REQUIRE((t->steps == nullptr) != (t->step_counts == nullptr), fn,
-                  t->steps
-                      ? "tensors->steps and step_counts are both given: one of them must be NULL"
-                      : "tensors->steps and step_counts are both NULL: one of them must not be "
-                        "NULL");
+    require_one_step_source(fn, t->steps, t->step_counts);
     OPTIM_REQUIRE(t->group_index != nullptr || n_groups == 1, fn,
                   "tensors->group_index is NULL but n_groups is " + std::to_string(n_groups));
     for (int64_t k = 0; k < t->count; ++k) {
         const int32_t g = require_group_of(fn, k, t->group_index, n_groups);
-        if (t->steps) {
-            require_step_count(fn, k, t->steps[k]);
-        } else {
-            OPTIM_REQUIRE(t->step_counts[k] != nullptr, fn, at(k) + ": step count pointer is NULL");
-            // Device memory cannot be read here; the CUDA kernels take the counts as they are.
-            if (device == OPTIM_DEVICE_CPU) {
-                const int64_t taken = *t->step_counts[k];
-                OPTIM_REQUIRE(taken >= 0 && taken < INT64_MAX, fn,
-                              at(k) + ": step count must be >= 0 (the steps taken so far), got " +
-                                  std::to_string(taken));
-            }
-        }
+        require_step_of(fn, device, k, t->steps, t->step_counts);
         if (!require_numel(fn, k, t->numels[k])) continue;
         OPTIM_REQUIRE(t->params[k] != nullptr, fn, at(k) + ": parameter pointer is NULL");
         OPTIM_REQUIRE(t->grads[k] != nullptr, fn, at(k) + ": gradient pointer is NULL");
@@ -543,8 +555,8 @@ void validate_hd_sgd(const char* fn, const optim_hd_tensors& t, int32_t n_groups
 }
 
 // Every group's Adam options (optim_adam_step's checks and messages), then every tensor.
-void validate_hd_adam(const char* fn, const optim_hd_adam_tensors& t, int32_t n_groups,
-                      const optim_hd_adam_group* groups, bool per_parameter)
+void validate_hd_adam(const char* fn, int32_t device, const optim_hd_adam_tensors& t,
+                      int32_t n_groups, const optim_hd_adam_group* groups, bool per_parameter)
 {
     OPTIM_REQUIRE(n_groups >= 1, fn, "n_groups must be >= 1, got " + std::to_string(n_groups));
     for (int32_t g = 0; g < n_groups; ++g) {
@@ -563,13 +575,14 @@ void validate_hd_adam(const char* fn, const optim_hd_adam_tensors& t, int32_t n_
     OPTIM_REQUIRE(t.count >= 0, fn, "tensors->count is negative (" + std::to_string(t.count) + ")");
     if (t.count == 0) return;
     OPTIM_REQUIRE(t.params && t.grads && t.exp_avgs && t.exp_avg_sqs && t.prev_updates &&
-                      t.numels && t.steps && t.group_index,
+                      t.numels && t.group_index,
                   fn,
-                  "tensors->params, grads, exp_avgs, exp_avg_sqs, prev_updates, numels, steps and "
+                  "tensors->params, grads, exp_avgs, exp_avg_sqs, prev_updates, numels and "
                   "group_index must not be NULL");
+    require_one_step_source(fn, t.steps, t.step_counts);
     for (int64_t k = 0; k < t.count; ++k) {
         const int32_t g = require_group_of(fn, k, t.group_index, n_groups);
-        require_step_count(fn, k, t.steps[k]);
+        require_step_of(fn, device, k, t.steps, t.step_counts);
         if (!require_numel(fn, k, t.numels[k])) continue;
         OPTIM_REQUIRE(t.params[k] != nullptr, fn, at(k) + ": parameter pointer is NULL");
         OPTIM_REQUIRE(t.grads[k] != nullptr, fn, at(k) + ": gradient pointer is NULL");
@@ -599,8 +612,8 @@ struct HdStep {
     using Groups = optim_hd_group;
     using Call = HdCall;
     static constexpr bool kScaled = true; // has a _scaled variant (HdCall::scale)
-    static void validate(const char* fn, const Tensors& t, int32_t n_groups, const Groups* groups,
-                         bool per_parameter)
+    static void validate(const char* fn, int32_t, const Tensors& t, int32_t n_groups,
+                         const Groups* groups, bool per_parameter)
     {
         validate_hd_sgd(fn, t, n_groups, groups, per_parameter);
     }
@@ -616,10 +629,10 @@ struct HdAdamStep {
     using Groups = optim_hd_adam_group;
     using Call = HdAdamCall;
     static constexpr bool kScaled = false;
-    static void validate(const char* fn, const Tensors& t, int32_t n_groups, const Groups* groups,
-                         bool per_parameter)
+    static void validate(const char* fn, int32_t device, const Tensors& t, int32_t n_groups,
+                         const Groups* groups, bool per_parameter)
     {
-        validate_hd_adam(fn, t, n_groups, groups, per_parameter);
+        validate_hd_adam(fn, device, t, n_groups, groups, per_parameter);
     }
     static void run(int32_t device, int32_t device_index, int32_t dtype, const Call& call)
     {
@@ -642,7 +655,8 @@ optim_status step_entry(const char* fn, const VariantArgs& v, int32_t device, in
                       "tensors, groups and params must not be NULL");
         const optim_hd_params& hp = *params;
         validate_hd_params(fn, device, hp, n_groups, tensors->count, rates, v.clip);
-        Step::validate(fn, *tensors, n_groups, groups, hp.scope == OPTIM_HD_SCOPE_PER_PARAMETER);
+        Step::validate(fn, device, *tensors, n_groups, groups,
+                       hp.scope == OPTIM_HD_SCOPE_PER_PARAMETER);
         validate_precision(fn, dtype, v.precision, mixed(v.variant), tensors->count,
                            tensors->numels, tensors->params, tensors->grads);
         if (tensors->count == 0 && hp.across_ranks == 0) {

@@ -2,7 +2,7 @@
 // out in separate passes plus the Adam-HD rate rule, sums in double; no code shared with the
 // library), over 50 steps, every scope and rule, Adam's options, two groups, sizes across chunks;
 // with hypergrad_lr 0 it is optim_adam_step bit for bit; thread-count independence; a skipped step;
-// validation leaves memory untouched.
+// step counts in memory; validation leaves memory untouched.
 #include "reference.hpp"
 
 #include <optim.h>
@@ -134,7 +134,8 @@ struct Model {
                                      alphas.data(),
                                      numels.data(),
                                      steps.data(),
-                                     group_of.data()};
+                                     group_of.data(),
+                                     nullptr};
     }
 
     optim_status step(const std::vector<bool>& active, Options o, const optim_grad_clip* clip)
@@ -460,6 +461,62 @@ TEST(HdAdamCpu, NonFiniteGradientSkipsTheWholeStep)
     }
 }
 
+// Step counts in memory (step_counts) instead of step numbers: the same step bit for bit, the
+// counts advanced by every step that is not skipped and left alone by one that is; 1 and 3 threads.
+TEST(HdAdamCpu, StepCountsInMemoryAreTheStepNumbersPath)
+{
+    const std::vector<bool> active(kSizes.size(), true);
+    for (int threads : {1, 3}) {
+        ASSERT_EQ(optim_set_num_threads(threads), OPTIM_STATUS_OK);
+        for (int32_t scope = OPTIM_HD_SCOPE_GLOBAL; scope <= OPTIM_HD_SCOPE_PER_PARAMETER;
+             ++scope) {
+            SCOPED_TRACE("scope " + std::to_string(scope) + ", threads " + std::to_string(threads));
+            const Options o = make_options(scope, OPTIM_HD_RULE_NORMALIZED, 1, 0, 0.01);
+            Model<float> numbers(kSizes, kGroups, 11, o), counted(kSizes, kGroups, 11, o);
+            std::vector<int64_t> counts(kSizes.size(), 0);
+            std::vector<int64_t*> count_ptrs;
+            for (auto& c : counts) count_ptrs.push_back(&c);
+            std::mt19937_64 rng(12);
+            int64_t taken = 0;
+            for (int step = 0; step < 9; ++step) {
+                for (size_t k = 0; k < kSizes.size(); ++k) {
+                    numbers.tensors[k].grad = random_vector<float>(kSizes[k], rng, 0.5);
+                    counted.tensors[k].grad = numbers.tensors[k].grad;
+                }
+                const bool bad = step == 5;
+                if (bad) {
+                    numbers.tensors[4].grad[9] = std::numeric_limits<float>::quiet_NaN();
+                    counted.tensors[4].grad[9] = numbers.tensors[4].grad[9];
+                }
+                ASSERT_EQ(numbers.step(active, o, nullptr), OPTIM_STATUS_OK);
+                Options oc = o;
+                oc.hp.first_step = counted.first ? 1 : 0;
+                optim_hd_adam_tensors t = counted.list(active);
+                t.steps = nullptr;
+                t.step_counts = count_ptrs.data();
+                int64_t skipped = -1;
+                ASSERT_EQ(optim_hd_adam_step(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_FLOAT32, &t, 2,
+                                             oc.groups, &oc.hp, counted.rates.data(), &skipped),
+                          OPTIM_STATUS_OK)
+                    << optim_last_error();
+                EXPECT_EQ(skipped, bad ? 1 : 0);
+                if (!bad) counted.first = false, ++taken;
+                for (int64_t c : counts) EXPECT_EQ(c, taken) << "step " << step;
+                EXPECT_EQ(numbers.rates, counted.rates) << "step " << step;
+                for (size_t k = 0; k < kSizes.size(); ++k) {
+                    const auto& a = numbers.tensors[k];
+                    const auto& b = counted.tensors[k];
+                    EXPECT_TRUE(same_bits(a.param, b.param) && same_bits(a.m, b.m) &&
+                                same_bits(a.v, b.v) && same_bits(a.vmax, b.vmax) &&
+                                same_bits(a.up, b.up) && same_bits(a.alpha, b.alpha))
+                        << "step " << step << ": tensor " << k << " differs";
+                }
+            }
+        }
+    }
+    optim_set_num_threads(0);
+}
+
 // ---- Validation: every bad argument is reported, and nothing is written ----------------------
 
 namespace {
@@ -476,7 +533,9 @@ struct Fixture {
     int64_t ns[1] = {3};
     int64_t steps[1] = {2};
     int32_t gi[1] = {0};
-    optim_hd_adam_tensors list{1, ps, gs, mss, vss, wss, uss, ass, ns, steps, gi};
+    int64_t count = 1;
+    int64_t* counts[1] = {&count};
+    optim_hd_adam_tensors list{1, ps, gs, mss, vss, wss, uss, ass, ns, steps, gi, nullptr};
     optim_hd_adam_group group{0.9, 0.999, 1e-8, 0.0, 1, 0};
     optim_hd_params hp{1e-3, 0.0, 1.0, 1e-12, OPTIM_HD_SCOPE_PER_PARAMETER, OPTIM_HD_RULE_ADDITIVE,
                        0,    0,   0};
@@ -487,6 +546,7 @@ struct Fixture {
     {
         int64_t skipped = 7;
         const double rate_before = rate;
+        const int64_t count_before = count;
         const optim_status st =
             clip ? optim_hd_adam_step_clipped(device, 0, dtype, &list, 1, &group, &hp, &rate,
                                               &skipped, clip)
@@ -503,6 +563,7 @@ struct Fixture {
         EXPECT_EQ(a, (std::vector<float>{16, 17, 18})) << "rates were modified";
         EXPECT_EQ(rate, rate_before) << "the scalar rate was modified";
         EXPECT_EQ(skipped, 7) << "the skip report was written";
+        EXPECT_EQ(count, count_before) << "the step count was written";
     }
 };
 } // namespace
@@ -527,6 +588,21 @@ TEST(HdAdamValidation, EveryBadArgumentIsNamed)
     bad([](Fixture& f) { f.hp.scope = 9; }, inv, "unknown scope");
     bad([](Fixture& f) { f.hp.rule = 4; }, inv, "unknown rule");
     bad([](Fixture& f) { f.steps[0] = 0; }, inv, "step must be >= 1");
+    bad([](Fixture& f) { f.list.step_counts = f.counts; }, inv,
+        "steps and step_counts are both given");
+    bad([](Fixture& f) { f.list.steps = nullptr; }, inv, "steps and step_counts are both NULL");
+    bad(
+        [](Fixture& f) {
+            f.list.steps = nullptr, f.list.step_counts = f.counts;
+            f.count = -1;
+        },
+        inv, "step count must be >= 0");
+    bad(
+        [](Fixture& f) {
+            f.list.steps = nullptr, f.list.step_counts = f.counts;
+            f.counts[0] = nullptr;
+        },
+        inv, "step count pointer is NULL");
     bad([](Fixture& f) { f.uss[0] = nullptr; }, inv, "prev_updates pointer is NULL");
     bad([](Fixture& f) { f.ass[0] = nullptr; }, inv, "param_rates pointer is NULL");
     bad([](Fixture& f) { f.wss[0] = nullptr; }, inv, "max_exp_avg_sq pointer is NULL");

@@ -151,7 +151,8 @@ struct HdRun {
                                           a.data(),
                                           numels.data(),
                                           steps.data(),
-                                          kGroups.data()};
+                                          kGroups.data(),
+                                          nullptr};
             status = mixed  ? optim_hd_adam_step_mixed(OPTIM_DEVICE_CPU, 0, dtype, &t, 2, groups,
                                                        &hp, r, &skipped, cp, &precision)
                      : clip ? optim_hd_adam_step_clipped(OPTIM_DEVICE_CPU, 0, dtype, &t, 2, groups,
@@ -295,7 +296,8 @@ TEST(MixedHd, StochasticRoundingIsDeterministicPerSeed)
                                           a.data(),
                                           numels.data(),
                                           steps.data(),
-                                          kGroups.data()};
+                                          kGroups.data(),
+                                          nullptr};
             const optim_hd_params hp = r.params(step);
             const optim_precision precision{nullptr, seed, step, OPTIM_ROUNDING_STOCHASTIC};
             EXPECT_EQ(optim_hd_adam_step_mixed(OPTIM_DEVICE_CPU, 0, OPTIM_DTYPE_BFLOAT16, &t, 2,
@@ -341,8 +343,8 @@ TEST(MixedHd, BadOptionsAreRejectedAndWriteNothing)
     const optim_hd_group sgd_group{0.9, 0.0, 0.0, 0, 0};
     const optim_hd_adam_group adam_group{0.9, 0.999, 1e-8, 0.0, 0, 0};
     const optim_hd_tensors st{1, params, grads, bufs, prevs, alphas, numels, group_index, nullptr};
-    const optim_hd_adam_tensors at{1,     params, grads,  ms,    vs,         nullptr,
-                                   prevs, alphas, numels, steps, group_index};
+    const optim_hd_adam_tensors at{1,     params, grads,  ms,    vs,          nullptr,
+                                   prevs, alphas, numels, steps, group_index, nullptr};
     optim_hd_params hp{};
     hp.hypergrad_lr = 1e-3, hp.lr_max = 1.0, hp.eps = 1e-8;
     double rate = 0.01;

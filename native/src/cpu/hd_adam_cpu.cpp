@@ -73,8 +73,9 @@ void hd_adam_step(const HdAdamCall& call)
         const optim_hd_adam_group& o = call.groups[t.group_index[k]];
         HdAdamTensor<T>& a = tensors[static_cast<size_t>(k)];
         a.flags = adam_flags(o.weight_decay, false, o.amsgrad != 0, o.maximize != 0);
-        a.c = adam_coeffs<T>(0.0, o.beta1, o.beta2, o.eps, o.weight_decay, t.steps[k]);
-        a.bc1 = 1.0 - std::pow(o.beta1, static_cast<double>(t.steps[k]));
+        const int64_t step = t.steps ? t.steps[k] : *t.step_counts[k] + 1;
+        a.c = adam_coeffs<T>(0.0, o.beta1, o.beta2, o.eps, o.weight_decay, step);
+        a.bc1 = 1.0 - std::pow(o.beta1, static_cast<double>(step));
         if (!dispatch_adam_flags(a.flags, [](auto) {}))
             fail(OPTIM_STATUS_INTERNAL, std::string(fn) + ": unexpected flag combination");
     }
@@ -153,6 +154,8 @@ void hd_adam_step(const HdAdamCall& call)
             });
         });
     });
+    if (t.step_counts)
+        for (int64_t k = 0; k < t.count; ++k) ++*t.step_counts[k];
 }
 
 } // namespace

@@ -10,6 +10,7 @@
 #include "../precision.hpp"
 #include "grad_norm.cuh"
 #include "multi_tensor.cuh"
+#include "step_counts.cuh"
 
 namespace optim::cuda {
 
@@ -108,34 +109,6 @@ void launch_group(const AdamCall& call, const PrecisionCall& precision, int64_t 
                   nullptr, call.fn, "kernel launch");
 }
 
-// Adds one to `n` step counts in device memory, unless the scaler's flag (found_inf, may be null)
-// is set; launched after every update block has read them.
-constexpr int kCountsPerLaunch = 448;
-struct StepCounts {
-    int64_t* count[kCountsPerLaunch];
-    int n;
-};
-
-__global__ void count_steps_kernel(StepCounts counts, const float* found_inf)
-{
-    if (scaled_skip(found_inf)) return;
-    for (int i = threadIdx.x; i < counts.n; i += blockDim.x) ++*counts.count[i];
-}
-
-void count_steps(const AdamCall& call)
-{
-    const optim_adam_tensors& t = *call.tensors;
-    const float* found_inf = call.scale ? call.scale->found_inf : nullptr;
-    for (int64_t first = 0; first < t.count; first += kCountsPerLaunch) {
-        StepCounts counts{};
-        counts.n = static_cast<int>(t.count - first < kCountsPerLaunch ? t.count - first
-                                                                       : kCountsPerLaunch);
-        for (int i = 0; i < counts.n; ++i) counts.count[i] = t.step_counts[first + i];
-        count_steps_kernel<<<1, 128, 0, active_stream()>>>(counts, found_inf);
-        check(cudaGetLastError(), call.fn, "step count launch");
-    }
-}
-
 // One group's launches per param group, in group order (the tensors are in group order).
 template <typename S>
 void adam_typed(const AdamCall& call)
@@ -160,7 +133,9 @@ void adam_typed(const AdamCall& call)
         });
         if (!known) fail(OPTIM_STATUS_INTERNAL, "optim_adam_step: unexpected flag combination");
     });
-    if (call.tensors->step_counts) count_steps(call);
+    if (call.tensors->step_counts)
+        advance_step_counts(call.tensors->step_counts, call.tensors->count,
+                            call.scale ? call.scale->found_inf : nullptr, nullptr, call.fn);
 }
 
 } // namespace

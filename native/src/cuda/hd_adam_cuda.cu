@@ -2,11 +2,13 @@
 // semantics). Hypergradient SGD's reduction pass and finishing kernel (hd_reduce.cuh), with Adam's
 // gradient and u_prev the previous Adam direction, then one multi-tensor launch of the update
 // (hd_adam_math.hpp) with the skip flag as its no-op flag. Each block reads its tensor's scalar
-// rate from device memory and divides it by 1 - beta1^t, so no step waits for the host. 16-bit
+// rate from device memory and divides it by 1 - beta1^t, so no step waits for the host; with step
+// counts in device memory a last launch advances them unless the step was skipped. 16-bit
 // parameters are read into float32 with float32 state, in place or through master copies, as
 // hd_cuda.cu's. Compiled in CI; see docs/design.md for what has run on a GPU.
 #include "../hd_adam_math.hpp"
 #include "hd_reduce.cuh"
+#include "step_counts.cuh"
 
 #include <cmath>
 #include <cstdint>
@@ -18,7 +20,9 @@ namespace optim::cuda {
 namespace {
 
 // Per tensor: its coefficients at its own step (step_size unused: it comes from the rate), 1 -
-// beta1^t unrounded, its Adam flags, its rate slot (scalar scopes) and its stochastic rounding key.
+// beta1^t unrounded, its Adam flags, its rate slot (scalar scopes) and its stochastic rounding key;
+// with step counts in device memory, where its count is and its group's betas, from which each
+// block computes the step's coefficients.
 template <typename T>
 struct HdAdamMeta {
     AdamCoeffs<T> c;
@@ -26,6 +30,8 @@ struct HdAdamMeta {
     int64_t slot;
     unsigned flags;
     uint64_t key;
+    const int64_t* count; // the steps taken so far (step_counts), else null
+    double beta1, beta2;
 };
 // parameter, gradient, exp_avg, exp_avg_sq, max_exp_avg_sq (amsgrad, else null), u_prev,
 // per-parameter rates (that scope, else null), master copy (master weights, else null)
@@ -117,12 +123,17 @@ struct HdAdamUpdateFunctor {
         const HdAdamMeta<T>& m = table.meta[ch.t];
         const T clip = clip_factor<T>(norm, max_norm);
         AdamCoeffs<T> c = m.c;
-        if (!PerParameter) c.step_size = static_cast<T>(rates[m.slot] / m.bc1);
+        double bc1 = m.bc1;
+        if (m.count != nullptr) {
+            const int64_t step = *m.count + 1;
+            adam_step_coeffs(c, 0.0, m.beta1, m.beta2, step);
+            bc1 = 1.0 - pow(m.beta1, static_cast<double>(step));
+        }
+        if (!PerParameter) c.step_size = static_cast<T>(rates[m.slot] / bc1);
         switch (m.flags) {
 #define OPTIM_HD_ADAM_CASE(F)                                                                      \
     case (F):                                                                                      \
-        update_elements<S, Master, Round, (F), PerParameter>(table, ch, c, m.bc1, hc, clip,        \
-                                                             m.key);                               \
+        update_elements<S, Master, Round, (F), PerParameter>(table, ch, c, bc1, hc, clip, m.key);  \
         break;
             OPTIM_HD_ADAM_CASE(0)
             OPTIM_HD_ADAM_CASE(kAdamWeightDecay)
@@ -174,8 +185,12 @@ void hd_adam_typed(int device_index, const HdAdamCall& call, const char* fn)
         const optim_hd_adam_group& o = call.groups[t.group_index[k]];
         HdAdamMeta<T> m;
         m.flags = adam_flags(o.weight_decay, false, o.amsgrad != 0, o.maximize != 0);
-        m.c = adam_coeffs<T>(0.0, o.beta1, o.beta2, o.eps, o.weight_decay, t.steps[k]);
-        m.bc1 = 1.0 - std::pow(o.beta1, static_cast<double>(t.steps[k]));
+        const int64_t step = t.steps ? t.steps[k] : 1; // with step_counts: set per block
+        m.c = adam_coeffs<T>(0.0, o.beta1, o.beta2, o.eps, o.weight_decay, step);
+        m.bc1 = 1.0 - std::pow(o.beta1, static_cast<double>(step));
+        m.count = t.steps ? nullptr : t.step_counts[k];
+        m.beta1 = o.beta1;
+        m.beta2 = o.beta2;
         m.slot = hd_rate_slot(hp.scope, t.group_index, k);
         m.key = precision.key(k);
         if (!dispatch_adam_flags(m.flags, [](auto) {}))
@@ -222,6 +237,7 @@ void hd_adam_typed(int device_index, const HdAdamCall& call, const char* fn)
                 HdAdamUpdateFunctor<S, Master, Round, false>{call.rates, hc_t, norm, max_norm},
                 skip_flag, fn, "update kernel launch");
     });
+    if (t.step_counts) advance_step_counts(t.step_counts, t.count, nullptr, skip_flag, fn);
 }
 
 } // namespace
