@@ -24,6 +24,7 @@
 # summary when the tree has no git metadata), OPTIM_GPU_CHECK_BUDGET (seconds for the whole run,
 # default 540: stages that would run past it are cut short and reported).
 set -uo pipefail
+caller=$(pwd)
 cd "$(dirname "$0")/.." || exit 1
 root=$(pwd)
 
@@ -38,8 +39,9 @@ while [ $# -gt 0 ]; do
       command_line+=" --build-only"
       ;;
     --prebuilt)
-      [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }
-      prebuilt=$2
+      [ $# -ge 2 ] && [ -n "$2" ] || { echo "$usage" >&2; exit 2; }
+      # Relative to where the script was started.
+      case "$2" in /*) prebuilt=$2 ;; *) prebuilt=$caller/$2 ;; esac
       command_line+=" --prebuilt $2"
       shift
       ;;
@@ -216,9 +218,11 @@ echo "gpu-check: output in $out, build in ${prebuilt:-$build}"
 # ---- Build ------------------------------------------------------------------------------------
 if [ -n "$prebuilt" ]; then
   build=$prebuilt
-  if ! run_stage "prebuilt binaries in $prebuilt" 10 test -x "$build/bin/optim_gpu_check" \
-    -a -f "$build/lib/libOptim.Native.so"; then
-    finish "FAILED: $prebuilt has no bin/optim_gpu_check or lib/libOptim.Native.so" 1
+  # The checker must load this library (its build-tree path), not another one, nor none.
+  if ! run_stage "prebuilt binaries in $prebuilt" 10 bash -c 'test -x "$1/bin/optim_gpu_check" &&
+    test -f "$1/lib/libOptim.Native.so" &&
+    ldd "$1/bin/optim_gpu_check" | grep -qF "=> $(realpath "$1/lib/libOptim.Native.so") "' _ "$build"; then
+    finish "FAILED: $prebuilt lacks bin/optim_gpu_check or lib/libOptim.Native.so, or the checker does not load that library (build it at this path)" 1
   fi
 elif [ -z "$nvcc_version" ]; then
   names+=("build")

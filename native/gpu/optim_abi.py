@@ -95,7 +95,8 @@ def tensor_list(params, grads, buffers=None, fresh=None):
         if not t.is_contiguous():
             raise ValueError("tensors passed to the C ABI must be contiguous")
     tl = TensorList()
-    tl._tensors = (params, grads, buffers)  # the memory the pointers point to stays alive too
+    # The memory the pointers point to stays alive too (copies: the caller may change its lists).
+    tl._tensors = tuple(tuple(x) for x in (params, grads, buffers or []))
     flags = None
     if fresh is not None:
         flags = (ctypes.c_uint8 * len(params))(*[1 if f else 0 for f in fresh])
@@ -121,13 +122,15 @@ def adam_tensors(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None):
     """An optim_adam_tensors over torch tensors (one group); set_step(t) before each step names
     every tensor's step number t (1 on the first). Keeps its arrays and the tensors alive as
     attributes."""
-    for t in list(params) + list(grads) + list(exp_avgs) + list(exp_avg_sqs):
+    for t in list(params) + list(grads) + list(exp_avgs) + list(exp_avg_sqs) + list(
+            max_exp_avg_sqs or []):
         if not t.is_contiguous():
             raise ValueError("tensors passed to the C ABI must be contiguous")
     n = len(params)
     at = AdamTensors()
     at._steps = (ctypes.c_int64 * n)(*([1] * n))
-    at._tensors = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs)  # their memory too
+    at._tensors = tuple(tuple(x) for x in (params, grads, exp_avgs, exp_avg_sqs,
+                                            max_exp_avg_sqs or []))  # their memory too
     at._keep = [_pointers(params), _pointers(grads), _pointers(exp_avgs), _pointers(exp_avg_sqs),
                 _pointers(max_exp_avg_sqs) if max_exp_avg_sqs is not None else None,
                 (ctypes.c_int64 * n)(*[t.numel() for t in params])]

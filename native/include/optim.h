@@ -404,7 +404,9 @@ OPTIM_API void optim_adam_params_default(optim_adam_params* params);
  * none NULL (numel 0 included), each to one int64 in the step's memory (device memory for
  * OPTIM_DEVICE_CUDA): the steps tensor k has taken so far (>= 0; PyTorch's state["step"] before its
  * increment). The update uses t = count + 1 and the step writes t back, unless a gradient scaler
- * skips it (then no count changes either). The counts never have to visit the host, so with a
+ * skips it (then no count changes either); an entry with no elements takes no step, so its count
+ * stays (a parameter whose first gradient comes late starts at t = 1). The pointers must be
+ * distinct. The counts never have to visit the host, so with a
  * scaler a CUDA step needs no host round trip, and a captured step replays with the right t
  * (PyTorch's "capturable" Adam). On CUDA the counts are read by the kernels, not checked. */
 typedef struct optim_adam_tensors {
@@ -634,12 +636,14 @@ typedef struct optim_hd_adam_tensors {
     void* const* prev_updates;    /* u_prev: zeros before a tensor's first step */
     void* const* param_rates;     /* per-parameter scope: rates of tensor k (compute type) */
     const int64_t* numels;
-    const int64_t* steps;       /* t of this update of each tensor (>= 1), as optim_adam_tensors */
+    const int64_t* steps; /* t of this update of each tensor (>= 1), as optim_adam_tensors; NULL
+                             when step_counts is given */
     const int32_t* group_index; /* group of tensor k, in [0, n_groups), non-decreasing */
     /* NULL: the step numbers are `steps`. Otherwise (steps NULL) optim_adam_tensors' step_counts:
-     * one pointer per tensor to its count of steps taken, in the step's memory; t = count + 1, and
-     * the step advances every count unless it is skipped (a non-finite gradient), so on CUDA a
-     * skipped step leaves the bias corrections where they were without the host knowing. */
+     * one distinct pointer per tensor to its count of steps taken, in the step's memory; t = count
+     * + 1, and the step advances the count of every tensor with elements unless it is skipped (a
+     * non-finite gradient), so on CUDA a skipped step leaves the bias corrections where they were
+     * without the host knowing. */
     int64_t* const* step_counts;
 } optim_hd_adam_tensors;
 

@@ -86,8 +86,8 @@ void adam_step(const AdamCall& call)
             });
         });
     });
-    if (t.step_counts)
-        for (int64_t k = 0; k < t.count; ++k) ++*t.step_counts[k];
+    if (t.step_counts) // an entry without elements takes no step
+        for (int64_t k = 0; k < t.count; ++k) *t.step_counts[k] += t.numels[k] > 0 ? 1 : 0;
 }
 
 } // namespace

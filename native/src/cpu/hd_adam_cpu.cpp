@@ -154,8 +154,8 @@ void hd_adam_step(const HdAdamCall& call)
             });
         });
     });
-    if (t.step_counts)
-        for (int64_t k = 0; k < t.count; ++k) ++*t.step_counts[k];
+    if (t.step_counts) // an entry without elements takes no step
+        for (int64_t k = 0; k < t.count; ++k) *t.step_counts[k] += t.numels[k] > 0 ? 1 : 0;
 }
 
 } // namespace

@@ -134,7 +134,7 @@ void adam_typed(const AdamCall& call)
         if (!known) fail(OPTIM_STATUS_INTERNAL, "optim_adam_step: unexpected flag combination");
     });
     if (call.tensors->step_counts)
-        advance_step_counts(call.tensors->step_counts, call.tensors->count,
+        advance_step_counts(call.tensors->step_counts, call.tensors->numels, call.tensors->count,
                             call.scale ? call.scale->found_inf : nullptr, nullptr, call.fn);
 }
 

@@ -237,7 +237,8 @@ void hd_adam_typed(int device_index, const HdAdamCall& call, const char* fn)
                 HdAdamUpdateFunctor<S, Master, Round, false>{call.rates, hc_t, norm, max_norm},
                 skip_flag, fn, "update kernel launch");
     });
-    if (t.step_counts) advance_step_counts(t.step_counts, t.count, nullptr, skip_flag, fn);
+    if (t.step_counts)
+        advance_step_counts(t.step_counts, t.numels, t.count, nullptr, skip_flag, fn);
 }
 
 } // namespace

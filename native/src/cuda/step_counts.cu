@@ -3,6 +3,7 @@
 #include "step_counts.cuh"
 
 #include "cuda_util.cuh"
+#include "grad_norm.cuh" // scaled_skip
 
 namespace optim::cuda {
 
@@ -16,22 +17,27 @@ struct StepCounts {
 
 __global__ void advance_kernel(StepCounts counts, const float* found_inf, const int* skip)
 {
-    if ((found_inf != nullptr && *found_inf != 0.0f) || (skip != nullptr && *skip != 0)) return;
+    if (scaled_skip(found_inf) || (skip != nullptr && *skip != 0)) return;
     for (int i = threadIdx.x; i < counts.n; i += blockDim.x) ++*counts.count[i];
 }
 
 } // namespace
 
-void advance_step_counts(int64_t* const* counts, int64_t n, const float* found_inf, const int* skip,
-                         const char* fn)
+void advance_step_counts(int64_t* const* counts, const int64_t* numels, int64_t n,
+                         const float* found_inf, const int* skip, const char* fn)
 {
-    for (int64_t first = 0; first < n; first += kCountsPerLaunch) {
-        StepCounts batch{};
-        batch.n = static_cast<int>(n - first < kCountsPerLaunch ? n - first : kCountsPerLaunch);
-        for (int i = 0; i < batch.n; ++i) batch.count[i] = counts[first + i];
+    StepCounts batch{};
+    const auto launch = [&] {
         advance_kernel<<<1, 128, 0, active_stream()>>>(batch, found_inf, skip);
         check(cudaGetLastError(), fn, "step count launch");
+        batch.n = 0;
+    };
+    for (int64_t k = 0; k < n; ++k) {
+        if (numels[k] == 0) continue;
+        batch.count[batch.n++] = counts[k];
+        if (batch.n == kCountsPerLaunch) launch();
     }
+    if (batch.n > 0) launch();
 }
 
 } // namespace optim::cuda
