@@ -31,7 +31,8 @@ OPTIM_HOST_DEVICE R hd_rate(R alpha, R h, R scale, const HdCoeffs<R>& c)
     R next = normalized ? alpha * (R(1) + c.beta * h / (scale + c.eps)) : alpha + c.beta * h;
     next = next < c.lr_min ? c.lr_min : next;
     next = next > c.lr_max ? c.lr_max : next;
-    return (c.update && is_finite(h)) ? next : alpha;
+    // & rather than &&: a short circuit is a branch, which keeps GCC from vectorising the loops.
+    return (c.update & is_finite(h)) ? next : alpha;
 }
 
 // One element of the update pass with a given rate: momentum, direction, u_prev, parameter.
